@@ -1,0 +1,22 @@
+/* cli.h — vdipoolctl's command groups, each in its own file. A command gets
+ * argc/argv starting at its own name and returns the process exit status. */
+#ifndef VDI_CLI_H
+#define VDI_CLI_H
+
+#include "vdi_common.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+
+/* Exit statuses: 0 ok, 1 the operation failed, 2 bad usage. */
+enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
+
+int cli_image(int argc, char **argv);
+
+/* Prints an error: a sentence on stderr, or {"error": …} on stdout with --json. */
+int cli_fail(bool json, const vdi_error *err);
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints a JSON value (and a newline) to stdout and releases it. */
+void cli_print_json(json_t *value);
+
+#endif

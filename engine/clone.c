@@ -43,6 +43,7 @@ struct vdi_cloner {
     write_op ops[3];
     uint64_t file_size;
     unsigned long seq;
+    long pid; /* cached: temporary names carry the writer's pid */
     staged *staged;
     size_t nstaged, capstaged;
 };
@@ -90,6 +91,7 @@ int vdi_cloner_new(const char *parent_path, const vdi_clone_options *opts_in, vd
     if (!c)
         return vdi_error_set(err, -ENOMEM, "out of memory");
     c->opts = opts;
+    c->pid = (long)getpid();
 
     /* The child adds one link, so the parent may be at most max_depth - 1 deep. */
     if (opts.max_depth == 1) {
@@ -255,7 +257,7 @@ static int write_temp(vdi_cloner *c, const char *child_path, char **temp_out, vd
     char dir[PATH_MAX];
     dir_of(child_path, dir, sizeof dir);
     char *temp = NULL;
-    if (asprintf(&temp, "%s/%s%ld-%lu", dir, VDI_TEMP_PREFIX, (long)getpid(), c->seq++) < 0)
+    if (asprintf(&temp, "%s/%s%ld-%lu", dir, VDI_TEMP_PREFIX, c->pid, c->seq++) < 0)
         return vdi_error_set(err, -ENOMEM, "out of memory");
 
     int rc = 0;

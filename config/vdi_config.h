@@ -1,0 +1,179 @@
+/* vdi_config.h — the one public header of libvdiconfig: operator config files
+ * (libconfig syntax, with @include) turned into a validated, immutable value.
+ * Depends on libconfig and libvdicommon only; checking that a gold is a disk
+ * image is delegated to a callback, so config never links the engine.
+ *
+ * A config either loads whole, with every value checked, or not at all: the
+ * errors (each with file and line) are returned together, and the service
+ * keeps running on the config it had. */
+#ifndef VDI_CONFIG_H
+#define VDI_CONFIG_H
+
+#include "vdi_common.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VDI_CONFIG_DEFAULT_PATH "/etc/vdipool/vdipool.conf"
+
+/* ---- errors --------------------------------------------------------------- */
+
+typedef struct vdi_config_error {
+    char *file;    /* the file the bad setting is in (an @include'd one, if so) */
+    int line;      /* 1-based; 0 when the error is about the file as a whole */
+    char *message; /* what is wrong and what is expected */
+} vdi_config_error;
+
+typedef struct vdi_config_errors vdi_config_errors;
+
+size_t vdi_config_errors_count(const vdi_config_errors *errors);
+const vdi_config_error *vdi_config_errors_get(const vdi_config_errors *errors, size_t index);
+void vdi_config_errors_free(vdi_config_errors *errors);
+
+/* ---- the value ------------------------------------------------------------ */
+
+typedef enum vdi_log_level {
+    VDI_LOG_DEBUG,
+    VDI_LOG_INFO,
+    VDI_LOG_WARNING,
+    VDI_LOG_ERROR,
+} vdi_log_level;
+
+typedef struct vdi_service_config {
+    const char *socket_path;       /* control socket */
+    const char *listen;            /* "127.0.0.1:PORT" or NULL */
+    const char *token_file;        /* bearer token for the TCP listener; NULL without it */
+    const char *state_dir;
+    const char *libvirt_uri;
+    vdi_log_level log_level;
+    unsigned max_parallel_clones;
+    unsigned max_parallel_starts;
+    uint64_t acquire_timeout;      /* seconds an acquire waits for a spare */
+} vdi_service_config;
+
+typedef struct vdi_datastore_config {
+    const char *name;
+    const char *path;
+    uint64_t reserve_bytes;        /* when given as a size */
+    double reserve_percent;        /* when given as "N%", else 0 */
+    double max_overcommit;         /* sum of worst-case growth / capacity */
+    int line;
+    const char *file;
+} vdi_datastore_config;
+
+typedef struct vdi_gold_config {
+    const char *name;
+    const char *path;
+    int line;
+    const char *file;
+} vdi_gold_config;
+
+typedef enum vdi_graphics { VDI_GRAPHICS_SPICE, VDI_GRAPHICS_VNC, VDI_GRAPHICS_NONE } vdi_graphics;
+
+typedef struct vdi_domain_config {
+    uint64_t memory_bytes;
+    unsigned vcpus;
+    const char *network;           /* libvirt network name, or NULL for none */
+    vdi_graphics graphics;
+    const char *template_path;     /* libvirt domain XML template, or NULL */
+    bool kvm;                      /* false: TCG (type='qemu'), for tests and hosts without KVM */
+} vdi_domain_config;
+
+typedef struct vdi_session_config {
+    uint64_t max_duration;         /* seconds; 0 = unlimited */
+    uint64_t idle_spare_max_age;   /* seconds a started spare may wait; 0 = unlimited */
+    const char *on_end;            /* "destroy" */
+} vdi_session_config;
+
+typedef struct vdi_pool_config {
+    const char *name;
+    const char *desktop_prefix;    /* desktops are named PREFIX-NNN */
+    const char *gold;              /* the gold's path (a named gold resolved) */
+    const char *gold_name;         /* the name it was referred to by, or NULL for a path */
+    const char *datastore;         /* datastore name */
+    unsigned size;
+    unsigned spares;
+    unsigned max_chain_depth;
+    uint64_t expected_growth;      /* bytes a child grows in a session, before history */
+    vdi_domain_config domain;
+    vdi_session_config session;
+    int line;
+    const char *file;
+} vdi_pool_config;
+
+typedef struct vdi_config vdi_config;
+
+/* Answers whether `path` is a disk image usable as a gold; on refusal it
+ * writes why (a sentence) into why. Return 0 or a negative code. */
+typedef int (*vdi_config_image_check)(const char *path, char *why, size_t why_len, void *ctx);
+
+typedef struct vdi_config_options {
+    vdi_config_image_check check_image; /* NULL: only check the path is a regular file */
+    void *check_ctx;
+    bool skip_filesystem_checks;        /* do not look at paths at all (fuzzing, diff of old files) */
+} vdi_config_options;
+
+/* Loads and validates a file (with its @includes, relative to its directory).
+ * Returns 0 and *out, or a negative code and *errors (at least one). */
+int vdi_config_load(const char *path, const vdi_config_options *opts, vdi_config **out,
+                    vdi_config_errors **errors);
+/* The same from text in memory; `name` stands for the file in errors. */
+int vdi_config_parse_string(const char *text, const char *name, const vdi_config_options *opts,
+                            vdi_config **out, vdi_config_errors **errors);
+void vdi_config_free(vdi_config *config);
+
+const char *vdi_config_path(const vdi_config *config);
+const vdi_service_config *vdi_config_service(const vdi_config *config);
+size_t vdi_config_datastore_count(const vdi_config *config);
+const vdi_datastore_config *vdi_config_datastore(const vdi_config *config, size_t index);
+const vdi_datastore_config *vdi_config_find_datastore(const vdi_config *config, const char *name);
+size_t vdi_config_gold_count(const vdi_config *config);
+const vdi_gold_config *vdi_config_gold(const vdi_config *config, size_t index);
+size_t vdi_config_pool_count(const vdi_config *config);
+const vdi_pool_config *vdi_config_pool(const vdi_config *config, size_t index);
+const vdi_pool_config *vdi_config_find_pool(const vdi_config *config, const char *name);
+
+const char *vdi_graphics_name(vdi_graphics graphics);
+const char *vdi_log_level_name(vdi_log_level level);
+
+/* ---- diff ----------------------------------------------------------------- */
+
+typedef enum vdi_change_kind {
+    VDI_CHANGE_SERVICE,          /* a service setting changed (field says which) */
+    VDI_CHANGE_DATASTORE_ADDED,
+    VDI_CHANGE_DATASTORE_REMOVED,
+    VDI_CHANGE_DATASTORE_CHANGED,
+    VDI_CHANGE_GOLD_ADDED,
+    VDI_CHANGE_GOLD_REMOVED,
+    VDI_CHANGE_GOLD_CHANGED,
+    VDI_CHANGE_POOL_ADDED,
+    VDI_CHANGE_POOL_REMOVED,
+    VDI_CHANGE_POOL_RESIZED,     /* size or spares */
+    VDI_CHANGE_POOL_GOLD,        /* the pool's gold changed: a roll-out */
+    VDI_CHANGE_POOL_DOMAIN,      /* domain settings: new desktops differ */
+    VDI_CHANGE_POOL_DATASTORE,
+    VDI_CHANGE_POOL_SESSION,     /* session limits */
+    VDI_CHANGE_POOL_OTHER,       /* prefix, chain depth, expected growth */
+} vdi_change_kind;
+
+typedef struct vdi_config_change {
+    vdi_change_kind kind;
+    const char *name;      /* pool, datastore or gold name; "service" for service */
+    const char *field;     /* the setting that changed, or NULL for added/removed */
+    char *old_value;       /* as text, or NULL */
+    char *new_value;
+} vdi_config_change;
+
+typedef struct vdi_config_diff vdi_config_diff;
+
+/* What changed from old to new, in a stable order: service, datastores,
+ * golds, pools. Both configs must outlive the diff. */
+int vdi_config_diff_new(const vdi_config *old_config, const vdi_config *new_config,
+                        vdi_config_diff **out);
+size_t vdi_config_diff_count(const vdi_config_diff *diff);
+const vdi_config_change *vdi_config_diff_get(const vdi_config_diff *diff, size_t index);
+void vdi_config_diff_free(vdi_config_diff *diff);
+const char *vdi_change_kind_name(vdi_change_kind kind);
+
+#endif

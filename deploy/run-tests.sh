@@ -18,3 +18,27 @@ cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DVDI_SANITIZE=O
 cmake --build "$root/build-asan" -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir "$root/build-asan" --output-on-failure
+
+# Fuzzing, bounded: the parsers of operator files and of image headers.
+# Longer runs: see tests/fuzz/*.c.
+fuzz_seconds=${VDI_FUZZ_SECONDS:-45}
+if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
+    echo "== fuzzing (clang libFuzzer, ${fuzz_seconds}s per target)"
+    CC=clang cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVDI_FUZZ=ON >/dev/null
+    cmake --build "$root/build-fuzz" -j "$jobs" --target fuzz_config fuzz_qcow2
+    for target in config qcow2; do
+        work=$(mktemp -d)
+        mkdir "$work/corpus"
+        # libFuzzer writes crash-*/leak-* files into the current directory.
+        if (cd "$work" && LSAN_OPTIONS=suppressions="$root/tests/fuzz/lsan.supp" \
+                "$root/build-fuzz/tests/fuzz/fuzz_$target" -max_total_time="$fuzz_seconds" \
+                -print_final_stats=1 corpus "$root/tests/fuzz/corpus/$target" >fuzz.log 2>&1); then
+            echo "fuzz_$target: no failure in ${fuzz_seconds}s ($(grep -o 'number_of_executed_units: *[0-9]*' "$work/fuzz.log" | grep -o '[0-9]*$') inputs)"
+            rm -rf "$work"
+        else
+            tail -40 "$work/fuzz.log"
+            echo "fuzz_$target found a failure; the input is kept in $work"
+            exit 1
+        fi
+    done
+fi

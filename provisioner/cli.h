@@ -12,6 +12,7 @@
 enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
 
 int cli_image(int argc, char **argv);
+int cli_config(int argc, char **argv);
 
 /* Prints an error: a sentence on stderr, or {"error": …} on stdout with --json. */
 int cli_fail(bool json, const vdi_error *err);

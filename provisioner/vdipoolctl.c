@@ -19,7 +19,12 @@ static void usage(FILE *out)
           "  image clone PARENT DIR --count N [--prefix NAME]\n"
           "                                     make N children in DIR in one go\n"
           "\n"
-          "Run `vdipoolctl image --help` for every option.\n",
+          "Config (offline):\n"
+          "  config check [--config PATH] [--json]\n"
+          "                                     validate the config, print every error with its line\n"
+          "  config diff OLD NEW [--json]       what applying NEW over OLD would change\n"
+          "\n"
+          "Run `vdipoolctl image --help` or `vdipoolctl config --help` for every option.\n",
           out);
 }
 
@@ -71,6 +76,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "image"))
         return cli_image(argc - 1, argv + 1);
+    if (!strcmp(cmd, "config"))
+        return cli_config(argc - 1, argv + 1);
     fprintf(stderr, "vdipoolctl: unknown command '%s'\n", cmd);
     usage(stderr);
     return CLI_USAGE;

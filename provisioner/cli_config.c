@@ -1,0 +1,253 @@
+/* cli_config.c — `vdipoolctl config check|diff`: offline validation of the
+ * operator's files, with the engine checking that golds are disk images. */
+#include "cli.h"
+#include "vdi_config.h"
+#include "vdi_engine.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void config_usage(FILE *out)
+{
+    fputs("usage:\n"
+          "  vdipoolctl config check [--config PATH] [--json]\n"
+          "  vdipoolctl config diff OLD NEW [--json]\n"
+          "\n"
+          "check prints every error (FILE:LINE: message) and exits 1, or one line per pool.\n"
+          "diff prints what applying NEW over OLD would change. PATH defaults to $VDIPOOL_CONFIG\n"
+          "or " VDI_CONFIG_DEFAULT_PATH ".\n",
+          out);
+}
+
+/* Golds must be disk images whose whole chain resolves. */
+static int engine_image_check(const char *path, char *why, size_t len, void *ctx)
+{
+    (void)ctx;
+    vdi_chain *chain = NULL;
+    vdi_error err = { 0 };
+    int rc = vdi_chain_resolve(path, 0, &chain, &err);
+    if (rc < 0) {
+        /* The engine's message starts with the path, which the caller names already. */
+        size_t plen = strlen(path);
+        const char *msg = err.message;
+        if (!strncmp(msg, path, plen) && (msg[plen] == ' ' || msg[plen] == ':'))
+            msg += plen + (msg[plen] == ':' ? 2 : 1);
+        snprintf(why, len, "%s", msg);
+    }
+    vdi_chain_free(chain);
+    return rc;
+}
+
+static const char *config_path_default(void)
+{
+    const char *env = getenv("VDIPOOL_CONFIG");
+    return env && *env ? env : VDI_CONFIG_DEFAULT_PATH;
+}
+
+static void print_errors(bool json, const vdi_config_errors *errors, const char *path)
+{
+    size_t n = vdi_config_errors_count(errors);
+    if (json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++) {
+            const vdi_config_error *e = vdi_config_errors_get(errors, i);
+            json_array_append_new(arr, json_pack("{s:s,s:i,s:s}", "file", e->file, "line",
+                                                 e->line, "message", e->message));
+        }
+        cli_print_json(json_pack("{s:b,s:s,s:o}", "valid", 0, "config", path, "errors", arr));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const vdi_config_error *e = vdi_config_errors_get(errors, i);
+        if (e->line > 0)
+            fprintf(stderr, "%s:%d: %s\n", e->file, e->line, e->message);
+        else
+            fprintf(stderr, "%s: %s\n", e->file, e->message);
+    }
+    fprintf(stderr, "%s: %zu error%s; nothing was applied\n", path, n, n == 1 ? "" : "s");
+}
+
+static int load(const char *path, bool fs_checks, vdi_config **cfg, vdi_config_errors **errors)
+{
+    vdi_config_options opts = { .check_image = engine_image_check,
+                                .skip_filesystem_checks = !fs_checks };
+    return vdi_config_load(path, &opts, cfg, errors);
+}
+
+static json_t *pool_json(const vdi_pool_config *p)
+{
+    return json_pack("{s:s,s:s,s:s?,s:s,s:s,s:i,s:i,s:i,s:I,s:{s:I,s:i,s:s?,s:s,s:s?,s:s},"
+                     "s:{s:I,s:I,s:s}}",
+                     "name", p->name, "gold", p->gold, "gold_name", p->gold_name, "datastore",
+                     p->datastore, "desktop_prefix", p->desktop_prefix, "size", p->size, "spares",
+                     p->spares, "max_chain_depth", p->max_chain_depth, "expected_growth",
+                     (json_int_t)p->expected_growth, "domain", "memory",
+                     (json_int_t)p->domain.memory_bytes, "vcpus", p->domain.vcpus, "network",
+                     p->domain.network, "graphics", vdi_graphics_name(p->domain.graphics),
+                     "template", p->domain.template_path, "accel", p->domain.kvm ? "kvm" : "tcg",
+                     "session", "max_duration", (json_int_t)p->session.max_duration,
+                     "idle_spare_max_age", (json_int_t)p->session.idle_spare_max_age, "on_end",
+                     p->session.on_end);
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    bool json = false;
+    const char *path = config_path_default();
+    static const struct option longopts[] = { { "json", no_argument, NULL, 'j' },
+                                              { "config", required_argument, NULL, 'c' },
+                                              { "help", no_argument, NULL, 'h' },
+                                              { NULL, 0, NULL, 0 } };
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+        if (ch == 'j')
+            json = true;
+        else if (ch == 'c')
+            path = optarg;
+        else if (ch == 'h') {
+            config_usage(stdout);
+            return CLI_OK;
+        } else
+            return CLI_USAGE;
+    }
+    if (optind != argc)
+        return cli_usage_error("config check takes no arguments (use --config PATH)");
+
+    vdi_config *cfg = NULL;
+    vdi_config_errors *errors = NULL;
+    if (load(path, true, &cfg, &errors) < 0) {
+        print_errors(json, errors, path);
+        vdi_config_errors_free(errors);
+        return CLI_FAILED;
+    }
+    if (json) {
+        json_t *pools = json_array();
+        for (size_t i = 0; i < vdi_config_pool_count(cfg); i++)
+            json_array_append_new(pools, pool_json(vdi_config_pool(cfg, i)));
+        cli_print_json(json_pack("{s:b,s:s,s:i,s:i,s:o}", "valid", 1, "config", path,
+                                 "datastores", (int)vdi_config_datastore_count(cfg), "golds",
+                                 (int)vdi_config_gold_count(cfg), "pools", pools));
+    } else {
+        printf("%s is valid: %zu datastore%s, %zu gold%s, %zu pool%s\n", path,
+               vdi_config_datastore_count(cfg), vdi_config_datastore_count(cfg) == 1 ? "" : "s",
+               vdi_config_gold_count(cfg), vdi_config_gold_count(cfg) == 1 ? "" : "s",
+               vdi_config_pool_count(cfg), vdi_config_pool_count(cfg) == 1 ? "" : "s");
+        for (size_t i = 0; i < vdi_config_pool_count(cfg); i++) {
+            const vdi_pool_config *p = vdi_config_pool(cfg, i);
+            char mem[32], dur[32];
+            printf("pool %s: %u desktop%s (%u spare%s) of %s%s%s%s on datastore %s, %s and %u "
+                   "vCPU%s each, %s, sessions %s%s\n",
+                   p->name, p->size, p->size == 1 ? "" : "s", p->spares,
+                   p->spares == 1 ? "" : "s", p->gold_name ? p->gold_name : p->gold,
+                   p->gold_name ? " (" : "", p->gold_name ? p->gold : "", p->gold_name ? ")" : "",
+                   p->datastore, vdi_format_size(p->domain.memory_bytes, mem, sizeof mem),
+                   p->domain.vcpus, p->domain.vcpus == 1 ? "" : "s",
+                   vdi_graphics_name(p->domain.graphics),
+                   p->session.max_duration ? "up to " : "unlimited",
+                   p->session.max_duration
+                       ? vdi_format_duration(p->session.max_duration, dur, sizeof dur)
+                       : "");
+        }
+    }
+    vdi_config_free(cfg);
+    return CLI_OK;
+}
+
+static int cmd_diff(int argc, char **argv)
+{
+    bool json = false;
+    static const struct option longopts[] = { { "json", no_argument, NULL, 'j' },
+                                              { "help", no_argument, NULL, 'h' },
+                                              { NULL, 0, NULL, 0 } };
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        if (ch == 'j')
+            json = true;
+        else if (ch == 'h') {
+            config_usage(stdout);
+            return CLI_OK;
+        } else
+            return CLI_USAGE;
+    }
+    if (optind + 2 != argc)
+        return cli_usage_error("config diff takes OLD and NEW");
+    const char *old_path = argv[optind], *new_path = argv[optind + 1];
+    vdi_config *old_cfg = NULL, *new_cfg = NULL;
+    vdi_config_errors *errors = NULL;
+    int status = CLI_OK;
+    /* The old config may name files that are gone by now: only NEW, the one
+     * that would be applied, has its paths checked. */
+    if (load(old_path, false, &old_cfg, &errors) < 0) {
+        print_errors(json, errors, old_path);
+        status = CLI_FAILED;
+        goto cleanup;
+    }
+    if (load(new_path, true, &new_cfg, &errors) < 0) {
+        print_errors(json, errors, new_path);
+        status = CLI_FAILED;
+        goto cleanup;
+    }
+    vdi_config_diff *diff = NULL;
+    if (vdi_config_diff_new(old_cfg, new_cfg, &diff) < 0) {
+        fprintf(stderr, "vdipoolctl: out of memory\n");
+        status = CLI_FAILED;
+        goto cleanup;
+    }
+    size_t n = vdi_config_diff_count(diff);
+    if (json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++) {
+            const vdi_config_change *c = vdi_config_diff_get(diff, i);
+            json_array_append_new(arr, json_pack("{s:s,s:s,s:s?,s:s?,s:s?}", "kind",
+                                                 vdi_change_kind_name(c->kind), "name", c->name,
+                                                 "field", c->field, "old", c->old_value, "new",
+                                                 c->new_value));
+        }
+        cli_print_json(json_pack("{s:o}", "changes", arr));
+    } else if (n == 0) {
+        printf("no changes\n");
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            const vdi_config_change *c = vdi_config_diff_get(diff, i);
+            const char *what = c->kind == VDI_CHANGE_SERVICE                ? ""
+                               : c->kind <= VDI_CHANGE_DATASTORE_CHANGED    ? "datastore "
+                               : c->kind <= VDI_CHANGE_GOLD_CHANGED         ? "gold "
+                                                                            : "pool ";
+            if (c->field)
+                printf("%s%s: %s %s -> %s\n", what, c->name, c->field, c->old_value, c->new_value);
+            else if (c->kind == VDI_CHANGE_POOL_ADDED || c->kind == VDI_CHANGE_DATASTORE_ADDED ||
+                     c->kind == VDI_CHANGE_GOLD_ADDED)
+                printf("%s%s: added%s%s\n", what, c->name, c->new_value ? " " : "",
+                       c->new_value ? c->new_value : "");
+            else
+                printf("%s%s: removed%s\n", what, c->name,
+                       c->kind == VDI_CHANGE_POOL_REMOVED ? " (it drains: no new sessions, gone "
+                                                            "when its last desktop ends)"
+                                                          : "");
+        }
+    }
+    vdi_config_diff_free(diff);
+
+cleanup:
+    vdi_config_errors_free(errors);
+    vdi_config_free(old_cfg);
+    vdi_config_free(new_cfg);
+    return status;
+}
+
+int cli_config(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        config_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_USAGE : CLI_OK;
+    }
+    if (!strcmp(argv[1], "check"))
+        return cmd_check(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "diff"))
+        return cmd_diff(argc - 1, argv + 1);
+    return cli_usage_error("unknown config command '%s' (check, diff)", argv[1]);
+}

@@ -7,8 +7,8 @@
  * Invariant: a child appears under its real name only complete (and, when
  * asked, durable): it is written under a temporary name in the same directory
  * and renamed with RENAME_NOREPLACE, which also refuses to replace a file. */
+#include "internal.h"
 #include "qcow2.h"
-#include "vdi_engine.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -222,6 +222,7 @@ void vdi_cloner_free(vdi_cloner *c)
 const vdi_chain *vdi_cloner_parent_chain(const vdi_cloner *c) { return c->parent; }
 const char *vdi_cloner_backing_name(const vdi_cloner *c) { return c->backing_name; }
 uint64_t vdi_cloner_virtual_size(const vdi_cloner *c) { return c->layout.virtual_size; }
+bool vdi_cloner_sync_(const vdi_cloner *c) { return c->opts.sync; }
 
 /* Directory part of a path ("." when none), into buf. */
 static void dir_of(const char *path, char *buf, size_t len)
@@ -252,7 +253,8 @@ static int write_all_at(int fd, const uint8_t *data, size_t len, uint64_t off)
 }
 
 /* Writes the child under a fresh temporary name next to child_path. */
-static int write_temp(vdi_cloner *c, const char *child_path, char **temp_out, vdi_error *err)
+int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, char **temp_out,
+                           vdi_error *err)
 {
     char dir[PATH_MAX];
     dir_of(child_path, dir, sizeof dir);
@@ -276,7 +278,7 @@ static int write_temp(vdi_cloner *c, const char *child_path, char **temp_out, vd
         rc = write_all_at(fd, c->ops[i].data, c->ops[i].len, c->ops[i].offset);
     if (rc == 0 && ftruncate(fd, (off_t)c->file_size) < 0)
         rc = -errno;
-    if (rc == 0 && c->opts.sync && fdatasync(fd) < 0)
+    if (rc == 0 && sync && fdatasync(fd) < 0)
         rc = -errno;
     if (close(fd) < 0 && rc == 0)
         rc = -errno;
@@ -305,7 +307,7 @@ static int rename_noreplace(const char *from, const char *to)
     return 0;
 }
 
-static int sync_dir(const char *path)
+int vdi_sync_dir_of_(const char *path)
 {
     char dir[PATH_MAX];
     dir_of(path, dir, sizeof dir);
@@ -326,7 +328,7 @@ static int refuse_existing(const char *child_path, vdi_error *err)
     return 0;
 }
 
-static int place(const char *temp, const char *child_path, vdi_error *err)
+int vdi_place_noreplace_(const char *temp, const char *child_path, vdi_error *err)
 {
     int rc = rename_noreplace(temp, child_path);
     if (rc < 0) {
@@ -346,13 +348,13 @@ int vdi_cloner_create(vdi_cloner *c, const char *child_path, vdi_error *err)
     if (rc < 0)
         return rc;
     char *temp = NULL;
-    rc = write_temp(c, child_path, &temp, err);
+    rc = vdi_cloner_write_temp_(c, child_path, c->opts.sync, &temp, err);
     if (rc < 0)
         return rc;
-    rc = place(temp, child_path, err);
+    rc = vdi_place_noreplace_(temp, child_path, err);
     free(temp);
     if (rc == 0 && c->opts.sync) {
-        rc = sync_dir(child_path);
+        rc = vdi_sync_dir_of_(child_path);
         if (rc < 0)
             vdi_error_set(err, rc, "created %s but could not sync its directory: %s", child_path,
                           strerror(-rc));
@@ -377,11 +379,8 @@ int vdi_cloner_stage(vdi_cloner *c, const char *child_path, vdi_error *err)
     if (!final)
         return vdi_error_set(err, -ENOMEM, "out of memory");
     /* Staged files are made durable together at commit, not one by one. */
-    bool sync = c->opts.sync;
-    c->opts.sync = false;
     char *temp = NULL;
-    rc = write_temp(c, child_path, &temp, err);
-    c->opts.sync = sync;
+    rc = vdi_cloner_write_temp_(c, child_path, false, &temp, err);
     if (rc < 0) {
         free(final);
         return rc;
@@ -438,7 +437,7 @@ int vdi_cloner_commit(vdi_cloner *c, size_t *committed, vdi_error *err)
     }
     for (size_t i = 0; i < c->nstaged; i++) {
         vdi_error one;
-        int r = place(c->staged[i].temp, c->staged[i].final, &one);
+        int r = vdi_place_noreplace_(c->staged[i].temp, c->staged[i].final, &one);
         if (r < 0 && rc == 0) {
             rc = r;
             if (err)

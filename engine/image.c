@@ -170,6 +170,8 @@ static int refuse_non_image(int fd, const char *path, const uint8_t *head, size_
         what = "a tar archive; extract the disk image from it first";
     else if (n >= 4 && !memcmp(head, "\x7f" "ELF", 4))
         what = "an ELF executable";
+    else if (n >= 16 && !memcmp(head, "SQLite format 3", 16))
+        what = "an SQLite database";
     /* A raw disk may start with any bytes, so text is only named for files
      * that cannot be disks anyway (size not a multiple of 512). */
     else if (size % 512 && looks_like_text(head, n < 512 ? n : 512))

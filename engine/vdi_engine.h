@@ -158,4 +158,242 @@ int vdi_content_hash(const char *path, uint8_t out[VDI_HASH_SIZE], vdi_error *er
 /* Lower-case hex of a hash into buf (at least 2 * VDI_HASH_SIZE + 1 bytes). */
 const char *vdi_hash_hex(const uint8_t hash[VDI_HASH_SIZE], char *buf, size_t len);
 
+/* ---- catalog: what the file format cannot answer ----------------------------
+ * SQLite (WAL) in the state directory: golds with their fingerprints,
+ * children with their parents, sessions, and an intent journal. Every
+ * multi-step operation writes its intent first; opening the catalog finishes
+ * or rolls back whatever a crash interrupted. */
+
+typedef struct vdi_catalog vdi_catalog;
+
+/* $VDIPOOL_STATE_DIR, or /var/lib/vdipool. */
+const char *vdi_state_dir_default(void);
+
+int vdi_catalog_open(const char *state_dir, vdi_catalog **out, vdi_error *err);
+void vdi_catalog_close(vdi_catalog *cat);
+const char *vdi_catalog_state_dir(const vdi_catalog *cat);
+/* Interrupted operations that opening the catalog completed / undid. */
+unsigned vdi_catalog_rolled_forward(const vdi_catalog *cat);
+unsigned vdi_catalog_rolled_back(const vdi_catalog *cat);
+
+typedef struct vdi_fingerprint {
+    uint64_t size, dev, ino;
+    int64_t mtime_ns, ctime_ns;
+    uint8_t hash[VDI_HASH_SIZE];
+} vdi_fingerprint;
+
+typedef enum vdi_gold_state {
+    VDI_GOLD_SEALED,
+    VDI_GOLD_RETIRING, /* no new clones; released when its last child is gone */
+    VDI_GOLD_RETIRED,
+    VDI_GOLD_TAINTED,  /* changed since sealed: no clones, children orphaned */
+} vdi_gold_state;
+
+const char *vdi_gold_state_name(vdi_gold_state state);
+
+/* Protections that took effect on a sealed gold. */
+#define VDI_PROTECT_READONLY 1u  /* mode 0440 */
+#define VDI_PROTECT_OWNER 2u     /* owned by QEMU's user, so libvirt has nothing to chown */
+#define VDI_PROTECT_IMMUTABLE 4u /* FS_IMMUTABLE_FL */
+
+typedef struct vdi_gold_info {
+    int64_t id;
+    char path[4096];
+    vdi_format format;
+    uint64_t virtual_size;
+    vdi_fingerprint fp;
+    int64_t sealed_at; /* unix seconds */
+    vdi_gold_state state;
+    unsigned protections;
+    char reason[512]; /* why it is tainted */
+} vdi_gold_info;
+
+typedef struct vdi_child_info {
+    int64_t id;
+    char path[4096];
+    char parent[4096];   /* absolute path of its parent when it was made */
+    char datastore[64];  /* "" when not made for a pool */
+    char pool[64];
+    int slot;            /* -1 when none */
+    int64_t created_at;
+    uint64_t last_bytes; /* allocated bytes when last measured */
+} vdi_child_info;
+
+/* -ENOENT when the path is not a sealed (or retiring, tainted) gold. */
+int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi_error *err);
+/* All golds; *out is malloc'd. */
+int vdi_catalog_golds(vdi_catalog *cat, vdi_gold_info **out, size_t *count, vdi_error *err);
+int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, vdi_error *err);
+/* Children recorded with `parent` (or all children when parent is NULL). */
+int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **out,
+                         size_t *count, vdi_error *err);
+int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_state state,
+                               const char *reason, vdi_error *err);
+
+typedef struct vdi_session_record {
+    const char *pool;
+    const char *desktop;
+    const char *user;
+    int64_t started_at, ended_at;
+    const char *end_reason;
+    uint64_t final_bytes; /* the child's allocated bytes when the session ended */
+} vdi_session_record;
+
+int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vdi_error *err);
+/* The 95th percentile of a pool's final child sizes; -ENODATA with fewer
+ * than min_samples sessions. */
+int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,
+                           uint64_t *bytes, size_t *samples, vdi_error *err);
+
+/* ---- children, recorded ----------------------------------------------------- */
+
+typedef struct vdi_child_meta {
+    const char *datastore; /* NULL when none */
+    const char *pool;
+    int slot;              /* -1 when none */
+} vdi_child_meta;
+
+/* Clones with the cheap guard check of the parent first (a tainted or changed
+ * gold is refused), journaled, and records the children. */
+int vdi_clone_recorded(vdi_catalog *cat, vdi_cloner *cloner, const char *child_path,
+                       const vdi_child_meta *meta, vdi_error *err);
+int vdi_clone_batch_recorded(vdi_catalog *cat, vdi_cloner *cloner, char *const *paths,
+                             size_t count, const vdi_child_meta *meta, size_t *made,
+                             vdi_error *err);
+/* Deletes a child file and its record (journaled). final_bytes may be NULL. */
+int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, vdi_error *err);
+
+/* Every child of `parent`: those the catalog knows, plus images in `dirs`
+ * (and the parent's own directory) whose backing file is that same file,
+ * which the catalog does not know. */
+typedef struct vdi_found_child {
+    char path[4096];
+    bool in_catalog;
+} vdi_found_child;
+
+int vdi_find_children(vdi_catalog *cat, const char *parent, const char *const *dirs, size_t ndirs,
+                      vdi_found_child **out, size_t *count, vdi_error *err);
+
+/* ---- guard: parents that cannot change ---------------------------------------- */
+
+typedef struct vdi_seal_result {
+    vdi_gold_info gold;
+    char notes[1024]; /* which protections did not take effect, and why */
+} vdi_seal_result;
+
+/* Seals a gold: refuses a non-image and a file another process has open for
+ * writing; records the fingerprint; makes it read-only, QEMU-owned and
+ * immutable where possible. Sealing a sealed gold re-checks it. */
+int vdi_seal(vdi_catalog *cat, const char *path, vdi_seal_result *out, vdi_error *err);
+/* Unseals a gold with no children; with force, orphans them (*orphaned says
+ * how many). dirs are searched for children the catalog does not know. */
+int vdi_unseal(vdi_catalog *cat, const char *path, bool force, const char *const *dirs,
+               size_t ndirs, size_t *orphaned, vdi_error *err);
+/* Checks a sealed gold against its fingerprint: cheap (stat) or full (hash).
+ * 0: unchanged. -ESTALE: changed, now tainted, err says what changed and how
+ * many children are orphaned. -ENOENT: not a sealed gold. */
+int vdi_guard_check(vdi_catalog *cat, const char *path, bool full, vdi_error *err);
+/* Holds QEMU's image lock against writers ("shared write" byte, 201) with an
+ * OFD lock: QEMU write opens fail with "Failed to get write lock", read-only
+ * and backing opens keep working. Returns an fd to keep open. */
+int vdi_guard_lock(const char *path, int *fd_out, vdi_error *err);
+void vdi_guard_unlock(int fd);
+/* Processes that have `path` open for writing (QEMU by its lock bytes, any
+ * process by /proc/PID/fdinfo). Returns how many; `who` names the first. */
+int vdi_guard_open_writers(const char *path, char *who, size_t who_len);
+
+/* ---- merge and reparent (the data plane is qemu-img) -------------------------- */
+
+typedef enum vdi_merge_mode {
+    VDI_MERGE_INTO_PARENT, /* commit the child into its parent, remove the child */
+    VDI_MERGE_INTO_NEW,    /* write the whole chain as a new standalone image */
+    VDI_MERGE_TO_ANCESTOR, /* commit every link above an ancestor into it, remove them */
+} vdi_merge_mode;
+
+typedef struct vdi_merge_plan vdi_merge_plan;
+
+/* Works out what a merge writes and removes and the space it needs, and
+ * refuses it (naming the reason) when it would orphan other children, write
+ * a sealed gold, or not fit on the target's filesystem. */
+int vdi_merge_plan_new(vdi_catalog *cat, const char *child, vdi_merge_mode mode,
+                       const char *target, const char *const *dirs, size_t ndirs,
+                       vdi_merge_plan **out, vdi_error *err);
+/* A few lines: what is written, what is removed, space needed and free. */
+const char *vdi_merge_plan_describe(const vdi_merge_plan *plan);
+uint64_t vdi_merge_plan_space_needed(const vdi_merge_plan *plan);
+/* progress: percent done, 0..100, called as qemu-img reports it. */
+typedef void (*vdi_progress_fn)(double percent, void *ctx);
+int vdi_merge_execute(vdi_catalog *cat, vdi_merge_plan *plan, vdi_progress_fn progress,
+                      void *ctx, vdi_error *err);
+void vdi_merge_plan_free(vdi_merge_plan *plan);
+
+/* Points a child at its parent's new location (qemu-img rebase -u), only when
+ * the new file's content hash equals the one recorded when the original
+ * parent was sealed. */
+int vdi_reparent(vdi_catalog *cat, const char *child, const char *new_parent, vdi_error *err);
+
+/* ---- space -------------------------------------------------------------------- */
+
+typedef struct vdi_space_report {
+    uint64_t capacity, free;      /* statvfs of the datastore's filesystem */
+    uint64_t reserve;             /* bytes kept free */
+    size_t children;              /* images found in the datastore */
+    uint64_t children_allocated;  /* their allocated bytes */
+    uint64_t worst_case;          /* sum of (root virtual size - allocated) */
+    double overcommit;            /* worst_case / capacity */
+} vdi_space_report;
+
+/* Measures a datastore directory: every image in it (not recursive). reserve
+ * is reserve_bytes, or reserve_percent of capacity when that is > 0. */
+int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_percent,
+                      vdi_space_report *out, vdi_error *err);
+/* Admits one more child that is expected to grow by expected_growth and may
+ * grow by worst_case, or refuses with -ENOSPC naming the limit and by how
+ * much it is missed. */
+int vdi_space_admit(const vdi_space_report *r, const char *datastore, uint64_t expected_growth,
+                    uint64_t worst_case, double max_overcommit, vdi_error *err);
+
+/* ---- scan: the orphaned-file locator ------------------------------------------- */
+
+typedef enum vdi_parent_status {
+    VDI_PARENT_NONE,      /* a root image */
+    VDI_PARENT_OK,        /* exists; matches its fingerprint when sealed */
+    VDI_PARENT_MISSING,
+    VDI_PARENT_CHANGED,   /* a sealed gold that no longer matches (tainted) */
+    VDI_PARENT_UNUSABLE,  /* exists but cannot be opened as the declared image */
+} vdi_parent_status;
+
+typedef struct vdi_scan_entry {
+    char path[4096];
+    vdi_format format;
+    uint64_t virtual_size, allocated;
+    char parent[4096];          /* resolved backing path, "" for roots */
+    vdi_parent_status parent_status;
+    bool parent_sealed;         /* the parent is a gold in the catalog */
+    bool in_catalog;            /* known as a child or a gold */
+    bool is_gold;
+    size_t children;            /* images in the scan naming this one */
+} vdi_scan_entry;
+
+/* Probes every regular file under dir (recursively, not following links);
+ * files that are not images are skipped. *out is malloc'd. */
+int vdi_scan_dir(vdi_catalog *cat, const char *dir, vdi_scan_entry **out, size_t *count,
+                 vdi_error *err);
+const char *vdi_parent_status_name(vdi_parent_status status);
+
+/* Catalog against disk for one datastore directory: records whose file is
+ * gone are dropped (safe); unknown children and orphans are only reported. */
+typedef struct vdi_reconcile_report {
+    size_t dropped_records;   /* catalog children whose file was gone */
+    size_t unknown_children;  /* images on disk the catalog does not know */
+    size_t orphans;           /* children whose parent is missing or changed */
+    size_t temporaries_removed;
+} vdi_reconcile_report;
+
+int vdi_reconcile(vdi_catalog *cat, const char *dir, vdi_reconcile_report *out, vdi_error *err);
+
+/* Test hook: when $VDIPOOL_CRASH_AT equals name, the process kills itself
+ * with SIGKILL here, to prove that every step can be recovered. */
+void vdi_crashpoint(const char *name);
+
 #endif

@@ -13,6 +13,30 @@ enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
 
 int cli_image(int argc, char **argv);
 int cli_config(int argc, char **argv);
+int cli_space(int argc, char **argv);
+int cli_image_seal(int argc, char **argv);
+int cli_image_unseal(int argc, char **argv);
+int cli_image_verify(int argc, char **argv);
+int cli_image_merge(int argc, char **argv);
+int cli_image_reparent(int argc, char **argv);
+int cli_image_scan(int argc, char **argv);
+int cli_image_tree(int argc, char **argv);
+int cli_image_reconcile(int argc, char **argv);
+
+/* Options every command shares: --json, --help, --search DIR (repeatable),
+ * and up to two more flags/values the command names. Returns the index of
+ * the first positional argument, or -1 (usage error already printed). */
+typedef struct cli_opts {
+    bool json;
+    bool help;
+    const char *search[16];
+    size_t nsearch;
+    bool flag[4];          /* set by the command's flag names, in order */
+    const char *value[4];  /* set by the command's value names, in order */
+} cli_opts;
+
+int cli_parse(int argc, char **argv, const char *const *flags, const char *const *values,
+              cli_opts *o);
 
 /* Prints an error: a sentence on stderr, or {"error": …} on stdout with --json. */
 int cli_fail(bool json, const vdi_error *err);

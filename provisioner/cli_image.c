@@ -17,6 +17,17 @@ static void image_usage(FILE *out)
           "  vdipoolctl image inspect FILE [--json]\n"
           "  vdipoolctl image clone PARENT CHILD [options]\n"
           "  vdipoolctl image clone PARENT DIR --count N [--prefix NAME] [options]\n"
+          "  vdipoolctl image seal GOLD [--json]\n"
+          "  vdipoolctl image unseal GOLD [--force] [--search DIR]...\n"
+          "  vdipoolctl image verify GOLD [--json]          full content check of a sealed gold\n"
+          "  vdipoolctl image merge CHILD (--into-parent | --into NEW | --to ANCESTOR)\n"
+          "                             [--dry-run] [--search DIR]... [--json]\n"
+          "  vdipoolctl image reparent CHILD NEWPARENT\n"
+          "  vdipoolctl image scan DIR [--json]\n"
+          "  vdipoolctl image tree [DIR] [--json]\n"
+          "  vdipoolctl image reconcile DIR [--json]\n"
+          "\n"
+          "Every command takes --state-dir DIR (default $VDIPOOL_STATE_DIR or /var/lib/vdipool).\n"
           "\n"
           "clone options:\n"
           "  --size SIZE          virtual size of the child (default: the parent's; never smaller)\n"
@@ -241,16 +252,21 @@ static int cmd_clone(int argc, char **argv)
         return cli_usage_error("--prefix '%s' must be a plain file name prefix", prefix);
 
     vdi_error err = { 0 };
-    vdi_cloner *cloner = NULL;
-    if (vdi_cloner_new(parent, &opts, &cloner, &err) < 0)
+    vdi_catalog *cat = NULL;
+    if (vdi_catalog_open(vdi_state_dir_default(), &cat, &err) < 0)
         return cli_fail(json, &err);
+    vdi_cloner *cloner = NULL;
+    if (vdi_cloner_new(parent, &opts, &cloner, &err) < 0) {
+        vdi_catalog_close(cat);
+        return cli_fail(json, &err);
+    }
 
     int status = CLI_OK;
     char **names = NULL;
     size_t made = 0;
     double t0 = now_seconds();
     if (!count) {
-        if (vdi_cloner_create(cloner, target, &err) < 0) {
+        if (vdi_clone_recorded(cat, cloner, target, NULL, &err) < 0) {
             status = cli_fail(json, &err);
             goto cleanup;
         }
@@ -292,13 +308,7 @@ static int cmd_clone(int argc, char **argv)
                 goto cleanup;
             }
         }
-        for (long i = 0; i < count; i++) {
-            if (vdi_cloner_stage(cloner, names[i], &err) < 0) {
-                status = cli_fail(json, &err);
-                goto cleanup; /* freeing the cloner removes what was staged */
-            }
-        }
-        if (vdi_cloner_commit(cloner, &made, &err) < 0) {
+        if (vdi_clone_batch_recorded(cat, cloner, names, (size_t)count, NULL, &made, &err) < 0) {
             status = cli_fail(json, &err);
             if (made)
                 fprintf(stderr, "vdipoolctl: %zu of %ld children were made\n", made, count);
@@ -334,6 +344,7 @@ cleanup:
             free(names[i]);
     free(names);
     vdi_cloner_free(cloner);
+    vdi_catalog_close(cat);
     return status;
 }
 
@@ -347,5 +358,17 @@ int cli_image(int argc, char **argv)
         return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(argv[1], "clone"))
         return cmd_clone(argc - 1, argv + 1);
-    return cli_usage_error("unknown image command '%s' (inspect, clone)", argv[1]);
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } more[] = { { "seal", cli_image_seal },       { "unseal", cli_image_unseal },
+                 { "verify", cli_image_verify },   { "merge", cli_image_merge },
+                 { "reparent", cli_image_reparent }, { "scan", cli_image_scan },
+                 { "tree", cli_image_tree },       { "reconcile", cli_image_reconcile } };
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+        if (!strcmp(argv[1], more[i].name))
+            return more[i].fn(argc - 1, argv + 1);
+    return cli_usage_error("unknown image command '%s' (inspect, clone, seal, unseal, verify, "
+                           "merge, reparent, scan, tree, reconcile)",
+                           argv[1]);
 }

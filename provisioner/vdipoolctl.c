@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void usage(FILE *out)
@@ -18,6 +19,9 @@ static void usage(FILE *out)
           "                                     make one differencing child of PARENT\n"
           "  image clone PARENT DIR --count N [--prefix NAME]\n"
           "                                     make N children in DIR in one go\n"
+          "  image seal|unseal|verify|merge|reparent|scan|tree|reconcile ...\n"
+          "                                     the guard, merges and the orphaned-file locator\n"
+          "  space [--config PATH] [--json]     datastores: capacity, reserve, worst-case growth\n"
           "\n"
           "Config (offline):\n"
           "  config check [--config PATH] [--json]\n"
@@ -63,8 +67,83 @@ void cli_print_json(json_t *value)
     json_decref(value);
 }
 
+int cli_parse(int argc, char **argv, const char *const *flags, const char *const *values,
+              cli_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    char **pos = calloc((size_t)argc + 1, sizeof *pos);
+    if (!pos)
+        return -1;
+    int npos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool known = false;
+        if (!strcmp(a, "--json")) {
+            o->json = known = true;
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            o->help = known = true;
+        } else if (!strcmp(a, "--search")) {
+            if (i + 1 >= argc || o->nsearch == 16) {
+                free(pos);
+                return cli_usage_error("--search needs a directory"), -1;
+            }
+            o->search[o->nsearch++] = argv[++i];
+            known = true;
+        } else if (!strncmp(a, "--", 2)) {
+            for (int f = 0; flags && flags[f]; f++)
+                if (!strcmp(a + 2, flags[f]))
+                    o->flag[f] = known = true;
+            for (int v = 0; values && values[v] && !known; v++)
+                if (!strcmp(a + 2, values[v])) {
+                    if (i + 1 >= argc) {
+                        free(pos);
+                        return cli_usage_error("%s needs a value", a), -1;
+                    }
+                    o->value[v] = argv[++i];
+                    known = true;
+                }
+            if (!known) {
+                free(pos);
+                return cli_usage_error("unknown option %s", a), -1;
+            }
+        } else {
+            pos[npos++] = argv[i];
+        }
+    }
+    /* Positionals go to the end of argv, in order: they are argv[first..argc). */
+    int first = argc - npos;
+    for (int i = 0; i < npos; i++)
+        argv[first + i] = pos[i];
+    free(pos);
+    return first;
+}
+
+/* --state-dir DIR anywhere on the line sets $VDIPOOL_STATE_DIR for the engine. */
+static int take_state_dir(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        int drop = 0;
+        if (!strcmp(argv[i], "--state-dir") && i + 1 < argc) {
+            v = argv[i + 1];
+            drop = 2;
+        } else if (!strncmp(argv[i], "--state-dir=", 12)) {
+            v = argv[i] + 12;
+            drop = 1;
+        }
+        if (v) {
+            setenv("VDIPOOL_STATE_DIR", v, 1);
+            memmove(&argv[i], &argv[i + drop], (size_t)(argc - i - drop + 1) * sizeof *argv);
+            argc -= drop;
+            i--;
+        }
+    }
+    return argc;
+}
+
 int main(int argc, char **argv)
 {
+    argc = take_state_dir(argc, argv);
     if (argc < 2) {
         usage(stderr);
         return CLI_USAGE;
@@ -78,6 +157,8 @@ int main(int argc, char **argv)
         return cli_image(argc - 1, argv + 1);
     if (!strcmp(cmd, "config"))
         return cli_config(argc - 1, argv + 1);
+    if (!strcmp(cmd, "space"))
+        return cli_space(argc - 1, argv + 1);
     fprintf(stderr, "vdipoolctl: unknown command '%s'\n", cmd);
     usage(stderr);
     return CLI_USAGE;

@@ -14,7 +14,7 @@
 
 char *th_tempdir(const char *tag)
 {
-    const char *base = getenv("TMPDIR");
+    const char *base = getenv("VDI_TEST_ROOT");
     if (!base || !*base)
         base = "/var/tmp";
     char *dir = NULL;
@@ -142,11 +142,44 @@ void th_put64(uint8_t *p, uint64_t v)
     th_put32(p + 4, (uint32_t)v);
 }
 
+/* Unmounts every mount below root, deepest first. */
+static void unmount_below(const char *root)
+{
+    for (int round = 0; round < 8; round++) {
+        FILE *m = fopen("/proc/self/mounts", "r");
+        if (!m)
+            return;
+        char line[4096], best[4096] = "";
+        size_t rlen = strlen(root);
+        while (fgets(line, sizeof line, m)) {
+            char dev[4096], point[4096];
+            if (sscanf(line, "%4095s %4095s", dev, point) == 2 && !strncmp(point, root, rlen) &&
+                strlen(point) > strlen(best))
+                snprintf(best, sizeof best, "%s", point);
+        }
+        fclose(m);
+        if (!best[0])
+            return;
+        th_run(NULL, "umount '%s' || umount -l '%s'", best, best);
+    }
+}
+
 int th_run_suite(Suite *s)
 {
+    /* Every test's files and mounts live below one directory for this run,
+     * removed at the end even when a failed check ended a test early (Check
+     * leaves a failed test's process with _exit, so no teardown runs). */
+    char root[] = "/var/tmp/vdipool-test-XXXXXX";
+    if (!mkdtemp(root)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    setenv("VDI_TEST_ROOT", root, 1);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    unmount_below(root);
+    th_tempdir_remove(strdup(root));
     return failed;
 }

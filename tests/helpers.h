@@ -9,7 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A fresh directory under $TMPDIR (or /var/tmp); free with th_tempdir_remove. */
+/* A fresh directory below this run's root (see th_run_suite); free with
+ * th_tempdir_remove. */
 char *th_tempdir(const char *tag);
 void th_tempdir_remove(char *dir);
 
@@ -32,7 +33,8 @@ const char *th_hash(const char *path);
 void th_put32(uint8_t *p, uint32_t v);
 void th_put64(uint8_t *p, uint64_t v);
 
-/* Runs a suite and returns the number of failures (for main). */
+/* Runs a suite in a fresh root directory, then unmounts and removes
+ * everything below it; returns the number of failures (for main). */
 int th_run_suite(Suite *s);
 
 #endif

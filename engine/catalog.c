@@ -1,0 +1,609 @@
+/* catalog.c — the SQLite catalog: golds, children, sessions and the intent
+ * journal. Files on disk stay the ground truth; the catalog records what the
+ * qcow2 format cannot (a parent's children, a gold's fingerprint).
+ *
+ * Invariant: an intent row is committed (and, with synchronous=FULL, on
+ * disk) before the first step of its operation touches a file, and is
+ * deleted in the same transaction as the operation's final catalog update.
+ * So after a crash every half-done operation has its intent, and
+ * vdi_catalog_open finishes or undoes it. */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct vdi_catalog {
+    sqlite3 *db;
+    char *state_dir;
+    unsigned forward, back;
+};
+
+static const char *SCHEMA =
+    "CREATE TABLE IF NOT EXISTS golds ("
+    "  id INTEGER PRIMARY KEY,"
+    "  path TEXT NOT NULL UNIQUE,"
+    "  format TEXT NOT NULL,"
+    "  virtual_size INTEGER NOT NULL,"
+    "  size INTEGER NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
+    "  mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+    "  hash BLOB NOT NULL,"
+    "  sealed_at INTEGER NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  protections INTEGER NOT NULL DEFAULT 0,"
+    "  reason TEXT NOT NULL DEFAULT '');"
+    "CREATE TABLE IF NOT EXISTS children ("
+    "  id INTEGER PRIMARY KEY,"
+    "  path TEXT NOT NULL UNIQUE,"
+    "  parent TEXT NOT NULL,"
+    "  datastore TEXT NOT NULL DEFAULT '',"
+    "  pool TEXT NOT NULL DEFAULT '',"
+    "  slot INTEGER NOT NULL DEFAULT -1,"
+    "  created_at INTEGER NOT NULL,"
+    "  last_bytes INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX IF NOT EXISTS children_parent ON children(parent);"
+    "CREATE TABLE IF NOT EXISTS sessions ("
+    "  id INTEGER PRIMARY KEY,"
+    "  pool TEXT NOT NULL, desktop TEXT NOT NULL, user TEXT NOT NULL DEFAULT '',"
+    "  started_at INTEGER NOT NULL, ended_at INTEGER,"
+    "  end_reason TEXT, final_bytes INTEGER);"
+    "CREATE INDEX IF NOT EXISTS sessions_pool ON sessions(pool, ended_at);"
+    "CREATE TABLE IF NOT EXISTS intents ("
+    "  id INTEGER PRIMARY KEY,"
+    "  op TEXT NOT NULL, target TEXT NOT NULL, data TEXT NOT NULL DEFAULT '',"
+    "  pid INTEGER NOT NULL, created_at INTEGER NOT NULL);";
+
+const char *vdi_state_dir_default(void)
+{
+    const char *env = getenv("VDIPOOL_STATE_DIR");
+    return env && *env ? env : "/var/lib/vdipool";
+}
+
+const char *vdi_gold_state_name(vdi_gold_state s)
+{
+    switch (s) {
+    case VDI_GOLD_SEALED: return "sealed";
+    case VDI_GOLD_RETIRING: return "retiring";
+    case VDI_GOLD_RETIRED: return "retired";
+    case VDI_GOLD_TAINTED: return "tainted";
+    }
+    return "unknown";
+}
+
+static vdi_gold_state gold_state_from(const char *s)
+{
+    if (!strcmp(s, "retiring"))
+        return VDI_GOLD_RETIRING;
+    if (!strcmp(s, "retired"))
+        return VDI_GOLD_RETIRED;
+    if (!strcmp(s, "tainted"))
+        return VDI_GOLD_TAINTED;
+    return VDI_GOLD_SEALED;
+}
+
+sqlite3 *vdi_catalog_db_(vdi_catalog *cat) { return cat->db; }
+const char *vdi_catalog_state_dir(const vdi_catalog *cat) { return cat->state_dir; }
+unsigned vdi_catalog_rolled_forward(const vdi_catalog *cat) { return cat->forward; }
+unsigned vdi_catalog_rolled_back(const vdi_catalog *cat) { return cat->back; }
+
+static int db_error(vdi_catalog *cat, vdi_error *err, const char *what)
+{
+    return vdi_error_set(err, -EIO, "catalog %s/catalog.db: %s: %s", cat->state_dir, what,
+                         sqlite3_errmsg(cat->db));
+}
+
+int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(cat->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        int rc = vdi_error_set(err, -EIO, "catalog %s/catalog.db: %s", cat->state_dir,
+                               msg ? msg : "error");
+        sqlite3_free(msg);
+        return rc;
+    }
+    return 0;
+}
+
+int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err)
+{
+    return vdi_catalog_exec_(cat, "BEGIN IMMEDIATE", err);
+}
+
+int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err)
+{
+    return vdi_catalog_exec_(cat, "COMMIT", err);
+}
+
+void vdi_catalog_rollback_(vdi_catalog *cat) { sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL); }
+
+static int prepare(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err)
+{
+    if (sqlite3_prepare_v2(cat->db, sql, -1, st, NULL) != SQLITE_OK)
+        return db_error(cat, err, "prepare");
+    return 0;
+}
+
+/* Steps a statement that returns no rows and finalizes it. */
+static int run(vdi_catalog *cat, sqlite3_stmt *st, vdi_error *err)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return db_error(cat, err, "write");
+    return 0;
+}
+
+int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
+                      int64_t *id, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat,
+                     "INSERT INTO intents(op, target, data, pid, created_at) VALUES(?,?,?,?,?)",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, op, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, target, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, data ? data : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, getpid());
+    sqlite3_bind_int64(st, 5, time(NULL));
+    rc = run(cat, st, err);
+    if (rc == 0)
+        *id = sqlite3_last_insert_rowid(cat->db);
+    return rc;
+}
+
+int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "DELETE FROM intents WHERE id = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *parent,
+                           const vdi_child_meta *meta, uint64_t bytes, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat,
+                     "INSERT OR REPLACE INTO children(path, parent, datastore, pool, slot, "
+                     "created_at, last_bytes) VALUES(?,?,?,?,?,?,?)",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, parent, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, meta && meta->datastore ? meta->datastore : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, meta && meta->pool ? meta->pool : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 5, meta ? meta->slot : -1);
+    sqlite3_bind_int64(st, 6, time(NULL));
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)bytes);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_remove_child_(vdi_catalog *cat, const char *path, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "DELETE FROM children WHERE path = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_update_child_parent_(vdi_catalog *cat, const char *path, const char *parent,
+                                     vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "UPDATE children SET parent = ? WHERE path = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, parent, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, path, -1, SQLITE_STATIC);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_put_gold_(vdi_catalog *cat, const vdi_gold_info *g, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat,
+                     "INSERT INTO golds(path, format, virtual_size, size, dev, ino, mtime_ns, "
+                     "ctime_ns, hash, sealed_at, state, protections, reason) "
+                     "VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13) "
+                     "ON CONFLICT(path) DO UPDATE SET format=?2, virtual_size=?3, size=?4, "
+                     "dev=?5, ino=?6, mtime_ns=?7, ctime_ns=?8, hash=?9, sealed_at=?10, "
+                     "state=?11, protections=?12, reason=?13",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, g->path, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, vdi_format_name(g->format), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)g->virtual_size);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)g->fp.size);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)g->fp.dev);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)g->fp.ino);
+    sqlite3_bind_int64(st, 7, g->fp.mtime_ns);
+    sqlite3_bind_int64(st, 8, g->fp.ctime_ns);
+    sqlite3_bind_blob(st, 9, g->fp.hash, VDI_HASH_SIZE, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 10, g->sealed_at);
+    sqlite3_bind_text(st, 11, vdi_gold_state_name(g->state), -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 12, (int)g->protections);
+    sqlite3_bind_text(st, 13, g->reason, -1, SQLITE_STATIC);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_delete_gold_(vdi_catalog *cat, const char *path, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "DELETE FROM golds WHERE path = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_state state,
+                               const char *reason, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "UPDATE golds SET state = ?, reason = ? WHERE path = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, vdi_gold_state_name(state), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, reason ? reason : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, path, -1, SQLITE_STATIC);
+    rc = run(cat, st, err);
+    if (rc == 0 && sqlite3_changes(cat->db) == 0)
+        return vdi_error_set(err, -ENOENT, "%s is not a sealed gold", path);
+    return rc;
+}
+
+static void copy_text(char *dst, size_t len, const unsigned char *src)
+{
+    snprintf(dst, len, "%s", src ? (const char *)src : "");
+}
+
+static void gold_from_row(sqlite3_stmt *st, vdi_gold_info *g)
+{
+    memset(g, 0, sizeof *g);
+    g->id = sqlite3_column_int64(st, 0);
+    copy_text(g->path, sizeof g->path, sqlite3_column_text(st, 1));
+    const char *fmt = (const char *)sqlite3_column_text(st, 2);
+    g->format = fmt && !strcmp(fmt, "raw") ? VDI_FORMAT_RAW : VDI_FORMAT_QCOW2;
+    g->virtual_size = (uint64_t)sqlite3_column_int64(st, 3);
+    g->fp.size = (uint64_t)sqlite3_column_int64(st, 4);
+    g->fp.dev = (uint64_t)sqlite3_column_int64(st, 5);
+    g->fp.ino = (uint64_t)sqlite3_column_int64(st, 6);
+    g->fp.mtime_ns = sqlite3_column_int64(st, 7);
+    g->fp.ctime_ns = sqlite3_column_int64(st, 8);
+    if (sqlite3_column_bytes(st, 9) == VDI_HASH_SIZE)
+        memcpy(g->fp.hash, sqlite3_column_blob(st, 9), VDI_HASH_SIZE);
+    g->sealed_at = sqlite3_column_int64(st, 10);
+    g->state = gold_state_from((const char *)sqlite3_column_text(st, 11));
+    g->protections = (unsigned)sqlite3_column_int(st, 12);
+    copy_text(g->reason, sizeof g->reason, sqlite3_column_text(st, 13));
+}
+
+#define GOLD_COLUMNS                                                                               \
+    "id, path, format, virtual_size, size, dev, ino, mtime_ns, ctime_ns, hash, sealed_at, "        \
+    "state, protections, reason"
+
+int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "SELECT " GOLD_COLUMNS " FROM golds WHERE path = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW)
+        gold_from_row(st, out);
+    else if (step == SQLITE_DONE)
+        rc = vdi_error_set(err, -ENOENT, "%s is not a sealed gold (seal it with `vdipoolctl image "
+                                         "seal %s`)",
+                           path, path);
+    else
+        rc = db_error(cat, err, "read golds");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int vdi_catalog_golds(vdi_catalog *cat, vdi_gold_info **out, size_t *count, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    *out = NULL;
+    *count = 0;
+    int rc = prepare(cat, "SELECT " GOLD_COLUMNS " FROM golds ORDER BY path", &st, err);
+    if (rc < 0)
+        return rc;
+    size_t n = 0, cap = 0;
+    vdi_gold_info *v = NULL;
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            vdi_gold_info *nv = realloc(v, cap * sizeof *v);
+            if (!nv) {
+                rc = vdi_error_set(err, -ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        gold_from_row(st, &v[n++]);
+    }
+    if (rc == 0 && step != SQLITE_DONE)
+        rc = db_error(cat, err, "read golds");
+    sqlite3_finalize(st);
+    if (rc < 0) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+static void child_from_row(sqlite3_stmt *st, vdi_child_info *c)
+{
+    memset(c, 0, sizeof *c);
+    c->id = sqlite3_column_int64(st, 0);
+    copy_text(c->path, sizeof c->path, sqlite3_column_text(st, 1));
+    copy_text(c->parent, sizeof c->parent, sqlite3_column_text(st, 2));
+    copy_text(c->datastore, sizeof c->datastore, sqlite3_column_text(st, 3));
+    copy_text(c->pool, sizeof c->pool, sqlite3_column_text(st, 4));
+    c->slot = sqlite3_column_int(st, 5);
+    c->created_at = sqlite3_column_int64(st, 6);
+    c->last_bytes = (uint64_t)sqlite3_column_int64(st, 7);
+}
+
+#define CHILD_COLUMNS "id, path, parent, datastore, pool, slot, created_at, last_bytes"
+
+int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "SELECT " CHILD_COLUMNS " FROM children WHERE path = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW)
+        child_from_row(st, out);
+    else if (step == SQLITE_DONE)
+        rc = vdi_error_set(err, -ENOENT, "%s is not a child the catalog knows", path);
+    else
+        rc = db_error(cat, err, "read children");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **out,
+                         size_t *count, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    *out = NULL;
+    *count = 0;
+    int rc = prepare(cat,
+                     parent ? "SELECT " CHILD_COLUMNS " FROM children WHERE parent = ? ORDER BY path"
+                            : "SELECT " CHILD_COLUMNS " FROM children ORDER BY path",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    if (parent)
+        sqlite3_bind_text(st, 1, parent, -1, SQLITE_STATIC);
+    size_t n = 0, cap = 0;
+    vdi_child_info *v = NULL;
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            vdi_child_info *nv = realloc(v, cap * sizeof *v);
+            if (!nv) {
+                rc = vdi_error_set(err, -ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        child_from_row(st, &v[n++]);
+    }
+    if (rc == 0 && step != SQLITE_DONE)
+        rc = db_error(cat, err, "read children");
+    sqlite3_finalize(st);
+    if (rc < 0) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat,
+                     "INSERT INTO sessions(pool, desktop, user, started_at, ended_at, end_reason, "
+                     "final_bytes) VALUES(?,?,?,?,?,?,?)",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, s->pool, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, s->desktop, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, s->user ? s->user : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, s->started_at);
+    sqlite3_bind_int64(st, 5, s->ended_at);
+    sqlite3_bind_text(st, 6, s->end_reason ? s->end_reason : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)s->final_bytes);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,
+                           uint64_t *bytes, size_t *samples, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    /* The last 500 finished sessions: recent behaviour is what matters. */
+    int rc = prepare(cat,
+                     "SELECT final_bytes FROM (SELECT final_bytes FROM sessions WHERE pool = ? AND "
+                     "final_bytes IS NOT NULL AND ended_at IS NOT NULL ORDER BY ended_at DESC "
+                     "LIMIT 500) ORDER BY final_bytes",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
+    uint64_t v[500];
+    size_t n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW && n < 500)
+        v[n++] = (uint64_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    if (samples)
+        *samples = n;
+    if (n == 0 || n < min_samples)
+        return vdi_error_set(err, -ENODATA, "pool %s has %zu finished sessions, fewer than %zu",
+                             pool, n, min_samples);
+    size_t idx = (n * 95 + 99) / 100; /* nearest rank */
+    *bytes = v[idx ? idx - 1 : 0];
+    return 0;
+}
+
+static int recover(vdi_catalog *cat, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "SELECT id, op, target, data FROM intents ORDER BY id", &st, err);
+    if (rc < 0)
+        return rc;
+    typedef struct {
+        int64_t id;
+        char *op, *target, *data;
+    } intent;
+    intent *v = NULL;
+    size_t n = 0, cap = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            intent *nv = realloc(v, cap * sizeof *v);
+            if (!nv)
+                break;
+            v = nv;
+        }
+        v[n].id = sqlite3_column_int64(st, 0);
+        v[n].op = strdup((const char *)sqlite3_column_text(st, 1));
+        v[n].target = strdup((const char *)sqlite3_column_text(st, 2));
+        v[n].data = strdup((const char *)sqlite3_column_text(st, 3));
+        n++;
+    }
+    sqlite3_finalize(st);
+    for (size_t i = 0; i < n; i++) {
+        int r;
+        const char *op = v[i].op;
+        if (!strcmp(op, "clone"))
+            r = vdi_recover_clone_(cat, v[i].target, v[i].data, err);
+        else if (!strcmp(op, "delete"))
+            r = vdi_recover_delete_(cat, v[i].target, v[i].data, err);
+        else if (!strcmp(op, "seal"))
+            r = vdi_recover_seal_(cat, v[i].target, v[i].data, err);
+        else if (!strncmp(op, "merge", 5))
+            r = vdi_recover_merge_(cat, op, v[i].target, v[i].data, err);
+        else if (!strcmp(op, "reparent"))
+            r = vdi_recover_reparent_(cat, v[i].target, v[i].data, err);
+        else
+            r = 0; /* an operation this version does not know: drop its intent */
+        if (r >= 0) {
+            if (r > 0)
+                cat->forward++;
+            else
+                cat->back++;
+            r = vdi_intent_end_(cat, v[i].id, err);
+        }
+        if (r < 0 && rc == 0) {
+            vdi_error_prefix(err, "recovering an interrupted %s of %s: ", op, v[i].target);
+            rc = r;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].op);
+        free(v[i].target);
+        free(v[i].data);
+    }
+    free(v);
+    return rc;
+}
+
+int vdi_catalog_open(const char *state_dir, vdi_catalog **out, vdi_error *err)
+{
+    *out = NULL;
+    if (mkdir(state_dir, 0750) < 0 && errno != EEXIST)
+        return vdi_error_set(err, -errno, "cannot create the state directory %s: %s", state_dir,
+                             strerror(errno));
+    vdi_catalog *cat = calloc(1, sizeof *cat);
+    if (!cat || !(cat->state_dir = strdup(state_dir))) {
+        free(cat);
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/catalog.db", state_dir);
+    int rc = 0;
+    if (sqlite3_open_v2(path, &cat->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        rc = vdi_error_set(err, -EIO, "cannot open the catalog %s: %s", path,
+                           cat->db ? sqlite3_errmsg(cat->db) : "out of memory");
+        goto error;
+    }
+    sqlite3_busy_timeout(cat->db, 10000);
+    /* WAL with synchronous=FULL: a committed intent survives power loss. */
+    if ((rc = vdi_catalog_exec_(cat, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", err)) <
+            0 ||
+        (rc = vdi_catalog_exec_(cat, SCHEMA, err)) < 0)
+        goto error;
+    if ((rc = recover(cat, err)) < 0)
+        goto error;
+    *out = cat;
+    return 0;
+
+error:
+    vdi_catalog_close(cat);
+    return rc;
+}
+
+void vdi_catalog_close(vdi_catalog *cat)
+{
+    if (!cat)
+        return;
+    sqlite3_close(cat->db);
+    free(cat->state_dir);
+    free(cat);
+}
+
+void vdi_crashpoint(const char *name)
+{
+    const char *at = getenv("VDIPOOL_CRASH_AT");
+    if (at && !strcmp(at, name))
+        kill(getpid(), SIGKILL);
+}
+
+int vdi_write_file_atomic_(const char *path, const char *text, vdi_error *err)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return vdi_error_set(err, -errno, "cannot write %s: %s", tmp, strerror(errno));
+    int rc = 0;
+    if (fputs(text, f) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0)
+        rc = -errno;
+    if (fclose(f) != 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc < 0) {
+        unlink(tmp);
+        return vdi_error_set(err, rc, "cannot write %s: %s", path, strerror(-rc));
+    }
+    vdi_sync_dir_of_(path);
+    return 0;
+}

@@ -1,0 +1,352 @@
+/* children.c — children the catalog knows: cloning and deleting them under
+ * the intent journal, finding every child of a parent (known or not), and
+ * recovering interrupted clones and deletes. */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Every sealed gold in the parent's chain must still match its fingerprint,
+ * and must not be retiring: checked before each clone. */
+static int check_parent_chain(vdi_catalog *cat, const vdi_cloner *cl, vdi_error *err)
+{
+    const vdi_chain *chain = vdi_cloner_parent_chain(cl);
+    for (size_t i = 0; i < vdi_chain_length(chain); i++) {
+        char real[PATH_MAX];
+        if (!realpath(vdi_image_path(vdi_chain_link(chain, i)), real))
+            return vdi_error_set(err, -errno, "cannot resolve %s: %s",
+                                 vdi_image_path(vdi_chain_link(chain, i)), strerror(errno));
+        vdi_gold_info g;
+        int rc = vdi_catalog_gold(cat, real, &g, NULL);
+        if (rc == -ENOENT)
+            continue;
+        if (rc < 0)
+            return vdi_catalog_gold(cat, real, &g, err);
+        if (g.state == VDI_GOLD_TAINTED)
+            return vdi_error_set(err, -ESTALE, "gold %s is tainted (%s): no new children", real,
+                                 g.reason);
+        if (g.state != VDI_GOLD_SEALED)
+            return vdi_error_set(err, -EPERM, "gold %s is %s: no new children", real,
+                                 vdi_gold_state_name(g.state));
+        rc = vdi_guard_check(cat, real, false, err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static char *join_lines(const char *first, char *const *rest, size_t n)
+{
+    size_t len = strlen(first) + 2;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(rest[i]) + 1;
+    char *s = malloc(len), *p = s;
+    if (!s)
+        return NULL;
+    p += sprintf(p, "%s", first);
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, "\n%s", rest[i]);
+    return s;
+}
+
+/* The catalog names files by absolute path: the directory resolved, the
+ * file name as given (the file need not exist yet). */
+static char *absolute_path(const char *path)
+{
+    char dir[PATH_MAX], real[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else
+        snprintf(dir, sizeof dir, ".");
+    if (!realpath(*dir ? dir : "/", real))
+        return NULL;
+    char *out = NULL;
+    if (asprintf(&out, "%s/%s", strcmp(real, "/") ? real : "", base) < 0)
+        return NULL;
+    return out;
+}
+
+static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, size_t count,
+                       const vdi_child_meta *meta, size_t *made, vdi_error *err);
+
+int vdi_clone_batch_recorded(vdi_catalog *cat, vdi_cloner *cl, char *const *paths_in,
+                             size_t count, const vdi_child_meta *meta, size_t *made,
+                             vdi_error *err)
+{
+    if (made)
+        *made = 0;
+    if (count == 0)
+        return 0;
+    char **paths = calloc(count, sizeof *paths);
+    if (!paths)
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++)
+        if (!(paths[i] = absolute_path(paths_in[i])))
+            rc = vdi_error_set(err, -errno ? -errno : -ENOMEM,
+                               "cannot create %s: its directory does not exist", paths_in[i]);
+    if (rc == 0)
+        rc = clone_batch(cat, cl, paths, count, meta, made, err);
+    for (size_t i = 0; i < count; i++)
+        free(paths[i]);
+    free(paths);
+    return rc;
+}
+
+static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, size_t count,
+                       const vdi_child_meta *meta, size_t *made, vdi_error *err)
+{
+    int rc = check_parent_chain(cat, cl, err);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < count; i++) {
+        struct stat st;
+        if (lstat(paths[i], &st) == 0)
+            return vdi_error_set(err, -EEXIST, "%s already exists; vdipool never overwrites a file",
+                                 paths[i]);
+    }
+    const char *parent = vdi_cloner_backing_name(cl);
+    char *data = join_lines(parent, paths, count);
+    if (!data)
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    int64_t intent;
+    rc = vdi_intent_begin_(cat, "clone", paths[0], data, &intent, err);
+    free(data);
+    if (rc < 0)
+        return rc;
+    vdi_crashpoint("clone:begun");
+
+    size_t done = 0;
+    if (count == 1) {
+        char *temp = NULL;
+        rc = vdi_cloner_write_temp_(cl, paths[0], vdi_cloner_sync_(cl), &temp, err);
+        if (rc == 0) {
+            vdi_crashpoint("clone:written");
+            rc = vdi_place_noreplace_(temp, paths[0], err);
+            free(temp);
+        }
+        if (rc == 0) {
+            done = 1;
+            if (vdi_cloner_sync_(cl))
+                vdi_sync_dir_of_(paths[0]);
+        }
+    } else {
+        for (size_t i = 0; i < count && rc == 0; i++)
+            rc = vdi_cloner_stage(cl, paths[i], err);
+        if (rc == 0) {
+            vdi_crashpoint("clone:written");
+            rc = vdi_cloner_commit(cl, &done, err);
+        }
+    }
+    vdi_crashpoint("clone:renamed");
+
+    /* Record exactly the children that exist, and close the intent, at once. */
+    vdi_error db_err;
+    int r = vdi_catalog_begin_(cat, &db_err);
+    for (size_t i = 0; i < count && r == 0; i++) {
+        struct stat st;
+        if (lstat(paths[i], &st) == 0 && (rc == 0 || i < done))
+            r = vdi_catalog_add_child_(cat, paths[i], parent, meta, (uint64_t)st.st_blocks * 512,
+                                       &db_err);
+    }
+    if (r == 0)
+        r = vdi_intent_end_(cat, intent, &db_err);
+    if (r == 0)
+        r = vdi_catalog_commit_(cat, &db_err);
+    else
+        vdi_catalog_rollback_(cat);
+    if (r < 0 && rc == 0) {
+        rc = r;
+        if (err)
+            *err = db_err;
+    }
+    if (made)
+        *made = done;
+    return rc;
+}
+
+int vdi_clone_recorded(vdi_catalog *cat, vdi_cloner *cl, const char *child_path,
+                       const vdi_child_meta *meta, vdi_error *err)
+{
+    char *paths[1] = { (char *)child_path };
+    return vdi_clone_batch_recorded(cat, cl, paths, 1, meta, NULL, err);
+}
+
+int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err)
+{
+    (void)target;
+    char *copy = strdup(data);
+    if (!copy)
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    char *save = NULL;
+    char *parent = strtok_r(copy, "\n", &save);
+    int forward = 0;
+    int rc = 0;
+    for (char *child = strtok_r(NULL, "\n", &save); child && rc == 0;
+         child = strtok_r(NULL, "\n", &save)) {
+        vdi_image *img = NULL;
+        if (vdi_image_open(child, &img, NULL) == 0) {
+            /* Under its real name a child is complete (it was renamed there
+             * only after being written): keep it if it is the one we made. */
+            const char *b = vdi_image_backing_name(img);
+            if (parent && b && !strcmp(b, parent)) {
+                rc = vdi_catalog_add_child_(cat, child, parent, NULL,
+                                            vdi_image_allocated_bytes(img), err);
+                forward = 1;
+            }
+            vdi_image_close(img);
+        }
+        /* Temporary files of the dead writer go. */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", child);
+        char *slash = strrchr(dir, '/');
+        if (slash) {
+            *slash = '\0';
+            vdi_clone_sweep_temporaries(*dir ? dir : "/", NULL);
+        }
+    }
+    free(copy);
+    return rc < 0 ? rc : forward;
+}
+
+int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, vdi_error *err)
+{
+    struct stat st;
+    bool exists = lstat(path, &st) == 0;
+    if (!exists && errno != ENOENT)
+        return vdi_error_set(err, -errno, "cannot stat %s: %s", path, strerror(errno));
+    if (final_bytes)
+        *final_bytes = exists ? (uint64_t)st.st_blocks * 512 : 0;
+    int64_t intent;
+    int rc = vdi_intent_begin_(cat, "delete", path, "", &intent, err);
+    if (rc < 0)
+        return rc;
+    if (exists && unlink(path) < 0 && errno != ENOENT) {
+        rc = vdi_error_set(err, -errno, "cannot delete %s: %s", path, strerror(errno));
+        vdi_intent_end_(cat, intent, NULL);
+        return rc;
+    }
+    vdi_crashpoint("delete:unlinked");
+    vdi_sync_dir_of_(path);
+    if ((rc = vdi_catalog_begin_(cat, err)) < 0)
+        return rc;
+    if ((rc = vdi_catalog_remove_child_(cat, path, err)) == 0 &&
+        (rc = vdi_intent_end_(cat, intent, err)) == 0)
+        return vdi_catalog_commit_(cat, err);
+    vdi_catalog_rollback_(cat);
+    return rc;
+}
+
+int vdi_recover_delete_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err)
+{
+    (void)data;
+    if (unlink(target) < 0 && errno != ENOENT)
+        return vdi_error_set(err, -errno, "cannot delete %s: %s", target, strerror(errno));
+    vdi_sync_dir_of_(target);
+    int rc = vdi_catalog_remove_child_(cat, target, err);
+    return rc < 0 ? rc : 1;
+}
+
+/* ---- finding children ---------------------------------------------------- */
+
+typedef struct found_list {
+    vdi_found_child *v;
+    size_t n, cap;
+} found_list;
+
+static int add_found(found_list *l, const char *path, bool in_catalog)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i].path, path)) {
+            l->v[i].in_catalog |= in_catalog;
+            return 0;
+        }
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        vdi_found_child *nv = realloc(l->v, cap * sizeof *nv);
+        if (!nv)
+            return -ENOMEM;
+        l->v = nv;
+        l->cap = cap;
+    }
+    snprintf(l->v[l->n].path, sizeof l->v[l->n].path, "%s", path);
+    l->v[l->n].in_catalog = in_catalog;
+    l->n++;
+    return 0;
+}
+
+/* Images in dir whose backing file is (dev, ino). */
+static void scan_dir_for_children(const char *dir, uint64_t dev, uint64_t ino, found_list *l)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        struct stat st;
+        if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        vdi_image *img = NULL;
+        if (vdi_image_open(path, &img, NULL) < 0)
+            continue;
+        const char *b = vdi_image_backing_name(img);
+        char *bp = NULL;
+        struct stat pst;
+        if (b && vdi_backing_path(path, b, &bp, NULL) == 0 && stat(bp, &pst) == 0 &&
+            (uint64_t)pst.st_dev == dev && (uint64_t)pst.st_ino == ino) {
+            char real[PATH_MAX];
+            add_found(l, realpath(path, real) ? real : path, false);
+        }
+        free(bp);
+        vdi_image_close(img);
+    }
+    closedir(d);
+}
+
+int vdi_find_children(vdi_catalog *cat, const char *parent, const char *const *dirs, size_t ndirs,
+                      vdi_found_child **out, size_t *count, vdi_error *err)
+{
+    *out = NULL;
+    *count = 0;
+    char real[PATH_MAX];
+    struct stat st;
+    if (!realpath(parent, real) || stat(real, &st) < 0)
+        return vdi_error_set(err, -errno, "cannot resolve %s: %s", parent, strerror(errno));
+    found_list l = { 0 };
+    vdi_child_info *known = NULL;
+    size_t nknown = 0;
+    int rc = vdi_catalog_children(cat, real, &known, &nknown, err);
+    if (rc < 0)
+        return rc;
+    /* A record whose file is gone is no child any more (reconcile drops it). */
+    for (size_t i = 0; i < nknown && rc == 0; i++)
+        if (access(known[i].path, F_OK) == 0)
+            rc = add_found(&l, known[i].path, true);
+    free(known);
+    char pdir[PATH_MAX];
+    snprintf(pdir, sizeof pdir, "%s", real);
+    *strrchr(pdir, '/') = '\0';
+    scan_dir_for_children(*pdir ? pdir : "/", (uint64_t)st.st_dev, (uint64_t)st.st_ino, &l);
+    for (size_t i = 0; i < ndirs; i++)
+        scan_dir_for_children(dirs[i], (uint64_t)st.st_dev, (uint64_t)st.st_ino, &l);
+    if (rc < 0) {
+        free(l.v);
+        return vdi_error_set(err, rc, "out of memory");
+    }
+    *out = l.v;
+    *count = l.n;
+    return 0;
+}

@@ -1,0 +1,57 @@
+/* internal.h — what the engine's modules share with each other and nobody
+ * else: the intent journal, the clone steps, running qemu-img, fingerprints. */
+#ifndef VDI_ENGINE_INTERNAL_H
+#define VDI_ENGINE_INTERNAL_H
+
+#include "vdi_engine.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+/* catalog.c */
+sqlite3 *vdi_catalog_db_(vdi_catalog *cat);
+/* Runs SQL with no result rows; returns 0 or -EIO with err set. */
+int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err);
+/* Intents: written (and synced) before the first step of an operation. */
+int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
+                      int64_t *id, vdi_error *err);
+int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err);
+int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *parent,
+                           const vdi_child_meta *meta, uint64_t bytes, vdi_error *err);
+int vdi_catalog_remove_child_(vdi_catalog *cat, const char *path, vdi_error *err);
+int vdi_catalog_update_child_parent_(vdi_catalog *cat, const char *path, const char *parent,
+                                     vdi_error *err);
+int vdi_catalog_put_gold_(vdi_catalog *cat, const vdi_gold_info *g, vdi_error *err);
+int vdi_catalog_delete_gold_(vdi_catalog *cat, const char *path, vdi_error *err);
+int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err);
+int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err);
+void vdi_catalog_rollback_(vdi_catalog *cat);
+
+/* Recovery handlers, called by vdi_catalog_open for each leftover intent.
+ * Return 1 rolled forward, 0 rolled back, negative on failure. */
+int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
+int vdi_recover_delete_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
+int vdi_recover_seal_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
+int vdi_recover_merge_(vdi_catalog *cat, const char *op, const char *target, const char *data,
+                       vdi_error *err);
+int vdi_recover_reparent_(vdi_catalog *cat, const char *target, const char *data,
+                          vdi_error *err);
+
+/* clone.c: the two halves of making a child, for journaled callers. */
+int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, char **temp_out,
+                           vdi_error *err);
+int vdi_place_noreplace_(const char *temp, const char *final, vdi_error *err);
+int vdi_sync_dir_of_(const char *path);
+bool vdi_cloner_sync_(const vdi_cloner *c);
+
+/* qemu.c: runs qemu-img with arguments; with progress, parses its -p output.
+ * On failure err carries qemu-img's own last lines. */
+int vdi_qemu_img_(const char *const *argv, vdi_progress_fn progress, void *ctx, vdi_error *err);
+
+/* guard.c */
+void vdi_fingerprint_from_stat_(const struct stat *st, vdi_fingerprint *fp);
+
+/* Writes a small text file atomically: temp + fsync + rename + dir fsync. */
+int vdi_write_file_atomic_(const char *path, const char *text, vdi_error *err);
+
+#endif

@@ -1,0 +1,169 @@
+/* scan.c — the orphaned-file locator and reconcile: what is on disk against
+ * what the catalog knows. */
+#include "internal.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *vdi_parent_status_name(vdi_parent_status s)
+{
+    switch (s) {
+    case VDI_PARENT_NONE: return "none";
+    case VDI_PARENT_OK: return "ok";
+    case VDI_PARENT_MISSING: return "missing";
+    case VDI_PARENT_CHANGED: return "changed";
+    case VDI_PARENT_UNUSABLE: return "unusable";
+    }
+    return "unknown";
+}
+
+/* nftw has no context pointer: the walk is single-threaded per call. */
+static struct {
+    vdi_scan_entry *v;
+    size_t n, cap;
+    int rc;
+    struct stat state_dir; /* the catalog's own directory is not scanned */
+    bool have_state_dir;
+} walk;
+
+static int visit(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)ftw;
+    if (type == FTW_D && walk.have_state_dir && st->st_dev == walk.state_dir.st_dev &&
+        st->st_ino == walk.state_dir.st_ino)
+        return FTW_SKIP_SUBTREE;
+    if (type != FTW_F || !S_ISREG(st->st_mode))
+        return 0;
+    const char *base = strrchr(path, '/');
+    if (base && base[1] == '.')
+        return 0; /* temporaries */
+    vdi_image *img = NULL;
+    if (vdi_image_open(path, &img, NULL) < 0)
+        return 0;
+    if (walk.n == walk.cap) {
+        size_t cap = walk.cap ? walk.cap * 2 : 64;
+        vdi_scan_entry *nv = realloc(walk.v, cap * sizeof *nv);
+        if (!nv) {
+            vdi_image_close(img);
+            walk.rc = -ENOMEM;
+            return FTW_STOP;
+        }
+        walk.v = nv;
+        walk.cap = cap;
+    }
+    vdi_scan_entry *e = &walk.v[walk.n++];
+    memset(e, 0, sizeof *e);
+    if (!realpath(path, e->path))
+        snprintf(e->path, sizeof e->path, "%s", path);
+    e->format = vdi_image_format(img);
+    e->virtual_size = vdi_image_virtual_size(img);
+    e->allocated = vdi_image_allocated_bytes(img);
+    const char *b = vdi_image_backing_name(img);
+    if (b) {
+        char *bp = NULL;
+        if (vdi_backing_path(path, b, &bp, NULL) == 0) {
+            char real[PATH_MAX];
+            snprintf(e->parent, sizeof e->parent, "%s", realpath(bp, real) ? real : bp);
+            free(bp);
+        } else {
+            snprintf(e->parent, sizeof e->parent, "%s", b);
+        }
+        e->parent_status = VDI_PARENT_MISSING; /* settled after the walk */
+    }
+    vdi_image_close(img);
+    return 0;
+}
+
+int vdi_scan_dir(vdi_catalog *cat, const char *dir, vdi_scan_entry **out, size_t *count,
+                 vdi_error *err)
+{
+    *out = NULL;
+    *count = 0;
+    struct stat st;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        return vdi_error_set(err, -ENOTDIR, "%s is not a directory", dir);
+    memset(&walk, 0, sizeof walk);
+    walk.have_state_dir = stat(vdi_catalog_state_dir(cat), &walk.state_dir) == 0;
+    if (nftw(dir, visit, 32, FTW_PHYS | FTW_ACTIONRETVAL) < 0 || walk.rc < 0) {
+        free(walk.v);
+        return vdi_error_set(err, walk.rc ? walk.rc : -errno, "cannot scan %s", dir);
+    }
+    for (size_t i = 0; i < walk.n; i++) {
+        vdi_scan_entry *e = &walk.v[i];
+        vdi_gold_info g;
+        vdi_child_info c;
+        e->is_gold = vdi_catalog_gold(cat, e->path, &g, NULL) == 0;
+        e->in_catalog = e->is_gold || vdi_catalog_child(cat, e->path, &c, NULL) == 0;
+        for (size_t j = 0; j < walk.n; j++)
+            if (walk.v[j].parent[0] && !strcmp(walk.v[j].parent, e->path))
+                e->children++;
+        if (!e->parent[0])
+            continue;
+        vdi_image *p = NULL;
+        if (access(e->parent, F_OK) != 0)
+            e->parent_status = VDI_PARENT_MISSING;
+        else if (vdi_image_open(e->parent, &p, NULL) < 0)
+            e->parent_status = VDI_PARENT_UNUSABLE;
+        else
+            e->parent_status = VDI_PARENT_OK;
+        vdi_image_close(p);
+        if (vdi_catalog_gold(cat, e->parent, &g, NULL) == 0) {
+            e->parent_sealed = true;
+            if (g.state == VDI_GOLD_TAINTED || vdi_guard_check(cat, e->parent, false, NULL) < 0)
+                e->parent_status = VDI_PARENT_CHANGED;
+        }
+    }
+    *out = walk.v;
+    *count = walk.n;
+    walk.v = NULL;
+    return 0;
+}
+
+int vdi_reconcile(vdi_catalog *cat, const char *dir, vdi_reconcile_report *out, vdi_error *err)
+{
+    memset(out, 0, sizeof *out);
+    char real[PATH_MAX];
+    if (!realpath(dir, real))
+        return vdi_error_set(err, -errno, "%s: %s", dir, strerror(errno));
+    int swept = vdi_clone_sweep_temporaries(real, NULL);
+    if (swept > 0)
+        out->temporaries_removed = (size_t)swept;
+    vdi_child_info *kids = NULL;
+    size_t n = 0;
+    int rc = vdi_catalog_children(cat, NULL, &kids, &n, err);
+    if (rc < 0)
+        return rc;
+    size_t dlen = strlen(real);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (strncmp(kids[i].path, real, dlen) || kids[i].path[dlen] != '/')
+            continue;
+        if (access(kids[i].path, F_OK) != 0 && errno == ENOENT) {
+            rc = vdi_catalog_remove_child_(cat, kids[i].path, err);
+            out->dropped_records++;
+        }
+    }
+    free(kids);
+    if (rc < 0)
+        return rc;
+    vdi_scan_entry *v = NULL;
+    size_t m = 0;
+    if ((rc = vdi_scan_dir(cat, real, &v, &m, err)) < 0)
+        return rc;
+    for (size_t i = 0; i < m; i++) {
+        if (!v[i].parent[0])
+            continue;
+        if (!v[i].in_catalog)
+            out->unknown_children++;
+        if (v[i].parent_status == VDI_PARENT_MISSING || v[i].parent_status == VDI_PARENT_CHANGED ||
+            v[i].parent_status == VDI_PARENT_UNUSABLE)
+            out->orphans++;
+    }
+    free(v);
+    return 0;
+}

@@ -1,0 +1,85 @@
+/* space.c — datastores that never fill. A child can grow up to its virtual
+ * size; the sum of that worst case is allowed to exceed capacity only by the
+ * configured overcommit ratio, and each new child must fit its expected
+ * growth into the free space above the reserve. */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_percent,
+                      vdi_space_report *out, vdi_error *err)
+{
+    memset(out, 0, sizeof *out);
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) < 0)
+        return vdi_error_set(err, -errno, "cannot measure datastore %s: %s", dir,
+                             strerror(errno));
+    out->capacity = (uint64_t)vfs.f_blocks * vfs.f_frsize;
+    out->free = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    out->reserve = reserve_percent > 0 ? (uint64_t)((double)out->capacity * reserve_percent / 100.0)
+                                       : reserve_bytes;
+    DIR *d = opendir(dir);
+    if (!d)
+        return vdi_error_set(err, -errno, "cannot read datastore %s: %s", dir, strerror(errno));
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue; /* temporaries and hidden files */
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        struct stat st;
+        if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        vdi_image *img = NULL;
+        if (vdi_image_open(path, &img, NULL) < 0)
+            continue;
+        if (vdi_image_backing_name(img)) {
+            uint64_t alloc = vdi_image_allocated_bytes(img);
+            uint64_t vs = vdi_image_virtual_size(img);
+            out->children++;
+            out->children_allocated += alloc;
+            out->worst_case += vs > alloc ? vs - alloc : 0;
+        }
+        vdi_image_close(img);
+    }
+    closedir(d);
+    out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
+    return 0;
+}
+
+int vdi_space_admit(const vdi_space_report *r, const char *datastore, uint64_t expected_growth,
+                    uint64_t worst_case, double max_overcommit, vdi_error *err)
+{
+    char a[32], b[32], c[32], d[32];
+    uint64_t avail = r->free > r->reserve ? r->free - r->reserve : 0;
+    if (expected_growth > avail)
+        return vdi_error_set(err, -ENOSPC,
+                             "datastore %s is full: a new desktop is expected to grow by %s, but "
+                             "only %s is free above the %s reserve (short by %s)",
+                             datastore, vdi_format_size(expected_growth, a, sizeof a),
+                             vdi_format_size(avail, b, sizeof b),
+                             vdi_format_size(r->reserve, c, sizeof c),
+                             vdi_format_size(expected_growth - avail, d, sizeof d));
+    if (r->capacity) {
+        double after = (double)(r->worst_case + worst_case) / (double)r->capacity;
+        if (after > max_overcommit) {
+            uint64_t limit = (uint64_t)(max_overcommit * (double)r->capacity);
+            return vdi_error_set(err, -ENOSPC,
+                                 "datastore %s would be overcommitted: its children could grow "
+                                 "to %.2fx its capacity (%s of worst-case growth on %s), above "
+                                 "max_overcommit %.2f (over by %s)",
+                                 datastore, after,
+                                 vdi_format_size(r->worst_case + worst_case, a, sizeof a),
+                                 vdi_format_size(r->capacity, b, sizeof b), max_overcommit,
+                                 vdi_format_size(r->worst_case + worst_case - limit, c, sizeof c));
+        }
+    }
+    return 0;
+}

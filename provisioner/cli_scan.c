@@ -1,0 +1,382 @@
+/* cli_scan.c — `vdipoolctl image scan|tree|reconcile` and `vdipoolctl space`:
+ * what is on disk, what depends on what, and how much room is left. */
+#include "cli.h"
+#include "vdi_config.h"
+#include "vdi_engine.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int open_catalog(bool json, vdi_catalog **cat)
+{
+    vdi_error err = { 0 };
+    if (vdi_catalog_open(vdi_state_dir_default(), cat, &err) < 0)
+        return cli_fail(json, &err);
+    return CLI_OK;
+}
+
+int cli_image_scan(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, NULL, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (first + 1 != argc)
+        return cli_usage_error("image scan takes one DIR");
+    vdi_catalog *cat = NULL;
+    int status = open_catalog(o.json, &cat);
+    if (status)
+        return status;
+    vdi_scan_entry *v = NULL;
+    size_t n = 0;
+    vdi_error err = { 0 };
+    if (vdi_scan_dir(cat, argv[first], &v, &n, &err) < 0) {
+        status = cli_fail(o.json, &err);
+        vdi_catalog_close(cat);
+        return status;
+    }
+    size_t orphans = 0, unknown = 0, lonely = 0;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const vdi_scan_entry *e = &v[i];
+        bool orphan = e->parent[0] && e->parent_status != VDI_PARENT_OK;
+        orphans += orphan;
+        unknown += e->parent[0] && !e->in_catalog;
+        lonely += e->is_gold && e->children == 0;
+        if (o.json) {
+            json_array_append_new(
+                arr, json_pack("{s:s,s:s,s:I,s:I,s:s?,s:s,s:b,s:b,s:b,s:i}", "path", e->path,
+                               "format", vdi_format_name(e->format), "virtual_size",
+                               (json_int_t)e->virtual_size, "allocated_bytes",
+                               (json_int_t)e->allocated, "parent", e->parent[0] ? e->parent : NULL,
+                               "parent_status", vdi_parent_status_name(e->parent_status),
+                               "parent_sealed", e->parent_sealed, "in_catalog", e->in_catalog,
+                               "gold", e->is_gold, "children", (int)e->children));
+            continue;
+        }
+        if (!e->parent[0]) {
+            printf("%s: %s root%s, %zu child%s in this scan%s\n", e->path,
+                   vdi_format_name(e->format), e->is_gold ? " (sealed gold)" : "", e->children,
+                   e->children == 1 ? "" : "ren",
+                   e->is_gold && e->children == 0 ? " - a gold with no children" : "");
+        } else {
+            printf("%s: child of %s - parent %s%s%s\n", e->path, e->parent,
+                   vdi_parent_status_name(e->parent_status),
+                   e->parent_sealed ? " (sealed gold)" : "",
+                   e->in_catalog ? "" : "; NOT in the catalog");
+        }
+    }
+    if (o.json) {
+        cli_print_json(json_pack("{s:o,s:i,s:i,s:i}", "images", arr, "orphans", (int)orphans,
+                                 "unknown_children", (int)unknown, "golds_without_children",
+                                 (int)lonely));
+    } else {
+        json_decref(arr);
+        printf("%zu images: %zu orphaned, %zu children the catalog does not know, %zu golds "
+               "with no children\n",
+               n, orphans, unknown, lonely);
+    }
+    free(v);
+    vdi_catalog_close(cat);
+    return CLI_OK;
+}
+
+/* ---- tree ------------------------------------------------------------------ */
+
+typedef struct node {
+    char path[PATH_MAX];
+    char parent[PATH_MAX];
+    uint64_t allocated, virtual_size;
+    bool gold, exists;
+    const char *state;
+} node;
+
+typedef struct forest {
+    node *v;
+    size_t n, cap;
+} forest;
+
+static node *find_node(forest *f, const char *path)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (!strcmp(f->v[i].path, path))
+            return &f->v[i];
+    return NULL;
+}
+
+static node *add_node(forest *f, const char *path)
+{
+    node *x = find_node(f, path);
+    if (x)
+        return x;
+    if (f->n == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 32;
+        node *nv = realloc(f->v, f->cap * sizeof *nv);
+        if (!nv)
+            abort();
+        f->v = nv;
+    }
+    x = &f->v[f->n++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->path, sizeof x->path, "%s", path);
+    vdi_image *img = NULL;
+    if (vdi_image_open(path, &img, NULL) == 0) {
+        x->exists = true;
+        x->allocated = vdi_image_allocated_bytes(img);
+        x->virtual_size = vdi_image_virtual_size(img);
+        const char *b = vdi_image_backing_name(img);
+        char *bp = NULL;
+        if (b && vdi_backing_path(path, b, &bp, NULL) == 0) {
+            char real[PATH_MAX];
+            snprintf(x->parent, sizeof x->parent, "%s", realpath(bp, real) ? real : bp);
+        }
+        free(bp);
+        vdi_image_close(img);
+    }
+    return x;
+}
+
+static json_t *print_subtree(forest *f, size_t idx, const char *prefix, bool last, bool root,
+                             bool json)
+{
+    node *x = &f->v[idx];
+    char a[32], b[32];
+    uint64_t worst = x->virtual_size > x->allocated ? x->virtual_size - x->allocated : 0;
+    if (!json) {
+        if (root)
+            printf("%s", x->path);
+        else
+            printf("%s%s %s", prefix, last ? "└──" : "├──", x->path);
+        if (!x->exists)
+            printf("  [missing]\n");
+        else if (x->gold)
+            printf("  [gold, %s] %s virtual, %s allocated\n", x->state,
+                   vdi_format_size(x->virtual_size, a, sizeof a),
+                   vdi_format_size(x->allocated, b, sizeof b));
+        else
+            printf("  %s allocated, %s worst case\n", vdi_format_size(x->allocated, a, sizeof a),
+                   vdi_format_size(worst, b, sizeof b));
+    }
+    json_t *children = json_array();
+    size_t kids[4096];
+    size_t nk = 0;
+    for (size_t i = 0; i < f->n && nk < 4096; i++)
+        if (i != idx && !strcmp(f->v[i].parent, x->path))
+            kids[nk++] = i;
+    char sub[1024];
+    snprintf(sub, sizeof sub, "%s%s", prefix, root ? "" : (last ? "    " : "│   "));
+    for (size_t k = 0; k < nk; k++)
+        json_array_append_new(children, print_subtree(f, kids[k], sub, k + 1 == nk, false, json));
+    if (!json) {
+        json_decref(children);
+        return NULL;
+    }
+    return json_pack("{s:s,s:b,s:s?,s:I,s:I,s:I,s:o}", "path", x->path, "gold", x->gold, "state",
+                     x->state, "allocated_bytes", (json_int_t)x->allocated, "virtual_size",
+                     (json_int_t)x->virtual_size, "worst_case_bytes", (json_int_t)worst,
+                     "children", children);
+}
+
+int cli_image_tree(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, NULL, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (argc - first > 1)
+        return cli_usage_error("image tree takes at most one DIR");
+    vdi_catalog *cat = NULL;
+    int status = open_catalog(o.json, &cat);
+    if (status)
+        return status;
+    vdi_error err = { 0 };
+    forest f = { 0 };
+    vdi_gold_info *golds = NULL;
+    size_t ng = 0;
+    vdi_child_info *kids = NULL;
+    size_t nk = 0;
+    if (vdi_catalog_golds(cat, &golds, &ng, &err) < 0 ||
+        vdi_catalog_children(cat, NULL, &kids, &nk, &err) < 0) {
+        status = cli_fail(o.json, &err);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < ng; i++) {
+        node *x = add_node(&f, golds[i].path);
+        x->gold = true;
+        x->state = vdi_gold_state_name(golds[i].state);
+    }
+    for (size_t i = 0; i < nk; i++) {
+        node *x = add_node(&f, kids[i].path);
+        if (!x->exists)
+            snprintf(x->parent, sizeof x->parent, "%s", kids[i].parent);
+    }
+    if (first < argc) {
+        vdi_scan_entry *v = NULL;
+        size_t n = 0;
+        if (vdi_scan_dir(cat, argv[first], &v, &n, &err) < 0) {
+            status = cli_fail(o.json, &err);
+            goto cleanup;
+        }
+        for (size_t i = 0; i < n; i++)
+            add_node(&f, v[i].path);
+        free(v);
+    }
+    /* Parents outside what we know yet still head their subtree. */
+    for (size_t i = 0; i < f.n; i++)
+        if (f.v[i].parent[0] && !find_node(&f, f.v[i].parent))
+            add_node(&f, f.v[i].parent);
+    json_t *roots = json_array();
+    for (size_t i = 0; i < f.n; i++)
+        if (!f.v[i].parent[0] || !find_node(&f, f.v[i].parent))
+            json_array_append_new(roots, print_subtree(&f, i, "", true, true, o.json));
+    if (o.json)
+        cli_print_json(json_pack("{s:o}", "roots", roots));
+    else {
+        json_decref(roots);
+        if (f.n == 0)
+            printf("no golds or children known (seal a gold, or give a DIR to scan)\n");
+    }
+cleanup:
+    free(f.v);
+    free(golds);
+    free(kids);
+    vdi_catalog_close(cat);
+    return status;
+}
+
+int cli_image_reconcile(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, NULL, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (first + 1 != argc)
+        return cli_usage_error("image reconcile takes one DIR");
+    vdi_catalog *cat = NULL;
+    int status = open_catalog(o.json, &cat);
+    if (status)
+        return status;
+    vdi_reconcile_report r;
+    vdi_error err = { 0 };
+    if (vdi_reconcile(cat, argv[first], &r, &err) < 0)
+        status = cli_fail(o.json, &err);
+    else if (o.json)
+        cli_print_json(json_pack("{s:i,s:i,s:i,s:i}", "dropped_records", (int)r.dropped_records,
+                                 "unknown_children", (int)r.unknown_children, "orphans",
+                                 (int)r.orphans, "temporaries_removed",
+                                 (int)r.temporaries_removed));
+    else
+        printf("%s: dropped %zu records of deleted children, removed %zu temporary files; "
+               "%zu children the catalog does not know and %zu orphans are left for you "
+               "(see `vdipoolctl image scan %s`)\n",
+               argv[first], r.dropped_records, r.temporaries_removed, r.unknown_children,
+               r.orphans, argv[first]);
+    vdi_catalog_close(cat);
+    return status;
+}
+
+/* ---- space ----------------------------------------------------------------- */
+
+/* Sessions a pool needs before its own history replaces expected_growth. */
+#define GROWTH_MIN_SAMPLES 20
+
+int cli_space(int argc, char **argv)
+{
+    static const char *const values[] = { "config", NULL };
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, values, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (first != argc)
+        return cli_usage_error("space takes no arguments");
+    const char *path = o.value[0] ? o.value[0]
+                       : getenv("VDIPOOL_CONFIG") ? getenv("VDIPOOL_CONFIG")
+                                                  : VDI_CONFIG_DEFAULT_PATH;
+    vdi_config *cfg = NULL;
+    vdi_config_errors *errors = NULL;
+    vdi_config_options copts = { 0 };
+    if (vdi_config_load(path, &copts, &cfg, &errors) < 0) {
+        const vdi_config_error *e = vdi_config_errors_get(errors, 0);
+        vdi_error err;
+        vdi_error_set(&err, -EINVAL, "%s:%d: %s (run `vdipoolctl config check`)", e->file,
+                      e->line, e->message);
+        vdi_config_errors_free(errors);
+        return cli_fail(o.json, &err);
+    }
+    vdi_catalog *cat = NULL;
+    int status = open_catalog(o.json, &cat);
+    if (status) {
+        vdi_config_free(cfg);
+        return status;
+    }
+    json_t *stores = json_array();
+    for (size_t i = 0; i < vdi_config_datastore_count(cfg); i++) {
+        const vdi_datastore_config *d = vdi_config_datastore(cfg, i);
+        vdi_space_report r;
+        vdi_error err = { 0 };
+        if (vdi_space_measure(d->path, d->reserve_bytes, d->reserve_percent, &r, &err) < 0) {
+            status = cli_fail(o.json, &err);
+            continue;
+        }
+        char a[32], b[32], c[32], e1[32], e2[32];
+        if (!o.json)
+            printf("datastore %s (%s): %s capacity, %s free, %s reserve; %zu children allocate "
+                   "%s and could grow by %s more (%.2fx capacity, limit %.2fx)\n",
+                   d->name, d->path, vdi_format_size(r.capacity, a, sizeof a),
+                   vdi_format_size(r.free, b, sizeof b), vdi_format_size(r.reserve, c, sizeof c),
+                   r.children, vdi_format_size(r.children_allocated, e1, sizeof e1),
+                   vdi_format_size(r.worst_case, e2, sizeof e2), r.overcommit, d->max_overcommit);
+        json_t *pools = json_array();
+        for (size_t j = 0; j < vdi_config_pool_count(cfg); j++) {
+            const vdi_pool_config *p = vdi_config_pool(cfg, j);
+            if (strcmp(p->datastore, d->name))
+                continue;
+            uint64_t growth = p->expected_growth;
+            size_t samples = 0;
+            bool learned = vdi_catalog_growth_p95(cat, p->name, GROWTH_MIN_SAMPLES, &growth,
+                                                  &samples, NULL) == 0;
+            vdi_image *g = NULL;
+            uint64_t worst = 0;
+            if (vdi_image_open(p->gold, &g, NULL) == 0) {
+                worst = vdi_image_virtual_size(g);
+                vdi_image_close(g);
+            }
+            vdi_error why = { 0 };
+            bool admit = vdi_space_admit(&r, d->name, growth, worst, d->max_overcommit, &why) == 0;
+            if (o.json) {
+                json_array_append_new(
+                    pools, json_pack("{s:s,s:I,s:s,s:i,s:b,s:s?}", "pool", p->name,
+                                     "expected_growth", (json_int_t)growth, "growth_source",
+                                     learned ? "p95 of sessions" : "configured", "sessions",
+                                     (int)samples, "admits_another", admit, "refusal",
+                                     admit ? NULL : why.message));
+            } else {
+                printf("  pool %s: a new desktop is expected to grow by %s (%s); %s\n", p->name,
+                       vdi_format_size(growth, a, sizeof a),
+                       learned ? "95th percentile of its sessions" : "configured expected_growth",
+                       admit ? "another one would be admitted" : why.message);
+            }
+        }
+        if (o.json)
+            json_array_append_new(
+                stores,
+                json_pack("{s:s,s:s,s:I,s:I,s:I,s:i,s:I,s:I,s:f,s:f,s:o}", "name", d->name, "path",
+                          d->path, "capacity", (json_int_t)r.capacity, "free", (json_int_t)r.free,
+                          "reserve", (json_int_t)r.reserve, "children", (int)r.children,
+                          "children_allocated", (json_int_t)r.children_allocated,
+                          "worst_case", (json_int_t)r.worst_case, "overcommit", r.overcommit,
+                          "max_overcommit", d->max_overcommit, "pools", pools));
+        else
+            json_decref(pools);
+    }
+    if (o.json)
+        cli_print_json(json_pack("{s:o}", "datastores", stores));
+    else
+        json_decref(stores);
+    vdi_catalog_close(cat);
+    vdi_config_free(cfg);
+    return status;
+}

@@ -1,0 +1,235 @@
+/* test_space.c — datastores that never fill, on a small loop-mounted ext4
+ * made, mounted and unmounted by each test: measurement, admission and its
+ * refusals, ENOSPC during a clone, a merge refused for space, learned growth. */
+#include "helpers.h"
+#include "vdi_engine.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char *dir;
+static char mnt[1024], img[1024], gold[1024];
+static vdi_catalog *cat;
+
+static char *in_mnt(const char *name)
+{
+    static char paths[8][4200];
+    static int next;
+    char *p = paths[next++ % 8];
+    snprintf(p, 4200, "%s/%s", mnt, name);
+    return p;
+}
+
+static void unmount(void)
+{
+    if (mnt[0])
+        th_run(NULL, "mountpoint -q %s && umount %s", mnt, mnt);
+}
+
+static void setup(void)
+{
+    ck_assert_msg(getuid() == 0, "the space tests mount a filesystem: run them as root");
+    dir = th_tempdir("space");
+    snprintf(mnt, sizeof mnt, "%s/mnt", dir);
+    snprintf(img, sizeof img, "%s/fs.img", dir);
+    snprintf(gold, sizeof gold, "%s/gold.qcow2", dir);
+    mkdir(mnt, 0755);
+    free(th_must("truncate -s 64M %s && mkfs.ext4 -q -F -m 0 -b 4096 %s && mount -o loop %s %s", img, img,
+                 img, mnt));
+    free(th_must("qemu-img create -q -f qcow2 %s 1G && qemu-io -c 'write -q -P 0x5a 0 1M' %s", gold,
+                 gold));
+    char state[4200];
+    snprintf(state, sizeof state, "%s/state", dir);
+    vdi_error err = { 0 };
+    ck_assert_msg(vdi_catalog_open(state, &cat, &err) == 0, "%s", err.message);
+}
+
+static void teardown(void)
+{
+    if (!dir)
+        return;
+    vdi_catalog_close(cat);
+    cat = NULL;
+    /* Unmount by the mount point this test made; the loop device goes with it. */
+    unmount();
+    th_tempdir_remove(dir);
+    dir = NULL;
+}
+
+static void clone_to(const char *parent, const char *child)
+{
+    vdi_cloner *cl = NULL;
+    vdi_error err = { 0 };
+    ck_assert_msg(vdi_cloner_new(parent, NULL, &cl, &err) == 0, "%s", err.message);
+    ck_assert_msg(vdi_clone_recorded(cat, cl, child, NULL, &err) == 0, "%s", err.message);
+    vdi_cloner_free(cl);
+}
+
+/* Leaves about `leave` bytes free on the small filesystem. */
+static void fill_leaving(uint64_t leave)
+{
+    vdi_space_report r;
+    ck_assert_int_eq(vdi_space_measure(mnt, 0, 0, &r, NULL), 0);
+    /* fallocate needs room for its own metadata: back off until it fits. */
+    for (uint64_t slack = 0; r.free > leave + slack && slack < (4ULL << 20); slack += 64 << 10)
+        if (th_run(NULL, "fallocate -l %llu %s/filler", (unsigned long long)(r.free - leave - slack),
+                   mnt) == 0)
+            break;
+    if (leave == 0) /* the last blocks, one by one */
+        th_run(NULL, "dd if=/dev/zero of=%s/filler2 bs=4k status=none", mnt);
+}
+
+START_TEST(measure_and_admit)
+{
+    for (int i = 0; i < 3; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "desk-%d.qcow2", i);
+        clone_to(gold, in_mnt(p));
+    }
+    vdi_space_report r;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_space_measure(mnt, 0, 10.0, &r, &err), 0);
+    ck_assert_uint_gt(r.capacity, 50ULL << 20);
+    ck_assert_uint_lt(r.capacity, 65ULL << 20);
+    ck_assert_uint_eq(r.reserve, (uint64_t)((double)r.capacity * 0.10));
+    ck_assert_uint_eq(r.children, 3);
+    ck_assert_uint_eq(r.children_allocated, 3 * 12288);
+    ck_assert_uint_eq(r.worst_case, 3 * ((1ULL << 30) - 12288));
+    ck_assert(r.overcommit > 40 && r.overcommit < 70);
+
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 1ULL << 30, 100.0, &err), 0);
+    /* Overcommit limit. */
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 1ULL << 30, 3.0, &err), -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.message, "datastore small would be overcommitted"));
+    ck_assert_ptr_nonnull(strstr(err.message, "above max_overcommit 3.00 (over by"));
+    /* Expected growth above free minus reserve. */
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 60ULL << 20, 1ULL << 30, 100.0, &err), -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.message, "datastore small is full"));
+    ck_assert_ptr_nonnull(strstr(err.message, "short by"));
+    /* The reserve counts: fill to just above it and a 1 MiB child no longer fits. */
+    fill_leaving(r.reserve + (512 << 10));
+    ck_assert_int_eq(vdi_space_measure(mnt, 0, 10.0, &r, &err), 0);
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 1ULL << 30, 100.0, &err), -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.message, "reserve"));
+}
+END_TEST
+
+START_TEST(enospc_leaves_no_child)
+{
+    fill_leaving(0);
+    vdi_cloner *cl = NULL;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, &err), 0);
+    int rc = vdi_clone_recorded(cat, cl, in_mnt("full.qcow2"), NULL, &err);
+    vdi_cloner_free(cl);
+    ck_assert_int_eq(rc, -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.message, "datastore is full"));
+    ck_assert_int_eq(access(in_mnt("full.qcow2"), F_OK), -1);
+    char *out = th_must("ls -A %s", mnt);
+    ck_assert_msg(!strstr(out, ".vdi-tmp") && !strstr(out, "full.qcow2"), "left: %s", out);
+    free(out);
+    vdi_child_info ci;
+    ck_assert_int_eq(vdi_catalog_child(cat, in_mnt("full.qcow2"), &ci, NULL), -ENOENT);
+}
+END_TEST
+
+START_TEST(merge_refused_for_space)
+{
+    /* A parent and a child with 8 MiB of data, both on the small filesystem. */
+    free(th_must("qemu-img create -q -f qcow2 %s 1G", in_mnt("parent.qcow2")));
+    clone_to(in_mnt("parent.qcow2"), in_mnt("child.qcow2"));
+    free(th_must("qemu-io -c 'write -q -P 7 0 8M' %s", in_mnt("child.qcow2")));
+    fill_leaving(4 << 20);
+    vdi_merge_plan *plan = NULL;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_merge_plan_new(cat, in_mnt("child.qcow2"), VDI_MERGE_INTO_PARENT, NULL,
+                                        NULL, 0, &plan, &err),
+                     -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.message, "not enough space to merge"));
+    ck_assert_ptr_nonnull(strstr(err.message, "short by"));
+    ck_assert_int_eq(access(in_mnt("child.qcow2"), F_OK), 0);
+    unlink(in_mnt("filler"));
+    ck_assert_int_eq(vdi_merge_plan_new(cat, in_mnt("child.qcow2"), VDI_MERGE_INTO_PARENT, NULL,
+                                        NULL, 0, &plan, &err),
+                     0);
+    ck_assert_int_eq(vdi_merge_execute(cat, plan, NULL, NULL, &err), 0);
+    vdi_merge_plan_free(plan);
+    free(th_must("qemu-io -r -c 'read -q -P 7 0 8M' %s", in_mnt("parent.qcow2")));
+}
+END_TEST
+
+START_TEST(growth_learned_from_sessions)
+{
+    uint64_t p95 = 0;
+    size_t samples = 0;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "office", 20, &p95, &samples, &err), -ENODATA);
+    for (int i = 1; i <= 30; i++) {
+        vdi_session_record s = { .pool = "office", .desktop = "office-001", .user = "u",
+                                 .started_at = 1000 + i, .ended_at = 2000 + i,
+                                 .end_reason = "guest-shutdown",
+                                 .final_bytes = (uint64_t)i << 20 };
+        ck_assert_int_eq(vdi_catalog_record_session(cat, &s, &err), 0);
+    }
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "office", 20, &p95, &samples, &err), 0);
+    ck_assert_uint_eq(samples, 30);
+    ck_assert_uint_eq(p95, 29ULL << 20);
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "lab", 20, &p95, &samples, &err), -ENODATA);
+}
+END_TEST
+
+START_TEST(cli_space_report)
+{
+    const char *ctl = getenv("VDIPOOLCTL");
+    ck_assert_msg(ctl != NULL, "VDIPOOLCTL is set by ctest");
+    clone_to(gold, in_mnt("office-001.qcow2"));
+    char conf[4200];
+    snprintf(conf, sizeof conf, "%s/vdipool.conf", dir);
+    char text[16384];
+    snprintf(text, sizeof text,
+             "datastores = ( { name = \"small\"; path = \"%s\"; reserve = \"8M\"; "
+             "max_overcommit = 2.0; } );\n"
+             "pools = ( { name = \"office\"; gold = \"%s\"; datastore = \"small\"; size = 4; "
+             "spares = 1; expected_growth = \"16M\"; } );\n",
+             mnt, gold);
+    th_write_file(conf, text, strlen(text));
+    char *out = th_must("%s --state-dir %s/state space --config %s --json", ctl, dir, conf);
+    json_t *j = json_loads(out, 0, NULL);
+    ck_assert_msg(j != NULL, "%s", out);
+    json_t *d = json_array_get(json_object_get(j, "datastores"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "name")), "small");
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "children")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "reserve")), 8 << 20);
+    json_t *p = json_array_get(json_object_get(d, "pools"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(p, "growth_source")), "configured");
+    /* 1 GiB children on ~60 MiB with max_overcommit 2: refused, and says so. */
+    ck_assert(json_is_false(json_object_get(p, "admits_another")));
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(p, "refusal")), "overcommitted"));
+    json_decref(j);
+    free(out);
+    out = th_must("%s --state-dir %s/state space --config %s", ctl, dir, conf);
+    ck_assert_ptr_nonnull(strstr(out, "datastore small"));
+    ck_assert_ptr_nonnull(strstr(out, "pool office"));
+    free(out);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("space");
+    TCase *tc = tcase_create("space");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, measure_and_admit);
+    tcase_add_test(tc, enospc_leaves_no_child);
+    tcase_add_test(tc, merge_refused_for_space);
+    tcase_add_test(tc, growth_learned_from_sessions);
+    tcase_add_test(tc, cli_space_report);
+    suite_add_tcase(s, tc);
+    return th_run_suite(s) ? 1 : 0;
+}

@@ -443,6 +443,65 @@ int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vd
     return run(cat, st, err);
 }
 
+int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *desktop,
+                              const char *user, int64_t started_at, int64_t *id, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "INSERT INTO sessions(pool, desktop, user, started_at) VALUES(?,?,?,?)",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, desktop, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, user ? user : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, started_at);
+    rc = run(cat, st, err);
+    if (rc == 0)
+        *id = sqlite3_last_insert_rowid(cat->db);
+    return rc;
+}
+
+int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, const char *reason,
+                            uint64_t final_bytes, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat,
+                     "UPDATE sessions SET ended_at = ?, end_reason = ?, final_bytes = ? WHERE id = "
+                     "? AND ended_at IS NULL",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, ended_at);
+    sqlite3_bind_text(st, 2, reason ? reason : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)final_bytes);
+    sqlite3_bind_int64(st, 4, id);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id, char *user,
+                             size_t user_len, int64_t *started_at, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat,
+                     "SELECT id, user, started_at FROM sessions WHERE desktop = ? AND ended_at IS "
+                     "NULL ORDER BY id DESC LIMIT 1",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, desktop, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        if (user)
+            copy_text(user, user_len, sqlite3_column_text(st, 1));
+        if (started_at)
+            *started_at = sqlite3_column_int64(st, 2);
+    } else {
+        rc = vdi_error_set(err, -ENOENT, "desktop %s has no open session", desktop);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
 int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,
                            uint64_t *bytes, size_t *samples, vdi_error *err)
 {

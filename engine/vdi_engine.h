@@ -240,6 +240,14 @@ typedef struct vdi_session_record {
 } vdi_session_record;
 
 int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vdi_error *err);
+/* An open session (ended_at NULL) survives a restart of the service. */
+int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *desktop,
+                              const char *user, int64_t started_at, int64_t *id, vdi_error *err);
+int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, const char *reason,
+                            uint64_t final_bytes, vdi_error *err);
+/* The open session of a desktop: -ENOENT when none. */
+int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id, char *user,
+                             size_t user_len, int64_t *started_at, vdi_error *err);
 /* The 95th percentile of a pool's final child sizes; -ENODATA with fewer
  * than min_samples sessions. */
 int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,

@@ -1,6 +1,7 @@
 /* cli_config.c — `vdipoolctl config check|diff`: offline validation of the
  * operator's files, with the engine checking that golds are disk images. */
 #include "cli.h"
+#include "glue.h"
 #include "vdi_config.h"
 #include "vdi_engine.h"
 
@@ -19,25 +20,6 @@ static void config_usage(FILE *out)
           "diff prints what applying NEW over OLD would change. PATH defaults to $VDIPOOL_CONFIG\n"
           "or " VDI_CONFIG_DEFAULT_PATH ".\n",
           out);
-}
-
-/* Golds must be disk images whose whole chain resolves. */
-static int engine_image_check(const char *path, char *why, size_t len, void *ctx)
-{
-    (void)ctx;
-    vdi_chain *chain = NULL;
-    vdi_error err = { 0 };
-    int rc = vdi_chain_resolve(path, 0, &chain, &err);
-    if (rc < 0) {
-        /* The engine's message starts with the path, which the caller names already. */
-        size_t plen = strlen(path);
-        const char *msg = err.message;
-        if (!strncmp(msg, path, plen) && (msg[plen] == ' ' || msg[plen] == ':'))
-            msg += plen + (msg[plen] == ':' ? 2 : 1);
-        snprintf(why, len, "%s", msg);
-    }
-    vdi_chain_free(chain);
-    return rc;
 }
 
 static const char *config_path_default(void)
@@ -71,7 +53,7 @@ static void print_errors(bool json, const vdi_config_errors *errors, const char 
 
 static int load(const char *path, bool fs_checks, vdi_config **cfg, vdi_config_errors **errors)
 {
-    vdi_config_options opts = { .check_image = engine_image_check,
+    vdi_config_options opts = { .check_image = glue_check_gold,
                                 .skip_filesystem_checks = !fs_checks };
     return vdi_config_load(path, &opts, cfg, errors);
 }

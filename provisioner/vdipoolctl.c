@@ -23,6 +23,14 @@ static void usage(FILE *out)
           "                                     the guard, merges and the orphaned-file locator\n"
           "  space [--config PATH] [--json]     datastores: capacity, reserve, worst-case growth\n"
           "\n"
+          "Service (through vdipoold's socket; --socket PATH or $VDIPOOL_SOCKET):\n"
+          "  status [--json]                    pools and their desktops\n"
+          "  acquire POOL --user NAME [--json]  hand a desktop to a user\n"
+          "  release DESKTOP [--reason operator] [--json]\n"
+          "                                     end its session: destroy it, the pool refills\n"
+          "  reload [--json]                    re-read the config (refused if invalid)\n"
+          "  images [--json]                    golds and their children\n"
+          "\n"
           "Config (offline):\n"
           "  config check [--config PATH] [--json]\n"
           "                                     validate the config, print every error with its line\n"
@@ -159,6 +167,15 @@ int main(int argc, char **argv)
         return cli_config(argc - 1, argv + 1);
     if (!strcmp(cmd, "space"))
         return cli_space(argc - 1, argv + 1);
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } daemon_cmds[] = { { "status", cli_status },   { "acquire", cli_acquire },
+                        { "release", cli_release }, { "reload", cli_reload },
+                        { "images", cli_images } };
+    for (size_t i = 0; i < sizeof daemon_cmds / sizeof daemon_cmds[0]; i++)
+        if (!strcmp(cmd, daemon_cmds[i].name))
+            return daemon_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "vdipoolctl: unknown command '%s'\n", cmd);
     usage(stderr);
     return CLI_USAGE;

@@ -1,0 +1,393 @@
+/* api_http.c — the control API's transport: HTTP/1.1 over a Unix socket,
+ * optionally also loopback TCP with a bearer token. One request per
+ * connection (Connection: close) keeps it small. The parser is Debian's
+ * http-parser, kept behind this file. Peers on the Unix socket are checked
+ * with SO_PEERCRED: root, the daemon's own user, or members of group vdipool. */
+#include "api.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <http_parser.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_BODY (64 * 1024)
+
+struct api {
+    service *svc;
+    uv_pipe_t unix_server;
+    uv_tcp_t tcp_server;
+    bool have_tcp;
+    char token[256];
+    char socket_path[4096];
+};
+
+struct request {
+    union {
+        uv_pipe_t pipe;
+        uv_tcp_t tcp;
+    } handle;
+    uv_stream_t *stream;
+    http_parser parser;
+    service *svc;
+    bool is_tcp;
+    char url[2048];
+    char method[16];
+    char *body;
+    size_t body_len;
+    char field[64];
+    char auth[512];
+    bool in_auth;
+    bool responded, closed, held, dispatched;
+};
+
+typedef struct reply {
+    uv_write_t req;
+    char *msg;
+    request *r;
+} reply;
+
+static void free_request(request *r)
+{
+    free(r->body);
+    free(r);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    request *r = h->data;
+    r->closed = true;
+    if (!r->held || r->responded)
+        free_request(r);
+}
+
+static void close_request(request *r)
+{
+    if (!uv_is_closing((uv_handle_t *)r->stream))
+        uv_close((uv_handle_t *)r->stream, on_closed);
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    (void)status;
+    reply *rep = (reply *)w;
+    request *r = rep->r;
+    free(rep->msg);
+    free(rep);
+    close_request(r);
+}
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    }
+    return "Error";
+}
+
+void request_respond_text(request *r, int status, const char *type, const char *text)
+{
+    if (r->responded)
+        return;
+    r->responded = true;
+    if (r->closed) { /* the client went away while we waited */
+        free_request(r);
+        return;
+    }
+    reply *rep = calloc(1, sizeof *rep);
+    if (!rep || asprintf(&rep->msg,
+                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                         "Connection: close\r\n\r\n%s",
+                         status, status_text(status), type, strlen(text), text) < 0) {
+        free(rep);
+        close_request(r);
+        return;
+    }
+    rep->r = r;
+    uv_buf_t buf = uv_buf_init(rep->msg, (unsigned)strlen(rep->msg));
+    if (uv_write(&rep->req, r->stream, &buf, 1, on_written) < 0) {
+        free(rep->msg);
+        free(rep);
+        close_request(r);
+    }
+}
+
+void request_respond_json(request *r, int status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(body);
+    char *line = NULL;
+    if (asprintf(&line, "%s\n", text ? text : "{}") < 0)
+        line = NULL;
+    request_respond_text(r, status, "application/json", line ? line : "{}\n");
+    free(text);
+    free(line);
+}
+
+void request_hold(request *r) { r->held = true; }
+const char *request_method(const request *r) { return r->method; }
+const char *request_body(const request *r) { return r->body ? r->body : ""; }
+
+const char *request_path(const request *r)
+{
+    static char path[2048];
+    snprintf(path, sizeof path, "%s", r->url);
+    path[strcspn(path, "?")] = '\0';
+    return path;
+}
+
+/* ---- parsing ---------------------------------------------------------------- */
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    request *r = p->data;
+    size_t have = strlen(r->url);
+    if (have + len >= sizeof r->url)
+        return 1;
+    memcpy(r->url + have, at, len);
+    r->url[have + len] = '\0';
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    request *r = p->data;
+    snprintf(r->field, sizeof r->field, "%.*s", (int)len, at);
+    r->in_auth = !strcasecmp(r->field, "Authorization");
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    request *r = p->data;
+    if (r->in_auth)
+        snprintf(r->auth, sizeof r->auth, "%.*s", (int)len, at);
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    request *r = p->data;
+    if (r->body_len + len > MAX_BODY)
+        return 1;
+    char *b = realloc(r->body, r->body_len + len + 1);
+    if (!b)
+        return 1;
+    memcpy(b + r->body_len, at, len);
+    r->body = b;
+    r->body_len += len;
+    r->body[r->body_len] = '\0';
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    request *r = p->data;
+    snprintf(r->method, sizeof r->method, "%s", http_method_str(p->method));
+    r->dispatched = true;
+    if (r->is_tcp) {
+        api *a = r->svc->api;
+        char want[300];
+        snprintf(want, sizeof want, "Bearer %s", a->token);
+        if (!a->token[0] || strcmp(r->auth, want)) {
+            request_respond_json(r, 401,
+                                 json_pack("{s:s}", "error", "missing or wrong bearer token"));
+            return 0;
+        }
+    }
+    api_route(r->svc, r);
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    request *r = s->data;
+    if (n > 0 && !r->dispatched) {
+        size_t done = http_parser_execute(&r->parser, &settings, buf->base, (size_t)n);
+        if (done != (size_t)n && !r->dispatched) {
+            const char *why = HTTP_PARSER_ERRNO(&r->parser) == HPE_CB_body
+                                  ? "request body too large"
+                                  : http_errno_description(HTTP_PARSER_ERRNO(&r->parser));
+            request_respond_json(r, 400, json_pack("{s:s}", "error", why));
+        }
+    } else if (n < 0) {
+        uv_read_stop(s);
+        if (r->held && !r->responded) {
+            r->closed = true;
+            uv_close((uv_handle_t *)s, on_closed);
+        } else if (!r->responded) {
+            close_request(r);
+        }
+    }
+    free(buf->base);
+}
+
+static bool peer_allowed(uv_pipe_t *p)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)p, &fd) < 0)
+        return false;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return false;
+    if (cred.uid == 0 || cred.uid == getuid())
+        return true;
+    struct group *g = getgrnam("vdipool");
+    if (!g)
+        return false;
+    if (cred.gid == g->gr_gid)
+        return true;
+    struct passwd *pw = getpwuid(cred.uid);
+    for (char **m = g->gr_mem; pw && *m; m++)
+        if (!strcmp(*m, pw->pw_name))
+            return true;
+    return false;
+}
+
+static void accept_one(uv_stream_t *server, bool tcp)
+{
+    api *a = server->data;
+    request *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    r->svc = a->svc;
+    r->is_tcp = tcp;
+    r->stream = (uv_stream_t *)&r->handle;
+    if (tcp)
+        uv_tcp_init(a->svc->loop, &r->handle.tcp);
+    else
+        uv_pipe_init(a->svc->loop, &r->handle.pipe, 0);
+    r->stream->data = r;
+    if (uv_accept(server, r->stream) < 0) {
+        close_request(r);
+        return;
+    }
+    http_parser_init(&r->parser, HTTP_REQUEST);
+    r->parser.data = r;
+    if (!tcp && !peer_allowed(&r->handle.pipe)) {
+        r->dispatched = true;
+        request_respond_json(r, 403, json_pack("{s:s}", "error",
+                                               "not allowed: the control socket is for root and "
+                                               "group vdipool"));
+        return;
+    }
+    uv_read_start(r->stream, on_alloc, on_read);
+}
+
+static void on_unix_connection(uv_stream_t *server, int status)
+{
+    if (status == 0)
+        accept_one(server, false);
+}
+
+static void on_tcp_connection(uv_stream_t *server, int status)
+{
+    if (status == 0)
+        accept_one(server, true);
+}
+
+int api_start(service *svc, vdi_error *err)
+{
+    const vdi_service_config *sc = vdi_config_service(svc->config);
+    api *a = calloc(1, sizeof *a);
+    if (!a)
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    a->svc = svc;
+    svc->api = a;
+    snprintf(a->socket_path, sizeof a->socket_path, "%s", sc->socket_path);
+    /* The socket's directory (/run/vdipool) is made here when missing. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", a->socket_path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        mkdir(dir, 0755);
+    }
+    unlink(a->socket_path); /* a stale socket of a previous run */
+    uv_pipe_init(svc->loop, &a->unix_server, 0);
+    a->unix_server.data = a;
+    int rc = uv_pipe_bind(&a->unix_server, a->socket_path);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&a->unix_server, 64, on_unix_connection);
+    if (rc < 0)
+        return vdi_error_set(err, rc, "cannot listen on %s: %s", a->socket_path, uv_strerror(rc));
+    struct group *g = getgrnam("vdipool");
+    chmod(a->socket_path, 0660);
+    if (g && chown(a->socket_path, (uid_t)-1, g->gr_gid) < 0)
+        svc_log("warning", "event=socket-group-not-set reason=\"%s\"", strerror(errno));
+
+    if (sc->listen) {
+        FILE *f = fopen(sc->token_file, "r");
+        if (!f || !fgets(a->token, sizeof a->token, f)) {
+            if (f)
+                fclose(f);
+            return vdi_error_set(err, -EINVAL, "cannot read the API token from %s",
+                                 sc->token_file);
+        }
+        fclose(f);
+        a->token[strcspn(a->token, "\r\n")] = '\0';
+        char host[64];
+        const char *colon = strrchr(sc->listen, ':');
+        snprintf(host, sizeof host, "%.*s", (int)(colon - sc->listen), sc->listen);
+        if (!strcmp(host, "localhost"))
+            snprintf(host, sizeof host, "127.0.0.1");
+        struct sockaddr_storage addr;
+        if (host[0] == '[') {
+            host[strlen(host) - 1] = '\0';
+            uv_ip6_addr(host + 1, atoi(colon + 1), (struct sockaddr_in6 *)&addr);
+        } else {
+            uv_ip4_addr(host, atoi(colon + 1), (struct sockaddr_in *)&addr);
+        }
+        uv_tcp_init(svc->loop, &a->tcp_server);
+        a->tcp_server.data = a;
+        rc = uv_tcp_bind(&a->tcp_server, (struct sockaddr *)&addr, 0);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&a->tcp_server, 64, on_tcp_connection);
+        if (rc < 0)
+            return vdi_error_set(err, rc, "cannot listen on %s: %s", sc->listen, uv_strerror(rc));
+        a->have_tcp = true;
+    }
+    svc_log("info", "event=api-listening socket=%s%s%s", a->socket_path,
+            a->have_tcp ? " tcp=" : "", a->have_tcp ? sc->listen : "");
+    return 0;
+}
+
+void api_stop(service *svc)
+{
+    api *a = svc->api;
+    if (!a)
+        return;
+    uv_close((uv_handle_t *)&a->unix_server, NULL);
+    if (a->have_tcp)
+        uv_close((uv_handle_t *)&a->tcp_server, NULL);
+    unlink(a->socket_path);
+}

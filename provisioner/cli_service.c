@@ -1,0 +1,288 @@
+/* cli_service.c — `vdipoolctl status|acquire|release|reload|images`: the
+ * daemon's control API over its Unix socket, one HTTP request each. */
+#include "cli.h"
+#include "vdi_config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static const char *socket_path(const cli_opts *o)
+{
+    if (o->value[0])
+        return o->value[0];
+    const char *env = getenv("VDIPOOL_SOCKET");
+    return env && *env ? env : "/run/vdipool/vdipool.sock";
+}
+
+/* Sends one request; returns the HTTP status (or -errno) and the body. */
+static int http_call(const char *sock, const char *method, const char *path, const char *body,
+                     char **out, vdi_error *err)
+{
+    *out = NULL;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return vdi_error_set(err, -errno, "socket: %s", strerror(errno));
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int e = errno;
+        close(fd);
+        return vdi_error_set(err, -e,
+                             "cannot reach vdipoold at %s: %s (is it running? start it with "
+                             "`vdipoold --config /etc/vdipool/vdipool.conf`, or give --socket)",
+                             sock, strerror(e));
+    }
+    char *req = NULL;
+    int n = asprintf(&req,
+                     "%s %s HTTP/1.1\r\nHost: vdipoold\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     method, path, body ? strlen(body) : 0, body ? body : "");
+    if (n < 0 || write(fd, req, (size_t)n) != n) {
+        free(req);
+        close(fd);
+        return vdi_error_set(err, -EIO, "cannot send the request to vdipoold");
+    }
+    free(req);
+    size_t cap = 8192, len = 0;
+    char *buf = malloc(cap);
+    ssize_t r;
+    while (buf && (r = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)r;
+        if (cap - len < 1024) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    close(fd);
+    if (!buf)
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    buf[len] = '\0';
+    int status = 0;
+    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
+        free(buf);
+        return vdi_error_set(err, -EPROTO, "vdipoold sent no HTTP answer");
+    }
+    char *b = strstr(buf, "\r\n\r\n");
+    *out = strdup(b ? b + 4 : "");
+    free(buf);
+    return status;
+}
+
+/* Runs a call and prints its JSON (--json) or a message; returns the exit status. */
+static int call(const cli_opts *o, const char *method, const char *path, const char *body,
+                json_t **result)
+{
+    char *text = NULL;
+    vdi_error err = { 0 };
+    int status = http_call(socket_path(o), method, path, body, &text, &err);
+    if (status < 0)
+        return cli_fail(o->json, &err);
+    json_t *j = json_loads(text, 0, NULL);
+    if (status != 200) {
+        const char *msg = json_string_value(json_object_get(j, "error"));
+        if (o->json) {
+            cli_print_json(j ? j : json_pack("{s:s}", "error", text));
+        } else {
+            fprintf(stderr, "vdipoolctl: %s (HTTP %d)\n", msg ? msg : text, status);
+            json_t *errors = json_object_get(j, "errors");
+            size_t i;
+            json_t *e;
+            json_array_foreach(errors, i, e)
+            fprintf(stderr, "%s:%d: %s\n", json_string_value(json_object_get(e, "file")),
+                    (int)json_integer_value(json_object_get(e, "line")),
+                    json_string_value(json_object_get(e, "message")));
+            json_decref(j);
+        }
+        free(text);
+        return CLI_FAILED;
+    }
+    free(text);
+    if (o->json) {
+        cli_print_json(j);
+        *result = NULL;
+    } else {
+        *result = j;
+    }
+    return CLI_OK;
+}
+
+static const char *const socket_value[] = { "socket", "user", "reason", NULL };
+
+static void print_pool(json_t *p)
+{
+    json_t *st = json_object_get(p, "desktops_by_state");
+    printf("pool %s: %d/%d desktops, %d spares wanted - ready %d, assigned %d, starting %d, "
+           "cloning %d, ending %d, failed %d%s%s%s\n",
+           json_string_value(json_object_get(p, "name")),
+           (int)(json_integer_value(json_object_get(p, "size")) -
+                 json_integer_value(json_object_get(st, "empty"))),
+           (int)json_integer_value(json_object_get(p, "size")),
+           (int)json_integer_value(json_object_get(p, "spares")),
+           (int)json_integer_value(json_object_get(st, "ready")),
+           (int)json_integer_value(json_object_get(st, "assigned")),
+           (int)json_integer_value(json_object_get(st, "starting")),
+           (int)json_integer_value(json_object_get(st, "cloning")),
+           (int)json_integer_value(json_object_get(st, "ending")),
+           (int)json_integer_value(json_object_get(st, "failed")),
+           json_is_true(json_object_get(p, "draining")) ? " (draining)" : "",
+           json_object_get(p, "blocked") ? "\n  blocked: " : "",
+           json_object_get(p, "blocked") ? json_string_value(json_object_get(p, "blocked")) : "");
+}
+
+int cli_status(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, socket_value, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    json_t *j = NULL;
+    int rc = call(&o, "GET", "/v1/status", NULL, &j);
+    if (rc || !j)
+        return rc;
+    printf("vdipoold %s, libvirt %s, config %s\n",
+           json_string_value(json_object_get(j, "version")),
+           json_is_true(json_object_get(j, "libvirt_connected")) ? "connected" : "DISCONNECTED",
+           json_string_value(json_object_get(j, "config")));
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(j, "pools"), i, p)
+    {
+        print_pool(p);
+        /* The desktops themselves, from the pool's own view. */
+        char path[256];
+        snprintf(path, sizeof path, "/v1/pools/%s", json_string_value(json_object_get(p, "name")));
+        json_t *detail = NULL;
+        if (call(&o, "GET", path, NULL, &detail) == 0 && detail) {
+            size_t k;
+            json_t *d;
+            json_array_foreach(json_object_get(detail, "desktops"), k, d)
+            {
+                const char *state = json_string_value(json_object_get(d, "state"));
+                if (!strcmp(state, "empty"))
+                    continue;
+                printf("  %-20s %-9s %s%s%s\n", json_string_value(json_object_get(d, "name")),
+                       state,
+                       json_object_get(d, "display")
+                           ? json_string_value(json_object_get(d, "display"))
+                           : "",
+                       json_object_get(d, "user") ? "  user " : "",
+                       json_object_get(d, "user") ? json_string_value(json_object_get(d, "user"))
+                                                  : "");
+            }
+            json_decref(detail);
+        }
+    }
+    json_decref(j);
+    return CLI_OK;
+}
+
+int cli_acquire(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, socket_value, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (first + 1 != argc || !o.value[1])
+        return cli_usage_error("acquire takes POOL and --user NAME");
+    char path[256], *body = NULL;
+    snprintf(path, sizeof path, "/v1/pools/%s/acquire", argv[first]);
+    json_t *b = json_pack("{s:s}", "user", o.value[1]);
+    body = json_dumps(b, JSON_COMPACT);
+    json_decref(b);
+    json_t *j = NULL;
+    int rc = call(&o, "POST", path, body, &j);
+    free(body);
+    if (rc || !j)
+        return rc;
+    printf("%s is yours, %s: domain %s, display %s\n",
+           json_string_value(json_object_get(j, "desktop")), o.value[1],
+           json_string_value(json_object_get(j, "domain")),
+           json_string_value(json_object_get(j, "display"))[0]
+               ? json_string_value(json_object_get(j, "display"))
+               : "(none)");
+    json_decref(j);
+    return CLI_OK;
+}
+
+int cli_release(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, socket_value, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (first + 1 != argc)
+        return cli_usage_error("release takes one DESKTOP (add --reason operator to end any "
+                               "desktop's session as an operator)");
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", argv[first]);
+    json_t *b = json_pack("{s:s?}", "reason", o.value[2]);
+    char *body = json_dumps(b, JSON_COMPACT);
+    json_decref(b);
+    json_t *j = NULL;
+    int rc = call(&o, "POST", path, body, &j);
+    free(body);
+    if (rc || !j)
+        return rc;
+    printf("%s is ending: its domain and child are destroyed, and the pool refills\n",
+           argv[first]);
+    json_decref(j);
+    return CLI_OK;
+}
+
+int cli_reload(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, socket_value, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    json_t *j = NULL;
+    int rc = call(&o, "POST", "/v1/reload", NULL, &j);
+    if (rc || !j)
+        return rc;
+    printf("reloaded\n");
+    json_decref(j);
+    return CLI_OK;
+}
+
+int cli_images(int argc, char **argv)
+{
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, socket_value, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    json_t *j = NULL;
+    int rc = call(&o, "GET", "/v1/images", NULL, &j);
+    if (rc || !j)
+        return rc;
+    size_t i;
+    json_t *g;
+    json_array_foreach(json_object_get(j, "golds"), i, g)
+    {
+        printf("%s [%s]\n", json_string_value(json_object_get(g, "gold")),
+               json_string_value(json_object_get(g, "state")));
+        size_t k;
+        json_t *c;
+        json_array_foreach(json_object_get(g, "children"), k, c)
+        {
+            char a[32], b2[32];
+            printf("  %s  pool %s  %s allocated, %s worst case\n",
+                   json_string_value(json_object_get(c, "path")),
+                   json_string_value(json_object_get(c, "pool")),
+                   vdi_format_size((uint64_t)json_integer_value(json_object_get(c, "allocated_bytes")),
+                                   a, sizeof a),
+                   vdi_format_size(
+                       (uint64_t)json_integer_value(json_object_get(c, "worst_case_bytes")), b2,
+                       sizeof b2));
+        }
+    }
+    json_decref(j);
+    return CLI_OK;
+}

@@ -175,10 +175,21 @@ int th_run_suite(Suite *s)
         return 1;
     }
     setenv("VDI_TEST_ROOT", root, 1);
+    char run[32];
+    snprintf(run, sizeof run, "v%ld", (long)getpid());
+    setenv("VDI_TEST_RUN", run, 1);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    /* What a failed test may have left running: daemons started with a
+     * config below root, and libvirt domains named after this run. */
+    th_run(NULL, "pkill -KILL -f '%s/' ; true", root);
+    th_run(NULL,
+           "command -v virsh >/dev/null && for n in $(virsh -c qemu:///system list --all --name "
+           "2>/dev/null | grep '^%s-'); do virsh -c qemu:///system destroy $n; virsh -c "
+           "qemu:///system undefine $n; done; true",
+           run);
     unmount_below(root);
     th_tempdir_remove(strdup(root));
     return failed;

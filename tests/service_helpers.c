@@ -1,0 +1,171 @@
+/* service_helpers.c — see service_helpers.h. */
+#include "service_helpers.h"
+#include "helpers.h"
+#include "vdi_engine.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+void th_daemon_prepare(th_daemon *d, const char *tag, const char *uri)
+{
+    memset(d, 0, sizeof *d);
+    char *dir = th_tempdir(tag);
+    snprintf(d->dir, sizeof d->dir, "%s", dir);
+    free(dir);
+    /* QEMU runs as libvirt-qemu: it must reach the gold and the children. */
+    for (char *p = d->dir; (p = strchr(p + 1, '/'));) {
+        *p = '\0';
+        chmod(d->dir, 0755);
+        *p = '/';
+    }
+    chmod(d->dir, 0755);
+    snprintf(d->conf, sizeof d->conf, "%s/vdipool.conf", d->dir);
+    snprintf(d->sock, sizeof d->sock, "%s/vdipool.sock", d->dir);
+    snprintf(d->state, sizeof d->state, "%s/state", d->dir);
+    snprintf(d->gold, sizeof d->gold, "%s/gold.qcow2", d->dir);
+    /* Domains carry the run's id and this test process's pid: cleanup finds them by name. */
+    const char *run = getenv("VDI_TEST_RUN");
+    snprintf(d->prefix, sizeof d->prefix, "%s-%ld", run ? run : "v0", (long)getpid());
+    snprintf(d->uri, sizeof d->uri, "%s", uri);
+    char ds[1200];
+    snprintf(ds, sizeof ds, "%s/ds", d->dir);
+    mkdir(ds, 0755);
+    const char *make = getenv("MAKE_DEMO_GOLD");
+    ck_assert_msg(make != NULL, "MAKE_DEMO_GOLD is set by ctest");
+    free(th_must("%s %s", make, d->gold));
+    vdi_catalog *cat = NULL;
+    vdi_error err = { 0 };
+    ck_assert_msg(vdi_catalog_open(d->state, &cat, &err) == 0, "%s", err.message);
+    vdi_seal_result r;
+    ck_assert_msg(vdi_seal(cat, d->gold, &r, &err) == 0, "%s", err.message);
+    vdi_catalog_close(cat);
+}
+
+void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const char *extra)
+{
+    char text[8192];
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
+             "  log_level = \"debug\"; acquire_timeout = \"20s\"; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "golds = ( { name = \"demo\"; path = \"%s\"; } );\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"demo\";\n"
+             "  datastore = \"local\"; size = %u; spares = %u;\n"
+             "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = \"vnc\";\n"
+             "             accel = \"tcg\"; };\n"
+             "  %s } );\n",
+             d->sock, d->state, d->uri, d->dir, d->gold, d->prefix, size, spares,
+             extra ? extra : "");
+    th_write_file(d->conf, text, strlen(text));
+}
+
+void th_daemon_start(th_daemon *d)
+{
+    const char *bin = getenv("VDIPOOLD");
+    ck_assert_msg(bin != NULL, "VDIPOOLD is set by ctest");
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", d->dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen(log, "a", stderr);
+        /* libvirt and glib keep process-lifetime allocations. */
+        setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
+        execl(bin, bin, "--config", d->conf, (char *)NULL);
+        _exit(127);
+    }
+    d->pid = pid;
+    for (int i = 0; i < 100; i++) {
+        if (access(d->sock, F_OK) == 0)
+            return;
+        usleep(50000);
+    }
+    char *out = th_must("tail -20 %s", log);
+    ck_abort_msg("vdipoold did not open its socket: %s", out);
+}
+
+int th_daemon_stop(th_daemon *d)
+{
+    if (d->pid <= 0)
+        return 0;
+    kill(d->pid, SIGTERM);
+    int status = 0;
+    for (int i = 0; i < 100; i++) {
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            d->pid = 0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        }
+        usleep(50000);
+    }
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, NULL, 0);
+    d->pid = 0;
+    return -1;
+}
+
+void th_daemon_cleanup_domains(th_daemon *d)
+{
+    if (strncmp(d->uri, "test:", 5) == 0 || !d->prefix[0])
+        return; /* the test driver's domains live in the daemon's process */
+    th_run(NULL,
+           "for n in $(virsh -c %s list --all --name | grep '^%s-'); do virsh -c %s destroy $n; "
+           "virsh -c %s undefine $n; done",
+           d->uri, d->prefix, d->uri, d->uri);
+}
+
+int th_http(th_daemon *d, const char *method, const char *path, const char *body, json_t **out)
+{
+    *out = NULL;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", d->sock);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        close(fd);
+        return -errno;
+    }
+    char req[4096];
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     method, path, body ? strlen(body) : 0, body ? body : "");
+    ck_assert_int_eq(write(fd, req, (size_t)n), n);
+    static char resp[1 << 20];
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(fd, resp + len, sizeof resp - len - 1)) > 0)
+        len += (size_t)r;
+    close(fd);
+    resp[len] = '\0';
+    int status = 0;
+    sscanf(resp, "HTTP/1.1 %d", &status);
+    char *b = strstr(resp, "\r\n\r\n");
+    if (b)
+        *out = json_loads(b + 4, JSON_DECODE_ANY, NULL);
+    return status;
+}
+
+json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s)
+{
+    time_t end = time(NULL) + timeout_s;
+    json_t *j = NULL;
+    while (time(NULL) <= end) {
+        json_decref(j);
+        if (th_http(d, "GET", "/v1/pools/demo", NULL, &j) == 200 &&
+            json_integer_value(json_object_get(json_object_get(j, "desktops_by_state"), "ready")) >=
+                (json_int_t)ready)
+            return j;
+        usleep(100000);
+    }
+    char *dump = j ? json_dumps(j, 0) : NULL;
+    ck_abort_msg("pool did not reach %u ready desktops in %ds: %s", ready, timeout_s,
+                 dump ? dump : "(no answer)");
+    return NULL;
+}

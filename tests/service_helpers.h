@@ -1,0 +1,38 @@
+/* service_helpers.h — running vdipoold in tests: a config in a temp dir, the
+ * daemon as a child process, HTTP calls on its socket, and cleanup of every
+ * domain whose name carries the test's prefix. */
+#ifndef VDI_SERVICE_HELPERS_H
+#define VDI_SERVICE_HELPERS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+typedef struct th_daemon {
+    char dir[1024];      /* the test's directory (traversable by QEMU) */
+    char conf[1100];
+    char sock[1100];
+    char state[1100];
+    char gold[1100];
+    char prefix[32];     /* desktops are PREFIX-NNN: what cleanup destroys */
+    char uri[64];
+    pid_t pid;
+} th_daemon;
+
+/* Makes the directory, a bootable demo gold (sealed) and remembers the URI. */
+void th_daemon_prepare(th_daemon *d, const char *tag, const char *uri);
+/* Writes the config: one datastore, one pool of `size` with `spares`, plus
+ * any extra text appended inside the pool group. */
+void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const char *pool_extra);
+void th_daemon_start(th_daemon *d);
+/* SIGTERM and wait; returns the exit status (or -1 when it had to be killed). */
+int th_daemon_stop(th_daemon *d);
+/* Destroys and undefines every domain named PREFIX-*. */
+void th_daemon_cleanup_domains(th_daemon *d);
+
+/* One HTTP request; returns the status and the parsed body (caller frees). */
+int th_http(th_daemon *d, const char *method, const char *path, const char *body, json_t **out);
+/* Polls GET /v1/pools/demo until `ready` desktops are ready (and cond holds); fails the test after timeout_s. */
+json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s);
+
+#endif

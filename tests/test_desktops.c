@@ -1,0 +1,173 @@
+/* test_desktops.c — the whole product against a real libvirtd and QEMU
+ * (TCG) with the demo gold: a user logs off by pressing a key (the guest
+ * powers itself off through ACPI), the desktop and its child are destroyed
+ * and replaced, the gold is untouched, and a restart of vdipoold during a
+ * session leaves the session alone. */
+#include "helpers.h"
+#include "service_helpers.h"
+#include "vdi_engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static th_daemon D;
+
+static void setup(void)
+{
+    ck_assert_msg(th_run(NULL, "virsh -c qemu:///system list") == 0,
+                  "libvirtd is not answering on qemu:///system (deploy/setup.sh starts it)");
+    th_daemon_prepare(&D, "desktops", "qemu:///system");
+}
+
+static void teardown(void)
+{
+    th_daemon_stop(&D);
+    th_daemon_cleanup_domains(&D);
+}
+
+static json_t *get_desktop(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s", name);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", path, NULL, &j), 200);
+    return j;
+}
+
+static char *domain_id(const char *name)
+{
+    char *out = NULL;
+    th_run(&out, "virsh -c qemu:///system domid %s", name);
+    return out;
+}
+
+START_TEST(logoff_replaces_desktop_and_spares_the_gold)
+{
+    th_daemon_write_config(&D, 3, 3, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 3, 90));
+
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"alice\"}", &a),
+                     200);
+    char name[96];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(a, "display")), "vnc://"));
+    json_decref(a);
+    json_t *d = get_desktop(name);
+    char child[4096];
+    snprintf(child, sizeof child, "%s", json_string_value(json_object_get(d, "child")));
+    json_decref(d);
+    struct stat before;
+    ck_assert_int_eq(stat(child, &before), 0);
+    char *id_before = domain_id(name);
+
+    /* The user logs off: a key press makes the guest power itself off. */
+    sleep(2); /* let the boot sector reach its wait loop */
+    free(th_must("virsh -c qemu:///system send-key %s KEY_Q", name));
+
+    time_t end = time(NULL) + 60;
+    bool replaced = false;
+    while (!replaced && time(NULL) < end) {
+        d = get_desktop(name);
+        const char *st = json_string_value(json_object_get(d, "state"));
+        struct stat now;
+        /* A new file at the same path: the inode may be reused, its ctime is later. */
+        replaced = !strcmp(st, "ready") && stat(child, &now) == 0 &&
+                   (now.st_ino != before.st_ino || now.st_ctim.tv_sec != before.st_ctim.tv_sec ||
+                    now.st_ctim.tv_nsec != before.st_ctim.tv_nsec);
+        json_decref(d);
+        if (!replaced)
+            usleep(200000);
+    }
+    if (!replaced) {
+        char *log = th_must("tail -30 %s/vdipoold.log", D.dir);
+        ck_abort_msg("desktop %s was not replaced after the guest powered off:\n%s", name, log);
+    }
+    char *id_after = domain_id(name);
+    ck_assert_str_ne(id_before, id_after); /* a new domain */
+    free(id_before);
+    free(id_after);
+
+    char *metrics = th_must("curl -s --unix-socket %s http://vdipool/metrics", D.sock);
+    ck_assert_ptr_nonnull(strstr(
+        metrics, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"guest-shutdown\"} 1"));
+    free(metrics);
+
+    /* The session is recorded with its end reason and final size, and the
+     * gold matches its fingerprint: content, size, mtime. */
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    vdi_catalog *cat = NULL;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
+    ck_assert_msg(vdi_guard_check(cat, D.gold, true, &err) == 0, "%s", err.message);
+    uint64_t p95 = 0;
+    size_t samples = 0;
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "demo", 1, &p95, &samples, &err), 0);
+    ck_assert_uint_eq(samples, 1);
+    ck_assert_uint_gt(p95, 0);
+    vdi_catalog_close(cat);
+}
+END_TEST
+
+START_TEST(restart_keeps_sessions)
+{
+    th_daemon_write_config(&D, 2, 1, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 90));
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"carol\"}", &a),
+                     200);
+    char name[96], display[128];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
+    snprintf(display, sizeof display, "%s", json_string_value(json_object_get(a, "display")));
+    json_decref(a);
+    char *id_before = domain_id(name);
+
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    char *state = th_must("virsh -c qemu:///system domstate %s", name);
+    ck_assert_ptr_nonnull(strstr(state, "running"));
+    free(state);
+
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 60));
+    json_t *d = get_desktop(name);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
+    ck_assert_str_eq(json_string_value(json_object_get(d, "user")), "carol");
+    ck_assert_str_eq(json_string_value(json_object_get(d, "display")), display);
+    json_decref(d);
+    char *id_after = domain_id(name);
+    ck_assert_str_eq(id_before, id_after); /* the very same domain */
+    free(id_before);
+    free(id_after);
+    /* And asking again still gives carol the same desktop. */
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"carol\"}", &a),
+                     200);
+    ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
+    json_decref(a);
+
+    /* A bad config on reload leaves the running one in place. */
+    th_write_file(D.conf, "pools = 1;\n", 11);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &a), 400);
+    json_decref(a);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &a), 200);
+    ck_assert_int_eq(json_integer_value(json_object_get(a, "size")), 2);
+    json_decref(a);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("desktops");
+    TCase *tc = tcase_create("qemu");
+    tcase_set_timeout(tc, 240);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, logoff_replaces_desktop_and_spares_the_gold);
+    tcase_add_test(tc, restart_keeps_sessions);
+    suite_add_tcase(s, tc);
+    return th_run_suite(s) ? 1 : 0;
+}

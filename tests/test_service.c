@@ -1,0 +1,309 @@
+/* test_service.c — vdipoold's controllers and API against libvirt's
+ * test:///default driver (no QEMU): spares, acquire and release, refusals,
+ * reloads by diff, a gold roll-out, and a clean stop. */
+#include "helpers.h"
+#include "service_helpers.h"
+#include "vdi_engine.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static th_daemon D;
+
+static void setup(void) { th_daemon_prepare(&D, "service", "test:///default"); }
+static void teardown(void) { th_daemon_stop(&D); }
+
+static json_t *acquire(const char *user, int expect)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"user\": \"%s\"}", user);
+    json_t *j = NULL;
+    int status = th_http(&D, "POST", "/v1/pools/demo/acquire", body, &j);
+    char *dump = j ? json_dumps(j, 0) : NULL;
+    ck_assert_msg(status == expect, "acquire for %s: HTTP %d %s", user, status, dump);
+    free(dump);
+    return j;
+}
+
+static json_t *desktop(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s", name);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", path, NULL, &j), 200);
+    return j;
+}
+
+static int64_t state_count(json_t *pool, const char *state)
+{
+    return json_integer_value(json_object_get(json_object_get(pool, "desktops_by_state"), state));
+}
+
+static json_t *wait_for(const char *state, int64_t n, int timeout_s)
+{
+    time_t end = time(NULL) + timeout_s;
+    json_t *j = NULL;
+    while (time(NULL) <= end) {
+        json_decref(j);
+        if (th_http(&D, "GET", "/v1/pools/demo", NULL, &j) == 200 && state_count(j, state) == n)
+            return j;
+        usleep(100000);
+    }
+    ck_abort_msg("pool never had %lld %s desktops", (long long)n, state);
+    return NULL;
+}
+
+START_TEST(spares_acquire_release_refill)
+{
+    th_daemon_write_config(&D, 3, 2, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 2, 20));
+
+    json_t *a = acquire("alice", 200);
+    const char *name = json_string_value(json_object_get(a, "desktop"));
+    ck_assert_ptr_nonnull(name);
+    json_t *again = acquire("alice", 200);
+    ck_assert_str_eq(json_string_value(json_object_get(again, "desktop")), name);
+    json_decref(again);
+    json_t *dj = desktop(name);
+    ck_assert_str_eq(json_string_value(json_object_get(dj, "state")), "assigned");
+    ck_assert_str_eq(json_string_value(json_object_get(dj, "user")), "alice");
+    char child[4096];
+    snprintf(child, sizeof child, "%s", json_string_value(json_object_get(dj, "child")));
+    json_decref(dj);
+    struct stat before;
+    ck_assert_int_eq(stat(child, &before), 0);
+
+    /* The pool refills to 2 spares within its size of 3, then runs out. */
+    json_decref(wait_for("ready", 2, 20));
+    json_decref(acquire("bob", 200));
+    json_decref(acquire("carol", 200));
+    json_t *full = acquire("dave", 503);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(full, "error")), "is full"));
+    json_decref(full);
+
+    /* Release: the desktop and its child go, a fresh one replaces them. */
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
+    json_t *r = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &r), 200);
+    json_decref(r);
+    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &r), 400); /* not assigned any more */
+    json_decref(r);
+    json_decref(wait_for("ready", 1, 20));
+    struct stat after;
+    ck_assert_int_eq(stat(child, &after), 0);
+    ck_assert_msg(after.st_ino != before.st_ino || after.st_ctim.tv_nsec != before.st_ctim.tv_nsec,
+                  "the child was not replaced");
+    dj = desktop(name);
+    ck_assert_str_eq(json_string_value(json_object_get(dj, "state")), "ready");
+    json_decref(dj);
+    json_decref(a);
+
+    /* Views. */
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools", NULL, &j), 200);
+    ck_assert_uint_eq(json_array_size(json_object_get(j, "pools")), 1);
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/space", NULL, &j), 200);
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(j, "datastores"), 0), "children")),
+                     3);
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/images", NULL, &j), 200);
+    ck_assert_uint_eq(json_array_size(json_object_get(
+                          json_array_get(json_object_get(j, "golds"), 0), "children")),
+                      3);
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &j), 200);
+    ck_assert(json_is_true(json_object_get(j, "libvirt_connected")));
+    json_decref(j);
+    char *metrics = th_must("curl -s --unix-socket %s http://vdipool/metrics", D.sock);
+    ck_assert_ptr_nonnull(strstr(metrics, "vdipool_desktops{pool=\"demo\",state=\"assigned\"} 2"));
+    ck_assert_ptr_nonnull(
+        strstr(metrics, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"released\"} 1"));
+    ck_assert_ptr_nonnull(strstr(metrics, "vdipool_clone_seconds_count"));
+    ck_assert_ptr_nonnull(strstr(metrics, "vdipool_datastore_bytes{datastore=\"local\""));
+    free(metrics);
+
+    /* Refusals name what is wrong. */
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/nope", NULL, &j), 404);
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/nope/acquire", "{\"user\":\"x\"}", &j), 404);
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{not json", &j), 400);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "\"user\""));
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "GET", "/v2/whatever", NULL, &j), 404);
+    json_decref(j);
+
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
+START_TEST(reload_applies_diff_or_keeps_running_config)
+{
+    th_daemon_write_config(&D, 2, 1, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 20));
+
+    /* A broken config is refused with its errors; nothing changes. */
+    const char *bad = "pools = ( { name = \"demo\"; size = 0; } )\n datastores = 7;\n";
+    th_write_file(D.conf, bad, strlen(bad));
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &j), 400);
+    json_t *e0 = json_array_get(json_object_get(j, "errors"), 0);
+    ck_assert_ptr_nonnull(e0);
+    ck_assert_int_gt(json_integer_value(json_object_get(e0, "line")), 0);
+    json_decref(j);
+    kill(D.pid, SIGHUP); /* the same through the signal */
+    usleep(300000);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "size")), 2);
+    json_decref(j);
+
+    /* Resized: more spares are prepared. */
+    th_daemon_write_config(&D, 5, 3, NULL);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &j), 200);
+    json_decref(j);
+    j = th_wait_ready(&D, 3, 20);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "size")), 5);
+    json_decref(j);
+
+    /* Shrunk: spares above the new size go. */
+    th_daemon_write_config(&D, 1, 1, NULL);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &j), 200);
+    json_decref(j);
+    json_decref(wait_for("ready", 1, 20));
+    json_decref(wait_for("empty", 4, 20));
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
+START_TEST(gold_rollout)
+{
+    th_daemon_write_config(&D, 3, 2, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 2, 20));
+    json_t *a = acquire("alice", 200);
+    const char *name = json_string_value(json_object_get(a, "desktop"));
+    json_decref(wait_for("ready", 2, 20));
+
+    /* A second sealed gold, and the config points the pool's gold at it. */
+    char gold2[1200];
+    snprintf(gold2, sizeof gold2, "%s/gold2.qcow2", D.dir);
+    free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), gold2));
+    vdi_catalog *cat = NULL;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
+    vdi_seal_result sr;
+    ck_assert_msg(vdi_seal(cat, gold2, &sr, &err) == 0, "%s", err.message);
+    vdi_catalog_close(cat);
+    char extra[1400];
+    th_daemon_write_config(&D, 3, 2, NULL);
+    char *text = th_must("sed -i 's#path = \"%s\"#path = \"%s\"#' %s && cat %s", D.gold, gold2,
+                         D.conf, D.conf);
+    ck_assert_ptr_nonnull(strstr(text, gold2));
+    free(text);
+    (void)extra;
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &j), 200);
+    json_decref(j);
+
+    /* Ready desktops are replaced by children of the new gold; the assigned
+     * one keeps its session on the old gold. */
+    time_t end = time(NULL) + 20;
+    bool done = false;
+    while (!done && time(NULL) < end) {
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+        size_t i;
+        json_t *dsk;
+        int ready_new = 0;
+        json_array_foreach(json_object_get(j, "desktops"), i, dsk)
+        {
+            const char *st = json_string_value(json_object_get(dsk, "state"));
+            const char *g = json_string_value(json_object_get(dsk, "gold"));
+            if (!strcmp(st, "ready") && g && !strcmp(g, gold2))
+                ready_new++;
+            if (!strcmp(json_string_value(json_object_get(dsk, "name")), name)) {
+                ck_assert_str_eq(st, "assigned");
+                ck_assert_str_eq(g, D.gold);
+            }
+        }
+        done = ready_new == 2 && json_object_get(j, "retiring_gold");
+        json_decref(j);
+        if (!done)
+            usleep(100000);
+    }
+    ck_assert_msg(done, "the ready desktops were not replaced by children of the new gold");
+
+    /* The old gold is released when its last desktop ends. */
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
+    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &j), 200);
+    json_decref(j);
+    end = time(NULL) + 20;
+    bool released = false;
+    while (!released && time(NULL) < end) {
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+        released = json_object_get(j, "retiring_gold") == NULL;
+        json_decref(j);
+        usleep(100000);
+    }
+    ck_assert(released);
+    json_decref(a);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
+    vdi_gold_info g;
+    ck_assert_int_eq(vdi_catalog_gold(cat, D.gold, &g, &err), 0);
+    ck_assert_str_eq(vdi_gold_state_name(g.state), "retired");
+    vdi_catalog_close(cat);
+}
+END_TEST
+
+START_TEST(unsealed_gold_blocks_with_reason)
+{
+    vdi_catalog *cat = NULL;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
+    size_t orphaned;
+    ck_assert_int_eq(vdi_unseal(cat, D.gold, false, NULL, 0, &orphaned, &err), 0);
+    vdi_catalog_close(cat);
+    th_daemon_write_config(&D, 2, 1, NULL);
+    th_daemon_start(&D);
+    time_t end = time(NULL) + 10;
+    json_t *j = NULL;
+    while (time(NULL) < end) {
+        json_decref(j);
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+        if (json_object_get(j, "blocked"))
+            break;
+        usleep(100000);
+    }
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "blocked")), "not sealed"));
+    json_decref(j);
+    j = acquire("alice", 503);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "seal it first"));
+    json_decref(j);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("service");
+    TCase *tc = tcase_create("service");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, spares_acquire_release_refill);
+    tcase_add_test(tc, reload_applies_diff_or_keeps_running_config);
+    tcase_add_test(tc, gold_rollout);
+    tcase_add_test(tc, unsealed_gold_blocks_with_reason);
+    suite_add_tcase(s, tc);
+    return th_run_suite(s) ? 1 : 0;
+}

@@ -684,9 +684,15 @@ static void pool_step(pool *p)
     }
     if (p->draining || !svc->conn)
         return;
+    /* Users waiting in acquire count as wanted spares, so a pool with few or
+     * no spares still prepares a desktop on demand. */
+    unsigned wanted = p->cfg->spares;
+    for (waiter *w = svc->waiters; w; w = w->next)
+        if (!strcmp(w->pool, p->name))
+            wanted++;
     /* Admission problems are retried at every tick; the clone job re-checks. */
     for (unsigned i = 0; i < p->nslots && i < p->cfg->size; i++) {
-        if (pipeline >= p->cfg->spares || in_use >= p->cfg->size ||
+        if (pipeline >= wanted || in_use >= p->cfg->size ||
             svc->clones_running >= sc->max_parallel_clones)
             break;
         desktop *d = &p->desktops[i];

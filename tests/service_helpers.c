@@ -21,12 +21,11 @@ void th_daemon_prepare(th_daemon *d, const char *tag, const char *uri)
     char *dir = th_tempdir(tag);
     snprintf(d->dir, sizeof d->dir, "%s", dir);
     free(dir);
-    /* QEMU runs as libvirt-qemu: it must reach the gold and the children. */
-    for (char *p = d->dir; (p = strchr(p + 1, '/'));) {
-        *p = '\0';
-        chmod(d->dir, 0755);
-        *p = '/';
-    }
+    /* QEMU runs as libvirt-qemu: it must reach the gold and the children.
+     * Only this run's own directories are opened up (/var/tmp itself is 1777). */
+    const char *root = getenv("VDI_TEST_ROOT");
+    if (root)
+        chmod(root, 0755);
     chmod(d->dir, 0755);
     snprintf(d->conf, sizeof d->conf, "%s/vdipool.conf", d->dir);
     snprintf(d->sock, sizeof d->sock, "%s/vdipool.sock", d->dir);

@@ -1,68 +1,115 @@
 #!/usr/bin/env bash
-# The README's main job: set up the host, build vdipool, make a small demo
-# gold and show what the engine does with it. Run as root on Debian 12.
-#   deploy/quickstart.sh          set up, build, demo
-#   deploy/quickstart.sh --stop   remove what the demo made
+# The README's main job, on a fresh Debian 12 host, as root:
+#   deploy/quickstart.sh          set up the host, build, make and seal a demo gold,
+#                                 start vdipoold with a demo pool, show the desktops
+#   deploy/quickstart.sh --stop   stop the demo daemon, remove its domains, children and files
+# Running it again restarts the demo daemon; running desktops are adopted.
 #
-# Today this shows the image engine (clone, inspect). The pool service,
-# vdipoold, is not built yet (issue 5); once it is, this script starts it with
-# a demo pool and shows the desktops running.
+# The demo pool has 3 desktops, 2 kept started as spares. Its guests are the
+# project's own boot sector (deploy/make-demo-gold.c) under TCG: they print a
+# line, wait for a key, and power off when one is pressed - a user logging off.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 demo=${VDIPOOL_DEMO_DIR:-/var/lib/vdipool-demo}
+prefix=${VDIPOOL_DEMO_PREFIX:-demo}
 export VDIPOOL_STATE_DIR="$demo/state"
+export VDIPOOL_SOCKET="$demo/vdipool.sock"
+ctl="$root/build/vdipoolctl"
+pidfile="$demo/vdipoold.pid"
+
+stop_daemon() {
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        kill -TERM "$(cat "$pidfile")"
+        for _ in $(seq 1 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+}
 
 if [ "${1:-}" = "--stop" ]; then
-    ctl="$root/build/vdipoolctl"
-    # A sealed gold is immutable: unseal it (orphaning the demo children,
-    # which go too) before removing the files.
+    stop_daemon
+    for n in $(virsh -c qemu:///system list --all --name 2>/dev/null | grep "^$prefix-[0-9]*$" || true); do
+        virsh -c qemu:///system destroy "$n" >/dev/null 2>&1 || true
+        virsh -c qemu:///system undefine "$n" >/dev/null 2>&1 || true
+    done
+    # A sealed gold is immutable: unseal it (its children go too) before removing files.
     if [ -x "$ctl" ] && [ -e "$demo/golds/demo-gold.qcow2" ]; then
         "$ctl" image unseal --force "$demo/golds/demo-gold.qcow2" >/dev/null 2>&1 || true
     fi
     chattr -i "$demo/golds/demo-gold.qcow2" 2>/dev/null || true
     rm -rf "$demo"
-    echo "quickstart: removed $demo"
+    echo "quickstart: stopped the demo and removed $demo"
     exit 0
 fi
 
 bash "$root/deploy/setup.sh"
+echo "quickstart: building"
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$root/build" -j "$(nproc)" >/dev/null
-ctl="$root/build/vdipoolctl"
 
+stop_daemon
+# QEMU runs as libvirt-qemu: the demo's directories must be reachable by it.
 mkdir -p "$demo/golds" "$demo/desktops"
+chmod 0755 "$demo" "$demo/golds" "$demo/desktops"
 gold="$demo/golds/demo-gold.qcow2"
 if [ ! -e "$gold" ]; then
-    qemu-img create -q -f qcow2 "$gold" 64M
-    qemu-io -f qcow2 -c 'write -q -P 0x5a 0 1M' "$gold"
+    "$root/build/make-demo-gold" "$gold" 64
 fi
-# Running it again starts over with fresh children (the catalog drops the old ones).
-rm -f "$demo"/desktops/demo-*.qcow2
-"$ctl" image reconcile "$demo/desktops" >/dev/null
+echo
+echo "== the gold, sealed: fingerprinted, read-only, owned by QEMU's user, immutable"
+"$ctl" image seal "$gold"
+
+cat > "$demo/vdipool.conf" <<CONF
+# The quickstart's demo config (see deploy/vdipool.conf.example for every setting).
+service = {
+    socket = "$VDIPOOL_SOCKET";
+    state_dir = "$VDIPOOL_STATE_DIR";
+    libvirt_uri = "qemu:///system";
+    acquire_timeout = "60s";
+};
+datastores = ( { name = "demo"; path = "$demo/desktops"; reserve = "1G"; max_overcommit = 100.0; } );
+golds = ( { name = "demo-gold"; path = "$gold"; } );
+pools = (
+    {
+        name = "demo";
+        desktop_prefix = "$prefix";
+        gold = "demo-gold";
+        datastore = "demo";
+        size = 3;
+        spares = 2;
+        expected_growth = "16M";
+        domain = { memory = "32M"; vcpus = 1; network = "none"; graphics = "vnc"; accel = "tcg"; };
+        session = { max_duration = "8h"; };
+    }
+);
+CONF
+"$ctl" config check --config "$demo/vdipool.conf"
 
 echo
-echo "== the gold, sealed: fingerprinted, read-only, immutable"
-"$ctl" image seal "$gold"
-"$ctl" image inspect "$gold"
+echo "== starting vdipoold (log: $demo/vdipoold.log)"
+setsid "$root/build/vdipoold" --config "$demo/vdipool.conf" >>"$demo/vdipoold.log" 2>&1 < /dev/null &
+echo $! > "$pidfile"
+for _ in $(seq 1 600); do
+    ready=$("$ctl" status --json 2>/dev/null |
+        python3 -c 'import json,sys; p=json.load(sys.stdin)["pools"][0]; print(p["desktops_by_state"]["ready"])' 2>/dev/null || echo 0)
+    [ "$ready" -ge 2 ] && break
+    if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "quickstart: vdipoold exited; its log:" >&2
+        tail -20 "$demo/vdipoold.log" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
 echo
-echo "== three differencing children of it, made in one batch"
-"$ctl" image clone "$gold" "$demo/desktops" --count 3 --prefix demo-
+"$ctl" status
 echo
-echo "== one child, and the chain QEMU will follow"
-"$ctl" image inspect "$demo/desktops/demo-001.qcow2"
-qemu-img check -q "$demo/desktops/demo-001.qcow2" && echo "qemu-img check: no errors"
-echo
-echo "== what depends on what"
-"$ctl" image tree
-echo
-echo "== the guard at work: a write to the sealed gold is refused"
-qemu-io -c 'write -P 1 0 4k' "$gold" 2>&1 | head -1 || true
-"$ctl" image verify "$gold"
-echo
-echo "Try next:"
-echo "  $ctl image clone $gold $demo/desktops --count 100 --prefix many-"
-echo "  $ctl image inspect --json $demo/desktops/demo-002.qcow2"
-echo "  $ctl image scan $demo"
-echo "  $ctl image merge $demo/desktops/demo-003.qcow2 --into $demo/flat.qcow2 --dry-run"
-echo "  (the catalog of this demo is in $VDIPOOL_STATE_DIR: export VDIPOOL_STATE_DIR=$VDIPOOL_STATE_DIR)"
-echo "  $0 --stop      # removes $demo"
+cat <<NEXT
+The demo pool is running: two spare desktops started, ready for users.
+Try next (as root):
+  export VDIPOOL_SOCKET=$VDIPOOL_SOCKET VDIPOOL_STATE_DIR=$VDIPOOL_STATE_DIR
+  $ctl acquire demo --user alice              # hands alice a desktop (and its VNC display)
+  virsh send-key $prefix-001 KEY_Q                      # the user presses a key: the guest powers off
+  $ctl status                                 # its desktop and child are gone; the pool refills
+  curl -s --unix-socket $VDIPOOL_SOCKET http://vdipool/metrics
+  $ctl image tree                             # the gold and its children
+  $0 --stop                  # stops vdipoold, removes the demo's domains and files
+NEXT

@@ -710,11 +710,9 @@ static void pool_step(pool *p)
     release_gold_locks(p, false);
 }
 
-static bool adopted;
-
 void service_converge(service *svc)
 {
-    if (svc->stopping || !adopted)
+    if (svc->stopping || !svc->adopted)
         return;
     for (size_t i = 0; i < svc->npools; i++)
         pool_step(svc->pools[i]);
@@ -1037,7 +1035,7 @@ static void adopt_done(uv_work_t *w, int status)
     remove_strays(svc, r->domains);
     json_decref(r->domains);
     free(r);
-    adopted = true;
+    svc->adopted = true;
     service_converge(svc);
 }
 

@@ -95,7 +95,8 @@ struct service {
     struct api *api;
     waiter *waiters;
     latency_histogram clone_latency, start_latency;
-    bool ready_notified;
+    bool ready_notified;         /* every pool has its spares ready */
+    bool adopted;                /* running desktops were adopted after connecting */
 };
 
 /* pool.c */

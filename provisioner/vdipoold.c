@@ -106,11 +106,21 @@ static void on_tick(uv_timer_t *t)
     if (!svc->conn)
         libvirt_connect(svc);
     service_converge(svc);
+    /* Ready for systemd once the API listens and running desktops are
+     * adopted; spares may take longer (or be blocked), STATUS says which. */
     static bool told;
-    if (svc->ready_notified && !told) {
+    if (svc->adopted && !told) {
         told = true;
-        sd_notify(0, "READY=1\nSTATUS=spares ready");
+        sd_notify(0, "READY=1");
     }
+    unsigned ready = 0, wanted = 0;
+    for (size_t i = 0; i < svc->npools; i++) {
+        wanted += svc->pools[i]->cfg->spares;
+        for (unsigned j = 0; j < svc->pools[i]->nslots; j++)
+            ready += svc->pools[i]->desktops[j].state == DESKTOP_READY;
+    }
+    sd_notifyf(0, "STATUS=%u of %u spare desktops ready, libvirt %s", ready, wanted,
+               svc->conn ? "connected" : "disconnected");
 }
 
 static void on_sighup(uv_signal_t *s, int signum)

@@ -419,6 +419,17 @@ int vdi_guard_check(vdi_catalog *cat, const char *path, bool full, vdi_error *er
     return 0;
 }
 
+int vdi_guard_verify_content(const vdi_gold_info *g, vdi_error *err)
+{
+    uint8_t h[VDI_HASH_SIZE];
+    int rc = vdi_content_hash(g->path, h, err);
+    if (rc < 0)
+        return rc;
+    if (memcmp(h, g->fp.hash, VDI_HASH_SIZE))
+        return vdi_error_set(err, -ESTALE, "gold %s: its content hash differs", g->path);
+    return 0;
+}
+
 /* ---- lock ------------------------------------------------------------------ */
 
 int vdi_guard_lock(const char *path, int *fd_out, vdi_error *err)

@@ -301,6 +301,10 @@ int vdi_unseal(vdi_catalog *cat, const char *path, bool force, const char *const
  * 0: unchanged. -ESTALE: changed, now tainted, err says what changed and how
  * many children are orphaned. -ENOENT: not a sealed gold. */
 int vdi_guard_check(vdi_catalog *cat, const char *path, bool full, vdi_error *err);
+/* The full hash of a gold against a fingerprint read earlier, without the
+ * catalog (for scrubbing off the catalog's lock): 0 when it matches,
+ * -ESTALE when it does not (then run vdi_guard_check to taint it). */
+int vdi_guard_verify_content(const vdi_gold_info *gold, vdi_error *err);
 /* Holds QEMU's image lock against writers ("shared write" byte, 201) with an
  * OFD lock: QEMU write opens fail with "Failed to get write lock", read-only
  * and backing opens keep working. Returns an fd to keep open. */

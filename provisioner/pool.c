@@ -748,6 +748,74 @@ void service_converge(service *svc)
     }
 }
 
+/* ---- scrub: golds in use are re-hashed in the background ------------------------ */
+
+/* Each gold in use is re-hashed about this often, one gold at a time. */
+#define SCRUB_INTERVAL_S (6 * 3600)
+
+typedef struct scrub_job {
+    uv_work_t work;
+    service *svc;
+    char gold[4096];
+    int rc;
+    char error[1024];
+} scrub_job;
+
+static void scrub_work(uv_work_t *w)
+{
+    scrub_job *j = w->data;
+    service *svc = j->svc;
+    vdi_gold_info g;
+    char real[4096];
+    if (!realpath(j->gold, real))
+        return;
+    pthread_mutex_lock(&svc->catalog_lock);
+    int rc = vdi_catalog_gold(svc->catalog, real, &g, NULL);
+    pthread_mutex_unlock(&svc->catalog_lock);
+    if (rc < 0 || g.state == VDI_GOLD_TAINTED)
+        return;
+    /* Hashing a large gold takes minutes: without the catalog's lock. */
+    vdi_error err = { 0 };
+    if (vdi_guard_verify_content(&g, &err) == -ESTALE) {
+        pthread_mutex_lock(&svc->catalog_lock);
+        j->rc = vdi_guard_check(svc->catalog, real, true, &err); /* taints, counts orphans */
+        pthread_mutex_unlock(&svc->catalog_lock);
+        snprintf(j->error, sizeof j->error, "%s", err.message);
+    }
+}
+
+static void scrub_done(uv_work_t *w, int status)
+{
+    (void)status;
+    scrub_job *j = w->data;
+    if (j->rc < 0)
+        svc_log("error", "event=gold-tainted gold=%s reason=\"%s\"", j->gold, j->error);
+    else
+        svc_log("debug", "event=gold-scrubbed gold=%s", j->gold);
+    j->svc->scrubbing = false;
+    free(j);
+}
+
+void service_scrub_step(service *svc)
+{
+    if (svc->scrubbing || svc->npools == 0 || svc->stopping)
+        return;
+    int64_t now = now_seconds();
+    int64_t spacing = SCRUB_INTERVAL_S / (int64_t)svc->npools;
+    if (svc->last_scrub && now - svc->last_scrub < spacing)
+        return;
+    pool *p = svc->pools[svc->scrub_next++ % svc->npools];
+    scrub_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return;
+    j->work.data = j;
+    j->svc = svc;
+    snprintf(j->gold, sizeof j->gold, "%s", p->cfg->gold);
+    svc->scrubbing = true;
+    svc->last_scrub = now;
+    uv_queue_work(svc->loop, &j->work, scrub_work, scrub_done);
+}
+
 /* ---- config --------------------------------------------------------------------- */
 
 static void lock_gold(pool *p)

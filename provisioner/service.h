@@ -97,11 +97,15 @@ struct service {
     latency_histogram clone_latency, start_latency;
     bool ready_notified;         /* every pool has its spares ready */
     bool adopted;                /* running desktops were adopted after connecting */
+    bool scrubbing;
+    int64_t last_scrub;
+    size_t scrub_next;
 };
 
 /* pool.c */
 int service_apply_config(service *svc, vdi_config *config, bool initial);
 void service_converge(service *svc);
+void service_scrub_step(service *svc);
 pool *service_find_pool(service *svc, const char *name);
 desktop *service_find_desktop(service *svc, const char *name);
 void pool_end_session(desktop *d, const char *reason);

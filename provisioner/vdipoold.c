@@ -106,6 +106,8 @@ static void on_tick(uv_timer_t *t)
     if (!svc->conn)
         libvirt_connect(svc);
     service_converge(svc);
+    if (svc->adopted)
+        service_scrub_step(svc);
     /* Ready for systemd once the API listens and running desktops are
      * adopted; spares may take longer (or be blocked), STATUS says which. */
     static bool told;

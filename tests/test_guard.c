@@ -273,6 +273,13 @@ START_TEST(detect_write_after_protection_removed)
     set_immutable(gold, false);
     chmod(gold, 0640);
     free(th_must("qemu-io -c 'write -q -P 1 0 4k' %s", gold)); /* inside allocated data */
+    /* The service's background scrub compares content without the catalog. */
+    char real[4200];
+    ck_assert_ptr_nonnull(realpath(gold, real));
+    vdi_gold_info g;
+    ck_assert_int_eq(vdi_catalog_gold(cat, real, &g, NULL), 0);
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_guard_verify_content(&g, &err), -ESTALE);
     expect_detected("mtime");
 }
 END_TEST
@@ -313,6 +320,11 @@ END_TEST
 START_TEST(owner_change_is_not_tampering)
 {
     seal_gold();
+    vdi_gold_info g;
+    char real[4200];
+    ck_assert_ptr_nonnull(realpath(gold, real));
+    ck_assert_int_eq(vdi_catalog_gold(cat, real, &g, NULL), 0);
+    ck_assert_int_eq(vdi_guard_verify_content(&g, NULL), 0);
     /* What libvirt's DAC driver does when a domain starts: chown. */
     set_immutable(gold, false);
     ck_assert_int_eq(chown(gold, 0, 0), 0);

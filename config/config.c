@@ -258,37 +258,47 @@ static bool get_double(parse_ctx *ctx, const config_setting_t *group, const char
     return true;
 }
 
-/* Sizes: "512M", "20G", "1T" or a plain integer of bytes. */
-static bool get_size(parse_ctx *ctx, const config_setting_t *group, const char *key,
-                     const char *where, uint64_t min, uint64_t *out)
+/* A value with units: a string the parser understands ("20G", "12h") or a
+ * plain non-negative integer (bytes, seconds). `kind` and `example` word the
+ * errors. */
+static bool get_with_units(parse_ctx *ctx, const config_setting_t *s, const char *key,
+                           const char *where, int (*parse)(const char *, uint64_t *),
+                           const char *kind, const char *example, uint64_t *out)
 {
-    const config_setting_t *s = member(group, key);
-    if (!s)
-        return false;
     int t = config_setting_type(s);
-    uint64_t v;
-    char minbuf[32];
     if (t == CONFIG_TYPE_STRING) {
         const char *text = config_setting_get_string(s);
-        int rc = vdi_parse_size(text, &v);
-        if (rc < 0) {
-            ERR(ctx, s, "%s: '%s' is \"%s\", which is not a size; write it like \"512M\", \"20G\" "
-                        "or \"1T\"",
-                where, key, text);
+        if (parse(text, out) < 0) {
+            ERR(ctx, s, "%s: '%s' is \"%s\", which is not a %s; write it like %s", where, key,
+                text, kind, example);
             return false;
         }
-    } else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
+        return true;
+    }
+    if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
         long long n = config_setting_get_int64(s);
         if (n < 0) {
             ERR(ctx, s, "%s: '%s' must not be negative", where, key);
             return false;
         }
-        v = (uint64_t)n;
-    } else {
-        ERR(ctx, s, "%s: '%s' must be a size like \"20G\"", where, key);
-        return false;
+        *out = (uint64_t)n;
+        return true;
     }
+    ERR(ctx, s, "%s: '%s' must be a %s like %s", where, key, kind, example);
+    return false;
+}
+
+/* Sizes: "512M", "20G", "1T" or a plain integer of bytes. */
+static bool get_size(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                     const char *where, uint64_t min, uint64_t *out)
+{
+    const config_setting_t *s = member(group, key);
+    uint64_t v;
+    if (!s || !get_with_units(ctx, s, key, where, vdi_parse_size, "size",
+                              "\"512M\", \"20G\" or \"1T\"", &v))
+        return false;
     if (v < min) {
+        char minbuf[32];
         ERR(ctx, s, "%s: '%s' is %llu bytes; it must be at least %s (did you forget the unit, "
                     "as in \"4G\"?)",
             where, key, (unsigned long long)v, vdi_format_size(min, minbuf, sizeof minbuf));
@@ -303,29 +313,10 @@ static bool get_duration(parse_ctx *ctx, const config_setting_t *group, const ch
                          const char *where, uint64_t max, uint64_t *out)
 {
     const config_setting_t *s = member(group, key);
-    if (!s)
-        return false;
-    int t = config_setting_type(s);
     uint64_t v;
-    if (t == CONFIG_TYPE_STRING) {
-        const char *text = config_setting_get_string(s);
-        if (vdi_parse_duration(text, &v) < 0) {
-            ERR(ctx, s, "%s: '%s' is \"%s\", which is not a duration; write it like \"90s\", "
-                        "\"15m\" or \"12h\"",
-                where, key, text);
-            return false;
-        }
-    } else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
-        long long n = config_setting_get_int64(s);
-        if (n < 0) {
-            ERR(ctx, s, "%s: '%s' must not be negative", where, key);
-            return false;
-        }
-        v = (uint64_t)n;
-    } else {
-        ERR(ctx, s, "%s: '%s' must be a duration like \"12h\"", where, key);
+    if (!s || !get_with_units(ctx, s, key, where, vdi_parse_duration, "duration",
+                              "\"90s\", \"15m\" or \"12h\"", &v))
         return false;
-    }
     if (max && v > max) {
         char a[32], b[32];
         ERR(ctx, s, "%s: '%s' is %s; it must be at most %s", where, key,

@@ -29,15 +29,15 @@ int cli_image_tree(int argc, char **argv);
 int cli_image_reconcile(int argc, char **argv);
 
 /* Options every command shares: --json, --help, --search DIR (repeatable),
- * and up to two more flags/values the command names. Returns the index of
+ * and up to eight flags and eight values the command names. Returns the index of
  * the first positional argument, or -1 (usage error already printed). */
 typedef struct cli_opts {
     bool json;
     bool help;
     const char *search[16];
     size_t nsearch;
-    bool flag[4];          /* set by the command's flag names, in order */
-    const char *value[4];  /* set by the command's value names, in order */
+    bool flag[8];          /* set by the command's flag names, in order */
+    const char *value[8];  /* set by the command's value names, in order */
 } cli_opts;
 
 int cli_parse(int argc, char **argv, const char *const *flags, const char *const *values,

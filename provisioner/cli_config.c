@@ -5,7 +5,6 @@
 #include "vdi_config.h"
 #include "vdi_engine.h"
 
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,27 +75,19 @@ static json_t *pool_json(const vdi_pool_config *p)
 
 static int cmd_check(int argc, char **argv)
 {
-    bool json = false;
-    const char *path = config_path_default();
-    static const struct option longopts[] = { { "json", no_argument, NULL, 'j' },
-                                              { "config", required_argument, NULL, 'c' },
-                                              { "help", no_argument, NULL, 'h' },
-                                              { NULL, 0, NULL, 0 } };
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
-        if (ch == 'j')
-            json = true;
-        else if (ch == 'c')
-            path = optarg;
-        else if (ch == 'h') {
-            config_usage(stdout);
-            return CLI_OK;
-        } else
-            return CLI_USAGE;
+    static const char *const values[] = { "config", NULL };
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, values, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (o.help) {
+        config_usage(stdout);
+        return CLI_OK;
     }
-    if (optind != argc)
+    if (first != argc)
         return cli_usage_error("config check takes no arguments (use --config PATH)");
+    bool json = o.json;
+    const char *path = o.value[0] ? o.value[0] : config_path_default();
 
     vdi_config *cfg = NULL;
     vdi_config_errors *errors = NULL;
@@ -140,24 +131,18 @@ static int cmd_check(int argc, char **argv)
 
 static int cmd_diff(int argc, char **argv)
 {
-    bool json = false;
-    static const struct option longopts[] = { { "json", no_argument, NULL, 'j' },
-                                              { "help", no_argument, NULL, 'h' },
-                                              { NULL, 0, NULL, 0 } };
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if (ch == 'j')
-            json = true;
-        else if (ch == 'h') {
-            config_usage(stdout);
-            return CLI_OK;
-        } else
-            return CLI_USAGE;
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, NULL, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (o.help) {
+        config_usage(stdout);
+        return CLI_OK;
     }
-    if (optind + 2 != argc)
+    if (first + 2 != argc)
         return cli_usage_error("config diff takes OLD and NEW");
-    const char *old_path = argv[optind], *new_path = argv[optind + 1];
+    bool json = o.json;
+    const char *old_path = argv[first], *new_path = argv[first + 1];
     vdi_config *old_cfg = NULL, *new_cfg = NULL;
     vdi_config_errors *errors = NULL;
     int status = CLI_OK;

@@ -3,7 +3,6 @@
 #include "vdi_engine.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,24 +41,24 @@ static void image_usage(FILE *out)
 
 static json_t *image_json(const vdi_image *img)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "path", json_string(vdi_image_path(img)));
-    json_object_set_new(o, "format", json_string(vdi_format_name(vdi_image_format(img))));
-    json_object_set_new(o, "virtual_size", json_integer((json_int_t)vdi_image_virtual_size(img)));
-    json_object_set_new(o, "file_size", json_integer((json_int_t)vdi_image_file_size(img)));
-    json_object_set_new(o, "allocated_bytes",
+    json_t *out = json_object();
+    json_object_set_new(out, "path", json_string(vdi_image_path(img)));
+    json_object_set_new(out, "format", json_string(vdi_format_name(vdi_image_format(img))));
+    json_object_set_new(out, "virtual_size", json_integer((json_int_t)vdi_image_virtual_size(img)));
+    json_object_set_new(out, "file_size", json_integer((json_int_t)vdi_image_file_size(img)));
+    json_object_set_new(out, "allocated_bytes",
                         json_integer((json_int_t)vdi_image_allocated_bytes(img)));
     if (vdi_image_format(img) == VDI_FORMAT_QCOW2) {
-        json_object_set_new(o, "qcow2_version", json_integer(vdi_image_qcow2_version(img)));
-        json_object_set_new(o, "cluster_size", json_integer(vdi_image_cluster_size(img)));
-        json_object_set_new(o, "extended_l2", json_boolean(vdi_image_extended_l2(img)));
-        json_object_set_new(o, "dirty", json_boolean(vdi_image_dirty(img)));
+        json_object_set_new(out, "qcow2_version", json_integer(vdi_image_qcow2_version(img)));
+        json_object_set_new(out, "cluster_size", json_integer(vdi_image_cluster_size(img)));
+        json_object_set_new(out, "extended_l2", json_boolean(vdi_image_extended_l2(img)));
+        json_object_set_new(out, "dirty", json_boolean(vdi_image_dirty(img)));
     }
     const char *b = vdi_image_backing_name(img);
-    json_object_set_new(o, "backing_file", b ? json_string(b) : json_null());
+    json_object_set_new(out, "backing_file", b ? json_string(b) : json_null());
     const char *bf = vdi_image_backing_format(img);
-    json_object_set_new(o, "backing_format", bf ? json_string(bf) : json_null());
-    return o;
+    json_object_set_new(out, "backing_format", bf ? json_string(bf) : json_null());
+    return out;
 }
 
 static void print_format(const vdi_image *img)
@@ -77,24 +76,18 @@ static void print_format(const vdi_image *img)
 
 static int cmd_inspect(int argc, char **argv)
 {
-    bool json = false;
-    static const struct option longopts[] = { { "json", no_argument, NULL, 'j' },
-                                              { "help", no_argument, NULL, 'h' },
-                                              { NULL, 0, NULL, 0 } };
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if (ch == 'j')
-            json = true;
-        else if (ch == 'h') {
-            image_usage(stdout);
-            return CLI_OK;
-        } else
-            return CLI_USAGE;
+    cli_opts o;
+    int first = cli_parse(argc, argv, NULL, NULL, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (o.help) {
+        image_usage(stdout);
+        return CLI_OK;
     }
-    if (optind + 1 != argc)
+    if (first + 1 != argc)
         return cli_usage_error("image inspect takes exactly one FILE");
-    const char *path = argv[optind];
+    bool json = o.json;
+    const char *path = argv[first];
 
     vdi_error err = { 0 };
     vdi_image *img = NULL;
@@ -105,7 +98,7 @@ static int cmd_inspect(int argc, char **argv)
     int chain_rc = vdi_chain_resolve(path, 0, &chain, &chain_err);
 
     if (json) {
-        json_t *o = image_json(img);
+        json_t *out = image_json(img);
         if (chain_rc == 0) {
             json_t *links = json_array();
             for (size_t i = 0; i < vdi_chain_length(chain); i++) {
@@ -116,17 +109,17 @@ static int cmd_inspect(int argc, char **argv)
             json_t *warnings = json_array();
             for (size_t i = 0; i < vdi_chain_warning_count(chain); i++)
                 json_array_append_new(warnings, json_string(vdi_chain_warning(chain, i)));
-            json_object_set_new(o, "depth", json_integer(vdi_chain_depth(chain)));
-            json_object_set_new(o, "root", json_string(vdi_image_path(vdi_chain_root(chain))));
-            json_object_set_new(o, "chain", links);
-            json_object_set_new(o, "chain_allocated_bytes",
+            json_object_set_new(out, "depth", json_integer(vdi_chain_depth(chain)));
+            json_object_set_new(out, "root", json_string(vdi_image_path(vdi_chain_root(chain))));
+            json_object_set_new(out, "chain", links);
+            json_object_set_new(out, "chain_allocated_bytes",
                                 json_integer((json_int_t)vdi_chain_allocated_bytes(chain)));
-            json_object_set_new(o, "warnings", warnings);
+            json_object_set_new(out, "warnings", warnings);
         } else {
-            json_object_set_new(o, "error", json_pack("{s:s,s:i}", "message", chain_err.message,
+            json_object_set_new(out, "error", json_pack("{s:s,s:i}", "message", chain_err.message,
                                                       "errno", -chain_err.code));
         }
-        cli_print_json(o);
+        cli_print_json(out);
     } else {
         char a[32], b[32];
         printf("%s\n", path);
@@ -183,69 +176,56 @@ static void default_prefix(const char *parent, char *buf, size_t len)
 
 static int cmd_clone(int argc, char **argv)
 {
-    bool json = false;
+    static const char *const flags[] = { "extended-l2", "no-extended-l2", "no-sync", NULL };
+    static const char *const values[] = { "size",  "cluster-size", "max-depth",
+                                          "count", "prefix",       NULL };
+    cli_opts o;
+    int first = cli_parse(argc, argv, flags, values, &o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (o.help) {
+        image_usage(stdout);
+        return CLI_OK;
+    }
+    bool json = o.json;
     long count = 0;
-    const char *prefix = NULL;
+    const char *prefix = o.value[4];
     vdi_clone_options opts;
     vdi_clone_options_init(&opts);
     opts.max_depth = 3;
-    enum { O_SIZE = 256, O_CLUSTER, O_EXTL2, O_NOEXTL2, O_MAXDEPTH, O_NOSYNC, O_COUNT, O_PREFIX };
-    static const struct option longopts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { "size", required_argument, NULL, O_SIZE },
-        { "cluster-size", required_argument, NULL, O_CLUSTER },
-        { "extended-l2", no_argument, NULL, O_EXTL2 },
-        { "no-extended-l2", no_argument, NULL, O_NOEXTL2 },
-        { "max-depth", required_argument, NULL, O_MAXDEPTH },
-        { "no-sync", no_argument, NULL, O_NOSYNC },
-        { "count", required_argument, NULL, O_COUNT },
-        { "prefix", required_argument, NULL, O_PREFIX },
-        { NULL, 0, NULL, 0 }
-    };
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        uint64_t v;
-        char *end;
-        switch (ch) {
-        case 'j': json = true; break;
-        case 'h': image_usage(stdout); return CLI_OK;
-        case O_SIZE:
-            if (vdi_parse_size(optarg, &v) < 0 || v == 0)
-                return cli_usage_error("--size '%s' is not a size (try 20G or 64G)", optarg);
-            opts.virtual_size = v;
-            break;
-        case O_CLUSTER:
-            if (vdi_parse_size(optarg, &v) < 0 || v > UINT32_MAX)
-                return cli_usage_error("--cluster-size '%s' is not a size (try 64K)", optarg);
-            opts.cluster_size = (uint32_t)v;
-            break;
-        case O_EXTL2: opts.extended_l2 = 1; break;
-        case O_NOEXTL2: opts.extended_l2 = 0; break;
-        case O_MAXDEPTH: {
-            errno = 0;
-            long d = strtol(optarg, &end, 10);
-            if (errno || *end || d < 0 || d > VDI_CHAIN_MAX_LINKS)
-                return cli_usage_error("--max-depth '%s' must be a number from 0 to %d", optarg,
-                                       VDI_CHAIN_MAX_LINKS);
-            opts.max_depth = (unsigned)d;
-            break;
-        }
-        case O_NOSYNC: opts.sync = false; break;
-        case O_COUNT:
-            errno = 0;
-            count = strtol(optarg, &end, 10);
-            if (errno || *end || count < 1 || count > 100000)
-                return cli_usage_error("--count '%s' must be a number from 1 to 100000", optarg);
-            break;
-        case O_PREFIX: prefix = optarg; break;
-        default: return CLI_USAGE;
-        }
+    uint64_t v;
+    char *end;
+    if (o.value[0] && (vdi_parse_size(o.value[0], &v) < 0 || v == 0))
+        return cli_usage_error("--size '%s' is not a size (try 20G or 64G)", o.value[0]);
+    if (o.value[0])
+        opts.virtual_size = v;
+    if (o.value[1] && (vdi_parse_size(o.value[1], &v) < 0 || v > UINT32_MAX))
+        return cli_usage_error("--cluster-size '%s' is not a size (try 64K)", o.value[1]);
+    if (o.value[1])
+        opts.cluster_size = (uint32_t)v;
+    if (o.flag[0] && o.flag[1])
+        return cli_usage_error("--extended-l2 and --no-extended-l2 exclude each other");
+    if (o.flag[0] || o.flag[1])
+        opts.extended_l2 = o.flag[0] ? 1 : 0;
+    if (o.flag[2])
+        opts.sync = false;
+    if (o.value[2]) {
+        errno = 0;
+        long d = strtol(o.value[2], &end, 10);
+        if (errno || *end || d < 0 || d > VDI_CHAIN_MAX_LINKS)
+            return cli_usage_error("--max-depth '%s' must be a number from 0 to %d", o.value[2],
+                                   VDI_CHAIN_MAX_LINKS);
+        opts.max_depth = (unsigned)d;
     }
-    if (optind + 2 != argc)
+    if (o.value[3]) {
+        errno = 0;
+        count = strtol(o.value[3], &end, 10);
+        if (errno || *end || count < 1 || count > 100000)
+            return cli_usage_error("--count '%s' must be a number from 1 to 100000", o.value[3]);
+    }
+    if (first + 2 != argc)
         return cli_usage_error("image clone takes PARENT and CHILD (or DIR with --count)");
-    const char *parent = argv[optind], *target = argv[optind + 1];
+    const char *parent = argv[first], *target = argv[first + 1];
     if (prefix && !count)
         return cli_usage_error("--prefix goes with --count");
     if (prefix && (strchr(prefix, '/') || !*prefix))
@@ -318,18 +298,18 @@ static int cmd_clone(int argc, char **argv)
     double elapsed = now_seconds() - t0;
 
     if (json) {
-        json_t *o = json_object();
-        json_object_set_new(o, "parent", json_string(vdi_cloner_backing_name(cloner)));
-        json_object_set_new(o, "virtual_size",
+        json_t *out = json_object();
+        json_object_set_new(out, "parent", json_string(vdi_cloner_backing_name(cloner)));
+        json_object_set_new(out, "virtual_size",
                             json_integer((json_int_t)vdi_cloner_virtual_size(cloner)));
         json_t *children = json_array();
         if (!count)
             json_array_append_new(children, json_string(target));
         for (long i = 0; i < count; i++)
             json_array_append_new(children, json_string(names[i]));
-        json_object_set_new(o, "children", children);
-        json_object_set_new(o, "seconds", json_real(elapsed));
-        cli_print_json(o);
+        json_object_set_new(out, "children", children);
+        json_object_set_new(out, "seconds", json_real(elapsed));
+        cli_print_json(out);
     } else if (!count) {
         printf("made %s, a child of %s\n", target, vdi_cloner_backing_name(cloner));
     } else {

@@ -3,7 +3,6 @@
  * recovering interrupted clones and deletes. */
 #include "internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -283,37 +282,24 @@ static int add_found(found_list *l, const char *path, bool in_catalog)
     return 0;
 }
 
-/* Images in dir whose backing file is (dev, ino). */
-static void scan_dir_for_children(const char *dir, uint64_t dev, uint64_t ino, found_list *l)
+typedef struct child_search {
+    uint64_t dev, ino;
+    found_list *found;
+} child_search;
+
+/* An image whose backing file is the searched parent (same dev and inode). */
+static void visit_candidate(const char *path, const vdi_image *img, void *ctx)
 {
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        char path[PATH_MAX];
-        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
-            continue;
-        struct stat st;
-        if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
-            continue;
-        vdi_image *img = NULL;
-        if (vdi_image_open(path, &img, NULL) < 0)
-            continue;
-        const char *b = vdi_image_backing_name(img);
-        char *bp = NULL;
-        struct stat pst;
-        if (b && vdi_backing_path(path, b, &bp, NULL) == 0 && stat(bp, &pst) == 0 &&
-            (uint64_t)pst.st_dev == dev && (uint64_t)pst.st_ino == ino) {
-            char real[PATH_MAX];
-            add_found(l, realpath(path, real) ? real : path, false);
-        }
-        free(bp);
-        vdi_image_close(img);
+    child_search *cs = ctx;
+    const char *b = vdi_image_backing_name(img);
+    char *bp = NULL;
+    struct stat pst;
+    if (b && vdi_backing_path(path, b, &bp, NULL) == 0 && stat(bp, &pst) == 0 &&
+        (uint64_t)pst.st_dev == cs->dev && (uint64_t)pst.st_ino == cs->ino) {
+        char real[PATH_MAX];
+        add_found(cs->found, realpath(path, real) ? real : path, false);
     }
-    closedir(d);
+    free(bp);
 }
 
 int vdi_find_children(vdi_catalog *cat, const char *parent, const char *const *dirs, size_t ndirs,
@@ -339,9 +325,10 @@ int vdi_find_children(vdi_catalog *cat, const char *parent, const char *const *d
     char pdir[PATH_MAX];
     snprintf(pdir, sizeof pdir, "%s", real);
     *strrchr(pdir, '/') = '\0';
-    scan_dir_for_children(*pdir ? pdir : "/", (uint64_t)st.st_dev, (uint64_t)st.st_ino, &l);
+    child_search cs = { (uint64_t)st.st_dev, (uint64_t)st.st_ino, &l };
+    vdi_for_each_image_(*pdir ? pdir : "/", visit_candidate, &cs);
     for (size_t i = 0; i < ndirs; i++)
-        scan_dir_for_children(dirs[i], (uint64_t)st.st_dev, (uint64_t)st.st_ino, &l);
+        vdi_for_each_image_(dirs[i], visit_candidate, &cs);
     if (rc < 0) {
         free(l.v);
         return vdi_error_set(err, rc, "out of memory");

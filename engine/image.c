@@ -1,10 +1,11 @@
 /* image.c — probing one file: what format it is, and for qcow2 its header.
  * A parent must be a disk image file, so anything else is refused with a
  * sentence that says what the file looks like. */
+#include "internal.h"
 #include "qcow2.h"
-#include "vdi_engine.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -409,5 +410,30 @@ int vdi_backing_path(const char *child_path, const char *backing_name, char **ou
     if (!path)
         return vdi_error_set(err, -ENOMEM, "out of memory");
     *out = path;
+    return 0;
+}
+
+int vdi_for_each_image_(const char *dir, vdi_image_visit_fn fn, void *ctx)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -errno;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        struct stat st;
+        if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        vdi_image *img = NULL;
+        if (vdi_image_open(path, &img, NULL) < 0)
+            continue;
+        fn(path, img, ctx);
+        vdi_image_close(img);
+    }
+    closedir(d);
     return 0;
 }

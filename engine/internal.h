@@ -48,6 +48,11 @@ bool vdi_cloner_sync_(const vdi_cloner *c);
  * On failure err carries qemu-img's own last lines. */
 int vdi_qemu_img_(const char *const *argv, vdi_progress_fn progress, void *ctx, vdi_error *err);
 
+/* image.c: calls fn for every disk image directly in dir (hidden files,
+ * such as temporaries, and anything that is not an image are skipped). */
+typedef void (*vdi_image_visit_fn)(const char *path, const vdi_image *img, void *ctx);
+int vdi_for_each_image_(const char *dir, vdi_image_visit_fn fn, void *ctx);
+
 /* guard.c */
 void vdi_fingerprint_from_stat_(const struct stat *st, vdi_fingerprint *fp);
 

@@ -4,13 +4,26 @@
  * growth into the free space above the reserve. */
 #include "internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+
+/* A child counts with what it holds and what it may still grow by. */
+static void count_child(const char *path, const vdi_image *img, void *ctx)
+{
+    (void)path;
+    vdi_space_report *out = ctx;
+    if (!vdi_image_backing_name(img))
+        return; /* a root (a gold kept here) does not grow */
+    uint64_t alloc = vdi_image_allocated_bytes(img);
+    uint64_t vs = vdi_image_virtual_size(img);
+    out->children++;
+    out->children_allocated += alloc;
+    out->worst_case += vs > alloc ? vs - alloc : 0;
+}
 
 int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_percent,
                       vdi_space_report *out, vdi_error *err)
@@ -24,32 +37,8 @@ int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_pe
     out->free = (uint64_t)vfs.f_bavail * vfs.f_frsize;
     out->reserve = reserve_percent > 0 ? (uint64_t)((double)out->capacity * reserve_percent / 100.0)
                                        : reserve_bytes;
-    DIR *d = opendir(dir);
-    if (!d)
+    if (vdi_for_each_image_(dir, count_child, out) < 0)
         return vdi_error_set(err, -errno, "cannot read datastore %s: %s", dir, strerror(errno));
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue; /* temporaries and hidden files */
-        char path[PATH_MAX];
-        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
-            continue;
-        struct stat st;
-        if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
-            continue;
-        vdi_image *img = NULL;
-        if (vdi_image_open(path, &img, NULL) < 0)
-            continue;
-        if (vdi_image_backing_name(img)) {
-            uint64_t alloc = vdi_image_allocated_bytes(img);
-            uint64_t vs = vdi_image_virtual_size(img);
-            out->children++;
-            out->children_allocated += alloc;
-            out->worst_case += vs > alloc ? vs - alloc : 0;
-        }
-        vdi_image_close(img);
-    }
-    closedir(d);
     out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
     return 0;
 }

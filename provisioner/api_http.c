@@ -43,6 +43,7 @@ struct request {
     char field[64];
     char auth[512];
     bool in_auth;
+    bool denied; /* the Unix peer failed the credential check */
     bool responded, closed, held, dispatched;
 };
 
@@ -198,6 +199,12 @@ static int on_message_complete(http_parser *p)
     request *r = p->data;
     snprintf(r->method, sizeof r->method, "%s", http_method_str(p->method));
     r->dispatched = true;
+    if (r->denied) {
+        request_respond_json(r, 403, json_pack("{s:s}", "error",
+                                               "not allowed: the control socket is for root and "
+                                               "group vdipool"));
+        return 0;
+    }
     if (r->is_tcp) {
         api *a = r->svc->api;
         char want[300];
@@ -293,13 +300,9 @@ static void accept_one(uv_stream_t *server, bool tcp)
     }
     http_parser_init(&r->parser, HTTP_REQUEST);
     r->parser.data = r;
-    if (!tcp && !peer_allowed(&r->handle.pipe)) {
-        r->dispatched = true;
-        request_respond_json(r, 403, json_pack("{s:s}", "error",
-                                               "not allowed: the control socket is for root and "
-                                               "group vdipool"));
-        return;
-    }
+    /* A refused peer still gets its request read and a 403 answer: closing
+     * at once would look like a failed connect to the client. */
+    r->denied = !tcp && !peer_allowed(&r->handle.pipe);
     uv_read_start(r->stream, on_alloc, on_read);
 }
 

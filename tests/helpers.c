@@ -23,6 +23,15 @@ char *th_tempdir(const char *tag)
     return dir;
 }
 
+char *th_path(const char *dir, const char *name)
+{
+    static char paths[8][4200];
+    static int next;
+    char *p = paths[next++ % 8];
+    snprintf(p, sizeof paths[0], "%s/%s", dir, name);
+    return p;
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;

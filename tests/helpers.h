@@ -14,6 +14,10 @@
 char *th_tempdir(const char *tag);
 void th_tempdir_remove(char *dir);
 
+/* DIR/NAME in one of a few rotating static buffers: for building paths in
+ * test bodies without managing memory. */
+char *th_path(const char *dir, const char *name);
+
 /* Runs a shell command; returns its exit status (or -1), and when out is not
  * NULL its stdout and stderr together, malloc'd. */
 int th_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -83,8 +83,12 @@ void th_daemon_start(th_daemon *d)
         _exit(127);
     }
     d->pid = pid;
+    /* Up when the API answers (the socket exists a moment before its mode is set). */
     for (int i = 0; i < 100; i++) {
-        if (access(d->sock, F_OK) == 0)
+        json_t *j = NULL;
+        int status = access(d->sock, F_OK) == 0 ? th_http(d, "GET", "/v1/status", NULL, &j) : 0;
+        json_decref(j);
+        if (status == 200)
             return;
         usleep(50000);
     }

@@ -33,14 +33,7 @@ static void teardown(void)
     dir = NULL;
 }
 
-static char *path_in(const char *name)
-{
-    static char paths[8][4096];
-    static int next;
-    char *p = paths[next++ % 8];
-    snprintf(p, 4096, "%s/%s", dir, name);
-    return p;
-}
+static char *path_in(const char *name) { return th_path(dir, name); }
 
 static void qemu_img_check(const char *path)
 {

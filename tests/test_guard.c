@@ -20,14 +20,7 @@ static char *dir;
 static char state[4200], gold[4200];
 static vdi_catalog *cat;
 
-static char *path_in(const char *name)
-{
-    static char paths[8][4200];
-    static int next;
-    char *p = paths[next++ % 8];
-    snprintf(p, 4200, "%s/%s", dir, name);
-    return p;
-}
+static char *path_in(const char *name) { return th_path(dir, name); }
 
 static void open_cat(void)
 {

@@ -21,14 +21,7 @@ static void teardown(void)
     dir = NULL;
 }
 
-static char *path_in(const char *name)
-{
-    static char paths[8][4096];
-    static int next;
-    char *p = paths[next++ % 8];
-    snprintf(p, 4096, "%s/%s", dir, name);
-    return p;
-}
+static char *path_in(const char *name) { return th_path(dir, name); }
 
 /* Writes a qcow2 overlay header naming any backing file and format. */
 static void write_child(const char *path, uint64_t size, const char *backing, const char *format)

@@ -336,7 +336,7 @@ START_TEST(tcp_needs_token_and_socket_checks_peer)
         chmod(D.sock, 0666);
         out = NULL;
         th_run(&out,
-               "setpriv --reuid=65534 --regid=65534 --clear-groups curl -s --unix-socket %s "
+               "setpriv --reuid=65534 --regid=65534 --clear-groups curl -sS --unix-socket %s "
                "http://x/v1/pools",
                D.sock);
         ck_assert_msg(out && strstr(out, "not allowed"), "peer check: %s", out);

@@ -16,14 +16,7 @@ static char *dir;
 static char mnt[1024], img[1024], gold[1024];
 static vdi_catalog *cat;
 
-static char *in_mnt(const char *name)
-{
-    static char paths[8][4200];
-    static int next;
-    char *p = paths[next++ % 8];
-    snprintf(p, 4200, "%s/%s", mnt, name);
-    return p;
-}
+static char *in_mnt(const char *name) { return th_path(mnt, name); }
 
 static void unmount(void)
 {

@@ -1100,6 +1100,26 @@ static void adopt_done(uv_work_t *w, int status)
         svc_log("info", "pool=%s desktop=%s event=adopted state=%s", d->pool->name, d->name,
                 desktop_state_name(d->state));
     }
+    /* After a reconnect: desktops whose domain stopped while we could not
+     * hear its events are ended now. */
+    for (size_t i = 0; i < svc->npools; i++)
+        for (unsigned k = 0; k < svc->pools[i]->nslots; k++) {
+            desktop *d = &svc->pools[i]->desktops[k];
+            if (d->busy || (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED))
+                continue;
+            bool running = false;
+            json_array_foreach(r->domains, idx, dom)
+            {
+                if (!strcmp(json_string_value(json_object_get(dom, "name")), d->name) &&
+                    json_is_true(json_object_get(dom, "active")))
+                    running = true;
+            }
+            if (!running) {
+                svc_log("info", "pool=%s desktop=%s event=domain-gone-while-disconnected",
+                        d->pool->name, d->name);
+                pool_end_session(d, "other");
+            }
+        }
     remove_strays(svc, r->domains);
     json_decref(r->domains);
     free(r);

@@ -103,9 +103,7 @@ int service_reload(service *svc, json_t **errors)
 static void on_tick(uv_timer_t *t)
 {
     service *svc = t->data;
-    if (!svc->conn)
-        libvirt_connect(svc);
-    service_converge(svc);
+    service_converge(svc); /* reconnecting is the back-off timer's job */
     if (svc->adopted)
         service_scrub_step(svc);
     /* Ready for systemd once the API listens and running desktops are

@@ -160,6 +160,52 @@ START_TEST(restart_keeps_sessions)
 }
 END_TEST
 
+START_TEST(libvirtd_restart_is_survived)
+{
+    const char *src = getenv("VDI_SOURCE_DIR");
+    ck_assert_ptr_nonnull(src);
+    th_daemon_write_config(&D, 3, 2, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 2, 90));
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"dan\"}", &a), 200);
+    char name[96];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
+    json_decref(a);
+    json_decref(th_wait_ready(&D, 2, 60));
+
+    /* libvirtd goes away (QEMU keeps running), then comes back. */
+    th_run(NULL, "pkill -x libvirtd");
+    time_t end = time(NULL) + 30;
+    bool disconnected = false;
+    while (!disconnected && time(NULL) < end) {
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &a), 200);
+        disconnected = json_is_false(json_object_get(a, "libvirt_connected"));
+        json_decref(a);
+        usleep(200000);
+    }
+    ck_assert_msg(disconnected, "vdipoold did not notice libvirtd going away");
+    free(th_must("bash %s/deploy/setup.sh", src));
+    end = time(NULL) + 60;
+    bool connected = false;
+    while (!connected && time(NULL) < end) {
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &a), 200);
+        connected = json_is_true(json_object_get(a, "libvirt_connected"));
+        json_decref(a);
+        usleep(200000);
+    }
+    ck_assert_msg(connected, "vdipoold did not reconnect");
+    /* Nothing was touched: the session and the spares are still there. */
+    json_t *d = get_desktop(name);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
+    json_decref(d);
+    json_decref(th_wait_ready(&D, 2, 30));
+    char *state = th_must("virsh -c qemu:///system domstate %s", name);
+    ck_assert_ptr_nonnull(strstr(state, "running"));
+    free(state);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("desktops");
@@ -168,6 +214,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, logoff_replaces_desktop_and_spares_the_gold);
     tcase_add_test(tc, restart_keeps_sessions);
+    tcase_add_test(tc, libvirtd_restart_is_survived);
     suite_add_tcase(s, tc);
     return th_run_suite(s) ? 1 : 0;
 }

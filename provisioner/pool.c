@@ -634,6 +634,21 @@ static void release_gold_locks(pool *p, bool current_too)
     }
 }
 
+/* Does another pool have a live desktop of this name (a removed pool that
+ * is draining, whose desktop_prefix a new pool took over)? */
+static bool name_taken(service *svc, const pool *self, const char *name)
+{
+    for (size_t i = 0; i < svc->npools; i++) {
+        const pool *q = svc->pools[i];
+        if (q == self)
+            continue;
+        for (unsigned j = 0; j < q->nslots; j++)
+            if (q->desktops[j].state != DESKTOP_EMPTY && !strcmp(q->desktops[j].name, name))
+                return true;
+    }
+    return false;
+}
+
 static void pool_step(pool *p)
 {
     service *svc = p->svc;
@@ -700,6 +715,8 @@ static void pool_step(pool *p)
             continue;
         snprintf(d->gold, sizeof d->gold, "%s", p->cfg->gold);
         name_slot(p, d);
+        if (name_taken(svc, p, d->name))
+            continue; /* a draining pool's desktop of that name is still ending */
         set_state(d, DESKTOP_CLONING);
         submit(JOB_CLONE, d, clone_work);
         pipeline++;

@@ -347,6 +347,59 @@ START_TEST(tcp_needs_token_and_socket_checks_peer)
 }
 END_TEST
 
+START_TEST(time_limits_and_pool_removal)
+{
+    th_daemon_write_config(&D, 2, 1,
+                           "session = { max_duration = \"2s\"; idle_spare_max_age = \"2s\"; };");
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 20));
+    json_t *a = acquire("gina", 200);
+    json_decref(a);
+    /* The session is ended at its time limit; an idle spare is recycled. */
+    time_t end = time(NULL) + 15;
+    char *metrics = NULL;
+    bool limited = false;
+    while (!limited && time(NULL) < end) {
+        free(metrics);
+        metrics = th_must("curl -s --unix-socket %s http://vdipool/metrics", D.sock);
+        limited = strstr(metrics, "reason=\"max-duration\"} 1") != NULL;
+        if (!limited)
+            usleep(200000);
+    }
+    ck_assert_msg(limited, "no session ended at max_duration: %s", metrics);
+    free(metrics);
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", D.dir);
+    ck_assert_int_eq(th_run(NULL, "grep -q 'event=ending reason=other user=-' %s", log), 0);
+
+    /* The pool leaves the config: it drains and disappears; a new pool
+     * taking over its names waits for them. */
+    char *out = th_must("sed -i 's/name = \"demo\"; desktop_prefix/name = \"lab\"; "
+                        "desktop_prefix/' %s",
+                        D.conf);
+    free(out);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &j), 200);
+    json_decref(j);
+    end = time(NULL) + 20;
+    bool swapped = false;
+    while (!swapped && time(NULL) < end) {
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/pools", NULL, &j), 200);
+        json_t *pools = json_object_get(j, "pools");
+        swapped = json_array_size(pools) == 1 &&
+                  !strcmp(json_string_value(json_object_get(json_array_get(pools, 0), "name")),
+                          "lab");
+        json_decref(j);
+        if (!swapped)
+            usleep(200000);
+    }
+    ck_assert_msg(swapped, "pool demo did not drain away");
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/lab", NULL, &j), 200);
+    json_decref(j);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("service");
@@ -359,6 +412,7 @@ int main(void)
     tcase_add_test(tc, unsealed_gold_blocks_with_reason);
     tcase_add_test(tc, acquire_waits_for_a_desktop_being_prepared);
     tcase_add_test(tc, tcp_needs_token_and_socket_checks_peer);
+    tcase_add_test(tc, time_limits_and_pool_removal);
     suite_add_tcase(s, tc);
     return th_run_suite(s) ? 1 : 0;
 }

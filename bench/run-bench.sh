@@ -55,6 +55,7 @@ raw=$(printf '%s\n' "${raw_runs[@]}" | median)
 printf '%-28s %10s %12s %16s %14s\n' "raw gold itself" "$raw" "1.00" "-" "-"
 for v in "64K --no-extended-l2" "64K --extended-l2" "128K --no-extended-l2" \
          "128K --extended-l2" "256K --extended-l2" "2M --extended-l2"; do
+    # shellcheck disable=SC2086 # split "64K --flag" into its two words
     set -- $v
     runs=(); alloc=0; size=0
     for _ in $(seq "$reps"); do

@@ -22,11 +22,35 @@ static json_t *status_json(service *svc)
                      "pools", pools);
 }
 
-static json_t *space_json(service *svc)
+static json_t *images_json(service *svc);
+
+/* ---- work off the loop: measuring datastores and reading the catalog ---------- */
+
+/* What a worker needs of the datastores, copied on the loop: a reload may
+ * free the config while the worker runs. */
+typedef struct datastore_copy {
+    char name[64], path[4096];
+    uint64_t reserve_bytes;
+    double reserve_percent, max_overcommit;
+} datastore_copy;
+
+typedef struct deferred {
+    uv_work_t work;
+    service *svc;
+    request *r;
+    datastore_copy *stores;
+    size_t nstores;
+    char *prefix_text; /* metrics: the loop-owned part, already rendered */
+    bool metrics, images;
+    json_t *result;
+    char *text;
+} deferred;
+
+static json_t *space_json(const datastore_copy *stores, size_t n)
 {
     json_t *arr = json_array();
-    for (size_t i = 0; i < vdi_config_datastore_count(svc->config); i++) {
-        const vdi_datastore_config *ds = vdi_config_datastore(svc->config, i);
+    for (size_t i = 0; i < n; i++) {
+        const datastore_copy *ds = &stores[i];
         vdi_space_report s;
         vdi_error err = { 0 };
         if (vdi_space_measure(ds->path, ds->reserve_bytes, ds->reserve_percent, &s, &err) < 0) {
@@ -44,6 +68,90 @@ static json_t *space_json(service *svc)
                            "max_overcommit", ds->max_overcommit));
     }
     return json_pack("{s:o}", "datastores", arr);
+}
+
+/* Prometheus lines for the datastores, appended to the loop's part. */
+static char *datastore_metrics(const char *prefix, const datastore_copy *stores, size_t n)
+{
+    size_t cap = strlen(prefix) + 256 + n * 1024;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    size_t len = (size_t)snprintf(out, cap, "%s# HELP vdipool_datastore_bytes Datastore capacity, "
+                                            "free and children's bytes.\n"
+                                            "# TYPE vdipool_datastore_bytes gauge\n",
+                                  prefix);
+    for (size_t i = 0; i < n && len < cap; i++) {
+        vdi_space_report r;
+        if (vdi_space_measure(stores[i].path, stores[i].reserve_bytes, stores[i].reserve_percent,
+                              &r, NULL) < 0)
+            continue;
+        const char *kinds[5] = { "capacity", "free", "reserve", "children_allocated",
+                                 "worst_case" };
+        uint64_t values[5] = { r.capacity, r.free, r.reserve, r.children_allocated,
+                               r.worst_case };
+        for (int k = 0; k < 5 && len < cap; k++)
+            len += (size_t)snprintf(out + len, cap - len,
+                                    "vdipool_datastore_bytes{datastore=\"%s\",kind=\"%s\"} %llu\n",
+                                    stores[i].name, kinds[k], (unsigned long long)values[k]);
+    }
+    return out;
+}
+
+static void deferred_work(uv_work_t *w)
+{
+    deferred *d = w->data;
+    if (d->metrics)
+        d->text = datastore_metrics(d->prefix_text ? d->prefix_text : "", d->stores, d->nstores);
+    else if (d->images)
+        d->result = images_json(d->svc);
+    else
+        d->result = space_json(d->stores, d->nstores);
+}
+
+static void deferred_done(uv_work_t *w, int status)
+{
+    (void)status;
+    deferred *d = w->data;
+    if (d->metrics)
+        request_respond_text(d->r, 200, "text/plain; version=0.0.4", d->text ? d->text : "");
+    else
+        request_respond_json(d->r, 200, d->result);
+    free(d->text);
+    free(d->prefix_text);
+    free(d->stores);
+    free(d);
+}
+
+/* Answers r from a worker thread: datastores are measured and the catalog
+ * read there, never on the loop. */
+static void defer(service *svc, request *r, bool metrics, bool images)
+{
+    deferred *d = calloc(1, sizeof *d);
+    size_t n = vdi_config_datastore_count(svc->config);
+    if (!d || !(d->stores = calloc(n ? n : 1, sizeof *d->stores))) {
+        free(d);
+        request_respond_json(r, 500, json_pack("{s:s}", "error", "out of memory"));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const vdi_datastore_config *ds = vdi_config_datastore(svc->config, i);
+        snprintf(d->stores[i].name, sizeof d->stores[i].name, "%s", ds->name);
+        snprintf(d->stores[i].path, sizeof d->stores[i].path, "%s", ds->path);
+        d->stores[i].reserve_bytes = ds->reserve_bytes;
+        d->stores[i].reserve_percent = ds->reserve_percent;
+        d->stores[i].max_overcommit = ds->max_overcommit;
+    }
+    d->nstores = n;
+    d->svc = svc;
+    d->r = r;
+    d->metrics = metrics;
+    d->images = images;
+    if (metrics)
+        service_write_metrics(svc, &d->prefix_text);
+    d->work.data = d;
+    request_hold(r);
+    uv_queue_work(svc->loop, &d->work, deferred_work, deferred_done);
 }
 
 static json_t *images_json(service *svc)
@@ -113,10 +221,7 @@ void api_route(service *svc, request *r)
     bool get = !strcmp(m, "GET"), post = !strcmp(m, "POST");
 
     if (n == 1 && !strcmp(parts[0], "metrics") && get) {
-        char *text = NULL;
-        service_write_metrics(svc, &text);
-        request_respond_text(r, 200, "text/plain; version=0.0.4", text ? text : "");
-        free(text);
+        defer(svc, r, true, false);
         return;
     }
     if (n < 2 || strcmp(parts[0], "v1")) {
@@ -177,9 +282,9 @@ void api_route(service *svc, request *r)
         }
         json_decref(body);
     } else if (n == 2 && !strcmp(parts[1], "space") && get) {
-        request_respond_json(r, 200, space_json(svc));
+        defer(svc, r, false, false);
     } else if (n == 2 && !strcmp(parts[1], "images") && get) {
-        request_respond_json(r, 200, images_json(svc));
+        defer(svc, r, false, true);
     } else if (n == 2 && !strcmp(parts[1], "reload") && post) {
         json_t *errors = NULL;
         if (service_reload(svc, &errors) == 0)

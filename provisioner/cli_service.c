@@ -116,6 +116,20 @@ static int call(const cli_opts *o, const char *method, const char *path, const c
 
 static const char *const socket_value[] = { "socket", "user", "reason", NULL };
 
+/* The commands without arguments: parse the options and make the call.
+ * *j is the answer to print, or NULL when it was printed (--json) or failed. */
+static int simple_call(int argc, char **argv, const char *what, const char *method,
+                       const char *path, cli_opts *o, json_t **j)
+{
+    *j = NULL;
+    int first = cli_parse(argc, argv, NULL, socket_value, o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (first != argc)
+        return cli_usage_error("%s takes no arguments", what);
+    return call(o, method, path, NULL, j);
+}
+
 static void print_pool(json_t *p)
 {
     json_t *st = json_object_get(p, "desktops_by_state");
@@ -140,11 +154,8 @@ static void print_pool(json_t *p)
 int cli_status(int argc, char **argv)
 {
     cli_opts o;
-    int first = cli_parse(argc, argv, NULL, socket_value, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    json_t *j = NULL;
-    int rc = call(&o, "GET", "/v1/status", NULL, &j);
+    json_t *j;
+    int rc = simple_call(argc, argv, "status", "GET", "/v1/status", &o, &j);
     if (rc || !j)
         return rc;
     printf("vdipoold %s, libvirt %s, config %s\n",
@@ -240,11 +251,8 @@ int cli_release(int argc, char **argv)
 int cli_reload(int argc, char **argv)
 {
     cli_opts o;
-    int first = cli_parse(argc, argv, NULL, socket_value, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    json_t *j = NULL;
-    int rc = call(&o, "POST", "/v1/reload", NULL, &j);
+    json_t *j;
+    int rc = simple_call(argc, argv, "reload", "POST", "/v1/reload", &o, &j);
     if (rc || !j)
         return rc;
     printf("reloaded\n");
@@ -255,11 +263,8 @@ int cli_reload(int argc, char **argv)
 int cli_images(int argc, char **argv)
 {
     cli_opts o;
-    int first = cli_parse(argc, argv, NULL, socket_value, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    json_t *j = NULL;
-    int rc = call(&o, "GET", "/v1/images", NULL, &j);
+    json_t *j;
+    int rc = simple_call(argc, argv, "images", "GET", "/v1/images", &o, &j);
     if (rc || !j)
         return rc;
     size_t i;

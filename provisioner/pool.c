@@ -1202,6 +1202,7 @@ json_t *pool_json(const pool *p, bool with_desktops)
     return o;
 }
 
+/* The loop-owned part of /metrics (datastores are measured off the loop). */
 void service_write_metrics(service *svc, char **out)
 {
     size_t cap = 8192, len = 0;
@@ -1257,22 +1258,6 @@ void service_write_metrics(service *svc, char **out)
         }
         EMIT("%s_sum %.6f\n%s_count %llu\n", names[h], hs[h]->sum, names[h],
              (unsigned long long)hs[h]->count);
-    }
-    EMIT("# HELP vdipool_datastore_bytes Datastore capacity, free and children's bytes.\n"
-         "# TYPE vdipool_datastore_bytes gauge\n");
-    for (size_t i = 0; i < vdi_config_datastore_count(svc->config); i++) {
-        const vdi_datastore_config *ds = vdi_config_datastore(svc->config, i);
-        vdi_space_report r;
-        if (vdi_space_measure(ds->path, ds->reserve_bytes, ds->reserve_percent, &r, NULL) < 0)
-            continue;
-        EMIT("vdipool_datastore_bytes{datastore=\"%s\",kind=\"capacity\"} %llu\n"
-             "vdipool_datastore_bytes{datastore=\"%s\",kind=\"free\"} %llu\n"
-             "vdipool_datastore_bytes{datastore=\"%s\",kind=\"reserve\"} %llu\n"
-             "vdipool_datastore_bytes{datastore=\"%s\",kind=\"children_allocated\"} %llu\n"
-             "vdipool_datastore_bytes{datastore=\"%s\",kind=\"worst_case\"} %llu\n",
-             ds->name, (unsigned long long)r.capacity, ds->name, (unsigned long long)r.free,
-             ds->name, (unsigned long long)r.reserve, ds->name,
-             (unsigned long long)r.children_allocated, ds->name, (unsigned long long)r.worst_case);
     }
 #undef EMIT
     *out = b;

@@ -11,13 +11,15 @@ bash "$root/deploy/setup.sh"
 echo "== build (RelWithDebInfo) and all tests"
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$root/build" -j "$jobs"
-ctest --test-dir "$root/build" --output-on-failure
+ctest --test-dir "$root/build" --output-on-failure | tee "$root/build/ctest.log"
+passed=$(grep -Eo 'tests passed, 0 tests failed out of [0-9]+' "$root/build/ctest.log" | grep -Eo '[0-9]+$')
 
 echo "== sanitizer build (ASan+UBSan) and all tests again"
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DVDI_SANITIZE=ON >/dev/null
 cmake --build "$root/build-asan" -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir "$root/build-asan" --output-on-failure -LE quickstart
+    ctest --test-dir "$root/build-asan" --output-on-failure -LE quickstart | tee "$root/build-asan/ctest.log"
+passed=$((passed + $(grep -Eo 'tests passed, 0 tests failed out of [0-9]+' "$root/build-asan/ctest.log" | grep -Eo '[0-9]+$')))
 
 # Fuzzing, bounded: the parsers of operator files and of image headers.
 # Longer runs: see tests/fuzz/*.c.
@@ -34,6 +36,7 @@ if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
                 "$root/build-fuzz/tests/fuzz/fuzz_$target" -max_total_time="$fuzz_seconds" \
                 -print_final_stats=1 corpus "$root/tests/fuzz/corpus/$target" >fuzz.log 2>&1); then
             echo "fuzz_$target: no failure in ${fuzz_seconds}s ($(grep -o 'number_of_executed_units: *[0-9]*' "$work/fuzz.log" | grep -o '[0-9]*$') inputs)"
+            passed=$((passed + 1))
             rm -rf "$work"
         else
             tail -40 "$work/fuzz.log"
@@ -42,3 +45,6 @@ if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
         fi
     done
 fi
+
+# One closing line for whoever reads the log: every suite and fuzz target.
+echo "tests: $passed passed, 0 failed"

@@ -194,6 +194,16 @@ static int on_body(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
+/* Compares in time independent of where the strings differ. */
+static bool same_secret(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char diff = (unsigned char)(la != lb);
+    for (size_t i = 0; i < lb; i++)
+        diff |= (unsigned char)(b[i] ^ (i < la ? a[i] : 0));
+    return diff == 0;
+}
+
 static int on_message_complete(http_parser *p)
 {
     request *r = p->data;
@@ -209,7 +219,7 @@ static int on_message_complete(http_parser *p)
         api *a = r->svc->api;
         char want[300];
         snprintf(want, sizeof want, "Bearer %s", a->token);
-        if (!a->token[0] || strcmp(r->auth, want)) {
+        if (!a->token[0] || !same_secret(r->auth, want)) {
             request_respond_json(r, 401,
                                  json_pack("{s:s}", "error", "missing or wrong bearer token"));
             return 0;

@@ -1,6 +1,7 @@
 /* cli_guard.c — `vdipoolctl image seal|unseal|verify|merge|reparent`: the
  * guard and the operations that write parents, offline. */
 #include "cli.h"
+#include "vdi_config.h"
 #include "vdi_engine.h"
 
 #include <errno.h>
@@ -16,6 +17,25 @@ static int open_catalog(bool json, vdi_catalog **cat)
     if (vdi_catalog_open(vdi_state_dir_default(), cat, &err) < 0)
         return cli_fail(json, &err);
     return CLI_OK;
+}
+
+/* Children can hide in any datastore: add the configured ones (when a config
+ * is there to read) to the directories searched before writing a parent. */
+static vdi_config *add_datastores(cli_opts *o)
+{
+    const char *path = getenv("VDIPOOL_CONFIG");
+    if (!path || !*path)
+        path = VDI_CONFIG_DEFAULT_PATH;
+    vdi_config_options opts = { .skip_filesystem_checks = true };
+    vdi_config *cfg = NULL;
+    vdi_config_errors *errors = NULL;
+    if (access(path, R_OK) != 0 || vdi_config_load(path, &opts, &cfg, &errors) < 0) {
+        vdi_config_errors_free(errors);
+        return NULL;
+    }
+    for (size_t i = 0; i < vdi_config_datastore_count(cfg) && o->nsearch < 16; i++)
+        o->search[o->nsearch++] = vdi_config_datastore(cfg, i)->path;
+    return cfg;
 }
 
 static json_t *gold_json(const vdi_gold_info *g)
@@ -87,6 +107,7 @@ int cli_image_unseal(int argc, char **argv)
     int status = open_catalog(o.json, &cat);
     if (status)
         return status;
+    vdi_config *cfg = add_datastores(&o);
     size_t orphaned = 0;
     vdi_error err = { 0 };
     if (vdi_unseal(cat, argv[first], o.flag[0], o.search, o.nsearch, &orphaned, &err) < 0)
@@ -98,6 +119,7 @@ int cli_image_unseal(int argc, char **argv)
                argv[first], orphaned, orphaned == 1 ? " is" : "ren are");
     else
         printf("unsealed %s (it had no children)\n", argv[first]);
+    vdi_config_free(cfg);
     vdi_catalog_close(cat);
     return status;
 }
@@ -166,6 +188,7 @@ int cli_image_merge(int argc, char **argv)
     int status = open_catalog(o.json, &cat);
     if (status)
         return status;
+    vdi_config *cfg = add_datastores(&o);
     vdi_merge_plan *plan = NULL;
     vdi_error err = { 0 };
     if (vdi_merge_plan_new(cat, argv[first], mode, target, o.search, o.nsearch, &plan, &err) < 0) {
@@ -198,6 +221,7 @@ int cli_image_merge(int argc, char **argv)
     }
 cleanup:
     vdi_merge_plan_free(plan);
+    vdi_config_free(cfg);
     vdi_catalog_close(cat);
     return status;
 }

@@ -1192,6 +1192,8 @@ json_t *pool_json(const pool *p, bool with_desktops)
         json_object_set_new(o, "blocked", json_string(p->blocked));
     if (p->retiring_gold[0])
         json_object_set_new(o, "retiring_gold", json_string(p->retiring_gold));
+    if (p->cfg->domain.template_path)
+        json_object_set_new(o, "domain_template", json_string(p->cfg->domain.template_path));
     if (with_desktops) {
         json_t *arr = json_array();
         for (unsigned i = 0; i < p->nslots; i++)

@@ -451,6 +451,37 @@ START_TEST(merge_to_ancestor)
 }
 END_TEST
 
+START_TEST(cli_merge_searches_configured_datastores)
+{
+    /* A parent in one place, our child next to it, and a sibling the catalog
+     * does not know in a datastore named only by the config. */
+    const char *ctl = getenv("VDIPOOLCTL");
+    ck_assert_ptr_nonnull(ctl);
+    mkdir(path_in("elsewhere"), 0755);
+    char parent[4200], conf[4200];
+    snprintf(parent, sizeof parent, "%s/parent.qcow2", dir);
+    snprintf(conf, sizeof conf, "%s/vdipool.conf", dir);
+    free(th_must("qemu-img create -q -f qcow2 %s 1G", parent));
+    clone_to(parent, path_in("mine.qcow2"));
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_clone(parent, path_in("elsewhere/sibling.qcow2"), NULL, &err), 0);
+    char text[8400];
+    snprintf(text, sizeof text, "datastores = ( { name = \"far\"; path = \"%s/elsewhere\"; } );\n",
+             dir);
+    th_write_file(conf, text, strlen(text));
+    vdi_catalog_close(cat); /* the CLI opens it */
+    cat = NULL;
+    char *out = NULL;
+    int rc = th_run(&out, "VDIPOOL_CONFIG=%s %s --state-dir %s image merge %s --into-parent", conf,
+                    ctl, state, path_in("mine.qcow2"));
+    ck_assert_int_eq(rc, 1);
+    ck_assert_msg(strstr(out, "sibling.qcow2") && strstr(out, "orphan"), "%s", out);
+    free(out);
+    ck_assert_int_eq(access(path_in("mine.qcow2"), F_OK), 0);
+    open_cat();
+}
+END_TEST
+
 /* ---- reparent ------------------------------------------------------------ */
 
 START_TEST(reparent_after_move)
@@ -696,6 +727,7 @@ int main(void)
     tcase_add_checked_fixture(tm, setup, teardown);
     tcase_add_test(tm, merge_three_modes);
     tcase_add_test(tm, merge_to_ancestor);
+    tcase_add_test(tm, cli_merge_searches_configured_datastores);
     tcase_add_test(tm, reparent_after_move);
     tcase_add_test(tm, scan_and_reconcile);
     suite_add_tcase(s, tm);

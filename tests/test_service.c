@@ -400,6 +400,45 @@ START_TEST(time_limits_and_pool_removal)
 }
 END_TEST
 
+START_TEST(domain_template)
+{
+    /* First a broken template: the desktop fails with libvirt's complaint,
+     * which proves the template is what is used. Then a good one. */
+    char tpl[1200];
+    snprintf(tpl, sizeof tpl, "%s/desktop.xml", D.dir);
+    th_write_file(tpl, "<domain type='{{type}}'><name>{{name}}", 38);
+    char extra[1400];
+    snprintf(extra, sizeof extra,
+             "domain = { memory = \"48M\"; accel = \"tcg\"; template = \"%s\"; };", tpl);
+    th_daemon_write_config(&D, 1, 1, NULL);
+    char *out = th_must("sed -i -e '/^ *accel = \"tcg\"; };$/d' -e 's#^  domain = {.*#  %s#' %s",
+                        extra, D.conf);
+    free(out);
+    th_daemon_start(&D);
+    time_t end = time(NULL) + 20;
+    json_t *j = NULL;
+    bool failed = false;
+    while (!failed && time(NULL) < end) {
+        json_decref(j);
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+        json_t *d0 = json_array_get(json_object_get(j, "desktops"), 0);
+        failed = json_object_get(d0, "last_failure") != NULL;
+        if (!failed)
+            usleep(100000);
+    }
+    ck_assert_msg(failed, "the broken template did not fail the desktop");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "domain_template")), tpl);
+    json_decref(j);
+    const char *xml = "<domain type='{{type}}'>\n  <name>{{name}}</name>\n{{metadata}}"
+                      "  <memory unit='KiB'>{{memory_kib}}</memory>\n  <vcpu>{{vcpus}}</vcpu>\n"
+                      "  <os><type arch='x86_64'>hvm</type></os>\n"
+                      "  <devices>\n{{disk}}  </devices>\n</domain>\n";
+    th_write_file(tpl, xml, strlen(xml));
+    json_decref(th_wait_ready(&D, 1, 30)); /* after the failure's 5 s back-off */
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("service");
@@ -413,6 +452,7 @@ int main(void)
     tcase_add_test(tc, acquire_waits_for_a_desktop_being_prepared);
     tcase_add_test(tc, tcp_needs_token_and_socket_checks_peer);
     tcase_add_test(tc, time_limits_and_pool_removal);
+    tcase_add_test(tc, domain_template);
     suite_add_tcase(s, tc);
     return th_run_suite(s) ? 1 : 0;
 }

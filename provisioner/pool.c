@@ -1213,8 +1213,11 @@ void service_write_metrics(service *svc, char **out)
     do {                                                                                           \
         int n_ = snprintf(b + len, cap - len, __VA_ARGS__);                                        \
         if (n_ > 0 && (size_t)n_ >= cap - len) {                                                   \
+            char *nb_ = realloc(b, (cap + (size_t)n_) * 2);                                        \
+            if (!nb_)                                                                              \
+                break;                                                                             \
+            b = nb_;                                                                               \
             cap = (cap + (size_t)n_) * 2;                                                          \
-            b = realloc(b, cap);                                                                   \
             n_ = snprintf(b + len, cap - len, __VA_ARGS__);                                        \
         }                                                                                          \
         if (n_ > 0)                                                                                \

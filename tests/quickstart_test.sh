@@ -7,7 +7,7 @@ demo=$(mktemp -d /var/tmp/vdipool-quickstart-XXXXXX)
 prefix="qs$$"
 export VDIPOOL_DEMO_DIR="$demo" VDIPOOL_DEMO_PREFIX="$prefix"
 export VDIPOOL_SOCKET="$demo/vdipool.sock" VDIPOOL_STATE_DIR="$demo/state"
-cleanup() { bash "$root/deploy/quickstart.sh" --stop >/dev/null 2>&1 || true; rm -rf "$demo"; }
+cleanup() { bash "$root/deploy/quickstart.sh" --stop >/dev/null 2>&1 || true; rm -rf "$demo" "$demo.out"; }
 trap cleanup EXIT
 ctl="$root/build/vdipoolctl"
 fail() { echo "quickstart test: $*"; tail -20 "$demo/vdipoold.log" 2>/dev/null; echo "0 passed, 1 failed"; exit 1; }

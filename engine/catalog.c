@@ -533,7 +533,7 @@ int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_sample
 static int recover(vdi_catalog *cat, vdi_error *err)
 {
     sqlite3_stmt *st;
-    int rc = prepare(cat, "SELECT id, op, target, data FROM intents ORDER BY id", &st, err);
+    int rc = prepare(cat, "SELECT id, op, target, data, pid FROM intents ORDER BY id", &st, err);
     if (rc < 0)
         return rc;
     typedef struct {
@@ -543,6 +543,11 @@ static int recover(vdi_catalog *cat, vdi_error *err)
     intent *v = NULL;
     size_t n = 0, cap = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
+        /* An intent of a process that still runs is work in progress (the
+         * service cloning while an operator runs vdipoolctl), not a crash. */
+        pid_t owner = (pid_t)sqlite3_column_int64(st, 4);
+        if (owner > 0 && owner != getpid() && (kill(owner, 0) == 0 || errno == EPERM))
+            continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 8;
             intent *nv = realloc(v, cap * sizeof *v);
@@ -643,6 +648,10 @@ void vdi_crashpoint(const char *name)
     const char *at = getenv("VDIPOOL_CRASH_AT");
     if (at && !strcmp(at, name))
         kill(getpid(), SIGKILL);
+    /* Tests also pause an operation half-way, to show it is left alone. */
+    const char *stop = getenv("VDIPOOL_STOP_AT");
+    if (stop && !strcmp(stop, name))
+        raise(SIGSTOP);
 }
 
 int vdi_write_file_atomic_(const char *path, const char *text, vdi_error *err)

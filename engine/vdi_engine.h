@@ -405,7 +405,9 @@ typedef struct vdi_reconcile_report {
 int vdi_reconcile(vdi_catalog *cat, const char *dir, vdi_reconcile_report *out, vdi_error *err);
 
 /* Test hook: when $VDIPOOL_CRASH_AT equals name, the process kills itself
- * with SIGKILL here, to prove that every step can be recovered. */
+ * with SIGKILL here, to prove that every step can be recovered
+ * ($VDIPOOL_STOP_AT stops it with SIGSTOP instead). Opening the catalog
+ * recovers only intents of processes that no longer run. */
 void vdi_crashpoint(const char *name);
 
 #endif

@@ -656,6 +656,35 @@ START_TEST(crash_during_clone)
 }
 END_TEST
 
+START_TEST(live_operation_is_not_recovered)
+{
+    seal_gold();
+    vdi_catalog_close(cat);
+    cat = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("VDIPOOL_STOP_AT", "clone:written", 1);
+        open_cat();
+        do_clone();
+        vdi_catalog_close(cat);
+        _exit(0);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, WUNTRACED), pid);
+    ck_assert(WIFSTOPPED(status));
+    /* Someone opens the catalog meanwhile (an operator's vdipoolctl). */
+    open_cat();
+    ck_assert_uint_eq(vdi_catalog_rolled_back(cat) + vdi_catalog_rolled_forward(cat), 0);
+    ck_assert_uint_eq(temporaries_in(path_in("ds")), 1);
+    kill(pid, SIGCONT);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    vdi_child_info ci;
+    ck_assert_int_eq(vdi_catalog_child(cat, path_in("ds/crash.qcow2"), &ci, NULL), 0);
+    ck_assert_uint_eq(temporaries_in(path_in("ds")), 0);
+}
+END_TEST
+
 START_TEST(crash_during_seal)
 {
     struct stat before;
@@ -736,6 +765,7 @@ int main(void)
     tcase_add_checked_fixture(tr, setup, teardown);
     tcase_add_test(tr, crash_during_clone);
     tcase_add_test(tr, crash_during_seal);
+    tcase_add_test(tr, live_operation_is_not_recovered);
     tcase_add_test(tr, crash_during_merge_and_reparent);
     suite_add_tcase(s, tr);
     return th_run_suite(s) ? 1 : 0;

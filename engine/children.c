@@ -189,6 +189,7 @@ int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, v
     char *parent = strtok_r(copy, "\n", &save);
     int forward = 0;
     int rc = 0;
+    char swept[PATH_MAX] = ""; /* a batch's children share a directory: sweep it once */
     for (char *child = strtok_r(NULL, "\n", &save); child && rc == 0;
          child = strtok_r(NULL, "\n", &save)) {
         vdi_image *img = NULL;
@@ -209,7 +210,10 @@ int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, v
         char *slash = strrchr(dir, '/');
         if (slash) {
             *slash = '\0';
-            vdi_clone_sweep_temporaries(*dir ? dir : "/", NULL);
+            if (strcmp(dir, swept)) {
+                vdi_clone_sweep_temporaries(*dir ? dir : "/", NULL);
+                snprintf(swept, sizeof swept, "%s", dir);
+            }
         }
     }
     free(copy);

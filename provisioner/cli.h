@@ -4,6 +4,7 @@
 #define VDI_CLI_H
 
 #include "vdi_common.h"
+#include "vdi_engine.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -46,6 +47,12 @@ int cli_parse(int argc, char **argv, const char *const *flags, const char *const
 /* Prints an error: a sentence on stderr, or {"error": …} on stdout with --json. */
 int cli_fail(bool json, const vdi_error *err);
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Opens the catalog of --state-dir / $VDIPOOL_STATE_DIR; on failure prints
+ * why and returns the exit status. */
+int cli_open_catalog(bool json, vdi_catalog **cat);
+/* The config file: `given` (from --config), else $VDIPOOL_CONFIG, else the default. */
+const char *cli_config_path(const char *given);
+
 /* Prints a JSON value (and a newline) to stdout and releases it. */
 void cli_print_json(json_t *value);
 

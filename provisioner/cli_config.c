@@ -21,12 +21,6 @@ static void config_usage(FILE *out)
           out);
 }
 
-static const char *config_path_default(void)
-{
-    const char *env = getenv("VDIPOOL_CONFIG");
-    return env && *env ? env : VDI_CONFIG_DEFAULT_PATH;
-}
-
 static void print_errors(bool json, const vdi_config_errors *errors, const char *path)
 {
     size_t n = vdi_config_errors_count(errors);
@@ -87,7 +81,7 @@ static int cmd_check(int argc, char **argv)
     if (first != argc)
         return cli_usage_error("config check takes no arguments (use --config PATH)");
     bool json = o.json;
-    const char *path = o.value[0] ? o.value[0] : config_path_default();
+    const char *path = cli_config_path(o.value[0]);
 
     vdi_config *cfg = NULL;
     vdi_config_errors *errors = NULL;

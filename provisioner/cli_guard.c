@@ -11,21 +11,11 @@
 #include <time.h>
 #include <unistd.h>
 
-static int open_catalog(bool json, vdi_catalog **cat)
-{
-    vdi_error err = { 0 };
-    if (vdi_catalog_open(vdi_state_dir_default(), cat, &err) < 0)
-        return cli_fail(json, &err);
-    return CLI_OK;
-}
-
 /* Children can hide in any datastore: add the configured ones (when a config
  * is there to read) to the directories searched before writing a parent. */
 static vdi_config *add_datastores(cli_opts *o)
 {
-    const char *path = getenv("VDIPOOL_CONFIG");
-    if (!path || !*path)
-        path = VDI_CONFIG_DEFAULT_PATH;
+    const char *path = cli_config_path(NULL);
     vdi_config_options opts = { .skip_filesystem_checks = true };
     vdi_config *cfg = NULL;
     vdi_config_errors *errors = NULL;
@@ -71,7 +61,7 @@ int cli_image_seal(int argc, char **argv)
     if (first + 1 != argc)
         return cli_usage_error("image seal takes one GOLD");
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     vdi_seal_result r;
@@ -104,7 +94,7 @@ int cli_image_unseal(int argc, char **argv)
     if (first + 1 != argc)
         return cli_usage_error("image unseal takes one GOLD");
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     vdi_config *cfg = add_datastores(&o);
@@ -133,7 +123,7 @@ int cli_image_verify(int argc, char **argv)
     if (first + 1 != argc)
         return cli_usage_error("image verify takes one GOLD");
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     char real[4096];
@@ -185,7 +175,7 @@ int cli_image_merge(int argc, char **argv)
                                        : VDI_MERGE_TO_ANCESTOR;
     const char *target = o.value[0] ? o.value[0] : o.value[1];
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     vdi_config *cfg = add_datastores(&o);
@@ -235,7 +225,7 @@ int cli_image_reparent(int argc, char **argv)
     if (first + 2 != argc)
         return cli_usage_error("image reparent takes CHILD and NEWPARENT");
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     vdi_error err = { 0 };

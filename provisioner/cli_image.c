@@ -231,10 +231,11 @@ static int cmd_clone(int argc, char **argv)
     if (prefix && (strchr(prefix, '/') || !*prefix))
         return cli_usage_error("--prefix '%s' must be a plain file name prefix", prefix);
 
-    vdi_error err = { 0 };
     vdi_catalog *cat = NULL;
-    if (vdi_catalog_open(vdi_state_dir_default(), &cat, &err) < 0)
-        return cli_fail(json, &err);
+    int opened = cli_open_catalog(json, &cat);
+    if (opened != CLI_OK)
+        return opened;
+    vdi_error err = { 0 };
     vdi_cloner *cloner = NULL;
     if (vdi_cloner_new(parent, &opts, &cloner, &err) < 0) {
         vdi_catalog_close(cat);

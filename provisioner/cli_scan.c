@@ -10,14 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int open_catalog(bool json, vdi_catalog **cat)
-{
-    vdi_error err = { 0 };
-    if (vdi_catalog_open(vdi_state_dir_default(), cat, &err) < 0)
-        return cli_fail(json, &err);
-    return CLI_OK;
-}
-
 int cli_image_scan(int argc, char **argv)
 {
     cli_opts o;
@@ -27,7 +19,7 @@ int cli_image_scan(int argc, char **argv)
     if (first + 1 != argc)
         return cli_usage_error("image scan takes one DIR");
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     vdi_scan_entry *v = NULL;
@@ -189,7 +181,7 @@ int cli_image_tree(int argc, char **argv)
     if (argc - first > 1)
         return cli_usage_error("image tree takes at most one DIR");
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     vdi_error err = { 0 };
@@ -256,7 +248,7 @@ int cli_image_reconcile(int argc, char **argv)
     if (first + 1 != argc)
         return cli_usage_error("image reconcile takes one DIR");
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status)
         return status;
     vdi_reconcile_report r;
@@ -292,9 +284,7 @@ int cli_space(int argc, char **argv)
         return CLI_USAGE;
     if (first != argc)
         return cli_usage_error("space takes no arguments");
-    const char *path = o.value[0] ? o.value[0]
-                       : getenv("VDIPOOL_CONFIG") ? getenv("VDIPOOL_CONFIG")
-                                                  : VDI_CONFIG_DEFAULT_PATH;
+    const char *path = cli_config_path(o.value[0]);
     vdi_config *cfg = NULL;
     vdi_config_errors *errors = NULL;
     vdi_config_options copts = { 0 };
@@ -307,7 +297,7 @@ int cli_space(int argc, char **argv)
         return cli_fail(o.json, &err);
     }
     vdi_catalog *cat = NULL;
-    int status = open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o.json, &cat);
     if (status) {
         vdi_config_free(cfg);
         return status;

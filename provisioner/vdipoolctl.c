@@ -2,6 +2,8 @@
  * work on files directly through libvdiengine; service commands talk to
  * vdipoold over its control socket. */
 #include "cli.h"
+#include "vdi_config.h"
+#include "vdi_engine.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -61,6 +63,22 @@ int cli_usage_error(const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     return CLI_USAGE;
+}
+
+int cli_open_catalog(bool json, vdi_catalog **cat)
+{
+    vdi_error err = { 0 };
+    if (vdi_catalog_open(vdi_state_dir_default(), cat, &err) < 0)
+        return cli_fail(json, &err);
+    return CLI_OK;
+}
+
+const char *cli_config_path(const char *given)
+{
+    if (given && *given)
+        return given;
+    const char *env = getenv("VDIPOOL_CONFIG");
+    return env && *env ? env : VDI_CONFIG_DEFAULT_PATH;
 }
 
 void cli_print_json(json_t *value)

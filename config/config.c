@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <libconfig.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -20,6 +21,7 @@ struct vdi_config_errors {
 };
 
 struct vdi_config {
+    atomic_uint refs; /* vdi_config_ref/unref; the value itself never changes */
     char *path;
     vdi_service_config service;
     vdi_datastore_config *datastores;
@@ -835,6 +837,8 @@ static int parse_common(config_t *cf, bool read_ok, const char *name,
     *out = NULL;
     *errors = NULL;
     ctx.cfg = calloc(1, sizeof *ctx.cfg);
+    if (ctx.cfg)
+        atomic_init(&ctx.cfg->refs, 1);
     ctx.errors = calloc(1, sizeof *ctx.errors);
     if (!ctx.cfg || !ctx.errors)
         abort();
@@ -893,9 +897,18 @@ int vdi_config_parse_string(const char *text, const char *name, const vdi_config
     return rc;
 }
 
+vdi_config *vdi_config_ref(vdi_config *cfg)
+{
+    if (cfg)
+        atomic_fetch_add(&cfg->refs, 1);
+    return cfg;
+}
+
+void vdi_config_unref(vdi_config *cfg) { vdi_config_free(cfg); }
+
 void vdi_config_free(vdi_config *cfg)
 {
-    if (!cfg)
+    if (!cfg || atomic_fetch_sub(&cfg->refs, 1) != 1)
         return;
     for (size_t i = 0; i < cfg->nstrings; i++)
         free(cfg->strings[i]);

@@ -121,6 +121,12 @@ int vdi_config_load(const char *path, const vdi_config_options *opts, vdi_config
 /* The same from text in memory; `name` stands for the file in errors. */
 int vdi_config_parse_string(const char *text, const char *name, const vdi_config_options *opts,
                             vdi_config **out, vdi_config_errors **errors);
+/* A config is reference-counted so that every holder (the service, a
+ * draining pool, a job on a worker thread) keeps the value it read alive;
+ * ref/unref are thread-safe, the value is immutable. vdi_config_free drops
+ * one reference, like vdi_config_unref. */
+vdi_config *vdi_config_ref(vdi_config *config);
+void vdi_config_unref(vdi_config *config);
 void vdi_config_free(vdi_config *config);
 
 const char *vdi_config_path(const vdi_config *config);

@@ -1,5 +1,6 @@
-/* catalog.c — the SQLite catalog: golds, children, sessions and the intent
- * journal. Files on disk stay the ground truth; the catalog records what the
+/* catalog.c — the SQLite catalog: golds, children, sessions and the rows of
+ * the intent journal (storage only: journal.c recovers intents). Files on
+ * disk stay the ground truth; the catalog records what the
  * qcow2 format cannot (a parent's children, a gold's fingerprint).
  *
  * Invariant: an intent row is committed (and, with synchronous=FULL, on
@@ -10,6 +11,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +20,15 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Threads: one catalog may be used from several threads at once (the
+ * service's loop and its workers). `lock` (recursive) is held from each
+ * statement's prepare to its finalize, and from vdi_catalog_begin_ to the
+ * matching commit or rollback, so a transaction is never interleaved with
+ * another thread's statements. It is never held across file work: the
+ * engine's operations take it only inside catalog calls. */
 struct vdi_catalog {
+    pthread_mutex_t lock;
+    bool in_txn;   /* under lock: a transaction begun by the lock's holder */
     sqlite3 *db;
     char *state_dir;
     unsigned forward, back;
@@ -90,6 +100,13 @@ sqlite3 *vdi_catalog_db_(vdi_catalog *cat) { return cat->db; }
 const char *vdi_catalog_state_dir(const vdi_catalog *cat) { return cat->state_dir; }
 unsigned vdi_catalog_rolled_forward(const vdi_catalog *cat) { return cat->forward; }
 unsigned vdi_catalog_rolled_back(const vdi_catalog *cat) { return cat->back; }
+void vdi_catalog_count_recovered_(vdi_catalog *cat, bool forward)
+{
+    if (forward)
+        cat->forward++;
+    else
+        cat->back++;
+}
 
 static int db_error(vdi_catalog *cat, vdi_error *err, const char *what)
 {
@@ -100,42 +117,85 @@ static int db_error(vdi_catalog *cat, vdi_error *err, const char *what)
 int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err)
 {
     char *msg = NULL;
+    int rc = 0;
+    pthread_mutex_lock(&cat->lock);
     if (sqlite3_exec(cat->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        int rc = vdi_error_set(err, -EIO, "catalog %s/catalog.db: %s", cat->state_dir,
-                               msg ? msg : "error");
+        rc = vdi_error_set(err, -EIO, "catalog %s/catalog.db: %s", cat->state_dir,
+                           msg ? msg : "error");
         sqlite3_free(msg);
+    }
+    pthread_mutex_unlock(&cat->lock);
+    return rc;
+}
+
+/* A transaction keeps the lock from BEGIN to COMMIT or ROLLBACK. */
+int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err)
+{
+    pthread_mutex_lock(&cat->lock);
+    int rc = vdi_catalog_exec_(cat, "BEGIN IMMEDIATE", err);
+    if (rc < 0) {
+        pthread_mutex_unlock(&cat->lock);
+        return rc;
+    }
+    cat->in_txn = true;
+    return 0;
+}
+
+/* A failed COMMIT is rolled back here, so the caller's later rollback_
+ * (which many error paths call) finds nothing to undo. */
+int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err)
+{
+    int rc = vdi_catalog_exec_(cat, "COMMIT", err);
+    if (rc < 0)
+        sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+    cat->in_txn = false;
+    pthread_mutex_unlock(&cat->lock);
+    return rc;
+}
+
+void vdi_catalog_rollback_(vdi_catalog *cat)
+{
+    pthread_mutex_lock(&cat->lock);
+    if (cat->in_txn) {
+        sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+        cat->in_txn = false;
+        pthread_mutex_unlock(&cat->lock); /* begin_'s hold */
+    }
+    pthread_mutex_unlock(&cat->lock);
+}
+
+/* Takes the catalog's lock until finish(): a statement is one critical section. */
+static int prepare(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err)
+{
+    pthread_mutex_lock(&cat->lock);
+    if (sqlite3_prepare_v2(cat->db, sql, -1, st, NULL) != SQLITE_OK) {
+        int rc = db_error(cat, err, "prepare");
+        pthread_mutex_unlock(&cat->lock);
         return rc;
     }
     return 0;
 }
 
-int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err)
+static void finish(vdi_catalog *cat, sqlite3_stmt *st)
 {
-    return vdi_catalog_exec_(cat, "BEGIN IMMEDIATE", err);
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&cat->lock);
 }
 
-int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err)
+/* Steps a statement that returns no rows and finalizes it; *rowid (when
+ * asked) is read before the lock is released. */
+static int run_rowid(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
 {
-    return vdi_catalog_exec_(cat, "COMMIT", err);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_error(cat, err, "write");
+    if (rc == 0 && rowid)
+        *rowid = sqlite3_last_insert_rowid(cat->db);
+    finish(cat, st);
+    return rc;
 }
 
-void vdi_catalog_rollback_(vdi_catalog *cat) { sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL); }
-
-static int prepare(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err)
-{
-    if (sqlite3_prepare_v2(cat->db, sql, -1, st, NULL) != SQLITE_OK)
-        return db_error(cat, err, "prepare");
-    return 0;
-}
-
-/* Steps a statement that returns no rows and finalizes it. */
 static int run(vdi_catalog *cat, sqlite3_stmt *st, vdi_error *err)
 {
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
-        return db_error(cat, err, "write");
-    return 0;
+    return run_rowid(cat, st, NULL, err);
 }
 
 int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
@@ -152,10 +212,7 @@ int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, cons
     sqlite3_bind_text(st, 3, data ? data : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, getpid());
     sqlite3_bind_int64(st, 5, time(NULL));
-    rc = run(cat, st, err);
-    if (rc == 0)
-        *id = sqlite3_last_insert_rowid(cat->db);
-    return rc;
+    return run_rowid(cat, st, id, err);
 }
 
 int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err)
@@ -166,6 +223,61 @@ int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err)
         return rc;
     sqlite3_bind_int64(st, 1, id);
     return run(cat, st, err);
+}
+
+int vdi_intents_leftover_(vdi_catalog *cat, vdi_intent_row **out, size_t *count, vdi_error *err)
+{
+    *out = NULL;
+    *count = 0;
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "SELECT id, op, target, data, pid FROM intents ORDER BY id", &st, err);
+    if (rc < 0)
+        return rc;
+    vdi_intent_row *v = NULL;
+    size_t n = 0, cap = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        /* An intent of a process that still runs is work in progress (the
+         * service cloning while an operator runs vdipoolctl), not a crash. */
+        pid_t owner = (pid_t)sqlite3_column_int64(st, 4);
+        if (owner > 0 && owner != getpid() && (kill(owner, 0) == 0 || errno == EPERM))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            vdi_intent_row *nv = realloc(v, cap * sizeof *v);
+            if (!nv) {
+                rc = vdi_error_set(err, -ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        v[n].id = sqlite3_column_int64(st, 0);
+        v[n].op = strdup((const char *)sqlite3_column_text(st, 1));
+        v[n].target = strdup((const char *)sqlite3_column_text(st, 2));
+        v[n].data = strdup((const char *)sqlite3_column_text(st, 3));
+        n++;
+        if (!v[n - 1].op || !v[n - 1].target || !v[n - 1].data) {
+            rc = vdi_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+    }
+    finish(cat, st);
+    if (rc < 0) {
+        vdi_intent_rows_free_(v, n);
+        return rc;
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+void vdi_intent_rows_free_(vdi_intent_row *rows, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        free(rows[i].op);
+        free(rows[i].target);
+        free(rows[i].data);
+    }
+    free(rows);
 }
 
 int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *parent,
@@ -311,7 +423,7 @@ int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi
                            path, path);
     else
         rc = db_error(cat, err, "read golds");
-    sqlite3_finalize(st);
+    finish(cat, st);
     return rc;
 }
 
@@ -340,7 +452,7 @@ int vdi_catalog_golds(vdi_catalog *cat, vdi_gold_info **out, size_t *count, vdi_
     }
     if (rc == 0 && step != SQLITE_DONE)
         rc = db_error(cat, err, "read golds");
-    sqlite3_finalize(st);
+    finish(cat, st);
     if (rc < 0) {
         free(v);
         return rc;
@@ -379,7 +491,7 @@ int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, v
         rc = vdi_error_set(err, -ENOENT, "%s is not a child the catalog knows", path);
     else
         rc = db_error(cat, err, "read children");
-    sqlite3_finalize(st);
+    finish(cat, st);
     return rc;
 }
 
@@ -414,7 +526,7 @@ int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **
     }
     if (rc == 0 && step != SQLITE_DONE)
         rc = db_error(cat, err, "read children");
-    sqlite3_finalize(st);
+    finish(cat, st);
     if (rc < 0) {
         free(v);
         return rc;
@@ -455,10 +567,7 @@ int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *de
     sqlite3_bind_text(st, 2, desktop, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, user ? user : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, started_at);
-    rc = run(cat, st, err);
-    if (rc == 0)
-        *id = sqlite3_last_insert_rowid(cat->db);
-    return rc;
+    return run_rowid(cat, st, id, err);
 }
 
 int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, const char *reason,
@@ -498,7 +607,7 @@ int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id,
     } else {
         rc = vdi_error_set(err, -ENOENT, "desktop %s has no open session", desktop);
     }
-    sqlite3_finalize(st);
+    finish(cat, st);
     return rc;
 }
 
@@ -519,7 +628,7 @@ int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_sample
     size_t n = 0;
     while (sqlite3_step(st) == SQLITE_ROW && n < 500)
         v[n++] = (uint64_t)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    finish(cat, st);
     if (samples)
         *samples = n;
     if (n == 0 || n < min_samples)
@@ -530,75 +639,7 @@ int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_sample
     return 0;
 }
 
-static int recover(vdi_catalog *cat, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat, "SELECT id, op, target, data, pid FROM intents ORDER BY id", &st, err);
-    if (rc < 0)
-        return rc;
-    typedef struct {
-        int64_t id;
-        char *op, *target, *data;
-    } intent;
-    intent *v = NULL;
-    size_t n = 0, cap = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        /* An intent of a process that still runs is work in progress (the
-         * service cloning while an operator runs vdipoolctl), not a crash. */
-        pid_t owner = (pid_t)sqlite3_column_int64(st, 4);
-        if (owner > 0 && owner != getpid() && (kill(owner, 0) == 0 || errno == EPERM))
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            intent *nv = realloc(v, cap * sizeof *v);
-            if (!nv)
-                break;
-            v = nv;
-        }
-        v[n].id = sqlite3_column_int64(st, 0);
-        v[n].op = strdup((const char *)sqlite3_column_text(st, 1));
-        v[n].target = strdup((const char *)sqlite3_column_text(st, 2));
-        v[n].data = strdup((const char *)sqlite3_column_text(st, 3));
-        n++;
-    }
-    sqlite3_finalize(st);
-    for (size_t i = 0; i < n; i++) {
-        int r;
-        const char *op = v[i].op;
-        if (!strcmp(op, "clone"))
-            r = vdi_recover_clone_(cat, v[i].target, v[i].data, err);
-        else if (!strcmp(op, "delete"))
-            r = vdi_recover_delete_(cat, v[i].target, v[i].data, err);
-        else if (!strcmp(op, "seal"))
-            r = vdi_recover_seal_(cat, v[i].target, v[i].data, err);
-        else if (!strncmp(op, "merge", 5))
-            r = vdi_recover_merge_(cat, op, v[i].target, v[i].data, err);
-        else if (!strcmp(op, "reparent"))
-            r = vdi_recover_reparent_(cat, v[i].target, v[i].data, err);
-        else
-            r = 0; /* an operation this version does not know: drop its intent */
-        if (r >= 0) {
-            if (r > 0)
-                cat->forward++;
-            else
-                cat->back++;
-            r = vdi_intent_end_(cat, v[i].id, err);
-        }
-        if (r < 0 && rc == 0) {
-            vdi_error_prefix(err, "recovering an interrupted %s of %s: ", op, v[i].target);
-            rc = r;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        free(v[i].op);
-        free(v[i].target);
-        free(v[i].data);
-    }
-    free(v);
-    return rc;
-}
-
-int vdi_catalog_open(const char *state_dir, vdi_catalog **out, vdi_error *err)
+int vdi_catalog_open_storage_(const char *state_dir, vdi_catalog **out, vdi_error *err)
 {
     *out = NULL;
     if (mkdir(state_dir, 0750) < 0 && errno != EEXIST)
@@ -609,6 +650,11 @@ int vdi_catalog_open(const char *state_dir, vdi_catalog **out, vdi_error *err)
         free(cat);
         return vdi_error_set(err, -ENOMEM, "out of memory");
     }
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&cat->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
     char path[4200];
     snprintf(path, sizeof path, "%s/catalog.db", state_dir);
     int rc = 0;
@@ -624,8 +670,6 @@ int vdi_catalog_open(const char *state_dir, vdi_catalog **out, vdi_error *err)
             0 ||
         (rc = vdi_catalog_exec_(cat, SCHEMA, err)) < 0)
         goto error;
-    if ((rc = recover(cat, err)) < 0)
-        goto error;
     *out = cat;
     return 0;
 
@@ -639,6 +683,7 @@ void vdi_catalog_close(vdi_catalog *cat)
     if (!cat)
         return;
     sqlite3_close(cat->db);
+    pthread_mutex_destroy(&cat->lock);
     free(cat->state_dir);
     free(cat);
 }

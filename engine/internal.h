@@ -27,8 +27,21 @@ int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err);
 int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err);
 void vdi_catalog_rollback_(vdi_catalog *cat);
 
-/* Recovery handlers, called by vdi_catalog_open for each leftover intent.
- * Return 1 rolled forward, 0 rolled back, negative on failure. */
+/* The storage half of vdi_catalog_open (journal.c adds recovery). */
+int vdi_catalog_open_storage_(const char *state_dir, vdi_catalog **out, vdi_error *err);
+void vdi_catalog_count_recovered_(vdi_catalog *cat, bool forward);
+
+/* Intents left by processes that no longer run, oldest first. */
+typedef struct vdi_intent_row {
+    int64_t id;
+    char *op, *target, *data;
+} vdi_intent_row;
+int vdi_intents_leftover_(vdi_catalog *cat, vdi_intent_row **out, size_t *count, vdi_error *err);
+void vdi_intent_rows_free_(vdi_intent_row *rows, size_t count);
+
+/* Recoverers, one per journaled operation, called by journal.c for each
+ * leftover intent (see its table). Return 1 rolled forward, 0 rolled back,
+ * negative on failure. */
 int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
 int vdi_recover_delete_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
 int vdi_recover_seal_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);

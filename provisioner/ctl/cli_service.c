@@ -1,80 +1,15 @@
 /* cli_service.c — `vdipoolctl status|acquire|release|reload|images`: the
  * daemon's control API over its Unix socket, one HTTP request each. */
 #include "cli.h"
+#include "vdi_client.h"
 #include "vdi_config.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
-static const char *socket_path(const cli_opts *o)
-{
-    if (o->value[0])
-        return o->value[0];
-    const char *env = getenv("VDIPOOL_SOCKET");
-    return env && *env ? env : "/run/vdipool/vdipool.sock";
-}
-
-/* Sends one request; returns the HTTP status (or -errno) and the body. */
-static int http_call(const char *sock, const char *method, const char *path, const char *body,
-                     char **out, vdi_error *err)
-{
-    *out = NULL;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return vdi_error_set(err, -errno, "socket: %s", strerror(errno));
-    struct sockaddr_un addr = { .sun_family = AF_UNIX };
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
-        int e = errno;
-        close(fd);
-        return vdi_error_set(err, -e,
-                             "cannot reach vdipoold at %s: %s (is it running? start it with "
-                             "`vdipoold --config /etc/vdipool/vdipool.conf`, or give --socket)",
-                             sock, strerror(e));
-    }
-    char *req = NULL;
-    int n = asprintf(&req,
-                     "%s %s HTTP/1.1\r\nHost: vdipoold\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     method, path, body ? strlen(body) : 0, body ? body : "");
-    if (n < 0 || write(fd, req, (size_t)n) != n) {
-        free(req);
-        close(fd);
-        return vdi_error_set(err, -EIO, "cannot send the request to vdipoold");
-    }
-    free(req);
-    size_t cap = 8192, len = 0;
-    char *buf = malloc(cap);
-    ssize_t r;
-    while (buf && (r = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)r;
-        if (cap - len < 1024) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb)
-                break;
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    close(fd);
-    if (!buf)
-        return vdi_error_set(err, -ENOMEM, "out of memory");
-    buf[len] = '\0';
-    int status = 0;
-    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
-        free(buf);
-        return vdi_error_set(err, -EPROTO, "vdipoold sent no HTTP answer");
-    }
-    char *b = strstr(buf, "\r\n\r\n");
-    *out = strdup(b ? b + 4 : "");
-    free(buf);
-    return status;
-}
+static const char *socket_path(const cli_opts *o) { return vdi_client_socket(o->value[0]); }
 
 /* Runs a call and prints its JSON (--json) or a message; returns the exit status. */
 static int call(const cli_opts *o, const char *method, const char *path, const char *body,
@@ -82,7 +17,7 @@ static int call(const cli_opts *o, const char *method, const char *path, const c
 {
     char *text = NULL;
     vdi_error err = { 0 };
-    int status = http_call(socket_path(o), method, path, body, &text, &err);
+    int status = vdi_client_call(socket_path(o), method, path, body, &text, &err);
     if (status < 0)
         return cli_fail(o->json, &err);
     json_t *j = json_loads(text, 0, NULL);

@@ -1,5 +1,8 @@
-/* api_routes.c — what each endpoint of the control API does. */
+/* api_routes.c — what each endpoint of the control API does. The transport
+ * (api_http.c) hands each request here, on the loop. */
 #include "api.h"
+#include "service.h"
+#include "api_routes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,17 +15,7 @@ static void not_found(request *r, const char *what)
     request_respond_json(r, 404, json_pack("{s:s}", "error", msg));
 }
 
-static json_t *status_json(service *svc)
-{
-    json_t *pools = json_array();
-    for (size_t i = 0; i < svc->npools; i++)
-        json_array_append_new(pools, pool_json(svc->pools[i], false));
-    return json_pack("{s:s,s:b,s:s,s:s,s:o}", "version", "0.1.0", "libvirt_connected",
-                     svc->conn != NULL, "config", svc->config_path, "state_dir", svc->state_dir,
-                     "pools", pools);
-}
-
-static json_t *images_json(service *svc);
+static json_t *images_json(vdi_catalog *catalog);
 
 /* ---- work off the loop: measuring datastores and reading the catalog ---------- */
 
@@ -35,8 +28,7 @@ typedef struct datastore_copy {
 } datastore_copy;
 
 typedef struct deferred {
-    uv_work_t work;
-    service *svc;
+    vdi_catalog *catalog;
     request *r;
     datastore_copy *stores;
     size_t nstores;
@@ -98,21 +90,21 @@ static char *datastore_metrics(const char *prefix, const datastore_copy *stores,
     return out;
 }
 
-static void deferred_work(uv_work_t *w)
+static void deferred_work(void *data)
 {
-    deferred *d = w->data;
+    deferred *d = data;
     if (d->metrics)
         d->text = datastore_metrics(d->prefix_text ? d->prefix_text : "", d->stores, d->nstores);
     else if (d->images)
-        d->result = images_json(d->svc);
+        d->result = images_json(d->catalog);
     else
         d->result = space_json(d->stores, d->nstores);
 }
 
-static void deferred_done(uv_work_t *w, int status)
+static void deferred_done(service *svc, void *data)
 {
-    (void)status;
-    deferred *d = w->data;
+    (void)svc;
+    deferred *d = data;
     if (d->metrics)
         request_respond_text(d->r, 200, "text/plain; version=0.0.4", d->text ? d->text : "");
     else
@@ -143,28 +135,31 @@ static void defer(service *svc, request *r, bool metrics, bool images)
         d->stores[i].max_overcommit = ds->max_overcommit;
     }
     d->nstores = n;
-    d->svc = svc;
+    d->catalog = svc->catalog;
     d->r = r;
     d->metrics = metrics;
     d->images = images;
     if (metrics)
-        service_write_metrics(svc, &d->prefix_text);
-    d->work.data = d;
+        d->prefix_text = service_metrics_text(svc);
     request_hold(r);
-    uv_queue_work(svc->loop, &d->work, deferred_work, deferred_done);
+    if (work_submit(svc, deferred_work, deferred_done, d) < 0) {
+        request_respond_json(r, 503, json_pack("{s:s}", "error", "cannot queue work; try again"));
+        free(d->prefix_text);
+        free(d->stores);
+        free(d);
+    }
 }
 
-static json_t *images_json(service *svc)
+static json_t *images_json(vdi_catalog *catalog)
 {
-    pthread_mutex_lock(&svc->catalog_lock);
     vdi_gold_info *golds = NULL;
     size_t ng = 0;
-    vdi_catalog_golds(svc->catalog, &golds, &ng, NULL);
+    vdi_catalog_golds(catalog, &golds, &ng, NULL);
     json_t *arr = json_array();
     for (size_t i = 0; i < ng; i++) {
         vdi_child_info *kids = NULL;
         size_t nk = 0;
-        vdi_catalog_children(svc->catalog, golds[i].path, &kids, &nk, NULL);
+        vdi_catalog_children(catalog, golds[i].path, &kids, &nk, NULL);
         json_t *children = json_array();
         for (size_t k = 0; k < nk; k++) {
             vdi_image *img = NULL;
@@ -187,7 +182,6 @@ static json_t *images_json(service *svc)
                                              children));
     }
     free(golds);
-    pthread_mutex_unlock(&svc->catalog_lock);
     return json_pack("{s:o}", "golds", arr);
 }
 
@@ -213,8 +207,9 @@ static int split(const char *path, char parts[6][128])
     return n;
 }
 
-void api_route(service *svc, request *r)
+void api_route(void *ctx, request *r)
 {
+    service *svc = ctx;
     const char *m = request_method(r);
     char parts[6][128];
     int n = split(request_path(r), parts);
@@ -277,8 +272,9 @@ void api_route(service *svc, request *r)
                      desktop_state_name(d->state));
             request_respond_json(r, 400, json_pack("{s:s}", "error", msg));
         } else {
-            pool_end_session(d, reason && !strcmp(reason, "operator") ? "operator" : "released");
+            session_end(d, reason && !strcmp(reason, "operator") ? END_OPERATOR : END_RELEASED);
             request_respond_json(r, 200, desktop_json(d));
+            service_converge(svc);
         }
         json_decref(body);
     } else if (n == 2 && !strcmp(parts[1], "space") && get) {

@@ -4,6 +4,7 @@
  * http-parser, kept behind this file. Peers on the Unix socket are checked
  * with SO_PEERCRED: root, the daemon's own user, or members of group vdipool. */
 #include "api.h"
+#include "log.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -18,11 +19,15 @@
 
 #define MAX_BODY (64 * 1024)
 
-struct api {
-    service *svc;
+struct api_server {
+    uv_loop_t *loop;
+    api_route_fn route;          /* the service's routes, called on the loop */
+    void *route_ctx;
     uv_pipe_t unix_server;
     uv_tcp_t tcp_server;
     bool have_tcp;
+    bool unix_listening;         /* the socket file is ours to remove */
+    int open_handles;            /* closing: freed when the last one is closed */
     char token[256];
     char socket_path[4096];
 };
@@ -34,9 +39,10 @@ struct request {
     } handle;
     uv_stream_t *stream;
     http_parser parser;
-    service *svc;
+    api_server *server;
     bool is_tcp;
     char url[2048];
+    char path[2048];
     char method[16];
     char *body;
     size_t body_len;
@@ -142,13 +148,7 @@ void request_hold(request *r) { r->held = true; }
 const char *request_method(const request *r) { return r->method; }
 const char *request_body(const request *r) { return r->body ? r->body : ""; }
 
-const char *request_path(const request *r)
-{
-    static char path[2048];
-    snprintf(path, sizeof path, "%s", r->url);
-    path[strcspn(path, "?")] = '\0';
-    return path;
-}
+const char *request_path(const request *r) { return r->path; }
 
 /* ---- parsing ---------------------------------------------------------------- */
 
@@ -208,6 +208,8 @@ static int on_message_complete(http_parser *p)
 {
     request *r = p->data;
     snprintf(r->method, sizeof r->method, "%s", http_method_str(p->method));
+    memcpy(r->path, r->url, sizeof r->path);
+    r->path[strcspn(r->path, "?")] = '\0';
     r->dispatched = true;
     if (r->denied) {
         request_respond_json(r, 403, json_pack("{s:s}", "error",
@@ -216,7 +218,7 @@ static int on_message_complete(http_parser *p)
         return 0;
     }
     if (r->is_tcp) {
-        api *a = r->svc->api;
+        api_server *a = r->server;
         char want[300];
         snprintf(want, sizeof want, "Bearer %s", a->token);
         if (!a->token[0] || !same_secret(r->auth, want)) {
@@ -225,7 +227,7 @@ static int on_message_complete(http_parser *p)
             return 0;
         }
     }
-    api_route(r->svc, r);
+    r->server->route(r->server->route_ctx, r);
     return 0;
 }
 
@@ -292,17 +294,17 @@ static bool peer_allowed(uv_pipe_t *p)
 
 static void accept_one(uv_stream_t *server, bool tcp)
 {
-    api *a = server->data;
+    api_server *a = server->data;
     request *r = calloc(1, sizeof *r);
     if (!r)
         return;
-    r->svc = a->svc;
+    r->server = a;
     r->is_tcp = tcp;
     r->stream = (uv_stream_t *)&r->handle;
     if (tcp)
-        uv_tcp_init(a->svc->loop, &r->handle.tcp);
+        uv_tcp_init(a->loop, &r->handle.tcp);
     else
-        uv_pipe_init(a->svc->loop, &r->handle.pipe, 0);
+        uv_pipe_init(a->loop, &r->handle.pipe, 0);
     r->stream->data = r;
     if (uv_accept(server, r->stream) < 0) {
         close_request(r);
@@ -328,14 +330,16 @@ static void on_tcp_connection(uv_stream_t *server, int status)
         accept_one(server, true);
 }
 
-int api_start(service *svc, vdi_error *err)
+int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn route,
+                     void *route_ctx, api_server **out, vdi_error *err)
 {
-    const vdi_service_config *sc = vdi_config_service(svc->config);
-    api *a = calloc(1, sizeof *a);
+    api_server *a = calloc(1, sizeof *a);
     if (!a)
         return vdi_error_set(err, -ENOMEM, "out of memory");
-    a->svc = svc;
-    svc->api = a;
+    a->loop = loop;
+    a->route = route;
+    a->route_ctx = route_ctx;
+    *out = a; /* api_server_stop frees it, whatever happens below */
     snprintf(a->socket_path, sizeof a->socket_path, "%s", sc->socket_path);
     /* The socket's directory (/run/vdipool) is made here when missing. */
     char dir[4096];
@@ -346,13 +350,14 @@ int api_start(service *svc, vdi_error *err)
         mkdir(dir, 0755);
     }
     unlink(a->socket_path); /* a stale socket of a previous run */
-    uv_pipe_init(svc->loop, &a->unix_server, 0);
+    uv_pipe_init(loop, &a->unix_server, 0);
     a->unix_server.data = a;
     int rc = uv_pipe_bind(&a->unix_server, a->socket_path);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&a->unix_server, 64, on_unix_connection);
     if (rc < 0)
         return vdi_error_set(err, rc, "cannot listen on %s: %s", a->socket_path, uv_strerror(rc));
+    a->unix_listening = true;
     struct group *g = getgrnam("vdipool");
     chmod(a->socket_path, 0660);
     if (g && chown(a->socket_path, (uid_t)-1, g->gr_gid) < 0)
@@ -380,7 +385,7 @@ int api_start(service *svc, vdi_error *err)
         } else {
             uv_ip4_addr(host, atoi(colon + 1), (struct sockaddr_in *)&addr);
         }
-        uv_tcp_init(svc->loop, &a->tcp_server);
+        uv_tcp_init(loop, &a->tcp_server);
         a->tcp_server.data = a;
         rc = uv_tcp_bind(&a->tcp_server, (struct sockaddr *)&addr, 0);
         if (rc == 0)
@@ -394,13 +399,21 @@ int api_start(service *svc, vdi_error *err)
     return 0;
 }
 
-void api_stop(service *svc)
+static void server_closed(uv_handle_t *h)
 {
-    api *a = svc->api;
+    api_server *a = h->data;
+    if (--a->open_handles == 0)
+        free(a);
+}
+
+void api_server_stop(api_server *a)
+{
     if (!a)
         return;
-    uv_close((uv_handle_t *)&a->unix_server, NULL);
+    a->open_handles = 1 + a->have_tcp;
+    if (a->unix_listening)
+        unlink(a->socket_path);
+    uv_close((uv_handle_t *)&a->unix_server, server_closed);
     if (a->have_tcp)
-        uv_close((uv_handle_t *)&a->tcp_server, NULL);
-    unlink(a->socket_path);
+        uv_close((uv_handle_t *)&a->tcp_server, server_closed);
 }

@@ -1,0 +1,296 @@
+/* adopt.c — reconciling with libvirt at start-up and after a reconnect.
+ * Files on disk and libvirt's domains are the ground truth:
+ *  1. a worker lists the domains that carry vdipool metadata;
+ *  2. the loop adopts the running ones into their slots (ready, or assigned
+ *     when the catalog has the session open), and ends desktops whose
+ *     domain stopped while nobody listened;
+ *  3. a worker removes children of our pools that no desktop and no domain
+ *     uses (made before a crash, never started) and closes sessions whose
+ *     desktop is gone.
+ * A child is never removed while a domain of that name or disk exists. */
+#include "service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct adopt_req {
+    virConnectPtr conn;       /* a reference */
+    vdi_catalog *catalog;
+    json_t *domains;          /* [{name, active, pool, slot, child, gold, display}] */
+    char *error;
+} adopt_req;
+
+/* libvirt hands metadata back re-serialized, without our prefix
+ * ("<child>…</child>"); accept either form. */
+static char *xml_field(const char *xml, const char *tag)
+{
+    static const char *const prefixes[] = { "", "vdipool:" };
+    for (int i = 0; i < 2; i++) {
+        char open[64], close[64];
+        snprintf(open, sizeof open, "<%s%s>", prefixes[i], tag);
+        snprintf(close, sizeof close, "</%s%s>", prefixes[i], tag);
+        const char *a = strstr(xml, open);
+        const char *b = a ? strstr(a, close) : NULL;
+        if (a && b) {
+            a += strlen(open);
+            return strndup(a, (size_t)(b - a));
+        }
+    }
+    return NULL;
+}
+
+static void list_run(void *data)
+{
+    adopt_req *r = data;
+    r->domains = json_array();
+    virDomainPtr *doms = NULL;
+    int n = virConnectListAllDomains(r->conn, &doms, 0);
+    if (n < 0) {
+        virErrorPtr e = virGetLastError();
+        r->error = strdup(e && e->message ? e->message : "unknown error");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        char *meta = virDomainGetMetadata(doms[i], VIR_DOMAIN_METADATA_ELEMENT, VDI_XML_NS, 0);
+        if (meta) {
+            char *pname = xml_field(meta, "pool"), *slot = xml_field(meta, "slot"),
+                 *child = xml_field(meta, "child"), *gold = xml_field(meta, "gold");
+            bool active = virDomainIsActive(doms[i]) == 1;
+            char *display = active ? domain_display(doms[i]) : NULL;
+            json_array_append_new(
+                r->domains,
+                json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s}", "name", virDomainGetName(doms[i]),
+                          "active", active, "pool", pname ? pname : "", "slot",
+                          slot ? atoi(slot) : 0, "child", child ? child : "", "gold",
+                          gold ? gold : "", "display", display ? display : ""));
+            free(pname);
+            free(slot);
+            free(child);
+            free(gold);
+            free(display);
+            free(meta);
+        }
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+}
+
+/* ---- strays, on a worker with copies of what the loop knows ------------------------ */
+
+typedef struct stray_req {
+    vdi_catalog *catalog;
+    json_t *domains;          /* what libvirt has (from list_run) */
+    json_t *pools;            /* [{name, datastore, in_use: [child], empty: [desktop name]}] */
+} stray_req;
+
+/* Is `child` the disk of a domain libvirt has, or named like one? */
+static bool used_by_domain(json_t *domains, const char *child)
+{
+    const char *base = strrchr(child, '/');
+    base = base ? base + 1 : child;
+    size_t i;
+    json_t *dom;
+    json_array_foreach(domains, i, dom)
+    {
+        const char *c = json_string_value(json_object_get(dom, "child"));
+        const char *name = json_string_value(json_object_get(dom, "name"));
+        size_t nlen = name ? strlen(name) : 0;
+        if ((c && !strcmp(c, child)) ||
+            (name && !strncmp(base, name, nlen) && !strcmp(base + nlen, ".qcow2")))
+            return true;
+    }
+    return false;
+}
+
+static bool in_list(json_t *arr, const char *s)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) if (!strcmp(json_string_value(v), s)) return true;
+    return false;
+}
+
+static void strays_run(void *data)
+{
+    stray_req *r = data;
+    size_t i;
+    json_t *p;
+    json_array_foreach(r->pools, i, p)
+    {
+        const char *pname = json_string_value(json_object_get(p, "name"));
+        const char *dir = json_string_value(json_object_get(p, "datastore"));
+        json_t *in_use = json_object_get(p, "in_use");
+        vdi_error err = { 0 };
+        vdi_reconcile_report rep;
+        if (dir && vdi_reconcile(r->catalog, dir, &rep, &err) < 0)
+            svc_log("warning", "pool=%s event=reconcile-failed datastore=%s reason=\"%s\"", pname,
+                    dir, err.message);
+        vdi_child_info *kids = NULL;
+        size_t n = 0;
+        if (vdi_catalog_children(r->catalog, NULL, &kids, &n, &err) < 0)
+            svc_log("warning", "pool=%s event=strays-not-checked reason=\"%s\"", pname,
+                    err.message);
+        for (size_t k = 0; k < n; k++) {
+            if (strcmp(kids[k].pool, pname) || in_list(in_use, kids[k].path) ||
+                used_by_domain(r->domains, kids[k].path))
+                continue;
+            svc_log("info", "pool=%s event=stray-child-removed child=%s", pname, kids[k].path);
+            if (vdi_child_delete(r->catalog, kids[k].path, NULL, &err) < 0)
+                svc_log("error", "pool=%s event=stray-child-not-removed child=%s reason=\"%s\"",
+                        pname, kids[k].path, err.message);
+        }
+        free(kids);
+        /* Sessions that ended while we were away (their desktop is empty). */
+        size_t j;
+        json_t *name;
+        json_array_foreach(json_object_get(p, "empty"), j, name)
+        {
+            int64_t id;
+            if (vdi_catalog_open_session(r->catalog, json_string_value(name), &id, NULL, 0, NULL,
+                                         NULL) == 0 &&
+                vdi_catalog_session_end(r->catalog, id, (int64_t)time(NULL), "other", 0, &err) < 0)
+                svc_log("error", "desktop=%s event=session-end-not-recorded reason=\"%s\"",
+                        json_string_value(name), err.message);
+        }
+    }
+}
+
+/* Reconciliation is over: the controllers may clone again (while it ran,
+ * a new child could have looked like a stray). */
+static void strays_done(service *svc, void *data)
+{
+    stray_req *r = data;
+    json_decref(r->domains);
+    json_decref(r->pools);
+    free(r);
+    svc->adopting = false;
+    svc->adopted = true;
+    service_converge(svc);
+}
+
+static void remove_strays(service *svc, json_t *domains)
+{
+    stray_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        json_decref(domains);
+        svc->adopting = false;
+        svc->adopted = true;
+        return;
+    }
+    r->catalog = svc->catalog;
+    r->domains = domains;
+    r->pools = json_array();
+    for (size_t i = 0; i < svc->npools; i++) {
+        pool *p = svc->pools[i];
+        const vdi_datastore_config *ds = pool_datastore(p);
+        json_t *in_use = json_array(), *empty = json_array();
+        for (unsigned j = 0; j < p->nslots; j++) {
+            desktop *d = p->desktops[j];
+            if (d->state != DESKTOP_EMPTY || d->busy) {
+                if (d->child)
+                    json_array_append_new(in_use, json_string(d->child));
+            } else if (d->name) {
+                json_array_append_new(empty, json_string(d->name));
+            }
+        }
+        json_array_append_new(r->pools, json_pack("{s:s,s:s?,s:o,s:o}", "name", p->name,
+                                                  "datastore", ds ? ds->path : NULL, "in_use",
+                                                  in_use, "empty", empty));
+    }
+    if (work_submit(svc, strays_run, strays_done, r) < 0) {
+        svc_log("warning", "event=strays-not-checked reason=\"cannot queue work\"");
+        strays_done(svc, r);
+    }
+}
+
+/* ---- on the loop ----------------------------------------------------------------- */
+
+static bool domain_running(json_t *domains, const char *name)
+{
+    size_t idx;
+    json_t *dom;
+    json_array_foreach(domains, idx, dom)
+    {
+        if (!strcmp(json_string_value(json_object_get(dom, "name")), name) &&
+            json_is_true(json_object_get(dom, "active")))
+            return true;
+    }
+    return false;
+}
+
+static void list_done(service *svc, void *data)
+{
+    adopt_req *r = data;
+    if (r->conn)
+        virConnectClose(r->conn);
+    if (r->error || !r->domains) {
+        svc_log("error", "event=adopt-failed reason=\"%s\"; retried at the next tick",
+                r->error ? r->error : "no answer");
+        json_decref(r->domains);
+        free(r->error);
+        free(r);
+        svc->adopting = false;
+        return;
+    }
+    size_t idx;
+    json_t *dom;
+    json_array_foreach(r->domains, idx, dom)
+    {
+        const char *name = json_string_value(json_object_get(dom, "name"));
+        desktop *d = service_find_desktop(svc, name);
+        if (!d || d->state != DESKTOP_EMPTY || d->busy)
+            continue;
+        const char *child = json_string_value(json_object_get(dom, "child"));
+        const char *gold = json_string_value(json_object_get(dom, "gold"));
+        const char *display = json_string_value(json_object_get(dom, "display"));
+        if (!json_is_true(json_object_get(dom, "active"))) {
+            desktop_adopt(d, child, gold, NULL, 0, NULL, 0);
+            session_end(d, END_OTHER); /* a defined domain that does not run */
+            continue;
+        }
+        int64_t id = 0, started = 0;
+        char user[256] = "";
+        bool session = vdi_catalog_open_session(svc->catalog, d->name, &id, user, sizeof user,
+                                                &started, NULL) == 0;
+        desktop_adopt(d, child, gold, display, session ? id : 0, user, started);
+    }
+    /* After a reconnect: desktops whose domain stopped while we could not
+     * hear its events are ended now. */
+    for (size_t i = 0; i < svc->npools; i++)
+        for (unsigned k = 0; k < svc->pools[i]->nslots; k++) {
+            desktop *d = svc->pools[i]->desktops[k];
+            if (d->busy || (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED))
+                continue;
+            if (!domain_running(r->domains, d->name)) {
+                svc_log("info", "pool=%s desktop=%s event=domain-gone-while-disconnected",
+                        d->pool->name, d->name);
+                session_end(d, END_OTHER);
+            }
+        }
+    remove_strays(svc, r->domains); /* takes the domains; ends the adoption */
+    free(r);
+}
+
+void adopt_start(service *svc)
+{
+    if (svc->adopting || !svc->conn)
+        return;
+    adopt_req *r = calloc(1, sizeof *r);
+    if (!r || virConnectRef(svc->conn) < 0) {
+        free(r);
+        svc_log("error", "event=adopt-failed reason=\"out of memory\"; retried at the next tick");
+        return;
+    }
+    r->conn = svc->conn;
+    r->catalog = svc->catalog;
+    svc->adopting = true;
+    if (work_submit(svc, list_run, list_done, r) < 0) {
+        svc->adopting = false;
+        virConnectClose(r->conn);
+        free(r);
+        svc_log("error", "event=adopt-failed reason=\"cannot queue work\"; retried at the next "
+                         "tick");
+    }
+}

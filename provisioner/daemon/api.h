@@ -1,0 +1,35 @@
+/* api.h — the control API's transport (api_http.c): HTTP/1.1 over a Unix
+ * socket, optionally loopback TCP with a bearer token. It knows nothing of
+ * the service: it checks the peer, parses a request and hands it to the
+ * route callback it was given, which answers now or later. */
+#ifndef VDI_API_H
+#define VDI_API_H
+
+#include "vdi_config.h"
+
+#include <jansson.h>
+#include <uv.h>
+
+typedef struct api_server api_server;
+typedef struct request request;
+typedef void (*api_route_fn)(void *ctx, request *r);
+
+/* Listens on the service's socket (and TCP listener); *out is set even on
+ * failure, for api_server_stop. */
+int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn route,
+                     void *route_ctx, api_server **out, vdi_error *err);
+/* Stops listening and removes the socket file; frees the server once its
+ * handles are closed. Requests in flight are still answered. */
+void api_server_stop(api_server *server);
+
+/* What routes see of a request. */
+const char *request_method(const request *r);
+const char *request_path(const request *r);   /* without the query string */
+const char *request_body(const request *r);   /* NUL-terminated, "" when none */
+/* Answers once; a later call does nothing. Takes ownership of body. */
+void request_respond_json(request *r, int status, json_t *body);
+void request_respond_text(request *r, int status, const char *type, const char *text);
+/* For answers that come later (acquire waiting for a spare). */
+void request_hold(request *r);
+
+#endif

@@ -1,0 +1,214 @@
+/* desktop.c — a desktop's state machine. Every change of state goes through
+ * one of the functions below, on the loop thread; work that blocks is done
+ * by the service's desktop_ops (jobs.c, or a test's fakes), which report back
+ * through desktop_cloned/started/ended.
+ *
+ * Transitions, and the function that makes each:
+ *
+ *   empty    -> cloning    desktop_begin_clone     (pool.c: a spare is wanted)
+ *   cloning  -> starting   desktop_cloned          (the child exists)
+ *   cloning  -> empty      desktop_cloned          (the pool is blocked: space, gold)
+ *   cloning  -> failed     desktop_cloned          (this desktop's clone failed)
+ *   starting -> ready      desktop_started         (the domain runs)
+ *   starting -> ending     desktop_started         (the start failed; then failed)
+ *   ready    -> assigned   session.c assign        (handed to a user)
+ *   ready    -> ending     desktop_begin_end       (recycled, rolled out, drained)
+ *   assigned -> ending     desktop_begin_end       (via session_end: the session ends)
+ *   ending   -> empty      desktop_ended           (domain destroyed, child deleted)
+ *   ending   -> failed     desktop_ended           (after a failed start)
+ *   ending   -> ending     desktop_ended           (the end failed: retried after 5 s,
+ *                                                    desktop_retry_end)
+ *   failed   -> empty      desktop_retry_failed    (its back-off is over)
+ *   empty    -> ready|assigned  desktop_adopt      (adopt.c: a running domain found)
+ *
+ * Invariants: a busy desktop (a job runs for it) changes state only through
+ * its job's result; a desktop's child is never deleted while its domain may
+ * run (an end that could not destroy the domain keeps the child). */
+#include "service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *desktop_state_name(desktop_state s)
+{
+    static const char *const names[] = {
+#define XX(id, name) name,
+        DESKTOP_STATE_MAP(XX)
+#undef XX
+    };
+    return (unsigned)s < DESKTOP_STATE_COUNT ? names[s] : "unknown";
+}
+
+const char *end_reason_name(end_reason r)
+{
+    static const char *const names[] = {
+#define XX(id, name) name,
+        END_REASON_MAP(XX)
+#undef XX
+    };
+    return (unsigned)r < END_REASON_COUNT ? names[r] : "other";
+}
+
+int64_t service_now(const service *svc) { return svc->ops->now(); }
+
+void desktop_set_state(desktop *d, desktop_state s)
+{
+    if (d->state != s)
+        svc_log("debug", "pool=%s desktop=%s event=state from=%s to=%s", d->pool->name, d->name,
+                desktop_state_name(d->state), desktop_state_name(s));
+    d->state = s;
+    d->state_since = service_now(d->pool->svc);
+}
+
+/* PREFIX-NNN, with more digits for pools of 1000 or more; the child is
+ * named after it in the pool's datastore. */
+void desktop_name_slot(desktop *d)
+{
+    pool *p = d->pool;
+    unsigned digits = 3;
+    for (unsigned v = p->cfg->size; v >= 1000; v /= 10)
+        digits++;
+    char *name = NULL, *child = NULL;
+    const vdi_datastore_config *ds = pool_datastore(p);
+    if (asprintf(&name, "%s-%0*u", p->cfg->desktop_prefix, (int)digits, d->slot) < 0)
+        name = NULL;
+    if (name && asprintf(&child, "%s/%s.qcow2", ds ? ds->path : "/nonexistent", name) < 0)
+        child = NULL;
+    if (name && child) {
+        free(d->name);
+        free(d->child);
+        d->name = name;
+        d->child = child;
+    } else {
+        free(name);
+        free(child);
+        svc_log("error", "pool=%s slot=%u event=out-of-memory naming a desktop", p->name, d->slot);
+    }
+}
+
+static void record_failure(desktop *d, const char *why)
+{
+    set_str(&d->failure, why);
+    d->failures++;
+    unsigned backoff = d->failures > 6 ? 300 : 5u << (d->failures - 1);
+    d->retry_at = service_now(d->pool->svc) + backoff;
+    svc_log("error", "pool=%s desktop=%s event=failed retry_in=%us reason=\"%s\"", d->pool->name,
+            d->name, backoff, why);
+}
+
+void desktop_begin_clone(desktop *d)
+{
+    pool *p = d->pool;
+    set_str(&d->gold, p->cfg->gold);
+    desktop_set_state(d, DESKTOP_CLONING);
+    p->svc->ops->clone(d);
+}
+
+void desktop_begin_start(desktop *d) { d->pool->svc->ops->start(d); }
+
+void desktop_begin_end(desktop *d, end_reason why)
+{
+    if (d->state == DESKTOP_ENDING || d->state == DESKTOP_EMPTY || d->busy)
+        return;
+    d->end_reason = why;
+    svc_log("info", "pool=%s desktop=%s event=ending reason=%s user=%s", d->pool->name, d->name,
+            end_reason_name(why), d->user ? d->user : "-");
+    desktop_set_state(d, DESKTOP_ENDING);
+    d->pool->svc->ops->end(d);
+}
+
+void desktop_retry_end(desktop *d)
+{
+    if (d->state == DESKTOP_ENDING && !d->busy)
+        d->pool->svc->ops->end(d);
+}
+
+void desktop_retry_failed(desktop *d)
+{
+    if (d->state == DESKTOP_FAILED && !d->busy)
+        desktop_set_state(d, DESKTOP_EMPTY);
+}
+
+void desktop_cloned(desktop *d, int rc, bool pool_blocked, const char *error, double seconds)
+{
+    pool *p = d->pool;
+    if (rc == 0) {
+        latency_observe(&p->svc->clone_latency, seconds);
+        if (p->blocked)
+            svc_log("info", "pool=%s event=unblocked", p->name);
+        set_str(&p->blocked, NULL);
+        svc_log("info", "pool=%s desktop=%s event=cloned child=%s seconds=%.3f", p->name, d->name,
+                d->child, seconds);
+        desktop_set_state(d, DESKTOP_STARTING);
+    } else if (pool_blocked) {
+        if (!p->blocked || strcmp(p->blocked, error))
+            svc_log("warning", "pool=%s event=blocked reason=\"%s\"", p->name, error);
+        set_str(&p->blocked, error);
+        desktop_set_state(d, DESKTOP_EMPTY);
+    } else {
+        record_failure(d, error);
+        desktop_set_state(d, DESKTOP_FAILED);
+    }
+}
+
+void desktop_started(desktop *d, int rc, const char *error, const char *display, double seconds)
+{
+    pool *p = d->pool;
+    if (rc == 0) {
+        latency_observe(&p->svc->start_latency, seconds);
+        set_str(&d->display, display && *display ? display : NULL);
+        d->failures = 0;
+        set_str(&d->failure, NULL);
+        svc_log("info", "pool=%s desktop=%s event=ready display=%s seconds=%.3f", p->name, d->name,
+                d->display ? d->display : "none", seconds);
+        desktop_set_state(d, DESKTOP_READY);
+        return;
+    }
+    record_failure(d, error);
+    d->fail_after_end = true; /* whatever half-started goes first */
+    d->end_reason = END_OTHER;
+    desktop_set_state(d, DESKTOP_ENDING);
+    p->svc->ops->end(d);
+}
+
+void desktop_ended(desktop *d, int rc, const char *error)
+{
+    pool *p = d->pool;
+    if (rc < 0) {
+        svc_log("error", "pool=%s desktop=%s event=end-failed reason=\"%s\"", p->name, d->name,
+                error);
+        set_str(&d->failure, error);
+        d->retry_at = service_now(p->svc) + 5; /* desktop_retry_end, from pool_step */
+        return;
+    }
+    svc_log("info", "pool=%s desktop=%s event=ended reason=%s session=%lld", p->name, d->name,
+            end_reason_name(d->end_reason), (long long)d->session_id);
+    if (d->session_id)
+        p->sessions_ended[d->end_reason]++;
+    d->session_id = 0;
+    set_str(&d->user, NULL);
+    set_str(&d->display, NULL);
+    bool failed = d->fail_after_end;
+    d->fail_after_end = false;
+    desktop_set_state(d, failed ? DESKTOP_FAILED : DESKTOP_EMPTY);
+}
+
+void desktop_adopt(desktop *d, const char *child, const char *gold, const char *display,
+                   int64_t session_id, const char *user, int64_t session_start)
+{
+    set_str(&d->child, child);
+    set_str(&d->gold, gold);
+    set_str(&d->display, display && *display ? display : NULL);
+    if (session_id) {
+        /* A restart of vdipoold never ends a user's session. */
+        d->session_id = session_id;
+        d->session_start = session_start;
+        set_str(&d->user, user);
+        desktop_set_state(d, DESKTOP_ASSIGNED);
+    } else {
+        desktop_set_state(d, DESKTOP_READY);
+    }
+    svc_log("info", "pool=%s desktop=%s event=adopted state=%s", d->pool->name, d->name,
+            desktop_state_name(d->state));
+}

@@ -1,0 +1,365 @@
+/* jobs.c — the real desktop_ops: clone, start and end run on libuv's thread
+ * pool. A job owns everything it reads: copies of the desktop's strings, a
+ * reference on the config its settings point into, and a reference on the
+ * libvirt connection. Its result comes back to the loop, which finds the
+ * desktop again by pool name and slot (and job number) before it changes
+ * anything; a result for a slot that is gone has its leftovers removed. */
+#include "service.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Finished sessions needed before learned growth replaces expected_growth. */
+#define GROWTH_MIN_SAMPLES 20
+
+typedef enum { JOB_CLONE, JOB_START, JOB_END, JOB_LEFTOVERS } job_kind;
+
+typedef struct job {
+    job_kind kind;
+    uint64_t seq;                  /* the desktop's job_seq when submitted */
+    /* Inputs, owned by the job. */
+    vdi_catalog *catalog;          /* thread-safe; outlives every job */
+    vdi_config *config;            /* a reference: pc and ds point into it */
+    const vdi_pool_config *pc;
+    const vdi_datastore_config *ds;
+    virConnectPtr conn;            /* a reference, or NULL when disconnected */
+    char *pool, *name, *child, *gold;
+    unsigned slot;
+    int64_t session_id;
+    end_reason reason;
+    double started;
+    /* Outputs, written by the worker, read on the loop after it. */
+    int rc;
+    bool blocked;                  /* a pool-wide reason (space, gold), not this desktop's */
+    char *error;
+    char *display;
+} job;
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void job_free(job *j)
+{
+    if (j->conn)
+        virConnectClose(j->conn);
+    vdi_config_unref(j->config);
+    free(j->pool);
+    free(j->name);
+    free(j->child);
+    free(j->gold);
+    free(j->error);
+    free(j->display);
+    free(j);
+}
+
+static void job_fail(job *j, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void job_fail(job *j, int rc, const char *fmt, ...)
+{
+    j->rc = rc < 0 ? rc : -EIO;
+    free(j->error);
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&j->error, fmt, ap) < 0)
+        j->error = NULL;
+    va_end(ap);
+}
+
+static const char *libvirt_message(void)
+{
+    virErrorPtr e = virGetLastError();
+    return e && e->message ? e->message : "unknown error";
+}
+
+/* ---- on a worker ------------------------------------------------------------ */
+
+static void clone_run(void *data)
+{
+    job *j = data;
+    vdi_error err = { 0 };
+    vdi_gold_info g;
+    char real[PATH_MAX];
+    if (!realpath(j->gold, real)) {
+        job_fail(j, -errno, "gold %s cannot be resolved: %s", j->gold, strerror(errno));
+        j->blocked = true;
+        return;
+    }
+    if (vdi_catalog_gold(j->catalog, real, &g, NULL) < 0) {
+        job_fail(j, -EPERM, "gold %s is not sealed; seal it first: vdipoolctl image seal %s",
+                 j->gold, j->gold);
+        j->blocked = true;
+        return;
+    }
+    if (g.state == VDI_GOLD_TAINTED) {
+        job_fail(j, -ESTALE, "gold %s is tainted: %s", j->gold, g.reason);
+        j->blocked = true;
+        return;
+    }
+    if (!j->ds) {
+        job_fail(j, -ENOENT, "pool %s has no datastore", j->pool);
+        j->blocked = true;
+        return;
+    }
+    vdi_space_report r;
+    if (vdi_space_measure(j->ds->path, j->ds->reserve_bytes, j->ds->reserve_percent, &r, &err) <
+        0) {
+        job_fail(j, err.code, "%s", err.message);
+        j->blocked = true;
+        return;
+    }
+    uint64_t growth = j->pc->expected_growth;
+    /* -ENODATA (too few sessions yet) keeps expected_growth. */
+    vdi_catalog_growth_p95(j->catalog, j->pool, GROWTH_MIN_SAMPLES, &growth, NULL, NULL);
+    if (vdi_space_admit(&r, j->ds->name, growth, g.virtual_size, j->ds->max_overcommit, &err) <
+        0) {
+        job_fail(j, err.code, "%s", err.message);
+        j->blocked = true;
+        return;
+    }
+    if (access(j->child, F_OK) == 0 && vdi_child_delete(j->catalog, j->child, NULL, &err) < 0) {
+        job_fail(j, err.code, "a leftover child is in the way: %s", err.message);
+        return;
+    }
+    vdi_clone_options o;
+    vdi_clone_options_init(&o);
+    o.max_depth = j->pc->max_chain_depth + 1;
+    vdi_cloner *cl = NULL;
+    vdi_child_meta meta = { .datastore = j->ds->name, .pool = j->pool, .slot = (int)j->slot };
+    if (vdi_cloner_new(j->gold, &o, &cl, &err) < 0 ||
+        vdi_clone_recorded(j->catalog, cl, j->child, &meta, &err) < 0) {
+        job_fail(j, err.code, "%s", err.message);
+        j->blocked = err.code == -ESTALE || err.code == -ELOOP;
+    }
+    vdi_cloner_free(cl);
+}
+
+char *domain_display(virDomainPtr dom)
+{
+    char *xml = virDomainGetXMLDesc(dom, 0), *out = NULL;
+    if (!xml)
+        return NULL;
+    const char *g = strstr(xml, "<graphics ");
+    if (g) {
+        const char *type = strstr(g, "type='");
+        const char *port = strstr(g, "port='");
+        char t[16] = "";
+        if (type && port && sscanf(type + 6, "%15[^']", t) == 1) {
+            int p = atoi(port + 6);
+            if (p > 0 && asprintf(&out, "%s://127.0.0.1:%d", t, p) < 0)
+                out = NULL;
+        }
+    }
+    free(xml);
+    return out;
+}
+
+static void start_run(void *data)
+{
+    job *j = data;
+    vdi_error err = { 0 };
+    char hex[2 * VDI_HASH_SIZE + 1] = "";
+    vdi_gold_info g;
+    char real[PATH_MAX];
+    if (realpath(j->gold, real) && vdi_catalog_gold(j->catalog, real, &g, NULL) == 0)
+        vdi_hash_hex(g.fp.hash, hex, sizeof hex);
+    domain_spec spec = { .name = j->name, .child = j->child, .gold = j->gold,
+                         .gold_hash_hex = hex, .slot = j->slot };
+    char *xml = domain_xml_build(j->pc, &spec, &err);
+    if (!xml) {
+        job_fail(j, err.code, "%s", err.message);
+        return;
+    }
+    if (!j->conn) {
+        free(xml);
+        job_fail(j, -ENOTCONN, "not connected to libvirt");
+        return;
+    }
+    /* A transient domain: it vanishes when destroyed, and lives on if
+     * vdipoold restarts (no autodestroy). */
+    virDomainPtr dom = virDomainCreateXML(j->conn, xml, 0);
+    free(xml);
+    if (!dom) {
+        job_fail(j, -EIO, "cannot start the domain: %s", libvirt_message());
+        return;
+    }
+    j->display = domain_display(dom);
+    virDomainFree(dom);
+}
+
+/* Destroys the domain if it runs, then deletes the child and closes the
+ * session. The child stays when the domain may still run. */
+static void end_run(void *data)
+{
+    job *j = data;
+    if (!j->conn) {
+        job_fail(j, -ENOTCONN, "not connected to libvirt; the domain may still run");
+        return;
+    }
+    virDomainPtr dom = virDomainLookupByName(j->conn, j->name);
+    if (dom) {
+        if (virDomainIsActive(dom) == 1 && virDomainDestroy(dom) < 0)
+            job_fail(j, -EIO, "cannot destroy the domain: %s", libvirt_message());
+        if (j->rc == 0 && virDomainIsPersistent(dom) == 1 &&
+            virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_NVRAM) < 0)
+            job_fail(j, -EIO, "cannot undefine the domain: %s", libvirt_message());
+        virDomainFree(dom);
+    } else {
+        virErrorPtr e = virGetLastError();
+        if (e && e->code != VIR_ERR_NO_DOMAIN) {
+            job_fail(j, -EIO, "cannot look up the domain: %s", libvirt_message());
+        }
+    }
+    if (j->rc < 0)
+        return; /* never delete the disk of a domain that may still run */
+    vdi_error err = { 0 };
+    uint64_t bytes = 0;
+    if (j->child && vdi_child_delete(j->catalog, j->child, &bytes, &err) < 0)
+        job_fail(j, err.code, "%s", err.message);
+    if (j->session_id &&
+        vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
+                                end_reason_name(j->reason), bytes, &err) < 0)
+        svc_log("error", "pool=%s desktop=%s session=%lld event=session-end-not-recorded "
+                         "reason=\"%s\"",
+                j->pool, j->name, (long long)j->session_id, err.message);
+}
+
+/* ---- on the loop --------------------------------------------------------------- */
+
+/* The desktop this job was for, or NULL when its slot or pool is gone or
+ * another job has taken it since. */
+static desktop *job_desktop(service *svc, const job *j)
+{
+    pool *p = service_find_pool(svc, j->pool);
+    if (!p || j->slot == 0 || j->slot > p->nslots)
+        return NULL;
+    desktop *d = p->desktops[j->slot - 1];
+    return d->busy && d->job_seq == j->seq ? d : NULL;
+}
+
+static void job_done(service *svc, void *data)
+{
+    job *j = data;
+    double took = mono() - j->started;
+    if (j->kind == JOB_CLONE)
+        svc->clones_running--;
+    if (j->kind == JOB_START)
+        svc->starts_running--;
+    desktop *d = j->kind == JOB_LEFTOVERS ? NULL : job_desktop(svc, j);
+    if (j->kind == JOB_LEFTOVERS) {
+        if (j->rc < 0)
+            svc_log("error", "pool=%s desktop=%s event=leftovers-not-removed reason=\"%s\"",
+                    j->pool, j->name, j->error ? j->error : "unknown");
+    } else if (!d) {
+        svc_log("warning", "pool=%s desktop=%s event=stale-result job=%d; removing its leftovers",
+                j->pool, j->name, (int)j->kind);
+        if (j->kind != JOB_END && j->rc == 0)
+            jobs_clean_leftovers(svc, j->name, j->child);
+    } else {
+        d->busy = false;
+        const char *error = j->error ? j->error : "unknown error";
+        switch (j->kind) {
+        case JOB_CLONE: desktop_cloned(d, j->rc, j->blocked, error, took); break;
+        case JOB_START: desktop_started(d, j->rc, error, j->display, took); break;
+        case JOB_END: desktop_ended(d, j->rc, error); break;
+        case JOB_LEFTOVERS: break;
+        }
+    }
+    job_free(j);
+    sessions_serve_waiters(svc);
+    service_converge(svc);
+}
+
+static job *job_new(service *svc, job_kind kind, const char *pool_name, const char *name,
+                    const char *child)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    j->catalog = svc->catalog;
+    j->started = mono();
+    j->pool = strdup(pool_name ? pool_name : "");
+    j->name = strdup(name ? name : "");
+    j->child = child ? strdup(child) : NULL;
+    if (!j->pool || !j->name || (child && !j->child)) {
+        job_free(j);
+        return NULL;
+    }
+    if (svc->conn && virConnectRef(svc->conn) == 0)
+        j->conn = svc->conn;
+    return j;
+}
+
+/* Queues a job for d; on failure the desktop gets the failure as a result
+ * at once, so its state never waits for a job that does not exist. */
+static void submit(desktop *d, job_kind kind, work_run_fn run)
+{
+    pool *p = d->pool;
+    service *svc = p->svc;
+    job *j = job_new(svc, kind, p->name, d->name, d->child);
+    if (j) {
+        j->config = vdi_config_ref(p->config);
+        j->pc = p->cfg;
+        j->ds = pool_datastore(p);
+        j->slot = d->slot;
+        j->session_id = d->session_id;
+        j->reason = d->end_reason;
+        j->seq = ++svc->next_job_seq;
+        if (d->gold && !(j->gold = strdup(d->gold))) {
+            job_free(j);
+            j = NULL;
+        }
+    }
+    int rc = j ? work_submit(svc, run, job_done, j) : -ENOMEM;
+    if (rc < 0) {
+        if (j)
+            job_free(j);
+        svc_log("error", "pool=%s desktop=%s event=job-not-queued kind=%d reason=\"%s\"", p->name,
+                d->name, (int)kind, uv_strerror(rc));
+        char why[128];
+        snprintf(why, sizeof why, "could not queue work: %s", uv_strerror(rc));
+        switch (kind) {
+        case JOB_CLONE: desktop_cloned(d, rc, false, why, 0); break;
+        case JOB_START: desktop_started(d, rc, why, NULL, 0); break;
+        case JOB_END: desktop_ended(d, rc, why); break;
+        case JOB_LEFTOVERS: break;
+        }
+        return;
+    }
+    d->busy = true;
+    d->job_seq = j->seq;
+    if (kind == JOB_CLONE)
+        svc->clones_running++;
+    if (kind == JOB_START)
+        svc->starts_running++;
+}
+
+void jobs_clean_leftovers(service *svc, const char *name, const char *child)
+{
+    job *j = job_new(svc, JOB_LEFTOVERS, "", name, child);
+    if (!j || work_submit(svc, end_run, job_done, j) < 0) {
+        svc_log("error", "desktop=%s event=leftovers-not-removed child=%s reason=\"cannot queue "
+                         "work\"; reconcile at the next start removes it",
+                name, child ? child : "-");
+        if (j)
+            job_free(j);
+    }
+}
+
+static void op_clone(desktop *d) { submit(d, JOB_CLONE, clone_run); }
+static void op_start(desktop *d) { submit(d, JOB_START, start_run); }
+static void op_end(desktop *d) { submit(d, JOB_END, end_run); }
+static int64_t op_now(void) { return (int64_t)time(NULL); }
+
+const desktop_ops real_desktop_ops = {
+    .clone = op_clone, .start = op_start, .end = op_end, .now = op_now
+};

@@ -1,0 +1,298 @@
+/* libvirt_events.c — the bridge between libvirt and the libuv loop.
+ *
+ * libvirt's default event loop runs on one dedicated thread. Its callbacks
+ * (domain lifecycle events, connection closed) do nothing but queue a small
+ * record under `lock` and wake the loop with uv_async_send; the loop thread
+ * alone acts on them, through the callbacks the service handed in.
+ * Connecting is blocking, so it runs on the libuv thread pool, with back-off
+ * while libvirtd is away; running desktops are never touched by a
+ * reconnect, only re-read (by the service, on `connected`). */
+#include "libvirt_events.h"
+#include "log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { EV_LIFECYCLE, EV_CLOSED } event_kind;
+
+typedef struct queued_event {
+    event_kind kind;
+    char *name;
+    int event, detail;
+    virConnectPtr conn;           /* which connection it came from (not a reference) */
+} queued_event;
+
+struct libvirt_bridge {
+    /* Immutable after libvirt_bridge_new. */
+    uv_loop_t *loop;
+    libvirt_bridge_callbacks cb;
+    void *ctx;
+    char *uri;
+    /* Owned by the loop thread. */
+    virConnectPtr conn;           /* our reference; NULL while disconnected */
+    int lifecycle_cb;             /* callback id on conn, -1 */
+    bool connecting, stopping;
+    unsigned reconnect_delay_ms;
+    uv_timer_t reconnect;
+    uv_async_t wake;
+    /* Shared with the event thread, under lock. */
+    pthread_mutex_t lock;
+    bool closed;                  /* stopped: the wake handle is gone, drop events */
+    queued_event *q;
+    size_t n, cap;
+};
+
+/* The process's one libvirt event thread. */
+static atomic_bool event_thread_running;
+
+static void *event_thread(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&event_thread_running))
+        if (virEventRunDefaultImpl() < 0)
+            break;
+    return NULL;
+}
+
+static int start_event_thread(void)
+{
+    static bool started;
+    if (started)
+        return 0;
+    if (virEventRegisterDefaultImpl() < 0)
+        return -1;
+    atomic_store(&event_thread_running, true);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, event_thread, NULL) != 0)
+        return -1;
+    pthread_detach(thread);
+    started = true;
+    return 0;
+}
+
+/* On libvirt's event thread. */
+static void push(libvirt_bridge *b, event_kind kind, virConnectPtr conn, const char *name,
+                 int event, int detail)
+{
+    pthread_mutex_lock(&b->lock);
+    if (b->closed) {
+        pthread_mutex_unlock(&b->lock);
+        return;
+    }
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64;
+        queued_event *q = realloc(b->q, cap * sizeof *q);
+        if (!q) {
+            pthread_mutex_unlock(&b->lock);
+            fprintf(stderr, "vdipoold: out of memory queueing a libvirt event\n");
+            return;
+        }
+        b->q = q;
+        b->cap = cap;
+    }
+    queued_event *e = &b->q[b->n++];
+    e->kind = kind;
+    e->conn = conn;
+    e->name = name ? strdup(name) : NULL;
+    e->event = event;
+    e->detail = detail;
+    pthread_mutex_unlock(&b->lock);
+    uv_async_send(&b->wake);
+}
+
+static int on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
+{
+    push(opaque, EV_LIFECYCLE, conn, virDomainGetName(dom), event, detail);
+    return 0;
+}
+
+static void on_close(virConnectPtr conn, int reason, void *opaque)
+{
+    push(opaque, EV_CLOSED, conn, NULL, reason, 0);
+}
+
+static void schedule_reconnect(libvirt_bridge *b);
+
+static void drop_connection(libvirt_bridge *b)
+{
+    virConnectPtr old = b->conn;
+    b->conn = NULL;
+    if (b->lifecycle_cb >= 0)
+        virConnectDomainEventDeregisterAny(old, b->lifecycle_cb); /* fails on a dead link */
+    b->lifecycle_cb = -1;
+    virConnectUnregisterCloseCallback(old, on_close);
+    virConnectClose(old);
+}
+
+static void drain(uv_async_t *h)
+{
+    libvirt_bridge *b = h->data;
+    pthread_mutex_lock(&b->lock);
+    queued_event *q = b->q;
+    size_t n = b->n;
+    b->q = NULL;
+    b->n = b->cap = 0;
+    pthread_mutex_unlock(&b->lock);
+    for (size_t i = 0; i < n; i++) {
+        queued_event *e = &q[i];
+        if (e->kind == EV_CLOSED && b->conn && e->conn == b->conn && !b->stopping) {
+            svc_log("warning", "event=libvirt-disconnected uri=%s reason=%d; running desktops "
+                               "are left alone, reconnecting",
+                    b->uri, e->event);
+            drop_connection(b);
+            b->cb.disconnected(b->ctx);
+            schedule_reconnect(b);
+        } else if (e->kind == EV_LIFECYCLE && e->conn == b->conn && e->name) {
+            b->cb.domain_event(b->ctx, e->name, e->event, e->detail);
+        }
+        free(e->name);
+    }
+    free(q);
+}
+
+/* ---- connecting, on a worker --------------------------------------------------- */
+
+typedef struct connect_req {
+    uv_work_t work;
+    libvirt_bridge *b;
+    char *uri;
+    virConnectPtr conn;           /* result: a reference, or NULL */
+    int lifecycle_cb;
+    char error[512];
+} connect_req;
+
+static void connect_work(uv_work_t *w)
+{
+    connect_req *r = w->data;
+    r->lifecycle_cb = -1;
+    r->conn = virConnectOpen(r->uri);
+    if (!r->conn) {
+        virErrorPtr e = virGetLastError();
+        snprintf(r->error, sizeof r->error, "%s", e && e->message ? e->message : "unknown error");
+        return;
+    }
+    /* Keepalive: a libvirtd that went away is noticed within ~15 s. */
+    if (virConnectSetKeepAlive(r->conn, 5, 3) < 0)
+        svc_log("warning", "event=libvirt-keepalive-not-set uri=%s", r->uri);
+    if (virConnectRegisterCloseCallback(r->conn, on_close, r->b, NULL) < 0 ||
+        (r->lifecycle_cb = virConnectDomainEventRegisterAny(
+             r->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle),
+             r->b, NULL)) < 0) {
+        virErrorPtr e = virGetLastError();
+        snprintf(r->error, sizeof r->error, "cannot subscribe to domain events: %s",
+                 e && e->message ? e->message : "unknown error");
+        virConnectClose(r->conn);
+        r->conn = NULL;
+    }
+}
+
+static void connect_done(uv_work_t *w, int status)
+{
+    (void)status;
+    connect_req *r = w->data;
+    libvirt_bridge *b = r->b;
+    b->connecting = false;
+    if (!r->conn) {
+        svc_log("error", "event=libvirt-connect-failed uri=%s error=\"%s\"; retrying", r->uri,
+                r->error);
+        schedule_reconnect(b);
+    } else if (b->stopping) {
+        virConnectClose(r->conn);
+    } else {
+        b->conn = r->conn;
+        b->lifecycle_cb = r->lifecycle_cb;
+        b->reconnect_delay_ms = 0;
+        svc_log("info", "event=libvirt-connected uri=%s", r->uri);
+        if (virConnectRef(b->conn) == 0)
+            b->cb.connected(b->ctx, b->conn); /* the service's own reference */
+    }
+    free(r->uri);
+    free(r);
+}
+
+static void reconnect_timer(uv_timer_t *t) { libvirt_bridge_connect(t->data); }
+
+static void schedule_reconnect(libvirt_bridge *b)
+{
+    if (b->stopping)
+        return;
+    unsigned delay = b->reconnect_delay_ms ? b->reconnect_delay_ms : 500;
+    b->reconnect_delay_ms = delay * 2 > 30000 ? 30000 : delay * 2;
+    uv_timer_start(&b->reconnect, reconnect_timer, delay, 0);
+}
+
+void libvirt_bridge_connect(libvirt_bridge *b)
+{
+    if (b->conn || b->connecting || b->stopping)
+        return;
+    connect_req *r = calloc(1, sizeof *r);
+    if (!r || !(r->uri = strdup(b->uri))) {
+        free(r);
+        svc_log("error", "event=libvirt-connect-failed reason=\"out of memory\"; retrying");
+        schedule_reconnect(b);
+        return;
+    }
+    r->b = b;
+    r->work.data = r;
+    b->connecting = true;
+    int rc = uv_queue_work(b->loop, &r->work, connect_work, connect_done);
+    if (rc < 0) {
+        b->connecting = false;
+        free(r->uri);
+        free(r);
+        svc_log("error", "event=libvirt-connect-failed reason=\"%s\"; retrying", uv_strerror(rc));
+        schedule_reconnect(b);
+    }
+}
+
+libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,
+                                   const libvirt_bridge_callbacks *cb, void *ctx)
+{
+    if (start_event_thread() < 0)
+        return NULL;
+    libvirt_bridge *b = calloc(1, sizeof *b);
+    if (!b || !(b->uri = strdup(uri))) {
+        free(b);
+        return NULL;
+    }
+    b->loop = loop;
+    b->cb = *cb;
+    b->ctx = ctx;
+    b->lifecycle_cb = -1;
+    pthread_mutex_init(&b->lock, NULL);
+    uv_async_init(loop, &b->wake, drain);
+    b->wake.data = b;
+    uv_timer_init(loop, &b->reconnect);
+    b->reconnect.data = b;
+    return b;
+}
+
+bool libvirt_bridge_connected(const libvirt_bridge *b) { return b && b->conn; }
+
+/* The bridge's handles close with the loop (uv_walk at shutdown); the
+ * object itself lives until the process ends, since libvirt's event thread
+ * may still hold it as a callback argument. */
+void libvirt_bridge_stop(libvirt_bridge *b)
+{
+    if (!b)
+        return;
+    b->stopping = true;
+    pthread_mutex_lock(&b->lock);
+    b->closed = true;
+    pthread_mutex_unlock(&b->lock);
+    uv_timer_stop(&b->reconnect);
+    if (!uv_is_closing((uv_handle_t *)&b->wake))
+        uv_close((uv_handle_t *)&b->wake, NULL);
+    if (!uv_is_closing((uv_handle_t *)&b->reconnect))
+        uv_close((uv_handle_t *)&b->reconnect, NULL);
+}
+
+void libvirt_bridge_close(libvirt_bridge *b)
+{
+    if (b && b->conn)
+        drop_connection(b);
+}

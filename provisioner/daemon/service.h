@@ -1,0 +1,246 @@
+/* service.h — vdipoold's insides, shared by its rooms: the service, its
+ * pools and their desktops.
+ *
+ * Ownership (libuv's rule): every field below is owned and changed by the
+ * libuv loop thread only, unless its comment names another owner. Work on
+ * the thread pool gets copies of what it reads (strings, a reference on the
+ * config and on the libvirt connection) and hands its result back to the
+ * loop, which finds its desktop again by pool name and slot and alone
+ * changes state.
+ *
+ * The catalog is safe to use from any thread (it serialises its own
+ * statements and transactions, never across file work). The loop calls it
+ * only for short single-statement writes; the accepted ones are recording a
+ * session's start in session.c and a gold's state change in service.c. */
+#ifndef VDI_SERVICE_H
+#define VDI_SERVICE_H
+
+#include "log.h"
+#include "vdi_config.h"
+#include "vdi_engine.h"
+
+#include <jansson.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* ---- names from one list each ------------------------------------------------ */
+
+/* Desktop states: empty -> cloning -> starting -> ready -> assigned ->
+ * ending -> empty, with failed (reason, back-off) beside them. */
+#define DESKTOP_STATE_MAP(XX)                                                                      \
+    XX(EMPTY, "empty")                                                                             \
+    XX(CLONING, "cloning")                                                                         \
+    XX(STARTING, "starting")                                                                       \
+    XX(READY, "ready")                                                                             \
+    XX(ASSIGNED, "assigned")                                                                       \
+    XX(ENDING, "ending")                                                                           \
+    XX(FAILED, "failed")
+
+typedef enum desktop_state {
+#define XX(id, name) DESKTOP_##id,
+    DESKTOP_STATE_MAP(XX)
+#undef XX
+        DESKTOP_STATE_COUNT
+} desktop_state;
+
+/* Why a session (or a desktop without one) ended: recorded in the catalog,
+ * counted in metrics, shown in the API. */
+#define END_REASON_MAP(XX)                                                                         \
+    XX(GUEST_SHUTDOWN, "guest-shutdown")                                                           \
+    XX(RELEASED, "released")                                                                       \
+    XX(MAX_DURATION, "max-duration")                                                               \
+    XX(OPERATOR, "operator")                                                                       \
+    XX(CRASHED, "crashed")                                                                         \
+    XX(OTHER, "other")
+
+typedef enum end_reason {
+#define XX(id, name) END_##id,
+    END_REASON_MAP(XX)
+#undef XX
+        END_REASON_COUNT
+} end_reason;
+
+const char *desktop_state_name(desktop_state s);
+const char *end_reason_name(end_reason r);
+
+/* ---- objects ------------------------------------------------------------------- */
+
+typedef struct service service;
+typedef struct pool pool;
+typedef struct waiter waiter;
+typedef struct api_server api_server;
+typedef struct libvirt_bridge libvirt_bridge;
+
+/* A desktop is one slot of a pool. Allocated one by one: its address is
+ * stable for the pool's lifetime, and slots are never freed while the pool
+ * lives (a pool that shrinks keeps its slots past `size`, empty). */
+typedef struct desktop {
+    pool *pool;               /* immutable: the pool that owns the slot */
+    unsigned slot;            /* immutable, 1-based */
+    desktop_state state;
+    bool busy;                /* a job runs for it; only its result changes state */
+    bool fail_after_end;      /* a start failed: after the end, go to failed */
+    uint64_t job_seq;         /* the running job's number: a stale result is dropped */
+    end_reason end_reason;    /* why the desktop is ending */
+    unsigned failures;        /* consecutive, for back-off */
+    int64_t state_since;      /* unix seconds */
+    int64_t retry_at;         /* failed/ending: when to try again */
+    int64_t session_id;       /* catalog row of the open session, 0 when none */
+    int64_t session_start;
+    char *name;               /* libvirt domain name: PREFIX-NNN */
+    char *child;              /* its differencing child */
+    char *gold;               /* the gold it was (or is being) cloned from */
+    char *user;               /* while assigned, else NULL */
+    char *failure;            /* the last failure, or NULL */
+    char *display;            /* "vnc://127.0.0.1:5900", or NULL */
+} desktop;
+
+struct pool {
+    service *svc;             /* immutable */
+    char *name;               /* immutable */
+    vdi_config *config;       /* a reference: cfg points into it */
+    const vdi_pool_config *cfg;
+    desktop **desktops;       /* nslots stable pointers, slot i+1 at [i] */
+    unsigned nslots;
+    bool draining;            /* removed from config: no new sessions */
+    char *blocked;            /* why it cannot clone now, NULL when it can */
+    int gold_lock;            /* fd holding QEMU's write lock on the gold, -1 */
+    char *locked_gold;
+    int retiring_lock;        /* the previous gold's lock during a roll-out, -1 */
+    char *retiring_gold;
+    uint64_t sessions_started;
+    uint64_t sessions_ended[END_REASON_COUNT];
+};
+
+typedef struct latency_histogram {
+    uint64_t buckets[12];     /* le 0.01 .. 60 s and +Inf */
+    uint64_t count;
+    double sum;
+} latency_histogram;
+
+/* What the controller does to a desktop, replaceable by tests (fakes with a
+ * fake clock drive every transition without libvirt, threads or files).
+ * clone/start/end run the work and report through desktop_cloned,
+ * desktop_started and desktop_ended (desktop.c), later, on the loop. */
+typedef struct desktop_ops {
+    void (*clone)(desktop *d);
+    void (*start)(desktop *d);
+    void (*end)(desktop *d);
+    int64_t (*now)(void);
+} desktop_ops;
+
+extern const desktop_ops real_desktop_ops; /* jobs.c */
+
+struct service {
+    uv_loop_t *loop;             /* immutable after start */
+    const desktop_ops *ops;      /* immutable after start */
+    char *config_path;           /* immutable after start */
+    char *state_dir;             /* immutable after start */
+    vdi_config *config;          /* a reference; replaced whole by a reload */
+    vdi_catalog *catalog;        /* thread-safe itself; immutable pointer after start */
+    virConnectPtr conn;          /* a reference, NULL while disconnected */
+    libvirt_bridge *bridge;
+    api_server *api;
+    pool **pools;
+    size_t npools;
+    unsigned clones_running, starts_running;
+    unsigned jobs_running;       /* every job in flight (the loop ends after them) */
+    uint64_t next_job_seq;
+    uv_timer_t tick;
+    uv_signal_t sighup, sigterm, sigint;
+    bool stopping;
+    waiter *waiters;             /* acquires waiting for a spare, oldest first */
+    latency_histogram clone_latency, start_latency;
+    bool ready_notified;         /* every pool has its spares ready */
+    bool adopted;                /* running desktops were adopted after connecting */
+    bool adopting;
+    bool scrubbing;
+    int64_t last_scrub;
+    size_t scrub_next;
+};
+
+/* ---- service.c: the service object, config apply, reload ---------------------------- */
+int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_config *config,
+                 vdi_catalog *catalog, const desktop_ops *ops);
+void service_shutdown(service *svc);
+int service_apply_config(service *svc, vdi_config *config);
+int service_reload(service *svc, json_t **errors);
+int service_load_config(const char *path, vdi_config **out, json_t **errors_json);
+pool *service_find_pool(service *svc, const char *name);
+desktop *service_find_desktop(service *svc, const char *name);
+const vdi_datastore_config *pool_datastore(const pool *p);
+void pool_release_gold_locks(pool *p, bool current_too);
+void pool_free(pool *p);
+void set_str(char **dst, const char *src);
+void service_on_connected(service *svc, virConnectPtr conn);
+void service_on_disconnected(service *svc);
+
+/* ---- desktop.c: the state machine ------------------------------------------------- */
+int64_t service_now(const service *svc);
+void desktop_set_state(desktop *d, desktop_state s);
+void desktop_name_slot(desktop *d);
+void desktop_begin_clone(desktop *d);
+void desktop_begin_start(desktop *d);
+void desktop_begin_end(desktop *d, end_reason why);
+void desktop_retry_end(desktop *d);
+void desktop_retry_failed(desktop *d);
+/* Results of the ops, on the loop. error: NULL on success. */
+void desktop_cloned(desktop *d, int rc, bool pool_blocked, const char *error, double seconds);
+void desktop_started(desktop *d, int rc, const char *error, const char *display, double seconds);
+void desktop_ended(desktop *d, int rc, const char *error);
+void desktop_adopt(desktop *d, const char *child, const char *gold, const char *display,
+                   int64_t session_id, const char *user, int64_t session_start);
+
+/* ---- jobs.c: clone, start and end on the thread pool ------------------------------- */
+/* "vnc://127.0.0.1:5900" for a running domain's graphics, or NULL (a libvirt RPC). */
+char *domain_display(virDomainPtr dom);
+/* A job for a slot that no longer exists: its leftovers (domain, child) go. */
+void jobs_clean_leftovers(service *svc, const char *name, const char *child);
+
+/* ---- session.c: acquire, waiters, assign, end -------------------------------------- */
+typedef void (*acquire_cb)(void *ctx, int http_status, json_t *body);
+void service_acquire(service *svc, const char *pool_name, const char *user, acquire_cb cb,
+                     void *ctx);
+void session_end(desktop *d, end_reason why);
+void sessions_serve_waiters(service *svc);
+void sessions_fail_waiters(service *svc);
+unsigned sessions_waiting(const service *svc, const char *pool_name);
+void service_on_domain_event(void *svc, const char *name, int event, int detail);
+
+/* ---- pool.c: the controller ---------------------------------------------------------- */
+void pool_step(pool *p);
+void service_converge(service *svc);
+
+/* ---- adopt.c: start-up and reconnect reconciliation ------------------------------ */
+void adopt_start(service *svc);
+
+/* ---- scrub.c ------------------------------------------------------------------------- */
+void scrub_step(service *svc);
+
+/* ---- views.c: JSON and metrics -------------------------------------------------------- */
+json_t *pool_json(const pool *p, bool with_desktops);
+json_t *desktop_json(const desktop *d);
+json_t *status_json(service *svc);
+char *service_metrics_text(service *svc);
+void latency_observe(latency_histogram *h, double seconds);
+
+/* ---- work.c: one way to run blocking work off the loop ----------------------------- */
+/* run() executes on a worker and must touch only `data`; done() runs on the
+ * loop afterwards. Returns 0, or a negative code when nothing was queued
+ * (done is then not called). */
+typedef void (*work_run_fn)(void *data);
+typedef void (*work_done_fn)(service *svc, void *data);
+int work_submit(service *svc, work_run_fn run, work_done_fn done, void *data);
+
+/* ---- domain_xml.c ---------------------------------------------------------------------- */
+#define VDI_XML_NS "urn:vdipool:desktop:1"
+typedef struct domain_spec {
+    const char *name, *child, *gold, *gold_hash_hex;
+    unsigned slot;
+} domain_spec;
+char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *spec, vdi_error *err);
+
+#endif

@@ -1,0 +1,240 @@
+/* session.c — sessions: a user acquires a ready desktop (or waits for one,
+ * first come first served), the session is recorded in the catalog, and it
+ * ends by release, guest power-off, time limit or operator, which ends the
+ * desktop (domain destroyed, child deleted). */
+#include "service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct waiter {
+    waiter *next;             /* the list is oldest first */
+    service *svc;
+    char *pool, *user;
+    acquire_cb cb;
+    void *ctx;
+    uv_timer_t timer;         /* acquire_timeout; the waiter is freed when it closes */
+};
+
+static json_t *error_json(const char *why) { return json_pack("{s:s}", "error", why); }
+
+static json_t *assignment_json(const desktop *d)
+{
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:I}", "desktop", d->name, "domain", d->name, "pool",
+                     d->pool->name, "user", d->user ? d->user : "", "display",
+                     d->display ? d->display : "", "session_started_at",
+                     (json_int_t)d->session_start);
+}
+
+/* ready -> assigned: the desktop that has waited longest. */
+static desktop *assign(pool *p, const char *user)
+{
+    desktop *pick = NULL;
+    for (unsigned i = 0; i < p->nslots; i++) {
+        desktop *d = p->desktops[i];
+        if (d->state == DESKTOP_READY && !d->busy && (!pick || d->state_since < pick->state_since))
+            pick = d;
+    }
+    if (!pick)
+        return NULL;
+    set_str(&pick->user, user);
+    if (!pick->user)
+        return NULL;
+    pick->session_start = service_now(p->svc);
+    vdi_error err = { 0 };
+    /* A short single-statement write on the loop (see service.h). */
+    if (vdi_catalog_session_begin(p->svc->catalog, p->name, pick->name, user, pick->session_start,
+                                  &pick->session_id, &err) < 0) {
+        pick->session_id = 0;
+        svc_log("error", "pool=%s desktop=%s event=session-not-recorded reason=\"%s\"", p->name,
+                pick->name, err.message);
+    }
+    p->sessions_started++;
+    desktop_set_state(pick, DESKTOP_ASSIGNED);
+    svc_log("info", "pool=%s desktop=%s session=%lld event=assigned user=%s", p->name, pick->name,
+            (long long)pick->session_id, user);
+    return pick;
+}
+
+static desktop *existing_assignment(pool *p, const char *user)
+{
+    for (unsigned i = 0; i < p->nslots; i++) {
+        desktop *d = p->desktops[i];
+        if (d->state == DESKTOP_ASSIGNED && d->user && !strcmp(d->user, user))
+            return d;
+    }
+    return NULL;
+}
+
+/* Can the pool still produce a ready desktop without one ending? */
+static bool pool_can_produce(const pool *p)
+{
+    if (p->draining || p->blocked)
+        return false;
+    unsigned in_use = 0;
+    for (unsigned i = 0; i < p->nslots && i < p->cfg->size; i++) {
+        desktop_state s = p->desktops[i]->state;
+        if (s == DESKTOP_CLONING || s == DESKTOP_STARTING)
+            return true;
+        if (s != DESKTOP_EMPTY && s != DESKTOP_FAILED)
+            in_use++;
+    }
+    return in_use < p->cfg->size;
+}
+
+static json_t *unavailable(const pool *p, const char *why_default)
+{
+    char why[1024];
+    if (p->draining)
+        snprintf(why, sizeof why, "pool %s is being removed: no new sessions", p->name);
+    else if (p->blocked)
+        snprintf(why, sizeof why, "pool %s cannot prepare desktops: %.900s", p->name, p->blocked);
+    else
+        snprintf(why, sizeof why, "%s", why_default);
+    return error_json(why);
+}
+
+static void waiter_closed(uv_handle_t *h)
+{
+    waiter *w = h->data;
+    free(w->pool);
+    free(w->user);
+    free(w);
+}
+
+static void finish_waiter(waiter *w, int status, json_t *body)
+{
+    service *svc = w->svc;
+    for (waiter **pp = &svc->waiters; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    uv_timer_stop(&w->timer);
+    w->cb(w->ctx, status, body);
+    uv_close((uv_handle_t *)&w->timer, waiter_closed);
+}
+
+static void waiter_timeout(uv_timer_t *t)
+{
+    waiter *w = t->data;
+    pool *p = service_find_pool(w->svc, w->pool);
+    char why[256];
+    snprintf(why, sizeof why, "no desktop of pool %.64s became ready within %llus", w->pool,
+             (unsigned long long)vdi_config_service(w->svc->config)->acquire_timeout);
+    finish_waiter(w, 503, p ? unavailable(p, why) : error_json(why));
+}
+
+unsigned sessions_waiting(const service *svc, const char *pool_name)
+{
+    unsigned n = 0;
+    for (const waiter *w = svc->waiters; w; w = w->next)
+        n += !strcmp(w->pool, pool_name);
+    return n;
+}
+
+/* Oldest first: the list is kept in arrival order. */
+void sessions_serve_waiters(service *svc)
+{
+    for (waiter *w = svc->waiters, *next; w; w = next) {
+        next = w->next;
+        pool *p = service_find_pool(svc, w->pool);
+        if (!p) {
+            finish_waiter(w, 404, error_json("the pool was removed"));
+            continue;
+        }
+        desktop *d = assign(p, w->user);
+        if (d)
+            finish_waiter(w, 200, assignment_json(d));
+        else if (!pool_can_produce(p))
+            finish_waiter(w, 503, unavailable(p, "no desktop is ready"));
+    }
+}
+
+/* At shutdown: every pending acquire gets an answer. */
+void sessions_fail_waiters(service *svc)
+{
+    while (svc->waiters)
+        finish_waiter(svc->waiters, 503, error_json("vdipoold is shutting down"));
+}
+
+void service_acquire(service *svc, const char *pool_name, const char *user, acquire_cb cb,
+                     void *ctx)
+{
+    pool *p = service_find_pool(svc, pool_name);
+    if (!p) {
+        char why[256];
+        snprintf(why, sizeof why, "no pool named '%.128s'", pool_name);
+        cb(ctx, 404, error_json(why));
+        return;
+    }
+    desktop *d = existing_assignment(p, user);
+    if (d) {
+        cb(ctx, 200, assignment_json(d)); /* the same user asking twice */
+        return;
+    }
+    if (p->draining) {
+        cb(ctx, 503, unavailable(p, ""));
+        return;
+    }
+    /* Earlier waiters of this pool come first. */
+    if (!sessions_waiting(svc, p->name) && (d = assign(p, user))) {
+        cb(ctx, 200, assignment_json(d));
+        service_converge(svc);
+        return;
+    }
+    if (!pool_can_produce(p)) {
+        char why[256];
+        snprintf(why, sizeof why, "pool %.64s is full: all %u desktops are in use", p->name,
+                 p->cfg->size);
+        cb(ctx, 503, unavailable(p, why));
+        return;
+    }
+    waiter *w = calloc(1, sizeof *w);
+    if (!w || !(w->pool = strdup(pool_name)) || !(w->user = strdup(user))) {
+        if (w) {
+            free(w->pool);
+            free(w);
+        }
+        cb(ctx, 500, error_json("out of memory"));
+        return;
+    }
+    w->svc = svc;
+    w->cb = cb;
+    w->ctx = ctx;
+    uv_timer_init(svc->loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, waiter_timeout,
+                   vdi_config_service(svc->config)->acquire_timeout * 1000, 0);
+    waiter **tail = &svc->waiters;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = w;
+    sessions_serve_waiters(svc); /* a desktop may be ready for the ones before */
+    service_converge(svc);
+}
+
+void session_end(desktop *d, end_reason why) { desktop_begin_end(d, why); }
+
+/* libvirt's lifecycle events, queued by the bridge and delivered here on
+ * the loop. A destroy also emits SHUTDOWN/HOST: act on STOPPED only. */
+void service_on_domain_event(void *ctx, const char *name, int event, int detail)
+{
+    service *svc = ctx;
+    if (event != VIR_DOMAIN_EVENT_STOPPED)
+        return;
+    desktop *d = service_find_desktop(svc, name);
+    if (!d || d->state == DESKTOP_ENDING || d->state == DESKTOP_EMPTY)
+        return;
+    end_reason reason = detail == VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN  ? END_GUEST_SHUTDOWN
+                        : detail == VIR_DOMAIN_EVENT_STOPPED_FAILED  ? END_CRASHED
+                        : detail == VIR_DOMAIN_EVENT_STOPPED_CRASHED ? END_CRASHED
+                                                                     : END_OTHER;
+    svc_log("info", "pool=%s desktop=%s event=domain-stopped detail=%d", d->pool->name, name,
+            detail);
+    if (d->busy)
+        return; /* a start that is failing; its job ends it */
+    session_end(d, d->state == DESKTOP_ASSIGNED ? reason : END_OTHER);
+    service_converge(svc);
+}

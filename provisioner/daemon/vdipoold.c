@@ -1,0 +1,192 @@
+/* vdipoold — the pool service: one libuv loop that keeps each pool's spare
+ * desktops ready, hands them out through the control API, and destroys a
+ * desktop with its child when its session ends.
+ *
+ *   vdipoold [--config PATH] [--state-dir DIR]
+ *
+ * SIGHUP reloads the config (an invalid one is refused, the running one
+ * stays); SIGTERM stops taking work, leaves running sessions alone and exits 0.
+ * This file is main and the signal and timer wiring; the rooms are named in
+ * service.h. */
+#include "api.h"
+#include "api_routes.h"
+#include "libvirt_events.h"
+#include "service.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+/* libvirt prints every error to stderr by default; ours are logged with context. */
+static void quiet_libvirt(void *opaque, virErrorPtr e)
+{
+    (void)opaque;
+    (void)e;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    service *svc = t->data;
+    if (svc->conn && !svc->adopted && !svc->adopting)
+        adopt_start(svc); /* an adoption that failed is retried */
+    service_converge(svc);
+    if (svc->adopted)
+        scrub_step(svc);
+    /* Ready for systemd once the API listens and running desktops are
+     * adopted; spares may take longer (or be blocked), STATUS says which. */
+    static bool told;
+    if (svc->adopted && !told) {
+        told = true;
+        sd_notify(0, "READY=1");
+    }
+    unsigned ready = 0, wanted = 0;
+    for (size_t i = 0; i < svc->npools; i++) {
+        wanted += svc->pools[i]->cfg->spares;
+        for (unsigned j = 0; j < svc->pools[i]->nslots; j++)
+            ready += svc->pools[i]->desktops[j]->state == DESKTOP_READY;
+    }
+    sd_notifyf(0, "STATUS=%u of %u spare desktops ready, libvirt %s", ready, wanted,
+               svc->conn ? "connected" : "disconnected");
+}
+
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    svc_log("info", "event=sighup");
+    sd_notify(0, "RELOADING=1");
+    service_reload(s->data, NULL);
+    sd_notify(0, "READY=1");
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_sigterm(uv_signal_t *s, int signum)
+{
+    service *svc = s->data;
+    if (svc->stopping)
+        return;
+    svc_log("info", "event=stopping signal=%d; running desktops and sessions are left alone",
+            signum);
+    sd_notify(0, "STOPPING=1");
+    svc->stopping = true;
+    api_server_stop(svc->api);
+    svc->api = NULL;
+    sessions_fail_waiters(svc);
+    libvirt_bridge_stop(svc->bridge);
+    /* Work in flight finishes (its results are applied), then the loop ends. */
+    uv_walk(svc->loop, close_walk, NULL);
+}
+
+static void bridge_connected(void *ctx, virConnectPtr conn) { service_on_connected(ctx, conn); }
+static void bridge_disconnected(void *ctx) { service_on_disconnected(ctx); }
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: vdipoold [--config PATH] [--state-dir DIR]\n"
+                 "  --config PATH     default $VDIPOOL_CONFIG or " VDI_CONFIG_DEFAULT_PATH "\n"
+                 "  --state-dir DIR   overrides service.state_dir (also $VDIPOOL_STATE_DIR)\n");
+}
+
+int main(int argc, char **argv)
+{
+    static service svc;
+    const char *config = getenv("VDIPOOL_CONFIG");
+    const char *state_dir = getenv("VDIPOOL_STATE_DIR");
+    static const struct option longopts[] = { { "config", required_argument, NULL, 'c' },
+                                              { "state-dir", required_argument, NULL, 's' },
+                                              { "help", no_argument, NULL, 'h' },
+                                              { NULL, 0, NULL, 0 } };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:s:h", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 's': state_dir = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    log_configure(VDI_LOG_INFO, getenv("JOURNAL_STREAM") != NULL);
+    virSetErrorFunc(NULL, quiet_libvirt);
+    const char *config_path = config && *config ? config : VDI_CONFIG_DEFAULT_PATH;
+
+    vdi_config *cfg = NULL;
+    if (service_load_config(config_path, &cfg, NULL) < 0) {
+        fprintf(stderr, "vdipoold: %s is not valid (see above); run `vdipoolctl config check "
+                        "--config %s`\n",
+                config_path, config_path);
+        return 1;
+    }
+    const vdi_service_config *sc = vdi_config_service(cfg);
+    log_set_level(sc->log_level);
+    svc.state_dir = strdup(state_dir && *state_dir ? state_dir : sc->state_dir);
+    vdi_error err = { 0 };
+    vdi_catalog *catalog = NULL;
+    if (!svc.state_dir || vdi_catalog_open(svc.state_dir, &catalog, &err) < 0) {
+        fprintf(stderr, "vdipoold: %s\n", svc.state_dir ? err.message : "out of memory");
+        vdi_config_unref(cfg);
+        return 1;
+    }
+    if (vdi_catalog_rolled_forward(catalog) || vdi_catalog_rolled_back(catalog))
+        svc_log("info", "event=recovered finished=%u undone=%u",
+                vdi_catalog_rolled_forward(catalog), vdi_catalog_rolled_back(catalog));
+    uv_loop_t *loop = uv_default_loop();
+    if (service_init(&svc, loop, config_path, cfg, catalog, &real_desktop_ops) < 0) {
+        fprintf(stderr, "vdipoold: out of memory setting up the pools\n");
+        return 1;
+    }
+    sc = vdi_config_service(svc.config);
+    if (api_server_start(loop, sc, api_route, &svc, &svc.api, &err) < 0) {
+        fprintf(stderr, "vdipoold: %s\n", err.message);
+        return 1;
+    }
+    static const libvirt_bridge_callbacks bridge_cb = { .connected = bridge_connected,
+                                                        .disconnected = bridge_disconnected,
+                                                        .domain_event = service_on_domain_event };
+    svc.bridge = libvirt_bridge_new(loop, sc->libvirt_uri, &bridge_cb, &svc);
+    if (!svc.bridge) {
+        fprintf(stderr, "vdipoold: cannot start libvirt's event loop\n");
+        return 1;
+    }
+    int rc = uv_timer_init(loop, &svc.tick);
+    svc.tick.data = &svc;
+    if (rc == 0)
+        rc = uv_timer_start(&svc.tick, on_tick, 0, 1000);
+    uv_signal_t *sigs[3] = { &svc.sighup, &svc.sigterm, &svc.sigint };
+    int signums[3] = { SIGHUP, SIGTERM, SIGINT };
+    uv_signal_cb handlers[3] = { on_sighup, on_sigterm, on_sigterm };
+    for (int i = 0; i < 3 && rc == 0; i++) {
+        rc = uv_signal_init(loop, sigs[i]);
+        sigs[i]->data = &svc;
+        if (rc == 0)
+            rc = uv_signal_start(sigs[i], handlers[i], signums[i]);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "vdipoold: cannot set up timers and signals: %s\n", uv_strerror(rc));
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    svc_log("info", "event=started config=%s state_dir=%s pools=%zu", svc.config_path,
+            svc.state_dir, svc.npools);
+    sd_notify(0, "STATUS=starting desktops");
+    libvirt_bridge_connect(svc.bridge);
+
+    uv_run(loop, UV_RUN_DEFAULT);
+
+    libvirt_bridge_close(svc.bridge);
+    service_shutdown(&svc);
+    if (uv_loop_close(loop) != 0)
+        svc_log("debug", "event=loop-not-closed: handles still open at exit");
+    vdi_catalog_close(catalog);
+    svc_log("info", "event=stopped");
+    return 0;
+}

@@ -1,0 +1,131 @@
+/* views.c — what the API shows of the service: JSON for pools, desktops
+ * and status, and the loop-owned part of the Prometheus metrics. Read-only. */
+#include "service.h"
+#include "text.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LATENCY_BUCKETS 11
+static const double bucket_bounds[LATENCY_BUCKETS] = { 0.01, 0.05, 0.1, 0.25, 0.5, 1,
+                                                       2.5,  5,    10,  30,   60 };
+static const char *const bucket_names[LATENCY_BUCKETS + 1] = {
+    "0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "+Inf"
+};
+
+void latency_observe(latency_histogram *h, double seconds)
+{
+    int i = 0;
+    while (i < LATENCY_BUCKETS && seconds > bucket_bounds[i])
+        i++;
+    h->buckets[i]++;
+    h->count++;
+    h->sum += seconds;
+}
+
+json_t *desktop_json(const desktop *d)
+{
+    json_t *o = json_pack("{s:s,s:s,s:i,s:s,s:I}", "name", d->name ? d->name : "", "pool",
+                          d->pool->name, "slot", d->slot, "state", desktop_state_name(d->state),
+                          "state_since", (json_int_t)d->state_since);
+    if (d->state != DESKTOP_EMPTY) {
+        json_object_set_new(o, "child", json_string(d->child ? d->child : ""));
+        json_object_set_new(o, "gold", json_string(d->gold ? d->gold : ""));
+    }
+    if (d->display)
+        json_object_set_new(o, "display", json_string(d->display));
+    if (d->state == DESKTOP_ASSIGNED) {
+        json_object_set_new(o, "user", json_string(d->user ? d->user : ""));
+        json_object_set_new(o, "session_id", json_integer(d->session_id));
+        json_object_set_new(o, "session_started_at", json_integer(d->session_start));
+    }
+    if (d->failure)
+        json_object_set_new(o, "last_failure", json_string(d->failure));
+    return o;
+}
+
+static void count_states(const pool *p, unsigned counts[DESKTOP_STATE_COUNT])
+{
+    memset(counts, 0, DESKTOP_STATE_COUNT * sizeof *counts);
+    for (unsigned i = 0; i < p->nslots; i++)
+        counts[p->desktops[i]->state]++;
+}
+
+json_t *pool_json(const pool *p, bool with_desktops)
+{
+    unsigned counts[DESKTOP_STATE_COUNT];
+    count_states(p, counts);
+    json_t *states = json_object();
+    for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+        json_object_set_new(states, desktop_state_name((desktop_state)s), json_integer(counts[s]));
+    json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:i,s:b,s:o}", "name", p->name, "gold", p->cfg->gold,
+                          "datastore", p->cfg->datastore, "size", p->cfg->size, "spares",
+                          p->cfg->spares, "draining", p->draining, "desktops_by_state", states);
+    if (p->blocked)
+        json_object_set_new(o, "blocked", json_string(p->blocked));
+    if (p->retiring_gold)
+        json_object_set_new(o, "retiring_gold", json_string(p->retiring_gold));
+    if (p->cfg->domain.template_path)
+        json_object_set_new(o, "domain_template", json_string(p->cfg->domain.template_path));
+    if (with_desktops) {
+        json_t *arr = json_array();
+        for (unsigned i = 0; i < p->nslots; i++)
+            if (p->desktops[i]->state != DESKTOP_EMPTY || i < p->cfg->size)
+                json_array_append_new(arr, desktop_json(p->desktops[i]));
+        json_object_set_new(o, "desktops", arr);
+    }
+    return o;
+}
+
+json_t *status_json(service *svc)
+{
+    json_t *pools = json_array();
+    for (size_t i = 0; i < svc->npools; i++)
+        json_array_append_new(pools, pool_json(svc->pools[i], false));
+    return json_pack("{s:s,s:b,s:s,s:s,s:o}", "version", "0.1.0", "libvirt_connected",
+                     svc->conn != NULL, "config", svc->config_path, "state_dir", svc->state_dir,
+                     "pools", pools);
+}
+
+/* The loop-owned part of /metrics (datastores are measured off the loop). */
+char *service_metrics_text(service *svc)
+{
+    text t = { 0 };
+    text_append(&t, "# HELP vdipool_desktops Desktops by pool and state.\n"
+             "# TYPE vdipool_desktops gauge\n");
+    for (size_t i = 0; i < svc->npools; i++) {
+        unsigned counts[DESKTOP_STATE_COUNT];
+        count_states(svc->pools[i], counts);
+        for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+            text_append(&t, "vdipool_desktops{pool=\"%s\",state=\"%s\"} %u\n", svc->pools[i]->name,
+                 desktop_state_name((desktop_state)s), counts[s]);
+    }
+    text_append(&t, "# HELP vdipool_sessions_started_total Sessions started.\n"
+             "# TYPE vdipool_sessions_started_total counter\n");
+    for (size_t i = 0; i < svc->npools; i++)
+        text_append(&t, "vdipool_sessions_started_total{pool=\"%s\"} %llu\n", svc->pools[i]->name,
+             (unsigned long long)svc->pools[i]->sessions_started);
+    text_append(&t, "# HELP vdipool_sessions_ended_total Sessions ended, by reason.\n"
+             "# TYPE vdipool_sessions_ended_total counter\n");
+    for (size_t i = 0; i < svc->npools; i++)
+        for (int r = 0; r < END_REASON_COUNT; r++)
+            text_append(&t, "vdipool_sessions_ended_total{pool=\"%s\",reason=\"%s\"} %llu\n",
+                 svc->pools[i]->name, end_reason_name((end_reason)r),
+                 (unsigned long long)svc->pools[i]->sessions_ended[r]);
+    const latency_histogram *hs[2] = { &svc->clone_latency, &svc->start_latency };
+    const char *names[2] = { "vdipool_clone_seconds", "vdipool_start_seconds" };
+    for (int h = 0; h < 2; h++) {
+        text_append(&t, "# HELP %s Latency of %s.\n# TYPE %s histogram\n", names[h],
+             h ? "domain starts" : "clones", names[h]);
+        uint64_t cum = 0;
+        for (int k = 0; k <= LATENCY_BUCKETS; k++) {
+            cum += hs[h]->buckets[k];
+            text_append(&t, "%s_bucket{le=\"%s\"} %llu\n", names[h], bucket_names[k],
+                 (unsigned long long)cum);
+        }
+        text_append(&t, "%s_sum %.6f\n%s_count %llu\n", names[h], hs[h]->sum, names[h],
+             (unsigned long long)hs[h]->count);
+    }
+    return text_take(&t);
+}

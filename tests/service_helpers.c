@@ -1,6 +1,7 @@
 /* service_helpers.c — see service_helpers.h. */
 #include "service_helpers.h"
 #include "helpers.h"
+#include "vdi_client.h"
 #include "vdi_engine.h"
 
 #include <errno.h>
@@ -127,32 +128,8 @@ void th_daemon_cleanup_domains(th_daemon *d)
 
 int th_http(th_daemon *d, const char *method, const char *path, const char *body, json_t **out)
 {
-    *out = NULL;
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = { .sun_family = AF_UNIX };
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", d->sock);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        close(fd);
-        return -errno;
-    }
-    char req[4096];
-    int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     method, path, body ? strlen(body) : 0, body ? body : "");
-    ck_assert_int_eq(write(fd, req, (size_t)n), n);
-    static char resp[1 << 20];
-    size_t len = 0;
-    ssize_t r;
-    while ((r = read(fd, resp + len, sizeof resp - len - 1)) > 0)
-        len += (size_t)r;
-    close(fd);
-    resp[len] = '\0';
-    int status = 0;
-    sscanf(resp, "HTTP/1.1 %d", &status);
-    char *b = strstr(resp, "\r\n\r\n");
-    if (b)
-        *out = json_loads(b + 4, JSON_DECODE_ANY, NULL);
-    return status;
+    vdi_error err = { 0 };
+    return vdi_client_call_json(d->sock, method, path, body, out, &err);
 }
 
 json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s)

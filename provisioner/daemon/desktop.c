@@ -102,10 +102,15 @@ void desktop_begin_clone(desktop *d)
     pool *p = d->pool;
     set_str(&d->gold, p->cfg->gold);
     desktop_set_state(d, DESKTOP_CLONING);
+    p->svc->clones_running++; /* until desktop_cloned */
     p->svc->ops->clone(d);
 }
 
-void desktop_begin_start(desktop *d) { d->pool->svc->ops->start(d); }
+void desktop_begin_start(desktop *d)
+{
+    d->pool->svc->starts_running++; /* until desktop_started */
+    d->pool->svc->ops->start(d);
+}
 
 void desktop_begin_end(desktop *d, end_reason why)
 {
@@ -133,6 +138,7 @@ void desktop_retry_failed(desktop *d)
 void desktop_cloned(desktop *d, int rc, bool pool_blocked, const char *error, double seconds)
 {
     pool *p = d->pool;
+    p->svc->clones_running--;
     if (rc == 0) {
         latency_observe(&p->svc->clone_latency, seconds);
         if (p->blocked)
@@ -155,6 +161,7 @@ void desktop_cloned(desktop *d, int rc, bool pool_blocked, const char *error, do
 void desktop_started(desktop *d, int rc, const char *error, const char *display, double seconds)
 {
     pool *p = d->pool;
+    p->svc->starts_running--;
     if (rc == 0) {
         latency_observe(&p->svc->start_latency, seconds);
         set_str(&d->display, display && *display ? display : NULL);

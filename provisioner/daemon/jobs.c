@@ -249,10 +249,6 @@ static void job_done(service *svc, void *data)
 {
     job *j = data;
     double took = mono() - j->started;
-    if (j->kind == JOB_CLONE)
-        svc->clones_running--;
-    if (j->kind == JOB_START)
-        svc->starts_running--;
     desktop *d = j->kind == JOB_LEFTOVERS ? NULL : job_desktop(svc, j);
     if (j->kind == JOB_LEFTOVERS) {
         if (j->rc < 0)
@@ -261,6 +257,11 @@ static void job_done(service *svc, void *data)
     } else if (!d) {
         svc_log("warning", "pool=%s desktop=%s event=stale-result job=%d; removing its leftovers",
                 j->pool, j->name, (int)j->kind);
+        /* The desktop's transition would have closed these counts. */
+        if (j->kind == JOB_CLONE)
+            svc->clones_running--;
+        if (j->kind == JOB_START)
+            svc->starts_running--;
         if (j->kind != JOB_END && j->rc == 0)
             jobs_clean_leftovers(svc, j->name, j->child);
     } else {
@@ -337,10 +338,6 @@ static void submit(desktop *d, job_kind kind, work_run_fn run)
     }
     d->busy = true;
     d->job_seq = j->seq;
-    if (kind == JOB_CLONE)
-        svc->clones_running++;
-    if (kind == JOB_START)
-        svc->starts_running++;
 }
 
 void jobs_clean_leftovers(service *svc, const char *name, const char *child)

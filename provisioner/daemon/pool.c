@@ -54,7 +54,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
             session_end(d, END_MAX_DURATION);
         break;
     case DESKTOP_STARTING:
-        if (svc->conn && svc->starts_running < max_starts)
+        if (svc->online && svc->starts_running < max_starts)
             desktop_begin_start(d);
         break;
     default:
@@ -78,7 +78,7 @@ void pool_step(pool *p)
         if (d->state != DESKTOP_EMPTY && d->state != DESKTOP_FAILED)
             in_use++;
     }
-    if (p->draining || !svc->conn)
+    if (p->draining || !svc->online)
         return;
     /* Users waiting in acquire count as wanted spares, so a pool with few or
      * no spares still prepares a desktop on demand. */

@@ -335,6 +335,7 @@ void service_on_connected(service *svc, virConnectPtr conn)
     if (svc->conn)
         virConnectClose(svc->conn);
     svc->conn = conn;
+    svc->online = true;
     adopt_start(svc);
 }
 
@@ -345,4 +346,5 @@ void service_on_disconnected(service *svc)
     if (svc->conn)
         virConnectClose(svc->conn);
     svc->conn = NULL;
+    svc->online = false;
 }

@@ -142,11 +142,13 @@ struct service {
     vdi_config *config;          /* a reference; replaced whole by a reload */
     vdi_catalog *catalog;        /* thread-safe itself; immutable pointer after start */
     virConnectPtr conn;          /* a reference, NULL while disconnected */
+    bool online;                 /* libvirt answers: the controller may start work
+                                    (conn != NULL; a test sets it alone) */
     libvirt_bridge *bridge;
     api_server *api;
     pool **pools;
     size_t npools;
-    unsigned clones_running, starts_running;
+    unsigned clones_running, starts_running; /* desktop.c: between begin and result */
     unsigned jobs_running;       /* every job in flight (the loop ends after them) */
     uint64_t next_job_seq;
     uv_timer_t tick;

@@ -1,0 +1,402 @@
+/* test_controller.c — the pool controller and the desktop state machine in
+ * process, with fake desktop_ops and a fake clock: no daemon, no HTTP, no
+ * libvirt, no threads. Each transition of desktop.c's table, failure and
+ * back-off included, is driven and checked here. */
+#include "helpers.h"
+#include "service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- fakes ------------------------------------------------------------------ */
+
+typedef enum { CALL_CLONE, CALL_START, CALL_END } call_kind;
+typedef struct call {
+    call_kind kind;
+    desktop *d;
+} call;
+
+static call calls[256];
+static size_t ncalls;
+static int64_t fake_now = 1000000;
+
+static void record(call_kind k, desktop *d)
+{
+    ck_assert_uint_lt(ncalls, 256);
+    ck_assert_msg(!d->busy, "a job was asked for a busy desktop %s", d->name);
+    d->busy = true; /* as the real jobs do while they run */
+    calls[ncalls++] = (call){ k, d };
+}
+
+static void fake_clone(desktop *d) { record(CALL_CLONE, d); }
+static void fake_start(desktop *d) { record(CALL_START, d); }
+static void fake_end(desktop *d) { record(CALL_END, d); }
+static int64_t fake_clock(void) { return fake_now; }
+
+static const desktop_ops fake_ops = { fake_clone, fake_start, fake_end, fake_clock };
+
+static size_t count(call_kind k)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < ncalls; i++)
+        n += calls[i].kind == k;
+    return n;
+}
+
+/* Takes the oldest pending call of kind k (its desktop is no longer busy). */
+static desktop *take(call_kind k)
+{
+    for (size_t i = 0; i < ncalls; i++)
+        if (calls[i].kind == k) {
+            desktop *d = calls[i].d;
+            memmove(&calls[i], &calls[i + 1], (ncalls - i - 1) * sizeof *calls);
+            ncalls--;
+            d->busy = false;
+            return d;
+        }
+    ck_abort_msg("no pending call of kind %d", (int)k);
+    return NULL;
+}
+
+/* ---- a service with one pool --------------------------------------------------- */
+
+static service S;
+static char *dir;
+
+static vdi_config *config_text(const char *pool_extra, unsigned size, unsigned spares,
+                               const char *gold)
+{
+    char text[4096];
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s/sock\"; state_dir = \"%s/state\"; "
+             "libvirt_uri = \"test:///default\"; max_parallel_clones = 2; "
+             "max_parallel_starts = 2; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s\"; } );\n"
+             "golds = ( { name = \"g\"; path = \"%s\"; } );\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"t\"; gold = \"g\"; "
+             "datastore = \"local\"; size = %u; spares = %u; %s } );\n",
+             dir, dir, dir, gold, size, spares, pool_extra ? pool_extra : "");
+    vdi_config_options o = { .skip_filesystem_checks = true };
+    vdi_config *c = NULL;
+    vdi_config_errors *errs = NULL;
+    int rc = vdi_config_parse_string(text, "test.conf", &o, &c, &errs);
+    ck_assert_msg(rc == 0, "config: %s",
+                  errs ? vdi_config_errors_get(errs, 0)->message : "?");
+    return c;
+}
+
+static pool *P;
+
+static void start_service(const char *extra, unsigned size, unsigned spares)
+{
+    dir = th_tempdir("controller");
+    memset(&S, 0, sizeof S);
+    ncalls = 0;
+    vdi_catalog *cat = NULL;
+    vdi_error err = { 0 };
+    ck_assert_int_eq(vdi_catalog_open(th_path(dir, "state"), &cat, &err), 0);
+    ck_assert_int_eq(service_init(&S, uv_default_loop(), "test.conf",
+                                  config_text(extra, size, spares, "/nonexistent/gold-a.qcow2"),
+                                  cat, &fake_ops),
+                     0);
+    S.online = true;
+    S.adopted = true;
+    P = service_find_pool(&S, "demo");
+    ck_assert_ptr_nonnull(P);
+}
+
+static void stop_service(void)
+{
+    vdi_catalog *cat = S.catalog;
+    service_shutdown(&S);
+    vdi_catalog_close(cat);
+    th_tempdir_remove(dir);
+}
+
+static unsigned in_state(desktop_state s)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < P->nslots; i++)
+        n += P->desktops[i]->state == s;
+    return n;
+}
+
+/* Drives every pending clone and start to success. */
+static void make_ready(void)
+{
+    for (int round = 0; round < 10; round++) {
+        service_converge(&S);
+        if (!ncalls)
+            return;
+        while (count(CALL_CLONE))
+            desktop_cloned(take(CALL_CLONE), 0, false, NULL, 0.01);
+        service_converge(&S);
+        while (count(CALL_START))
+            desktop_started(take(CALL_START), 0, NULL, "vnc://127.0.0.1:5900", 0.1);
+    }
+}
+
+/* ---- tests --------------------------------------------------------------------- */
+
+START_TEST(spares_are_cloned_started_and_ready)
+{
+    start_service(NULL, 4, 2);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 2); /* spares, within max_parallel_clones */
+    ck_assert_uint_eq(in_state(DESKTOP_CLONING), 2);
+    desktop *d = take(CALL_CLONE);
+    desktop_cloned(d, 0, false, NULL, 0.01);
+    ck_assert_int_eq(d->state, DESKTOP_STARTING);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_START), 1);
+    desktop_started(take(CALL_START), 0, NULL, "vnc://127.0.0.1:5901", 0.2);
+    ck_assert_int_eq(d->state, DESKTOP_READY);
+    ck_assert_str_eq(d->display, "vnc://127.0.0.1:5901");
+    make_ready();
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 2);
+    /* Steady: nothing more is asked. */
+    service_converge(&S);
+    ck_assert_uint_eq(ncalls, 0);
+    ck_assert_uint_eq(S.clone_latency.count, 2);
+    stop_service();
+}
+END_TEST
+
+START_TEST(clone_failure_backs_off_and_retries)
+{
+    start_service(NULL, 1, 1);
+    service_converge(&S);
+    desktop *d = take(CALL_CLONE);
+    desktop_cloned(d, -EIO, false, "disk on fire", 0);
+    ck_assert_int_eq(d->state, DESKTOP_FAILED);
+    ck_assert_str_eq(d->failure, "disk on fire");
+    fake_now += 4;
+    service_converge(&S);
+    ck_assert_int_eq(d->state, DESKTOP_FAILED); /* 5 s back-off */
+    ck_assert_uint_eq(ncalls, 0);
+    fake_now += 1;
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 1); /* failed -> empty -> cloning */
+    desktop_cloned(take(CALL_CLONE), -EIO, false, "again", 0);
+    fake_now += 9;
+    service_converge(&S);
+    ck_assert_int_eq(d->state, DESKTOP_FAILED); /* the second back-off is 10 s */
+    fake_now += 1;
+    make_ready();
+    ck_assert_int_eq(d->state, DESKTOP_READY);
+    ck_assert_uint_eq(d->failures, 0);
+    stop_service();
+}
+END_TEST
+
+START_TEST(blocked_pool_probes_one_at_a_time)
+{
+    start_service(NULL, 4, 3);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 2);
+    desktop_cloned(take(CALL_CLONE), -ENOSPC, true, "datastore full", 0);
+    desktop_cloned(take(CALL_CLONE), -ENOSPC, true, "datastore full", 0);
+    ck_assert_str_eq(P->blocked, "datastore full");
+    ck_assert_uint_eq(in_state(DESKTOP_EMPTY), 4); /* the slot reads empty, not cloning */
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 1); /* one probe while blocked */
+    desktop_cloned(take(CALL_CLONE), 0, false, NULL, 0.01);
+    ck_assert_ptr_null(P->blocked); /* a success unblocks */
+    make_ready();
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 3);
+    stop_service();
+}
+END_TEST
+
+START_TEST(failed_start_ends_then_fails)
+{
+    start_service(NULL, 1, 1);
+    service_converge(&S);
+    desktop *d = take(CALL_CLONE);
+    desktop_cloned(d, 0, false, NULL, 0.01);
+    service_converge(&S);
+    desktop_started(take(CALL_START), -EIO, "cannot start the domain: no", NULL, 0);
+    ck_assert_int_eq(d->state, DESKTOP_ENDING); /* its child and domain go first */
+    ck_assert_uint_eq(count(CALL_END), 1);
+    desktop_ended(take(CALL_END), 0, NULL);
+    ck_assert_int_eq(d->state, DESKTOP_FAILED);
+    ck_assert_str_eq(d->failure, "cannot start the domain: no");
+    stop_service();
+}
+END_TEST
+
+START_TEST(failed_end_is_retried)
+{
+    start_service(NULL, 1, 1);
+    make_ready();
+    desktop *d = P->desktops[0];
+    session_end(d, END_OPERATOR);
+    ck_assert_int_eq(d->state, DESKTOP_ENDING);
+    desktop_ended(take(CALL_END), -ENOTCONN, "not connected to libvirt");
+    ck_assert_int_eq(d->state, DESKTOP_ENDING); /* never empty while the domain may run */
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_END), 0);
+    fake_now += 5;
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_END), 1);
+    desktop_ended(take(CALL_END), 0, NULL);
+    ck_assert_int_eq(d->state, DESKTOP_EMPTY);
+    stop_service();
+}
+END_TEST
+
+static void on_acquired(void *ctx, int status, json_t *body)
+{
+    *(int *)ctx = status;
+    json_decref(body);
+}
+
+START_TEST(session_time_limit_and_idle_spares)
+{
+    start_service("session = { max_duration = \"1h\"; idle_spare_max_age = \"10m\"; };", 2, 1);
+    make_ready();
+    int status = 0;
+    service_acquire(&S, "demo", "alice", on_acquired, &status);
+    ck_assert_int_eq(status, 200);
+    desktop *a = NULL;
+    for (unsigned i = 0; i < P->nslots; i++)
+        if (P->desktops[i]->state == DESKTOP_ASSIGNED)
+            a = P->desktops[i];
+    ck_assert_ptr_nonnull(a);
+    ck_assert_str_eq(a->user, "alice");
+    ck_assert_int_gt(a->session_id, 0);
+    make_ready(); /* the spare is refilled */
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 1);
+    /* The spare is recycled after 10 minutes, the session after an hour. */
+    fake_now += 601;
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_END), 1);
+    desktop *spare = take(CALL_END);
+    ck_assert_int_eq(spare->end_reason, END_OTHER);
+    desktop_ended(spare, 0, NULL);
+    make_ready();
+    fake_now += 3000;
+    service_converge(&S);
+    desktop *ended = NULL;
+    for (size_t i = 0; i < ncalls; i++)
+        if (calls[i].kind == CALL_END && calls[i].d == a)
+            ended = a;
+    ck_assert_ptr_nonnull(ended);
+    ck_assert_int_eq(a->end_reason, END_MAX_DURATION);
+    stop_service();
+}
+END_TEST
+
+START_TEST(reload_rolls_out_shrinks_and_drains)
+{
+    start_service(NULL, 3, 3);
+    make_ready();
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 3);
+    desktop *first = P->desktops[0];
+    int status = 0;
+    service_acquire(&S, "demo", "bob", on_acquired, &status);
+    ck_assert_int_eq(status, 200);
+    /* A new gold and a smaller pool: ready desktops are replaced or ended,
+     * the assigned one keeps its session. */
+    ck_assert_int_eq(service_apply_config(&S, config_text(NULL, 2, 1, "/nonexistent/b.qcow2")), 0);
+    ck_assert_ptr_eq(P->desktops[0], first); /* desktops stay where they were */
+    service_converge(&S);
+    ck_assert_uint_eq(in_state(DESKTOP_ASSIGNED), 1);
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 0);
+    while (count(CALL_END))
+        desktop_ended(take(CALL_END), 0, NULL);
+    make_ready();
+    for (unsigned i = 0; i < P->nslots; i++)
+        if (P->desktops[i]->state == DESKTOP_READY)
+            ck_assert_str_eq(P->desktops[i]->gold, "/nonexistent/b.qcow2");
+    ck_assert_uint_eq(in_state(DESKTOP_ASSIGNED) + in_state(DESKTOP_READY), 2);
+    /* Growing again while a job runs leaves the running job's desktop in place. */
+    desktop *ending = NULL;
+    for (unsigned i = 0; i < P->nslots && !ending; i++)
+        if (P->desktops[i]->state == DESKTOP_READY)
+            ending = P->desktops[i];
+    ck_assert_ptr_nonnull(ending);
+    session_end(ending, END_OPERATOR);
+    ck_assert_uint_eq(count(CALL_END), 1);
+    ck_assert_int_eq(service_apply_config(&S, config_text(NULL, 40, 1, "/nonexistent/b.qcow2")),
+                     0);
+    ck_assert_uint_eq(P->nslots, 40);
+    desktop_ended(take(CALL_END), 0, NULL);
+    ck_assert_int_eq(ending->state, DESKTOP_EMPTY);
+    /* A config without the pool: it drains, then goes. */
+    char text[1024];
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s/sock\"; state_dir = \"%s/state\"; "
+             "libvirt_uri = \"test:///default\"; };\ndatastores = ( { name = \"local\"; "
+             "path = \"%s\"; } );\n",
+             dir, dir, dir);
+    vdi_config_options o = { .skip_filesystem_checks = true };
+    vdi_config *empty = NULL;
+    vdi_config_errors *errs = NULL;
+    ck_assert_int_eq(vdi_config_parse_string(text, "t.conf", &o, &empty, &errs), 0);
+    ck_assert_int_eq(service_apply_config(&S, empty), 0);
+    ck_assert(P->draining);
+    service_converge(&S);
+    while (count(CALL_END) || count(CALL_CLONE) || count(CALL_START)) {
+        while (count(CALL_CLONE))
+            desktop_cloned(take(CALL_CLONE), 0, false, NULL, 0);
+        while (count(CALL_START))
+            desktop_started(take(CALL_START), 0, NULL, NULL, 0);
+        while (count(CALL_END))
+            desktop_ended(take(CALL_END), 0, NULL);
+        service_converge(&S);
+    }
+    ck_assert_uint_eq(S.npools, 1); /* bob's session still runs */
+    for (unsigned i = 0; i < P->nslots; i++)
+        if (P->desktops[i]->state == DESKTOP_ASSIGNED)
+            session_end(P->desktops[i], END_RELEASED);
+    desktop_ended(take(CALL_END), 0, NULL);
+    service_converge(&S);
+    ck_assert_uint_eq(S.npools, 0);
+    ck_assert_uint_eq(ncalls, 0);
+    stop_service();
+}
+END_TEST
+
+START_TEST(offline_pool_starts_nothing)
+{
+    start_service(NULL, 2, 2);
+    S.online = false;
+    service_converge(&S);
+    ck_assert_uint_eq(ncalls, 0);
+    S.online = true;
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 2);
+    stop_service();
+}
+END_TEST
+
+START_TEST(names_come_from_one_list)
+{
+    ck_assert_str_eq(desktop_state_name(DESKTOP_EMPTY), "empty");
+    ck_assert_str_eq(desktop_state_name(DESKTOP_FAILED), "failed");
+    ck_assert_str_eq(desktop_state_name(DESKTOP_STATE_COUNT), "unknown");
+    ck_assert_str_eq(end_reason_name(END_GUEST_SHUTDOWN), "guest-shutdown");
+    ck_assert_str_eq(end_reason_name(END_OTHER), "other");
+    ck_assert_int_eq(END_REASON_COUNT, 6);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("controller");
+    TCase *tc = tcase_create("controller");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, spares_are_cloned_started_and_ready);
+    tcase_add_test(tc, clone_failure_backs_off_and_retries);
+    tcase_add_test(tc, blocked_pool_probes_one_at_a_time);
+    tcase_add_test(tc, failed_start_ends_then_fails);
+    tcase_add_test(tc, failed_end_is_retried);
+    tcase_add_test(tc, session_time_limit_and_idle_spares);
+    tcase_add_test(tc, reload_rolls_out_shrinks_and_drains);
+    tcase_add_test(tc, offline_pool_starts_nothing);
+    tcase_add_test(tc, names_come_from_one_list);
+    suite_add_tcase(s, tc);
+    return th_run_suite(s) ? 1 : 0;
+}

@@ -67,7 +67,7 @@ int vdi_find_children(vdi_catalog *cat, const char *parent, const char *const *d
     struct stat st;
     if (!realpath(parent, real) || stat(real, &st) < 0)
         return vdi_error_set(err, -errno, "cannot resolve %s: %s", parent, strerror(errno));
-    found_list l = { 0 };
+    found_list l = {0};
     vdi_child_info *known = NULL;
     size_t nknown = 0;
     int rc = vdi_catalog_children(cat, real, &known, &nknown, err);
@@ -81,7 +81,7 @@ int vdi_find_children(vdi_catalog *cat, const char *parent, const char *const *d
     char pdir[PATH_MAX];
     snprintf(pdir, sizeof pdir, "%s", real);
     *strrchr(pdir, '/') = '\0';
-    child_search cs = { (uint64_t)st.st_dev, (uint64_t)st.st_ino, &l };
+    child_search cs = {(uint64_t)st.st_dev, (uint64_t)st.st_ino, &l};
     vdi_for_each_image_(*pdir ? pdir : "/", visit_candidate, &cs);
     for (size_t i = 0; i < ndirs; i++)
         vdi_for_each_image_(dirs[i], visit_candidate, &cs);

@@ -12,8 +12,8 @@
 
 #include <string.h>
 
-typedef int (*recoverer_fn)(vdi_catalog *cat, const char *op, const char *target,
-                            const char *data, vdi_error *err);
+typedef int (*recoverer_fn)(vdi_catalog *cat, const char *op, const char *target, const char *data,
+                            vdi_error *err);
 
 static int recover_clone(vdi_catalog *cat, const char *op, const char *target, const char *data,
                          vdi_error *err)
@@ -36,8 +36,8 @@ static int recover_seal(vdi_catalog *cat, const char *op, const char *target, co
     return vdi_recover_seal_(cat, target, data, err);
 }
 
-static int recover_reparent(vdi_catalog *cat, const char *op, const char *target,
-                            const char *data, vdi_error *err)
+static int recover_reparent(vdi_catalog *cat, const char *op, const char *target, const char *data,
+                            vdi_error *err)
 {
     (void)op;
     return vdi_recover_reparent_(cat, target, data, err);
@@ -47,12 +47,12 @@ static const struct {
     const char *op;
     recoverer_fn recover;
 } recoverers[] = {
-    { "clone", recover_clone },
-    { "delete", recover_delete },
-    { "seal", recover_seal },
-    { "merge-convert", vdi_recover_merge_ },
-    { "merge-commit", vdi_recover_merge_ },
-    { "reparent", recover_reparent },
+    {"clone", recover_clone},
+    {"delete", recover_delete},
+    {"seal", recover_seal},
+    {"merge-convert", vdi_recover_merge_},
+    {"merge-commit", vdi_recover_merge_},
+    {"reparent", recover_reparent},
 };
 
 static recoverer_fn find_recoverer(const char *op)

@@ -26,15 +26,27 @@ static void record(call_kind k, desktop *d)
     ck_assert_uint_lt(ncalls, 256);
     ck_assert_msg(!d->busy, "a job was asked for a busy desktop %s", d->name);
     d->busy = true; /* as the real jobs do while they run */
-    calls[ncalls++] = (call){ k, d };
+    calls[ncalls++] = (call){k, d};
 }
 
-static void fake_clone(desktop *d) { record(CALL_CLONE, d); }
-static void fake_start(desktop *d) { record(CALL_START, d); }
-static void fake_end(desktop *d) { record(CALL_END, d); }
-static int64_t fake_clock(void) { return fake_now; }
+static void fake_clone(desktop *d)
+{
+    record(CALL_CLONE, d);
+}
+static void fake_start(desktop *d)
+{
+    record(CALL_START, d);
+}
+static void fake_end(desktop *d)
+{
+    record(CALL_END, d);
+}
+static int64_t fake_clock(void)
+{
+    return fake_now;
+}
 
-static const desktop_ops fake_ops = { fake_clone, fake_start, fake_end, fake_clock };
+static const desktop_ops fake_ops = {fake_clone, fake_start, fake_end, fake_clock};
 
 static size_t count(call_kind k)
 {
@@ -77,12 +89,11 @@ static vdi_config *config_text(const char *pool_extra, unsigned size, unsigned s
              "pools = ( { name = \"demo\"; desktop_prefix = \"t\"; gold = \"g\"; "
              "datastore = \"local\"; size = %u; spares = %u; %s } );\n",
              dir, dir, dir, gold, size, spares, pool_extra ? pool_extra : "");
-    vdi_config_options o = { .skip_filesystem_checks = true };
+    vdi_config_options o = {.skip_filesystem_checks = true};
     vdi_config *c = NULL;
     vdi_config_errors *errs = NULL;
     int rc = vdi_config_parse_string(text, "test.conf", &o, &c, &errs);
-    ck_assert_msg(rc == 0, "config: %s",
-                  errs ? vdi_config_errors_get(errs, 0)->message : "?");
+    ck_assert_msg(rc == 0, "config: %s", errs ? vdi_config_errors_get(errs, 0)->message : "?");
     return c;
 }
 
@@ -94,7 +105,7 @@ static void start_service(const char *extra, unsigned size, unsigned spares)
     memset(&S, 0, sizeof S);
     ncalls = 0;
     vdi_catalog *cat = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_catalog_open(th_path(dir, "state"), &cat, &err), 0);
     ck_assert_int_eq(service_init(&S, uv_default_loop(), "test.conf",
                                   config_text(extra, size, spares, "/nonexistent/gold-a.qcow2"),
@@ -319,8 +330,7 @@ START_TEST(reload_rolls_out_shrinks_and_drains)
     ck_assert_ptr_nonnull(ending);
     session_end(ending, END_OPERATOR);
     ck_assert_uint_eq(count(CALL_END), 1);
-    ck_assert_int_eq(service_apply_config(&S, config_text(NULL, 40, 1, "/nonexistent/b.qcow2")),
-                     0);
+    ck_assert_int_eq(service_apply_config(&S, config_text(NULL, 40, 1, "/nonexistent/b.qcow2")), 0);
     ck_assert_uint_eq(P->nslots, 40);
     desktop_ended(take(CALL_END), 0, NULL);
     ck_assert_int_eq(ending->state, DESKTOP_EMPTY);
@@ -331,7 +341,7 @@ START_TEST(reload_rolls_out_shrinks_and_drains)
              "libvirt_uri = \"test:///default\"; };\ndatastores = ( { name = \"local\"; "
              "path = \"%s\"; } );\n",
              dir, dir, dir);
-    vdi_config_options o = { .skip_filesystem_checks = true };
+    vdi_config_options o = {.skip_filesystem_checks = true};
     vdi_config *empty = NULL;
     vdi_config_errors *errs = NULL;
     ck_assert_int_eq(vdi_config_parse_string(text, "t.conf", &o, &empty, &errs), 0);

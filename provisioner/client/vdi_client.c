@@ -38,7 +38,7 @@ int vdi_client_call(const char *sock, const char *method, const char *path, cons
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return vdi_error_set(err, -errno, "socket: %s", strerror(errno));
-    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
         int e = errno;
@@ -87,8 +87,8 @@ int vdi_client_call(const char *sock, const char *method, const char *path, cons
     return status;
 }
 
-int vdi_client_call_json(const char *sock, const char *method, const char *path,
-                         const char *body, json_t **out, vdi_error *err)
+int vdi_client_call_json(const char *sock, const char *method, const char *path, const char *body,
+                         json_t **out, vdi_error *err)
 {
     char *text = NULL;
     *out = NULL;

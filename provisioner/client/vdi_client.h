@@ -16,8 +16,8 @@ const char *vdi_client_socket(const char *given);
 /* Sends one request (body may be NULL) and reads the whole answer. Returns
  * the HTTP status and *body_out (caller frees), or a negative code with err
  * saying why (daemon not running, no HTTP answer). */
-int vdi_client_call(const char *socket_path, const char *method, const char *path,
-                    const char *body, char **body_out, vdi_error *err);
+int vdi_client_call(const char *socket_path, const char *method, const char *path, const char *body,
+                    char **body_out, vdi_error *err);
 
 /* The same, with the answer parsed as JSON (*out NULL when it is not JSON). */
 int vdi_client_call_json(const char *socket_path, const char *method, const char *path,

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void config_usage(FILE *out)
+void cli_config_usage(FILE *out)
 {
     fputs("usage:\n"
           "  vdipoolctl config check [--config PATH] [--json]\n"
@@ -28,8 +28,8 @@ static void print_errors(bool json, const vdi_config_errors *errors, const char 
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++) {
             const vdi_config_error *e = vdi_config_errors_get(errors, i);
-            json_array_append_new(arr, json_pack("{s:s,s:i,s:s}", "file", e->file, "line",
-                                                 e->line, "message", e->message));
+            json_array_append_new(arr, json_pack("{s:s,s:i,s:s}", "file", e->file, "line", e->line,
+                                                 "message", e->message));
         }
         cli_print_json(json_pack("{s:b,s:s,s:o}", "valid", 0, "config", path, "errors", arr));
         return;
@@ -46,42 +46,31 @@ static void print_errors(bool json, const vdi_config_errors *errors, const char 
 
 static int load(const char *path, bool fs_checks, vdi_config **cfg, vdi_config_errors **errors)
 {
-    vdi_config_options opts = { .check_image = glue_check_gold,
-                                .skip_filesystem_checks = !fs_checks };
+    vdi_config_options opts = {.check_image = glue_check_gold,
+                               .skip_filesystem_checks = !fs_checks};
     return vdi_config_load(path, &opts, cfg, errors);
 }
 
 static json_t *pool_json(const vdi_pool_config *p)
 {
-    return json_pack("{s:s,s:s,s:s?,s:s,s:s,s:i,s:i,s:i,s:I,s:{s:I,s:i,s:s?,s:s,s:s?,s:s},"
-                     "s:{s:I,s:I,s:s}}",
-                     "name", p->name, "gold", p->gold, "gold_name", p->gold_name, "datastore",
-                     p->datastore, "desktop_prefix", p->desktop_prefix, "size", p->size, "spares",
-                     p->spares, "max_chain_depth", p->max_chain_depth, "expected_growth",
-                     (json_int_t)p->expected_growth, "domain", "memory",
-                     (json_int_t)p->domain.memory_bytes, "vcpus", p->domain.vcpus, "network",
-                     p->domain.network, "graphics", vdi_graphics_name(p->domain.graphics),
-                     "template", p->domain.template_path, "accel", p->domain.kvm ? "kvm" : "tcg",
-                     "session", "max_duration", (json_int_t)p->session.max_duration,
-                     "idle_spare_max_age", (json_int_t)p->session.idle_spare_max_age, "on_end",
-                     p->session.on_end);
+    return json_pack(
+        "{s:s,s:s,s:s?,s:s,s:s,s:i,s:i,s:i,s:I,s:{s:I,s:i,s:s?,s:s,s:s?,s:s},"
+        "s:{s:I,s:I,s:s}}",
+        "name", p->name, "gold", p->gold, "gold_name", p->gold_name, "datastore", p->datastore,
+        "desktop_prefix", p->desktop_prefix, "size", p->size, "spares", p->spares,
+        "max_chain_depth", p->max_chain_depth, "expected_growth", (json_int_t)p->expected_growth,
+        "domain", "memory", (json_int_t)p->domain.memory_bytes, "vcpus", p->domain.vcpus, "network",
+        p->domain.network, "graphics", vdi_graphics_name(p->domain.graphics), "template",
+        p->domain.template_path, "accel", p->domain.kvm ? "kvm" : "tcg", "session", "max_duration",
+        (json_int_t)p->session.max_duration, "idle_spare_max_age",
+        (json_int_t)p->session.idle_spare_max_age, "on_end", p->session.on_end);
 }
 
-static int cmd_check(int argc, char **argv)
+int cli_config_check(cli_call *c)
 {
-    static const char *const values[] = { "config", NULL };
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, values, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (o.help) {
-        config_usage(stdout);
-        return CLI_OK;
-    }
-    if (first != argc)
-        return cli_usage_error("config check takes no arguments (use --config PATH)");
-    bool json = o.json;
-    const char *path = cli_config_path(o.value[0]);
+    const cli_opts *o = &c->o;
+    bool json = o->json;
+    const char *path = cli_config_path(o->value[0]);
 
     vdi_config *cfg = NULL;
     vdi_config_errors *errors = NULL;
@@ -94,8 +83,8 @@ static int cmd_check(int argc, char **argv)
         json_t *pools = json_array();
         for (size_t i = 0; i < vdi_config_pool_count(cfg); i++)
             json_array_append_new(pools, pool_json(vdi_config_pool(cfg, i)));
-        cli_print_json(json_pack("{s:b,s:s,s:i,s:i,s:o}", "valid", 1, "config", path,
-                                 "datastores", (int)vdi_config_datastore_count(cfg), "golds",
+        cli_print_json(json_pack("{s:b,s:s,s:i,s:i,s:o}", "valid", 1, "config", path, "datastores",
+                                 (int)vdi_config_datastore_count(cfg), "golds",
                                  (int)vdi_config_gold_count(cfg), "pools", pools));
     } else {
         printf("%s is valid: %zu datastore%s, %zu gold%s, %zu pool%s\n", path,
@@ -107,12 +96,11 @@ static int cmd_check(int argc, char **argv)
             char mem[32], dur[32];
             printf("pool %s: %u desktop%s (%u spare%s) of %s%s%s%s on datastore %s, %s and %u "
                    "vCPU%s each, %s, sessions %s%s\n",
-                   p->name, p->size, p->size == 1 ? "" : "s", p->spares,
-                   p->spares == 1 ? "" : "s", p->gold_name ? p->gold_name : p->gold,
-                   p->gold_name ? " (" : "", p->gold_name ? p->gold : "", p->gold_name ? ")" : "",
-                   p->datastore, vdi_format_size(p->domain.memory_bytes, mem, sizeof mem),
-                   p->domain.vcpus, p->domain.vcpus == 1 ? "" : "s",
-                   vdi_graphics_name(p->domain.graphics),
+                   p->name, p->size, p->size == 1 ? "" : "s", p->spares, p->spares == 1 ? "" : "s",
+                   p->gold_name ? p->gold_name : p->gold, p->gold_name ? " (" : "",
+                   p->gold_name ? p->gold : "", p->gold_name ? ")" : "", p->datastore,
+                   vdi_format_size(p->domain.memory_bytes, mem, sizeof mem), p->domain.vcpus,
+                   p->domain.vcpus == 1 ? "" : "s", vdi_graphics_name(p->domain.graphics),
                    p->session.max_duration ? "up to " : "unlimited",
                    p->session.max_duration
                        ? vdi_format_duration(p->session.max_duration, dur, sizeof dur)
@@ -123,20 +111,11 @@ static int cmd_check(int argc, char **argv)
     return CLI_OK;
 }
 
-static int cmd_diff(int argc, char **argv)
+int cli_config_diff(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (o.help) {
-        config_usage(stdout);
-        return CLI_OK;
-    }
-    if (first + 2 != argc)
-        return cli_usage_error("config diff takes OLD and NEW");
-    bool json = o.json;
-    const char *old_path = argv[first], *new_path = argv[first + 1];
+    const cli_opts *o = &c->o;
+    bool json = o->json;
+    const char *old_path = c->args[0], *new_path = c->args[1];
     vdi_config *old_cfg = NULL, *new_cfg = NULL;
     vdi_config_errors *errors = NULL;
     int status = CLI_OK;
@@ -162,33 +141,34 @@ static int cmd_diff(int argc, char **argv)
     if (json) {
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++) {
-            const vdi_config_change *c = vdi_config_diff_get(diff, i);
+            const vdi_config_change *ch = vdi_config_diff_get(diff, i);
             json_array_append_new(arr, json_pack("{s:s,s:s,s:s?,s:s?,s:s?}", "kind",
-                                                 vdi_change_kind_name(c->kind), "name", c->name,
-                                                 "field", c->field, "old", c->old_value, "new",
-                                                 c->new_value));
+                                                 vdi_change_kind_name(ch->kind), "name", ch->name,
+                                                 "field", ch->field, "old", ch->old_value, "new",
+                                                 ch->new_value));
         }
         cli_print_json(json_pack("{s:o}", "changes", arr));
     } else if (n == 0) {
         printf("no changes\n");
     } else {
         for (size_t i = 0; i < n; i++) {
-            const vdi_config_change *c = vdi_config_diff_get(diff, i);
-            const char *what = c->kind == VDI_CHANGE_SERVICE                ? ""
-                               : c->kind <= VDI_CHANGE_DATASTORE_CHANGED    ? "datastore "
-                               : c->kind <= VDI_CHANGE_GOLD_CHANGED         ? "gold "
-                                                                            : "pool ";
-            if (c->field)
-                printf("%s%s: %s %s -> %s\n", what, c->name, c->field, c->old_value, c->new_value);
-            else if (c->kind == VDI_CHANGE_POOL_ADDED || c->kind == VDI_CHANGE_DATASTORE_ADDED ||
-                     c->kind == VDI_CHANGE_GOLD_ADDED)
-                printf("%s%s: added%s%s\n", what, c->name, c->new_value ? " " : "",
-                       c->new_value ? c->new_value : "");
+            const vdi_config_change *ch = vdi_config_diff_get(diff, i);
+            const char *what = ch->kind == VDI_CHANGE_SERVICE             ? ""
+                               : ch->kind <= VDI_CHANGE_DATASTORE_CHANGED ? "datastore "
+                               : ch->kind <= VDI_CHANGE_GOLD_CHANGED      ? "gold "
+                                                                          : "pool ";
+            if (ch->field)
+                printf("%s%s: %s %s -> %s\n", what, ch->name, ch->field, ch->old_value,
+                       ch->new_value);
+            else if (ch->kind == VDI_CHANGE_POOL_ADDED || ch->kind == VDI_CHANGE_DATASTORE_ADDED ||
+                     ch->kind == VDI_CHANGE_GOLD_ADDED)
+                printf("%s%s: added%s%s\n", what, ch->name, ch->new_value ? " " : "",
+                       ch->new_value ? ch->new_value : "");
             else
-                printf("%s%s: removed%s\n", what, c->name,
-                       c->kind == VDI_CHANGE_POOL_REMOVED ? " (it drains: no new sessions, gone "
-                                                            "when its last desktop ends)"
-                                                          : "");
+                printf("%s%s: removed%s\n", what, ch->name,
+                       ch->kind == VDI_CHANGE_POOL_REMOVED ? " (it drains: no new sessions, gone "
+                                                             "when its last desktop ends)"
+                                                           : "");
         }
     }
     vdi_config_diff_free(diff);
@@ -198,17 +178,4 @@ cleanup:
     vdi_config_free(old_cfg);
     vdi_config_free(new_cfg);
     return status;
-}
-
-int cli_config(int argc, char **argv)
-{
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        config_usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? CLI_USAGE : CLI_OK;
-    }
-    if (!strcmp(argv[1], "check"))
-        return cmd_check(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "diff"))
-        return cmd_diff(argc - 1, argv + 1);
-    return cli_usage_error("unknown config command '%s' (check, diff)", argv[1]);
 }

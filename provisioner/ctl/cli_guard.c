@@ -16,7 +16,7 @@
 static vdi_config *add_datastores(cli_opts *o)
 {
     const char *path = cli_config_path(NULL);
-    vdi_config_options opts = { .skip_filesystem_checks = true };
+    vdi_config_options opts = {.skip_filesystem_checks = true};
     vdi_config *cfg = NULL;
     vdi_config_errors *errors = NULL;
     if (access(path, R_OK) != 0 || vdi_config_load(path, &opts, &cfg, &errors) < 0) {
@@ -52,23 +52,16 @@ static void print_protections(unsigned p)
            p & VDI_PROTECT_IMMUTABLE ? "immutable " : "", p ? "" : "none");
 }
 
-int cli_image_seal(int argc, char **argv)
+int cli_image_seal(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc)
-        return cli_usage_error("image seal takes one GOLD");
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
+    cli_opts *o = &c->o;
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
     vdi_seal_result r;
-    vdi_error err = { 0 };
-    if (vdi_seal(cat, argv[first], &r, &err) < 0) {
-        status = cli_fail(o.json, &err);
-    } else if (o.json) {
+    vdi_error err = {0};
+    if (vdi_seal(cat, c->args[0], &r, &err) < 0) {
+        status = cli_fail(o->json, &err);
+    } else if (o->json) {
         json_t *j = gold_json(&r.gold);
         json_object_set_new(j, "notes", json_string(r.notes));
         cli_print_json(j);
@@ -80,71 +73,53 @@ int cli_image_seal(int argc, char **argv)
         if (r.notes[0])
             printf("note: %s\n", r.notes);
     }
-    vdi_catalog_close(cat);
     return status;
 }
 
-int cli_image_unseal(int argc, char **argv)
+int cli_image_unseal(cli_call *c)
 {
-    static const char *const flags[] = { "force", NULL };
-    cli_opts o;
-    int first = cli_parse(argc, argv, flags, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc)
-        return cli_usage_error("image unseal takes one GOLD");
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
-    vdi_config *cfg = add_datastores(&o);
+    cli_opts *o = &c->o;
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
+    vdi_config *cfg = add_datastores(o);
     size_t orphaned = 0;
-    vdi_error err = { 0 };
-    if (vdi_unseal(cat, argv[first], o.flag[0], o.search, o.nsearch, &orphaned, &err) < 0)
-        status = cli_fail(o.json, &err);
-    else if (o.json)
-        cli_print_json(json_pack("{s:s,s:i}", "unsealed", argv[first], "orphaned", (int)orphaned));
+    vdi_error err = {0};
+    if (vdi_unseal(cat, c->args[0], o->flag[0], o->search, o->nsearch, &orphaned, &err) < 0)
+        status = cli_fail(o->json, &err);
+    else if (o->json)
+        cli_print_json(json_pack("{s:s,s:i}", "unsealed", c->args[0], "orphaned", (int)orphaned));
     else if (orphaned)
-        printf("unsealed %s; %zu child%s now orphaned: any write to it corrupts them\n",
-               argv[first], orphaned, orphaned == 1 ? " is" : "ren are");
+        printf("unsealed %s; %zu child%s now orphaned: any write to it corrupts them\n", c->args[0],
+               orphaned, orphaned == 1 ? " is" : "ren are");
     else
-        printf("unsealed %s (it had no children)\n", argv[first]);
+        printf("unsealed %s (it had no children)\n", c->args[0]);
     vdi_config_free(cfg);
-    vdi_catalog_close(cat);
     return status;
 }
 
-int cli_image_verify(int argc, char **argv)
+int cli_image_verify(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc)
-        return cli_usage_error("image verify takes one GOLD");
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
+    cli_opts *o = &c->o;
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
     char real[4096];
-    const char *path = realpath(argv[first], real) ? real : argv[first];
-    vdi_error err = { 0 };
+    const char *path = realpath(c->args[0], real) ? real : c->args[0];
+    vdi_error err = {0};
     if (vdi_guard_check(cat, path, true, &err) < 0) {
-        status = cli_fail(o.json, &err);
+        status = cli_fail(o->json, &err);
     } else {
         vdi_gold_info g;
         vdi_catalog_gold(cat, path, &g, NULL);
-        if (o.json)
+        if (o->json)
             cli_print_json(gold_json(&g));
         else {
             char when[64];
             struct tm tm;
-            localtime_r(&(time_t){ (time_t)g.sealed_at }, &tm);
+            localtime_r(&(time_t){(time_t)g.sealed_at}, &tm);
             strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S %Z", &tm);
             printf("%s matches its fingerprint (content hash checked; sealed %s)\n", g.path, when);
         }
     }
-    vdi_catalog_close(cat);
     return status;
 }
 
@@ -157,36 +132,27 @@ static void show_progress(double pct, void *ctx)
     }
 }
 
-int cli_image_merge(int argc, char **argv)
+int cli_image_merge(cli_call *c)
 {
-    static const char *const flags[] = { "into-parent", "dry-run", NULL };
-    static const char *const values[] = { "into", "to", NULL };
-    cli_opts o;
-    int first = cli_parse(argc, argv, flags, values, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc)
-        return cli_usage_error("image merge takes one CHILD");
-    int modes = o.flag[0] + (o.value[0] != NULL) + (o.value[1] != NULL);
+    cli_opts *o = &c->o;
+    int modes = o->flag[0] + (o->value[0] != NULL) + (o->value[1] != NULL);
     if (modes != 1)
         return cli_usage_error("choose one of --into-parent, --into NEW, --to ANCESTOR");
-    vdi_merge_mode mode = o.flag[0]    ? VDI_MERGE_INTO_PARENT
-                          : o.value[0] ? VDI_MERGE_INTO_NEW
-                                       : VDI_MERGE_TO_ANCESTOR;
-    const char *target = o.value[0] ? o.value[0] : o.value[1];
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
-    vdi_config *cfg = add_datastores(&o);
+    vdi_merge_mode mode = o->flag[0]    ? VDI_MERGE_INTO_PARENT
+                          : o->value[0] ? VDI_MERGE_INTO_NEW
+                                        : VDI_MERGE_TO_ANCESTOR;
+    const char *target = o->value[0] ? o->value[0] : o->value[1];
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
+    vdi_config *cfg = add_datastores(o);
     vdi_merge_plan *plan = NULL;
-    vdi_error err = { 0 };
-    if (vdi_merge_plan_new(cat, argv[first], mode, target, o.search, o.nsearch, &plan, &err) < 0) {
-        status = cli_fail(o.json, &err);
+    vdi_error err = {0};
+    if (vdi_merge_plan_new(cat, c->args[0], mode, target, o->search, o->nsearch, &plan, &err) < 0) {
+        status = cli_fail(o->json, &err);
         goto cleanup;
     }
-    if (o.flag[1]) {
-        if (o.json)
+    if (o->flag[1]) {
+        if (o->json)
             cli_print_json(json_pack("{s:b,s:s,s:I}", "dry_run", 1, "plan",
                                      vdi_merge_plan_describe(plan), "space_needed",
                                      (json_int_t)vdi_merge_plan_space_needed(plan)));
@@ -194,15 +160,15 @@ int cli_image_merge(int argc, char **argv)
             printf("dry run, nothing done:\n%s", vdi_merge_plan_describe(plan));
         goto cleanup;
     }
-    if (!o.json)
+    if (!o->json)
         printf("%s", vdi_merge_plan_describe(plan));
-    if (vdi_merge_execute(cat, plan, o.json ? NULL : show_progress, NULL, &err) < 0) {
-        if (!o.json && isatty(2))
+    if (vdi_merge_execute(cat, plan, o->json ? NULL : show_progress, NULL, &err) < 0) {
+        if (!o->json && isatty(2))
             fputc('\n', stderr);
-        status = cli_fail(o.json, &err);
+        status = cli_fail(o->json, &err);
         goto cleanup;
     }
-    if (o.json)
+    if (o->json)
         cli_print_json(json_pack("{s:b,s:s}", "merged", 1, "plan", vdi_merge_plan_describe(plan)));
     else {
         if (isatty(2))
@@ -212,30 +178,21 @@ int cli_image_merge(int argc, char **argv)
 cleanup:
     vdi_merge_plan_free(plan);
     vdi_config_free(cfg);
-    vdi_catalog_close(cat);
     return status;
 }
 
-int cli_image_reparent(int argc, char **argv)
+int cli_image_reparent(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 2 != argc)
-        return cli_usage_error("image reparent takes CHILD and NEWPARENT");
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
-    vdi_error err = { 0 };
-    if (vdi_reparent(cat, argv[first], argv[first + 1], &err) < 0)
-        status = cli_fail(o.json, &err);
-    else if (o.json)
-        cli_print_json(json_pack("{s:s,s:s}", "child", argv[first], "parent", argv[first + 1]));
+    cli_opts *o = &c->o;
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
+    vdi_error err = {0};
+    if (vdi_reparent(cat, c->args[0], c->args[1], &err) < 0)
+        status = cli_fail(o->json, &err);
+    else if (o->json)
+        cli_print_json(json_pack("{s:s,s:s}", "child", c->args[0], "parent", c->args[1]));
     else
         printf("%s now names %s as its parent (same content as the parent it was made from)\n",
-               argv[first], argv[first + 1]);
-    vdi_catalog_close(cat);
+               c->args[0], c->args[1]);
     return status;
 }

@@ -10,33 +10,35 @@
 #include <sys/stat.h>
 #include <time.h>
 
-static void image_usage(FILE *out)
+void cli_image_usage(FILE *out)
 {
-    fputs("usage:\n"
-          "  vdipoolctl image inspect FILE [--json]\n"
-          "  vdipoolctl image clone PARENT CHILD [options]\n"
-          "  vdipoolctl image clone PARENT DIR --count N [--prefix NAME] [options]\n"
-          "  vdipoolctl image seal GOLD [--json]\n"
-          "  vdipoolctl image unseal GOLD [--force] [--search DIR]...\n"
-          "  vdipoolctl image verify GOLD [--json]          full content check of a sealed gold\n"
-          "  vdipoolctl image merge CHILD (--into-parent | --into NEW | --to ANCESTOR)\n"
-          "                             [--dry-run] [--search DIR]... [--json]\n"
-          "  vdipoolctl image reparent CHILD NEWPARENT\n"
-          "  vdipoolctl image scan DIR [--json]\n"
-          "  vdipoolctl image tree [DIR] [--json]\n"
-          "  vdipoolctl image reconcile DIR [--json]\n"
-          "\n"
-          "Every command takes --state-dir DIR (default $VDIPOOL_STATE_DIR or /var/lib/vdipool).\n"
-          "\n"
-          "clone options:\n"
-          "  --size SIZE          virtual size of the child (default: the parent's; never smaller)\n"
-          "  --cluster-size SIZE  qcow2 cluster size (default 128K)\n"
-          "  --extended-l2 / --no-extended-l2\n"
-          "                       4 KiB subclusters (default on for clusters of 16K and more)\n"
-          "  --max-depth N        refuse when the child's chain would be deeper (default 3, 0: no limit)\n"
-          "  --no-sync            do not fsync (scratch children only)\n"
-          "  --json               machine-readable output\n",
-          out);
+    fputs(
+        "usage:\n"
+        "  vdipoolctl image inspect FILE [--json]\n"
+        "  vdipoolctl image clone PARENT CHILD [options]\n"
+        "  vdipoolctl image clone PARENT DIR --count N [--prefix NAME] [options]\n"
+        "  vdipoolctl image seal GOLD [--json]\n"
+        "  vdipoolctl image unseal GOLD [--force] [--search DIR]...\n"
+        "  vdipoolctl image verify GOLD [--json]          full content check of a sealed gold\n"
+        "  vdipoolctl image merge CHILD (--into-parent | --into NEW | --to ANCESTOR)\n"
+        "                             [--dry-run] [--search DIR]... [--json]\n"
+        "  vdipoolctl image reparent CHILD NEWPARENT\n"
+        "  vdipoolctl image scan DIR [--json]\n"
+        "  vdipoolctl image tree [DIR] [--json]\n"
+        "  vdipoolctl image reconcile DIR [--json]\n"
+        "\n"
+        "Every command takes --state-dir DIR (default $VDIPOOL_STATE_DIR or /var/lib/vdipool).\n"
+        "\n"
+        "clone options:\n"
+        "  --size SIZE          virtual size of the child (default: the parent's; never smaller)\n"
+        "  --cluster-size SIZE  qcow2 cluster size (default 128K)\n"
+        "  --extended-l2 / --no-extended-l2\n"
+        "                       4 KiB subclusters (default on for clusters of 16K and more)\n"
+        "  --max-depth N        refuse when the child's chain would be deeper (default 3, 0: no "
+        "limit)\n"
+        "  --no-sync            do not fsync (scratch children only)\n"
+        "  --json               machine-readable output\n",
+        out);
 }
 
 static json_t *image_json(const vdi_image *img)
@@ -74,27 +76,18 @@ static void print_format(const vdi_image *img)
            vdi_image_dirty(img) ? ", DIRTY" : "");
 }
 
-static int cmd_inspect(int argc, char **argv)
+int cli_image_inspect(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (o.help) {
-        image_usage(stdout);
-        return CLI_OK;
-    }
-    if (first + 1 != argc)
-        return cli_usage_error("image inspect takes exactly one FILE");
-    bool json = o.json;
-    const char *path = argv[first];
+    const cli_opts *o = &c->o;
+    bool json = o->json;
+    const char *path = c->args[0];
 
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     vdi_image *img = NULL;
     if (vdi_image_open(path, &img, &err) < 0)
         return cli_fail(json, &err);
     vdi_chain *chain = NULL;
-    vdi_error chain_err = { 0 };
+    vdi_error chain_err = {0};
     int chain_rc = vdi_chain_resolve(path, 0, &chain, &chain_err);
 
     if (json) {
@@ -116,8 +109,9 @@ static int cmd_inspect(int argc, char **argv)
                                 json_integer((json_int_t)vdi_chain_allocated_bytes(chain)));
             json_object_set_new(out, "warnings", warnings);
         } else {
-            json_object_set_new(out, "error", json_pack("{s:s,s:i}", "message", chain_err.message,
-                                                      "errno", -chain_err.code));
+            json_object_set_new(
+                out, "error",
+                json_pack("{s:s,s:i}", "message", chain_err.message, "errno", -chain_err.code));
         }
         cli_print_json(out);
     } else {
@@ -174,71 +168,55 @@ static void default_prefix(const char *parent, char *buf, size_t len)
     snprintf(buf, len, "%.*s-", n, base);
 }
 
-static int cmd_clone(int argc, char **argv)
+int cli_image_clone(cli_call *c)
 {
-    static const char *const flags[] = { "extended-l2", "no-extended-l2", "no-sync", NULL };
-    static const char *const values[] = { "size",  "cluster-size", "max-depth",
-                                          "count", "prefix",       NULL };
-    cli_opts o;
-    int first = cli_parse(argc, argv, flags, values, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (o.help) {
-        image_usage(stdout);
-        return CLI_OK;
-    }
-    bool json = o.json;
+    const cli_opts *o = &c->o;
+    bool json = o->json;
     long count = 0;
-    const char *prefix = o.value[4];
+    const char *prefix = o->value[4];
     vdi_clone_options opts;
     vdi_clone_options_init(&opts);
     opts.max_depth = 3;
     uint64_t v;
     char *end;
-    if (o.value[0] && (vdi_parse_size(o.value[0], &v) < 0 || v == 0))
-        return cli_usage_error("--size '%s' is not a size (try 20G or 64G)", o.value[0]);
-    if (o.value[0])
+    if (o->value[0] && (vdi_parse_size(o->value[0], &v) < 0 || v == 0))
+        return cli_usage_error("--size '%s' is not a size (try 20G or 64G)", o->value[0]);
+    if (o->value[0])
         opts.virtual_size = v;
-    if (o.value[1] && (vdi_parse_size(o.value[1], &v) < 0 || v > UINT32_MAX))
-        return cli_usage_error("--cluster-size '%s' is not a size (try 64K)", o.value[1]);
-    if (o.value[1])
+    if (o->value[1] && (vdi_parse_size(o->value[1], &v) < 0 || v > UINT32_MAX))
+        return cli_usage_error("--cluster-size '%s' is not a size (try 64K)", o->value[1]);
+    if (o->value[1])
         opts.cluster_size = (uint32_t)v;
-    if (o.flag[0] && o.flag[1])
+    if (o->flag[0] && o->flag[1])
         return cli_usage_error("--extended-l2 and --no-extended-l2 exclude each other");
-    if (o.flag[0] || o.flag[1])
-        opts.extended_l2 = o.flag[0] ? 1 : 0;
-    if (o.flag[2])
+    if (o->flag[0] || o->flag[1])
+        opts.extended_l2 = o->flag[0] ? 1 : 0;
+    if (o->flag[2])
         opts.sync = false;
-    if (o.value[2]) {
+    if (o->value[2]) {
         errno = 0;
-        long d = strtol(o.value[2], &end, 10);
+        long d = strtol(o->value[2], &end, 10);
         if (errno || *end || d < 0 || d > VDI_CHAIN_MAX_LINKS)
-            return cli_usage_error("--max-depth '%s' must be a number from 0 to %d", o.value[2],
+            return cli_usage_error("--max-depth '%s' must be a number from 0 to %d", o->value[2],
                                    VDI_CHAIN_MAX_LINKS);
         opts.max_depth = (unsigned)d;
     }
-    if (o.value[3]) {
+    if (o->value[3]) {
         errno = 0;
-        count = strtol(o.value[3], &end, 10);
+        count = strtol(o->value[3], &end, 10);
         if (errno || *end || count < 1 || count > 100000)
-            return cli_usage_error("--count '%s' must be a number from 1 to 100000", o.value[3]);
+            return cli_usage_error("--count '%s' must be a number from 1 to 100000", o->value[3]);
     }
-    if (first + 2 != argc)
-        return cli_usage_error("image clone takes PARENT and CHILD (or DIR with --count)");
-    const char *parent = argv[first], *target = argv[first + 1];
+    const char *parent = c->args[0], *target = c->args[1];
     if (prefix && !count)
         return cli_usage_error("--prefix goes with --count");
     if (prefix && (strchr(prefix, '/') || !*prefix))
         return cli_usage_error("--prefix '%s' must be a plain file name prefix", prefix);
 
-    vdi_catalog *cat = NULL;
-    int opened = cli_open_catalog(json, &cat);
-    if (opened != CLI_OK)
-        return opened;
-    vdi_error err = { 0 };
+    vdi_catalog *cat = c->catalog;
+    vdi_error err = {0};
     vdi_cloner *cloner = NULL;
     if (vdi_cloner_new(parent, &opts, &cloner, &err) < 0) {
-        vdi_catalog_close(cat);
         return cli_fail(json, &err);
     }
 
@@ -325,31 +303,5 @@ cleanup:
             free(names[i]);
     free(names);
     vdi_cloner_free(cloner);
-    vdi_catalog_close(cat);
     return status;
-}
-
-int cli_image(int argc, char **argv)
-{
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        image_usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? CLI_USAGE : CLI_OK;
-    }
-    if (!strcmp(argv[1], "inspect"))
-        return cmd_inspect(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "clone"))
-        return cmd_clone(argc - 1, argv + 1);
-    static const struct {
-        const char *name;
-        int (*fn)(int, char **);
-    } more[] = { { "seal", cli_image_seal },       { "unseal", cli_image_unseal },
-                 { "verify", cli_image_verify },   { "merge", cli_image_merge },
-                 { "reparent", cli_image_reparent }, { "scan", cli_image_scan },
-                 { "tree", cli_image_tree },       { "reconcile", cli_image_reconcile } };
-    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
-        if (!strcmp(argv[1], more[i].name))
-            return more[i].fn(argc - 1, argv + 1);
-    return cli_usage_error("unknown image command '%s' (inspect, clone, seal, unseal, verify, "
-                           "merge, reparent, scan, tree, reconcile)",
-                           argv[1]);
 }

@@ -10,24 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-int cli_image_scan(int argc, char **argv)
+int cli_image_scan(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc)
-        return cli_usage_error("image scan takes one DIR");
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
+    const cli_opts *o = &c->o;
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
     vdi_scan_entry *v = NULL;
     size_t n = 0;
-    vdi_error err = { 0 };
-    if (vdi_scan_dir(cat, argv[first], &v, &n, &err) < 0) {
-        status = cli_fail(o.json, &err);
-        vdi_catalog_close(cat);
+    vdi_error err = {0};
+    if (vdi_scan_dir(cat, c->args[0], &v, &n, &err) < 0) {
+        status = cli_fail(o->json, &err);
         return status;
     }
     size_t orphans = 0, unknown = 0, lonely = 0;
@@ -38,7 +30,7 @@ int cli_image_scan(int argc, char **argv)
         orphans += orphan;
         unknown += e->parent[0] && !e->in_catalog;
         lonely += e->is_gold && e->children == 0;
-        if (o.json) {
+        if (o->json) {
             json_array_append_new(
                 arr, json_pack("{s:s,s:s,s:I,s:I,s:s?,s:s,s:b,s:b,s:b,s:i}", "path", e->path,
                                "format", vdi_format_name(e->format), "virtual_size",
@@ -61,7 +53,7 @@ int cli_image_scan(int argc, char **argv)
                    e->in_catalog ? "" : "; NOT in the catalog");
         }
     }
-    if (o.json) {
+    if (o->json) {
         cli_print_json(json_pack("{s:o,s:i,s:i,s:i}", "images", arr, "orphans", (int)orphans,
                                  "unknown_children", (int)unknown, "golds_without_children",
                                  (int)lonely));
@@ -72,7 +64,6 @@ int cli_image_scan(int argc, char **argv)
                n, orphans, unknown, lonely);
     }
     free(v);
-    vdi_catalog_close(cat);
     return CLI_OK;
 }
 
@@ -168,31 +159,24 @@ static json_t *print_subtree(forest *f, size_t idx, const char *prefix, bool las
     }
     return json_pack("{s:s,s:b,s:s?,s:I,s:I,s:I,s:o}", "path", x->path, "gold", x->gold, "state",
                      x->state, "allocated_bytes", (json_int_t)x->allocated, "virtual_size",
-                     (json_int_t)x->virtual_size, "worst_case_bytes", (json_int_t)worst,
-                     "children", children);
+                     (json_int_t)x->virtual_size, "worst_case_bytes", (json_int_t)worst, "children",
+                     children);
 }
 
-int cli_image_tree(int argc, char **argv)
+int cli_image_tree(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (argc - first > 1)
-        return cli_usage_error("image tree takes at most one DIR");
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
-    vdi_error err = { 0 };
-    forest f = { 0 };
+    const cli_opts *o = &c->o;
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
+    vdi_error err = {0};
+    forest f = {0};
     vdi_gold_info *golds = NULL;
     size_t ng = 0;
     vdi_child_info *kids = NULL;
     size_t nk = 0;
     if (vdi_catalog_golds(cat, &golds, &ng, &err) < 0 ||
         vdi_catalog_children(cat, NULL, &kids, &nk, &err) < 0) {
-        status = cli_fail(o.json, &err);
+        status = cli_fail(o->json, &err);
         goto cleanup;
     }
     for (size_t i = 0; i < ng; i++) {
@@ -205,11 +189,11 @@ int cli_image_tree(int argc, char **argv)
         if (!x->exists)
             snprintf(x->parent, sizeof x->parent, "%s", kids[i].parent);
     }
-    if (first < argc) {
+    if (c->nargs > 0) {
         vdi_scan_entry *v = NULL;
         size_t n = 0;
-        if (vdi_scan_dir(cat, argv[first], &v, &n, &err) < 0) {
-            status = cli_fail(o.json, &err);
+        if (vdi_scan_dir(cat, c->args[0], &v, &n, &err) < 0) {
+            status = cli_fail(o->json, &err);
             goto cleanup;
         }
         for (size_t i = 0; i < n; i++)
@@ -223,8 +207,8 @@ int cli_image_tree(int argc, char **argv)
     json_t *roots = json_array();
     for (size_t i = 0; i < f.n; i++)
         if (!f.v[i].parent[0] || !find_node(&f, f.v[i].parent))
-            json_array_append_new(roots, print_subtree(&f, i, "", true, true, o.json));
-    if (o.json)
+            json_array_append_new(roots, print_subtree(&f, i, "", true, true, o->json));
+    if (o->json)
         cli_print_json(json_pack("{s:o}", "roots", roots));
     else {
         json_decref(roots);
@@ -235,27 +219,19 @@ cleanup:
     free(f.v);
     free(golds);
     free(kids);
-    vdi_catalog_close(cat);
     return status;
 }
 
-int cli_image_reconcile(int argc, char **argv)
+int cli_image_reconcile(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, NULL, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc)
-        return cli_usage_error("image reconcile takes one DIR");
-    vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
-    if (status)
-        return status;
+    const cli_opts *o = &c->o;
+    vdi_catalog *cat = c->catalog;
+    int status = CLI_OK;
     vdi_reconcile_report r;
-    vdi_error err = { 0 };
-    if (vdi_reconcile(cat, argv[first], &r, &err) < 0)
-        status = cli_fail(o.json, &err);
-    else if (o.json)
+    vdi_error err = {0};
+    if (vdi_reconcile(cat, c->args[0], &r, &err) < 0)
+        status = cli_fail(o->json, &err);
+    else if (o->json)
         cli_print_json(json_pack("{s:i,s:i,s:i,s:i}", "dropped_records", (int)r.dropped_records,
                                  "unknown_children", (int)r.unknown_children, "orphans",
                                  (int)r.orphans, "temporaries_removed",
@@ -264,9 +240,8 @@ int cli_image_reconcile(int argc, char **argv)
         printf("%s: dropped %zu records of deleted children, removed %zu temporary files; "
                "%zu children the catalog does not know and %zu orphans are left for you "
                "(see `vdipoolctl image scan %s`)\n",
-               argv[first], r.dropped_records, r.temporaries_removed, r.unknown_children,
-               r.orphans, argv[first]);
-    vdi_catalog_close(cat);
+               c->args[0], r.dropped_records, r.temporaries_removed, r.unknown_children, r.orphans,
+               c->args[0]);
     return status;
 }
 
@@ -275,29 +250,23 @@ int cli_image_reconcile(int argc, char **argv)
 /* Sessions a pool needs before its own history replaces expected_growth. */
 #define GROWTH_MIN_SAMPLES 20
 
-int cli_space(int argc, char **argv)
+int cli_space(cli_call *c)
 {
-    static const char *const values[] = { "config", NULL };
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, values, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first != argc)
-        return cli_usage_error("space takes no arguments");
-    const char *path = cli_config_path(o.value[0]);
+    const cli_opts *o = &c->o;
+    const char *path = cli_config_path(o->value[0]);
     vdi_config *cfg = NULL;
     vdi_config_errors *errors = NULL;
-    vdi_config_options copts = { 0 };
+    vdi_config_options copts = {0};
     if (vdi_config_load(path, &copts, &cfg, &errors) < 0) {
         const vdi_config_error *e = vdi_config_errors_get(errors, 0);
         vdi_error err;
-        vdi_error_set(&err, -EINVAL, "%s:%d: %s (run `vdipoolctl config check`)", e->file,
-                      e->line, e->message);
+        vdi_error_set(&err, -EINVAL, "%s:%d: %s (run `vdipoolctl config check`)", e->file, e->line,
+                      e->message);
         vdi_config_errors_free(errors);
-        return cli_fail(o.json, &err);
+        return cli_fail(o->json, &err);
     }
     vdi_catalog *cat = NULL;
-    int status = cli_open_catalog(o.json, &cat);
+    int status = cli_open_catalog(o->json, &cat);
     if (status) {
         vdi_config_free(cfg);
         return status;
@@ -306,17 +275,17 @@ int cli_space(int argc, char **argv)
     for (size_t i = 0; i < vdi_config_datastore_count(cfg); i++) {
         const vdi_datastore_config *d = vdi_config_datastore(cfg, i);
         vdi_space_report r;
-        vdi_error err = { 0 };
+        vdi_error err = {0};
         if (vdi_space_measure(d->path, d->reserve_bytes, d->reserve_percent, &r, &err) < 0) {
-            status = cli_fail(o.json, &err);
+            status = cli_fail(o->json, &err);
             continue;
         }
-        char a[32], b[32], c[32], e1[32], e2[32];
-        if (!o.json)
+        char a[32], b[32], rs[32], e1[32], e2[32];
+        if (!o->json)
             printf("datastore %s (%s): %s capacity, %s free, %s reserve; %zu children allocate "
                    "%s and could grow by %s more (%.2fx capacity, limit %.2fx)\n",
                    d->name, d->path, vdi_format_size(r.capacity, a, sizeof a),
-                   vdi_format_size(r.free, b, sizeof b), vdi_format_size(r.reserve, c, sizeof c),
+                   vdi_format_size(r.free, b, sizeof b), vdi_format_size(r.reserve, rs, sizeof rs),
                    r.children, vdi_format_size(r.children_allocated, e1, sizeof e1),
                    vdi_format_size(r.worst_case, e2, sizeof e2), r.overcommit, d->max_overcommit);
         json_t *pools = json_array();
@@ -334,15 +303,15 @@ int cli_space(int argc, char **argv)
                 worst = vdi_image_virtual_size(g);
                 vdi_image_close(g);
             }
-            vdi_error why = { 0 };
+            vdi_error why = {0};
             bool admit = vdi_space_admit(&r, d->name, growth, worst, d->max_overcommit, &why) == 0;
-            if (o.json) {
+            if (o->json) {
                 json_array_append_new(
-                    pools, json_pack("{s:s,s:I,s:s,s:i,s:b,s:s?}", "pool", p->name,
-                                     "expected_growth", (json_int_t)growth, "growth_source",
-                                     learned ? "p95 of sessions" : "configured", "sessions",
-                                     (int)samples, "admits_another", admit, "refusal",
-                                     admit ? NULL : why.message));
+                    pools,
+                    json_pack("{s:s,s:I,s:s,s:i,s:b,s:s?}", "pool", p->name, "expected_growth",
+                              (json_int_t)growth, "growth_source",
+                              learned ? "p95 of sessions" : "configured", "sessions", (int)samples,
+                              "admits_another", admit, "refusal", admit ? NULL : why.message));
             } else {
                 printf("  pool %s: a new desktop is expected to grow by %s (%s); %s\n", p->name,
                        vdi_format_size(growth, a, sizeof a),
@@ -350,23 +319,23 @@ int cli_space(int argc, char **argv)
                        admit ? "another one would be admitted" : why.message);
             }
         }
-        if (o.json)
+        if (o->json)
             json_array_append_new(
                 stores,
                 json_pack("{s:s,s:s,s:I,s:I,s:I,s:i,s:I,s:I,s:f,s:f,s:o}", "name", d->name, "path",
                           d->path, "capacity", (json_int_t)r.capacity, "free", (json_int_t)r.free,
                           "reserve", (json_int_t)r.reserve, "children", (int)r.children,
-                          "children_allocated", (json_int_t)r.children_allocated,
-                          "worst_case", (json_int_t)r.worst_case, "overcommit", r.overcommit,
-                          "max_overcommit", d->max_overcommit, "pools", pools));
+                          "children_allocated", (json_int_t)r.children_allocated, "worst_case",
+                          (json_int_t)r.worst_case, "overcommit", r.overcommit, "max_overcommit",
+                          d->max_overcommit, "pools", pools));
         else
             json_decref(pools);
     }
-    if (o.json)
+    if (o->json)
         cli_print_json(json_pack("{s:o}", "datastores", stores));
     else
         json_decref(stores);
-    vdi_catalog_close(cat);
     vdi_config_free(cfg);
+    vdi_catalog_close(cat);
     return status;
 }

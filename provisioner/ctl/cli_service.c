@@ -9,14 +9,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *socket_path(const cli_opts *o) { return vdi_client_socket(o->value[0]); }
+static const char *socket_path(const cli_opts *o)
+{
+    return vdi_client_socket(o->value[0]);
+}
 
 /* Runs a call and prints its JSON (--json) or a message; returns the exit status. */
 static int call(const cli_opts *o, const char *method, const char *path, const char *body,
                 json_t **result)
 {
     char *text = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     int status = vdi_client_call(socket_path(o), method, path, body, &text, &err);
     if (status < 0)
         return cli_fail(o->json, &err);
@@ -31,9 +34,9 @@ static int call(const cli_opts *o, const char *method, const char *path, const c
             size_t i;
             json_t *e;
             json_array_foreach(errors, i, e)
-            fprintf(stderr, "%s:%d: %s\n", json_string_value(json_object_get(e, "file")),
-                    (int)json_integer_value(json_object_get(e, "line")),
-                    json_string_value(json_object_get(e, "message")));
+                fprintf(stderr, "%s:%d: %s\n", json_string_value(json_object_get(e, "file")),
+                        (int)json_integer_value(json_object_get(e, "line")),
+                        json_string_value(json_object_get(e, "message")));
             json_decref(j);
         }
         free(text);
@@ -47,22 +50,6 @@ static int call(const cli_opts *o, const char *method, const char *path, const c
         *result = j;
     }
     return CLI_OK;
-}
-
-static const char *const socket_value[] = { "socket", "user", "reason", NULL };
-
-/* The commands without arguments: parse the options and make the call.
- * *j is the answer to print, or NULL when it was printed (--json) or failed. */
-static int simple_call(int argc, char **argv, const char *what, const char *method,
-                       const char *path, cli_opts *o, json_t **j)
-{
-    *j = NULL;
-    int first = cli_parse(argc, argv, NULL, socket_value, o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first != argc)
-        return cli_usage_error("%s takes no arguments", what);
-    return call(o, method, path, NULL, j);
 }
 
 static void print_pool(json_t *p)
@@ -86,15 +73,14 @@ static void print_pool(json_t *p)
            json_object_get(p, "blocked") ? json_string_value(json_object_get(p, "blocked")) : "");
 }
 
-int cli_status(int argc, char **argv)
+int cli_status(cli_call *c)
 {
-    cli_opts o;
-    json_t *j;
-    int rc = simple_call(argc, argv, "status", "GET", "/v1/status", &o, &j);
+    const cli_opts *o = &c->o;
+    json_t *j = NULL;
+    int rc = call(o, "GET", "/v1/status", NULL, &j);
     if (rc || !j)
         return rc;
-    printf("vdipoold %s, libvirt %s, config %s\n",
-           json_string_value(json_object_get(j, "version")),
+    printf("vdipoold %s, libvirt %s, config %s\n", json_string_value(json_object_get(j, "version")),
            json_is_true(json_object_get(j, "libvirt_connected")) ? "connected" : "DISCONNECTED",
            json_string_value(json_object_get(j, "config")));
     size_t i;
@@ -106,7 +92,7 @@ int cli_status(int argc, char **argv)
         char path[256];
         snprintf(path, sizeof path, "/v1/pools/%s", json_string_value(json_object_get(p, "name")));
         json_t *detail = NULL;
-        if (call(&o, "GET", path, NULL, &detail) == 0 && detail) {
+        if (call(o, "GET", path, NULL, &detail) == 0 && detail) {
             size_t k;
             json_t *d;
             json_array_foreach(json_object_get(detail, "desktops"), k, d)
@@ -114,14 +100,13 @@ int cli_status(int argc, char **argv)
                 const char *state = json_string_value(json_object_get(d, "state"));
                 if (!strcmp(state, "empty"))
                     continue;
-                printf("  %-20s %-9s %s%s%s\n", json_string_value(json_object_get(d, "name")),
-                       state,
-                       json_object_get(d, "display")
-                           ? json_string_value(json_object_get(d, "display"))
-                           : "",
-                       json_object_get(d, "user") ? "  user " : "",
-                       json_object_get(d, "user") ? json_string_value(json_object_get(d, "user"))
-                                                  : "");
+                printf(
+                    "  %-20s %-9s %s%s%s\n", json_string_value(json_object_get(d, "name")), state,
+                    json_object_get(d, "display") ? json_string_value(json_object_get(d, "display"))
+                                                  : "",
+                    json_object_get(d, "user") ? "  user " : "",
+                    json_object_get(d, "user") ? json_string_value(json_object_get(d, "user"))
+                                               : "");
             }
             json_decref(detail);
         }
@@ -130,26 +115,23 @@ int cli_status(int argc, char **argv)
     return CLI_OK;
 }
 
-int cli_acquire(int argc, char **argv)
+int cli_acquire(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, socket_value, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc || !o.value[1])
+    const cli_opts *o = &c->o;
+    if (!o->value[1])
         return cli_usage_error("acquire takes POOL and --user NAME");
     char path[256], *body = NULL;
-    snprintf(path, sizeof path, "/v1/pools/%s/acquire", argv[first]);
-    json_t *b = json_pack("{s:s}", "user", o.value[1]);
+    snprintf(path, sizeof path, "/v1/pools/%s/acquire", c->args[0]);
+    json_t *b = json_pack("{s:s}", "user", o->value[1]);
     body = json_dumps(b, JSON_COMPACT);
     json_decref(b);
     json_t *j = NULL;
-    int rc = call(&o, "POST", path, body, &j);
+    int rc = call(o, "POST", path, body, &j);
     free(body);
     if (rc || !j)
         return rc;
     printf("%s is yours, %s: domain %s, display %s\n",
-           json_string_value(json_object_get(j, "desktop")), o.value[1],
+           json_string_value(json_object_get(j, "desktop")), o->value[1],
            json_string_value(json_object_get(j, "domain")),
            json_string_value(json_object_get(j, "display"))[0]
                ? json_string_value(json_object_get(j, "display"))
@@ -158,36 +140,29 @@ int cli_acquire(int argc, char **argv)
     return CLI_OK;
 }
 
-int cli_release(int argc, char **argv)
+int cli_release(cli_call *c)
 {
-    cli_opts o;
-    int first = cli_parse(argc, argv, NULL, socket_value, &o);
-    if (first < 0)
-        return CLI_USAGE;
-    if (first + 1 != argc)
-        return cli_usage_error("release takes one DESKTOP (add --reason operator to end any "
-                               "desktop's session as an operator)");
+    const cli_opts *o = &c->o;
     char path[256];
-    snprintf(path, sizeof path, "/v1/desktops/%s/release", argv[first]);
-    json_t *b = json_pack("{s:s?}", "reason", o.value[2]);
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", c->args[0]);
+    json_t *b = json_pack("{s:s?}", "reason", o->value[2]);
     char *body = json_dumps(b, JSON_COMPACT);
     json_decref(b);
     json_t *j = NULL;
-    int rc = call(&o, "POST", path, body, &j);
+    int rc = call(o, "POST", path, body, &j);
     free(body);
     if (rc || !j)
         return rc;
-    printf("%s is ending: its domain and child are destroyed, and the pool refills\n",
-           argv[first]);
+    printf("%s is ending: its domain and child are destroyed, and the pool refills\n", c->args[0]);
     json_decref(j);
     return CLI_OK;
 }
 
-int cli_reload(int argc, char **argv)
+int cli_reload(cli_call *c)
 {
-    cli_opts o;
-    json_t *j;
-    int rc = simple_call(argc, argv, "reload", "POST", "/v1/reload", &o, &j);
+    const cli_opts *o = &c->o;
+    json_t *j = NULL;
+    int rc = call(o, "POST", "/v1/reload", NULL, &j);
     if (rc || !j)
         return rc;
     printf("reloaded\n");
@@ -195,11 +170,11 @@ int cli_reload(int argc, char **argv)
     return CLI_OK;
 }
 
-int cli_images(int argc, char **argv)
+int cli_images(cli_call *c)
 {
-    cli_opts o;
-    json_t *j;
-    int rc = simple_call(argc, argv, "images", "GET", "/v1/images", &o, &j);
+    const cli_opts *o = &c->o;
+    json_t *j = NULL;
+    int rc = call(o, "GET", "/v1/images", NULL, &j);
     if (rc || !j)
         return rc;
     size_t i;
@@ -209,17 +184,18 @@ int cli_images(int argc, char **argv)
         printf("%s [%s]\n", json_string_value(json_object_get(g, "gold")),
                json_string_value(json_object_get(g, "state")));
         size_t k;
-        json_t *c;
-        json_array_foreach(json_object_get(g, "children"), k, c)
+        json_t *kid;
+        json_array_foreach(json_object_get(g, "children"), k, kid)
         {
             char a[32], b2[32];
             printf("  %s  pool %s  %s allocated, %s worst case\n",
-                   json_string_value(json_object_get(c, "path")),
-                   json_string_value(json_object_get(c, "pool")),
-                   vdi_format_size((uint64_t)json_integer_value(json_object_get(c, "allocated_bytes")),
-                                   a, sizeof a),
+                   json_string_value(json_object_get(kid, "path")),
+                   json_string_value(json_object_get(kid, "pool")),
                    vdi_format_size(
-                       (uint64_t)json_integer_value(json_object_get(c, "worst_case_bytes")), b2,
+                       (uint64_t)json_integer_value(json_object_get(kid, "allocated_bytes")), a,
+                       sizeof a),
+                   vdi_format_size(
+                       (uint64_t)json_integer_value(json_object_get(kid, "worst_case_bytes")), b2,
                        sizeof b2));
         }
     }

@@ -35,7 +35,8 @@ static void usage(FILE *out)
           "\n"
           "Config (offline):\n"
           "  config check [--config PATH] [--json]\n"
-          "                                     validate the config, print every error with its line\n"
+          "                                     validate the config, print every error with its "
+          "line\n"
           "  config diff OLD NEW [--json]       what applying NEW over OLD would change\n"
           "\n"
           "Run `vdipoolctl image --help` or `vdipoolctl config --help` for every option.\n",
@@ -45,8 +46,8 @@ static void usage(FILE *out)
 int cli_fail(bool json, const vdi_error *err)
 {
     if (json) {
-        json_t *o = json_pack("{s:{s:s,s:i}}", "error", "message", err->message, "errno",
-                              -err->code);
+        json_t *o =
+            json_pack("{s:{s:s,s:i}}", "error", "message", err->message, "errno", -err->code);
         cli_print_json(o);
     } else {
         fprintf(stderr, "vdipoolctl: %s\n", err->message);
@@ -67,7 +68,7 @@ int cli_usage_error(const char *fmt, ...)
 
 int cli_open_catalog(bool json, vdi_catalog **cat)
 {
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     if (vdi_catalog_open(vdi_state_dir_default(), cat, &err) < 0)
         return cli_fail(json, &err);
     return CLI_OK;
@@ -167,6 +168,95 @@ static int take_state_dir(int argc, char **argv)
     return argc;
 }
 
+/* ---- the one command table -------------------------------------------------- */
+
+static const char *const no_names[] = {NULL};
+static const char *const clone_flags[] = {"extended-l2", "no-extended-l2", "no-sync", NULL};
+static const char *const clone_values[] = {"size",  "cluster-size", "max-depth",
+                                           "count", "prefix",       NULL};
+static const char *const force_flag[] = {"force", NULL};
+static const char *const merge_flags[] = {"into-parent", "dry-run", NULL};
+static const char *const merge_values[] = {"into", "to", NULL};
+static const char *const config_value[] = {"config", NULL};
+/* Service commands: value[0] is --socket everywhere. */
+static const char *const socket_values[] = {"socket", "user", "reason", NULL};
+
+typedef struct cli_command {
+    const char *group; /* "image", "config", or NULL for a top-level command */
+    const char *name;
+    cli_handler run;
+    int min_args, max_args;    /* positional arguments */
+    const char *args_usage;    /* what the positionals are, for errors */
+    const char *const *flags;  /* --NAME switches, in cli_opts.flag order */
+    const char *const *values; /* --NAME VALUE options, in cli_opts.value order */
+    bool needs_catalog;        /* opened before, closed after (space opens its own
+                                  once the config is valid) */
+} cli_command;
+
+static const cli_command commands[] = {
+    {"image", "inspect", cli_image_inspect, 1, 1, "exactly one FILE", no_names, no_names, false},
+    {"image", "clone", cli_image_clone, 2, 2, "PARENT and CHILD (or DIR with --count)", clone_flags,
+     clone_values, true},
+    {"image", "seal", cli_image_seal, 1, 1, "one GOLD", no_names, no_names, true},
+    {"image", "unseal", cli_image_unseal, 1, 1, "one GOLD", force_flag, no_names, true},
+    {"image", "verify", cli_image_verify, 1, 1, "one GOLD", no_names, no_names, true},
+    {"image", "merge", cli_image_merge, 1, 1, "one CHILD", merge_flags, merge_values, true},
+    {"image", "reparent", cli_image_reparent, 2, 2, "CHILD and NEWPARENT", no_names, no_names,
+     true},
+    {"image", "scan", cli_image_scan, 1, 1, "one DIR", no_names, no_names, true},
+    {"image", "tree", cli_image_tree, 0, 1, "at most one DIR", no_names, no_names, true},
+    {"image", "reconcile", cli_image_reconcile, 1, 1, "one DIR", no_names, no_names, true},
+    {"config", "check", cli_config_check, 0, 0, "no arguments (use --config PATH)", no_names,
+     config_value, false},
+    {"config", "diff", cli_config_diff, 2, 2, "OLD and NEW", no_names, no_names, false},
+    {NULL, "space", cli_space, 0, 0, "no arguments", no_names, config_value, false},
+    {NULL, "status", cli_status, 0, 0, "no arguments", no_names, socket_values, false},
+    {NULL, "acquire", cli_acquire, 1, 1, "POOL and --user NAME", no_names, socket_values, false},
+    {NULL, "release", cli_release, 1, 1,
+     "one DESKTOP (add --reason operator to end any desktop's session as an operator)", no_names,
+     socket_values, false},
+    {NULL, "reload", cli_reload, 0, 0, "no arguments", no_names, socket_values, false},
+    {NULL, "images", cli_images, 0, 0, "no arguments", no_names, socket_values, false},
+};
+
+static void group_usage(const char *group, FILE *out)
+{
+    if (!strcmp(group, "image"))
+        cli_image_usage(out);
+    else
+        cli_config_usage(out);
+}
+
+/* Parses a command's options by its row, checks its arity, opens what it
+ * needs and runs it. argv starts at the command's own name. */
+static int dispatch(const cli_command *cmd, int argc, char **argv)
+{
+    cli_call c = {0};
+    int first = cli_parse(argc, argv, cmd->flags, cmd->values, &c.o);
+    if (first < 0)
+        return CLI_USAGE;
+    if (c.o.help) {
+        if (cmd->group)
+            group_usage(cmd->group, stdout);
+        else
+            usage(stdout);
+        return CLI_OK;
+    }
+    c.args = argv + first;
+    c.nargs = argc - first;
+    if (c.nargs < cmd->min_args || c.nargs > cmd->max_args)
+        return cli_usage_error("%s%s%s takes %s", cmd->group ? cmd->group : "",
+                               cmd->group ? " " : "", cmd->name, cmd->args_usage);
+    if (cmd->needs_catalog) {
+        int status = cli_open_catalog(c.o.json, &c.catalog);
+        if (status)
+            return status;
+    }
+    int status = cmd->run(&c);
+    vdi_catalog_close(c.catalog);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     argc = take_state_dir(argc, argv);
@@ -174,27 +264,33 @@ int main(int argc, char **argv)
         usage(stderr);
         return CLI_USAGE;
     }
-    const char *cmd = argv[1];
-    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+    const char *word = argv[1];
+    if (!strcmp(word, "-h") || !strcmp(word, "--help") || !strcmp(word, "help")) {
         usage(stdout);
         return CLI_OK;
     }
-    if (!strcmp(cmd, "image"))
-        return cli_image(argc - 1, argv + 1);
-    if (!strcmp(cmd, "config"))
-        return cli_config(argc - 1, argv + 1);
-    if (!strcmp(cmd, "space"))
-        return cli_space(argc - 1, argv + 1);
-    static const struct {
-        const char *name;
-        int (*fn)(int, char **);
-    } daemon_cmds[] = { { "status", cli_status },   { "acquire", cli_acquire },
-                        { "release", cli_release }, { "reload", cli_reload },
-                        { "images", cli_images } };
-    for (size_t i = 0; i < sizeof daemon_cmds / sizeof daemon_cmds[0]; i++)
-        if (!strcmp(cmd, daemon_cmds[i].name))
-            return daemon_cmds[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "vdipoolctl: unknown command '%s'\n", cmd);
+    bool is_group = false;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        const cli_command *cmd = &commands[i];
+        if (!cmd->group && !strcmp(word, cmd->name))
+            return dispatch(cmd, argc - 1, argv + 1);
+        if (cmd->group && !strcmp(word, cmd->group)) {
+            is_group = true;
+            if (argc > 2 && !strcmp(argv[2], cmd->name))
+                return dispatch(cmd, argc - 2, argv + 2);
+        }
+    }
+    if (is_group) {
+        bool asked = argc > 2 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"));
+        if (argc > 2 && !asked) {
+            fprintf(stderr, "vdipoolctl: unknown %s command '%s'\n", word, argv[2]);
+            group_usage(word, stderr);
+            return CLI_USAGE;
+        }
+        group_usage(word, asked ? stdout : stderr);
+        return asked ? CLI_OK : CLI_USAGE;
+    }
+    fprintf(stderr, "vdipoolctl: unknown command '%s'\n", word);
     usage(stderr);
     return CLI_USAGE;
 }

@@ -16,9 +16,9 @@
 #include <time.h>
 
 typedef struct adopt_req {
-    virConnectPtr conn;       /* a reference */
+    virConnectPtr conn; /* a reference */
     vdi_catalog *catalog;
-    json_t *domains;          /* [{name, active, pool, slot, child, gold, display}] */
+    json_t *domains; /* [{name, active, pool, slot, child, gold, display}] */
     char *error;
 } adopt_req;
 
@@ -26,7 +26,7 @@ typedef struct adopt_req {
  * ("<child>…</child>"); accept either form. */
 static char *xml_field(const char *xml, const char *tag)
 {
-    static const char *const prefixes[] = { "", "vdipool:" };
+    static const char *const prefixes[] = {"", "vdipool:"};
     for (int i = 0; i < 2; i++) {
         char open[64], close[64];
         snprintf(open, sizeof open, "<%s%s>", prefixes[i], tag);
@@ -59,12 +59,12 @@ static void list_run(void *data)
                  *child = xml_field(meta, "child"), *gold = xml_field(meta, "gold");
             bool active = virDomainIsActive(doms[i]) == 1;
             char *display = active ? domain_display(doms[i]) : NULL;
-            json_array_append_new(
-                r->domains,
-                json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s}", "name", virDomainGetName(doms[i]),
-                          "active", active, "pool", pname ? pname : "", "slot",
-                          slot ? atoi(slot) : 0, "child", child ? child : "", "gold",
-                          gold ? gold : "", "display", display ? display : ""));
+            json_array_append_new(r->domains,
+                                  json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s}", "name",
+                                            virDomainGetName(doms[i]), "active", active, "pool",
+                                            pname ? pname : "", "slot", slot ? atoi(slot) : 0,
+                                            "child", child ? child : "", "gold", gold ? gold : "",
+                                            "display", display ? display : ""));
             free(pname);
             free(slot);
             free(child);
@@ -81,8 +81,8 @@ static void list_run(void *data)
 
 typedef struct stray_req {
     vdi_catalog *catalog;
-    json_t *domains;          /* what libvirt has (from list_run) */
-    json_t *pools;            /* [{name, datastore, in_use: [child], empty: [desktop name]}] */
+    json_t *domains; /* what libvirt has (from list_run) */
+    json_t *pools;   /* [{name, datastore, in_use: [child], empty: [desktop name]}] */
 } stray_req;
 
 /* Is `child` the disk of a domain libvirt has, or named like one? */
@@ -122,7 +122,7 @@ static void strays_run(void *data)
         const char *pname = json_string_value(json_object_get(p, "name"));
         const char *dir = json_string_value(json_object_get(p, "datastore"));
         json_t *in_use = json_object_get(p, "in_use");
-        vdi_error err = { 0 };
+        vdi_error err = {0};
         vdi_reconcile_report rep;
         if (dir && vdi_reconcile(r->catalog, dir, &rep, &err) < 0)
             svc_log("warning", "pool=%s event=reconcile-failed datastore=%s reason=\"%s\"", pname,
@@ -195,9 +195,9 @@ static void remove_strays(service *svc, json_t *domains)
                 json_array_append_new(empty, json_string(d->name));
             }
         }
-        json_array_append_new(r->pools, json_pack("{s:s,s:s?,s:o,s:o}", "name", p->name,
-                                                  "datastore", ds ? ds->path : NULL, "in_use",
-                                                  in_use, "empty", empty));
+        json_array_append_new(r->pools,
+                              json_pack("{s:s,s:s?,s:o,s:o}", "name", p->name, "datastore",
+                                        ds ? ds->path : NULL, "in_use", in_use, "empty", empty));
     }
     if (work_submit(svc, strays_run, strays_done, r) < 0) {
         svc_log("warning", "event=strays-not-checked reason=\"cannot queue work\"");

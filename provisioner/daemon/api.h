@@ -24,8 +24,8 @@ void api_server_stop(api_server *server);
 
 /* What routes see of a request. */
 const char *request_method(const request *r);
-const char *request_path(const request *r);   /* without the query string */
-const char *request_body(const request *r);   /* NUL-terminated, "" when none */
+const char *request_path(const request *r); /* without the query string */
+const char *request_body(const request *r); /* NUL-terminated, "" when none */
 /* Answers once; a later call does nothing. Takes ownership of body. */
 void request_respond_json(request *r, int status, json_t *body);
 void request_respond_text(request *r, int status, const char *type, const char *text);

@@ -21,13 +21,13 @@
 
 struct api_server {
     uv_loop_t *loop;
-    api_route_fn route;          /* the service's routes, called on the loop */
+    api_route_fn route; /* the service's routes, called on the loop */
     void *route_ctx;
     uv_pipe_t unix_server;
     uv_tcp_t tcp_server;
     bool have_tcp;
-    bool unix_listening;         /* the socket file is ours to remove */
-    int open_handles;            /* closing: freed when the last one is closed */
+    bool unix_listening; /* the socket file is ours to remove */
+    int open_handles;    /* closing: freed when the last one is closed */
     char token[256];
     char socket_path[4096];
 };
@@ -144,11 +144,23 @@ void request_respond_json(request *r, int status, json_t *body)
     free(line);
 }
 
-void request_hold(request *r) { r->held = true; }
-const char *request_method(const request *r) { return r->method; }
-const char *request_body(const request *r) { return r->body ? r->body : ""; }
+void request_hold(request *r)
+{
+    r->held = true;
+}
+const char *request_method(const request *r)
+{
+    return r->method;
+}
+const char *request_body(const request *r)
+{
+    return r->body ? r->body : "";
+}
 
-const char *request_path(const request *r) { return r->path; }
+const char *request_path(const request *r)
+{
+    return r->path;
+}
 
 /* ---- parsing ---------------------------------------------------------------- */
 
@@ -212,9 +224,10 @@ static int on_message_complete(http_parser *p)
     r->path[strcspn(r->path, "?")] = '\0';
     r->dispatched = true;
     if (r->denied) {
-        request_respond_json(r, 403, json_pack("{s:s}", "error",
-                                               "not allowed: the control socket is for root and "
-                                               "group vdipool"));
+        request_respond_json(r, 403,
+                             json_pack("{s:s}", "error",
+                                       "not allowed: the control socket is for root and "
+                                       "group vdipool"));
         return 0;
     }
     if (r->is_tcp) {
@@ -368,8 +381,7 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
         if (!f || !fgets(a->token, sizeof a->token, f)) {
             if (f)
                 fclose(f);
-            return vdi_error_set(err, -EINVAL, "cannot read the API token from %s",
-                                 sc->token_file);
+            return vdi_error_set(err, -EINVAL, "cannot read the API token from %s", sc->token_file);
         }
         fclose(f);
         a->token[strcspn(a->token, "\r\n")] = '\0';
@@ -394,8 +406,8 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
             return vdi_error_set(err, rc, "cannot listen on %s: %s", sc->listen, uv_strerror(rc));
         a->have_tcp = true;
     }
-    svc_log("info", "event=api-listening socket=%s%s%s", a->socket_path,
-            a->have_tcp ? " tcp=" : "", a->have_tcp ? sc->listen : "");
+    svc_log("info", "event=api-listening socket=%s%s%s", a->socket_path, a->have_tcp ? " tcp=" : "",
+            a->have_tcp ? sc->listen : "");
     return 0;
 }
 

@@ -1,8 +1,8 @@
 /* api_routes.c — what each endpoint of the control API does. The transport
  * (api_http.c) hands each request here, on the loop. */
+#include "api_routes.h"
 #include "api.h"
 #include "service.h"
-#include "api_routes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,20 +44,19 @@ static json_t *space_json(const datastore_copy *stores, size_t n)
     for (size_t i = 0; i < n; i++) {
         const datastore_copy *ds = &stores[i];
         vdi_space_report s;
-        vdi_error err = { 0 };
+        vdi_error err = {0};
         if (vdi_space_measure(ds->path, ds->reserve_bytes, ds->reserve_percent, &s, &err) < 0) {
-            json_array_append_new(arr, json_pack("{s:s,s:s}", "name", ds->name, "error",
-                                                 err.message));
+            json_array_append_new(arr,
+                                  json_pack("{s:s,s:s}", "name", ds->name, "error", err.message));
             continue;
         }
         json_array_append_new(
             arr, json_pack("{s:s,s:s,s:I,s:I,s:I,s:i,s:I,s:I,s:f,s:f}", "name", ds->name, "path",
-                           ds->path, "capacity", (json_int_t)s.capacity, "free",
-                           (json_int_t)s.free, "reserve", (json_int_t)s.reserve, "children",
-                           (int)s.children, "children_allocated",
-                           (json_int_t)s.children_allocated, "worst_case",
-                           (json_int_t)s.worst_case, "overcommit", s.overcommit,
-                           "max_overcommit", ds->max_overcommit));
+                           ds->path, "capacity", (json_int_t)s.capacity, "free", (json_int_t)s.free,
+                           "reserve", (json_int_t)s.reserve, "children", (int)s.children,
+                           "children_allocated", (json_int_t)s.children_allocated, "worst_case",
+                           (json_int_t)s.worst_case, "overcommit", s.overcommit, "max_overcommit",
+                           ds->max_overcommit));
     }
     return json_pack("{s:o}", "datastores", arr);
 }
@@ -69,19 +68,18 @@ static char *datastore_metrics(const char *prefix, const datastore_copy *stores,
     char *out = malloc(cap);
     if (!out)
         return NULL;
-    size_t len = (size_t)snprintf(out, cap, "%s# HELP vdipool_datastore_bytes Datastore capacity, "
-                                            "free and children's bytes.\n"
-                                            "# TYPE vdipool_datastore_bytes gauge\n",
+    size_t len = (size_t)snprintf(out, cap,
+                                  "%s# HELP vdipool_datastore_bytes Datastore capacity, "
+                                  "free and children's bytes.\n"
+                                  "# TYPE vdipool_datastore_bytes gauge\n",
                                   prefix);
     for (size_t i = 0; i < n && len < cap; i++) {
         vdi_space_report r;
         if (vdi_space_measure(stores[i].path, stores[i].reserve_bytes, stores[i].reserve_percent,
                               &r, NULL) < 0)
             continue;
-        const char *kinds[5] = { "capacity", "free", "reserve", "children_allocated",
-                                 "worst_case" };
-        uint64_t values[5] = { r.capacity, r.free, r.reserve, r.children_allocated,
-                               r.worst_case };
+        const char *kinds[5] = {"capacity", "free", "reserve", "children_allocated", "worst_case"};
+        uint64_t values[5] = {r.capacity, r.free, r.reserve, r.children_allocated, r.worst_case};
         for (int k = 0; k < 5 && len < cap; k++)
             len += (size_t)snprintf(out + len, cap - len,
                                     "vdipool_datastore_bytes{datastore=\"%s\",kind=\"%s\"} %llu\n",
@@ -169,17 +167,17 @@ static json_t *images_json(vdi_catalog *catalog)
                 vsize = vdi_image_virtual_size(img);
                 vdi_image_close(img);
             }
-            json_array_append_new(
-                children, json_pack("{s:s,s:s,s:i,s:I,s:I}", "path", kids[k].path, "pool",
-                                    kids[k].pool, "slot", kids[k].slot, "allocated_bytes",
-                                    (json_int_t)alloc, "worst_case_bytes",
-                                    (json_int_t)(vsize > alloc ? vsize - alloc : 0)));
+            json_array_append_new(children,
+                                  json_pack("{s:s,s:s,s:i,s:I,s:I}", "path", kids[k].path, "pool",
+                                            kids[k].pool, "slot", kids[k].slot, "allocated_bytes",
+                                            (json_int_t)alloc, "worst_case_bytes",
+                                            (json_int_t)(vsize > alloc ? vsize - alloc : 0)));
         }
         free(kids);
-        json_array_append_new(arr, json_pack("{s:s,s:s,s:I,s:o}", "gold", golds[i].path, "state",
-                                             vdi_gold_state_name(golds[i].state), "virtual_size",
-                                             (json_int_t)golds[i].virtual_size, "children",
-                                             children));
+        json_array_append_new(arr,
+                              json_pack("{s:s,s:s,s:I,s:o}", "gold", golds[i].path, "state",
+                                        vdi_gold_state_name(golds[i].state), "virtual_size",
+                                        (json_int_t)golds[i].virtual_size, "children", children));
     }
     free(golds);
     return json_pack("{s:o}", "golds", arr);

@@ -50,7 +50,10 @@ const char *end_reason_name(end_reason r)
     return (unsigned)r < END_REASON_COUNT ? names[r] : "other";
 }
 
-int64_t service_now(const service *svc) { return svc->ops->now(); }
+int64_t service_now(const service *svc)
+{
+    return svc->ops->now();
+}
 
 void desktop_set_state(desktop *d, desktop_state s)
 {

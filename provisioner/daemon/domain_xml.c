@@ -29,7 +29,8 @@ static int disk_xml(text *b, const domain_spec *d, vdi_error *err)
     for (size_t i = 0; i < vdi_chain_length(chain); i++) {
         const vdi_image *l = vdi_chain_link(chain, i);
         int indent = (int)(6 + 2 * i);
-        text_append(b, "%*s<backingStore type='file'>\n%*s  <format type='%s'/>\n%*s  <source file='",
+        text_append(b,
+                    "%*s<backingStore type='file'>\n%*s  <format type='%s'/>\n%*s  <source file='",
                     indent, "", indent, "", vdi_format_name(vdi_image_format(l)), indent, "");
         text_append_xml(b, vdi_image_path(l));
         text_append(b, "'><seclabel model='dac' relabel='no'/></source>\n");
@@ -47,14 +48,16 @@ static void metadata_xml(text *b, const vdi_pool_config *cfg, const domain_spec 
     text_append(b, "  <metadata>\n    <vdipool:desktop xmlns:vdipool='" VDI_XML_NS "'>\n"
                    "      <vdipool:pool>");
     text_append_xml(b, cfg->name);
-    text_append(b, "</vdipool:pool>\n      <vdipool:slot>%u</vdipool:slot>\n"
-                   "      <vdipool:child>",
+    text_append(b,
+                "</vdipool:pool>\n      <vdipool:slot>%u</vdipool:slot>\n"
+                "      <vdipool:child>",
                 d->slot);
     text_append_xml(b, d->child);
     text_append(b, "</vdipool:child>\n      <vdipool:gold>");
     text_append_xml(b, d->gold);
-    text_append(b, "</vdipool:gold>\n      <vdipool:gold-sha256>%s</vdipool:gold-sha256>\n"
-                   "    </vdipool:desktop>\n  </metadata>\n",
+    text_append(b,
+                "</vdipool:gold>\n      <vdipool:gold-sha256>%s</vdipool:gold-sha256>\n"
+                "    </vdipool:desktop>\n  </metadata>\n",
                 d->gold_hash_hex ? d->gold_hash_hex : "");
 }
 
@@ -62,7 +65,7 @@ static void metadata_xml(text *b, const vdi_pool_config *cfg, const domain_spec 
 static char *fill_template(const char *tpl, const char *const *keys, const char *const *values,
                            size_t n)
 {
-    text b = { 0 };
+    text b = {0};
     const char *p = tpl;
     while (*p) {
         const char *open = strstr(p, "{{");
@@ -93,7 +96,7 @@ static char *fill_template(const char *tpl, const char *const *keys, const char 
 char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_error *err)
 {
     const vdi_domain_config *dc = &cfg->domain;
-    text disk = { 0 }, meta = { 0 };
+    text disk = {0}, meta = {0};
     char *out = NULL, *disk_s = NULL, *meta_s = NULL;
     if (disk_xml(&disk, d, err) < 0) {
         free(text_take(&disk));
@@ -116,15 +119,15 @@ char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_err
                           strerror(errno));
             goto done;
         }
-        text t = { 0 };
+        text t = {0};
         char chunk[4096];
         size_t n;
         while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
             text_append(&t, "%.*s", (int)n, chunk);
         fclose(f);
         char *tpl = text_take(&t);
-        const char *keys[] = { "name", "memory_kib", "vcpus", "type", "disk", "metadata" };
-        const char *values[] = { d->name, memory, vcpus, dc->kvm ? "kvm" : "qemu", disk_s, meta_s };
+        const char *keys[] = {"name", "memory_kib", "vcpus", "type", "disk", "metadata"};
+        const char *values[] = {d->name, memory, vcpus, dc->kvm ? "kvm" : "qemu", disk_s, meta_s};
         out = tpl ? fill_template(tpl, keys, values, 6) : NULL;
         free(tpl);
         if (!out)
@@ -132,7 +135,7 @@ char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_err
                           dc->template_path);
         goto done;
     }
-    text b = { 0 };
+    text b = {0};
     text_append(&b, "<domain type='%s'>\n  <name>", dc->kvm ? "kvm" : "qemu");
     text_append_xml(&b, d->name);
     text_append(&b,

@@ -21,13 +21,13 @@ typedef enum { JOB_CLONE, JOB_START, JOB_END, JOB_LEFTOVERS } job_kind;
 
 typedef struct job {
     job_kind kind;
-    uint64_t seq;                  /* the desktop's job_seq when submitted */
+    uint64_t seq; /* the desktop's job_seq when submitted */
     /* Inputs, owned by the job. */
-    vdi_catalog *catalog;          /* thread-safe; outlives every job */
-    vdi_config *config;            /* a reference: pc and ds point into it */
+    vdi_catalog *catalog; /* thread-safe; outlives every job */
+    vdi_config *config;   /* a reference: pc and ds point into it */
     const vdi_pool_config *pc;
     const vdi_datastore_config *ds;
-    virConnectPtr conn;            /* a reference, or NULL when disconnected */
+    virConnectPtr conn; /* a reference, or NULL when disconnected */
     char *pool, *name, *child, *gold;
     unsigned slot;
     int64_t session_id;
@@ -35,7 +35,7 @@ typedef struct job {
     double started;
     /* Outputs, written by the worker, read on the loop after it. */
     int rc;
-    bool blocked;                  /* a pool-wide reason (space, gold), not this desktop's */
+    bool blocked; /* a pool-wide reason (space, gold), not this desktop's */
     char *error;
     char *display;
 } job;
@@ -85,7 +85,7 @@ static const char *libvirt_message(void)
 static void clone_run(void *data)
 {
     job *j = data;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     vdi_gold_info g;
     char real[PATH_MAX];
     if (!realpath(j->gold, real)) {
@@ -119,8 +119,7 @@ static void clone_run(void *data)
     uint64_t growth = j->pc->expected_growth;
     /* -ENODATA (too few sessions yet) keeps expected_growth. */
     vdi_catalog_growth_p95(j->catalog, j->pool, GROWTH_MIN_SAMPLES, &growth, NULL, NULL);
-    if (vdi_space_admit(&r, j->ds->name, growth, g.virtual_size, j->ds->max_overcommit, &err) <
-        0) {
+    if (vdi_space_admit(&r, j->ds->name, growth, g.virtual_size, j->ds->max_overcommit, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
         j->blocked = true;
         return;
@@ -133,7 +132,7 @@ static void clone_run(void *data)
     vdi_clone_options_init(&o);
     o.max_depth = j->pc->max_chain_depth + 1;
     vdi_cloner *cl = NULL;
-    vdi_child_meta meta = { .datastore = j->ds->name, .pool = j->pool, .slot = (int)j->slot };
+    vdi_child_meta meta = {.datastore = j->ds->name, .pool = j->pool, .slot = (int)j->slot};
     if (vdi_cloner_new(j->gold, &o, &cl, &err) < 0 ||
         vdi_clone_recorded(j->catalog, cl, j->child, &meta, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
@@ -165,14 +164,14 @@ char *domain_display(virDomainPtr dom)
 static void start_run(void *data)
 {
     job *j = data;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     char hex[2 * VDI_HASH_SIZE + 1] = "";
     vdi_gold_info g;
     char real[PATH_MAX];
     if (realpath(j->gold, real) && vdi_catalog_gold(j->catalog, real, &g, NULL) == 0)
         vdi_hash_hex(g.fp.hash, hex, sizeof hex);
-    domain_spec spec = { .name = j->name, .child = j->child, .gold = j->gold,
-                         .gold_hash_hex = hex, .slot = j->slot };
+    domain_spec spec = {
+        .name = j->name, .child = j->child, .gold = j->gold, .gold_hash_hex = hex, .slot = j->slot};
     char *xml = domain_xml_build(j->pc, &spec, &err);
     if (!xml) {
         job_fail(j, err.code, "%s", err.message);
@@ -220,15 +219,15 @@ static void end_run(void *data)
     }
     if (j->rc < 0)
         return; /* never delete the disk of a domain that may still run */
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     uint64_t bytes = 0;
     if (j->child && vdi_child_delete(j->catalog, j->child, &bytes, &err) < 0)
         job_fail(j, err.code, "%s", err.message);
-    if (j->session_id &&
-        vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
-                                end_reason_name(j->reason), bytes, &err) < 0)
-        svc_log("error", "pool=%s desktop=%s session=%lld event=session-end-not-recorded "
-                         "reason=\"%s\"",
+    if (j->session_id && vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
+                                                 end_reason_name(j->reason), bytes, &err) < 0)
+        svc_log("error",
+                "pool=%s desktop=%s session=%lld event=session-end-not-recorded "
+                "reason=\"%s\"",
                 j->pool, j->name, (long long)j->session_id, err.message);
 }
 
@@ -344,19 +343,31 @@ void jobs_clean_leftovers(service *svc, const char *name, const char *child)
 {
     job *j = job_new(svc, JOB_LEFTOVERS, "", name, child);
     if (!j || work_submit(svc, end_run, job_done, j) < 0) {
-        svc_log("error", "desktop=%s event=leftovers-not-removed child=%s reason=\"cannot queue "
-                         "work\"; reconcile at the next start removes it",
+        svc_log("error",
+                "desktop=%s event=leftovers-not-removed child=%s reason=\"cannot queue "
+                "work\"; reconcile at the next start removes it",
                 name, child ? child : "-");
         if (j)
             job_free(j);
     }
 }
 
-static void op_clone(desktop *d) { submit(d, JOB_CLONE, clone_run); }
-static void op_start(desktop *d) { submit(d, JOB_START, start_run); }
-static void op_end(desktop *d) { submit(d, JOB_END, end_run); }
-static int64_t op_now(void) { return (int64_t)time(NULL); }
+static void op_clone(desktop *d)
+{
+    submit(d, JOB_CLONE, clone_run);
+}
+static void op_start(desktop *d)
+{
+    submit(d, JOB_START, start_run);
+}
+static void op_end(desktop *d)
+{
+    submit(d, JOB_END, end_run);
+}
+static int64_t op_now(void)
+{
+    return (int64_t)time(NULL);
+}
 
 const desktop_ops real_desktop_ops = {
-    .clone = op_clone, .start = op_start, .end = op_end, .now = op_now
-};
+    .clone = op_clone, .start = op_start, .end = op_end, .now = op_now};

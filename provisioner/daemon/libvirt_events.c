@@ -23,7 +23,7 @@ typedef struct queued_event {
     event_kind kind;
     char *name;
     int event, detail;
-    virConnectPtr conn;           /* which connection it came from (not a reference) */
+    virConnectPtr conn; /* which connection it came from (not a reference) */
 } queued_event;
 
 struct libvirt_bridge {
@@ -33,15 +33,15 @@ struct libvirt_bridge {
     void *ctx;
     char *uri;
     /* Owned by the loop thread. */
-    virConnectPtr conn;           /* our reference; NULL while disconnected */
-    int lifecycle_cb;             /* callback id on conn, -1 */
+    virConnectPtr conn; /* our reference; NULL while disconnected */
+    int lifecycle_cb;   /* callback id on conn, -1 */
     bool connecting, stopping;
     unsigned reconnect_delay_ms;
     uv_timer_t reconnect;
     uv_async_t wake;
     /* Shared with the event thread, under lock. */
     pthread_mutex_t lock;
-    bool closed;                  /* stopped: the wake handle is gone, drop events */
+    bool closed; /* stopped: the wake handle is gone, drop events */
     queued_event *q;
     size_t n, cap;
 };
@@ -140,8 +140,9 @@ static void drain(uv_async_t *h)
     for (size_t i = 0; i < n; i++) {
         queued_event *e = &q[i];
         if (e->kind == EV_CLOSED && b->conn && e->conn == b->conn && !b->stopping) {
-            svc_log("warning", "event=libvirt-disconnected uri=%s reason=%d; running desktops "
-                               "are left alone, reconnecting",
+            svc_log("warning",
+                    "event=libvirt-disconnected uri=%s reason=%d; running desktops "
+                    "are left alone, reconnecting",
                     b->uri, e->event);
             drop_connection(b);
             b->cb.disconnected(b->ctx);
@@ -160,7 +161,7 @@ typedef struct connect_req {
     uv_work_t work;
     libvirt_bridge *b;
     char *uri;
-    virConnectPtr conn;           /* result: a reference, or NULL */
+    virConnectPtr conn; /* result: a reference, or NULL */
     int lifecycle_cb;
     char error[512];
 } connect_req;
@@ -214,7 +215,10 @@ static void connect_done(uv_work_t *w, int status)
     free(r);
 }
 
-static void reconnect_timer(uv_timer_t *t) { libvirt_bridge_connect(t->data); }
+static void reconnect_timer(uv_timer_t *t)
+{
+    libvirt_bridge_connect(t->data);
+}
 
 static void schedule_reconnect(libvirt_bridge *b)
 {
@@ -271,7 +275,10 @@ libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,
     return b;
 }
 
-bool libvirt_bridge_connected(const libvirt_bridge *b) { return b && b->conn; }
+bool libvirt_bridge_connected(const libvirt_bridge *b)
+{
+    return b && b->conn;
+}
 
 /* The bridge's handles close with the loop (uv_walk at shutdown); the
  * object itself lives until the process ends, since libvirt's event thread

@@ -17,7 +17,10 @@ void log_configure(vdi_log_level level, bool journal)
     atomic_store(&under_journal, journal);
 }
 
-void log_set_level(vdi_log_level level) { atomic_store(&log_level, (int)level); }
+void log_set_level(vdi_log_level level)
+{
+    atomic_store(&log_level, (int)level);
+}
 
 void svc_log(const char *level, const char *fmt, ...)
 {

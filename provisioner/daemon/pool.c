@@ -57,8 +57,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
         if (svc->online && svc->starts_running < max_starts)
             desktop_begin_start(d);
         break;
-    default:
-        break;
+    default: break;
     }
 }
 

@@ -26,7 +26,7 @@ static void scrub_run(void *data)
         g.state == VDI_GOLD_TAINTED)
         return;
     /* Hashing a large gold takes minutes; the catalog is not held meanwhile. */
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     if (vdi_guard_verify_content(&g, &err) == -ESTALE) {
         j->rc = vdi_guard_check(j->catalog, real, true, &err); /* taints, counts orphans */
         j->error = strdup(err.message);

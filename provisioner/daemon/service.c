@@ -1,8 +1,8 @@
 /* service.c — the service object: its pools, applying a config (at start
  * and on reload, by diff), the gold locks a pool holds, and what happens
  * when libvirt connects or goes away. */
-#include "glue.h"
 #include "service.h"
+#include "glue.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -51,7 +51,7 @@ const vdi_datastore_config *pool_datastore(const pool *p)
 static void set_gold_state(pool *p, const char *gold, vdi_gold_state state)
 {
     char real[PATH_MAX];
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     if (!realpath(gold, real) ||
         vdi_catalog_set_gold_state(p->svc->catalog, real, state, NULL, &err) < 0)
         svc_log("warning", "pool=%s event=gold-state-not-recorded gold=%s state=%s reason=\"%s\"",
@@ -101,7 +101,7 @@ static void lock_gold(pool *p)
         svc_log("info", "pool=%s event=rollout from=%s to=%s", p->name, p->retiring_gold,
                 p->cfg->gold);
     }
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     if (vdi_guard_lock(p->cfg->gold, &p->gold_lock, &err) < 0) {
         p->gold_lock = -1;
         svc_log("warning", "pool=%s event=gold-not-locked reason=\"%s\"", p->name, err.message);
@@ -256,7 +256,7 @@ int service_apply_config(service *svc, vdi_config *config)
 
 int service_load_config(const char *path, vdi_config **out, json_t **errors_json)
 {
-    vdi_config_options opts = { .check_image = glue_check_gold };
+    vdi_config_options opts = {.check_image = glue_check_gold};
     vdi_config_errors *errors = NULL;
     int rc = vdi_config_load(path, &opts, out, &errors);
     if (rc < 0) {
@@ -265,8 +265,8 @@ int service_load_config(const char *path, vdi_config **out, json_t **errors_json
             const vdi_config_error *e = vdi_config_errors_get(errors, i);
             svc_log("error", "event=config-error file=%s line=%d message=\"%s\"", e->file, e->line,
                     e->message);
-            json_array_append_new(arr, json_pack("{s:s,s:i,s:s}", "file", e->file, "line",
-                                                 e->line, "message", e->message));
+            json_array_append_new(arr, json_pack("{s:s,s:i,s:s}", "file", e->file, "line", e->line,
+                                                 "message", e->message));
         }
         vdi_config_errors_free(errors);
         if (errors_json)

@@ -78,45 +78,45 @@ typedef struct libvirt_bridge libvirt_bridge;
  * stable for the pool's lifetime, and slots are never freed while the pool
  * lives (a pool that shrinks keeps its slots past `size`, empty). */
 typedef struct desktop {
-    pool *pool;               /* immutable: the pool that owns the slot */
-    unsigned slot;            /* immutable, 1-based */
+    pool *pool;    /* immutable: the pool that owns the slot */
+    unsigned slot; /* immutable, 1-based */
     desktop_state state;
-    bool busy;                /* a job runs for it; only its result changes state */
-    bool fail_after_end;      /* a start failed: after the end, go to failed */
-    uint64_t job_seq;         /* the running job's number: a stale result is dropped */
-    end_reason end_reason;    /* why the desktop is ending */
-    unsigned failures;        /* consecutive, for back-off */
-    int64_t state_since;      /* unix seconds */
-    int64_t retry_at;         /* failed/ending: when to try again */
-    int64_t session_id;       /* catalog row of the open session, 0 when none */
+    bool busy;             /* a job runs for it; only its result changes state */
+    bool fail_after_end;   /* a start failed: after the end, go to failed */
+    uint64_t job_seq;      /* the running job's number: a stale result is dropped */
+    end_reason end_reason; /* why the desktop is ending */
+    unsigned failures;     /* consecutive, for back-off */
+    int64_t state_since;   /* unix seconds */
+    int64_t retry_at;      /* failed/ending: when to try again */
+    int64_t session_id;    /* catalog row of the open session, 0 when none */
     int64_t session_start;
-    char *name;               /* libvirt domain name: PREFIX-NNN */
-    char *child;              /* its differencing child */
-    char *gold;               /* the gold it was (or is being) cloned from */
-    char *user;               /* while assigned, else NULL */
-    char *failure;            /* the last failure, or NULL */
-    char *display;            /* "vnc://127.0.0.1:5900", or NULL */
+    char *name;    /* libvirt domain name: PREFIX-NNN */
+    char *child;   /* its differencing child */
+    char *gold;    /* the gold it was (or is being) cloned from */
+    char *user;    /* while assigned, else NULL */
+    char *failure; /* the last failure, or NULL */
+    char *display; /* "vnc://127.0.0.1:5900", or NULL */
 } desktop;
 
 struct pool {
-    service *svc;             /* immutable */
-    char *name;               /* immutable */
-    vdi_config *config;       /* a reference: cfg points into it */
+    service *svc;       /* immutable */
+    char *name;         /* immutable */
+    vdi_config *config; /* a reference: cfg points into it */
     const vdi_pool_config *cfg;
-    desktop **desktops;       /* nslots stable pointers, slot i+1 at [i] */
+    desktop **desktops; /* nslots stable pointers, slot i+1 at [i] */
     unsigned nslots;
-    bool draining;            /* removed from config: no new sessions */
-    char *blocked;            /* why it cannot clone now, NULL when it can */
-    int gold_lock;            /* fd holding QEMU's write lock on the gold, -1 */
+    bool draining; /* removed from config: no new sessions */
+    char *blocked; /* why it cannot clone now, NULL when it can */
+    int gold_lock; /* fd holding QEMU's write lock on the gold, -1 */
     char *locked_gold;
-    int retiring_lock;        /* the previous gold's lock during a roll-out, -1 */
+    int retiring_lock; /* the previous gold's lock during a roll-out, -1 */
     char *retiring_gold;
     uint64_t sessions_started;
     uint64_t sessions_ended[END_REASON_COUNT];
 };
 
 typedef struct latency_histogram {
-    uint64_t buckets[12];     /* le 0.01 .. 60 s and +Inf */
+    uint64_t buckets[12]; /* le 0.01 .. 60 s and +Inf */
     uint64_t count;
     double sum;
 } latency_histogram;
@@ -135,29 +135,29 @@ typedef struct desktop_ops {
 extern const desktop_ops real_desktop_ops; /* jobs.c */
 
 struct service {
-    uv_loop_t *loop;             /* immutable after start */
-    const desktop_ops *ops;      /* immutable after start */
-    char *config_path;           /* immutable after start */
-    char *state_dir;             /* immutable after start */
-    vdi_config *config;          /* a reference; replaced whole by a reload */
-    vdi_catalog *catalog;        /* thread-safe itself; immutable pointer after start */
-    virConnectPtr conn;          /* a reference, NULL while disconnected */
-    bool online;                 /* libvirt answers: the controller may start work
-                                    (conn != NULL; a test sets it alone) */
+    uv_loop_t *loop;        /* immutable after start */
+    const desktop_ops *ops; /* immutable after start */
+    char *config_path;      /* immutable after start */
+    char *state_dir;        /* immutable after start */
+    vdi_config *config;     /* a reference; replaced whole by a reload */
+    vdi_catalog *catalog;   /* thread-safe itself; immutable pointer after start */
+    virConnectPtr conn;     /* a reference, NULL while disconnected */
+    bool online;            /* libvirt answers: the controller may start work
+                               (conn != NULL; a test sets it alone) */
     libvirt_bridge *bridge;
     api_server *api;
     pool **pools;
     size_t npools;
     unsigned clones_running, starts_running; /* desktop.c: between begin and result */
-    unsigned jobs_running;       /* every job in flight (the loop ends after them) */
+    unsigned jobs_running;                   /* every job in flight (the loop ends after them) */
     uint64_t next_job_seq;
     uv_timer_t tick;
     uv_signal_t sighup, sigterm, sigint;
     bool stopping;
-    waiter *waiters;             /* acquires waiting for a spare, oldest first */
+    waiter *waiters; /* acquires waiting for a spare, oldest first */
     latency_histogram clone_latency, start_latency;
-    bool ready_notified;         /* every pool has its spares ready */
-    bool adopted;                /* running desktops were adopted after connecting */
+    bool ready_notified; /* every pool has its spares ready */
+    bool adopted;        /* running desktops were adopted after connecting */
     bool adopting;
     bool scrubbing;
     int64_t last_scrub;

@@ -9,15 +9,18 @@
 #include <string.h>
 
 struct waiter {
-    waiter *next;             /* the list is oldest first */
+    waiter *next; /* the list is oldest first */
     service *svc;
     char *pool, *user;
     acquire_cb cb;
     void *ctx;
-    uv_timer_t timer;         /* acquire_timeout; the waiter is freed when it closes */
+    uv_timer_t timer; /* acquire_timeout; the waiter is freed when it closes */
 };
 
-static json_t *error_json(const char *why) { return json_pack("{s:s}", "error", why); }
+static json_t *error_json(const char *why)
+{
+    return json_pack("{s:s}", "error", why);
+}
 
 static json_t *assignment_json(const desktop *d)
 {
@@ -42,7 +45,7 @@ static desktop *assign(pool *p, const char *user)
     if (!pick->user)
         return NULL;
     pick->session_start = service_now(p->svc);
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     /* A short single-statement write on the loop (see service.h). */
     if (vdi_catalog_session_begin(p->svc->catalog, p->name, pick->name, user, pick->session_start,
                                   &pick->session_id, &err) < 0) {
@@ -215,7 +218,10 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
     service_converge(svc);
 }
 
-void session_end(desktop *d, end_reason why) { desktop_begin_end(d, why); }
+void session_end(desktop *d, end_reason why)
+{
+    desktop_begin_end(d, why);
+}
 
 /* libvirt's lifecycle events, queued by the bridge and delivered here on
  * the loop. A destroy also emits SHUTDOWN/HOST: act on STOPPED only. */

@@ -8,9 +8,9 @@
 #include <stddef.h>
 
 typedef struct text {
-    char *s;          /* NUL-terminated once anything was appended */
+    char *s; /* NUL-terminated once anything was appended */
     size_t len, cap;
-    bool failed;      /* an append did not fit in memory */
+    bool failed; /* an append did not fit in memory */
 } text;
 
 void text_append(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

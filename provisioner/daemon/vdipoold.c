@@ -87,8 +87,14 @@ static void on_sigterm(uv_signal_t *s, int signum)
     uv_walk(svc->loop, close_walk, NULL);
 }
 
-static void bridge_connected(void *ctx, virConnectPtr conn) { service_on_connected(ctx, conn); }
-static void bridge_disconnected(void *ctx) { service_on_disconnected(ctx); }
+static void bridge_connected(void *ctx, virConnectPtr conn)
+{
+    service_on_connected(ctx, conn);
+}
+static void bridge_disconnected(void *ctx)
+{
+    service_on_disconnected(ctx);
+}
 
 static void usage(FILE *out)
 {
@@ -102,10 +108,10 @@ int main(int argc, char **argv)
     static service svc;
     const char *config = getenv("VDIPOOL_CONFIG");
     const char *state_dir = getenv("VDIPOOL_STATE_DIR");
-    static const struct option longopts[] = { { "config", required_argument, NULL, 'c' },
-                                              { "state-dir", required_argument, NULL, 's' },
-                                              { "help", no_argument, NULL, 'h' },
-                                              { NULL, 0, NULL, 0 } };
+    static const struct option longopts[] = {{"config", required_argument, NULL, 'c'},
+                                             {"state-dir", required_argument, NULL, 's'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "c:s:h", longopts, NULL)) != -1) {
         switch (ch) {
@@ -121,15 +127,16 @@ int main(int argc, char **argv)
 
     vdi_config *cfg = NULL;
     if (service_load_config(config_path, &cfg, NULL) < 0) {
-        fprintf(stderr, "vdipoold: %s is not valid (see above); run `vdipoolctl config check "
-                        "--config %s`\n",
+        fprintf(stderr,
+                "vdipoold: %s is not valid (see above); run `vdipoolctl config check "
+                "--config %s`\n",
                 config_path, config_path);
         return 1;
     }
     const vdi_service_config *sc = vdi_config_service(cfg);
     log_set_level(sc->log_level);
     svc.state_dir = strdup(state_dir && *state_dir ? state_dir : sc->state_dir);
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     vdi_catalog *catalog = NULL;
     if (!svc.state_dir || vdi_catalog_open(svc.state_dir, &catalog, &err) < 0) {
         fprintf(stderr, "vdipoold: %s\n", svc.state_dir ? err.message : "out of memory");
@@ -149,9 +156,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "vdipoold: %s\n", err.message);
         return 1;
     }
-    static const libvirt_bridge_callbacks bridge_cb = { .connected = bridge_connected,
-                                                        .disconnected = bridge_disconnected,
-                                                        .domain_event = service_on_domain_event };
+    static const libvirt_bridge_callbacks bridge_cb = {.connected = bridge_connected,
+                                                       .disconnected = bridge_disconnected,
+                                                       .domain_event = service_on_domain_event};
     svc.bridge = libvirt_bridge_new(loop, sc->libvirt_uri, &bridge_cb, &svc);
     if (!svc.bridge) {
         fprintf(stderr, "vdipoold: cannot start libvirt's event loop\n");
@@ -161,9 +168,9 @@ int main(int argc, char **argv)
     svc.tick.data = &svc;
     if (rc == 0)
         rc = uv_timer_start(&svc.tick, on_tick, 0, 1000);
-    uv_signal_t *sigs[3] = { &svc.sighup, &svc.sigterm, &svc.sigint };
-    int signums[3] = { SIGHUP, SIGTERM, SIGINT };
-    uv_signal_cb handlers[3] = { on_sighup, on_sigterm, on_sigterm };
+    uv_signal_t *sigs[3] = {&svc.sighup, &svc.sigterm, &svc.sigint};
+    int signums[3] = {SIGHUP, SIGTERM, SIGINT};
+    uv_signal_cb handlers[3] = {on_sighup, on_sigterm, on_sigterm};
     for (int i = 0; i < 3 && rc == 0; i++) {
         rc = uv_signal_init(loop, sigs[i]);
         sigs[i]->data = &svc;

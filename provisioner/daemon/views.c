@@ -8,11 +8,10 @@
 #include <string.h>
 
 #define LATENCY_BUCKETS 11
-static const double bucket_bounds[LATENCY_BUCKETS] = { 0.01, 0.05, 0.1, 0.25, 0.5, 1,
-                                                       2.5,  5,    10,  30,   60 };
+static const double bucket_bounds[LATENCY_BUCKETS] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,
+                                                      2.5,  5,    10,  30,   60};
 static const char *const bucket_names[LATENCY_BUCKETS + 1] = {
-    "0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "+Inf"
-};
+    "0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "+Inf"};
 
 void latency_observe(latency_histogram *h, double seconds)
 {
@@ -91,41 +90,41 @@ json_t *status_json(service *svc)
 /* The loop-owned part of /metrics (datastores are measured off the loop). */
 char *service_metrics_text(service *svc)
 {
-    text t = { 0 };
+    text t = {0};
     text_append(&t, "# HELP vdipool_desktops Desktops by pool and state.\n"
-             "# TYPE vdipool_desktops gauge\n");
+                    "# TYPE vdipool_desktops gauge\n");
     for (size_t i = 0; i < svc->npools; i++) {
         unsigned counts[DESKTOP_STATE_COUNT];
         count_states(svc->pools[i], counts);
         for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
             text_append(&t, "vdipool_desktops{pool=\"%s\",state=\"%s\"} %u\n", svc->pools[i]->name,
-                 desktop_state_name((desktop_state)s), counts[s]);
+                        desktop_state_name((desktop_state)s), counts[s]);
     }
     text_append(&t, "# HELP vdipool_sessions_started_total Sessions started.\n"
-             "# TYPE vdipool_sessions_started_total counter\n");
+                    "# TYPE vdipool_sessions_started_total counter\n");
     for (size_t i = 0; i < svc->npools; i++)
         text_append(&t, "vdipool_sessions_started_total{pool=\"%s\"} %llu\n", svc->pools[i]->name,
-             (unsigned long long)svc->pools[i]->sessions_started);
+                    (unsigned long long)svc->pools[i]->sessions_started);
     text_append(&t, "# HELP vdipool_sessions_ended_total Sessions ended, by reason.\n"
-             "# TYPE vdipool_sessions_ended_total counter\n");
+                    "# TYPE vdipool_sessions_ended_total counter\n");
     for (size_t i = 0; i < svc->npools; i++)
         for (int r = 0; r < END_REASON_COUNT; r++)
             text_append(&t, "vdipool_sessions_ended_total{pool=\"%s\",reason=\"%s\"} %llu\n",
-                 svc->pools[i]->name, end_reason_name((end_reason)r),
-                 (unsigned long long)svc->pools[i]->sessions_ended[r]);
-    const latency_histogram *hs[2] = { &svc->clone_latency, &svc->start_latency };
-    const char *names[2] = { "vdipool_clone_seconds", "vdipool_start_seconds" };
+                        svc->pools[i]->name, end_reason_name((end_reason)r),
+                        (unsigned long long)svc->pools[i]->sessions_ended[r]);
+    const latency_histogram *hs[2] = {&svc->clone_latency, &svc->start_latency};
+    const char *names[2] = {"vdipool_clone_seconds", "vdipool_start_seconds"};
     for (int h = 0; h < 2; h++) {
         text_append(&t, "# HELP %s Latency of %s.\n# TYPE %s histogram\n", names[h],
-             h ? "domain starts" : "clones", names[h]);
+                    h ? "domain starts" : "clones", names[h]);
         uint64_t cum = 0;
         for (int k = 0; k <= LATENCY_BUCKETS; k++) {
             cum += hs[h]->buckets[k];
             text_append(&t, "%s_bucket{le=\"%s\"} %llu\n", names[h], bucket_names[k],
-                 (unsigned long long)cum);
+                        (unsigned long long)cum);
         }
         text_append(&t, "%s_sum %.6f\n%s_count %llu\n", names[h], hs[h]->sum, names[h],
-             (unsigned long long)hs[h]->count);
+                    (unsigned long long)hs[h]->count);
     }
     return text_take(&t);
 }

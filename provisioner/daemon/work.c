@@ -8,11 +8,11 @@
 #include <stdlib.h>
 
 typedef struct work_req {
-    uv_work_t req;          /* stays put until after_work has run (libuv's rule) */
+    uv_work_t req; /* stays put until after_work has run (libuv's rule) */
     service *svc;
     work_run_fn run;
     work_done_fn done;
-    void *data;             /* owned by the caller's done() */
+    void *data; /* owned by the caller's done() */
 } work_req;
 
 static void run_work(uv_work_t *w)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every vdipool test on this machine, setting up what it needs first
-# (packages, libvirtd). Builds twice: a normal build running every suite, and
-# an ASan+UBSan build running them again. Run as root.
+# (packages, libvirtd). Builds three times: a normal build running every
+# suite, an ASan+UBSan build running them again, and a ThreadSanitizer build
+# of the daemon running its controller, service and desktop suites. Run as root.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -20,6 +21,23 @@ cmake --build "$root/build-asan" -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir "$root/build-asan" --output-on-failure -LE quickstart | tee "$root/build-asan/ctest.log"
 passed=$((passed + $(grep -Eo 'tests passed, 0 tests failed out of [0-9]+' "$root/build-asan/ctest.log" | grep -Eo '[0-9]+$')))
+
+echo "== ThreadSanitizer build of the daemon and its service tests"
+# libuv, glib and libvirt are not instrumented: their own accesses are not
+# checked (ignore_noninstrumented_modules), their locks still order ours.
+cmake -S "$root" -B "$root/build-tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVDI_TSAN=ON >/dev/null
+cmake --build "$root/build-tsan" -j "$jobs" --target vdipoold vdipoolctl make-demo-gold \
+    test_controller test_service test_desktops
+rm -rf "$root/build-tsan/tsan-reports" && mkdir -p "$root/build-tsan/tsan-reports"
+TSAN_OPTIONS="ignore_noninstrumented_modules=1 exitcode=66 log_path=$root/build-tsan/tsan-reports/report" \
+    ctest --test-dir "$root/build-tsan" --output-on-failure -R '^(controller|service|desktops)$' \
+    | tee "$root/build-tsan/ctest.log"
+if [ -n "$(ls -A "$root/build-tsan/tsan-reports")" ]; then
+    cat "$root"/build-tsan/tsan-reports/*
+    echo "ThreadSanitizer reported (above)"
+    exit 1
+fi
+passed=$((passed + $(grep -Eo 'tests passed, 0 tests failed out of [0-9]+' "$root/build-tsan/ctest.log" | grep -Eo '[0-9]+$')))
 
 # Fuzzing, bounded: the parsers of operator files and of image headers.
 # Longer runs: see tests/fuzz/*.c.

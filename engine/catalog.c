@@ -11,6 +11,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -361,6 +362,14 @@ int vdi_catalog_delete_gold_(vdi_catalog *cat, const char *path, vdi_error *err)
     return run(cat, st, err);
 }
 
+/* The catalog names files by their canonical path: a lookup resolves the
+ * path it is given (relative, through links) when the file exists, and
+ * uses it as given otherwise (a record whose file is gone). */
+static const char *canonical(const char *path, char real[PATH_MAX])
+{
+    return path && realpath(path, real) ? real : path;
+}
+
 int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_state state,
                                const char *reason, vdi_error *err)
 {
@@ -368,6 +377,8 @@ int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_stat
     int rc = prepare(cat, "UPDATE golds SET state = ?, reason = ? WHERE path = ?", &st, err);
     if (rc < 0)
         return rc;
+    char real[PATH_MAX];
+    path = canonical(path, real);
     sqlite3_bind_text(st, 1, vdi_gold_state_name(state), -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, reason ? reason : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, path, -1, SQLITE_STATIC);
@@ -413,6 +424,8 @@ int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi
     int rc = prepare(cat, "SELECT " GOLD_COLUMNS " FROM golds WHERE path = ?", &st, err);
     if (rc < 0)
         return rc;
+    char real[PATH_MAX];
+    path = canonical(path, real);
     sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW)
@@ -483,6 +496,8 @@ int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, v
     int rc = prepare(cat, "SELECT " CHILD_COLUMNS " FROM children WHERE path = ?", &st, err);
     if (rc < 0)
         return rc;
+    char real[PATH_MAX];
+    path = canonical(path, real);
     sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW)
@@ -507,8 +522,9 @@ int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **
                      &st, err);
     if (rc < 0)
         return rc;
+    char real[PATH_MAX];
     if (parent)
-        sqlite3_bind_text(st, 1, parent, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, canonical(parent, real), -1, SQLITE_STATIC);
     size_t n = 0, cap = 0;
     vdi_child_info *v = NULL;
     int step;

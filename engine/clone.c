@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +43,6 @@ struct vdi_cloner {
     uint8_t *refblocks;
     write_op ops[3];
     uint64_t file_size;
-    unsigned long seq;
     long pid; /* cached: temporary names carry the writer's pid */
     staged *staged;
     size_t nstaged, capstaged;
@@ -252,6 +252,10 @@ static int write_all_at(int fd, const uint8_t *data, size_t len, uint64_t off)
     return 0;
 }
 
+/* Temporary names are unique in the process: cloners on several threads
+ * (the service's parallel clones) write into one directory at once. */
+static atomic_ulong temp_seq;
+
 /* Writes the child under a fresh temporary name next to child_path. */
 int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, char **temp_out,
                            vdi_error *err)
@@ -259,7 +263,7 @@ int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, cha
     char dir[PATH_MAX];
     dir_of(child_path, dir, sizeof dir);
     char *temp = NULL;
-    if (asprintf(&temp, "%s/%s%ld-%lu", dir, VDI_TEMP_PREFIX, c->pid, c->seq++) < 0)
+    if (asprintf(&temp, "%s/%s%ld-%lu", dir, VDI_TEMP_PREFIX, c->pid, atomic_fetch_add(&temp_seq, 1)) < 0)
         return vdi_error_set(err, -ENOMEM, "out of memory");
 
     int rc = 0;

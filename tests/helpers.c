@@ -203,3 +203,21 @@ int th_run_suite(Suite *s)
     th_tempdir_remove(strdup(root));
     return failed;
 }
+
+int th_main(const char *suite, const th_case *cases, size_t ncases)
+{
+    Suite *s = suite_create(suite);
+    for (size_t i = 0; i < ncases; i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        tcase_set_timeout(tc, cases[i].timeout_s ? cases[i].timeout_s : 60);
+        if (cases[i].setup || cases[i].teardown)
+            tcase_add_checked_fixture(tc, cases[i].setup, cases[i].teardown);
+        for (size_t k = 0; k < sizeof cases[i].tests / sizeof cases[i].tests[0] && cases[i].tests[k];
+             k++)
+            tcase_add_test(tc, cases[i].tests[k]);
+        if (cases[i].loop_test)
+            tcase_add_loop_test(tc, cases[i].loop_test, 0, cases[i].loop_end);
+        suite_add_tcase(s, tc);
+    }
+    return th_run_suite(s) ? 1 : 0;
+}

@@ -41,4 +41,23 @@ void th_put64(uint8_t *p, uint64_t v);
  * everything below it; returns the number of failures (for main). */
 int th_run_suite(Suite *s);
 
+/* The one registry of a suite file: its cases, each with a fixture, a
+ * timeout and its tests (NULL-terminated). TH_MAIN writes main(). */
+typedef struct th_case {
+    const char *name;
+    void (*setup)(void);    /* may be NULL */
+    void (*teardown)(void); /* may be NULL */
+    int timeout_s;
+    const TTest *tests[40];
+    const TTest *loop_test; /* also run for _i in [0, loop_end), or NULL */
+    int loop_end;
+} th_case;
+int th_main(const char *suite, const th_case *cases, size_t ncases);
+#define TH_MAIN(suite, ...)                                                                        \
+    int main(void)                                                                                 \
+    {                                                                                              \
+        const th_case cases_[] = { __VA_ARGS__ };                                                  \
+        return th_main(suite, cases_, sizeof cases_ / sizeof cases_[0]);                           \
+    }
+
 #endif

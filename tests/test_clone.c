@@ -33,7 +33,10 @@ static void teardown(void)
     dir = NULL;
 }
 
-static char *path_in(const char *name) { return th_path(dir, name); }
+static char *path_in(const char *name)
+{
+    return th_path(dir, name);
+}
 
 static void qemu_img_check(const char *path)
 {
@@ -56,8 +59,8 @@ static const struct {
     const char *format;
     uint64_t size;
 } parents[] = {
-    { "qcow2", 1ULL << 30 }, { "qcow2", 64ULL << 30 }, { "qcow2", 2ULL << 40 },
-    { "raw", 1ULL << 30 },   { "raw", 64ULL << 30 },   { "raw", 2ULL << 40 },
+    {"qcow2", 1ULL << 30}, {"qcow2", 64ULL << 30}, {"qcow2", 2ULL << 40},
+    {"raw", 1ULL << 30},   {"raw", 64ULL << 30},   {"raw", 2ULL << 40},
 };
 
 START_TEST(child_is_valid_and_reads_through)
@@ -79,7 +82,7 @@ START_TEST(child_is_valid_and_reads_through)
     struct stat st_before, st_after;
     ck_assert_int_eq(stat(parent, &st_before), 0);
 
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_clone(parent, child, NULL, &err) == 0, "%s", err.message);
     qemu_img_check(child);
 
@@ -100,10 +103,11 @@ START_TEST(child_is_valid_and_reads_through)
     free(out);
 
     /* Reads fall through; writes land in the child. */
-    snprintf(cmds, sizeof cmds,
-             "-c 'read -q -P 0x5a 0 64k' -c 'read -q -P 0xa5 %llu 64k' -c 'write -q -P 0x77 4096 4k' "
-             "-c 'read -q -P 0x77 4096 4k' -c 'read -q -P 0x5a 8192 56k' -c 'read -q -P 0 %llu 4k'",
-             (unsigned long long)(size - 65536), (unsigned long long)(size / 2));
+    snprintf(
+        cmds, sizeof cmds,
+        "-c 'read -q -P 0x5a 0 64k' -c 'read -q -P 0xa5 %llu 64k' -c 'write -q -P 0x77 4096 4k' "
+        "-c 'read -q -P 0x77 4096 4k' -c 'read -q -P 0x5a 8192 56k' -c 'read -q -P 0 %llu 4k'",
+        (unsigned long long)(size - 65536), (unsigned long long)(size / 2));
     qemu_io("qcow2", child, cmds);
     qemu_img_check(child);
     ck_assert_str_eq(before, th_hash(parent));
@@ -142,9 +146,8 @@ START_TEST(cluster_sizes_and_larger_children)
         int extl2;
         uint64_t size;
     } cases[] = {
-        { 512, 0, 0 },          { 4096, 0, 0 }, /* 8 MiB L1, two refcount blocks */
-        { 65536, 0, 0 },        { 65536, 1, 0 }, { 131072, 1, 0 },
-        { 2097152, 1, 0 },      { 131072, 1, 3ULL << 40 },
+        {512, 0, 0},   {4096, 0, 0}, /* 8 MiB L1, two refcount blocks */
+        {65536, 0, 0}, {65536, 1, 0}, {131072, 1, 0}, {2097152, 1, 0}, {131072, 1, 3ULL << 40},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         vdi_clone_options o;
@@ -155,7 +158,7 @@ START_TEST(cluster_sizes_and_larger_children)
         o.sync = false;
         char child[4096];
         snprintf(child, sizeof child, "%s/c%zu.qcow2", dir, i);
-        vdi_error err = { 0 };
+        vdi_error err = {0};
         if (cases[i].cluster == 512) {
             /* 2 TiB with 512-byte clusters needs a larger L1 than QEMU allows. */
             ck_assert_int_eq(vdi_clone(parent, child, &o, &err), -EINVAL);
@@ -188,7 +191,7 @@ START_TEST(refusals_leave_nothing_behind)
     snprintf(parent, sizeof parent, "%s/gold.raw", dir);
     snprintf(child, sizeof child, "%s/child.qcow2", dir);
     free(th_must("qemu-img create -q -f raw %s 1G", parent));
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     vdi_clone_options o;
     vdi_clone_options_init(&o);
 
@@ -241,7 +244,7 @@ START_TEST(dirty_parent_refused)
     uint8_t b = 1;
     ck_assert_int_eq(pwrite(fd, &b, 1, 79), 1);
     close(fd);
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_clone(parent, path_in("c.qcow2"), NULL, &err), -EBUSY);
     ck_assert_ptr_nonnull(strstr(err.message, "dirty"));
 }
@@ -254,7 +257,7 @@ START_TEST(batch_stage_commit)
     free(th_must("qemu-img create -q -f qcow2 %s 64G", parent));
     qemu_io("qcow2", parent, "-c 'write -q -P 0x33 0 1M'");
     vdi_cloner *cl = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_cloner_new(parent, NULL, &cl, &err), 0);
     for (int i = 0; i < 50; i++) {
         char p[4096];
@@ -288,7 +291,7 @@ START_TEST(sweep_removes_only_dead_writers_files)
     th_write_file(path_in(mine), "x", 1);
     th_write_file(path_in(dead), "x", 1);
     th_write_file(path_in("keep.qcow2"), "x", 1);
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_clone_sweep_temporaries(dir, &err), 1);
     ck_assert_int_eq(access(path_in(mine), F_OK), 0);
     ck_assert_int_eq(access(path_in(dead), F_OK), -1);
@@ -347,20 +350,12 @@ START_TEST(cli_inspect_and_clone)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("clone");
-    TCase *tc = tcase_create("qemu");
-    tcase_set_timeout(tc, 300);
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_loop_test(tc, child_is_valid_and_reads_through, 0,
-                        (int)(sizeof parents / sizeof parents[0]));
-    tcase_add_test(tc, cluster_sizes_and_larger_children);
-    tcase_add_test(tc, refusals_leave_nothing_behind);
-    tcase_add_test(tc, dirty_parent_refused);
-    tcase_add_test(tc, batch_stage_commit);
-    tcase_add_test(tc, sweep_removes_only_dead_writers_files);
-    tcase_add_test(tc, cli_inspect_and_clone);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("clone",
+        {"qemu",
+         setup,
+         teardown,
+         300,
+         {cluster_sizes_and_larger_children, refusals_leave_nothing_behind, dirty_parent_refused,
+          batch_stage_commit, sweep_removes_only_dead_writers_files, cli_inspect_and_clone, NULL},
+         .loop_test = child_is_valid_and_reads_through,
+         .loop_end = (int)(sizeof parents / sizeof parents[0])})

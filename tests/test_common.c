@@ -80,7 +80,7 @@ END_TEST
 
 START_TEST(error_prefix_keeps_message)
 {
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_error_set(&err, -ENOENT, "%s does not exist", "/x"), -ENOENT);
     vdi_error_prefix(&err, "clone of %s: ", "/y");
     ck_assert_str_eq(err.message, "clone of /y: /x does not exist");
@@ -93,15 +93,9 @@ START_TEST(error_prefix_keeps_message)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("common");
-    TCase *tc = tcase_create("units");
-    tcase_add_test(tc, sizes_with_units);
-    tcase_add_test(tc, sizes_refused);
-    tcase_add_test(tc, durations);
-    tcase_add_test(tc, formatting);
-    tcase_add_test(tc, error_prefix_keeps_message);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("common", {"units",
+                   NULL,
+                   NULL,
+                   0,
+                   {sizes_with_units, sizes_refused, durations, formatting,
+                    error_prefix_keeps_message, NULL}})

@@ -110,19 +110,20 @@ static void expect_error(const vdi_config_errors *errors, const char *name, int 
 START_TEST(full_config_with_units_and_defaults)
 {
     char text[4096];
-    snprintf(text, sizeof text,
-             "%s"
-             "service = { socket = \"/run/x.sock\"; listen = \"127.0.0.1:8470\";\n"
-             "  token_file = \"/etc/vdipool/token\"; max_parallel_clones = 8;\n"
-             "  acquire_timeout = \"2m\"; log_level = \"debug\"; };\n"
-             "pools = ( { name = \"office\"; gold = \"a\"; datastore = \"local\"; size = 20;\n"
-             "  spares = 3; expected_growth = \"1.5G\";\n"
-             "  domain = { memory = \"4G\"; vcpus = 4; graphics = \"vnc\"; network = \"none\";\n"
-             "             accel = \"tcg\"; };\n"
-             "  session = { max_duration = \"1h30m\"; idle_spare_max_age = 3600; }; },\n"
-             "  { name = \"lab\"; gold = \"@DIR@/gold-b.qcow2\"; datastore = \"local\"; size = 2; } "
-             ");\n",
-             BASE);
+    snprintf(
+        text, sizeof text,
+        "%s"
+        "service = { socket = \"/run/x.sock\"; listen = \"127.0.0.1:8470\";\n"
+        "  token_file = \"/etc/vdipool/token\"; max_parallel_clones = 8;\n"
+        "  acquire_timeout = \"2m\"; log_level = \"debug\"; };\n"
+        "pools = ( { name = \"office\"; gold = \"a\"; datastore = \"local\"; size = 20;\n"
+        "  spares = 3; expected_growth = \"1.5G\";\n"
+        "  domain = { memory = \"4G\"; vcpus = 4; graphics = \"vnc\"; network = \"none\";\n"
+        "             accel = \"tcg\"; };\n"
+        "  session = { max_duration = \"1h30m\"; idle_spare_max_age = 3600; }; },\n"
+        "  { name = \"lab\"; gold = \"@DIR@/gold-b.qcow2\"; datastore = \"local\"; size = 2; } "
+        ");\n",
+        BASE);
     vdi_config *cfg = must_load(text);
     const vdi_service_config *s = vdi_config_service(cfg);
     ck_assert_str_eq(s->socket_path, "/run/x.sock");
@@ -192,28 +193,31 @@ END_TEST
 START_TEST(every_error_at_once_with_lines)
 {
     char text[8192];
-    snprintf(text, sizeof text,
-             "%s"                                                                   /* 1-2 */
-             "servise = { };\n"                                                     /* 3 */
-             "pools = (\n"                                                          /* 4 */
-             "  { name = \"office\"; gold = \"a\"; datastore = \"local\";\n"        /* 5 */
-             "    size = 5;\n"                                                      /* 6 */
-             "    spars = 2;\n"                                                     /* 7 */
-             "    spares = 9;\n"                                                    /* 8 */
-             "    domain = { memory = 4096; vcpus = \"2\"; graphics = \"rdp\"; };\n" /* 9 */
-             "    session = { max_duration = \"12 hours\"; on_end = \"keep\"; }; },\n" /* 10 */
-             "  { name = \"office\"; gold = \"b\"; datastore = \"remote\"; size = 0; },\n" /* 11 */
-             "  { name = \"lab\"; gold = \"@DIR@/missing.qcow2\"; datastore = \"local\";\n" /* 12 */
-             "    size = \"20\"; desktop_prefix = \"office\"; max_chain_depth = 40; },\n" /* 13 */
-             "  { name = \"bad name!\"; gold = \"a\"; datastore = \"local\"; size = 1; },\n" /* 14 */
-             "  { gold = \"a\"; datastore = \"local\"; size = 1; }\n"                   /* 15 */
-             ");\n",
-             BASE);
+    snprintf(
+        text, sizeof text,
+        "%s"                                                                            /* 1-2 */
+        "servise = { };\n"                                                              /* 3 */
+        "pools = (\n"                                                                   /* 4 */
+        "  { name = \"office\"; gold = \"a\"; datastore = \"local\";\n"                 /* 5 */
+        "    size = 5;\n"                                                               /* 6 */
+        "    spars = 2;\n"                                                              /* 7 */
+        "    spares = 9;\n"                                                             /* 8 */
+        "    domain = { memory = 4096; vcpus = \"2\"; graphics = \"rdp\"; };\n"         /* 9 */
+        "    session = { max_duration = \"12 hours\"; on_end = \"keep\"; }; },\n"       /* 10 */
+        "  { name = \"office\"; gold = \"b\"; datastore = \"remote\"; size = 0; },\n"   /* 11 */
+        "  { name = \"lab\"; gold = \"@DIR@/missing.qcow2\"; datastore = \"local\";\n"  /* 12 */
+        "    size = \"20\"; desktop_prefix = \"office\"; max_chain_depth = 40; },\n"    /* 13 */
+        "  { name = \"bad name!\"; gold = \"a\"; datastore = \"local\"; size = 1; },\n" /* 14 */
+        "  { gold = \"a\"; datastore = \"local\"; size = 1; }\n"                        /* 15 */
+        ");\n",
+        BASE);
     vdi_config_errors *e = must_fail(text);
-    expect_error(e, "bad.conf", 3, "unknown setting 'servise' in the top level (did you mean "
-                                   "'service'?)");
-    expect_error(e, "bad.conf", 7, "unknown setting 'spars' in pool 'office' (did you mean "
-                                   "'spares'?)");
+    expect_error(e, "bad.conf", 3,
+                 "unknown setting 'servise' in the top level (did you mean "
+                 "'service'?)");
+    expect_error(e, "bad.conf", 7,
+                 "unknown setting 'spars' in pool 'office' (did you mean "
+                 "'spares'?)");
     expect_error(e, "bad.conf", 8, "'spares' (9) is larger than 'size' (5)");
     expect_error(e, "bad.conf", 9, "'memory' is 4096 bytes");
     expect_error(e, "bad.conf", 9, "'vcpus' must be a whole number");
@@ -238,10 +242,10 @@ START_TEST(datastore_errors)
 {
     const char *text =
         "datastores = (\n"
-        "  { name = \"a\"; path = \"@DIR@/gold-a.qcow2\"; reserve = -5; },\n" /* 2 */
+        "  { name = \"a\"; path = \"@DIR@/gold-a.qcow2\"; reserve = -5; },\n"   /* 2 */
         "  { name = \"b\"; path = \"@DIR@/desktops\"; reserve = \"95%\"; },\n"  /* 3 */
         "  { name = \"c\"; path = \"@DIR@/desktops\"; max_overcommit = 0; },\n" /* 4 */
-        "  { name = \"a\"; path = \"relative/dir\"; reserve = \"lots\"; }\n"   /* 5 */
+        "  { name = \"a\"; path = \"relative/dir\"; reserve = \"lots\"; }\n"    /* 5 */
         ");\n"
         "service = { listen = \"0.0.0.0:80\"; };\n"; /* 7 */
     vdi_config_errors *e = must_fail(text);
@@ -281,7 +285,7 @@ START_TEST(gold_check_is_delegated)
              "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n");
     const char *path = write_conf("golds.conf", text);
     int calls = 0;
-    vdi_config_options opts = { .check_image = fake_check, .check_ctx = &calls };
+    vdi_config_options opts = {.check_image = fake_check, .check_ctx = &calls};
     vdi_config *cfg = NULL;
     vdi_config_errors *e = NULL;
     ck_assert_int_eq(vdi_config_load(path, &opts, &cfg, &e), -EINVAL);
@@ -305,9 +309,10 @@ START_TEST(includes_name_their_file)
                                    "  sparez = 1;\n"
                                    "};\n");
     char text[2048];
-    snprintf(text, sizeof text,
-             "%spools = {\n  @include \"pools.d/office.conf\"\n  @include \"pools.d/lab.conf\"\n};\n",
-             BASE);
+    snprintf(
+        text, sizeof text,
+        "%spools = {\n  @include \"pools.d/office.conf\"\n  @include \"pools.d/lab.conf\"\n};\n",
+        BASE);
     vdi_config_errors *e = must_fail(text);
     ck_assert_uint_eq(vdi_config_errors_count(e), 1);
     expect_error(e, "pools.d/lab.conf", 4, "unknown setting 'sparez' in pool 'lab'");
@@ -360,7 +365,8 @@ START_TEST(diff_lists_every_change)
         "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; reserve = \"10G\"; },\n"
         "  { name = \"gone\"; path = \"@DIR@/desktops2\"; } );\n"
         "golds = ( { name = \"win\"; path = \"@DIR@/gold-a.qcow2\"; } );\n"
-        "pools = ( { name = \"office\"; gold = \"win\"; datastore = \"local\"; size = 10; spares = 2;\n"
+        "pools = ( { name = \"office\"; gold = \"win\"; datastore = \"local\"; size = 10; spares = "
+        "2;\n"
         "    domain = { memory = \"4G\"; }; session = { max_duration = \"8h\"; }; },\n"
         "  { name = \"old\"; gold = \"win\"; datastore = \"local\"; size = 1; } );\n");
     vdi_config *b = load_named(
@@ -368,7 +374,8 @@ START_TEST(diff_lists_every_change)
         "service = { log_level = \"debug\"; };\n"
         "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; reserve = \"5%\"; } );\n"
         "golds = ( { name = \"win\"; path = \"@DIR@/gold-b.qcow2\"; } );\n"
-        "pools = ( { name = \"office\"; gold = \"win\"; datastore = \"local\"; size = 20; spares = 3;\n"
+        "pools = ( { name = \"office\"; gold = \"win\"; datastore = \"local\"; size = 20; spares = "
+        "3;\n"
         "    domain = { memory = \"8G\"; }; session = { max_duration = \"12h\"; }; },\n"
         "  { name = \"new\"; gold = \"win\"; datastore = \"local\"; size = 1; } );\n");
     vdi_config_diff *d = NULL;
@@ -407,12 +414,13 @@ END_TEST
 
 START_TEST(parse_string_for_fuzzing)
 {
-    vdi_config_options opts = { .skip_filesystem_checks = true };
+    vdi_config_options opts = {.skip_filesystem_checks = true};
     vdi_config *cfg = NULL;
     vdi_config_errors *e = NULL;
-    ck_assert_int_eq(vdi_config_parse_string("datastores = ( { name = \"x\"; path = \"/nope\"; } );",
-                                             "<mem>", &opts, &cfg, &e),
-                     0);
+    ck_assert_int_eq(
+        vdi_config_parse_string("datastores = ( { name = \"x\"; path = \"/nope\"; } );", "<mem>",
+                                &opts, &cfg, &e),
+        0);
     vdi_config_free(cfg);
     ck_assert_int_eq(vdi_config_parse_string("pools = 5;", "<mem>", &opts, &cfg, &e), -EINVAL);
     ck_assert_str_eq(vdi_config_errors_get(e, 0)->file, "<mem>");
@@ -425,16 +433,15 @@ START_TEST(shipped_examples_are_valid)
     const char *src = getenv("VDI_SOURCE_DIR");
     ck_assert_ptr_nonnull(src);
     /* The examples name paths of a real host; their syntax and values must hold. */
-    vdi_config_options opts = { .skip_filesystem_checks = true };
-    const char *files[] = { "deploy/vdipool.conf.example", "deploy/vdipool.conf.minimal" };
+    vdi_config_options opts = {.skip_filesystem_checks = true};
+    const char *files[] = {"deploy/vdipool.conf.example", "deploy/vdipool.conf.minimal"};
     for (size_t i = 0; i < 2; i++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", src, files[i]);
         vdi_config *cfg = NULL;
         vdi_config_errors *e = NULL;
         int rc = vdi_config_load(path, &opts, &cfg, &e);
-        ck_assert_msg(rc == 0, "%s: %s", files[i],
-                      rc ? vdi_config_errors_get(e, 0)->message : "");
+        ck_assert_msg(rc == 0, "%s: %s", files[i], rc ? vdi_config_errors_get(e, 0)->message : "");
         ck_assert_uint_eq(vdi_config_pool_count(cfg), 1);
         vdi_config_free(cfg);
     }
@@ -448,18 +455,20 @@ START_TEST(cli_check_and_diff)
     char gold[4096];
     snprintf(gold, sizeof gold, "%s/real.raw", dir);
     free(th_must("truncate -s 1M %s", gold));
-    const char *good = write_conf("a.conf", "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n"
-                                            "pools = ( { name = \"office\"; gold = \"@DIR@/real.raw\";\n"
-                                            "  datastore = \"local\"; size = 4; spares = 2; } );\n");
+    const char *good =
+        write_conf("a.conf", "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n"
+                             "pools = ( { name = \"office\"; gold = \"@DIR@/real.raw\";\n"
+                             "  datastore = \"local\"; size = 4; spares = 2; } );\n");
     char *out = th_must("%s config check --config %s", ctl, good);
     ck_assert_ptr_nonnull(strstr(out, "is valid: 1 datastore, 0 golds, 1 pool"));
     ck_assert_ptr_nonnull(strstr(out, "pool office: 4 desktops (2 spares)"));
     free(out);
 
     /* The CLI checks golds with the engine: a text file is refused by name. */
-    const char *bad = write_conf("b.conf", "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n"
-                                           "pools = ( { name = \"office\"; gold = \"@DIR@/b.conf\";\n"
-                                           "  datastore = \"local\"; size = 6; spares = 2; } );\n");
+    const char *bad =
+        write_conf("b.conf", "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n"
+                             "pools = ( { name = \"office\"; gold = \"@DIR@/b.conf\";\n"
+                             "  datastore = \"local\"; size = 6; spares = 2; } );\n");
     int rc = th_run(&out, "%s config check --config %s", ctl, bad);
     ck_assert_int_eq(rc, 1);
     ck_assert_msg(strstr(out, "b.conf:2: pool 'office': gold") && strstr(out, "text file") &&
@@ -467,10 +476,12 @@ START_TEST(cli_check_and_diff)
                   "%s", out);
     free(out);
 
-    const char *newer = write_conf("c.conf", "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n"
-                                             "pools = ( { name = \"office\"; gold = \"@DIR@/real.raw\";\n"
-                                             "  datastore = \"local\"; size = 8; spares = 2; },\n"
-                                             "  { name = \"lab\"; gold = \"@DIR@/real.raw\"; datastore = \"local\"; size = 1; } );\n");
+    const char *newer = write_conf(
+        "c.conf",
+        "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n"
+        "pools = ( { name = \"office\"; gold = \"@DIR@/real.raw\";\n"
+        "  datastore = \"local\"; size = 8; spares = 2; },\n"
+        "  { name = \"lab\"; gold = \"@DIR@/real.raw\"; datastore = \"local\"; size = 1; } );\n");
     out = th_must("%s config diff %s %s", ctl, good, newer);
     ck_assert_msg(strstr(out, "pool office: size 4 -> 8") && strstr(out, "pool lab: added"), "%s",
                   out);
@@ -484,22 +495,11 @@ START_TEST(cli_check_and_diff)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("config");
-    TCase *tc = tcase_create("config");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_test(tc, full_config_with_units_and_defaults);
-    tcase_add_test(tc, syntax_error_line);
-    tcase_add_test(tc, missing_file);
-    tcase_add_test(tc, every_error_at_once_with_lines);
-    tcase_add_test(tc, datastore_errors);
-    tcase_add_test(tc, gold_check_is_delegated);
-    tcase_add_test(tc, includes_name_their_file);
-    tcase_add_test(tc, diff_lists_every_change);
-    tcase_add_test(tc, parse_string_for_fuzzing);
-    tcase_add_test(tc, shipped_examples_are_valid);
-    tcase_add_test(tc, cli_check_and_diff);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("config", {"config",
+                   setup,
+                   teardown,
+                   0,
+                   {full_config_with_units_and_defaults, syntax_error_line, missing_file,
+                    every_error_at_once_with_lines, datastore_errors, gold_check_is_delegated,
+                    includes_name_their_file, diff_lists_every_change, parse_string_for_fuzzing,
+                    shipped_examples_are_valid, cli_check_and_diff, NULL}})

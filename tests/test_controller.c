@@ -393,20 +393,12 @@ START_TEST(names_come_from_one_list)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("controller");
-    TCase *tc = tcase_create("controller");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, spares_are_cloned_started_and_ready);
-    tcase_add_test(tc, clone_failure_backs_off_and_retries);
-    tcase_add_test(tc, blocked_pool_probes_one_at_a_time);
-    tcase_add_test(tc, failed_start_ends_then_fails);
-    tcase_add_test(tc, failed_end_is_retried);
-    tcase_add_test(tc, session_time_limit_and_idle_spares);
-    tcase_add_test(tc, reload_rolls_out_shrinks_and_drains);
-    tcase_add_test(tc, offline_pool_starts_nothing);
-    tcase_add_test(tc, names_come_from_one_list);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("controller",
+        {"controller",
+         NULL,
+         NULL,
+         60,
+         {spares_are_cloned_started_and_ready, clone_failure_backs_off_and_retries,
+          blocked_pool_probes_one_at_a_time, failed_start_ends_then_fails, failed_end_is_retried,
+          session_time_limit_and_idle_spares, reload_rolls_out_shrinks_and_drains,
+          offline_pool_starts_nothing, names_come_from_one_list, NULL}})

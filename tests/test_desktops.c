@@ -94,15 +94,15 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     free(id_after);
 
     char *metrics = th_must("curl -s --unix-socket %s http://vdipool/metrics", D.sock);
-    ck_assert_ptr_nonnull(strstr(
-        metrics, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"guest-shutdown\"} 1"));
+    ck_assert_ptr_nonnull(
+        strstr(metrics, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"guest-shutdown\"} 1"));
     free(metrics);
 
     /* The session is recorded with its end reason and final size, and the
      * gold matches its fingerprint: content, size, mtime. */
     ck_assert_int_eq(th_daemon_stop(&D), 0);
     vdi_catalog *cat = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
     ck_assert_msg(vdi_guard_check(cat, D.gold, true, &err) == 0, "%s", err.message);
     uint64_t p95 = 0;
@@ -206,15 +206,9 @@ START_TEST(libvirtd_restart_is_survived)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("desktops");
-    TCase *tc = tcase_create("qemu");
-    tcase_set_timeout(tc, 240);
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_test(tc, logoff_replaces_desktop_and_spares_the_gold);
-    tcase_add_test(tc, restart_keeps_sessions);
-    tcase_add_test(tc, libvirtd_restart_is_survived);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("desktops", {"qemu",
+                     setup,
+                     teardown,
+                     240,
+                     {logoff_replaces_desktop_and_spares_the_gold, restart_keeps_sessions,
+                      libvirtd_restart_is_survived, NULL}})

@@ -14,20 +14,26 @@
 
 static char *dir;
 
-static void setup(void) { dir = th_tempdir("image"); }
+static void setup(void)
+{
+    dir = th_tempdir("image");
+}
 static void teardown(void)
 {
     th_tempdir_remove(dir);
     dir = NULL;
 }
 
-static char *path_in(const char *name) { return th_path(dir, name); }
+static char *path_in(const char *name)
+{
+    return th_path(dir, name);
+}
 
 /* Writes a qcow2 overlay header naming any backing file and format. */
 static void write_child(const char *path, uint64_t size, const char *backing, const char *format)
 {
     qcow2_layout L;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(qcow2_plan_layout(size, 16, false, &L, &err), 0);
     static uint8_t hdr[65536];
     memset(hdr, 0, sizeof hdr);
@@ -46,7 +52,7 @@ static void write_raw(const char *path, uint64_t size)
 static void expect_refused(const char *path, int code, const char *words)
 {
     vdi_image *img = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     int rc = vdi_image_open(path, &img, &err);
     ck_assert_msg(rc == code, "%s: expected %d, got %d (%s)", path, code, rc, err.message);
     ck_assert_ptr_null(img);
@@ -61,7 +67,7 @@ START_TEST(not_files)
     ck_assert_int_eq(mkfifo(path_in("fifo"), 0600), 0);
     expect_refused(path_in("fifo"), -EINVAL, "a FIFO");
     vdi_image *img = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_image_open("/dev/null", &img, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err.message, "character device"));
     th_write_file(path_in("empty"), "", 0);
@@ -79,23 +85,23 @@ START_TEST(not_images)
     zs[100] = '\n';
     th_write_file(path_in("zzz.raw"), zs, sizeof zs);
     vdi_image *raw = NULL;
-    vdi_error rerr = { 0 };
+    vdi_error rerr = {0};
     ck_assert_int_eq(vdi_image_open(path_in("zzz.raw"), &raw, &rerr), 0);
     vdi_image_close(raw);
     expect_refused(path_in("notes.txt"), -EINVAL, "a text file");
-    uint8_t gz[1024] = { 0x1f, 0x8b, 8 };
+    uint8_t gz[1024] = {0x1f, 0x8b, 8};
     th_write_file(path_in("disk.gz"), gz, sizeof gz);
     expect_refused(path_in("disk.gz"), -EINVAL, "gzip");
-    uint8_t elf[1024] = { 0x7f, 'E', 'L', 'F' };
+    uint8_t elf[1024] = {0x7f, 'E', 'L', 'F'};
     th_write_file(path_in("prog"), elf, sizeof elf);
     expect_refused(path_in("prog"), -EINVAL, "ELF");
-    uint8_t vmdk[1024] = { 'K', 'D', 'M', 'V' };
+    uint8_t vmdk[1024] = {'K', 'D', 'M', 'V'};
     th_write_file(path_in("disk.vmdk"), vmdk, sizeof vmdk);
     expect_refused(path_in("disk.vmdk"), -EINVAL, "VMDK");
-    uint8_t odd[1000] = { 1, 2, 3 };
+    uint8_t odd[1000] = {1, 2, 3};
     th_write_file(path_in("odd.img"), odd, sizeof odd);
     expect_refused(path_in("odd.img"), -EINVAL, "not a multiple of 512");
-    uint8_t v1[1024] = { 'Q', 'F', 'I', 0xfb, 0, 0, 0, 1 };
+    uint8_t v1[1024] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 1};
     th_write_file(path_in("old.qcow"), v1, sizeof v1);
     expect_refused(path_in("old.qcow"), -EINVAL, "qcow (version 1)");
 }
@@ -111,7 +117,7 @@ static void vhd_footer(uint8_t *f, uint32_t type)
 START_TEST(vhd_refused_differencing_by_name)
 {
     /* Dynamic and differencing VHDs carry a footer copy at offset 0. */
-    uint8_t file[4096] = { 0 };
+    uint8_t file[4096] = {0};
     vhd_footer(file, 4);
     vhd_footer(file + 4096 - 512, 4);
     th_write_file(path_in("diff.vhd"), file, sizeof file);
@@ -141,10 +147,10 @@ static void put_le32(uint8_t *p, uint32_t v)
  * metadata table with File Parameters (flags chosen by the test). */
 static void write_vhdx(const char *path, uint32_t fp_flags)
 {
-    static const uint8_t metadata_region[16] = { 0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b,
-                                                 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e };
-    static const uint8_t file_parameters[16] = { 0x37, 0x67, 0xa1, 0xca, 0x36, 0xfa, 0x43, 0x4d,
-                                                 0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b };
+    static const uint8_t metadata_region[16] = {0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b,
+                                                0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e};
+    static const uint8_t file_parameters[16] = {0x37, 0x67, 0xa1, 0xca, 0x36, 0xfa, 0x43, 0x4d,
+                                                0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b};
     size_t size = 2 * 1024 * 1024;
     uint8_t *f = calloc(1, size);
     memcpy(f, "vhdxfile", 8);
@@ -179,7 +185,7 @@ START_TEST(raw_and_qcow2_probed)
 {
     write_raw(path_in("gold.raw"), 1 << 20);
     vdi_image *img = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_image_open(path_in("gold.raw"), &img, &err), 0);
     ck_assert_int_eq(vdi_image_format(img), VDI_FORMAT_RAW);
     ck_assert_uint_eq(vdi_image_virtual_size(img), 1 << 20);
@@ -198,7 +204,7 @@ END_TEST
 
 START_TEST(truncated_qcow2_on_disk)
 {
-    uint8_t hdr[50] = { 'Q', 'F', 'I', 0xfb, 0, 0, 0, 3 };
+    uint8_t hdr[50] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
     th_write_file(path_in("cut.qcow2"), hdr, sizeof hdr);
     expect_refused(path_in("cut.qcow2"), -EINVAL, "truncated");
 }
@@ -211,7 +217,7 @@ START_TEST(chain_relative_names_follow_child_dir)
     write_child(path_in("golds/mid.qcow2"), 1 << 20, "base.raw", "raw");
     write_child(path_in("top.qcow2"), 2 << 20, "golds/mid.qcow2", "qcow2");
     vdi_chain *c = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_chain_resolve(path_in("top.qcow2"), 0, &c, &err) == 0, "%s", err.message);
     ck_assert_uint_eq(vdi_chain_length(c), 3);
     ck_assert_uint_eq(vdi_chain_depth(c), 2);
@@ -229,7 +235,7 @@ START_TEST(chain_missing_parent)
 {
     write_child(path_in("orphan.qcow2"), 1 << 20, "/nonexistent/gold.qcow2", "qcow2");
     vdi_chain *c = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_chain_resolve(path_in("orphan.qcow2"), 0, &c, &err), -ENOENT);
     ck_assert_ptr_null(c);
     ck_assert_ptr_nonnull(strstr(err.message, "/nonexistent/gold.qcow2"));
@@ -243,7 +249,7 @@ START_TEST(chain_loop)
     write_child(path_in("b.qcow2"), 1 << 20, "a.qcow2", "qcow2");
     write_child(path_in("self.qcow2"), 1 << 20, "self.qcow2", "qcow2");
     vdi_chain *c = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_chain_resolve(path_in("a.qcow2"), 0, &c, &err), -ELOOP);
     ck_assert_ptr_nonnull(strstr(err.message, "loop"));
     ck_assert_int_eq(vdi_chain_resolve(path_in("self.qcow2"), 0, &c, &err), -ELOOP);
@@ -257,7 +263,7 @@ START_TEST(chain_format_mismatch)
     write_child(path_in("mid.qcow2"), 1 << 20, "base.raw", "raw");
     write_child(path_in("liar.qcow2"), 1 << 20, "mid.qcow2", "raw");
     vdi_chain *c = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_chain_resolve(path_in("liar.qcow2"), 0, &c, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err.message, "as raw, but that file is qcow2"));
     write_child(path_in("vmdk.qcow2"), 1 << 20, "base.raw", "vmdk");
@@ -269,7 +275,7 @@ START_TEST(chain_protocols_refused)
 {
     write_child(path_in("nbd.qcow2"), 1 << 20, "nbd:localhost:10809", "raw");
     vdi_chain *c = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_chain_resolve(path_in("nbd.qcow2"), 0, &c, &err), -ENOTSUP);
     ck_assert_ptr_nonnull(strstr(err.message, "protocol"));
     char *p = NULL;
@@ -289,7 +295,7 @@ START_TEST(chain_warns_without_backing_format)
     /* Build a header without the format extension by blanking it. */
     write_child(path_in("nofmt.qcow2"), 1 << 20, "base.raw", "raw");
     int fd = open(path_in("nofmt.qcow2"), O_RDWR);
-    uint8_t zero8[8] = { 0 };
+    uint8_t zero8[8] = {0};
     uint8_t ext[8];
     th_put32(ext, 0x12345678); /* an unknown extension QEMU would ignore */
     th_put32(ext + 4, 0);
@@ -297,7 +303,7 @@ START_TEST(chain_warns_without_backing_format)
     ck_assert_int_eq(pwrite(fd, zero8, 8, 120), 8);
     close(fd);
     vdi_chain *c = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_chain_resolve(path_in("nofmt.qcow2"), 0, &c, &err) == 0, "%s", err.message);
     ck_assert_uint_eq(vdi_chain_warning_count(c), 2);
     ck_assert_ptr_nonnull(strstr(vdi_chain_warning(c, 0), "does not record its backing format"));
@@ -311,9 +317,10 @@ START_TEST(content_hash_ignores_holes_and_zero_fill)
     /* The same content, once sparse and once written out, hashes the same;
      * one changed byte changes the hash. */
     write_raw(path_in("sparse.raw"), 8 << 20);
-    char *out = th_must("dd if=/dev/zero of=%s bs=1M count=8 status=none && printf '\\353\\074\\220' "
-                        "| dd of=%s conv=notrunc status=none",
-                        path_in("dense.raw"), path_in("dense.raw"));
+    char *out =
+        th_must("dd if=/dev/zero of=%s bs=1M count=8 status=none && printf '\\353\\074\\220' "
+                "| dd of=%s conv=notrunc status=none",
+                path_in("dense.raw"), path_in("dense.raw"));
     free(out);
     char a[80];
     snprintf(a, sizeof a, "%s", th_hash(path_in("sparse.raw")));
@@ -325,27 +332,17 @@ START_TEST(content_hash_ignores_holes_and_zero_fill)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("image");
-    TCase *tc = tcase_create("probe");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_test(tc, not_files);
-    tcase_add_test(tc, not_images);
-    tcase_add_test(tc, vhd_refused_differencing_by_name);
-    tcase_add_test(tc, vhdx_refused_differencing_by_name);
-    tcase_add_test(tc, raw_and_qcow2_probed);
-    tcase_add_test(tc, truncated_qcow2_on_disk);
-    suite_add_tcase(s, tc);
-    TCase *tc2 = tcase_create("chain");
-    tcase_add_checked_fixture(tc2, setup, teardown);
-    tcase_add_test(tc2, chain_relative_names_follow_child_dir);
-    tcase_add_test(tc2, chain_missing_parent);
-    tcase_add_test(tc2, chain_loop);
-    tcase_add_test(tc2, chain_format_mismatch);
-    tcase_add_test(tc2, chain_protocols_refused);
-    tcase_add_test(tc2, chain_warns_without_backing_format);
-    tcase_add_test(tc2, content_hash_ignores_holes_and_zero_fill);
-    suite_add_tcase(s, tc2);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("image",
+        {"probe",
+         setup,
+         teardown,
+         0,
+         {not_files, not_images, vhd_refused_differencing_by_name,
+          vhdx_refused_differencing_by_name, raw_and_qcow2_probed, truncated_qcow2_on_disk, NULL}},
+        {"chain",
+         setup,
+         teardown,
+         0,
+         {chain_relative_names_follow_child_dir, chain_missing_parent, chain_loop,
+          chain_format_mismatch, chain_protocols_refused, chain_warns_without_backing_format,
+          content_hash_ignores_holes_and_zero_fill, NULL}})

@@ -16,7 +16,7 @@ static int hlen;
 static void make_valid(void)
 {
     qcow2_layout L;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(qcow2_plan_layout(64ULL << 30, 16, false, &L, &err), 0);
     memset(buf, 0, sizeof buf);
     hlen = qcow2_build_header(&L, "/golds/base.qcow2", "qcow2", buf, sizeof buf, &err);
@@ -32,7 +32,7 @@ START_TEST(built_header_parses_back)
 {
     make_valid();
     qcow2_header h;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(parse(CS, 10 * CS, &h, &err), 0);
     ck_assert_uint_eq(h.version, 3);
     ck_assert_uint_eq(h.cluster_bits, 16);
@@ -50,7 +50,7 @@ START_TEST(truncated_header)
 {
     make_valid();
     qcow2_header h;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(parse(40, 40, &h, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err.message, "truncated"));
     ck_assert_int_eq(parse(80, 80, &h, &err), -EINVAL);
@@ -63,7 +63,7 @@ START_TEST(huge_l1_size)
     make_valid();
     th_put32(buf + 36, 0xffffffffu);
     qcow2_header h;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(parse(CS, 10 * CS, &h, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err.message, "L1 table"));
 }
@@ -74,7 +74,7 @@ START_TEST(l1_too_small_for_size)
     make_valid();
     th_put64(buf + 24, 1ULL << 50);
     qcow2_header h;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(parse(CS, 10 * CS, &h, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err.message, "needs"));
 }
@@ -84,7 +84,7 @@ START_TEST(backing_name_past_eof)
 {
     make_valid();
     qcow2_header h;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     /* The file ends before the name does. */
     ck_assert_int_eq(parse((size_t)hlen - 4, (uint64_t)hlen - 4, &h, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err.message, "past the end"));
@@ -110,21 +110,21 @@ START_TEST(bad_fields_named)
         uint64_t value;
         const char *expect;
     } cases[] = {
-        { 4, 32, 7, "version 7" },
-        { 20, 32, 30, "cluster_bits 30" },
-        { 20, 32, 8, "cluster_bits 8" },
-        { 32, 32, 1, "encrypted" },
-        { 48, 64, 0, "refcount table offset" },
-        { 48, 64, 12345, "refcount table offset" },
-        { 56, 32, 0, "refcount table of 0" },
-        { 60, 32, 1000000, "snapshots" },
-        { 72, 64, 1ULL << 40, "unknown incompatible" },
-        { 72, 64, 2, "corrupt" },
-        { 72, 64, 4, "external data file" },
-        { 96, 32, 9, "refcount_order" },
-        { 100, 32, 20, "header_length" },
-        { 100, 32, 1u << 20, "header_length" },
-        { 40, 64, 100, "L1 table offset" },
+        {4, 32, 7, "version 7"},
+        {20, 32, 30, "cluster_bits 30"},
+        {20, 32, 8, "cluster_bits 8"},
+        {32, 32, 1, "encrypted"},
+        {48, 64, 0, "refcount table offset"},
+        {48, 64, 12345, "refcount table offset"},
+        {56, 32, 0, "refcount table of 0"},
+        {60, 32, 1000000, "snapshots"},
+        {72, 64, 1ULL << 40, "unknown incompatible"},
+        {72, 64, 2, "corrupt"},
+        {72, 64, 4, "external data file"},
+        {96, 32, 9, "refcount_order"},
+        {100, 32, 20, "header_length"},
+        {100, 32, 1u << 20, "header_length"},
+        {40, 64, 100, "L1 table offset"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         make_valid();
@@ -133,7 +133,7 @@ START_TEST(bad_fields_named)
         else
             th_put64(buf + cases[i].off, cases[i].value);
         qcow2_header h;
-        vdi_error err = { 0 };
+        vdi_error err = {0};
         ck_assert_msg(parse(CS, 10 * CS, &h, &err) < 0, "case %zu accepted", i);
         ck_assert_msg(strstr(err.message, cases[i].expect), "case %zu: '%s' lacks '%s'", i,
                       err.message, cases[i].expect);
@@ -147,7 +147,7 @@ START_TEST(extension_overrun)
     /* The backing-format extension starts right after the 112-byte header. */
     th_put32(buf + 112 + 4, 100000);
     qcow2_header h;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(parse(CS, 10 * CS, &h, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err.message, "extension"));
     make_valid();
@@ -169,7 +169,7 @@ START_TEST(v2_header)
     th_put64(buf + 48, CS);
     th_put32(buf + 56, 1);
     qcow2_header h;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(parse(CS, 4 * CS, &h, &err), 0);
     ck_assert_uint_eq(h.version, 2);
     ck_assert(!h.has_backing);
@@ -179,7 +179,7 @@ END_TEST
 START_TEST(layouts)
 {
     qcow2_layout L;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     /* 2 TiB, 128 KiB clusters, extended L2: an L2 table maps 1 GiB. */
     ck_assert_int_eq(qcow2_plan_layout(2ULL << 40, 17, true, &L, &err), 0);
     ck_assert_uint_eq(L.l1_entries, 2048);
@@ -210,7 +210,7 @@ START_TEST(random_mutations_never_crash)
             buf[random() % (hlen + 16)] = (uint8_t)random();
         size_t len = (size_t)(random() % CS) + 1;
         qcow2_header h;
-        vdi_error err = { 0 };
+        vdi_error err = {0};
         int rc = parse(len, len + (uint64_t)(random() % CS), &h, &err);
         if (rc < 0)
             ck_assert(err.message[0] != '\0');
@@ -218,20 +218,10 @@ START_TEST(random_mutations_never_crash)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("qcow2");
-    TCase *tc = tcase_create("header");
-    tcase_add_test(tc, built_header_parses_back);
-    tcase_add_test(tc, truncated_header);
-    tcase_add_test(tc, huge_l1_size);
-    tcase_add_test(tc, l1_too_small_for_size);
-    tcase_add_test(tc, backing_name_past_eof);
-    tcase_add_test(tc, bad_fields_named);
-    tcase_add_test(tc, extension_overrun);
-    tcase_add_test(tc, v2_header);
-    tcase_add_test(tc, layouts);
-    tcase_add_test(tc, random_mutations_never_crash);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("qcow2", {"header",
+                  NULL,
+                  NULL,
+                  0,
+                  {built_header_parses_back, truncated_header, huge_l1_size, l1_too_small_for_size,
+                   backing_name_past_eof, bad_fields_named, extension_overrun, v2_header, layouts,
+                   random_mutations_never_crash, NULL}})

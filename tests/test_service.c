@@ -15,8 +15,14 @@
 
 static th_daemon D;
 
-static void setup(void) { th_daemon_prepare(&D, "service", "test:///default"); }
-static void teardown(void) { th_daemon_stop(&D); }
+static void setup(void)
+{
+    th_daemon_prepare(&D, "service", "test:///default");
+}
+static void teardown(void)
+{
+    th_daemon_stop(&D);
+}
 
 static json_t *acquire(const char *user, int expect)
 {
@@ -199,7 +205,7 @@ START_TEST(gold_rollout)
     snprintf(gold2, sizeof gold2, "%s/gold2.qcow2", D.dir);
     free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), gold2));
     vdi_catalog *cat = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
     vdi_seal_result sr;
     ck_assert_msg(vdi_seal(cat, gold2, &sr, &err) == 0, "%s", err.message);
@@ -269,7 +275,7 @@ END_TEST
 START_TEST(unsealed_gold_blocks_with_reason)
 {
     vdi_catalog *cat = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
     size_t orphaned;
     ck_assert_int_eq(vdi_unseal(cat, D.gold, false, NULL, 0, &orphaned, &err), 0);
@@ -386,9 +392,9 @@ START_TEST(time_limits_and_pool_removal)
     while (!swapped && time(NULL) < end) {
         ck_assert_int_eq(th_http(&D, "GET", "/v1/pools", NULL, &j), 200);
         json_t *pools = json_object_get(j, "pools");
-        swapped = json_array_size(pools) == 1 &&
-                  !strcmp(json_string_value(json_object_get(json_array_get(pools, 0), "name")),
-                          "lab");
+        swapped =
+            json_array_size(pools) == 1 &&
+            !strcmp(json_string_value(json_object_get(json_array_get(pools, 0), "name")), "lab");
         json_decref(j);
         if (!swapped)
             usleep(200000);
@@ -439,20 +445,12 @@ START_TEST(domain_template)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("service");
-    TCase *tc = tcase_create("service");
-    tcase_set_timeout(tc, 120);
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_test(tc, spares_acquire_release_refill);
-    tcase_add_test(tc, reload_applies_diff_or_keeps_running_config);
-    tcase_add_test(tc, gold_rollout);
-    tcase_add_test(tc, unsealed_gold_blocks_with_reason);
-    tcase_add_test(tc, acquire_waits_for_a_desktop_being_prepared);
-    tcase_add_test(tc, tcp_needs_token_and_socket_checks_peer);
-    tcase_add_test(tc, time_limits_and_pool_removal);
-    tcase_add_test(tc, domain_template);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("service",
+        {"service",
+         setup,
+         teardown,
+         120,
+         {spares_acquire_release_refill, reload_applies_diff_or_keeps_running_config, gold_rollout,
+          unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
+          tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
+          NULL}})

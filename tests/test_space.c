@@ -16,7 +16,10 @@ static char *dir;
 static char mnt[1024], img[1024], gold[1024];
 static vdi_catalog *cat;
 
-static char *in_mnt(const char *name) { return th_path(mnt, name); }
+static char *in_mnt(const char *name)
+{
+    return th_path(mnt, name);
+}
 
 static void unmount(void)
 {
@@ -32,13 +35,13 @@ static void setup(void)
     snprintf(img, sizeof img, "%s/fs.img", dir);
     snprintf(gold, sizeof gold, "%s/gold.qcow2", dir);
     mkdir(mnt, 0755);
-    free(th_must("truncate -s 64M %s && mkfs.ext4 -q -F -m 0 -b 4096 %s && mount -o loop %s %s", img, img,
-                 img, mnt));
+    free(th_must("truncate -s 64M %s && mkfs.ext4 -q -F -m 0 -b 4096 %s && mount -o loop %s %s",
+                 img, img, img, mnt));
     free(th_must("qemu-img create -q -f qcow2 %s 1G && qemu-io -c 'write -q -P 0x5a 0 1M' %s", gold,
                  gold));
     char state[4200];
     snprintf(state, sizeof state, "%s/state", dir);
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_catalog_open(state, &cat, &err) == 0, "%s", err.message);
 }
 
@@ -57,7 +60,7 @@ static void teardown(void)
 static void clone_to(const char *parent, const char *child)
 {
     vdi_cloner *cl = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_cloner_new(parent, NULL, &cl, &err) == 0, "%s", err.message);
     ck_assert_msg(vdi_clone_recorded(cat, cl, child, NULL, &err) == 0, "%s", err.message);
     vdi_cloner_free(cl);
@@ -70,8 +73,8 @@ static void fill_leaving(uint64_t leave)
     ck_assert_int_eq(vdi_space_measure(mnt, 0, 0, &r, NULL), 0);
     /* fallocate needs room for its own metadata: back off until it fits. */
     for (uint64_t slack = 0; r.free > leave + slack && slack < (4ULL << 20); slack += 64 << 10)
-        if (th_run(NULL, "fallocate -l %llu %s/filler", (unsigned long long)(r.free - leave - slack),
-                   mnt) == 0)
+        if (th_run(NULL, "fallocate -l %llu %s/filler",
+                   (unsigned long long)(r.free - leave - slack), mnt) == 0)
             break;
     if (leave == 0) /* the last blocks, one by one */
         th_run(NULL, "dd if=/dev/zero of=%s/filler2 bs=4k status=none", mnt);
@@ -85,7 +88,7 @@ START_TEST(measure_and_admit)
         clone_to(gold, in_mnt(p));
     }
     vdi_space_report r;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_space_measure(mnt, 0, 10.0, &r, &err), 0);
     ck_assert_uint_gt(r.capacity, 50ULL << 20);
     ck_assert_uint_lt(r.capacity, 65ULL << 20);
@@ -116,7 +119,7 @@ START_TEST(enospc_leaves_no_child)
 {
     fill_leaving(0);
     vdi_cloner *cl = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, &err), 0);
     int rc = vdi_clone_recorded(cat, cl, in_mnt("full.qcow2"), NULL, &err);
     vdi_cloner_free(cl);
@@ -139,7 +142,7 @@ START_TEST(merge_refused_for_space)
     free(th_must("qemu-io -c 'write -q -P 7 0 8M' %s", in_mnt("child.qcow2")));
     fill_leaving(4 << 20);
     vdi_merge_plan *plan = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_merge_plan_new(cat, in_mnt("child.qcow2"), VDI_MERGE_INTO_PARENT, NULL,
                                         NULL, 0, &plan, &err),
                      -ENOSPC);
@@ -160,13 +163,16 @@ START_TEST(growth_learned_from_sessions)
 {
     uint64_t p95 = 0;
     size_t samples = 0;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_catalog_growth_p95(cat, "office", 20, &p95, &samples, &err), -ENODATA);
     for (int i = 1; i <= 30; i++) {
-        vdi_session_record s = { .pool = "office", .desktop = "office-001", .user = "u",
-                                 .started_at = 1000 + i, .ended_at = 2000 + i,
-                                 .end_reason = "guest-shutdown",
-                                 .final_bytes = (uint64_t)i << 20 };
+        vdi_session_record s = {.pool = "office",
+                                .desktop = "office-001",
+                                .user = "u",
+                                .started_at = 1000 + i,
+                                .ended_at = 2000 + i,
+                                .end_reason = "guest-shutdown",
+                                .final_bytes = (uint64_t)i << 20};
         ck_assert_int_eq(vdi_catalog_record_session(cat, &s, &err), 0);
     }
     ck_assert_int_eq(vdi_catalog_growth_p95(cat, "office", 20, &p95, &samples, &err), 0);
@@ -202,7 +208,8 @@ START_TEST(cli_space_report)
     ck_assert_str_eq(json_string_value(json_object_get(p, "growth_source")), "configured");
     /* 1 GiB children on ~60 MiB with max_overcommit 2: refused, and says so. */
     ck_assert(json_is_false(json_object_get(p, "admits_another")));
-    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(p, "refusal")), "overcommitted"));
+    ck_assert_ptr_nonnull(
+        strstr(json_string_value(json_object_get(p, "refusal")), "overcommitted"));
     json_decref(j);
     free(out);
     out = th_must("%s --state-dir %s/state space --config %s", ctl, dir, conf);
@@ -212,17 +219,9 @@ START_TEST(cli_space_report)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("space");
-    TCase *tc = tcase_create("space");
-    tcase_set_timeout(tc, 120);
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_test(tc, measure_and_admit);
-    tcase_add_test(tc, enospc_leaves_no_child);
-    tcase_add_test(tc, merge_refused_for_space);
-    tcase_add_test(tc, growth_learned_from_sessions);
-    tcase_add_test(tc, cli_space_report);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s) ? 1 : 0;
-}
+TH_MAIN("space", {"space",
+                  setup,
+                  teardown,
+                  120,
+                  {measure_and_admit, enospc_leaves_no_child, merge_refused_for_space,
+                   growth_learned_from_sessions, cli_space_report, NULL}})

@@ -87,13 +87,7 @@ static void clone_run(void *data)
     job *j = data;
     vdi_error err = {0};
     vdi_gold_info g;
-    char real[PATH_MAX];
-    if (!realpath(j->gold, real)) {
-        job_fail(j, -errno, "gold %s cannot be resolved: %s", j->gold, strerror(errno));
-        j->blocked = true;
-        return;
-    }
-    if (vdi_catalog_gold(j->catalog, real, &g, NULL) < 0) {
+    if (vdi_catalog_gold(j->catalog, j->gold, &g, NULL) < 0) {
         job_fail(j, -EPERM, "gold %s is not sealed; seal it first: vdipoolctl image seal %s",
                  j->gold, j->gold);
         j->blocked = true;
@@ -167,8 +161,7 @@ static void start_run(void *data)
     vdi_error err = {0};
     char hex[2 * VDI_HASH_SIZE + 1] = "";
     vdi_gold_info g;
-    char real[PATH_MAX];
-    if (realpath(j->gold, real) && vdi_catalog_gold(j->catalog, real, &g, NULL) == 0)
+    if (vdi_catalog_gold(j->catalog, j->gold, &g, NULL) == 0)
         vdi_hash_hex(g.fp.hash, hex, sizeof hex);
     domain_spec spec = {
         .name = j->name, .child = j->child, .gold = j->gold, .gold_hash_hex = hex, .slot = j->slot};

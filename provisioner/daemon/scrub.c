@@ -21,14 +21,12 @@ static void scrub_run(void *data)
 {
     scrub_req *j = data;
     vdi_gold_info g;
-    char real[PATH_MAX];
-    if (!realpath(j->gold, real) || vdi_catalog_gold(j->catalog, real, &g, NULL) < 0 ||
-        g.state == VDI_GOLD_TAINTED)
+    if (vdi_catalog_gold(j->catalog, j->gold, &g, NULL) < 0 || g.state == VDI_GOLD_TAINTED)
         return;
     /* Hashing a large gold takes minutes; the catalog is not held meanwhile. */
     vdi_error err = {0};
     if (vdi_guard_verify_content(&g, &err) == -ESTALE) {
-        j->rc = vdi_guard_check(j->catalog, real, true, &err); /* taints, counts orphans */
+        j->rc = vdi_guard_check(j->catalog, g.path, true, &err); /* taints, counts orphans */
         j->error = strdup(err.message);
     }
 }

@@ -1,0 +1,168 @@
+/* test_catalog.c — the catalog as storage: sessions and growth history,
+ * lookups by any spelling of a path, and one catalog shared by several
+ * threads at once (the service's loop and its workers), whose statements and
+ * transactions must never interleave. */
+#include "helpers.h"
+#include "vdi_engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char *dir;
+static vdi_catalog *cat;
+static char gold[4200];
+
+static void setup(void)
+{
+    dir = th_tempdir("catalog");
+    vdi_error err = { 0 };
+    ck_assert_msg(vdi_catalog_open(th_path(dir, "state"), &cat, &err) == 0, "%s", err.message);
+    snprintf(gold, sizeof gold, "%s/gold.qcow2", dir);
+    free(th_must("qemu-img create -q -f qcow2 %s 64M", gold));
+}
+
+static void teardown(void)
+{
+    vdi_catalog_close(cat);
+    th_tempdir_remove(dir);
+}
+
+START_TEST(sessions_and_growth)
+{
+    vdi_error err = { 0 };
+    int64_t id = 0;
+    ck_assert_int_eq(vdi_catalog_session_begin(cat, "p", "p-001", "alice", 100, &id, &err), 0);
+    ck_assert_int_gt(id, 0);
+    int64_t open_id = 0, started = 0;
+    char user[64];
+    ck_assert_int_eq(vdi_catalog_open_session(cat, "p-001", &open_id, user, sizeof user, &started,
+                                              &err),
+                     0);
+    ck_assert_int_eq(open_id, id);
+    ck_assert_str_eq(user, "alice");
+    ck_assert_int_eq(started, 100);
+    ck_assert_int_eq(vdi_catalog_session_end(cat, id, 200, "released", 4096, &err), 0);
+    ck_assert_int_eq(vdi_catalog_open_session(cat, "p-001", &open_id, NULL, 0, NULL, NULL),
+                     -ENOENT);
+    uint64_t p95 = 0;
+    size_t samples = 0;
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "p", 2, &p95, &samples, NULL), -ENODATA);
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "p", 1, &p95, &samples, &err), 0);
+    ck_assert_uint_eq(p95, 4096);
+    ck_assert_uint_eq(samples, 1);
+}
+END_TEST
+
+START_TEST(lookups_canonicalise_paths)
+{
+    vdi_seal_result r;
+    vdi_error err = { 0 };
+    ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
+    /* Through a link and a relative spelling, the record is found. */
+    char link[4200];
+    snprintf(link, sizeof link, "%s/link.qcow2", dir);
+    ck_assert_int_eq(symlink(gold, link), 0);
+    vdi_gold_info g;
+    ck_assert_int_eq(vdi_catalog_gold(cat, link, &g, &err), 0);
+    ck_assert_str_eq(g.path, r.gold.path);
+    char cwd[4200];
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    ck_assert_int_eq(chdir(dir), 0);
+    ck_assert_int_eq(vdi_catalog_gold(cat, "./gold.qcow2", &g, &err), 0);
+    ck_assert_int_eq(vdi_catalog_set_gold_state(cat, "gold.qcow2", VDI_GOLD_RETIRING, NULL, &err),
+                     0);
+    ck_assert_int_eq(chdir(cwd), 0);
+    ck_assert_int_eq(vdi_catalog_gold(cat, gold, &g, &err), 0);
+    ck_assert_int_eq(g.state, VDI_GOLD_RETIRING);
+}
+END_TEST
+
+/* ---- several threads on one catalog -------------------------------------------- */
+
+#define THREADS 6
+#define ROUNDS 40
+
+typedef struct worker {
+    int index;
+    int failures;
+    char error[1100];
+} worker;
+
+static void *churn(void *arg)
+{
+    worker *w = arg;
+    vdi_cloner *cl = NULL;
+    vdi_error err = { 0 };
+    if (vdi_cloner_new(gold, NULL, &cl, &err) < 0) {
+        w->failures++;
+        snprintf(w->error, sizeof w->error, "%s", err.message);
+        return NULL;
+    }
+    for (int i = 0; i < ROUNDS; i++) {
+        char child[4300], desktop[64];
+        snprintf(child, sizeof child, "%s/ds/t%d-%03d.qcow2", dir, w->index, i);
+        snprintf(desktop, sizeof desktop, "t%d-%03d", w->index, i);
+        vdi_child_meta meta = { .datastore = "ds", .pool = "p", .slot = i };
+        int64_t id = 0;
+        vdi_child_info *kids = NULL;
+        size_t n = 0;
+        /* A clone (intent + file + transaction), a session, a listing and a
+         * delete, from each thread at once. */
+        if (vdi_clone_recorded(cat, cl, child, &meta, &err) < 0 ||
+            vdi_catalog_session_begin(cat, "p", desktop, "u", i, &id, &err) < 0 ||
+            vdi_catalog_children(cat, gold, &kids, &n, &err) < 0 ||
+            vdi_catalog_session_end(cat, id, i + 1, "released", 0, &err) < 0 ||
+            vdi_child_delete(cat, child, NULL, &err) < 0) {
+            w->failures++;
+            snprintf(w->error, sizeof w->error, "%s", err.message);
+        }
+        free(kids);
+    }
+    vdi_cloner_free(cl);
+    return NULL;
+}
+
+START_TEST(threads_share_one_catalog)
+{
+    vdi_seal_result r;
+    vdi_error err = { 0 };
+    ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
+    free(th_must("mkdir -p %s/ds", dir));
+    pthread_t t[THREADS];
+    worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){ .index = i };
+        ck_assert_int_eq(pthread_create(&t[i], NULL, churn, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_msg(w[i].failures == 0, "thread %d: %d failures, last: %s", i, w[i].failures,
+                      w[i].error);
+    }
+    /* Everything was recorded and removed; no intent is left behind. */
+    vdi_child_info *kids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(vdi_catalog_children(cat, NULL, &kids, &n, &err), 0);
+    free(kids);
+    ck_assert_uint_eq(n, 0);
+    uint64_t p95 = 0;
+    size_t samples = 0;
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "p", 1, &p95, &samples, &err), 0);
+    ck_assert_uint_eq(samples, THREADS * ROUNDS > 500 ? 500 : THREADS * ROUNDS);
+    vdi_catalog_close(cat);
+    cat = NULL;
+    ck_assert_int_eq(vdi_catalog_open(th_path(dir, "state"), &cat, &err), 0);
+    ck_assert_uint_eq(vdi_catalog_rolled_forward(cat) + vdi_catalog_rolled_back(cat), 0);
+    char *left = th_must("ls -A %s/ds", dir);
+    ck_assert_str_eq(left, "");
+    free(left);
+}
+END_TEST
+
+TH_MAIN("catalog", { "catalog", setup, teardown, 120,
+                     { sessions_and_growth, lookups_canonicalise_paths, threads_share_one_catalog,
+                       NULL } })

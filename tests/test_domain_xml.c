@@ -1,0 +1,137 @@
+/* test_domain_xml.c — a desktop's libvirt domain, built from the pool's
+ * settings or the operator's template: names and paths escaped, the gold's
+ * whole chain named with libvirt's relabelling off, and the result accepted
+ * by libvirt (its test driver parses and validates the XML). */
+#include "helpers.h"
+#include "service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *dir;
+static char gold[4200];
+static vdi_config *config;
+
+static void setup(void)
+{
+    dir = th_tempdir("domain-xml");
+    snprintf(gold, sizeof gold, "%s/gold's & <gold>.qcow2", dir);
+    free(th_must("qemu-img create -q -f qcow2 \"%s\" 64M", gold));
+}
+
+static void teardown(void)
+{
+    vdi_config_unref(config);
+    config = NULL;
+    th_tempdir_remove(dir);
+}
+
+static const vdi_pool_config *pool_with(const char *domain)
+{
+    char text[4096];
+    snprintf(text, sizeof text,
+             "datastores = ( { name = \"local\"; path = \"%s\"; } );\n"
+             "pools = ( { name = \"lab\"; desktop_prefix = \"lab\"; gold = \"%s\";\n"
+             "  datastore = \"local\"; size = 2; spares = 1; domain = { %s }; } );\n",
+             dir, "/x.qcow2", domain);
+    vdi_config_options o = { .skip_filesystem_checks = true };
+    vdi_config_errors *errs = NULL;
+    int rc = vdi_config_parse_string(text, "t.conf", &o, &config, &errs);
+    ck_assert_msg(rc == 0, "%s", errs ? vdi_config_errors_get(errs, 0)->message : "");
+    return vdi_config_find_pool(config, "lab");
+}
+
+static domain_spec spec(void)
+{
+    return (domain_spec){ .name = "lab-001",
+                          .child = th_path(dir, "lab-001 & 'x'.qcow2"),
+                          .gold = gold,
+                          .gold_hash_hex = "00ff",
+                          .slot = 1 };
+}
+
+/* libvirt's test driver accepts the XML (it parses and checks it). */
+static void libvirt_accepts(const char *xml)
+{
+    virConnectPtr conn = virConnectOpen("test:///default");
+    ck_assert_ptr_nonnull(conn);
+    virDomainPtr dom = virDomainDefineXML(conn, xml);
+    virErrorPtr e = virGetLastError();
+    ck_assert_msg(dom != NULL, "libvirt refused the XML: %s\n%s",
+                  e && e->message ? e->message : "?", xml);
+    virDomainUndefine(dom);
+    virDomainFree(dom);
+    virConnectClose(conn);
+}
+
+START_TEST(built_in_domain)
+{
+    const vdi_pool_config *pc =
+        pool_with("memory = \"64M\"; vcpus = 2; accel = \"tcg\"; graphics = \"vnc\";");
+    domain_spec s = spec();
+    vdi_error err = { 0 };
+    char *xml = domain_xml_build(pc, &s, &err);
+    ck_assert_msg(xml != NULL, "%s", err.message);
+    ck_assert_ptr_nonnull(strstr(xml, "<domain type='qemu'>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<name>lab-001</name>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<memory unit='KiB'>65536</memory>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<vcpu>2</vcpu>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<features><acpi/></features>"));
+    ck_assert_ptr_nonnull(strstr(xml, "error_policy='stop'"));
+    /* Every quote, ampersand and bracket in a path is escaped. */
+    ck_assert_ptr_nonnull(strstr(xml, "lab-001 &amp; &apos;x&apos;.qcow2"));
+    ck_assert_ptr_nonnull(strstr(xml, "gold&apos;s &amp; &lt;gold&gt;.qcow2"));
+    ck_assert_ptr_null(strstr(xml, "<gold>"));
+    /* The gold is named with its format and libvirt's relabelling off. */
+    ck_assert_ptr_nonnull(strstr(xml, "<format type='qcow2'/>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<seclabel model='dac' relabel='no'/>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<vdipool:slot>1</vdipool:slot>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<vdipool:gold-sha256>00ff</vdipool:gold-sha256>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<graphics type='vnc'"));
+    libvirt_accepts(xml);
+    free(xml);
+}
+END_TEST
+
+START_TEST(template_is_filled)
+{
+    char tpl[4300];
+    snprintf(tpl, sizeof tpl, "%s/tpl.xml", dir);
+    const char *text =
+        "<domain type='{{type}}'><name>{{name}}</name>{{metadata}}"
+        "<memory unit='KiB'>{{memory_kib}}</memory><vcpu>{{vcpus}}</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>{{disk}}</devices>"
+        "<description>{{unknown}}</description></domain>";
+    th_write_file(tpl, text, strlen(text));
+    char domain[4500];
+    snprintf(domain, sizeof domain, "memory = \"32M\"; template = \"%s\";", tpl);
+    const vdi_pool_config *pc = pool_with(domain);
+    domain_spec s = spec();
+    vdi_error err = { 0 };
+    char *xml = domain_xml_build(pc, &s, &err);
+    ck_assert_msg(xml != NULL, "%s", err.message);
+    ck_assert_ptr_nonnull(strstr(xml, "<name>lab-001</name>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<memory unit='KiB'>32768</memory>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<vdipool:pool>lab</vdipool:pool>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<target dev='vda' bus='virtio'/>"));
+    ck_assert_ptr_nonnull(strstr(xml, "{{unknown}}")); /* left as written */
+    free(xml);
+}
+END_TEST
+
+START_TEST(refusals_name_the_file)
+{
+    const vdi_pool_config *pc = pool_with("template = \"/nonexistent/tpl.xml\";");
+    domain_spec s = spec();
+    vdi_error err = { 0 };
+    ck_assert_ptr_null(domain_xml_build(pc, &s, &err));
+    ck_assert_ptr_nonnull(strstr(err.message, "/nonexistent/tpl.xml"));
+    s.gold = "/nonexistent/gold.qcow2";
+    ck_assert_ptr_null(domain_xml_build(pc, &s, &err));
+    ck_assert_ptr_nonnull(strstr(err.message, "/nonexistent/gold.qcow2"));
+}
+END_TEST
+
+TH_MAIN("domain_xml", { "domain_xml", setup, teardown, 60,
+                        { built_in_domain, template_is_filled, refusals_name_the_file, NULL } })

@@ -3,7 +3,7 @@
  * libvirt, no threads. Each transition of desktop.c's table, failure and
  * back-off included, is driven and checked here. */
 #include "helpers.h"
-#include "service.h"
+#include "daemon.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * whole chain named with libvirt's relabelling off, and the result accepted
  * by libvirt (its test driver parses and validates the XML). */
 #include "helpers.h"
-#include "service.h"
+#include "daemon.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,15 +29,15 @@ static void teardown(void)
 
 static const vdi_pool_config *pool_with(const char *domain)
 {
-    char text[4096];
-    snprintf(text, sizeof text,
+    char conf[4096];
+    snprintf(conf, sizeof conf,
              "datastores = ( { name = \"local\"; path = \"%s\"; } );\n"
              "pools = ( { name = \"lab\"; desktop_prefix = \"lab\"; gold = \"%s\";\n"
              "  datastore = \"local\"; size = 2; spares = 1; domain = { %s }; } );\n",
              dir, "/x.qcow2", domain);
     vdi_config_options o = { .skip_filesystem_checks = true };
     vdi_config_errors *errs = NULL;
-    int rc = vdi_config_parse_string(text, "t.conf", &o, &config, &errs);
+    int rc = vdi_config_parse_string(conf, "t.conf", &o, &config, &errs);
     ck_assert_msg(rc == 0, "%s", errs ? vdi_config_errors_get(errs, 0)->message : "");
     return vdi_config_find_pool(config, "lab");
 }
@@ -98,12 +98,12 @@ START_TEST(template_is_filled)
 {
     char tpl[4300];
     snprintf(tpl, sizeof tpl, "%s/tpl.xml", dir);
-    const char *text =
+    const char *tpl_text =
         "<domain type='{{type}}'><name>{{name}}</name>{{metadata}}"
         "<memory unit='KiB'>{{memory_kib}}</memory><vcpu>{{vcpus}}</vcpu>"
         "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>{{disk}}</devices>"
         "<description>{{unknown}}</description></domain>";
-    th_write_file(tpl, text, strlen(text));
+    th_write_file(tpl, tpl_text, strlen(tpl_text));
     char domain[4500];
     snprintf(domain, sizeof domain, "memory = \"32M\"; template = \"%s\";", tpl);
     const vdi_pool_config *pc = pool_with(domain);

@@ -8,7 +8,7 @@
  *     uses (made before a crash, never started) and closes sessions whose
  *     desktop is gone.
  * A child is never removed while a domain of that name or disk exists. */
-#include "service.h"
+#include "daemon.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,7 +167,7 @@ static void strays_done(service *svc, void *data)
     free(r);
     svc->adopting = false;
     svc->adopted = true;
-    service_converge(svc);
+    service_kick(svc);
 }
 
 static void remove_strays(service *svc, json_t *domains)

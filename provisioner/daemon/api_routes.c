@@ -2,7 +2,7 @@
  * (api_http.c) hands each request here, on the loop. */
 #include "api_routes.h"
 #include "api.h"
-#include "service.h"
+#include "daemon.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,7 +272,7 @@ void api_route(void *ctx, request *r)
         } else {
             session_end(d, reason && !strcmp(reason, "operator") ? END_OPERATOR : END_RELEASED);
             request_respond_json(r, 200, desktop_json(d));
-            service_converge(svc);
+            service_kick(svc);
         }
         json_decref(body);
     } else if (n == 2 && !strcmp(parts[1], "space") && get) {

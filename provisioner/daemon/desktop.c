@@ -24,7 +24,7 @@
  * Invariants: a busy desktop (a job runs for it) changes state only through
  * its job's result; a desktop's child is never deleted while its domain may
  * run (an end that could not destroy the domain keeps the child). */
-#include "service.h"
+#include "daemon.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,32 +62,6 @@ void desktop_set_state(desktop *d, desktop_state s)
                 desktop_state_name(d->state), desktop_state_name(s));
     d->state = s;
     d->state_since = service_now(d->pool->svc);
-}
-
-/* PREFIX-NNN, with more digits for pools of 1000 or more; the child is
- * named after it in the pool's datastore. */
-void desktop_name_slot(desktop *d)
-{
-    pool *p = d->pool;
-    unsigned digits = 3;
-    for (unsigned v = p->cfg->size; v >= 1000; v /= 10)
-        digits++;
-    char *name = NULL, *child = NULL;
-    const vdi_datastore_config *ds = pool_datastore(p);
-    if (asprintf(&name, "%s-%0*u", p->cfg->desktop_prefix, (int)digits, d->slot) < 0)
-        name = NULL;
-    if (name && asprintf(&child, "%s/%s.qcow2", ds ? ds->path : "/nonexistent", name) < 0)
-        child = NULL;
-    if (name && child) {
-        free(d->name);
-        free(d->child);
-        d->name = name;
-        d->child = child;
-    } else {
-        free(name);
-        free(child);
-        svc_log("error", "pool=%s slot=%u event=out-of-memory naming a desktop", p->name, d->slot);
-    }
 }
 
 static void record_failure(desktop *d, const char *why)

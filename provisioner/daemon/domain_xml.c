@@ -6,7 +6,7 @@
  * the gold to QEMU's user on every start (it is sealed with that owner
  * already). error_policy='stop' pauses a guest whose datastore is full
  * instead of failing its writes. */
-#include "service.h"
+#include "daemon.h"
 #include "text.h"
 
 #include <errno.h>
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int disk_xml(text *b, const domain_spec *d, vdi_error *err)
+static int disk_xml(strbuf *b, const domain_spec *d, vdi_error *err)
 {
     vdi_chain *chain = NULL;
     int rc = vdi_chain_resolve(d->gold, 0, &chain, err);
@@ -43,7 +43,7 @@ static int disk_xml(text *b, const domain_spec *d, vdi_error *err)
     return 0;
 }
 
-static void metadata_xml(text *b, const vdi_pool_config *cfg, const domain_spec *d)
+static void metadata_xml(strbuf *b, const vdi_pool_config *cfg, const domain_spec *d)
 {
     text_append(b, "  <metadata>\n    <vdipool:desktop xmlns:vdipool='" VDI_XML_NS "'>\n"
                    "      <vdipool:pool>");
@@ -65,7 +65,7 @@ static void metadata_xml(text *b, const vdi_pool_config *cfg, const domain_spec 
 static char *fill_template(const char *tpl, const char *const *keys, const char *const *values,
                            size_t n)
 {
-    text b = {0};
+    strbuf b = {0};
     const char *p = tpl;
     while (*p) {
         const char *open = strstr(p, "{{");
@@ -96,7 +96,7 @@ static char *fill_template(const char *tpl, const char *const *keys, const char 
 char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_error *err)
 {
     const vdi_domain_config *dc = &cfg->domain;
-    text disk = {0}, meta = {0};
+    strbuf disk = {0}, meta = {0};
     char *out = NULL, *disk_s = NULL, *meta_s = NULL;
     if (disk_xml(&disk, d, err) < 0) {
         free(text_take(&disk));
@@ -119,7 +119,7 @@ char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_err
                           strerror(errno));
             goto done;
         }
-        text t = {0};
+        strbuf t = {0};
         char chunk[4096];
         size_t n;
         while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
@@ -135,7 +135,7 @@ char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_err
                           dc->template_path);
         goto done;
     }
-    text b = {0};
+    strbuf b = {0};
     text_append(&b, "<domain type='%s'>\n  <name>", dc->kvm ? "kvm" : "qemu");
     text_append_xml(&b, d->name);
     text_append(&b,

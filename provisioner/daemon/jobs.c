@@ -4,7 +4,7 @@
  * libvirt connection. Its result comes back to the loop, which finds the
  * desktop again by pool name and slot (and job number) before it changes
  * anything; a result for a slot that is gone has its leftovers removed. */
-#include "service.h"
+#include "daemon.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -267,8 +267,7 @@ static void job_done(service *svc, void *data)
         }
     }
     job_free(j);
-    sessions_serve_waiters(svc);
-    service_converge(svc);
+    service_kick(svc);
 }
 
 static job *job_new(service *svc, job_kind kind, const char *pool_name, const char *name,

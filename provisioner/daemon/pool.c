@@ -4,7 +4,7 @@
  * finished job triggers a step. The step only decides; the transitions are
  * desktop.c's and the work is the service's desktop_ops (jobs on the thread
  * pool, or a test's fakes). */
-#include "service.h"
+#include "daemon.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -141,4 +141,10 @@ void service_converge(service *svc)
             svc_log("info", "event=spares-ready");
         }
     }
+}
+
+void service_step(service *svc)
+{
+    sessions_serve_waiters(svc);
+    service_converge(svc);
 }

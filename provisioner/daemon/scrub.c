@@ -1,7 +1,7 @@
 /* scrub.c — golds in use are re-hashed in the background, one at a time,
  * each about every SCRUB_INTERVAL_S; a gold whose content changed is
  * tainted (no new clones, its children reported orphaned). */
-#include "service.h"
+#include "daemon.h"
 
 #include <limits.h>
 #include <stdio.h>

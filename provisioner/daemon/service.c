@@ -1,7 +1,7 @@
-/* service.c — the service object: its pools, applying a config (at start
- * and on reload, by diff), the gold locks a pool holds, and what happens
- * when libvirt connects or goes away. */
-#include "service.h"
+/* service.c — the service object: applying a config (at start and on
+ * reload, by diff: pools added, resized, rolled out, drained), and what
+ * happens when libvirt connects or goes away. */
+#include "daemon.h"
 #include "glue.h"
 
 #include <errno.h>
@@ -9,226 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-void set_str(char **dst, const char *src)
-{
-    if (*dst == src)
-        return;
-    char *copy = src ? strdup(src) : NULL;
-    if (src && !copy)
-        svc_log("error", "event=out-of-memory copying \"%.64s\"", src);
-    free(*dst);
-    *dst = copy;
-}
-
-pool *service_find_pool(service *svc, const char *name)
-{
-    for (size_t i = 0; i < svc->npools; i++)
-        if (!strcmp(svc->pools[i]->name, name))
-            return svc->pools[i];
-    return NULL;
-}
-
-desktop *service_find_desktop(service *svc, const char *name)
-{
-    for (size_t i = 0; i < svc->npools; i++)
-        for (unsigned j = 0; j < svc->pools[i]->nslots; j++) {
-            desktop *d = svc->pools[i]->desktops[j];
-            if (d->name && !strcmp(d->name, name))
-                return d;
-        }
-    return NULL;
-}
-
-const vdi_datastore_config *pool_datastore(const pool *p)
-{
-    return vdi_config_find_datastore(p->config, p->cfg->datastore);
-}
-
-/* ---- gold locks ----------------------------------------------------------------- */
-
-/* Marks a gold's state in the catalog (a short write on the loop). */
-static void set_gold_state(pool *p, const char *gold, vdi_gold_state state)
-{
-    char real[PATH_MAX];
-    vdi_error err = {0};
-    if (!realpath(gold, real) ||
-        vdi_catalog_set_gold_state(p->svc->catalog, real, state, NULL, &err) < 0)
-        svc_log("warning", "pool=%s event=gold-state-not-recorded gold=%s state=%s reason=\"%s\"",
-                p->name, gold, vdi_gold_state_name(state),
-                err.message[0] ? err.message : "cannot resolve the path");
-}
-
-/* Is gold the current gold of another pool (which must keep cloning from it)? */
-static bool gold_current_elsewhere(const pool *self, const char *gold)
-{
-    const service *svc = self->svc;
-    for (size_t i = 0; i < svc->npools; i++) {
-        const pool *q = svc->pools[i];
-        if (q != self && !q->draining && q->cfg && !strcmp(q->cfg->gold, gold))
-            return true;
-    }
-    return false;
-}
-
-void pool_release_gold_locks(pool *p, bool current_too)
-{
-    if (p->retiring_lock >= 0) {
-        bool in_use = false;
-        for (unsigned i = 0; i < p->nslots; i++)
-            in_use |= p->desktops[i]->state != DESKTOP_EMPTY && p->desktops[i]->gold &&
-                      !strcmp(p->desktops[i]->gold, p->retiring_gold);
-        if (!in_use) {
-            vdi_guard_unlock(p->retiring_lock);
-            p->retiring_lock = -1;
-            svc_log("info", "pool=%s event=gold-released gold=%s", p->name, p->retiring_gold);
-            vdi_child_info *kids = NULL;
-            size_t n = 0;
-            if (!gold_current_elsewhere(p, p->retiring_gold) &&
-                vdi_catalog_children(p->svc->catalog, p->retiring_gold, &kids, &n, NULL) == 0 &&
-                n == 0)
-                set_gold_state(p, p->retiring_gold, VDI_GOLD_RETIRED);
-            free(kids);
-            set_str(&p->retiring_gold, NULL);
-        }
-    }
-    if (current_too && p->gold_lock >= 0) {
-        vdi_guard_unlock(p->gold_lock);
-        p->gold_lock = -1;
-    }
-}
-
-/* A gold a pool takes (back) as current is sealed again, unless tainted. */
-static void reinstate_gold(pool *p, const char *gold)
-{
-    vdi_gold_info g;
-    if (vdi_catalog_gold(p->svc->catalog, gold, &g, NULL) == 0 &&
-        (g.state == VDI_GOLD_RETIRING || g.state == VDI_GOLD_RETIRED)) {
-        set_gold_state(p, gold, VDI_GOLD_SEALED);
-        svc_log("info", "pool=%s event=gold-reinstated gold=%s was=%s", p->name, gold,
-                vdi_gold_state_name(g.state));
-    }
-}
-
-/* Holds QEMU's write lock on the pool's current gold. On a roll-out the
- * previous gold stays locked (retiring) until its last desktop is gone;
- * rolling back to the gold being left takes its lock back. */
-static void lock_gold(pool *p)
-{
-    if (p->gold_lock >= 0 && p->locked_gold && !strcmp(p->locked_gold, p->cfg->gold))
-        return;
-    int lock = -1;
-    if (p->retiring_lock >= 0 && p->retiring_gold && !strcmp(p->retiring_gold, p->cfg->gold)) {
-        lock = p->retiring_lock;
-        p->retiring_lock = -1;
-        set_str(&p->retiring_gold, NULL);
-    }
-    if (p->gold_lock >= 0) {
-        if (p->retiring_lock >= 0)
-            vdi_guard_unlock(p->retiring_lock);
-        p->retiring_lock = p->gold_lock;
-        set_str(&p->retiring_gold, p->locked_gold);
-        p->gold_lock = -1;
-        if (!gold_current_elsewhere(p, p->retiring_gold))
-            set_gold_state(p, p->retiring_gold, VDI_GOLD_RETIRING);
-        svc_log("info", "pool=%s event=rollout from=%s to=%s", p->name, p->retiring_gold,
-                p->cfg->gold);
-    }
-    vdi_error err = { 0 };
-    if (lock < 0 && vdi_guard_lock(p->cfg->gold, &lock, &err) < 0) {
-        lock = -1;
-        svc_log("warning", "pool=%s event=gold-not-locked reason=\"%s\"", p->name, err.message);
-    }
-    p->gold_lock = lock;
-    set_str(&p->locked_gold, p->cfg->gold);
-    reinstate_gold(p, p->cfg->gold);
-}
-
-/* ---- pools ------------------------------------------------------------------------ */
-
-static int grow_slots(pool *p, unsigned size)
-{
-    if (size <= p->nslots)
-        return 0;
-    desktop **v = realloc(p->desktops, size * sizeof *v);
-    if (!v)
-        return -ENOMEM;
-    p->desktops = v; /* only the pointer array moves; desktops stay put */
-    for (unsigned i = p->nslots; i < size; i++) {
-        desktop *d = calloc(1, sizeof *d);
-        if (!d)
-            return -ENOMEM;
-        d->pool = p;
-        d->slot = i + 1;
-        d->state = DESKTOP_EMPTY;
-        desktop_name_slot(d);
-        v[i] = d;
-        p->nslots = i + 1;
-    }
-    return 0;
-}
-
-static void desktop_free(desktop *d)
-{
-    free(d->name);
-    free(d->child);
-    free(d->gold);
-    free(d->user);
-    free(d->failure);
-    free(d->display);
-    free(d);
-}
-
-void pool_free(pool *p)
-{
-    if (!p)
-        return;
-    pool_release_gold_locks(p, true);
-    if (p->retiring_lock >= 0)
-        vdi_guard_unlock(p->retiring_lock);
-    for (unsigned i = 0; i < p->nslots; i++)
-        desktop_free(p->desktops[i]);
-    free(p->desktops);
-    free(p->name);
-    free(p->blocked);
-    free(p->locked_gold);
-    free(p->retiring_gold);
-    vdi_config_unref(p->config);
-    free(p);
-}
-
-/* Points the pool at its settings in `config` (taking a reference). */
-static int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
-{
-    vdi_config *old = p->config;
-    p->config = vdi_config_ref(config);
-    p->cfg = pc;
-    vdi_config_unref(old);
-    p->draining = false;
-    set_str(&p->blocked, NULL);
-    int rc = grow_slots(p, pc->size);
-    if (rc < 0)
-        svc_log("error", "pool=%s event=resize-failed size=%u have=%u reason=\"out of memory\"",
-                p->name, pc->size, p->nslots);
-    lock_gold(p);
-    return rc;
-}
-
-static pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc)
-{
-    pool *p = calloc(1, sizeof *p);
-    if (!p || !(p->name = strdup(pc->name))) {
-        free(p);
-        return NULL;
-    }
-    p->svc = svc;
-    p->gold_lock = p->retiring_lock = -1;
-    if (pool_configure(p, config, pc) < 0) {
-        pool_free(p);
-        return NULL;
-    }
-    return p;
-}
 
 static void log_diff(const vdi_config *old, const vdi_config *config)
 {
@@ -331,14 +111,16 @@ int service_reload(service *svc, json_t **errors)
                          "(out of memory); they are retried at the next reload");
     svc_log("info", "event=reloaded config=%s pools=%zu", svc->config_path,
             vdi_config_pool_count(svc->config));
-    service_converge(svc);
+    service_kick(svc);
     return 0;
 }
 
 int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_config *config,
                  vdi_catalog *catalog, const desktop_ops *ops)
 {
-    svc->loop = loop;
+    int rc = service_objects_init(svc, loop, service_step);
+    if (rc < 0)
+        return rc;
     svc->ops = ops;
     svc->catalog = catalog;
     if (!(svc->config_path = strdup(config_path)))

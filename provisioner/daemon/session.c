@@ -2,7 +2,7 @@
  * first come first served), the session is recorded in the catalog, and it
  * ends by release, guest power-off, time limit or operator, which ends the
  * desktop (domain destroyed, child deleted). */
-#include "service.h"
+#include "daemon.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +46,7 @@ static desktop *assign(pool *p, const char *user)
         return NULL;
     pick->session_start = service_now(p->svc);
     vdi_error err = {0};
-    /* A short single-statement write on the loop (see service.h). */
+    /* A short single-statement write on the loop (see daemon.h). */
     if (vdi_catalog_session_begin(p->svc->catalog, p->name, pick->name, user, pick->session_start,
                                   &pick->session_id, &err) < 0) {
         pick->session_id = 0;
@@ -184,7 +184,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
     /* Earlier waiters of this pool come first. */
     if (!sessions_waiting(svc, p->name) && (d = assign(p, user))) {
         cb(ctx, 200, assignment_json(d));
-        service_converge(svc);
+        service_kick(svc);
         return;
     }
     if (!pool_can_produce(p)) {
@@ -215,7 +215,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
         tail = &(*tail)->next;
     *tail = w;
     sessions_serve_waiters(svc); /* a desktop may be ready for the ones before */
-    service_converge(svc);
+    service_kick(svc);
 }
 
 void session_end(desktop *d, end_reason why)
@@ -242,5 +242,5 @@ void service_on_domain_event(void *ctx, const char *name, int event, int detail)
     if (d->busy)
         return; /* a start that is failing; its job ends it */
     session_end(d, d->state == DESKTOP_ASSIGNED ? reason : END_OTHER);
-    service_converge(svc);
+    service_kick(svc);
 }

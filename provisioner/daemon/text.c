@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void append_bytes(text *t, const char *piece, size_t n)
+static void append_bytes(strbuf *t, const char *piece, size_t n)
 {
     if (t->failed)
         return;
@@ -25,7 +25,7 @@ static void append_bytes(text *t, const char *piece, size_t n)
     t->s[t->len] = '\0';
 }
 
-void text_append(text *t, const char *fmt, ...)
+void text_append(strbuf *t, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -40,7 +40,7 @@ void text_append(text *t, const char *fmt, ...)
     free(piece);
 }
 
-void text_append_xml(text *t, const char *s)
+void text_append_xml(strbuf *t, const char *s)
 {
     for (; s && *s; s++) {
         switch (*s) {
@@ -54,7 +54,7 @@ void text_append_xml(text *t, const char *s)
     }
 }
 
-char *text_take(text *t)
+char *text_take(strbuf *t)
 {
     if (t->failed) {
         free(t->s);
@@ -67,4 +67,16 @@ char *text_take(text *t)
     t->s = NULL;
     t->len = t->cap = 0;
     return s;
+}
+
+/* Replaces an owned string with a copy of src (NULL clears it). */
+void set_str(char **dst, const char *src)
+{
+    if (*dst == src)
+        return;
+    char *copy = src ? strdup(src) : NULL;
+    if (src && !copy)
+        fprintf(stderr, "vdipoold: out of memory copying \"%.64s\"\n", src);
+    free(*dst);
+    *dst = copy;
 }

@@ -7,16 +7,20 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-typedef struct text {
+typedef struct strbuf {
     char *s; /* NUL-terminated once anything was appended */
     size_t len, cap;
     bool failed; /* an append did not fit in memory */
-} text;
+} strbuf;
 
-void text_append(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void text_append(strbuf *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends s with &, <, >, ' and " escaped for XML. */
-void text_append_xml(text *t, const char *s);
+void text_append_xml(strbuf *t, const char *s);
 /* The string (the caller frees it), or NULL when an append failed. */
-char *text_take(text *t);
+char *text_take(strbuf *t);
+
+/* Replaces an owned string (*dst) with a copy of src; NULL clears it. On
+ * allocation failure *dst becomes NULL and the failure is written to stderr. */
+void set_str(char **dst, const char *src);
 
 #endif

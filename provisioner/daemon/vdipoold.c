@@ -7,11 +7,11 @@
  * SIGHUP reloads the config (an invalid one is refused, the running one
  * stays); SIGTERM stops taking work, leaves running sessions alone and exits 0.
  * This file is main and the signal and timer wiring; the rooms are named in
- * service.h. */
+ * daemon.h. */
 #include "api.h"
 #include "api_routes.h"
 #include "libvirt_events.h"
-#include "service.h"
+#include "daemon.h"
 
 #include <errno.h>
 #include <getopt.h>

@@ -1,27 +1,14 @@
 /* views.c — what the API shows of the service: JSON for pools, desktops
  * and status, and the loop-owned part of the Prometheus metrics. Read-only. */
-#include "service.h"
+#include "daemon.h"
 #include "text.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define LATENCY_BUCKETS 11
-static const double bucket_bounds[LATENCY_BUCKETS] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,
-                                                      2.5,  5,    10,  30,   60};
 static const char *const bucket_names[LATENCY_BUCKETS + 1] = {
     "0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "+Inf"};
-
-void latency_observe(latency_histogram *h, double seconds)
-{
-    int i = 0;
-    while (i < LATENCY_BUCKETS && seconds > bucket_bounds[i])
-        i++;
-    h->buckets[i]++;
-    h->count++;
-    h->sum += seconds;
-}
 
 json_t *desktop_json(const desktop *d)
 {
@@ -90,7 +77,7 @@ json_t *status_json(service *svc)
 /* The loop-owned part of /metrics (datastores are measured off the loop). */
 char *service_metrics_text(service *svc)
 {
-    text t = {0};
+    strbuf t = {0};
     text_append(&t, "# HELP vdipool_desktops Desktops by pool and state.\n"
                     "# TYPE vdipool_desktops gauge\n");
     for (size_t i = 0; i < svc->npools; i++) {

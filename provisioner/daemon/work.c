@@ -2,7 +2,7 @@
  * RPCs, clones, deletes, hashing) runs on libuv's thread pool and its
  * result comes back to the loop. The service counts work in flight so that
  * a stop waits for it. */
-#include "service.h"
+#include "daemon.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* service.h — vdipoold's insides, shared by its rooms: the service, its
+/* daemon.h — vdipoold's insides, shared by its rooms: the service, its
  * pools and their desktops.
  *
  * Ownership (libuv's rule): every field below is owned and changed by the
@@ -12,10 +12,11 @@
  * statements and transactions, never across file work). The loop calls it
  * only for short single-statement writes; the accepted ones are recording a
  * session's start in session.c and a gold's state change in service.c. */
-#ifndef VDI_SERVICE_H
-#define VDI_SERVICE_H
+#ifndef VDI_DAEMON_H
+#define VDI_DAEMON_H
 
 #include "log.h"
+#include "text.h"
 #include "vdi_config.h"
 #include "vdi_engine.h"
 
@@ -115,8 +116,9 @@ struct pool {
     uint64_t sessions_ended[END_REASON_COUNT];
 };
 
+#define LATENCY_BUCKETS 11 /* le 0.01 .. 60 s, then +Inf */
 typedef struct latency_histogram {
-    uint64_t buckets[12]; /* le 0.01 .. 60 s and +Inf */
+    uint64_t buckets[LATENCY_BUCKETS + 1];
     uint64_t count;
     double sum;
 } latency_histogram;
@@ -152,6 +154,9 @@ struct service {
     unsigned jobs_running;                   /* every job in flight (the loop ends after them) */
     uint64_t next_job_seq;
     uv_timer_t tick;
+    uv_timer_t kick; /* service_kick: one step on the next loop turn */
+    bool kick_pending, kick_ready;
+    void (*step)(service *svc); /* what a kick runs (pool.c's service_step) */
     uv_signal_t sighup, sigterm, sigint;
     bool stopping;
     waiter *waiters; /* acquires waiting for a spare, oldest first */
@@ -164,6 +169,22 @@ struct service {
     size_t scrub_next;
 };
 
+/* ---- objects.c: finding, making and freeing the objects ------------------------------ */
+int service_objects_init(service *svc, uv_loop_t *loop, void (*step)(service *svc));
+pool *service_find_pool(service *svc, const char *name);
+desktop *service_find_desktop(service *svc, const char *name);
+const vdi_datastore_config *pool_datastore(const pool *p);
+void desktop_name_slot(desktop *d);
+pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc);
+int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc);
+void pool_free(pool *p);
+void latency_observe(latency_histogram *h, double seconds);
+void service_kick(service *svc);
+
+/* ---- golds.c: gold locks and gold states ------------------------------------------- */
+void pool_lock_gold(pool *p);
+void pool_release_gold_locks(pool *p, bool current_too);
+
 /* ---- service.c: the service object, config apply, reload ---------------------------- */
 int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_config *config,
                  vdi_catalog *catalog, const desktop_ops *ops);
@@ -171,19 +192,12 @@ void service_shutdown(service *svc);
 int service_apply_config(service *svc, vdi_config *config);
 int service_reload(service *svc, json_t **errors);
 int service_load_config(const char *path, vdi_config **out, json_t **errors_json);
-pool *service_find_pool(service *svc, const char *name);
-desktop *service_find_desktop(service *svc, const char *name);
-const vdi_datastore_config *pool_datastore(const pool *p);
-void pool_release_gold_locks(pool *p, bool current_too);
-void pool_free(pool *p);
-void set_str(char **dst, const char *src);
 void service_on_connected(service *svc, virConnectPtr conn);
 void service_on_disconnected(service *svc);
 
 /* ---- desktop.c: the state machine ------------------------------------------------- */
 int64_t service_now(const service *svc);
 void desktop_set_state(desktop *d, desktop_state s);
-void desktop_name_slot(desktop *d);
 void desktop_begin_clone(desktop *d);
 void desktop_begin_start(desktop *d);
 void desktop_begin_end(desktop *d, end_reason why);
@@ -215,6 +229,8 @@ void service_on_domain_event(void *svc, const char *name, int event, int detail)
 /* ---- pool.c: the controller ---------------------------------------------------------- */
 void pool_step(pool *p);
 void service_converge(service *svc);
+/* A kick's work: waiters are served, then every pool takes a step. */
+void service_step(service *svc);
 
 /* ---- adopt.c: start-up and reconnect reconciliation ------------------------------ */
 void adopt_start(service *svc);
@@ -227,7 +243,6 @@ json_t *pool_json(const pool *p, bool with_desktops);
 json_t *desktop_json(const desktop *d);
 json_t *status_json(service *svc);
 char *service_metrics_text(service *svc);
-void latency_observe(latency_histogram *h, double seconds);
 
 /* ---- work.c: one way to run blocking work off the loop ----------------------------- */
 /* run() executes on a worker and must touch only `data`; done() runs on the

@@ -1,0 +1,186 @@
+/* objects.c — the service's objects themselves: finding pools and
+ * desktops, making and freeing them (a desktop is allocated once and never
+ * moves), naming a slot, latency histograms, and asking the loop for a
+ * controller step. Everything above builds on these; they call nothing
+ * above them. */
+#include "daemon.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+pool *service_find_pool(service *svc, const char *name)
+{
+    for (size_t i = 0; i < svc->npools; i++)
+        if (!strcmp(svc->pools[i]->name, name))
+            return svc->pools[i];
+    return NULL;
+}
+
+desktop *service_find_desktop(service *svc, const char *name)
+{
+    for (size_t i = 0; i < svc->npools; i++)
+        for (unsigned j = 0; j < svc->pools[i]->nslots; j++) {
+            desktop *d = svc->pools[i]->desktops[j];
+            if (d->name && !strcmp(d->name, name))
+                return d;
+        }
+    return NULL;
+}
+
+const vdi_datastore_config *pool_datastore(const pool *p)
+{
+    return vdi_config_find_datastore(p->config, p->cfg->datastore);
+}
+
+/* PREFIX-NNN, with more digits for pools of 1000 or more; the child is
+ * named after it in the pool's datastore. */
+void desktop_name_slot(desktop *d)
+{
+    pool *p = d->pool;
+    unsigned digits = 3;
+    for (unsigned v = p->cfg->size; v >= 1000; v /= 10)
+        digits++;
+    char *name = NULL, *child = NULL;
+    const vdi_datastore_config *ds = pool_datastore(p);
+    if (asprintf(&name, "%s-%0*u", p->cfg->desktop_prefix, (int)digits, d->slot) < 0)
+        name = NULL;
+    if (name && asprintf(&child, "%s/%s.qcow2", ds ? ds->path : "/nonexistent", name) < 0)
+        child = NULL;
+    if (name && child) {
+        free(d->name);
+        free(d->child);
+        d->name = name;
+        d->child = child;
+    } else {
+        free(name);
+        free(child);
+        svc_log("error", "pool=%s slot=%u event=out-of-memory naming a desktop", p->name, d->slot);
+    }
+}
+
+static int grow_slots(pool *p, unsigned size)
+{
+    if (size <= p->nslots)
+        return 0;
+    desktop **v = realloc(p->desktops, size * sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    p->desktops = v; /* only the pointer array moves; desktops stay put */
+    for (unsigned i = p->nslots; i < size; i++) {
+        desktop *d = calloc(1, sizeof *d);
+        if (!d)
+            return -ENOMEM;
+        d->pool = p;
+        d->slot = i + 1;
+        d->state = DESKTOP_EMPTY;
+        desktop_name_slot(d);
+        v[i] = d;
+        p->nslots = i + 1;
+    }
+    return 0;
+}
+
+static void desktop_free(desktop *d)
+{
+    free(d->name);
+    free(d->child);
+    free(d->gold);
+    free(d->user);
+    free(d->failure);
+    free(d->display);
+    free(d);
+}
+
+void pool_free(pool *p)
+{
+    if (!p)
+        return;
+    pool_release_gold_locks(p, true);
+    if (p->retiring_lock >= 0)
+        vdi_guard_unlock(p->retiring_lock);
+    for (unsigned i = 0; i < p->nslots; i++)
+        desktop_free(p->desktops[i]);
+    free(p->desktops);
+    free(p->name);
+    free(p->blocked);
+    free(p->locked_gold);
+    free(p->retiring_gold);
+    vdi_config_unref(p->config);
+    free(p);
+}
+
+/* Points the pool at its settings in `config` (taking a reference). */
+int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
+{
+    vdi_config *old = p->config;
+    p->config = vdi_config_ref(config);
+    p->cfg = pc;
+    vdi_config_unref(old);
+    p->draining = false;
+    set_str(&p->blocked, NULL);
+    int rc = grow_slots(p, pc->size);
+    if (rc < 0)
+        svc_log("error", "pool=%s event=resize-failed size=%u have=%u reason=\"out of memory\"",
+                p->name, pc->size, p->nslots);
+    pool_lock_gold(p);
+    return rc;
+}
+
+pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc)
+{
+    pool *p = calloc(1, sizeof *p);
+    if (!p || !(p->name = strdup(pc->name))) {
+        free(p);
+        return NULL;
+    }
+    p->svc = svc;
+    p->gold_lock = p->retiring_lock = -1;
+    if (pool_configure(p, config, pc) < 0) {
+        pool_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static const double bucket_bounds[LATENCY_BUCKETS] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,
+                                                      2.5,  5,    10,  30,   60};
+
+void latency_observe(latency_histogram *h, double seconds)
+{
+    int i = 0;
+    while (i < LATENCY_BUCKETS && seconds > bucket_bounds[i])
+        i++;
+    h->buckets[i]++;
+    h->count++;
+    h->sum += seconds;
+}
+
+static void kicked(uv_timer_t *t)
+{
+    service *svc = t->data;
+    svc->kick_pending = false;
+    if (svc->step)
+        svc->step(svc);
+}
+
+/* One controller step on the next turn of the loop, however many things
+ * asked for it in this one (a finished job, an acquire, an event). */
+void service_kick(service *svc)
+{
+    if (svc->kick_pending || svc->stopping || !svc->kick_ready)
+        return;
+    if (uv_timer_start(&svc->kick, kicked, 0, 0) == 0)
+        svc->kick_pending = true;
+}
+
+int service_objects_init(service *svc, uv_loop_t *loop, void (*step)(service *svc))
+{
+    svc->loop = loop;
+    svc->step = step;
+    int rc = uv_timer_init(loop, &svc->kick);
+    svc->kick.data = svc;
+    svc->kick_ready = rc == 0;
+    return rc;
+}

@@ -2,7 +2,7 @@
  * checked and every error is collected (with the file and line libconfig
  * records for each setting), so an operator sees all mistakes at once. A
  * config with any error is never returned. */
-#include "vdi_config.h"
+#include "config_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -46,9 +46,8 @@ typedef struct parse_ctx {
 static void add_error_at(parse_ctx *ctx, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static void add_error_at(parse_ctx *ctx, const char *file, int line, const char *fmt, ...)
+static void errors_append(vdi_config_errors *e, const char *file, int line, const char *message)
 {
-    vdi_config_errors *e = ctx->errors;
     if (e->count == e->cap) {
         size_t cap = e->cap ? e->cap * 2 : 8;
         vdi_config_error *items = realloc(e->items, cap * sizeof *items);
@@ -57,19 +56,26 @@ static void add_error_at(parse_ctx *ctx, const char *file, int line, const char 
         e->items = items;
         e->cap = cap;
     }
-    char *msg = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
-    va_end(ap);
-    char *f = strdup(file ? file : ctx->main_file);
+    char *msg = strdup(message), *f = strdup(file);
     if (!msg || !f) {
         free(msg);
         free(f);
         return;
     }
     e->items[e->count++] = (vdi_config_error){ f, line, msg };
+}
+
+static void add_error_at(parse_ctx *ctx, const char *file, int line, const char *fmt, ...)
+{
+    char *msg = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    if (msg)
+        errors_append(ctx->errors, file ? file : ctx->main_file, line, msg);
+    free(msg);
 }
 
 static const char *setting_file(parse_ctx *ctx, const config_setting_t *s)
@@ -828,6 +834,33 @@ static int finish(parse_ctx *ctx, vdi_config **out, vdi_config_errors **errors)
     return 0;
 }
 
+typedef struct prescan_sink {
+    vdi_config_errors *errors;
+} prescan_sink;
+
+static void prescan_error(void *ctx, const char *file, int line, const char *message)
+{
+    prescan_sink *sink = ctx;
+    errors_append(sink->errors, file, line, message);
+}
+
+/* Runs the prescan; on refusal *errors holds what it found. */
+static int prescan(const char *path, const char *text, const char *include_dir,
+                   vdi_config_errors **errors)
+{
+    prescan_sink sink = { calloc(1, sizeof *sink.errors) };
+    if (!sink.errors)
+        abort();
+    int rc = text ? vdi_config_prescan_text_(text, path, prescan_error, &sink)
+                  : vdi_config_prescan_file_(path, include_dir, prescan_error, &sink);
+    if (rc == 0) {
+        vdi_config_errors_free(sink.errors);
+        return 0;
+    }
+    *errors = sink.errors;
+    return rc;
+}
+
 static int parse_common(config_t *cf, bool read_ok, const char *name,
                         const vdi_config_options *opts_in, vdi_config **out,
                         vdi_config_errors **errors)
@@ -879,7 +912,14 @@ int vdi_config_load(const char *path, const vdi_config_options *opts, vdi_config
         snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
     else
         snprintf(dir, sizeof dir, ".");
-    config_set_include_dir(&cf, slash == path ? "/" : dir);
+    const char *include_dir = slash == path ? "/" : dir;
+    *out = NULL;
+    *errors = NULL;
+    if (prescan(path, NULL, include_dir, errors) < 0) {
+        config_destroy(&cf);
+        return -EINVAL;
+    }
+    config_set_include_dir(&cf, include_dir);
     bool ok = config_read_file(&cf, path) == CONFIG_TRUE;
     int rc = parse_common(&cf, ok, path, opts, out, errors);
     config_destroy(&cf);
@@ -889,6 +929,10 @@ int vdi_config_load(const char *path, const vdi_config_options *opts, vdi_config
 int vdi_config_parse_string(const char *text, const char *name, const vdi_config_options *opts,
                             vdi_config **out, vdi_config_errors **errors)
 {
+    *out = NULL;
+    *errors = NULL;
+    if (prescan(name, text, NULL, errors) < 0)
+        return -EINVAL;
     config_t cf;
     config_init(&cf);
     bool ok = config_read_string(&cf, text) == CONFIG_TRUE;

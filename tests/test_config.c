@@ -495,6 +495,62 @@ START_TEST(cli_check_and_diff)
 }
 END_TEST
 
+/* libconfig 1.5 wraps integers; the prescan refuses any that do not fit. */
+START_TEST(integers_that_do_not_fit_are_refused)
+{
+    char text[2048];
+    snprintf(text, sizeof text,
+             "%s\npools = ( { name = \"p\"; desktop_prefix = \"p\"; gold = \"a\";\n"
+             "  datastore = \"local\";\n  size = 4294967298;\n  spares = 2147483648; } );\n",
+             BASE);
+    vdi_config_errors *errors = must_fail(text);
+    expect_error(errors, "bad.conf", 6, "4294967298 is too large");
+    expect_error(errors, "bad.conf", 7, "2147483648 is too large");
+    vdi_config_errors_free(errors);
+    /* Names with digits, floats and int64 literals are not numbers to refuse. */
+    snprintf(text, sizeof text,
+             "%s\npools = ( { name = \"p2\"; desktop_prefix = \"p2x9\"; gold = \"a\";\n"
+             "  datastore = \"local\"; size = 2; spares = 1; expected_growth = 5000000000L; } "
+             ");\n",
+             BASE);
+    vdi_config_free(must_load(text));
+}
+END_TEST
+
+START_TEST(only_plain_files_of_bounded_size)
+{
+    char fifo[4200];
+    snprintf(fifo, sizeof fifo, "%s/fifo.conf", dir);
+    ck_assert_int_eq(mkfifo(fifo, 0644), 0);
+    char text[2048];
+    snprintf(text, sizeof text, "%s\n@include \"fifo.conf\"\n", BASE);
+    vdi_config_errors *errors = must_fail(text);
+    expect_error(errors, "bad.conf", 4, "is not a regular file (a FIFO)");
+    vdi_config_errors_free(errors);
+    snprintf(text, sizeof text, "%s\n@include \"desktops\"\n", BASE);
+    errors = must_fail(text);
+    expect_error(errors, "bad.conf", 4, "(a directory)");
+    vdi_config_errors_free(errors);
+    /* A string over the limit, and a file over the limit, are refused at once. */
+    size_t n = 100000;
+    char *big = malloc(n + 256);
+    int len = snprintf(big, n + 256, "datastores = ( { name = \"");
+    memset(big + len, 'x', n);
+    snprintf(big + len + n, 200, "\"; path = \"/tmp\"; } );\n");
+    errors = must_fail(big);
+    expect_error(errors, "bad.conf", 1, "a string of 100000 bytes");
+    vdi_config_errors_free(errors);
+    free(big);
+    big = malloc(2 * 1024 * 1024 + 1);
+    memset(big, '#', 2 * 1024 * 1024);
+    big[2 * 1024 * 1024] = '\0';
+    errors = must_fail(big);
+    expect_error(errors, "bad.conf", 0, "at most 1048576");
+    vdi_config_errors_free(errors);
+    free(big);
+}
+END_TEST
+
 TH_MAIN("config", {"config",
                    setup,
                    teardown,
@@ -502,4 +558,5 @@ TH_MAIN("config", {"config",
                    {full_config_with_units_and_defaults, syntax_error_line, missing_file,
                     every_error_at_once_with_lines, datastore_errors, gold_check_is_delegated,
                     includes_name_their_file, diff_lists_every_change, parse_string_for_fuzzing,
-                    shipped_examples_are_valid, cli_check_and_diff, NULL}})
+                    shipped_examples_are_valid, cli_check_and_diff,
+                    integers_that_do_not_fit_are_refused, only_plain_files_of_bounded_size, NULL}})

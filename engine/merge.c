@@ -44,6 +44,8 @@ static uint64_t free_space_of(const char *path)
     char *slash = strrchr(dir, '/');
     if (slash)
         *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+        snprintf(dir, sizeof dir, "."); /* a bare file name lives in the current directory */
     struct statvfs vfs;
     if (statvfs(*dir ? dir : ".", &vfs) < 0)
         return 0;

@@ -45,6 +45,15 @@ START_TEST(merge_three_modes)
     vdi_image_close(img);
     ck_assert_int_eq(access(top, F_OK), 0);
     ck_assert_int_eq(merge(top, VDI_MERGE_INTO_NEW, flat, &err), -EEXIST);
+    /* A bare file name is a file in the current directory (its free space
+     * is the current directory's, not "0 B"). */
+    char cwd[4200];
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    ck_assert_int_eq(chdir(dir), 0);
+    int relative = merge(top, VDI_MERGE_INTO_NEW, "flat2.qcow2", &err);
+    ck_assert_int_eq(chdir(cwd), 0);
+    ck_assert_msg(relative == 0, "%s", err.message);
+    io(th_path(dir, "flat2.qcow2"), "-r -c 'read -q -P 0x22 2M 64k'");
 
     /* Into the sealed gold: refused. */
     ck_assert_int_eq(merge(mid, VDI_MERGE_INTO_PARENT, NULL, &err), -EPERM);

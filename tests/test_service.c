@@ -445,6 +445,41 @@ START_TEST(domain_template)
 }
 END_TEST
 
+START_TEST(second_instance_is_refused)
+{
+    th_daemon_write_config(&D, 2, 1, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 20));
+    const char *bin = getenv("VDIPOOLD");
+    /* Same state directory: refused, naming the running one. */
+    char *out = NULL;
+    int rc = th_run(&out, "ASAN_OPTIONS=detect_leaks=0 %s --config %s", bin, D.conf);
+    ck_assert_msg(rc != 0, "a second vdipoold started: %s", out);
+    char pid[32];
+    snprintf(pid, sizeof pid, "pid %ld", (long)D.pid);
+    ck_assert_msg(strstr(out, pid) && strstr(out, D.state), "no pid or state dir named: %s", out);
+    free(out);
+    /* Another state directory but the same socket: the socket is not taken over. */
+    char other[1300];
+    snprintf(other, sizeof other, "%s/other.conf", D.dir);
+    free(th_must("sed 's|state_dir = \"[^\"]*\"|state_dir = \"%s/state2\"|' %s > %s", D.dir,
+                 D.conf, other));
+    rc = th_run(&out, "ASAN_OPTIONS=detect_leaks=0 %s --config %s", bin, other);
+    ck_assert_msg(rc != 0, "a second vdipoold took the socket: %s", out);
+    ck_assert_msg(strstr(out, "socket of a running vdipoold"), "%s", out);
+    free(out);
+    /* The first one keeps serving. */
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &j), 200);
+    json_decref(j);
+    json_decref(acquire("erin", 200));
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    /* After a clean stop the lock and the socket are free again. */
+    th_daemon_start(&D);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 TH_MAIN("service",
         {"service",
          setup,
@@ -453,4 +488,4 @@ TH_MAIN("service",
          {spares_acquire_release_refill, reload_applies_diff_or_keeps_running_config, gold_rollout,
           unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
-          NULL}})
+          second_instance_is_refused, NULL}})

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define MAX_BODY (64 * 1024)
@@ -362,7 +363,23 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
         *slash = '\0';
         mkdir(dir, 0755);
     }
-    unlink(a->socket_path); /* a stale socket of a previous run */
+    /* A socket that answers belongs to a running vdipoold: never take it over.
+     * One that does not is a stale leftover of a previous run. */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(a->socket_path) >= sizeof sa.sun_path)
+        return vdi_error_set(err, -ENAMETOOLONG, "the socket path %s is too long (at most %zu bytes)",
+                             a->socket_path, sizeof sa.sun_path - 1);
+    memcpy(sa.sun_path, a->socket_path, strlen(a->socket_path) + 1);
+    bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (probe >= 0)
+        close(probe);
+    if (live)
+        return vdi_error_set(err, -EADDRINUSE,
+                             "%s is the socket of a running vdipoold; stop it first, or give "
+                             "this one another service.socket",
+                             a->socket_path);
+    unlink(a->socket_path);
     uv_pipe_init(loop, &a->unix_server, 0);
     a->unix_server.data = a;
     int rc = uv_pipe_bind(&a->unix_server, a->socket_path);

@@ -14,11 +14,15 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -27,6 +31,45 @@ static void quiet_libvirt(void *opaque, virErrorPtr e)
 {
     (void)opaque;
     (void)e;
+}
+
+/* One vdipoold per state directory: an exclusive lock on STATE/vdipoold.lock,
+ * held for the process's life, with the holder's pid inside. Returns the
+ * lock's fd, or -1 after printing who holds it. */
+static int lock_state_dir(const char *state_dir)
+{
+    if (mkdir(state_dir, 0750) < 0 && errno != EEXIST) {
+        fprintf(stderr, "vdipoold: cannot create the state directory %s: %s\n", state_dir,
+                strerror(errno));
+        return -1;
+    }
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/vdipoold.lock", state_dir) >= (int)sizeof path) {
+        fprintf(stderr, "vdipoold: the state directory path %s is too long\n", state_dir);
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        fprintf(stderr, "vdipoold: cannot open %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        fprintf(stderr,
+                "vdipoold: another vdipoold (pid %s) is running with the state directory %s; "
+                "stop it first, or give this one its own --state-dir\n",
+                pid[0] ? pid : "unknown", state_dir);
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        fprintf(stderr, "vdipoold: cannot write the pid into %s: %s\n", path, strerror(errno));
+    return fd;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -138,8 +181,17 @@ int main(int argc, char **argv)
     svc.state_dir = strdup(state_dir && *state_dir ? state_dir : sc->state_dir);
     vdi_error err = {0};
     vdi_catalog *catalog = NULL;
-    if (!svc.state_dir || vdi_catalog_open(svc.state_dir, &catalog, &err) < 0) {
-        fprintf(stderr, "vdipoold: %s\n", svc.state_dir ? err.message : "out of memory");
+    if (!svc.state_dir) {
+        fprintf(stderr, "vdipoold: out of memory\n");
+        return 1;
+    }
+    int state_lock = lock_state_dir(svc.state_dir);
+    if (state_lock < 0) {
+        vdi_config_unref(cfg);
+        return 1;
+    }
+    if (vdi_catalog_open(svc.state_dir, &catalog, &err) < 0) {
+        fprintf(stderr, "vdipoold: %s\n", err.message);
         vdi_config_unref(cfg);
         return 1;
     }
@@ -194,6 +246,7 @@ int main(int argc, char **argv)
     if (uv_loop_close(loop) != 0)
         svc_log("debug", "event=loop-not-closed: handles still open at exit");
     vdi_catalog_close(catalog);
+    close(state_lock);
     svc_log("info", "event=stopped");
     return 0;
 }

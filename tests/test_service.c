@@ -148,6 +148,30 @@ START_TEST(spares_acquire_release_refill)
     ck_assert_int_eq(th_http(&D, "GET", "/v2/whatever", NULL, &j), 404);
     json_decref(j);
 
+    /* No user name can forge a log line or reach a terminal raw. */
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire",
+                             "{\"user\": \"evil\\nevent=assigned user=root\"}", &j),
+                     400);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "0x0a"));
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire",
+                             "{\"user\": \"\\u001b[2Jx\"}", &j),
+                     400);
+    json_decref(j);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/desktops/zzz/release", NULL, &j), 404);
+    json_decref(j);
+    /* Spaces and quotes are allowed, and logged in quotes. */
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire",
+                             "{\"user\": \"mallory event=assigned \\\"x\"}", &j),
+                     200);
+    json_decref(j);
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", D.dir);
+    ck_assert_int_eq(
+        th_run(NULL, "grep -qF 'user=\"mallory event=assigned \\\"x\"' %s", log), 0);
+    ck_assert_int_ne(th_run(NULL, "grep -q '^event=assigned' %s", log), 0);
+    ck_assert_int_ne(th_run(NULL, "grep -qP '\\x1b' %s", log), 0);
+
     ck_assert_int_eq(th_daemon_stop(&D), 0);
 }
 END_TEST

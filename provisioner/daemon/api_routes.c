@@ -242,7 +242,18 @@ void api_route(void *ctx, request *r)
         json_error_t jerr;
         json_t *body = json_loads(request_body(r), 0, &jerr);
         const char *user = json_string_value(json_object_get(body, "user"));
-        if (!user || !*user || strlen(user) > 120) {
+        size_t bad = user ? strcspn(user, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c"
+                                          "\x0d\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18"
+                                          "\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f")
+                          : 0;
+        if (user && user[bad]) {
+            char msg[256];
+            snprintf(msg, sizeof msg,
+                     "the user name must not contain control characters (byte 0x%02x at "
+                     "position %zu)",
+                     (unsigned char)user[bad], bad);
+            request_respond_json(r, 400, json_pack("{s:s}", "error", msg));
+        } else if (!user || !*user || strlen(user) > 120) {
             char msg[256];
             snprintf(msg, sizeof msg, "the body must be JSON like {\"user\": \"alice\"}%s%s",
                      body ? "" : ": ", body ? "" : jerr.text);

@@ -94,8 +94,9 @@ void desktop_begin_end(desktop *d, end_reason why)
     if (d->state == DESKTOP_ENDING || d->state == DESKTOP_EMPTY || d->busy)
         return;
     d->end_reason = why;
+    char user[LOG_VALUE_MAX];
     svc_log("info", "pool=%s desktop=%s event=ending reason=%s user=%s", d->pool->name, d->name,
-            end_reason_name(why), d->user ? d->user : "-");
+            end_reason_name(why), log_value(d->user, user, sizeof user));
     desktop_set_state(d, DESKTOP_ENDING);
     d->pool->svc->ops->end(d);
 }

@@ -1,6 +1,7 @@
 /* log.c — see log.h. */
 #include "log.h"
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -30,11 +31,19 @@ void svc_log(const char *level, const char *fmt, ...)
                                                   : VDI_LOG_INFO;
     if ((int)l < atomic_load(&log_level))
         return;
-    char msg[2048];
+    char raw[2048], msg[2048 * 4];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)raw; *p && o < sizeof msg - 5; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            o += (size_t)snprintf(msg + o, sizeof msg - o, "\\x%02x", *p);
+        else
+            msg[o++] = (char)*p;
+    }
+    msg[o] = '\0';
     if (atomic_load(&under_journal)) {
         int prio = l == VDI_LOG_DEBUG ? 7 : l == VDI_LOG_INFO ? 6 : l == VDI_LOG_WARNING ? 4 : 3;
         fprintf(stderr, "<%d>%s\n", prio, msg);
@@ -45,4 +54,27 @@ void svc_log(const char *level, const char *fmt, ...)
         strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
         fprintf(stderr, "%s %s %s\n", ts, level, msg);
     }
+}
+
+const char *log_value(const char *value, char *buf, size_t len)
+{
+    if (!value)
+        value = "-";
+    bool plain = *value != '\0';
+    for (const char *p = value; *p && plain; p++)
+        plain = isalnum((unsigned char)*p) || strchr("._@:/+-", *p);
+    if (plain) {
+        snprintf(buf, len, "%s", value);
+        return buf;
+    }
+    size_t o = 0;
+    buf[o++] = '"';
+    for (const char *p = value; *p && o + 3 < len; p++) {
+        if (*p == '"' || *p == '\\')
+            buf[o++] = '\\';
+        buf[o++] = *p;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
 }

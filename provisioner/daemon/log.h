@@ -7,9 +7,18 @@
 #include "vdi_config.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 
 void log_configure(vdi_log_level level, bool under_journal);
 void log_set_level(vdi_log_level level);
+/* Writes one line. Control bytes anywhere in it (newlines, terminal escapes)
+ * are written as \xNN, so no value can start a line of its own. */
 void svc_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A value for a key=value pair: as it is when it is plain (letters, digits
+ * and ._@:/+-), else in double quotes with " and \ escaped, so that text from
+ * outside (a user name) cannot pose as more pairs. Returns buf. */
+const char *log_value(const char *value, char *buf, size_t len);
+#define LOG_VALUE_MAX 300
 
 #endif

@@ -55,8 +55,9 @@ static desktop *assign(pool *p, const char *user)
     }
     p->sessions_started++;
     desktop_set_state(pick, DESKTOP_ASSIGNED);
+    char quoted[LOG_VALUE_MAX];
     svc_log("info", "pool=%s desktop=%s session=%lld event=assigned user=%s", p->name, pick->name,
-            (long long)pick->session_id, user);
+            (long long)pick->session_id, log_value(user, quoted, sizeof quoted));
     return pick;
 }
 

@@ -2,8 +2,8 @@
  * process, with fake desktop_ops and a fake clock: no daemon, no HTTP, no
  * libvirt, no threads. Each transition of desktop.c's table, failure and
  * back-off included, is driven and checked here. */
-#include "helpers.h"
 #include "daemon.h"
+#include "helpers.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +148,12 @@ static void make_ready(void)
     }
 }
 
+static void on_acquired_status(void *ctx, int status, json_t *body)
+{
+    *(int *)ctx = status;
+    json_decref(body);
+}
+
 /* ---- tests --------------------------------------------------------------------- */
 
 START_TEST(spares_are_cloned_started_and_ready)
@@ -210,12 +216,46 @@ START_TEST(blocked_pool_probes_one_at_a_time)
     desktop_cloned(take(CALL_CLONE), -ENOSPC, true, "datastore full", 0);
     ck_assert_str_eq(P->blocked, "datastore full");
     ck_assert_uint_eq(in_state(DESKTOP_EMPTY), 4); /* the slot reads empty, not cloning */
+    /* No busy loop: steps while the back-off runs ask for nothing. */
+    for (int i = 0; i < 1000; i++)
+        service_converge(&S);
+    ck_assert_uint_eq(ncalls, 0);
+    fake_now += 2; /* 1 s, then 2 s after the second refusal */
     service_converge(&S);
     ck_assert_uint_eq(count(CALL_CLONE), 1); /* one probe while blocked */
+    desktop_cloned(take(CALL_CLONE), -ENOSPC, true, "datastore full", 0);
+    fake_now += 3;
+    service_converge(&S);
+    ck_assert_uint_eq(ncalls, 0); /* now 4 s */
+    fake_now += 1;
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 1);
     desktop_cloned(take(CALL_CLONE), 0, false, NULL, 0.01);
     ck_assert_ptr_null(P->blocked); /* a success unblocks */
     make_ready();
     ck_assert_uint_eq(in_state(DESKTOP_READY), 3);
+    stop_service();
+}
+END_TEST
+
+START_TEST(freed_space_ends_the_wait)
+{
+    start_service(NULL, 3, 2);
+    make_ready();
+    int status = 0;
+    service_acquire(&S, "demo", "ann", on_acquired_status, &status);
+    ck_assert_int_eq(status, 200);
+    service_converge(&S);
+    desktop_cloned(take(CALL_CLONE), -ENOSPC, true, "datastore full", 0);
+    service_converge(&S);
+    ck_assert_uint_eq(ncalls, 0);
+    /* A session ends: its child is deleted, so the pool looks again at once. */
+    for (unsigned i = 0; i < P->nslots; i++)
+        if (P->desktops[i]->state == DESKTOP_ASSIGNED)
+            session_end(P->desktops[i], END_RELEASED);
+    desktop_ended(take(CALL_END), 0, NULL);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 1);
     stop_service();
 }
 END_TEST
@@ -393,12 +433,12 @@ START_TEST(names_come_from_one_list)
 }
 END_TEST
 
-TH_MAIN("controller",
-        {"controller",
-         NULL,
-         NULL,
-         60,
-         {spares_are_cloned_started_and_ready, clone_failure_backs_off_and_retries,
-          blocked_pool_probes_one_at_a_time, failed_start_ends_then_fails, failed_end_is_retried,
-          session_time_limit_and_idle_spares, reload_rolls_out_shrinks_and_drains,
-          offline_pool_starts_nothing, names_come_from_one_list, NULL}})
+TH_MAIN("controller", {"controller",
+                       NULL,
+                       NULL,
+                       60,
+                       {spares_are_cloned_started_and_ready, clone_failure_backs_off_and_retries,
+                        blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
+                        failed_start_ends_then_fails, failed_end_is_retried,
+                        session_time_limit_and_idle_spares, reload_rolls_out_shrinks_and_drains,
+                        offline_pool_starts_nothing, names_come_from_one_list, NULL}})

@@ -504,6 +504,53 @@ START_TEST(second_instance_is_refused)
 }
 END_TEST
 
+/* CPU seconds (user + system) the process has used, from /proc/PID/stat. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long utime = 0, stime = 0;
+    ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
+                            &stime),
+                     2);
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+START_TEST(blocked_pool_waits_without_spinning)
+{
+    /* A datastore that admits nothing: each desktop is expected to grow by more
+     * than any disk here holds. */
+    th_daemon_write_config(&D, 3, 2, "expected_growth = \"1000T\";");
+    th_daemon_start(&D);
+    json_t *j = NULL;
+    time_t end = time(NULL) + 20;
+    bool blocked = false;
+    while (!blocked && time(NULL) < end) {
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+        blocked = json_object_get(j, "blocked") != NULL;
+        json_decref(j);
+        usleep(100000);
+    }
+    ck_assert_msg(blocked, "the pool never said it was blocked");
+    double before = cpu_seconds(D.pid);
+    sleep(30);
+    double used = cpu_seconds(D.pid) - before;
+    ck_assert_msg(used < 0.3, "a blocked pool used %.2f s of CPU in 30 s (over 1 %%)", used);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "blocked")), "is full"));
+    json_t *st = json_object_get(j, "desktops_by_state");
+    ck_assert_int_eq(json_integer_value(json_object_get(st, "empty")), 3);
+    json_decref(j);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 TH_MAIN("service",
         {"service",
          setup,
@@ -512,4 +559,4 @@ TH_MAIN("service",
          {spares_acquire_release_refill, reload_applies_diff_or_keeps_running_config, gold_rollout,
           unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
-          second_instance_is_refused, NULL}})
+          second_instance_is_refused, blocked_pool_waits_without_spinning, NULL}})

@@ -107,7 +107,9 @@ struct pool {
     desktop **desktops; /* nslots stable pointers, slot i+1 at [i] */
     unsigned nslots;
     bool draining; /* removed from config: no new sessions */
-    char *blocked; /* why it cannot clone now, NULL when it can */
+    char *blocked;              /* why it cannot clone now, NULL when it can */
+    int64_t blocked_retry_at;   /* while blocked: the next probe (back-off); 0: at once */
+    unsigned blocked_probes;    /* failed probes in a row, for the back-off */
     int gold_lock; /* fd holding QEMU's write lock on the gold, -1 */
     char *locked_gold;
     int retiring_lock; /* the previous gold's lock during a roll-out, -1 */

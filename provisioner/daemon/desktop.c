@@ -7,7 +7,8 @@
  *
  *   empty    -> cloning    desktop_begin_clone     (pool.c: a spare is wanted)
  *   cloning  -> starting   desktop_cloned          (the child exists)
- *   cloning  -> empty      desktop_cloned          (the pool is blocked: space, gold)
+ *   cloning  -> empty      desktop_cloned          (the pool is blocked: space, gold;
+ *                                                    pool.c probes again after a back-off)
  *   cloning  -> failed     desktop_cloned          (this desktop's clone failed)
  *   starting -> ready      desktop_started         (the domain runs)
  *   starting -> ending     desktop_started         (the start failed; then failed)
@@ -122,12 +123,20 @@ void desktop_cloned(desktop *d, int rc, bool pool_blocked, const char *error, do
         if (p->blocked)
             svc_log("info", "pool=%s event=unblocked", p->name);
         set_str(&p->blocked, NULL);
+        p->blocked_probes = 0;
+        p->blocked_retry_at = 0;
         svc_log("info", "pool=%s desktop=%s event=cloned child=%s seconds=%.3f", p->name, d->name,
                 d->child, seconds);
         desktop_set_state(d, DESKTOP_STARTING);
     } else if (pool_blocked) {
+        /* The next probe waits: 1 s doubling to 30 s, or less when space
+         * frees up (desktop_ended). Never a busy loop. */
+        unsigned wait = p->blocked_probes >= 5 ? 30 : 1u << p->blocked_probes;
+        p->blocked_probes++;
+        p->blocked_retry_at = service_now(p->svc) + wait;
         if (!p->blocked || strcmp(p->blocked, error))
-            svc_log("warning", "pool=%s event=blocked reason=\"%s\"", p->name, error);
+            svc_log("warning", "pool=%s event=blocked retry_in=%us reason=\"%s\"", p->name, wait,
+                    error);
         set_str(&p->blocked, error);
         desktop_set_state(d, DESKTOP_EMPTY);
     } else {
@@ -176,6 +185,7 @@ void desktop_ended(desktop *d, int rc, const char *error)
     set_str(&d->display, NULL);
     bool failed = d->fail_after_end;
     d->fail_after_end = false;
+    p->blocked_retry_at = 0; /* a child is gone: a blocked pool probes again at once */
     desktop_set_state(d, failed ? DESKTOP_FAILED : DESKTOP_EMPTY);
 }
 

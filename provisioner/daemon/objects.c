@@ -120,6 +120,8 @@ int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
     vdi_config_unref(old);
     p->draining = false;
     set_str(&p->blocked, NULL);
+    p->blocked_retry_at = 0;
+    p->blocked_probes = 0;
     int rc = grow_slots(p, pc->size);
     if (rc < 0)
         svc_log("error", "pool=%s event=resize-failed size=%u have=%u reason=\"out of memory\"",

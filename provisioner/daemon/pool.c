@@ -82,6 +82,8 @@ void pool_step(pool *p)
     /* Users waiting in acquire count as wanted spares, so a pool with few or
      * no spares still prepares a desktop on demand. */
     unsigned wanted = p->cfg->spares + sessions_waiting(svc, p->name);
+    if (p->blocked && now < p->blocked_retry_at)
+        wanted = 0; /* blocked: wait for the back-off or for space to free up */
     for (unsigned i = 0; i < p->nslots && i < p->cfg->size; i++) {
         if (pipeline >= wanted || in_use >= p->cfg->size ||
             svc->clones_running >= sc->max_parallel_clones)

@@ -183,6 +183,19 @@ static json_t *images_json(vdi_catalog *catalog)
     return json_pack("{s:o}", "golds", arr);
 }
 
+/* The answer to POST /v1/reload, once the worker has read the file. */
+static void reloaded(void *ctx, int rc, json_t *errors)
+{
+    if (rc == 0) {
+        json_decref(errors);
+        request_respond_json(ctx, 200, json_pack("{s:b}", "reloaded", 1));
+    } else {
+        request_respond_json(ctx, 400,
+                             json_pack("{s:b,s:o}", "reloaded", 0, "errors",
+                                       errors ? errors : json_array()));
+    }
+}
+
 static void acquired(void *ctx, int status, json_t *body)
 {
     request_respond_json(ctx, status, body);
@@ -291,11 +304,9 @@ void api_route(void *ctx, request *r)
     } else if (n == 2 && !strcmp(parts[1], "images") && get) {
         defer(svc, r, false, true);
     } else if (n == 2 && !strcmp(parts[1], "reload") && post) {
-        json_t *errors = NULL;
-        if (service_reload(svc, &errors) == 0)
-            request_respond_json(r, 200, json_pack("{s:b}", "reloaded", 1));
-        else
-            request_respond_json(r, 400, json_pack("{s:b,s:o}", "reloaded", 0, "errors", errors));
+        request_hold(r);
+        if (service_reload(svc, reloaded, r) < 0)
+            request_respond_json(r, 503, json_pack("{s:s}", "error", "cannot queue the reload"));
     } else {
         not_found(r, "unknown path or method; see the README's API reference");
     }

@@ -161,6 +161,7 @@ struct service {
     void (*step)(service *svc); /* what a kick runs (pool.c's service_step) */
     uv_signal_t sighup, sigterm, sigint;
     bool stopping;
+    uint64_t reload_asked, reload_applied; /* reload sequence numbers */
     waiter *waiters; /* acquires waiting for a spare, oldest first */
     latency_histogram clone_latency, start_latency;
     bool ready_notified; /* every pool has its spares ready */
@@ -192,7 +193,11 @@ int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_con
                  vdi_catalog *catalog, const desktop_ops *ops);
 void service_shutdown(service *svc);
 int service_apply_config(service *svc, vdi_config *config);
-int service_reload(service *svc, json_t **errors);
+/* Reads the config file again on a worker and applies it on the loop;
+ * cb (may be NULL) gets 0, or -EINVAL and the errors as JSON (owned by cb).
+ * Returns a negative code when nothing could be queued. */
+typedef void (*reload_cb)(void *ctx, int rc, json_t *errors);
+int service_reload(service *svc, reload_cb cb, void *ctx);
 int service_load_config(const char *path, vdi_config **out, json_t **errors_json);
 void service_on_connected(service *svc, virConnectPtr conn);
 void service_on_disconnected(service *svc);

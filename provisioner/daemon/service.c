@@ -92,27 +92,74 @@ int service_load_config(const char *path, vdi_config **out, json_t **errors_json
     return rc;
 }
 
-int service_reload(service *svc, json_t **errors)
+/* A reload reads and checks the file on a worker (a large or slow config
+ * never stalls the loop); the running config stays in force meanwhile. */
+typedef struct reload_req {
+    char *path;                 /* a copy of the service's config_path */
+    uint64_t seq;               /* reloads apply in the order they were asked */
+    vdi_config *config;         /* result, or NULL with errors */
+    json_t *errors;
+    reload_cb cb;
+    void *ctx;
+} reload_req;
+
+static void reload_run(void *data)
 {
-    vdi_config *cfg = NULL;
-    if (service_load_config(svc->config_path, &cfg, errors) < 0) {
-        svc_log("error", "event=reload-refused config=%s; the running config stays",
-                svc->config_path);
-        return -EINVAL;
+    reload_req *r = data;
+    if (service_load_config(r->path, &r->config, &r->errors) < 0)
+        r->config = NULL;
+}
+
+static void reload_done(service *svc, void *data)
+{
+    reload_req *r = data;
+    int rc = 0;
+    if (!r->config) {
+        svc_log("error", "event=reload-refused config=%s; the running config stays", r->path);
+        rc = -EINVAL;
+    } else if (r->seq < svc->reload_applied || svc->stopping) {
+        /* A later reload was applied already: this older reading is dropped. */
+        vdi_config_unref(r->config);
+    } else {
+        svc->reload_applied = r->seq;
+        const vdi_service_config *a = vdi_config_service(svc->config);
+        const vdi_service_config *b = vdi_config_service(r->config);
+        if (strcmp(a->socket_path, b->socket_path) || strcmp(a->state_dir, b->state_dir) ||
+            strcmp(a->libvirt_uri, b->libvirt_uri))
+            svc_log("warning", "event=reload-partial: socket, state_dir and libvirt_uri take "
+                               "effect at the next start");
+        log_set_level(b->log_level);
+        if (service_apply_config(svc, r->config) < 0)
+            svc_log("error", "event=reload-incomplete: some pools could not be resized or added "
+                             "(out of memory); they are retried at the next reload");
+        svc_log("info", "event=reloaded config=%s pools=%zu", r->path,
+                vdi_config_pool_count(svc->config));
+        service_kick(svc);
     }
-    const vdi_service_config *a = vdi_config_service(svc->config), *b = vdi_config_service(cfg);
-    if (strcmp(a->socket_path, b->socket_path) || strcmp(a->state_dir, b->state_dir) ||
-        strcmp(a->libvirt_uri, b->libvirt_uri))
-        svc_log("warning", "event=reload-partial: socket, state_dir and libvirt_uri take effect "
-                           "at the next start");
-    log_set_level(b->log_level);
-    if (service_apply_config(svc, cfg) < 0)
-        svc_log("error", "event=reload-incomplete: some pools could not be resized or added "
-                         "(out of memory); they are retried at the next reload");
-    svc_log("info", "event=reloaded config=%s pools=%zu", svc->config_path,
-            vdi_config_pool_count(svc->config));
-    service_kick(svc);
-    return 0;
+    if (r->cb)
+        r->cb(r->ctx, rc, r->errors);
+    else
+        json_decref(r->errors);
+    free(r->path);
+    free(r);
+}
+
+int service_reload(service *svc, reload_cb cb, void *ctx)
+{
+    reload_req *r = calloc(1, sizeof *r);
+    if (!r || !(r->path = strdup(svc->config_path))) {
+        free(r);
+        return -ENOMEM;
+    }
+    r->seq = ++svc->reload_asked;
+    r->cb = cb;
+    r->ctx = ctx;
+    int rc = work_submit(svc, reload_run, reload_done, r);
+    if (rc < 0) {
+        free(r->path);
+        free(r);
+    }
+    return rc;
 }
 
 int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_config *config,

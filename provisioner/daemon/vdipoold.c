@@ -97,13 +97,21 @@ static void on_tick(uv_timer_t *t)
                svc->conn ? "connected" : "disconnected");
 }
 
+static void reloaded(void *ctx, int rc, json_t *errors)
+{
+    (void)ctx;
+    (void)rc;
+    json_decref(errors);
+    sd_notify(0, "READY=1");
+}
+
 static void on_sighup(uv_signal_t *s, int signum)
 {
     (void)signum;
     svc_log("info", "event=sighup");
     sd_notify(0, "RELOADING=1");
-    service_reload(s->data, NULL);
-    sd_notify(0, "READY=1");
+    if (service_reload(s->data, reloaded, NULL) < 0)
+        svc_log("error", "event=reload-not-queued; send SIGHUP again");
 }
 
 static void close_walk(uv_handle_t *h, void *arg)

@@ -45,8 +45,8 @@ fuzz_seconds=${VDI_FUZZ_SECONDS:-45}
 if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
     echo "== fuzzing (clang libFuzzer, ${fuzz_seconds}s per target)"
     CC=clang cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVDI_FUZZ=ON >/dev/null
-    cmake --build "$root/build-fuzz" -j "$jobs" --target fuzz_config fuzz_qcow2
-    for target in config qcow2; do
+    cmake --build "$root/build-fuzz" -j "$jobs" --target fuzz_config fuzz_qcow2 fuzz_http
+    for target in config qcow2 http; do
         work=$(mktemp -d)
         mkdir "$work/corpus"
         # libFuzzer writes crash-*/leak-* files into the current directory.

@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -551,6 +554,104 @@ START_TEST(blocked_pool_waits_without_spinning)
 }
 END_TEST
 
+/* Sends raw bytes on the control socket (optionally pausing first) and reads
+ * everything until the daemon closes; returns the text (caller frees). */
+static char *raw_exchange(const char *bytes, size_t len, int wait_s)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    ck_assert_uint_lt(strlen(D.sock), sizeof a.sun_path);
+    memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = send(fd, bytes + off, len - off, MSG_NOSIGNAL);
+        if (w <= 0)
+            break; /* the daemon may refuse before everything is sent */
+        off += (size_t)w;
+    }
+    if (wait_s)
+        sleep((unsigned)wait_s);
+    struct timeval tv = { .tv_sec = 15 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t cap = 65536, got = 0;
+    char *out = malloc(cap);
+    ssize_t n;
+    while ((n = read(fd, out + got, cap - got - 1)) > 0)
+        got += (size_t)n;
+    close(fd);
+    out[got] = '\0';
+    return out;
+}
+
+static int status_of(const char *response)
+{
+    int status = 0;
+    sscanf(response, "HTTP/1.1 %d", &status);
+    return status;
+}
+
+START_TEST(http_limits_versions_and_timeouts)
+{
+    th_daemon_write_config(&D, 1, 0, NULL);
+    th_daemon_start(&D);
+    /* A request target over 2048 bytes. */
+    char *big = malloc(40000);
+    int n = snprintf(big, 40000, "GET /v1/");
+    memset(big + n, 'a', 3000);
+    n += 3000;
+    n += snprintf(big + n, 40000 - (size_t)n, " HTTP/1.1\r\n\r\n");
+    char *out = raw_exchange(big, (size_t)n, 0);
+    ck_assert_int_eq(status_of(out), 414);
+    free(out);
+    /* Headers over 16 KiB. */
+    n = snprintf(big, 40000, "GET /v1/status HTTP/1.1\r\n");
+    for (int i = 0; i < 300; i++)
+        n += snprintf(big + n, 40000 - (size_t)n, "X-Filler-%03d: %080d\r\n", i, 0);
+    n += snprintf(big + n, 40000 - (size_t)n, "\r\n");
+    out = raw_exchange(big, (size_t)n, 0);
+    ck_assert_int_eq(status_of(out), 431);
+    free(out);
+    free(big);
+    /* A body over 64 KiB, announced and sent: answered, not cut off. */
+    size_t blen = 200000;
+    char *body = malloc(blen + 200);
+    n = snprintf(body, 200, "POST /v1/pools/demo/acquire HTTP/1.1\r\nContent-Length: %zu\r\n\r\n",
+                 blen);
+    memset(body + n, 'x', blen);
+    out = raw_exchange(body, (size_t)n + blen, 0);
+    ck_assert_int_eq(status_of(out), 413);
+    free(out);
+    free(body);
+    /* Only HTTP/1.0 and 1.1. */
+    out = raw_exchange("GET /v1/status HTTP/9.9\r\n\r\n", 27, 0);
+    ck_assert_int_eq(status_of(out), 505);
+    free(out);
+    out = raw_exchange("GET /v1/status\r\n\r\n", 18, 0);
+    ck_assert_int_eq(status_of(out), 505);
+    free(out);
+    out = raw_exchange("GET /v1/status HTTP/1.0\r\n\r\n", 27, 0);
+    ck_assert_int_eq(status_of(out), 200);
+    free(out);
+    /* Pipelined: the first is answered, then the connection closes. */
+    const char *two = "GET /v1/pools HTTP/1.1\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n";
+    out = raw_exchange(two, strlen(two), 0);
+    ck_assert_int_eq(status_of(out), 200);
+    ck_assert_ptr_nonnull(strstr(out, "Connection: close"));
+    ck_assert_ptr_null(strstr(out + 5, "HTTP/1.1 "));
+    free(out);
+    /* A request that trickles in too slowly is cut at 10 s with 408. */
+    out = raw_exchange("GET /v1/st", 10, 11);
+    ck_assert_int_eq(status_of(out), 408);
+    free(out);
+    /* And the daemon still serves. */
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &j), 200);
+    json_decref(j);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 TH_MAIN("service",
         {"service",
          setup,
@@ -559,4 +660,5 @@ TH_MAIN("service",
          {spares_acquire_release_refill, reload_applies_diff_or_keeps_running_config, gold_rollout,
           unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
-          second_instance_is_refused, blocked_pool_waits_without_spinning, NULL}})
+          second_instance_is_refused, blocked_pool_waits_without_spinning,
+          http_limits_versions_and_timeouts, NULL}})

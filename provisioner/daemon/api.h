@@ -22,6 +22,13 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
  * handles are closed. Requests in flight are still answered. */
 void api_server_stop(api_server *server);
 
+/* For fuzzing the parser and the routes: parses data as one request and,
+ * when it is whole, routes it; runs loop (when given) until a held answer
+ * is given. Returns the status answered, or 0 when the request was
+ * incomplete. */
+int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx,
+                     uv_loop_t *loop);
+
 /* What routes see of a request. */
 const char *request_method(const request *r);
 const char *request_path(const request *r); /* without the query string */

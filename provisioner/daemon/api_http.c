@@ -1,6 +1,8 @@
 /* api_http.c — the control API's transport: HTTP/1.1 over a Unix socket,
  * optionally also loopback TCP with a bearer token. One request per
- * connection (Connection: close) keeps it small. The parser is Debian's
+ * connection (Connection: close) keeps it small; limits on the request
+ * line, headers and body answer 414/431/413, other versions than 1.0 and 1.1
+ * 505, and a request that does not arrive within 10 s 408. The parser is Debian's
  * http-parser, kept behind this file. Peers on the Unix socket are checked
  * with SO_PEERCRED: root, the daemon's own user, or members of group vdipool. */
 #include "api.h"
@@ -9,6 +11,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <http_parser.h>
+#include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +21,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define MAX_BODY (64 * 1024)
+/* Limits on what a client may send, and how long it may take. */
+#define MAX_URL 2048                 /* request target: 414 beyond */
+#define MAX_HEADERS (16 * 1024)      /* request line and headers: 431 beyond */
+#define MAX_BODY (64 * 1024)         /* body: 413 beyond */
+#define HEADER_TIMEOUT_MS 10000      /* a whole request must arrive within this: 408 */
+#define DRAIN_TIMEOUT_MS 2000        /* after an error answer, input is read and dropped this long */
+#define DRAIN_MAX (1024 * 1024)
 
 struct api_server {
     uv_loop_t *loop;
@@ -33,31 +42,46 @@ struct api_server {
     char socket_path[4096];
 };
 
+/* One connection, one request (then Connection: close). Pipelined requests
+ * after the first are not read: the first is answered and the connection
+ * closed. A request without a connection (api_request_fuzz) keeps its
+ * answer's status instead of writing it. */
 struct request {
     union {
         uv_pipe_t pipe;
         uv_tcp_t tcp;
     } handle;
-    uv_stream_t *stream;
+    uv_stream_t *stream;         /* NULL: detached (fuzzing) */
+    uv_timer_t timer;            /* header timeout, then the drain after an error */
+    int open_handles;            /* stream and timer: freed when both are closed */
     http_parser parser;
     api_server *server;
+    api_route_fn route;          /* the server's, or the fuzzer's */
+    void *route_ctx;
     bool is_tcp;
-    char url[2048];
-    char path[2048];
+    char url[MAX_URL + 1];
+    char path[MAX_URL + 1];
     char method[16];
     char *body;
     size_t body_len;
+    size_t header_bytes;
     char field[64];
     char auth[512];
     bool in_auth;
-    bool denied; /* the Unix peer failed the credential check */
-    bool responded, closed, held, dispatched;
+    int error_status;            /* set by a parser callback that refused the request */
+    const char *error_text;
+    bool denied;                 /* the Unix peer failed the credential check */
+    bool responded, closed, held, dispatched, draining;
+    size_t drained;
+    int answered_status;         /* what was answered (detached requests) */
 };
 
 typedef struct reply {
     uv_write_t req;
+    uv_shutdown_t shutdown;
     char *msg;
     request *r;
+    bool drain;                  /* an error answer: keep reading (and dropping) after it */
 } reply;
 
 static void free_request(request *r)
@@ -66,9 +90,11 @@ static void free_request(request *r)
     free(r);
 }
 
-static void on_closed(uv_handle_t *h)
+static void handle_closed(uv_handle_t *h)
 {
     request *r = h->data;
+    if (--r->open_handles > 0)
+        return;
     r->closed = true;
     if (!r->held || r->responded)
         free_request(r);
@@ -76,15 +102,40 @@ static void on_closed(uv_handle_t *h)
 
 static void close_request(request *r)
 {
+    if (!r->stream)
+        return;
     if (!uv_is_closing((uv_handle_t *)r->stream))
-        uv_close((uv_handle_t *)r->stream, on_closed);
+        uv_close((uv_handle_t *)r->stream, handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&r->timer))
+        uv_close((uv_handle_t *)&r->timer, handle_closed);
+}
+
+static void drain_over(uv_timer_t *t) { close_request(t->data); }
+
+static void on_shutdown(uv_shutdown_t *s, int status)
+{
+    (void)status;
+    reply *rep = s->data;
+    request *r = rep->r;
+    free(rep->msg);
+    free(rep);
+    /* The client may still be sending what we refused: read and drop it for
+     * a moment, so that closing does not reset the connection before the
+     * client has read our answer. */
+    if (uv_timer_start(&r->timer, drain_over, DRAIN_TIMEOUT_MS, 0) < 0)
+        close_request(r);
 }
 
 static void on_written(uv_write_t *w, int status)
 {
-    (void)status;
-    reply *rep = (reply *)w;
+    reply *rep = w->data;
     request *r = rep->r;
+    if (rep->drain && status == 0 && !r->closed) {
+        r->draining = true;
+        rep->shutdown.data = rep;
+        if (uv_shutdown(&rep->shutdown, r->stream, on_shutdown) == 0)
+            return;
+    }
     free(rep->msg);
     free(rep);
     close_request(r);
@@ -99,9 +150,13 @@ static const char *status_text(int status)
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
     case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     }
     return "Error";
 }
@@ -111,10 +166,14 @@ void request_respond_text(request *r, int status, const char *type, const char *
     if (r->responded)
         return;
     r->responded = true;
+    r->answered_status = status;
+    if (!r->stream)
+        return; /* detached: the status is all that is kept */
     if (r->closed) { /* the client went away while we waited */
         free_request(r);
         return;
     }
+    uv_timer_stop(&r->timer);
     reply *rep = calloc(1, sizeof *rep);
     if (!rep || asprintf(&rep->msg,
                          "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -125,6 +184,9 @@ void request_respond_text(request *r, int status, const char *type, const char *
         return;
     }
     rep->r = r;
+    rep->req.data = rep;
+    /* Answers sent before the whole request was read (refusals) drain first. */
+    rep->drain = !r->dispatched || r->error_status;
     uv_buf_t buf = uv_buf_init(rep->msg, (unsigned)strlen(rep->msg));
     if (uv_write(&rep->req, r->stream, &buf, 1, on_written) < 0) {
         free(rep->msg);
@@ -145,50 +207,69 @@ void request_respond_json(request *r, int status, json_t *body)
     free(line);
 }
 
-void request_hold(request *r)
-{
-    r->held = true;
-}
-const char *request_method(const request *r)
-{
-    return r->method;
-}
-const char *request_body(const request *r)
-{
-    return r->body ? r->body : "";
-}
-
-const char *request_path(const request *r)
-{
-    return r->path;
-}
+void request_hold(request *r) { r->held = true; }
+const char *request_method(const request *r) { return r->method; }
+const char *request_body(const request *r) { return r->body ? r->body : ""; }
+const char *request_path(const request *r) { return r->path; }
 
 /* ---- parsing ---------------------------------------------------------------- */
+
+/* A parser callback refuses the request: the answer goes out once parsing stops. */
+static int refuse(request *r, int status, const char *why)
+{
+    if (!r->error_status) {
+        r->error_status = status;
+        r->error_text = why;
+    }
+    return -1;
+}
+
+static int count_header_bytes(request *r, size_t len)
+{
+    r->header_bytes += len;
+    return r->header_bytes > MAX_HEADERS
+               ? refuse(r, 431, "the request line and headers are larger than 16 KiB")
+               : 0;
+}
 
 static int on_url(http_parser *p, const char *at, size_t len)
 {
     request *r = p->data;
     size_t have = strlen(r->url);
-    if (have + len >= sizeof r->url)
-        return 1;
+    if (have + len > MAX_URL)
+        return refuse(r, 414, "the request target is longer than 2048 bytes");
     memcpy(r->url + have, at, len);
     r->url[have + len] = '\0';
-    return 0;
+    return count_header_bytes(r, len);
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     request *r = p->data;
-    snprintf(r->field, sizeof r->field, "%.*s", (int)len, at);
+    snprintf(r->field, sizeof r->field, "%.*s", (int)(len < 63 ? len : 63), at);
     r->in_auth = !strcasecmp(r->field, "Authorization");
-    return 0;
+    return count_header_bytes(r, len);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     request *r = p->data;
-    if (r->in_auth)
-        snprintf(r->auth, sizeof r->auth, "%.*s", (int)len, at);
+    if (r->in_auth) {
+        size_t have = strlen(r->auth);
+        size_t room = sizeof r->auth - 1 - have;
+        memcpy(r->auth + have, at, len < room ? len : room);
+        r->auth[have + (len < room ? len : room)] = '\0';
+    }
+    return count_header_bytes(r, len);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    request *r = p->data;
+    if (p->http_major != 1 || p->http_minor > 1)
+        return refuse(r, 505, "only HTTP/1.0 and HTTP/1.1 are spoken here");
+    if (p->content_length != ULLONG_MAX && p->content_length > MAX_BODY)
+        return refuse(r, 413, "the request body is larger than 64 KiB");
     return 0;
 }
 
@@ -196,10 +277,10 @@ static int on_body(http_parser *p, const char *at, size_t len)
 {
     request *r = p->data;
     if (r->body_len + len > MAX_BODY)
-        return 1;
+        return refuse(r, 413, "the request body is larger than 64 KiB");
     char *b = realloc(r->body, r->body_len + len + 1);
     if (!b)
-        return 1;
+        return refuse(r, 503, "out of memory");
     memcpy(b + r->body_len, at, len);
     r->body = b;
     r->body_len += len;
@@ -224,6 +305,9 @@ static int on_message_complete(http_parser *p)
     memcpy(r->path, r->url, sizeof r->path);
     r->path[strcspn(r->path, "?")] = '\0';
     r->dispatched = true;
+    if (r->stream)
+        uv_timer_stop(&r->timer); /* a held answer (acquire) may take longer */
+    http_parser_pause(p, 1);      /* one request per connection: nothing after it is read */
     if (r->denied) {
         request_respond_json(r, 403,
                              json_pack("{s:s}", "error",
@@ -241,7 +325,7 @@ static int on_message_complete(http_parser *p)
             return 0;
         }
     }
-    r->server->route(r->server->route_ctx, r);
+    r->route(r->route_ctx, r);
     return 0;
 }
 
@@ -249,9 +333,26 @@ static const http_parser_settings settings = {
     .on_url = on_url,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
+
+/* Feeds bytes to the parser; answers a refusal or a malformed request. */
+static void feed(request *r, const char *data, size_t len)
+{
+    if (r->dispatched || r->responded)
+        return;
+    size_t done = http_parser_execute(&r->parser, &settings, data, len);
+    if (r->dispatched || r->responded)
+        return;
+    if (r->error_status) {
+        request_respond_json(r, r->error_status, json_pack("{s:s}", "error", r->error_text));
+    } else if (done != len) {
+        request_respond_json(r, 400, json_pack("{s:s}", "error",
+                                               http_errno_description(HTTP_PARSER_ERRNO(&r->parser))));
+    }
+}
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -263,24 +364,29 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     request *r = s->data;
-    if (n > 0 && !r->dispatched) {
-        size_t done = http_parser_execute(&r->parser, &settings, buf->base, (size_t)n);
-        if (done != (size_t)n && !r->dispatched) {
-            const char *why = HTTP_PARSER_ERRNO(&r->parser) == HPE_CB_body
-                                  ? "request body too large"
-                                  : http_errno_description(HTTP_PARSER_ERRNO(&r->parser));
-            request_respond_json(r, 400, json_pack("{s:s}", "error", why));
-        }
+    if (n > 0 && r->draining) {
+        r->drained += (size_t)n;
+        if (r->drained > DRAIN_MAX)
+            close_request(r);
+    } else if (n > 0) {
+        feed(r, buf->base, (size_t)n);
     } else if (n < 0) {
         uv_read_stop(s);
         if (r->held && !r->responded) {
-            r->closed = true;
-            uv_close((uv_handle_t *)s, on_closed);
-        } else if (!r->responded) {
+            close_request(r); /* the answer, when it comes, frees the request */
+        } else if (!r->responded || r->draining) {
             close_request(r);
         }
     }
     free(buf->base);
+}
+
+static void header_timeout(uv_timer_t *t)
+{
+    request *r = t->data;
+    if (!r->dispatched && !r->responded)
+        request_respond_json(r, 408, json_pack("{s:s}", "error",
+                                               "the request did not arrive within 10 s"));
 }
 
 static bool peer_allowed(uv_pipe_t *p)
@@ -310,16 +416,30 @@ static void accept_one(uv_stream_t *server, bool tcp)
 {
     api_server *a = server->data;
     request *r = calloc(1, sizeof *r);
-    if (!r)
+    if (!r) {
+        svc_log("error", "event=connection-dropped reason=\"out of memory\"");
         return;
+    }
     r->server = a;
+    r->route = a->route;
+    r->route_ctx = a->route_ctx;
     r->is_tcp = tcp;
     r->stream = (uv_stream_t *)&r->handle;
-    if (tcp)
-        uv_tcp_init(a->loop, &r->handle.tcp);
-    else
-        uv_pipe_init(a->loop, &r->handle.pipe, 0);
+    int rc = tcp ? uv_tcp_init(a->loop, &r->handle.tcp) : uv_pipe_init(a->loop, &r->handle.pipe, 0);
+    if (rc < 0) {
+        free(r);
+        return;
+    }
+    r->open_handles = 1;
     r->stream->data = r;
+    if (uv_timer_init(a->loop, &r->timer) == 0) {
+        r->open_handles++;
+        r->timer.data = r;
+    } else {
+        r->closed = true; /* no timer: treat the connection as gone at once */
+        uv_close((uv_handle_t *)r->stream, handle_closed);
+        return;
+    }
     if (uv_accept(server, r->stream) < 0) {
         close_request(r);
         return;
@@ -329,7 +449,27 @@ static void accept_one(uv_stream_t *server, bool tcp)
     /* A refused peer still gets its request read and a 403 answer: closing
      * at once would look like a failed connect to the client. */
     r->denied = !tcp && !peer_allowed(&r->handle.pipe);
-    uv_read_start(r->stream, on_alloc, on_read);
+    if (uv_timer_start(&r->timer, header_timeout, HEADER_TIMEOUT_MS, 0) < 0 ||
+        uv_read_start(r->stream, on_alloc, on_read) < 0)
+        close_request(r);
+}
+
+int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx,
+                     uv_loop_t *loop)
+{
+    request *r = calloc(1, sizeof *r);
+    if (!r)
+        return -1;
+    r->route = route;
+    r->route_ctx = ctx;
+    http_parser_init(&r->parser, HTTP_REQUEST);
+    r->parser.data = r;
+    feed(r, data, len);
+    if (r->held && !r->responded && loop)
+        uv_run(loop, UV_RUN_DEFAULT); /* answers from workers (reload, metrics) */
+    int status = r->responded ? r->answered_status : 0;
+    free_request(r);
+    return status;
 }
 
 static void on_unix_connection(uv_stream_t *server, int status)

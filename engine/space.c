@@ -43,19 +43,29 @@ int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_pe
     return 0;
 }
 
-int vdi_space_admit(const vdi_space_report *r, const char *datastore, uint64_t expected_growth,
-                    uint64_t worst_case, double max_overcommit, vdi_error *err)
+uint64_t vdi_space_committed(const vdi_space_report *r, uint64_t expected_growth)
 {
-    char a[32], b[32], c[32], d[32];
+    uint64_t promised = (uint64_t)r->children * expected_growth;
+    return promised > r->children_allocated ? promised - r->children_allocated : 0;
+}
+
+int vdi_space_admit(const vdi_space_report *r, const char *datastore, uint64_t expected_growth,
+                    uint64_t committed_growth, uint64_t worst_case, double max_overcommit,
+                    vdi_error *err)
+{
+    char a[32], b[32], c[32], d[32], e[32];
     uint64_t avail = r->free > r->reserve ? r->free - r->reserve : 0;
-    if (expected_growth > avail)
+    uint64_t needed = expected_growth + committed_growth;
+    if (needed > avail)
         return vdi_error_set(err, -ENOSPC,
-                             "datastore %s is full: a new desktop is expected to grow by %s, but "
-                             "only %s is free above the %s reserve (short by %s)",
+                             "datastore %s is full: a new desktop is expected to grow by %s and "
+                             "those already on it by %s more, but only %s is free above the %s "
+                             "reserve (short by %s)",
                              datastore, vdi_format_size(expected_growth, a, sizeof a),
+                             vdi_format_size(committed_growth, e, sizeof e),
                              vdi_format_size(avail, b, sizeof b),
                              vdi_format_size(r->reserve, c, sizeof c),
-                             vdi_format_size(expected_growth - avail, d, sizeof d));
+                             vdi_format_size(needed - avail, d, sizeof d));
     if (r->capacity) {
         double after = (double)(r->worst_case + worst_case) / (double)r->capacity;
         if (after > max_overcommit) {

@@ -360,10 +360,15 @@ typedef struct vdi_space_report {
 int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_percent,
                       vdi_space_report *out, vdi_error *err);
 /* Admits one more child that is expected to grow by expected_growth and may
- * grow by worst_case, or refuses with -ENOSPC naming the limit and by how
- * much it is missed. */
+ * grow by worst_case, while the children already admitted are still
+ * expected to grow by committed_growth; or refuses with -ENOSPC naming the
+ * limit and by how much it is missed. */
 int vdi_space_admit(const vdi_space_report *r, const char *datastore, uint64_t expected_growth,
-                    uint64_t worst_case, double max_overcommit, vdi_error *err);
+                    uint64_t committed_growth, uint64_t worst_case, double max_overcommit,
+                    vdi_error *err);
+/* What the children measured in r are still expected to grow by when each
+ * was admitted for expected_growth: children x growth - what they hold. */
+uint64_t vdi_space_committed(const vdi_space_report *r, uint64_t expected_growth);
 
 /* ---- scan: the orphaned-file locator ------------------------------------------- */
 

@@ -98,19 +98,26 @@ START_TEST(measure_and_admit)
     ck_assert_uint_eq(r.worst_case, 3 * ((1ULL << 30) - 12288));
     ck_assert(r.overcommit > 40 && r.overcommit < 70);
 
-    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 1ULL << 30, 100.0, &err), 0);
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 0, 1ULL << 30, 100.0, &err), 0);
     /* Overcommit limit. */
-    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 1ULL << 30, 3.0, &err), -ENOSPC);
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 0, 1ULL << 30, 3.0, &err), -ENOSPC);
     ck_assert_ptr_nonnull(strstr(err.message, "datastore small would be overcommitted"));
     ck_assert_ptr_nonnull(strstr(err.message, "above max_overcommit 3.00 (over by"));
     /* Expected growth above free minus reserve. */
-    ck_assert_int_eq(vdi_space_admit(&r, "small", 60ULL << 20, 1ULL << 30, 100.0, &err), -ENOSPC);
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 60ULL << 20, 0, 1ULL << 30, 100.0, &err), -ENOSPC);
     ck_assert_ptr_nonnull(strstr(err.message, "datastore small is full"));
     ck_assert_ptr_nonnull(strstr(err.message, "short by"));
+    /* What the children already admitted may still grow by counts too. */
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 60ULL << 20, 1ULL << 30, 100.0, &err),
+                     -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.message, "those already on it by 60 MiB more"));
+    vdi_space_report three = { .children = 3, .children_allocated = 5 << 20 };
+    ck_assert_uint_eq(vdi_space_committed(&three, 2 << 20), 1 << 20);
+    ck_assert_uint_eq(vdi_space_committed(&three, 1 << 20), 0);
     /* The reserve counts: fill to just above it and a 1 MiB child no longer fits. */
     fill_leaving(r.reserve + (512 << 10));
     ck_assert_int_eq(vdi_space_measure(mnt, 0, 10.0, &r, &err), 0);
-    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 1ULL << 30, 100.0, &err), -ENOSPC);
+    ck_assert_int_eq(vdi_space_admit(&r, "small", 1 << 20, 0, 1ULL << 30, 100.0, &err), -ENOSPC);
     ck_assert_ptr_nonnull(strstr(err.message, "reserve"));
 }
 END_TEST

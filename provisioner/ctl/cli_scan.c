@@ -304,7 +304,8 @@ int cli_space(cli_call *c)
                 vdi_image_close(g);
             }
             vdi_error why = {0};
-            bool admit = vdi_space_admit(&r, d->name, growth, worst, d->max_overcommit, &why) == 0;
+            bool admit = vdi_space_admit(&r, d->name, growth, vdi_space_committed(&r, growth), worst,
+                                         d->max_overcommit, &why) == 0;
             if (o->json) {
                 json_array_append_new(
                     pools,

@@ -113,7 +113,10 @@ static void clone_run(void *data)
     uint64_t growth = j->pc->expected_growth;
     /* -ENODATA (too few sessions yet) keeps expected_growth. */
     vdi_catalog_growth_p95(j->catalog, j->pool, GROWTH_MIN_SAMPLES, &growth, NULL, NULL);
-    if (vdi_space_admit(&r, j->ds->name, growth, g.virtual_size, j->ds->max_overcommit, &err) < 0) {
+    /* Admission counts what the children already admitted are still expected
+     * to grow by, not only the free space of the moment. */
+    if (vdi_space_admit(&r, j->ds->name, growth, vdi_space_committed(&r, growth), g.virtual_size,
+                        j->ds->max_overcommit, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
         j->blocked = true;
         return;

@@ -759,6 +759,7 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
     /* session */
     vdi_session_config *s = &p->session;
     s->on_end = "destroy";
+    s->paused_timeout = 600;
     const config_setting_t *sg = member(g, "session");
     char swhere[128];
     snprintf(swhere, sizeof swhere, "%s session", where);
@@ -767,11 +768,12 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
             where);
     } else if (sg) {
         static const char *const skeys[] = { "max_duration", "idle_spare_max_age", "on_end",
-                                             NULL };
+                                             "paused_timeout", NULL };
         check_keys(ctx, sg, skeys, swhere);
         get_duration(ctx, sg, "max_duration", swhere, 366ULL * 86400, &s->max_duration);
         get_duration(ctx, sg, "idle_spare_max_age", swhere, 366ULL * 86400,
                      &s->idle_spare_max_age);
+        get_duration(ctx, sg, "paused_timeout", swhere, 366ULL * 86400, &s->paused_timeout);
         static const char *const ends[] = { "destroy", NULL };
         get_choice(ctx, sg, "on_end", swhere, ends);
     }

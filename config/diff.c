@@ -181,6 +181,9 @@ static void diff_pool(vdi_config_diff *d, const vdi_pool_config *a, const vdi_po
     if (a->session.idle_spare_max_age != b->session.idle_spare_max_age)
         add(d, sk, n, "session.idle_spare_max_age", duration_text(a->session.idle_spare_max_age),
             duration_text(b->session.idle_spare_max_age));
+    if (a->session.paused_timeout != b->session.paused_timeout)
+        add(d, sk, n, "session.paused_timeout", duration_text(a->session.paused_timeout),
+            duration_text(b->session.paused_timeout));
     CMP_STR(sk, n, "session.on_end", a->session.on_end, b->session.on_end);
 
     const vdi_change_kind ok = VDI_CHANGE_POOL_OTHER;

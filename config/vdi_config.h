@@ -83,6 +83,8 @@ typedef struct vdi_domain_config {
 typedef struct vdi_session_config {
     uint64_t max_duration;         /* seconds; 0 = unlimited */
     uint64_t idle_spare_max_age;   /* seconds a started spare may wait; 0 = unlimited */
+    uint64_t paused_timeout;       /* seconds an assigned desktop may stay paused on an I/O
+                                      error before its session ends; 0 = unlimited; 600 */
     const char *on_end;            /* "destroy" */
 } vdi_session_config;
 

@@ -11,7 +11,7 @@
 
 /* ---- fakes ------------------------------------------------------------------ */
 
-typedef enum { CALL_CLONE, CALL_START, CALL_END } call_kind;
+typedef enum { CALL_CLONE, CALL_START, CALL_END, CALL_RESUME } call_kind;
 typedef struct call {
     call_kind kind;
     desktop *d;
@@ -41,12 +41,23 @@ static void fake_end(desktop *d)
 {
     record(CALL_END, d);
 }
+static void fake_resume(desktop *d)
+{
+    record(CALL_RESUME, d);
+}
+static uint64_t budget_checked;
+static void fake_budget(desktop *d, uint64_t threshold)
+{
+    (void)d;
+    budget_checked = threshold;
+}
 static int64_t fake_clock(void)
 {
     return fake_now;
 }
 
-static const desktop_ops fake_ops = {fake_clone, fake_start, fake_end, fake_clock};
+static const desktop_ops fake_ops = {fake_clone,  fake_start,  fake_end,
+                                     fake_resume, fake_budget, fake_clock};
 
 static size_t count(call_kind k)
 {
@@ -422,6 +433,79 @@ START_TEST(offline_pool_starts_nothing)
 }
 END_TEST
 
+static desktop *in(desktop_state st)
+{
+    for (unsigned i = 0; i < P->nslots; i++)
+        if (P->desktops[i]->state == st)
+            return P->desktops[i];
+    return NULL;
+}
+
+START_TEST(paused_desktops)
+{
+    start_service("session = { paused_timeout = \"10m\"; };", 3, 2);
+    make_ready();
+    int status = 0;
+    service_acquire(&S, "demo", "pam", on_acquired_status, &status);
+    ck_assert_int_eq(status, 200);
+    make_ready();
+    desktop *user = in(DESKTOP_ASSIGNED);
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 2);
+    /* The user's guest fills the datastore: paused, never handed out. */
+    desktop_paused(user, "no space");
+    ck_assert_int_eq(user->state, DESKTOP_PAUSED);
+    ck_assert(desktop_paused_for_space(user));
+    status = 0;
+    service_acquire(&S, "demo", "pam", on_acquired_status, &status);
+    ck_assert_int_eq(status, 200); /* another desktop; the paused one stays hers */
+    desktop *other = in(DESKTOP_ASSIGNED);
+    ck_assert_ptr_ne(other, user);
+    ck_assert_str_eq(user->user, "pam");
+    /* Space is reclaimed from ready spares first, newest first; no new spares. */
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_END), 1);
+    ck_assert_uint_eq(count(CALL_CLONE), 0);
+    ck_assert_uint_eq(count(CALL_RESUME), 0);
+    desktop_ended(take(CALL_END), 0, NULL);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 0);
+    ck_assert_uint_eq(count(CALL_RESUME), 1); /* then the guest is resumed */
+    desktop_resume_tried(take(CALL_RESUME), -ENOSPC, "1 MiB free, 2 GiB needed");
+    ck_assert_int_eq(user->state, DESKTOP_PAUSED);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_RESUME), 0); /* not before 2 s */
+    fake_now += 2;
+    service_converge(&S);
+    desktop_resume_tried(take(CALL_RESUME), 0, NULL);
+    ck_assert_int_eq(user->state, DESKTOP_ASSIGNED);
+    ck_assert_ptr_null(user->pause_reason);
+    make_ready(); /* spares come back */
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 1);
+    /* Paused past paused_timeout: the session ends with reason no-space. */
+    desktop_paused(user, "no space");
+    fake_now += 599;
+    service_converge(&S);
+    while (count(CALL_END))
+        desktop_ended(take(CALL_END), 0, NULL);
+    while (count(CALL_RESUME))
+        desktop_resume_tried(take(CALL_RESUME), -ENOSPC, "full");
+    ck_assert_int_eq(user->state, DESKTOP_PAUSED);
+    fake_now += 2;
+    service_converge(&S);
+    ck_assert_int_eq(user->state, DESKTOP_ENDING);
+    ck_assert_int_eq(user->end_reason, END_NO_SPACE);
+    desktop_ended(take(CALL_END), 0, NULL);
+    ck_assert_uint_eq(P->sessions_ended[END_NO_SPACE], 1);
+    /* A spare that paused on its own is ended, not resumed. */
+    make_ready();
+    desktop *spare = in(DESKTOP_READY);
+    desktop_paused(spare, "no space");
+    service_converge(&S);
+    ck_assert_int_eq(spare->state, DESKTOP_ENDING);
+    stop_service();
+}
+END_TEST
+
 START_TEST(names_come_from_one_list)
 {
     ck_assert_str_eq(desktop_state_name(DESKTOP_EMPTY), "empty");
@@ -429,16 +513,19 @@ START_TEST(names_come_from_one_list)
     ck_assert_str_eq(desktop_state_name(DESKTOP_STATE_COUNT), "unknown");
     ck_assert_str_eq(end_reason_name(END_GUEST_SHUTDOWN), "guest-shutdown");
     ck_assert_str_eq(end_reason_name(END_OTHER), "other");
-    ck_assert_int_eq(END_REASON_COUNT, 6);
+    ck_assert_int_eq(END_REASON_COUNT, 7);
+    ck_assert_str_eq(end_reason_name(END_NO_SPACE), "no-space");
+    ck_assert_str_eq(desktop_state_name(DESKTOP_PAUSED), "paused");
 }
 END_TEST
 
-TH_MAIN("controller", {"controller",
-                       NULL,
-                       NULL,
-                       60,
-                       {spares_are_cloned_started_and_ready, clone_failure_backs_off_and_retries,
-                        blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
-                        failed_start_ends_then_fails, failed_end_is_retried,
-                        session_time_limit_and_idle_spares, reload_rolls_out_shrinks_and_drains,
-                        offline_pool_starts_nothing, names_come_from_one_list, NULL}})
+TH_MAIN("controller",
+        {"controller",
+         NULL,
+         NULL,
+         60,
+         {spares_are_cloned_started_and_ready, clone_failure_backs_off_and_retries,
+          blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
+          failed_start_ends_then_fails, failed_end_is_retried, session_time_limit_and_idle_spares,
+          reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing, paused_desktops,
+          names_come_from_one_list, NULL}})

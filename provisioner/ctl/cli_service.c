@@ -56,7 +56,7 @@ static void print_pool(json_t *p)
 {
     json_t *st = json_object_get(p, "desktops_by_state");
     printf("pool %s: %d/%d desktops, %d spares wanted - ready %d, assigned %d, starting %d, "
-           "cloning %d, ending %d, failed %d%s%s%s\n",
+           "cloning %d, ending %d, failed %d, paused %d%s%s%s\n",
            json_string_value(json_object_get(p, "name")),
            (int)(json_integer_value(json_object_get(p, "size")) -
                  json_integer_value(json_object_get(st, "empty"))),
@@ -68,6 +68,7 @@ static void print_pool(json_t *p)
            (int)json_integer_value(json_object_get(st, "cloning")),
            (int)json_integer_value(json_object_get(st, "ending")),
            (int)json_integer_value(json_object_get(st, "failed")),
+           (int)json_integer_value(json_object_get(st, "paused")),
            json_is_true(json_object_get(p, "draining")) ? " (draining)" : "",
            json_object_get(p, "blocked") ? "\n  blocked: " : "",
            json_object_get(p, "blocked") ? json_string_value(json_object_get(p, "blocked")) : "");

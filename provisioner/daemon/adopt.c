@@ -41,6 +41,25 @@ static char *xml_field(const char *xml, const char *tag)
     return NULL;
 }
 
+/* Why a running domain is paused, or NULL when it is not: a guest stopped
+ * on an I/O error while nobody listened is never adopted as ready. */
+static const char *pause_reason(virDomainPtr dom)
+{
+    int state = 0, reason = 0;
+    if (virDomainGetState(dom, &state, &reason, 0) < 0 || state != VIR_DOMAIN_PAUSED)
+        return NULL;
+    if (reason != VIR_DOMAIN_PAUSED_IOERROR)
+        return "paused outside vdipool";
+    virDomainDiskError errors[8];
+    int n = virDomainGetDiskErrors(dom, errors, 8, 0);
+    bool no_space = false;
+    for (int i = 0; i < n; i++) {
+        no_space |= errors[i].error == VIR_DOMAIN_DISK_ERROR_NO_SPACE;
+        free(errors[i].disk);
+    }
+    return no_space ? "no space" : "I/O error";
+}
+
 static void list_run(void *data)
 {
     adopt_req *r = data;
@@ -59,12 +78,13 @@ static void list_run(void *data)
                  *child = xml_field(meta, "child"), *gold = xml_field(meta, "gold");
             bool active = virDomainIsActive(doms[i]) == 1;
             char *display = active ? domain_display(doms[i]) : NULL;
+            const char *paused = active ? pause_reason(doms[i]) : NULL;
             json_array_append_new(r->domains,
-                                  json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s}", "name",
+                                  json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?}", "name",
                                             virDomainGetName(doms[i]), "active", active, "pool",
                                             pname ? pname : "", "slot", slot ? atoi(slot) : 0,
                                             "child", child ? child : "", "gold", gold ? gold : "",
-                                            "display", display ? display : ""));
+                                            "display", display ? display : "", "paused", paused));
             free(pname);
             free(slot);
             free(child);
@@ -255,6 +275,9 @@ static void list_done(service *svc, void *data)
         bool session = vdi_catalog_open_session(svc->catalog, d->name, &id, user, sizeof user,
                                                 &started, NULL) == 0;
         desktop_adopt(d, child, gold, display, session ? id : 0, user, started);
+        const char *paused = json_string_value(json_object_get(dom, "paused"));
+        if (paused)
+            desktop_paused(d, paused);
     }
     /* After a reconnect: desktops whose domain stopped while we could not
      * hear its events are ended now. */

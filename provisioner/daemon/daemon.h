@@ -30,7 +30,8 @@
 /* ---- names from one list each ------------------------------------------------ */
 
 /* Desktop states: empty -> cloning -> starting -> ready -> assigned ->
- * ending -> empty, with failed (reason, back-off) beside them. */
+ * ending -> empty, with failed (reason, back-off) and paused (the guest
+ * stopped on an I/O error, such as a full datastore) beside them. */
 #define DESKTOP_STATE_MAP(XX)                                                                      \
     XX(EMPTY, "empty")                                                                             \
     XX(CLONING, "cloning")                                                                         \
@@ -38,7 +39,8 @@
     XX(READY, "ready")                                                                             \
     XX(ASSIGNED, "assigned")                                                                       \
     XX(ENDING, "ending")                                                                           \
-    XX(FAILED, "failed")
+    XX(FAILED, "failed")                                                                           \
+    XX(PAUSED, "paused")
 
 typedef enum desktop_state {
 #define XX(id, name) DESKTOP_##id,
@@ -55,7 +57,8 @@ typedef enum desktop_state {
     XX(MAX_DURATION, "max-duration")                                                               \
     XX(OPERATOR, "operator")                                                                       \
     XX(CRASHED, "crashed")                                                                         \
-    XX(OTHER, "other")
+    XX(OTHER, "other")                                                                             \
+    XX(NO_SPACE, "no-space")
 
 typedef enum end_reason {
 #define XX(id, name) END_##id,
@@ -97,6 +100,10 @@ typedef struct desktop {
     char *user;    /* while assigned, else NULL */
     char *failure; /* the last failure, or NULL */
     char *display; /* "vnc://127.0.0.1:5900", or NULL */
+    char *pause_reason;         /* while paused: "no space" or what QEMU said */
+    desktop_state resume_state; /* while paused: ready or assigned */
+    int64_t paused_since;
+    char *io_error; /* an I/O error QEMU reported before the desktop was ready */
 } desktop;
 
 struct pool {
@@ -133,6 +140,10 @@ typedef struct desktop_ops {
     void (*clone)(desktop *d);
     void (*start)(desktop *d);
     void (*end)(desktop *d);
+    /* Resumes a paused guest when its datastore has room again. */
+    void (*resume)(desktop *d);
+    /* A desktop went past its write budget: re-check the datastore. */
+    void (*check_budget)(desktop *d, uint64_t threshold);
     int64_t (*now)(void);
 } desktop_ops;
 
@@ -164,6 +175,7 @@ struct service {
     uint64_t reload_asked, reload_applied; /* reload sequence numbers */
     waiter *waiters; /* acquires waiting for a spare, oldest first */
     latency_histogram clone_latency, start_latency;
+    uint64_t budget_events;      /* desktops that grew past their write budget */
     bool ready_notified; /* every pool has its spares ready */
     bool adopted;        /* running desktops were adopted after connecting */
     bool adopting;
@@ -209,6 +221,7 @@ void desktop_begin_clone(desktop *d);
 void desktop_begin_start(desktop *d);
 void desktop_begin_end(desktop *d, end_reason why);
 void desktop_retry_end(desktop *d);
+void desktop_begin_resume(desktop *d);
 void desktop_retry_failed(desktop *d);
 /* Results of the ops, on the loop. error: NULL on success. */
 void desktop_cloned(desktop *d, int rc, bool pool_blocked, const char *error, double seconds);
@@ -216,6 +229,10 @@ void desktop_started(desktop *d, int rc, const char *error, const char *display,
 void desktop_ended(desktop *d, int rc, const char *error);
 void desktop_adopt(desktop *d, const char *child, const char *gold, const char *display,
                    int64_t session_id, const char *user, int64_t session_start);
+void desktop_paused(desktop *d, const char *reason);
+void desktop_resumed(desktop *d);
+void desktop_resume_tried(desktop *d, int rc, const char *error);
+bool desktop_paused_for_space(const desktop *d);
 
 /* ---- jobs.c: clone, start and end on the thread pool ------------------------------- */
 /* "vnc://127.0.0.1:5900" for a running domain's graphics, or NULL (a libvirt RPC). */
@@ -232,6 +249,9 @@ void sessions_serve_waiters(service *svc);
 void sessions_fail_waiters(service *svc);
 unsigned sessions_waiting(const service *svc, const char *pool_name);
 void service_on_domain_event(void *svc, const char *name, int event, int detail);
+void service_on_io_error(void *svc, const char *name, const char *reason);
+void service_on_block_threshold(void *svc, const char *name, uint64_t threshold,
+                                uint64_t excess);
 
 /* ---- pool.c: the controller ---------------------------------------------------------- */
 void pool_step(pool *p);

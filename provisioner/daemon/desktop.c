@@ -21,6 +21,10 @@
  *                                                    desktop_retry_end)
  *   failed   -> empty      desktop_retry_failed    (its back-off is over)
  *   empty    -> ready|assigned  desktop_adopt      (adopt.c: a running domain found)
+ *   ready|assigned -> paused    desktop_paused     (the guest stopped on an I/O error)
+ *   paused   -> ready|assigned  desktop_resumed    (libvirt's RESUMED, or our resume job)
+ *   paused   -> ending     desktop_begin_end       (a paused spare; a session past
+ *                                                    paused_timeout: no-space)
  *
  * Invariants: a busy desktop (a job runs for it) changes state only through
  * its job's result; a desktop's child is never deleted while its domain may
@@ -102,6 +106,12 @@ void desktop_begin_end(desktop *d, end_reason why)
     d->pool->svc->ops->end(d);
 }
 
+void desktop_begin_resume(desktop *d)
+{
+    if (d->state == DESKTOP_PAUSED && !d->busy)
+        d->pool->svc->ops->resume(d);
+}
+
 void desktop_retry_end(desktop *d)
 {
     if (d->state == DESKTOP_ENDING && !d->busy)
@@ -157,6 +167,8 @@ void desktop_started(desktop *d, int rc, const char *error, const char *display,
         svc_log("info", "pool=%s desktop=%s event=ready display=%s seconds=%.3f", p->name, d->name,
                 d->display ? d->display : "none", seconds);
         desktop_set_state(d, DESKTOP_READY);
+        if (d->io_error)
+            desktop_paused(d, d->io_error); /* it paused while its start was reported */
         return;
     }
     record_failure(d, error);
@@ -206,4 +218,53 @@ void desktop_adopt(desktop *d, const char *child, const char *gold, const char *
     }
     svc_log("info", "pool=%s desktop=%s event=adopted state=%s", d->pool->name, d->name,
             desktop_state_name(d->state));
+}
+
+bool desktop_paused_for_space(const desktop *d)
+{
+    return d->state == DESKTOP_PAUSED && d->pause_reason && !strcmp(d->pause_reason, "no space");
+}
+
+/* The guest stopped on an I/O error (error_policy='stop'): it is never
+ * handed out while paused, and the controller decides what comes next. */
+void desktop_paused(desktop *d, const char *reason)
+{
+    if (d->state == DESKTOP_PAUSED)
+        return;
+    if (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED) {
+        set_str(&d->io_error, reason); /* applied once it is ready */
+        return;
+    }
+    d->resume_state = d->state;
+    d->paused_since = service_now(d->pool->svc);
+    d->retry_at = 0;
+    set_str(&d->pause_reason, reason ? reason : "I/O error");
+    set_str(&d->io_error, NULL);
+    char user[LOG_VALUE_MAX];
+    svc_log("warning", "pool=%s desktop=%s event=paused reason=\"%s\" was=%s user=%s",
+            d->pool->name, d->name, d->pause_reason, desktop_state_name(d->state),
+            log_value(d->user, user, sizeof user));
+    desktop_set_state(d, DESKTOP_PAUSED);
+}
+
+void desktop_resumed(desktop *d)
+{
+    if (d->state != DESKTOP_PAUSED)
+        return;
+    int64_t paused = service_now(d->pool->svc) - d->paused_since;
+    svc_log("info", "pool=%s desktop=%s event=resumed paused_seconds=%lld reason=\"%s\"",
+            d->pool->name, d->name, (long long)paused, d->pause_reason);
+    set_str(&d->pause_reason, NULL);
+    desktop_set_state(d, d->resume_state);
+}
+
+void desktop_resume_tried(desktop *d, int rc, const char *error)
+{
+    if (rc == 0) {
+        desktop_resumed(d);
+        return;
+    }
+    d->retry_at = service_now(d->pool->svc) + 2;
+    svc_log("debug", "pool=%s desktop=%s event=resume-waits reason=\"%s\"", d->pool->name,
+            d->name, error);
 }

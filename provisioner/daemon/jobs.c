@@ -17,7 +17,7 @@
 /* Finished sessions needed before learned growth replaces expected_growth. */
 #define GROWTH_MIN_SAMPLES 20
 
-typedef enum { JOB_CLONE, JOB_START, JOB_END, JOB_LEFTOVERS } job_kind;
+typedef enum { JOB_CLONE, JOB_START, JOB_END, JOB_LEFTOVERS, JOB_RESUME, JOB_BUDGET } job_kind;
 
 typedef struct job {
     job_kind kind;
@@ -30,6 +30,7 @@ typedef struct job {
     virConnectPtr conn; /* a reference, or NULL when disconnected */
     char *pool, *name, *child, *gold;
     unsigned slot;
+    uint64_t threshold;            /* JOB_BUDGET: the write budget the desktop went past */
     int64_t session_id;
     end_reason reason;
     double started;
@@ -82,6 +83,29 @@ static const char *libvirt_message(void)
 
 /* ---- on a worker ------------------------------------------------------------ */
 
+/* What a desktop of this pool is expected to grow by: the p95 of its
+ * finished sessions once there are enough, else expected_growth. */
+static uint64_t pool_growth(const job *j)
+{
+    uint64_t growth = j->pc->expected_growth;
+    /* -ENODATA (too few sessions yet) keeps expected_growth. */
+    vdi_catalog_growth_p95(j->catalog, j->pool, GROWTH_MIN_SAMPLES, &growth, NULL, NULL);
+    return growth;
+}
+
+/* Free bytes above the reserve of the job's datastore, or -1 with j->error. */
+static int64_t room_above_reserve(job *j)
+{
+    vdi_space_report r;
+    vdi_error err = { 0 };
+    if (!j->ds || vdi_space_measure(j->ds->path, j->ds->reserve_bytes, j->ds->reserve_percent, &r,
+                                    &err) < 0) {
+        job_fail(j, err.code ? err.code : -ENOENT, "%s", j->ds ? err.message : "no datastore");
+        return -1;
+    }
+    return r.free > r.reserve ? (int64_t)(r.free - r.reserve) : 0;
+}
+
 static void clone_run(void *data)
 {
     job *j = data;
@@ -110,9 +134,7 @@ static void clone_run(void *data)
         j->blocked = true;
         return;
     }
-    uint64_t growth = j->pc->expected_growth;
-    /* -ENODATA (too few sessions yet) keeps expected_growth. */
-    vdi_catalog_growth_p95(j->catalog, j->pool, GROWTH_MIN_SAMPLES, &growth, NULL, NULL);
+    uint64_t growth = pool_growth(j);
     /* Admission counts what the children already admitted are still expected
      * to grow by, not only the free space of the moment. */
     if (vdi_space_admit(&r, j->ds->name, growth, vdi_space_committed(&r, growth), g.virtual_size,
@@ -187,7 +209,65 @@ static void start_run(void *data)
         return;
     }
     j->display = domain_display(dom);
+    /* A write budget: libvirt tells us (BLOCK_THRESHOLD) when the child has
+     * grown by what admission assumed, before the datastore can fill. */
+    virDomainBlockInfo info;
+    uint64_t growth = pool_growth(j);
+    if (virDomainGetBlockInfo(dom, "vda", &info, 0) < 0 ||
+        virDomainSetBlockThreshold(dom, "vda", info.allocation + growth, 0) < 0)
+        svc_log("warning", "pool=%s desktop=%s event=write-budget-not-set reason=\"%s\"", j->pool,
+                j->name, libvirt_message());
     virDomainFree(dom);
+}
+
+/* A paused guest is resumed only when its datastore has room for what the
+ * pool's desktops are expected to grow by. */
+static void resume_run(void *data)
+{
+    job *j = data;
+    int64_t room = room_above_reserve(j);
+    if (room < 0)
+        return;
+    uint64_t growth = pool_growth(j);
+    if ((uint64_t)room < growth) {
+        char a[32], b[32];
+        job_fail(j, -ENOSPC, "%s free above the reserve, %s needed",
+                 vdi_format_size((uint64_t)room, a, sizeof a), vdi_format_size(growth, b, sizeof b));
+        return;
+    }
+    virDomainPtr dom = j->conn ? virDomainLookupByName(j->conn, j->name) : NULL;
+    if (!dom) {
+        job_fail(j, -ENOENT, "cannot find the domain: %s", libvirt_message());
+        return;
+    }
+    if (virDomainResume(dom) < 0)
+        job_fail(j, -EIO, "cannot resume the domain: %s", libvirt_message());
+    virDomainFree(dom);
+}
+
+/* The desktop grew past its write budget: raise the budget when the
+ * datastore has room for it, else report the datastore short. */
+static void budget_run(void *data)
+{
+    job *j = data;
+    int64_t room = room_above_reserve(j);
+    if (room < 0)
+        return;
+    uint64_t growth = pool_growth(j);
+    if ((uint64_t)room < growth) {
+        char a[32], b[32];
+        job_fail(j, -ENOSPC,
+                 "datastore %s is short: desktop %s grew past its write budget and only %s is "
+                 "free above the reserve (%s expected per desktop); new spares wait",
+                 j->ds->name, j->name, vdi_format_size((uint64_t)room, a, sizeof a),
+                 vdi_format_size(growth, b, sizeof b));
+        return;
+    }
+    virDomainPtr dom = j->conn ? virDomainLookupByName(j->conn, j->name) : NULL;
+    if (!dom || virDomainSetBlockThreshold(dom, "vda", j->threshold + growth, 0) < 0)
+        job_fail(j, -EIO, "cannot raise the write budget: %s", libvirt_message());
+    if (dom)
+        virDomainFree(dom);
 }
 
 /* Destroys the domain if it runs, then deletes the child and closes the
@@ -245,7 +325,20 @@ static void job_done(service *svc, void *data)
     job *j = data;
     double took = mono() - j->started;
     desktop *d = j->kind == JOB_LEFTOVERS ? NULL : job_desktop(svc, j);
-    if (j->kind == JOB_LEFTOVERS) {
+    if (j->kind == JOB_BUDGET) {
+        pool *p = service_find_pool(svc, j->pool);
+        if (j->rc == 0) {
+            svc_log("info", "pool=%s desktop=%s event=write-budget-raised from=%llu", j->pool,
+                    j->name, (unsigned long long)j->threshold);
+        } else if (p) {
+            svc_log("warning", "pool=%s desktop=%s event=datastore-short reason=\"%s\"", j->pool,
+                    j->name, j->error ? j->error : "unknown");
+            if (j->rc == -ENOSPC) {
+                set_str(&p->blocked, j->error);
+                p->blocked_retry_at = service_now(svc) + 30;
+            }
+        }
+    } else if (j->kind == JOB_LEFTOVERS) {
         if (j->rc < 0)
             svc_log("error", "pool=%s desktop=%s event=leftovers-not-removed reason=\"%s\"",
                     j->pool, j->name, j->error ? j->error : "unknown");
@@ -266,7 +359,9 @@ static void job_done(service *svc, void *data)
         case JOB_CLONE: desktop_cloned(d, j->rc, j->blocked, error, took); break;
         case JOB_START: desktop_started(d, j->rc, error, j->display, took); break;
         case JOB_END: desktop_ended(d, j->rc, error); break;
-        case JOB_LEFTOVERS: break;
+        case JOB_RESUME: desktop_resume_tried(d, j->rc, error); break;
+        case JOB_LEFTOVERS:
+        case JOB_BUDGET: break;
         }
     }
     job_free(j);
@@ -326,7 +421,9 @@ static void submit(desktop *d, job_kind kind, work_run_fn run)
         case JOB_CLONE: desktop_cloned(d, rc, false, why, 0); break;
         case JOB_START: desktop_started(d, rc, why, NULL, 0); break;
         case JOB_END: desktop_ended(d, rc, why); break;
-        case JOB_LEFTOVERS: break;
+        case JOB_RESUME: desktop_resume_tried(d, rc, why); break;
+        case JOB_LEFTOVERS:
+        case JOB_BUDGET: break;
         }
         return;
     }
@@ -359,10 +456,34 @@ static void op_end(desktop *d)
 {
     submit(d, JOB_END, end_run);
 }
+static void op_resume(desktop *d) { submit(d, JOB_RESUME, resume_run); }
+
+/* Not a change of the desktop's state: it stays usable (not busy). */
+static void op_check_budget(desktop *d, uint64_t threshold)
+{
+    pool *p = d->pool;
+    job *j = job_new(p->svc, JOB_BUDGET, p->name, d->name, d->child);
+    if (j) {
+        j->config = vdi_config_ref(p->config);
+        j->pc = p->cfg;
+        j->ds = pool_datastore(p);
+        j->slot = d->slot;
+        j->threshold = threshold;
+    }
+    if (!j || work_submit(p->svc, budget_run, job_done, j) < 0) {
+        svc_log("error", "pool=%s desktop=%s event=write-budget-not-checked", p->name, d->name);
+        if (j)
+            job_free(j);
+    }
+}
 static int64_t op_now(void)
 {
     return (int64_t)time(NULL);
 }
 
-const desktop_ops real_desktop_ops = {
-    .clone = op_clone, .start = op_start, .end = op_end, .now = op_now};
+const desktop_ops real_desktop_ops = { .clone = op_clone,
+                                       .start = op_start,
+                                       .end = op_end,
+                                       .resume = op_resume,
+                                       .check_budget = op_check_budget,
+                                       .now = op_now };

@@ -17,11 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { EV_LIFECYCLE, EV_CLOSED } event_kind;
+typedef enum { EV_LIFECYCLE, EV_CLOSED, EV_IO_ERROR, EV_BLOCK_THRESHOLD } event_kind;
 
 typedef struct queued_event {
     event_kind kind;
     char *name;
+    char *text;                   /* EV_IO_ERROR: QEMU's reason ("enospc") */
+    unsigned long long a, b;      /* EV_BLOCK_THRESHOLD: threshold, excess */
     int event, detail;
     virConnectPtr conn; /* which connection it came from (not a reference) */
 } queued_event;
@@ -34,7 +36,7 @@ struct libvirt_bridge {
     char *uri;
     /* Owned by the loop thread. */
     virConnectPtr conn; /* our reference; NULL while disconnected */
-    int lifecycle_cb;   /* callback id on conn, -1 */
+    int callback_ids[3]; /* lifecycle, I/O error, block threshold on conn; -1 */
     bool connecting, stopping;
     unsigned reconnect_delay_ms;
     uv_timer_t reconnect;
@@ -75,13 +77,12 @@ static int start_event_thread(void)
 }
 
 /* On libvirt's event thread. */
-static void push(libvirt_bridge *b, event_kind kind, virConnectPtr conn, const char *name,
-                 int event, int detail)
+static queued_event *push_begin(libvirt_bridge *b)
 {
     pthread_mutex_lock(&b->lock);
     if (b->closed) {
         pthread_mutex_unlock(&b->lock);
-        return;
+        return NULL;
     }
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 64;
@@ -89,25 +90,75 @@ static void push(libvirt_bridge *b, event_kind kind, virConnectPtr conn, const c
         if (!q) {
             pthread_mutex_unlock(&b->lock);
             fprintf(stderr, "vdipoold: out of memory queueing a libvirt event\n");
-            return;
+            return NULL;
         }
         b->q = q;
         b->cap = cap;
     }
     queued_event *e = &b->q[b->n++];
+    memset(e, 0, sizeof *e);
+    return e;
+}
+
+static void push_end(libvirt_bridge *b)
+{
+    pthread_mutex_unlock(&b->lock);
+    uv_async_send(&b->wake);
+}
+
+static void push(libvirt_bridge *b, event_kind kind, virConnectPtr conn, const char *name,
+                 int event, int detail)
+{
+    queued_event *e = push_begin(b);
+    if (!e)
+        return;
     e->kind = kind;
     e->conn = conn;
     e->name = name ? strdup(name) : NULL;
     e->event = event;
     e->detail = detail;
-    pthread_mutex_unlock(&b->lock);
-    uv_async_send(&b->wake);
+    push_end(b);
 }
 
 static int on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
 {
     push(opaque, EV_LIFECYCLE, conn, virDomainGetName(dom), event, detail);
     return 0;
+}
+
+static void on_io_error(virConnectPtr conn, virDomainPtr dom, const char *src_path,
+                        const char *dev_alias, int action, const char *reason, void *opaque)
+{
+    (void)src_path;
+    (void)dev_alias;
+    libvirt_bridge *b = opaque;
+    queued_event *e = push_begin(b);
+    if (!e)
+        return;
+    e->kind = EV_IO_ERROR;
+    e->conn = conn;
+    e->name = strdup(virDomainGetName(dom));
+    e->text = strdup(reason ? reason : "");
+    e->event = action;
+    push_end(b);
+}
+
+static void on_block_threshold(virConnectPtr conn, virDomainPtr dom, const char *dev,
+                               const char *path, unsigned long long threshold,
+                               unsigned long long excess, void *opaque)
+{
+    (void)dev;
+    (void)path;
+    libvirt_bridge *b = opaque;
+    queued_event *e = push_begin(b);
+    if (!e)
+        return;
+    e->kind = EV_BLOCK_THRESHOLD;
+    e->conn = conn;
+    e->name = strdup(virDomainGetName(dom));
+    e->a = threshold;
+    e->b = excess;
+    push_end(b);
 }
 
 static void on_close(virConnectPtr conn, int reason, void *opaque)
@@ -121,9 +172,11 @@ static void drop_connection(libvirt_bridge *b)
 {
     virConnectPtr old = b->conn;
     b->conn = NULL;
-    if (b->lifecycle_cb >= 0)
-        virConnectDomainEventDeregisterAny(old, b->lifecycle_cb); /* fails on a dead link */
-    b->lifecycle_cb = -1;
+    for (int i = 0; i < 3; i++) {
+        if (b->callback_ids[i] >= 0)
+            virConnectDomainEventDeregisterAny(old, b->callback_ids[i]); /* fails on a dead link */
+        b->callback_ids[i] = -1;
+    }
     virConnectUnregisterCloseCallback(old, on_close);
     virConnectClose(old);
 }
@@ -149,8 +202,13 @@ static void drain(uv_async_t *h)
             schedule_reconnect(b);
         } else if (e->kind == EV_LIFECYCLE && e->conn == b->conn && e->name) {
             b->cb.domain_event(b->ctx, e->name, e->event, e->detail);
+        } else if (e->kind == EV_IO_ERROR && e->conn == b->conn && e->name && e->text) {
+            b->cb.io_error(b->ctx, e->name, e->text);
+        } else if (e->kind == EV_BLOCK_THRESHOLD && e->conn == b->conn && e->name) {
+            b->cb.block_threshold(b->ctx, e->name, e->a, e->b);
         }
         free(e->name);
+        free(e->text);
     }
     free(q);
 }
@@ -162,14 +220,15 @@ typedef struct connect_req {
     libvirt_bridge *b;
     char *uri;
     virConnectPtr conn; /* result: a reference, or NULL */
-    int lifecycle_cb;
+    int callback_ids[3];
     char error[512];
 } connect_req;
 
 static void connect_work(uv_work_t *w)
 {
     connect_req *r = w->data;
-    r->lifecycle_cb = -1;
+    for (int i = 0; i < 3; i++)
+        r->callback_ids[i] = -1;
     r->conn = virConnectOpen(r->uri);
     if (!r->conn) {
         virErrorPtr e = virGetLastError();
@@ -180,9 +239,15 @@ static void connect_work(uv_work_t *w)
     if (virConnectSetKeepAlive(r->conn, 5, 3) < 0)
         svc_log("warning", "event=libvirt-keepalive-not-set uri=%s", r->uri);
     if (virConnectRegisterCloseCallback(r->conn, on_close, r->b, NULL) < 0 ||
-        (r->lifecycle_cb = virConnectDomainEventRegisterAny(
+        (r->callback_ids[0] = virConnectDomainEventRegisterAny(
              r->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle),
-             r->b, NULL)) < 0) {
+             r->b, NULL)) < 0 ||
+        (r->callback_ids[1] = virConnectDomainEventRegisterAny(
+             r->conn, NULL, VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
+             VIR_DOMAIN_EVENT_CALLBACK(on_io_error), r->b, NULL)) < 0 ||
+        (r->callback_ids[2] = virConnectDomainEventRegisterAny(
+             r->conn, NULL, VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD,
+             VIR_DOMAIN_EVENT_CALLBACK(on_block_threshold), r->b, NULL)) < 0) {
         virErrorPtr e = virGetLastError();
         snprintf(r->error, sizeof r->error, "cannot subscribe to domain events: %s",
                  e && e->message ? e->message : "unknown error");
@@ -205,7 +270,7 @@ static void connect_done(uv_work_t *w, int status)
         virConnectClose(r->conn);
     } else {
         b->conn = r->conn;
-        b->lifecycle_cb = r->lifecycle_cb;
+        memcpy(b->callback_ids, r->callback_ids, sizeof b->callback_ids);
         b->reconnect_delay_ms = 0;
         svc_log("info", "event=libvirt-connected uri=%s", r->uri);
         if (virConnectRef(b->conn) == 0)
@@ -266,7 +331,8 @@ libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,
     b->loop = loop;
     b->cb = *cb;
     b->ctx = ctx;
-    b->lifecycle_cb = -1;
+    for (int i = 0; i < 3; i++)
+        b->callback_ids[i] = -1;
     pthread_mutex_init(&b->lock, NULL);
     uv_async_init(loop, &b->wake, drain);
     b->wake.data = b;

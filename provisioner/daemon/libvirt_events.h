@@ -7,6 +7,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 typedef struct libvirt_bridge libvirt_bridge;
@@ -19,6 +20,10 @@ typedef struct libvirt_bridge_callbacks {
     void (*disconnected)(void *ctx);
     /* A domain lifecycle event (VIR_DOMAIN_EVENT_*). */
     void (*domain_event)(void *ctx, const char *name, int event, int detail);
+    /* An I/O error of a domain's disk, with QEMU's reason ("enospc"). */
+    void (*io_error)(void *ctx, const char *name, const char *reason);
+    /* A disk grew past the threshold set on it. */
+    void (*block_threshold)(void *ctx, const char *name, uint64_t threshold, uint64_t excess);
 } libvirt_bridge_callbacks;
 
 libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,

@@ -90,6 +90,8 @@ static void desktop_free(desktop *d)
     free(d->user);
     free(d->failure);
     free(d->display);
+    free(d->pause_reason);
+    free(d->io_error);
     free(d);
 }
 

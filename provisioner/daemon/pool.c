@@ -25,6 +25,68 @@ static bool name_taken(service *svc, const pool *self, const char *name)
     return false;
 }
 
+/* Is a desktop on this datastore paused because the datastore is full? */
+static bool datastore_short(service *svc, const char *ds_path)
+{
+    for (size_t i = 0; i < svc->npools; i++) {
+        const vdi_datastore_config *ds = pool_datastore(svc->pools[i]);
+        if (!ds || strcmp(ds->path, ds_path))
+            continue;
+        for (unsigned j = 0; j < svc->pools[i]->nslots; j++)
+            if (desktop_paused_for_space(svc->pools[i]->desktops[j]))
+                return true;
+    }
+    return false;
+}
+
+/* For a desktop paused on a full datastore: end the newest ready spare on
+ * that datastore (never an assigned desktop). Returns whether one was
+ * ended or is still ending, so the resume waits for the space. */
+static bool reclaim_spare(service *svc, const char *ds_path)
+{
+    desktop *newest = NULL;
+    for (size_t i = 0; i < svc->npools; i++) {
+        pool *q = svc->pools[i];
+        const vdi_datastore_config *ds = pool_datastore(q);
+        if (!ds || strcmp(ds->path, ds_path))
+            continue;
+        for (unsigned j = 0; j < q->nslots; j++) {
+            desktop *e = q->desktops[j];
+            if (e->state == DESKTOP_ENDING || (e->busy && e->state == DESKTOP_READY))
+                return true;
+            if (e->state == DESKTOP_READY && !e->busy &&
+                (!newest || e->state_since > newest->state_since))
+                newest = e;
+        }
+    }
+    if (!newest)
+        return false;
+    svc_log("info", "pool=%s desktop=%s event=spare-reclaimed reason=\"its datastore is full\"",
+            newest->pool->name, newest->name);
+    session_end(newest, END_OTHER);
+    return true;
+}
+
+static void tend_paused(pool *p, desktop *d, int64_t now)
+{
+    if (d->resume_state != DESKTOP_ASSIGNED) {
+        session_end(d, END_OTHER); /* a spare that filled its datastore, or broke: no use */
+        return;
+    }
+    uint64_t limit = p->cfg->session.paused_timeout;
+    if (limit && now - d->paused_since >= (int64_t)limit) {
+        svc_log("warning", "pool=%s desktop=%s event=paused-too-long seconds=%lld reason=\"%s\"",
+                p->name, d->name, (long long)(now - d->paused_since), d->pause_reason);
+        session_end(d, desktop_paused_for_space(d) ? END_NO_SPACE : END_OTHER);
+        return;
+    }
+    const vdi_datastore_config *ds = pool_datastore(p);
+    if (!desktop_paused_for_space(d) || !ds || now < d->retry_at)
+        return;
+    if (!reclaim_spare(p->svc, ds->path))
+        desktop_begin_resume(d);
+}
+
 /* What a desktop that is not busy needs now, by its state. */
 static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
 {
@@ -47,6 +109,9 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
         else if (p->cfg->session.idle_spare_max_age &&
                  now - d->state_since > (int64_t)p->cfg->session.idle_spare_max_age)
             session_end(d, END_OTHER);
+        break;
+    case DESKTOP_PAUSED:
+        tend_paused(p, d, now);
         break;
     case DESKTOP_ASSIGNED:
         if (p->cfg->session.max_duration &&
@@ -84,6 +149,9 @@ void pool_step(pool *p)
     unsigned wanted = p->cfg->spares + sessions_waiting(svc, p->name);
     if (p->blocked && now < p->blocked_retry_at)
         wanted = 0; /* blocked: wait for the back-off or for space to free up */
+    const vdi_datastore_config *ds = pool_datastore(p);
+    if (ds && datastore_short(svc, ds->path))
+        wanted = 0; /* a guest is paused for space there: no new spares take it */
     for (unsigned i = 0; i < p->nslots && i < p->cfg->size; i++) {
         if (pipeline >= wanted || in_use >= p->cfg->size ||
             svc->clones_running >= sc->max_parallel_clones)

@@ -229,6 +229,19 @@ void session_end(desktop *d, end_reason why)
 void service_on_domain_event(void *ctx, const char *name, int event, int detail)
 {
     service *svc = ctx;
+    if (event == VIR_DOMAIN_EVENT_SUSPENDED && detail == VIR_DOMAIN_EVENT_SUSPENDED_IOERROR) {
+        desktop *d = service_find_desktop(svc, name);
+        if (d)
+            desktop_paused(d, d->io_error ? d->io_error : "I/O error");
+        service_kick(svc);
+        return;
+    }
+    if (event == VIR_DOMAIN_EVENT_RESUMED) {
+        desktop *d = service_find_desktop(svc, name);
+        if (d)
+            desktop_resumed(d);
+        return;
+    }
     if (event != VIR_DOMAIN_EVENT_STOPPED)
         return;
     desktop *d = service_find_desktop(svc, name);
@@ -244,4 +257,35 @@ void service_on_domain_event(void *ctx, const char *name, int event, int detail)
         return; /* a start that is failing; its job ends it */
     session_end(d, d->state == DESKTOP_ASSIGNED ? reason : END_OTHER);
     service_kick(svc);
+}
+
+/* QEMU's reason for an I/O error ("enospc", "eio", ...), reported before
+ * the guest is paused (error_policy='stop'). */
+void service_on_io_error(void *ctx, const char *name, const char *reason)
+{
+    service *svc = ctx;
+    desktop *d = service_find_desktop(svc, name);
+    if (!d)
+        return;
+    const char *why = !strcmp(reason, "enospc") ? "no space" : reason[0] ? reason : "I/O error";
+    if (d->state == DESKTOP_PAUSED)
+        return;
+    set_str(&d->io_error, why);
+    if (d->state == DESKTOP_READY || d->state == DESKTOP_ASSIGNED)
+        desktop_paused(d, why);
+    service_kick(svc);
+}
+
+/* The desktop's child grew past its write budget (libvirt's block threshold,
+ * set at start): before the datastore can fill, check it has room. */
+void service_on_block_threshold(void *ctx, const char *name, uint64_t threshold, uint64_t excess)
+{
+    service *svc = ctx;
+    desktop *d = service_find_desktop(svc, name);
+    if (!d)
+        return;
+    svc_log("info", "pool=%s desktop=%s event=write-budget-exceeded threshold=%llu excess=%llu",
+            d->pool->name, d->name, (unsigned long long)threshold, (unsigned long long)excess);
+    svc->budget_events++;
+    svc->ops->check_budget(d, threshold + excess);
 }

@@ -218,7 +218,9 @@ int main(int argc, char **argv)
     }
     static const libvirt_bridge_callbacks bridge_cb = {.connected = bridge_connected,
                                                        .disconnected = bridge_disconnected,
-                                                       .domain_event = service_on_domain_event};
+                                                       .domain_event = service_on_domain_event,
+                                                       .io_error = service_on_io_error,
+                                                       .block_threshold = service_on_block_threshold};
     svc.bridge = libvirt_bridge_new(loop, sc->libvirt_uri, &bridge_cb, &svc);
     if (!svc.bridge) {
         fprintf(stderr, "vdipoold: cannot start libvirt's event loop\n");

@@ -21,7 +21,12 @@ static service svc;
 
 static void no_op(desktop *d) { (void)d; }
 static int64_t clock_now(void) { return 1000000; }
-static const desktop_ops ops = { no_op, no_op, no_op, clock_now };
+static void no_budget(desktop *d, uint64_t threshold)
+{
+    (void)d;
+    (void)threshold;
+}
+static const desktop_ops ops = { no_op, no_op, no_op, no_op, no_budget, clock_now };
 
 static void start_service(void)
 {

@@ -22,11 +22,11 @@
 #include <unistd.h>
 
 /* Limits on what a client may send, and how long it may take. */
-#define MAX_URL 2048                 /* request target: 414 beyond */
-#define MAX_HEADERS (16 * 1024)      /* request line and headers: 431 beyond */
-#define MAX_BODY (64 * 1024)         /* body: 413 beyond */
-#define HEADER_TIMEOUT_MS 10000      /* a whole request must arrive within this: 408 */
-#define DRAIN_TIMEOUT_MS 2000        /* after an error answer, input is read and dropped this long */
+#define MAX_URL 2048            /* request target: 414 beyond */
+#define MAX_HEADERS (16 * 1024) /* request line and headers: 431 beyond */
+#define MAX_BODY (64 * 1024)    /* body: 413 beyond */
+#define HEADER_TIMEOUT_MS 10000 /* a whole request must arrive within this: 408 */
+#define DRAIN_TIMEOUT_MS 2000   /* after an error answer, input is read and dropped this long */
 #define DRAIN_MAX (1024 * 1024)
 
 struct api_server {
@@ -51,12 +51,12 @@ struct request {
         uv_pipe_t pipe;
         uv_tcp_t tcp;
     } handle;
-    uv_stream_t *stream;         /* NULL: detached (fuzzing) */
-    uv_timer_t timer;            /* header timeout, then the drain after an error */
-    int open_handles;            /* stream and timer: freed when both are closed */
+    uv_stream_t *stream; /* NULL: detached (fuzzing) */
+    uv_timer_t timer;    /* header timeout, then the drain after an error */
+    int open_handles;    /* stream and timer: freed when both are closed */
     http_parser parser;
     api_server *server;
-    api_route_fn route;          /* the server's, or the fuzzer's */
+    api_route_fn route; /* the server's, or the fuzzer's */
     void *route_ctx;
     bool is_tcp;
     char url[MAX_URL + 1];
@@ -68,12 +68,12 @@ struct request {
     char field[64];
     char auth[512];
     bool in_auth;
-    int error_status;            /* set by a parser callback that refused the request */
+    int error_status; /* set by a parser callback that refused the request */
     const char *error_text;
-    bool denied;                 /* the Unix peer failed the credential check */
+    bool denied; /* the Unix peer failed the credential check */
     bool responded, closed, held, dispatched, draining;
     size_t drained;
-    int answered_status;         /* what was answered (detached requests) */
+    int answered_status; /* what was answered (detached requests) */
 };
 
 typedef struct reply {
@@ -81,7 +81,7 @@ typedef struct reply {
     uv_shutdown_t shutdown;
     char *msg;
     request *r;
-    bool drain;                  /* an error answer: keep reading (and dropping) after it */
+    bool drain; /* an error answer: keep reading (and dropping) after it */
 } reply;
 
 static void free_request(request *r)
@@ -110,7 +110,10 @@ static void close_request(request *r)
         uv_close((uv_handle_t *)&r->timer, handle_closed);
 }
 
-static void drain_over(uv_timer_t *t) { close_request(t->data); }
+static void drain_over(uv_timer_t *t)
+{
+    close_request(t->data);
+}
 
 static void on_shutdown(uv_shutdown_t *s, int status)
 {
@@ -168,7 +171,7 @@ void request_respond_text(request *r, int status, const char *type, const char *
     r->responded = true;
     r->answered_status = status;
     if (!r->stream)
-        return; /* detached: the status is all that is kept */
+        return;      /* detached: the status is all that is kept */
     if (r->closed) { /* the client went away while we waited */
         free_request(r);
         return;
@@ -207,10 +210,22 @@ void request_respond_json(request *r, int status, json_t *body)
     free(line);
 }
 
-void request_hold(request *r) { r->held = true; }
-const char *request_method(const request *r) { return r->method; }
-const char *request_body(const request *r) { return r->body ? r->body : ""; }
-const char *request_path(const request *r) { return r->path; }
+void request_hold(request *r)
+{
+    r->held = true;
+}
+const char *request_method(const request *r)
+{
+    return r->method;
+}
+const char *request_body(const request *r)
+{
+    return r->body ? r->body : "";
+}
+const char *request_path(const request *r)
+{
+    return r->path;
+}
 
 /* ---- parsing ---------------------------------------------------------------- */
 
@@ -349,8 +364,9 @@ static void feed(request *r, const char *data, size_t len)
     if (r->error_status) {
         request_respond_json(r, r->error_status, json_pack("{s:s}", "error", r->error_text));
     } else if (done != len) {
-        request_respond_json(r, 400, json_pack("{s:s}", "error",
-                                               http_errno_description(HTTP_PARSER_ERRNO(&r->parser))));
+        request_respond_json(
+            r, 400,
+            json_pack("{s:s}", "error", http_errno_description(HTTP_PARSER_ERRNO(&r->parser))));
     }
 }
 
@@ -385,8 +401,8 @@ static void header_timeout(uv_timer_t *t)
 {
     request *r = t->data;
     if (!r->dispatched && !r->responded)
-        request_respond_json(r, 408, json_pack("{s:s}", "error",
-                                               "the request did not arrive within 10 s"));
+        request_respond_json(r, 408,
+                             json_pack("{s:s}", "error", "the request did not arrive within 10 s"));
 }
 
 static bool peer_allowed(uv_pipe_t *p)
@@ -454,8 +470,7 @@ static void accept_one(uv_stream_t *server, bool tcp)
         close_request(r);
 }
 
-int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx,
-                     uv_loop_t *loop)
+int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx, uv_loop_t *loop)
 {
     request *r = calloc(1, sizeof *r);
     if (!r)
@@ -506,10 +521,11 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
     /* A socket that answers belongs to a running vdipoold: never take it over.
      * One that does not is a stale leftover of a previous run. */
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(a->socket_path) >= sizeof sa.sun_path)
-        return vdi_error_set(err, -ENAMETOOLONG, "the socket path %s is too long (at most %zu bytes)",
-                             a->socket_path, sizeof sa.sun_path - 1);
+        return vdi_error_set(err, -ENAMETOOLONG,
+                             "the socket path %s is too long (at most %zu bytes)", a->socket_path,
+                             sizeof sa.sun_path - 1);
     memcpy(sa.sun_path, a->socket_path, strlen(a->socket_path) + 1);
     bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
     if (probe >= 0)

@@ -190,9 +190,9 @@ static void reloaded(void *ctx, int rc, json_t *errors)
         json_decref(errors);
         request_respond_json(ctx, 200, json_pack("{s:b}", "reloaded", 1));
     } else {
-        request_respond_json(ctx, 400,
-                             json_pack("{s:b,s:o}", "reloaded", 0, "errors",
-                                       errors ? errors : json_array()));
+        request_respond_json(
+            ctx, 400,
+            json_pack("{s:b,s:o}", "reloaded", 0, "errors", errors ? errors : json_array()));
     }
 }
 

@@ -265,6 +265,6 @@ void desktop_resume_tried(desktop *d, int rc, const char *error)
         return;
     }
     d->retry_at = service_now(d->pool->svc) + 2;
-    svc_log("debug", "pool=%s desktop=%s event=resume-waits reason=\"%s\"", d->pool->name,
-            d->name, error);
+    svc_log("debug", "pool=%s desktop=%s event=resume-waits reason=\"%s\"", d->pool->name, d->name,
+            error);
 }

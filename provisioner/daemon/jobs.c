@@ -30,7 +30,7 @@ typedef struct job {
     virConnectPtr conn; /* a reference, or NULL when disconnected */
     char *pool, *name, *child, *gold;
     unsigned slot;
-    uint64_t threshold;            /* JOB_BUDGET: the write budget the desktop went past */
+    uint64_t threshold; /* JOB_BUDGET: the write budget the desktop went past */
     int64_t session_id;
     end_reason reason;
     double started;
@@ -97,7 +97,7 @@ static uint64_t pool_growth(const job *j)
 static int64_t room_above_reserve(job *j)
 {
     vdi_space_report r;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     if (!j->ds || vdi_space_measure(j->ds->path, j->ds->reserve_bytes, j->ds->reserve_percent, &r,
                                     &err) < 0) {
         job_fail(j, err.code ? err.code : -ENOENT, "%s", j->ds ? err.message : "no datastore");
@@ -232,7 +232,8 @@ static void resume_run(void *data)
     if ((uint64_t)room < growth) {
         char a[32], b[32];
         job_fail(j, -ENOSPC, "%s free above the reserve, %s needed",
-                 vdi_format_size((uint64_t)room, a, sizeof a), vdi_format_size(growth, b, sizeof b));
+                 vdi_format_size((uint64_t)room, a, sizeof a),
+                 vdi_format_size(growth, b, sizeof b));
         return;
     }
     virDomainPtr dom = j->conn ? virDomainLookupByName(j->conn, j->name) : NULL;
@@ -456,7 +457,10 @@ static void op_end(desktop *d)
 {
     submit(d, JOB_END, end_run);
 }
-static void op_resume(desktop *d) { submit(d, JOB_RESUME, resume_run); }
+static void op_resume(desktop *d)
+{
+    submit(d, JOB_RESUME, resume_run);
+}
 
 /* Not a change of the desktop's state: it stays usable (not busy). */
 static void op_check_budget(desktop *d, uint64_t threshold)
@@ -481,9 +485,9 @@ static int64_t op_now(void)
     return (int64_t)time(NULL);
 }
 
-const desktop_ops real_desktop_ops = { .clone = op_clone,
-                                       .start = op_start,
-                                       .end = op_end,
-                                       .resume = op_resume,
-                                       .check_budget = op_check_budget,
-                                       .now = op_now };
+const desktop_ops real_desktop_ops = {.clone = op_clone,
+                                      .start = op_start,
+                                      .end = op_end,
+                                      .resume = op_resume,
+                                      .check_budget = op_check_budget,
+                                      .now = op_now};

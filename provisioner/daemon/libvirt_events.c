@@ -22,8 +22,8 @@ typedef enum { EV_LIFECYCLE, EV_CLOSED, EV_IO_ERROR, EV_BLOCK_THRESHOLD } event_
 typedef struct queued_event {
     event_kind kind;
     char *name;
-    char *text;                   /* EV_IO_ERROR: QEMU's reason ("enospc") */
-    unsigned long long a, b;      /* EV_BLOCK_THRESHOLD: threshold, excess */
+    char *text;              /* EV_IO_ERROR: QEMU's reason ("enospc") */
+    unsigned long long a, b; /* EV_BLOCK_THRESHOLD: threshold, excess */
     int event, detail;
     virConnectPtr conn; /* which connection it came from (not a reference) */
 } queued_event;
@@ -35,7 +35,7 @@ struct libvirt_bridge {
     void *ctx;
     char *uri;
     /* Owned by the loop thread. */
-    virConnectPtr conn; /* our reference; NULL while disconnected */
+    virConnectPtr conn;  /* our reference; NULL while disconnected */
     int callback_ids[3]; /* lifecycle, I/O error, block threshold on conn; -1 */
     bool connecting, stopping;
     unsigned reconnect_delay_ms;
@@ -147,8 +147,11 @@ static void on_block_threshold(virConnectPtr conn, virDomainPtr dom, const char 
                                const char *path, unsigned long long threshold,
                                unsigned long long excess, void *opaque)
 {
-    (void)dev;
     (void)path;
+    /* libvirt reports a threshold twice, by target ("vda") and by image
+     * index ("vda[1]"): one is enough. */
+    if (dev && strchr(dev, '['))
+        return;
     libvirt_bridge *b = opaque;
     queued_event *e = push_begin(b);
     if (!e)

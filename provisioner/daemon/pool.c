@@ -110,9 +110,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
                  now - d->state_since > (int64_t)p->cfg->session.idle_spare_max_age)
             session_end(d, END_OTHER);
         break;
-    case DESKTOP_PAUSED:
-        tend_paused(p, d, now);
-        break;
+    case DESKTOP_PAUSED: tend_paused(p, d, now); break;
     case DESKTOP_ASSIGNED:
         if (p->cfg->session.max_duration &&
             now - d->session_start > (int64_t)p->cfg->session.max_duration)

@@ -95,9 +95,9 @@ int service_load_config(const char *path, vdi_config **out, json_t **errors_json
 /* A reload reads and checks the file on a worker (a large or slow config
  * never stalls the loop); the running config stays in force meanwhile. */
 typedef struct reload_req {
-    char *path;                 /* a copy of the service's config_path */
-    uint64_t seq;               /* reloads apply in the order they were asked */
-    vdi_config *config;         /* result, or NULL with errors */
+    char *path;         /* a copy of the service's config_path */
+    uint64_t seq;       /* reloads apply in the order they were asked */
+    vdi_config *config; /* result, or NULL with errors */
     json_t *errors;
     reload_cb cb;
     void *ctx;

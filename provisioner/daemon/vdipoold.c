@@ -10,13 +10,13 @@
  * daemon.h. */
 #include "api.h"
 #include "api_routes.h"
-#include "libvirt_events.h"
 #include "daemon.h"
+#include "libvirt_events.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,7 +220,8 @@ int main(int argc, char **argv)
                                                        .disconnected = bridge_disconnected,
                                                        .domain_event = service_on_domain_event,
                                                        .io_error = service_on_io_error,
-                                                       .block_threshold = service_on_block_threshold};
+                                                       .block_threshold =
+                                                           service_on_block_threshold};
     svc.bridge = libvirt_bridge_new(loop, sc->libvirt_uri, &bridge_cb, &svc);
     if (!svc.bridge) {
         fprintf(stderr, "vdipoold: cannot start libvirt's event loop\n");

@@ -29,7 +29,8 @@ json_t *desktop_json(const desktop *d)
     if (d->failure)
         json_object_set_new(o, "last_failure", json_string(d->failure));
     if (d->state == DESKTOP_PAUSED) {
-        json_object_set_new(o, "paused_reason", json_string(d->pause_reason ? d->pause_reason : ""));
+        json_object_set_new(o, "paused_reason",
+                            json_string(d->pause_reason ? d->pause_reason : ""));
         json_object_set_new(o, "paused_since", json_integer(d->paused_since));
         if (d->user)
             json_object_set_new(o, "user", json_string(d->user));
@@ -105,9 +106,10 @@ char *service_metrics_text(service *svc)
             text_append(&t, "vdipool_sessions_ended_total{pool=\"%s\",reason=\"%s\"} %llu\n",
                         svc->pools[i]->name, end_reason_name((end_reason)r),
                         (unsigned long long)svc->pools[i]->sessions_ended[r]);
-    text_append(&t, "# HELP vdipool_write_budget_exceeded_total Desktops whose child grew past "
-                    "what admission assumed.\n# TYPE vdipool_write_budget_exceeded_total counter\n"
-                    "vdipool_write_budget_exceeded_total %llu\n",
+    text_append(&t,
+                "# HELP vdipool_write_budget_exceeded_total Desktops whose child grew past "
+                "what admission assumed.\n# TYPE vdipool_write_budget_exceeded_total counter\n"
+                "vdipool_write_budget_exceeded_total %llu\n",
                 (unsigned long long)svc->budget_events);
     const latency_histogram *hs[2] = {&svc->clone_latency, &svc->start_latency};
     const char *names[2] = {"vdipool_clone_seconds", "vdipool_start_seconds"};

@@ -26,8 +26,7 @@ void api_server_stop(api_server *server);
  * when it is whole, routes it; runs loop (when given) until a held answer
  * is given. Returns the status answered, or 0 when the request was
  * incomplete. */
-int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx,
-                     uv_loop_t *loop);
+int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx, uv_loop_t *loop);
 
 /* What routes see of a request. */
 const char *request_method(const request *r);

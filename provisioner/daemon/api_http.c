@@ -536,9 +536,10 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
                              "this one another service.socket",
                              a->socket_path);
     unlink(a->socket_path);
-    uv_pipe_init(loop, &a->unix_server, 0);
+    int rc = uv_pipe_init(loop, &a->unix_server, 0);
     a->unix_server.data = a;
-    int rc = uv_pipe_bind(&a->unix_server, a->socket_path);
+    if (rc == 0)
+        rc = uv_pipe_bind(&a->unix_server, a->socket_path);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&a->unix_server, 64, on_unix_connection);
     if (rc < 0)
@@ -570,9 +571,10 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
         } else {
             uv_ip4_addr(host, atoi(colon + 1), (struct sockaddr_in *)&addr);
         }
-        uv_tcp_init(loop, &a->tcp_server);
+        rc = uv_tcp_init(loop, &a->tcp_server);
         a->tcp_server.data = a;
-        rc = uv_tcp_bind(&a->tcp_server, (struct sockaddr *)&addr, 0);
+        if (rc == 0)
+            rc = uv_tcp_bind(&a->tcp_server, (struct sockaddr *)&addr, 0);
         if (rc == 0)
             rc = uv_listen((uv_stream_t *)&a->tcp_server, 64, on_tcp_connection);
         if (rc < 0)

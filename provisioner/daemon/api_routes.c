@@ -152,12 +152,16 @@ static json_t *images_json(vdi_catalog *catalog)
 {
     vdi_gold_info *golds = NULL;
     size_t ng = 0;
-    vdi_catalog_golds(catalog, &golds, &ng, NULL);
+    vdi_error err = {0};
+    if (vdi_catalog_golds(catalog, &golds, &ng, &err) < 0)
+        return json_pack("{s:[],s:s}", "golds", "error", err.message);
     json_t *arr = json_array();
     for (size_t i = 0; i < ng; i++) {
         vdi_child_info *kids = NULL;
         size_t nk = 0;
-        vdi_catalog_children(catalog, golds[i].path, &kids, &nk, NULL);
+        if (vdi_catalog_children(catalog, golds[i].path, &kids, &nk, &err) < 0)
+            svc_log("warning", "event=images-incomplete gold=%s reason=\"%s\"", golds[i].path,
+                    err.message);
         json_t *children = json_array();
         for (size_t k = 0; k < nk; k++) {
             vdi_image *img = NULL;

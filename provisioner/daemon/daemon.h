@@ -94,12 +94,12 @@ typedef struct desktop {
     int64_t retry_at;      /* failed/ending: when to try again */
     int64_t session_id;    /* catalog row of the open session, 0 when none */
     int64_t session_start;
-    char *name;    /* libvirt domain name: PREFIX-NNN */
-    char *child;   /* its differencing child */
-    char *gold;    /* the gold it was (or is being) cloned from */
-    char *user;    /* while assigned, else NULL */
-    char *failure; /* the last failure, or NULL */
-    char *display; /* "vnc://127.0.0.1:5900", or NULL */
+    char *name;                 /* libvirt domain name: PREFIX-NNN */
+    char *child;                /* its differencing child */
+    char *gold;                 /* the gold it was (or is being) cloned from */
+    char *user;                 /* while assigned, else NULL */
+    char *failure;              /* the last failure, or NULL */
+    char *display;              /* "vnc://127.0.0.1:5900", or NULL */
     char *pause_reason;         /* while paused: "no space" or what QEMU said */
     desktop_state resume_state; /* while paused: ready or assigned */
     int64_t paused_since;
@@ -113,11 +113,11 @@ struct pool {
     const vdi_pool_config *cfg;
     desktop **desktops; /* nslots stable pointers, slot i+1 at [i] */
     unsigned nslots;
-    bool draining; /* removed from config: no new sessions */
-    char *blocked;              /* why it cannot clone now, NULL when it can */
-    int64_t blocked_retry_at;   /* while blocked: the next probe (back-off); 0: at once */
-    unsigned blocked_probes;    /* failed probes in a row, for the back-off */
-    int gold_lock; /* fd holding QEMU's write lock on the gold, -1 */
+    bool draining;            /* removed from config: no new sessions */
+    char *blocked;            /* why it cannot clone now, NULL when it can */
+    int64_t blocked_retry_at; /* while blocked: the next probe (back-off); 0: at once */
+    unsigned blocked_probes;  /* failed probes in a row, for the back-off */
+    int gold_lock;            /* fd holding QEMU's write lock on the gold, -1 */
     char *locked_gold;
     int retiring_lock; /* the previous gold's lock during a roll-out, -1 */
     char *retiring_gold;
@@ -173,11 +173,11 @@ struct service {
     uv_signal_t sighup, sigterm, sigint;
     bool stopping;
     uint64_t reload_asked, reload_applied; /* reload sequence numbers */
-    waiter *waiters; /* acquires waiting for a spare, oldest first */
+    waiter *waiters;                       /* acquires waiting for a spare, oldest first */
     latency_histogram clone_latency, start_latency;
-    uint64_t budget_events;      /* desktops that grew past their write budget */
-    bool ready_notified; /* every pool has its spares ready */
-    bool adopted;        /* running desktops were adopted after connecting */
+    uint64_t budget_events; /* desktops that grew past their write budget */
+    bool ready_notified;    /* every pool has its spares ready */
+    bool adopted;           /* running desktops were adopted after connecting */
     bool adopting;
     bool scrubbing;
     int64_t last_scrub;
@@ -250,8 +250,7 @@ void sessions_fail_waiters(service *svc);
 unsigned sessions_waiting(const service *svc, const char *pool_name);
 void service_on_domain_event(void *svc, const char *name, int event, int detail);
 void service_on_io_error(void *svc, const char *name, const char *reason);
-void service_on_block_threshold(void *svc, const char *name, uint64_t threshold,
-                                uint64_t excess);
+void service_on_block_threshold(void *svc, const char *name, uint64_t threshold, uint64_t excess);
 
 /* ---- pool.c: the controller ---------------------------------------------------------- */
 void pool_step(pool *p);

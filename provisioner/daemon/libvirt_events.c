@@ -294,7 +294,10 @@ static void schedule_reconnect(libvirt_bridge *b)
         return;
     unsigned delay = b->reconnect_delay_ms ? b->reconnect_delay_ms : 500;
     b->reconnect_delay_ms = delay * 2 > 30000 ? 30000 : delay * 2;
-    uv_timer_start(&b->reconnect, reconnect_timer, delay, 0);
+    int rc = uv_timer_start(&b->reconnect, reconnect_timer, delay, 0);
+    if (rc < 0)
+        svc_log("error", "event=reconnect-not-scheduled reason=\"%s\"; the next tick retries",
+                uv_strerror(rc));
 }
 
 void libvirt_bridge_connect(libvirt_bridge *b)
@@ -337,9 +340,16 @@ libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,
     for (int i = 0; i < 3; i++)
         b->callback_ids[i] = -1;
     pthread_mutex_init(&b->lock, NULL);
-    uv_async_init(loop, &b->wake, drain);
+    if (uv_async_init(loop, &b->wake, drain) < 0) {
+        free(b->uri);
+        free(b);
+        return NULL;
+    }
     b->wake.data = b;
-    uv_timer_init(loop, &b->reconnect);
+    if (uv_timer_init(loop, &b->reconnect) < 0) {
+        uv_close((uv_handle_t *)&b->wake, NULL); /* the bridge is then left to the process */
+        return NULL;
+    }
     b->reconnect.data = b;
     return b;
 }
@@ -371,4 +381,14 @@ void libvirt_bridge_close(libvirt_bridge *b)
 {
     if (b && b->conn)
         drop_connection(b);
+}
+
+/* A safety net, called every second: a bridge that is neither connected,
+ * connecting nor waiting to reconnect (its timer could not be started)
+ * tries again. */
+void libvirt_bridge_tick(libvirt_bridge *b)
+{
+    if (b && !b->conn && !b->connecting && !b->stopping &&
+        !uv_is_active((uv_handle_t *)&b->reconnect))
+        libvirt_bridge_connect(b);
 }

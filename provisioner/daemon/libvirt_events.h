@@ -30,6 +30,8 @@ libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,
                                    const libvirt_bridge_callbacks *cb, void *ctx);
 void libvirt_bridge_connect(libvirt_bridge *b);
 bool libvirt_bridge_connected(const libvirt_bridge *b);
+/* Called every second: reconnects if nothing else will. */
+void libvirt_bridge_tick(libvirt_bridge *b);
 /* Stops reconnecting and closes the bridge's handles (events are dropped). */
 void libvirt_bridge_stop(libvirt_bridge *b);
 /* Closes the bridge's own connection (after the loop has ended). */

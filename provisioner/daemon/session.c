@@ -207,10 +207,20 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
     w->svc = svc;
     w->cb = cb;
     w->ctx = ctx;
-    uv_timer_init(svc->loop, &w->timer);
+    if (uv_timer_init(svc->loop, &w->timer) < 0) {
+        free(w->pool);
+        free(w->user);
+        free(w);
+        cb(ctx, 500, error_json("cannot wait for a desktop (timer)"));
+        return;
+    }
     w->timer.data = w;
-    uv_timer_start(&w->timer, waiter_timeout,
-                   vdi_config_service(svc->config)->acquire_timeout * 1000, 0);
+    if (uv_timer_start(&w->timer, waiter_timeout,
+                       vdi_config_service(svc->config)->acquire_timeout * 1000, 0) < 0) {
+        uv_close((uv_handle_t *)&w->timer, waiter_closed);
+        cb(ctx, 500, error_json("cannot wait for a desktop (timer)"));
+        return;
+    }
     waiter **tail = &svc->waiters;
     while (*tail)
         tail = &(*tail)->next;

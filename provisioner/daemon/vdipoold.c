@@ -75,6 +75,7 @@ static int lock_state_dir(const char *state_dir)
 static void on_tick(uv_timer_t *t)
 {
     service *svc = t->data;
+    libvirt_bridge_tick(svc->bridge);
     if (svc->conn && !svc->adopted && !svc->adopting)
         adopt_start(svc); /* an adoption that failed is retried */
     service_converge(svc);

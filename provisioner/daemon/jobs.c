@@ -220,55 +220,62 @@ static void start_run(void *data)
     virDomainFree(dom);
 }
 
+/* Whether the job's datastore has room above its reserve for what one
+ * desktop of the pool is expected to grow by. On false, j->rc is set: a
+ * failure to measure, or -ENOSPC with `what` and the numbers. */
+static bool room_for_growth(job *j, const char *what)
+{
+    int64_t room = room_above_reserve(j);
+    if (room < 0)
+        return false;
+    uint64_t growth = pool_growth(j);
+    if ((uint64_t)room >= growth)
+        return true;
+    char a[32], b[32];
+    job_fail(j, -ENOSPC,
+             "%s: only %s is free above the reserve of datastore %s, %s expected per "
+             "desktop",
+             what, vdi_format_size((uint64_t)room, a, sizeof a), j->ds->name,
+             vdi_format_size(growth, b, sizeof b));
+    return false;
+}
+
+static virDomainPtr job_domain(job *j)
+{
+    virDomainPtr dom = j->conn ? virDomainLookupByName(j->conn, j->name) : NULL;
+    if (!dom)
+        job_fail(j, -ENOENT, "cannot find the domain: %s",
+                 j->conn ? libvirt_message() : "not connected to libvirt");
+    return dom;
+}
+
 /* A paused guest is resumed only when its datastore has room for what the
  * pool's desktops are expected to grow by. */
 static void resume_run(void *data)
 {
     job *j = data;
-    int64_t room = room_above_reserve(j);
-    if (room < 0)
+    virDomainPtr dom = room_for_growth(j, "not resumed yet") ? job_domain(j) : NULL;
+    if (!dom)
         return;
-    uint64_t growth = pool_growth(j);
-    if ((uint64_t)room < growth) {
-        char a[32], b[32];
-        job_fail(j, -ENOSPC, "%s free above the reserve, %s needed",
-                 vdi_format_size((uint64_t)room, a, sizeof a),
-                 vdi_format_size(growth, b, sizeof b));
-        return;
-    }
-    virDomainPtr dom = j->conn ? virDomainLookupByName(j->conn, j->name) : NULL;
-    if (!dom) {
-        job_fail(j, -ENOENT, "cannot find the domain: %s", libvirt_message());
-        return;
-    }
     if (virDomainResume(dom) < 0)
         job_fail(j, -EIO, "cannot resume the domain: %s", libvirt_message());
     virDomainFree(dom);
 }
 
 /* The desktop grew past its write budget: raise the budget when the
- * datastore has room for it, else report the datastore short. */
+ * datastore has room for it, else report the datastore short (new spares
+ * wait). */
 static void budget_run(void *data)
 {
     job *j = data;
-    int64_t room = room_above_reserve(j);
-    if (room < 0)
+    virDomainPtr dom = room_for_growth(j, "a desktop grew past its write budget; new spares wait")
+                           ? job_domain(j)
+                           : NULL;
+    if (!dom)
         return;
-    uint64_t growth = pool_growth(j);
-    if ((uint64_t)room < growth) {
-        char a[32], b[32];
-        job_fail(j, -ENOSPC,
-                 "datastore %s is short: desktop %s grew past its write budget and only %s is "
-                 "free above the reserve (%s expected per desktop); new spares wait",
-                 j->ds->name, j->name, vdi_format_size((uint64_t)room, a, sizeof a),
-                 vdi_format_size(growth, b, sizeof b));
-        return;
-    }
-    virDomainPtr dom = j->conn ? virDomainLookupByName(j->conn, j->name) : NULL;
-    if (!dom || virDomainSetBlockThreshold(dom, "vda", j->threshold + growth, 0) < 0)
+    if (virDomainSetBlockThreshold(dom, "vda", j->threshold + pool_growth(j), 0) < 0)
         job_fail(j, -EIO, "cannot raise the write budget: %s", libvirt_message());
-    if (dom)
-        virDomainFree(dom);
+    virDomainFree(dom);
 }
 
 /* Destroys the domain if it runs, then deletes the child and closes the

@@ -6,11 +6,11 @@
  * http-parser, kept behind this file. Peers on the Unix socket are checked
  * with SO_PEERCRED: root, the daemon's own user, or members of group vdipool. */
 #include "api.h"
+#include "http_request.h"
 #include "log.h"
 
 #include <errno.h>
 #include <grp.h>
-#include <http_parser.h>
 #include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -22,9 +22,6 @@
 #include <unistd.h>
 
 /* Limits on what a client may send, and how long it may take. */
-#define MAX_URL 2048            /* request target: 414 beyond */
-#define MAX_HEADERS (16 * 1024) /* request line and headers: 431 beyond */
-#define MAX_BODY (64 * 1024)    /* body: 413 beyond */
 #define HEADER_TIMEOUT_MS 10000 /* a whole request must arrive within this: 408 */
 #define DRAIN_TIMEOUT_MS 2000   /* after an error answer, input is read and dropped this long */
 #define DRAIN_MAX (1024 * 1024)
@@ -54,22 +51,11 @@ struct request {
     uv_stream_t *stream; /* NULL: detached (fuzzing) */
     uv_timer_t timer;    /* header timeout, then the drain after an error */
     int open_handles;    /* stream and timer: freed when both are closed */
-    http_parser parser;
+    http_request http;
     api_server *server;
     api_route_fn route; /* the server's, or the fuzzer's */
     void *route_ctx;
     bool is_tcp;
-    char url[MAX_URL + 1];
-    char path[MAX_URL + 1];
-    char method[16];
-    char *body;
-    size_t body_len;
-    size_t header_bytes;
-    char field[64];
-    char auth[512];
-    bool in_auth;
-    int error_status; /* set by a parser callback that refused the request */
-    const char *error_text;
     bool denied; /* the Unix peer failed the credential check */
     bool responded, closed, held, dispatched, draining;
     size_t drained;
@@ -86,7 +72,7 @@ typedef struct reply {
 
 static void free_request(request *r)
 {
-    free(r->body);
+    http_request_free(&r->http);
     free(r);
 }
 
@@ -189,7 +175,7 @@ void request_respond_text(request *r, int status, const char *type, const char *
     rep->r = r;
     rep->req.data = rep;
     /* Answers sent before the whole request was read (refusals) drain first. */
-    rep->drain = !r->dispatched || r->error_status;
+    rep->drain = !r->dispatched;
     uv_buf_t buf = uv_buf_init(rep->msg, (unsigned)strlen(rep->msg));
     if (uv_write(&rep->req, r->stream, &buf, 1, on_written) < 0) {
         free(rep->msg);
@@ -216,91 +202,15 @@ void request_hold(request *r)
 }
 const char *request_method(const request *r)
 {
-    return r->method;
+    return r->http.method;
 }
 const char *request_body(const request *r)
 {
-    return r->body ? r->body : "";
+    return r->http.body ? r->http.body : "";
 }
 const char *request_path(const request *r)
 {
-    return r->path;
-}
-
-/* ---- parsing ---------------------------------------------------------------- */
-
-/* A parser callback refuses the request: the answer goes out once parsing stops. */
-static int refuse(request *r, int status, const char *why)
-{
-    if (!r->error_status) {
-        r->error_status = status;
-        r->error_text = why;
-    }
-    return -1;
-}
-
-static int count_header_bytes(request *r, size_t len)
-{
-    r->header_bytes += len;
-    return r->header_bytes > MAX_HEADERS
-               ? refuse(r, 431, "the request line and headers are larger than 16 KiB")
-               : 0;
-}
-
-static int on_url(http_parser *p, const char *at, size_t len)
-{
-    request *r = p->data;
-    size_t have = strlen(r->url);
-    if (have + len > MAX_URL)
-        return refuse(r, 414, "the request target is longer than 2048 bytes");
-    memcpy(r->url + have, at, len);
-    r->url[have + len] = '\0';
-    return count_header_bytes(r, len);
-}
-
-static int on_header_field(http_parser *p, const char *at, size_t len)
-{
-    request *r = p->data;
-    snprintf(r->field, sizeof r->field, "%.*s", (int)(len < 63 ? len : 63), at);
-    r->in_auth = !strcasecmp(r->field, "Authorization");
-    return count_header_bytes(r, len);
-}
-
-static int on_header_value(http_parser *p, const char *at, size_t len)
-{
-    request *r = p->data;
-    if (r->in_auth) {
-        size_t have = strlen(r->auth);
-        size_t room = sizeof r->auth - 1 - have;
-        memcpy(r->auth + have, at, len < room ? len : room);
-        r->auth[have + (len < room ? len : room)] = '\0';
-    }
-    return count_header_bytes(r, len);
-}
-
-static int on_headers_complete(http_parser *p)
-{
-    request *r = p->data;
-    if (p->http_major != 1 || p->http_minor > 1)
-        return refuse(r, 505, "only HTTP/1.0 and HTTP/1.1 are spoken here");
-    if (p->content_length != ULLONG_MAX && p->content_length > MAX_BODY)
-        return refuse(r, 413, "the request body is larger than 64 KiB");
-    return 0;
-}
-
-static int on_body(http_parser *p, const char *at, size_t len)
-{
-    request *r = p->data;
-    if (r->body_len + len > MAX_BODY)
-        return refuse(r, 413, "the request body is larger than 64 KiB");
-    char *b = realloc(r->body, r->body_len + len + 1);
-    if (!b)
-        return refuse(r, 503, "out of memory");
-    memcpy(b + r->body_len, at, len);
-    r->body = b;
-    r->body_len += len;
-    r->body[r->body_len] = '\0';
-    return 0;
+    return r->http.path;
 }
 
 /* Compares in time independent of where the strings differ. */
@@ -313,61 +223,43 @@ static bool same_secret(const char *a, const char *b)
     return diff == 0;
 }
 
-static int on_message_complete(http_parser *p)
+/* A whole request: checks who asks, then routes it. */
+static void dispatch(request *r)
 {
-    request *r = p->data;
-    snprintf(r->method, sizeof r->method, "%s", http_method_str(p->method));
-    memcpy(r->path, r->url, sizeof r->path);
-    r->path[strcspn(r->path, "?")] = '\0';
     r->dispatched = true;
     if (r->stream)
         uv_timer_stop(&r->timer); /* a held answer (acquire) may take longer */
-    http_parser_pause(p, 1);      /* one request per connection: nothing after it is read */
     if (r->denied) {
         request_respond_json(r, 403,
                              json_pack("{s:s}", "error",
                                        "not allowed: the control socket is for root and "
                                        "group vdipool"));
-        return 0;
+        return;
     }
     if (r->is_tcp) {
         api_server *a = r->server;
         char want[300];
         snprintf(want, sizeof want, "Bearer %s", a->token);
-        if (!a->token[0] || !same_secret(r->auth, want)) {
+        if (!a->token[0] || !same_secret(r->http.authorization, want)) {
             request_respond_json(r, 401,
                                  json_pack("{s:s}", "error", "missing or wrong bearer token"));
-            return 0;
+            return;
         }
     }
     r->route(r->route_ctx, r);
-    return 0;
 }
 
-static const http_parser_settings settings = {
-    .on_url = on_url,
-    .on_header_field = on_header_field,
-    .on_header_value = on_header_value,
-    .on_headers_complete = on_headers_complete,
-    .on_body = on_body,
-    .on_message_complete = on_message_complete,
-};
-
-/* Feeds bytes to the parser; answers a refusal or a malformed request. */
+/* Feeds bytes to the request; answers a refusal, routes a whole request. */
 static void feed(request *r, const char *data, size_t len)
 {
     if (r->dispatched || r->responded)
         return;
-    size_t done = http_parser_execute(&r->parser, &settings, data, len);
-    if (r->dispatched || r->responded)
-        return;
-    if (r->error_status) {
-        request_respond_json(r, r->error_status, json_pack("{s:s}", "error", r->error_text));
-    } else if (done != len) {
-        request_respond_json(
-            r, 400,
-            json_pack("{s:s}", "error", http_errno_description(HTTP_PARSER_ERRNO(&r->parser))));
-    }
+    int rc = http_request_feed(&r->http, data, len);
+    if (rc > 0)
+        dispatch(r);
+    else if (rc < 0)
+        request_respond_json(r, r->http.error_status,
+                             json_pack("{s:s}", "error", r->http.error_text));
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -460,8 +352,7 @@ static void accept_one(uv_stream_t *server, bool tcp)
         close_request(r);
         return;
     }
-    http_parser_init(&r->parser, HTTP_REQUEST);
-    r->parser.data = r;
+    http_request_init(&r->http);
     /* A refused peer still gets its request read and a 403 answer: closing
      * at once would look like a failed connect to the client. */
     r->denied = !tcp && !peer_allowed(&r->handle.pipe);
@@ -477,8 +368,7 @@ int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx
         return -1;
     r->route = route;
     r->route_ctx = ctx;
-    http_parser_init(&r->parser, HTTP_REQUEST);
-    r->parser.data = r;
+    http_request_init(&r->http);
     feed(r, data, len);
     if (r->held && !r->responded && loop)
         uv_run(loop, UV_RUN_DEFAULT); /* answers from workers (reload, metrics) */

@@ -1,0 +1,135 @@
+/* http_request.c — see http_request.h. */
+#include "http_request.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* A parser callback refuses the request: parsing stops there. */
+static int refuse(http_request *h, int status, const char *why)
+{
+    if (!h->error_status) {
+        h->error_status = status;
+        h->error_text = why;
+    }
+    return -1;
+}
+
+static int count_header_bytes(http_request *h, size_t len)
+{
+    h->header_bytes += len;
+    return h->header_bytes > HTTP_MAX_HEADERS
+               ? refuse(h, 431, "the request line and headers are larger than 16 KiB")
+               : 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    http_request *h = p->data;
+    size_t have = strlen(h->url);
+    if (have + len > HTTP_MAX_URL)
+        return refuse(h, 414, "the request target is longer than 2048 bytes");
+    memcpy(h->url + have, at, len);
+    h->url[have + len] = '\0';
+    return count_header_bytes(h, len);
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    http_request *h = p->data;
+    snprintf(h->field, sizeof h->field, "%.*s", (int)(len < 63 ? len : 63), at);
+    h->in_authorization = !strcasecmp(h->field, "Authorization");
+    return count_header_bytes(h, len);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    http_request *h = p->data;
+    if (h->in_authorization) {
+        size_t have = strlen(h->authorization);
+        size_t room = sizeof h->authorization - 1 - have;
+        size_t n = len < room ? len : room;
+        memcpy(h->authorization + have, at, n);
+        h->authorization[have + n] = '\0';
+    }
+    return count_header_bytes(h, len);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    http_request *h = p->data;
+    if (p->http_major != 1 || p->http_minor > 1)
+        return refuse(h, 505, "only HTTP/1.0 and HTTP/1.1 are spoken here");
+    if (p->content_length != ULLONG_MAX && p->content_length > HTTP_MAX_BODY)
+        return refuse(h, 413, "the request body is larger than 64 KiB");
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    http_request *h = p->data;
+    if (h->body_len + len > HTTP_MAX_BODY)
+        return refuse(h, 413, "the request body is larger than 64 KiB");
+    char *b = realloc(h->body, h->body_len + len + 1);
+    if (!b)
+        return refuse(h, 503, "out of memory");
+    memcpy(b + h->body_len, at, len);
+    h->body = b;
+    h->body_len += len;
+    h->body[h->body_len] = '\0';
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    http_request *h = p->data;
+    snprintf(h->method, sizeof h->method, "%s", http_method_str(p->method));
+    memcpy(h->path, h->url, sizeof h->path);
+    h->path[strcspn(h->path, "?")] = '\0';
+    h->complete = true;
+    http_parser_pause(p, 1); /* nothing after the first request is read */
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void http_request_init(http_request *h)
+{
+    memset(h, 0, sizeof *h);
+    http_parser_init(&h->parser, HTTP_REQUEST);
+    h->parser.data = h;
+}
+
+void http_request_free(http_request *h)
+{
+    free(h->body);
+    h->body = NULL;
+}
+
+int http_request_feed(http_request *h, const char *data, size_t len)
+{
+    if (h->complete)
+        return 1;
+    if (h->error_status)
+        return -1;
+    size_t done = http_parser_execute(&h->parser, &settings, data, len);
+    if (h->complete)
+        return 1;
+    if (h->error_status)
+        return -1;
+    if (done != len) {
+        h->error_status = 400;
+        h->error_text = http_errno_description(HTTP_PARSER_ERRNO(&h->parser));
+        return -1;
+    }
+    return 0;
+}

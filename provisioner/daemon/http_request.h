@@ -1,0 +1,40 @@
+/* http_request.h — one HTTP/1.x request read from bytes, with the control
+ * API's limits: a request target over 2 KiB is refused with 414, a request
+ * line and headers over 16 KiB with 431, a body over 64 KiB with 413, any
+ * version but 1.0 and 1.1 with 505. Debian's http-parser does the parsing;
+ * nothing here knows sockets or the service. */
+#ifndef VDI_HTTP_REQUEST_H
+#define VDI_HTTP_REQUEST_H
+
+#include <http_parser.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define HTTP_MAX_URL 2048
+#define HTTP_MAX_HEADERS (16 * 1024)
+#define HTTP_MAX_BODY (64 * 1024)
+
+typedef struct http_request {
+    http_parser parser;
+    char url[HTTP_MAX_URL + 1];
+    char path[HTTP_MAX_URL + 1]; /* the URL without its query string */
+    char method[16];
+    char *body; /* NUL-terminated, or NULL */
+    size_t body_len;
+    size_t header_bytes;
+    char field[64];
+    char authorization[512]; /* the Authorization header, as sent */
+    bool in_authorization;
+    int error_status;       /* a refusal: the status to answer ... */
+    const char *error_text; /* ... and why */
+    bool complete;
+} http_request;
+
+void http_request_init(http_request *h);
+void http_request_free(http_request *h);
+/* Feeds bytes. Returns 1 once a whole request has been read (nothing after
+ * it is: one request per connection), 0 when more is needed, -1 when the
+ * request is refused (error_status and error_text say how to answer). */
+int http_request_feed(http_request *h, const char *data, size_t len);
+
+#endif

@@ -58,6 +58,11 @@ static const char *SCHEMA =
     "  created_at INTEGER NOT NULL,"
     "  last_bytes INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS children_parent ON children(parent);"
+    "CREATE TABLE IF NOT EXISTS datastore_usage ("
+    "  datastore TEXT PRIMARY KEY,"
+    "  children INTEGER NOT NULL DEFAULT 0,"
+    "  allocated INTEGER NOT NULL DEFAULT 0,"
+    "  virtual INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS sessions ("
     "  id INTEGER PRIMARY KEY,"
     "  pool TEXT NOT NULL, desktop TEXT NOT NULL, user TEXT NOT NULL DEFAULT '',"
@@ -282,12 +287,13 @@ void vdi_intent_rows_free_(vdi_intent_row *rows, size_t count)
 }
 
 int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *parent,
-                           const vdi_child_meta *meta, uint64_t bytes, vdi_error *err)
+                           const vdi_child_meta *meta, uint64_t bytes, uint64_t virtual_size,
+                           vdi_error *err)
 {
     sqlite3_stmt *st;
     int rc = prepare(cat,
                      "INSERT OR REPLACE INTO children(path, parent, datastore, pool, slot, "
-                     "created_at, last_bytes) VALUES(?,?,?,?,?,?,?)",
+                     "created_at, last_bytes, virtual_size) VALUES(?,?,?,?,?,?,?,?)",
                      &st, err);
     if (rc < 0)
         return rc;
@@ -298,7 +304,42 @@ int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *paren
     sqlite3_bind_int(st, 5, meta ? meta->slot : -1);
     sqlite3_bind_int64(st, 6, time(NULL));
     sqlite3_bind_int64(st, 7, (sqlite3_int64)bytes);
+    sqlite3_bind_int64(st, 8, (sqlite3_int64)virtual_size);
     return run(cat, st, err);
+}
+
+int vdi_catalog_set_child_bytes(vdi_catalog *cat, const char *path, uint64_t bytes, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "UPDATE children SET last_bytes = ? WHERE path = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)bytes);
+    sqlite3_bind_text(st, 2, path, -1, SQLITE_STATIC);
+    return run(cat, st, err);
+}
+
+int vdi_catalog_datastore_usage(vdi_catalog *cat, const char *datastore, vdi_datastore_usage *out,
+                                vdi_error *err)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3_stmt *st;
+    int rc = prepare(cat,
+                     "SELECT children, allocated, virtual FROM datastore_usage WHERE datastore = ?",
+                     &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, datastore, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        out->children = (uint64_t)sqlite3_column_int64(st, 0);
+        out->allocated = (uint64_t)sqlite3_column_int64(st, 1);
+        out->virtual_size = (uint64_t)sqlite3_column_int64(st, 2);
+    } else if (step != SQLITE_DONE) {
+        rc = db_error(cat, err, "read datastore usage");
+    }
+    finish(cat, st);
+    return rc;
 }
 
 int vdi_catalog_remove_child_(vdi_catalog *cat, const char *path, vdi_error *err)
@@ -655,6 +696,49 @@ int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_sample
     return 0;
 }
 
+/* Per datastore: how many children the catalog knows there, what they hold
+ * and their virtual sizes, kept by triggers on every insert, delete and
+ * update of a child (the triggers insert with WHERE NOT EXISTS: an outer
+ * INSERT OR REPLACE would turn their own OR IGNORE into a REPLACE), so that admission reads one row instead of walking the
+ * directory. Rebuilt from the children at every open (catalogs of earlier
+ * versions lack the column and the table). */
+static int usage_setup(vdi_catalog *cat, vdi_error *err)
+{
+    /* Fails harmlessly when the column exists already. */
+    sqlite3_exec(cat->db, "ALTER TABLE children ADD COLUMN virtual_size INTEGER NOT NULL DEFAULT 0",
+                 NULL, NULL, NULL);
+    static const char *const sql =
+        "PRAGMA recursive_triggers = ON;" /* INSERT OR REPLACE fires the delete trigger */
+        /* Made anew at every open: a catalog always has this version's triggers. */
+        "DROP TRIGGER IF EXISTS usage_insert; DROP TRIGGER IF EXISTS usage_delete;"
+        "DROP TRIGGER IF EXISTS usage_update;"
+        "CREATE TRIGGER usage_insert AFTER INSERT ON children BEGIN"
+        "  INSERT INTO datastore_usage(datastore) SELECT NEW.datastore WHERE NOT EXISTS "
+        "    (SELECT 1 FROM datastore_usage WHERE datastore = NEW.datastore);"
+        "  UPDATE datastore_usage SET children = children + 1, allocated = allocated + "
+        "    NEW.last_bytes, virtual = virtual + NEW.virtual_size WHERE datastore = NEW.datastore;"
+        "END;"
+        "CREATE TRIGGER usage_delete AFTER DELETE ON children BEGIN"
+        "  UPDATE datastore_usage SET children = children - 1, allocated = allocated - "
+        "    OLD.last_bytes, virtual = virtual - OLD.virtual_size WHERE datastore = OLD.datastore;"
+        "END;"
+        "CREATE TRIGGER usage_update AFTER UPDATE OF last_bytes, virtual_size, "
+        "    datastore ON children BEGIN"
+        "  UPDATE datastore_usage SET children = children - 1, allocated = allocated - "
+        "    OLD.last_bytes, virtual = virtual - OLD.virtual_size WHERE datastore = OLD.datastore;"
+        "  INSERT INTO datastore_usage(datastore) SELECT NEW.datastore WHERE NOT EXISTS "
+        "    (SELECT 1 FROM datastore_usage WHERE datastore = NEW.datastore);"
+        "  UPDATE datastore_usage SET children = children + 1, allocated = allocated + "
+        "    NEW.last_bytes, virtual = virtual + NEW.virtual_size WHERE datastore = NEW.datastore;"
+        "END;"
+        "BEGIN IMMEDIATE;"
+        "DELETE FROM datastore_usage;"
+        "INSERT INTO datastore_usage(datastore, children, allocated, virtual) SELECT datastore, "
+        "  COUNT(*), SUM(last_bytes), SUM(virtual_size) FROM children GROUP BY datastore;"
+        "COMMIT;";
+    return vdi_catalog_exec_(cat, sql, err);
+}
+
 int vdi_catalog_open_storage_(const char *state_dir, vdi_catalog **out, vdi_error *err)
 {
     *out = NULL;
@@ -684,7 +768,7 @@ int vdi_catalog_open_storage_(const char *state_dir, vdi_catalog **out, vdi_erro
     /* WAL with synchronous=FULL: a committed intent survives power loss. */
     if ((rc = vdi_catalog_exec_(cat, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", err)) <
             0 ||
-        (rc = vdi_catalog_exec_(cat, SCHEMA, err)) < 0)
+        (rc = vdi_catalog_exec_(cat, SCHEMA, err)) < 0 || (rc = usage_setup(cat, err)) < 0)
         goto error;
     *out = cat;
     return 0;

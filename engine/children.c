@@ -153,6 +153,7 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
         struct stat st;
         if (lstat(paths[i], &st) == 0 && (rc == 0 || i < done))
             r = vdi_catalog_add_child_(cat, paths[i], parent, meta, (uint64_t)st.st_blocks * 512,
+                                       vdi_cloner_virtual_size(cl),
                                        &db_err);
     }
     if (r == 0)
@@ -198,7 +199,8 @@ int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, v
             const char *b = vdi_image_backing_name(img);
             if (parent && b && !strcmp(b, parent)) {
                 rc = vdi_catalog_add_child_(cat, child, parent, NULL,
-                                            vdi_image_allocated_bytes(img), err);
+                                            vdi_image_allocated_bytes(img),
+                                            vdi_image_virtual_size(img), err);
                 forward = 1;
             }
             vdi_image_close(img);

@@ -17,7 +17,8 @@ int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, cons
                       int64_t *id, vdi_error *err);
 int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err);
 int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *parent,
-                           const vdi_child_meta *meta, uint64_t bytes, vdi_error *err);
+                           const vdi_child_meta *meta, uint64_t bytes, uint64_t virtual_size,
+                           vdi_error *err);
 int vdi_catalog_remove_child_(vdi_catalog *cat, const char *path, vdi_error *err);
 int vdi_catalog_update_child_parent_(vdi_catalog *cat, const char *path, const char *parent,
                                      vdi_error *err);

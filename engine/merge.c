@@ -413,7 +413,7 @@ int vdi_reparent(vdi_catalog *cat, const char *child, const char *new_parent, vd
     if (vdi_catalog_child(cat, real_child, &ci, NULL) == 0)
         rc = vdi_catalog_update_child_parent_(cat, real_child, real_new, err);
     else
-        rc = vdi_catalog_add_child_(cat, real_child, real_new, NULL, 0, err);
+        rc = vdi_catalog_add_child_(cat, real_child, real_new, NULL, 0, 0, err);
     /* The gold moved: its record follows it when the old file is gone. */
     if (rc == 0 && access(old_path, F_OK) != 0)
         rc = vdi_catalog_delete_gold_(cat, old_path, err);
@@ -448,6 +448,6 @@ int vdi_recover_reparent_(vdi_catalog *cat, const char *target, const char *data
     vdi_child_info ci;
     int rc = vdi_catalog_child(cat, target, &ci, NULL) == 0
                  ? vdi_catalog_update_child_parent_(cat, target, new_parent, err)
-                 : vdi_catalog_add_child_(cat, target, new_parent, NULL, 0, err);
+                 : vdi_catalog_add_child_(cat, target, new_parent, NULL, 0, 0, err);
     return rc < 0 ? rc : 1;
 }

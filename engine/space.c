@@ -25,22 +25,55 @@ static void count_child(const char *path, const vdi_image *img, void *ctx)
     out->worst_case += vs > alloc ? vs - alloc : 0;
 }
 
-int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_percent,
+static int measure_fs(const char *dir, uint64_t reserve_bytes, double reserve_percent,
                       vdi_space_report *out, vdi_error *err)
 {
     memset(out, 0, sizeof *out);
     struct statvfs vfs;
     if (statvfs(dir, &vfs) < 0)
-        return vdi_error_set(err, -errno, "cannot measure datastore %s: %s", dir,
-                             strerror(errno));
+        return vdi_error_set(err, -errno, "cannot measure datastore %s: %s", dir, strerror(errno));
     out->capacity = (uint64_t)vfs.f_blocks * vfs.f_frsize;
     out->free = (uint64_t)vfs.f_bavail * vfs.f_frsize;
     out->reserve = reserve_percent > 0 ? (uint64_t)((double)out->capacity * reserve_percent / 100.0)
                                        : reserve_bytes;
+    return 0;
+}
+
+int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_percent,
+                      vdi_space_report *out, vdi_error *err)
+{
+    int rc = measure_fs(dir, reserve_bytes, reserve_percent, out, err);
+    if (rc < 0)
+        return rc;
     if (vdi_for_each_image_(dir, count_child, out) < 0)
         return vdi_error_set(err, -errno, "cannot read datastore %s: %s", dir, strerror(errno));
     out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
     return 0;
+}
+
+int vdi_space_measure_usage(const char *dir, uint64_t reserve_bytes, double reserve_percent,
+                            const vdi_datastore_usage *usage, vdi_space_report *out, vdi_error *err)
+{
+    int rc = measure_fs(dir, reserve_bytes, reserve_percent, out, err);
+    if (rc < 0)
+        return rc;
+    out->children = (size_t)usage->children;
+    out->children_allocated = usage->allocated;
+    out->worst_case =
+        usage->virtual_size > usage->allocated ? usage->virtual_size - usage->allocated : 0;
+    out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
+    return 0;
+}
+
+int vdi_space_measure_known(vdi_catalog *cat, const char *datastore, const char *dir,
+                            uint64_t reserve_bytes, double reserve_percent, vdi_space_report *out,
+                            vdi_error *err)
+{
+    vdi_datastore_usage usage;
+    int rc = vdi_catalog_datastore_usage(cat, datastore, &usage, err);
+    if (rc < 0)
+        return rc;
+    return vdi_space_measure_usage(dir, reserve_bytes, reserve_percent, &usage, out, err);
 }
 
 uint64_t vdi_space_committed(const vdi_space_report *r, uint64_t expected_growth)
@@ -57,15 +90,14 @@ int vdi_space_admit(const vdi_space_report *r, const char *datastore, uint64_t e
     uint64_t avail = r->free > r->reserve ? r->free - r->reserve : 0;
     uint64_t needed = expected_growth + committed_growth;
     if (needed > avail)
-        return vdi_error_set(err, -ENOSPC,
-                             "datastore %s is full: a new desktop is expected to grow by %s and "
-                             "those already on it by %s more, but only %s is free above the %s "
-                             "reserve (short by %s)",
-                             datastore, vdi_format_size(expected_growth, a, sizeof a),
-                             vdi_format_size(committed_growth, e, sizeof e),
-                             vdi_format_size(avail, b, sizeof b),
-                             vdi_format_size(r->reserve, c, sizeof c),
-                             vdi_format_size(needed - avail, d, sizeof d));
+        return vdi_error_set(
+            err, -ENOSPC,
+            "datastore %s is full: a new desktop is expected to grow by %s and "
+            "those already on it by %s more, but only %s is free above the %s "
+            "reserve (short by %s)",
+            datastore, vdi_format_size(expected_growth, a, sizeof a),
+            vdi_format_size(committed_growth, e, sizeof e), vdi_format_size(avail, b, sizeof b),
+            vdi_format_size(r->reserve, c, sizeof c), vdi_format_size(needed - avail, d, sizeof d));
     if (r->capacity) {
         double after = (double)(r->worst_case + worst_case) / (double)r->capacity;
         if (after > max_overcommit) {

@@ -271,6 +271,17 @@ int vdi_clone_batch_recorded(vdi_catalog *cat, vdi_cloner *cloner, char *const *
 /* Deletes a child file and its record (journaled). final_bytes may be NULL. */
 int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, vdi_error *err);
 
+/* What the catalog knows of a datastore's children, kept current on every
+ * change of a child (no directory walk): how many, what they hold (as last
+ * recorded) and their virtual sizes. */
+typedef struct vdi_datastore_usage {
+    uint64_t children, allocated, virtual_size;
+} vdi_datastore_usage;
+int vdi_catalog_datastore_usage(vdi_catalog *cat, const char *datastore, vdi_datastore_usage *out,
+                                vdi_error *err);
+/* Records what a child holds now (a refresh of its allocation). */
+int vdi_catalog_set_child_bytes(vdi_catalog *cat, const char *path, uint64_t bytes, vdi_error *err);
+
 /* Every child of `parent`: those the catalog knows, plus images in `dirs`
  * (and the parent's own directory) whose backing file is that same file,
  * which the catalog does not know. */
@@ -359,6 +370,15 @@ typedef struct vdi_space_report {
  * is reserve_bytes, or reserve_percent of capacity when that is > 0. */
 int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_percent,
                       vdi_space_report *out, vdi_error *err);
+/* The same without walking the directory: the filesystem's numbers from
+ * statvfs, the children's from the catalog's usage of the datastore. */
+int vdi_space_measure_usage(const char *dir, uint64_t reserve_bytes, double reserve_percent,
+                            const vdi_datastore_usage *usage, vdi_space_report *out,
+                            vdi_error *err);
+/* statvfs plus the catalog's usage of the datastore named `datastore`. */
+int vdi_space_measure_known(vdi_catalog *cat, const char *datastore, const char *dir,
+                            uint64_t reserve_bytes, double reserve_percent, vdi_space_report *out,
+                            vdi_error *err);
 /* Admits one more child that is expected to grow by expected_growth and may
  * grow by worst_case, while the children already admitted are still
  * expected to grow by committed_growth; or refuses with -ENOSPC naming the

@@ -19,7 +19,7 @@ static char gold[4200];
 static void setup(void)
 {
     dir = th_tempdir("catalog");
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_catalog_open(th_path(dir, "state"), &cat, &err) == 0, "%s", err.message);
     snprintf(gold, sizeof gold, "%s/gold.qcow2", dir);
     free(th_must("qemu-img create -q -f qcow2 %s 64M", gold));
@@ -33,15 +33,14 @@ static void teardown(void)
 
 START_TEST(sessions_and_growth)
 {
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     int64_t id = 0;
     ck_assert_int_eq(vdi_catalog_session_begin(cat, "p", "p-001", "alice", 100, &id, &err), 0);
     ck_assert_int_gt(id, 0);
     int64_t open_id = 0, started = 0;
     char user[64];
-    ck_assert_int_eq(vdi_catalog_open_session(cat, "p-001", &open_id, user, sizeof user, &started,
-                                              &err),
-                     0);
+    ck_assert_int_eq(
+        vdi_catalog_open_session(cat, "p-001", &open_id, user, sizeof user, &started, &err), 0);
     ck_assert_int_eq(open_id, id);
     ck_assert_str_eq(user, "alice");
     ck_assert_int_eq(started, 100);
@@ -60,7 +59,7 @@ END_TEST
 START_TEST(lookups_canonicalise_paths)
 {
     vdi_seal_result r;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
     /* Through a link and a relative spelling, the record is found. */
     char link[4200];
@@ -81,6 +80,49 @@ START_TEST(lookups_canonicalise_paths)
 }
 END_TEST
 
+START_TEST(datastore_usage_follows_children)
+{
+    vdi_seal_result r;
+    vdi_error err = {0};
+    ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
+    free(th_must("mkdir -p %s/ds", dir));
+    vdi_cloner *cl = NULL;
+    ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, &err), 0);
+    vdi_child_meta meta = {.datastore = "ds", .pool = "p", .slot = 1};
+    char *paths[3];
+    for (int i = 0; i < 3; i++) {
+        paths[i] = strdup(th_path(dir, i == 0   ? "ds/a.qcow2"
+                                       : i == 1 ? "ds/b.qcow2"
+                                                : "ds/c.qcow2"));
+        ck_assert_msg(vdi_clone_recorded(cat, cl, paths[i], &meta, &err) == 0, "%s", err.message);
+    }
+    vdi_cloner_free(cl);
+    vdi_datastore_usage u;
+    ck_assert_int_eq(vdi_catalog_datastore_usage(cat, "ds", &u, &err), 0);
+    ck_assert_uint_eq(u.children, 3);
+    ck_assert_uint_eq(u.virtual_size, 3ULL * 64 << 20);
+    vdi_space_report walk;
+    ck_assert_int_eq(vdi_space_measure(th_path(dir, "ds"), 0, 0, &walk, &err), 0);
+    ck_assert_uint_eq(u.allocated, walk.children_allocated);
+    /* A refresh, a delete and a record written again keep it exact. */
+    ck_assert_int_eq(vdi_catalog_set_child_bytes(cat, paths[0], 1 << 20, &err), 0);
+    ck_assert_int_eq(vdi_child_delete(cat, paths[1], NULL, &err), 0);
+    ck_assert_int_eq(vdi_catalog_datastore_usage(cat, "ds", &u, &err), 0);
+    ck_assert_uint_eq(u.children, 2);
+    ck_assert_uint_eq(u.allocated, (1 << 20) + walk.children_allocated / 3);
+    /* Reopening rebuilds it from the children and finds the same. */
+    vdi_catalog_close(cat);
+    ck_assert_int_eq(vdi_catalog_open(th_path(dir, "state"), &cat, &err), 0);
+    vdi_datastore_usage again;
+    ck_assert_int_eq(vdi_catalog_datastore_usage(cat, "ds", &again, &err), 0);
+    ck_assert_uint_eq(again.children, u.children);
+    ck_assert_uint_eq(again.allocated, u.allocated);
+    ck_assert_uint_eq(again.virtual_size, u.virtual_size);
+    for (int i = 0; i < 3; i++)
+        free(paths[i]);
+}
+END_TEST
+
 /* ---- several threads on one catalog -------------------------------------------- */
 
 #define THREADS 6
@@ -96,7 +138,7 @@ static void *churn(void *arg)
 {
     worker *w = arg;
     vdi_cloner *cl = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     if (vdi_cloner_new(gold, NULL, &cl, &err) < 0) {
         w->failures++;
         snprintf(w->error, sizeof w->error, "%s", err.message);
@@ -106,7 +148,7 @@ static void *churn(void *arg)
         char child[4300], desktop[64];
         snprintf(child, sizeof child, "%s/ds/t%d-%03d.qcow2", dir, w->index, i);
         snprintf(desktop, sizeof desktop, "t%d-%03d", w->index, i);
-        vdi_child_meta meta = { .datastore = "ds", .pool = "p", .slot = i };
+        vdi_child_meta meta = {.datastore = "ds", .pool = "p", .slot = i};
         int64_t id = 0;
         vdi_child_info *kids = NULL;
         size_t n = 0;
@@ -129,13 +171,13 @@ static void *churn(void *arg)
 START_TEST(threads_share_one_catalog)
 {
     vdi_seal_result r;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
     free(th_must("mkdir -p %s/ds", dir));
     pthread_t t[THREADS];
     worker w[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        w[i] = (worker){ .index = i };
+        w[i] = (worker){.index = i};
         ck_assert_int_eq(pthread_create(&t[i], NULL, churn, &w[i]), 0);
     }
     for (int i = 0; i < THREADS; i++) {
@@ -163,6 +205,9 @@ START_TEST(threads_share_one_catalog)
 }
 END_TEST
 
-TH_MAIN("catalog", { "catalog", setup, teardown, 120,
-                     { sessions_and_growth, lookups_canonicalise_paths, threads_share_one_catalog,
-                       NULL } })
+TH_MAIN("catalog", {"catalog",
+                    setup,
+                    teardown,
+                    120,
+                    {sessions_and_growth, lookups_canonicalise_paths,
+                     datastore_usage_follows_children, threads_share_one_catalog, NULL}})

@@ -38,14 +38,15 @@ typedef struct deferred {
     char *text;
 } deferred;
 
-static json_t *space_json(const datastore_copy *stores, size_t n)
+static json_t *space_json(vdi_catalog *catalog, const datastore_copy *stores, size_t n)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         const datastore_copy *ds = &stores[i];
         vdi_space_report s;
         vdi_error err = {0};
-        if (vdi_space_measure(ds->path, ds->reserve_bytes, ds->reserve_percent, &s, &err) < 0) {
+        if (vdi_space_measure_known(catalog, ds->name, ds->path, ds->reserve_bytes,
+                                    ds->reserve_percent, &s, &err) < 0) {
             json_array_append_new(arr,
                                   json_pack("{s:s,s:s}", "name", ds->name, "error", err.message));
             continue;
@@ -62,7 +63,8 @@ static json_t *space_json(const datastore_copy *stores, size_t n)
 }
 
 /* Prometheus lines for the datastores, appended to the loop's part. */
-static char *datastore_metrics(const char *prefix, const datastore_copy *stores, size_t n)
+static char *datastore_metrics(vdi_catalog *catalog, const char *prefix,
+                               const datastore_copy *stores, size_t n)
 {
     size_t cap = strlen(prefix) + 256 + n * 1024;
     char *out = malloc(cap);
@@ -75,8 +77,9 @@ static char *datastore_metrics(const char *prefix, const datastore_copy *stores,
                                   prefix);
     for (size_t i = 0; i < n && len < cap; i++) {
         vdi_space_report r;
-        if (vdi_space_measure(stores[i].path, stores[i].reserve_bytes, stores[i].reserve_percent,
-                              &r, NULL) < 0)
+        if (vdi_space_measure_known(catalog, stores[i].name, stores[i].path,
+                                    stores[i].reserve_bytes, stores[i].reserve_percent, &r,
+                                    NULL) < 0)
             continue;
         const char *kinds[5] = {"capacity", "free", "reserve", "children_allocated", "worst_case"};
         uint64_t values[5] = {r.capacity, r.free, r.reserve, r.children_allocated, r.worst_case};
@@ -92,11 +95,12 @@ static void deferred_work(void *data)
 {
     deferred *d = data;
     if (d->metrics)
-        d->text = datastore_metrics(d->prefix_text ? d->prefix_text : "", d->stores, d->nstores);
+        d->text = datastore_metrics(d->catalog, d->prefix_text ? d->prefix_text : "", d->stores,
+                                    d->nstores);
     else if (d->images)
         d->result = images_json(d->catalog);
     else
-        d->result = space_json(d->stores, d->nstores);
+        d->result = space_json(d->catalog, d->stores, d->nstores);
 }
 
 static void deferred_done(service *svc, void *data)

@@ -180,6 +180,8 @@ struct service {
     bool adopted;           /* running desktops were adopted after connecting */
     bool adopting;
     bool scrubbing;
+    bool refreshing;             /* a refresh of children's sizes runs */
+    size_t refresh_next;         /* where the next refresh batch starts */
     int64_t last_scrub;
     size_t scrub_next;
 };
@@ -260,6 +262,9 @@ void service_step(service *svc);
 
 /* ---- adopt.c: start-up and reconnect reconciliation ------------------------------ */
 void adopt_start(service *svc);
+
+/* ---- refresh.c: children's sizes recorded in the background ----------------------- */
+void refresh_step(service *svc);
 
 /* ---- scrub.c ------------------------------------------------------------------------- */
 void scrub_step(service *svc);

@@ -30,7 +30,8 @@ typedef struct job {
     virConnectPtr conn; /* a reference, or NULL when disconnected */
     char *pool, *name, *child, *gold;
     unsigned slot;
-    uint64_t threshold; /* JOB_BUDGET: the write budget the desktop went past */
+    uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */
+    unsigned clones_in_flight; /* JOB_CLONE: other clones admitted but not recorded yet */
     int64_t session_id;
     end_reason reason;
     double started;
@@ -98,8 +99,9 @@ static int64_t room_above_reserve(job *j)
 {
     vdi_space_report r;
     vdi_error err = {0};
-    if (!j->ds || vdi_space_measure(j->ds->path, j->ds->reserve_bytes, j->ds->reserve_percent, &r,
-                                    &err) < 0) {
+    if (!j->ds ||
+        vdi_space_measure_known(j->catalog, j->ds->name, j->ds->path, j->ds->reserve_bytes,
+                                j->ds->reserve_percent, &r, &err) < 0) {
         job_fail(j, err.code ? err.code : -ENOENT, "%s", j->ds ? err.message : "no datastore");
         return -1;
     }
@@ -127,13 +129,16 @@ static void clone_run(void *data)
         j->blocked = true;
         return;
     }
+    /* O(1): statvfs and the catalog's running usage of the datastore, never
+     * a walk of its children. Clones still in flight count as children. */
     vdi_space_report r;
-    if (vdi_space_measure(j->ds->path, j->ds->reserve_bytes, j->ds->reserve_percent, &r, &err) <
-        0) {
+    if (vdi_space_measure_known(j->catalog, j->ds->name, j->ds->path, j->ds->reserve_bytes,
+                                j->ds->reserve_percent, &r, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
         j->blocked = true;
         return;
     }
+    r.children += j->clones_in_flight;
     uint64_t growth = pool_growth(j);
     /* Admission counts what the children already admitted are still expected
      * to grow by, not only the free space of the moment. */
@@ -411,6 +416,7 @@ static void submit(desktop *d, job_kind kind, work_run_fn run)
         j->slot = d->slot;
         j->session_id = d->session_id;
         j->reason = d->end_reason;
+        j->clones_in_flight = svc->clones_running ? svc->clones_running - 1 : 0;
         j->seq = ++svc->next_job_seq;
         if (d->gold && !(j->gold = strdup(d->gold))) {
             job_free(j);

@@ -79,8 +79,10 @@ static void on_tick(uv_timer_t *t)
     if (svc->conn && !svc->adopted && !svc->adopting)
         adopt_start(svc); /* an adoption that failed is retried */
     service_converge(svc);
-    if (svc->adopted)
+    if (svc->adopted) {
         scrub_step(svc);
+        refresh_step(svc);
+    }
     /* Ready for systemd once the API listens and running desktops are
      * adopted; spares may take longer (or be blocked), STATUS says which. */
     static bool told;

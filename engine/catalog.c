@@ -29,7 +29,7 @@
  * engine's operations take it only inside catalog calls. */
 struct vdi_catalog {
     pthread_mutex_t lock;
-    bool in_txn;   /* under lock: a transaction begun by the lock's holder */
+    bool in_txn; /* under lock: a transaction begun by the lock's holder */
     sqlite3 *db;
     char *state_dir;
     unsigned forward, back;
@@ -102,10 +102,22 @@ static vdi_gold_state gold_state_from(const char *s)
     return VDI_GOLD_SEALED;
 }
 
-sqlite3 *vdi_catalog_db_(vdi_catalog *cat) { return cat->db; }
-const char *vdi_catalog_state_dir(const vdi_catalog *cat) { return cat->state_dir; }
-unsigned vdi_catalog_rolled_forward(const vdi_catalog *cat) { return cat->forward; }
-unsigned vdi_catalog_rolled_back(const vdi_catalog *cat) { return cat->back; }
+sqlite3 *vdi_catalog_db_(vdi_catalog *cat)
+{
+    return cat->db;
+}
+const char *vdi_catalog_state_dir(const vdi_catalog *cat)
+{
+    return cat->state_dir;
+}
+unsigned vdi_catalog_rolled_forward(const vdi_catalog *cat)
+{
+    return cat->forward;
+}
+unsigned vdi_catalog_rolled_back(const vdi_catalog *cat)
+{
+    return cat->back;
+}
 void vdi_catalog_count_recovered_(vdi_catalog *cat, bool forward)
 {
     if (forward)
@@ -208,9 +220,8 @@ int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, cons
                       int64_t *id, vdi_error *err)
 {
     sqlite3_stmt *st;
-    int rc = prepare(cat,
-                     "INSERT INTO intents(op, target, data, pid, created_at) VALUES(?,?,?,?,?)",
-                     &st, err);
+    int rc = prepare(
+        cat, "INSERT INTO intents(op, target, data, pid, created_at) VALUES(?,?,?,?,?)", &st, err);
     if (rc < 0)
         return rc;
     sqlite3_bind_text(st, 1, op, -1, SQLITE_STATIC);
@@ -324,9 +335,9 @@ int vdi_catalog_datastore_usage(vdi_catalog *cat, const char *datastore, vdi_dat
 {
     memset(out, 0, sizeof *out);
     sqlite3_stmt *st;
-    int rc = prepare(cat,
-                     "SELECT children, allocated, virtual FROM datastore_usage WHERE datastore = ?",
-                     &st, err);
+    int rc =
+        prepare(cat, "SELECT children, allocated, virtual FROM datastore_usage WHERE datastore = ?",
+                &st, err);
     if (rc < 0)
         return rc;
     sqlite3_bind_text(st, 1, datastore, -1, SQLITE_STATIC);
@@ -472,8 +483,9 @@ int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi
     if (step == SQLITE_ROW)
         gold_from_row(st, out);
     else if (step == SQLITE_DONE)
-        rc = vdi_error_set(err, -ENOENT, "%s is not a sealed gold (seal it with `vdipoolctl image "
-                                         "seal %s`)",
+        rc = vdi_error_set(err, -ENOENT,
+                           "%s is not a sealed gold (seal it with `vdipoolctl image "
+                           "seal %s`)",
                            path, path);
     else
         rc = db_error(cat, err, "read golds");
@@ -551,16 +563,17 @@ int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, v
     return rc;
 }
 
-int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **out,
-                         size_t *count, vdi_error *err)
+int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **out, size_t *count,
+                         vdi_error *err)
 {
     sqlite3_stmt *st;
     *out = NULL;
     *count = 0;
-    int rc = prepare(cat,
-                     parent ? "SELECT " CHILD_COLUMNS " FROM children WHERE parent = ? ORDER BY path"
-                            : "SELECT " CHILD_COLUMNS " FROM children ORDER BY path",
-                     &st, err);
+    int rc =
+        prepare(cat,
+                parent ? "SELECT " CHILD_COLUMNS " FROM children WHERE parent = ? ORDER BY path"
+                       : "SELECT " CHILD_COLUMNS " FROM children ORDER BY path",
+                &st, err);
     if (rc < 0)
         return rc;
     char real[PATH_MAX];
@@ -612,19 +625,41 @@ int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vd
     return run(cat, st, err);
 }
 
+/* Durability of session records. The catalog runs WAL with synchronous=FULL:
+ * every commit is on disk before the call returns, which an intent needs
+ * (it must be there before its operation touches a file). A session's
+ * start is written with synchronous=NORMAL instead: in WAL mode it then
+ * survives a crash of vdipoold (the WAL is in the OS's cache) but not a power
+ * loss, until the next FULL commit or checkpoint syncs the WAL. What a power
+ * loss can lose is the newest session starts; it also takes every desktop's
+ * QEMU with it (the domains are transient), so those sessions ended anyway,
+ * and the next start finds their desktops gone. No file operation depends
+ * on a session record, so the intent journal's promise is untouched. This
+ * keeps an fsync off the loop's acquire path. */
+static int write_relaxed(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
+{
+    sqlite3_exec(cat->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    int rc = run_rowid(cat, st, rowid, err); /* releases the statement's hold on the lock */
+    sqlite3_exec(cat->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
+    return rc;
+}
+
 int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *desktop,
                               const char *user, int64_t started_at, int64_t *id, vdi_error *err)
 {
     sqlite3_stmt *st;
+    pthread_mutex_lock(&cat->lock); /* held across both pragmas and the insert */
     int rc = prepare(cat, "INSERT INTO sessions(pool, desktop, user, started_at) VALUES(?,?,?,?)",
                      &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, desktop, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, user ? user : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, started_at);
-    return run_rowid(cat, st, id, err);
+    if (rc == 0) {
+        sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, desktop, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, user ? user : "", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, started_at);
+        rc = write_relaxed(cat, st, id, err);
+    }
+    pthread_mutex_unlock(&cat->lock);
+    return rc;
 }
 
 int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, const char *reason,
@@ -668,8 +703,8 @@ int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id,
     return rc;
 }
 
-int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,
-                           uint64_t *bytes, size_t *samples, vdi_error *err)
+int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples, uint64_t *bytes,
+                           size_t *samples, vdi_error *err)
 {
     sqlite3_stmt *st;
     /* The last 500 finished sessions: recent behaviour is what matters. */
@@ -699,8 +734,8 @@ int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_sample
 /* Per datastore: how many children the catalog knows there, what they hold
  * and their virtual sizes, kept by triggers on every insert, delete and
  * update of a child (the triggers insert with WHERE NOT EXISTS: an outer
- * INSERT OR REPLACE would turn their own OR IGNORE into a REPLACE), so that admission reads one row instead of walking the
- * directory. Rebuilt from the children at every open (catalogs of earlier
+ * INSERT OR REPLACE would turn their own OR IGNORE into a REPLACE), so that admission reads one row
+ * instead of walking the directory. Rebuilt from the children at every open (catalogs of earlier
  * versions lack the column and the table). */
 static int usage_setup(vdi_catalog *cat, vdi_error *err)
 {

@@ -122,6 +122,19 @@ START_TEST(spares_acquire_release_refill)
     ck_assert_int_eq(th_http(&D, "GET", "/v1/space", NULL, &j), 200);
     json_t *ds = json_array_get(json_object_get(j, "datastores"), 0);
     ck_assert_int_eq(json_integer_value(json_object_get(ds, "children")), 3);
+    /* Large pools: a summary without desktops, or a page of them. */
+    json_t *page = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo?summary=1", NULL, &page), 200);
+    ck_assert_ptr_null(json_object_get(page, "desktops"));
+    ck_assert_ptr_nonnull(json_object_get(page, "desktops_by_state"));
+    json_decref(page);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo?offset=1&limit=1", NULL, &page), 200);
+    ck_assert_uint_eq(json_array_size(json_object_get(page, "desktops")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(page, "desktops_total")), 3);
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(page, "desktops"), 0), "slot")),
+                     2);
+    json_decref(page);
     /* The service counts without walking the datastore; a fresh walk after
      * the churn above agrees with it. */
     vdi_space_report walk;

@@ -31,6 +31,9 @@ int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx
 /* What routes see of a request. */
 const char *request_method(const request *r);
 const char *request_path(const request *r); /* without the query string */
+/* The value of NAME in the query string (?NAME=VALUE&...), copied into buf;
+ * NULL when it is not there. */
+const char *request_query(const request *r, const char *name, char *buf, size_t len);
 const char *request_body(const request *r); /* NUL-terminated, "" when none */
 /* Answers once; a later call does nothing. Takes ownership of body. */
 void request_respond_json(request *r, int status, json_t *body);

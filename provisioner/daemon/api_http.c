@@ -213,6 +213,23 @@ const char *request_path(const request *r)
     return r->http.path;
 }
 
+const char *request_query(const request *r, const char *name, char *buf, size_t len)
+{
+    const char *q = strchr(r->http.url, '?');
+    size_t nlen = strlen(name);
+    while (q && *q) {
+        q++;
+        if (!strncmp(q, name, nlen) && (q[nlen] == '=' || q[nlen] == '&' || !q[nlen])) {
+            const char *v = q[nlen] == '=' ? q + nlen + 1 : q + nlen;
+            size_t vlen = strcspn(v, "&");
+            snprintf(buf, len, "%.*s", (int)vlen, v);
+            return buf;
+        }
+        q = strchr(q, '&');
+    }
+    return NULL;
+}
+
 /* Compares in time independent of where the strings differ. */
 static bool same_secret(const char *a, const char *b)
 {

@@ -4,6 +4,7 @@
 #include "api.h"
 #include "daemon.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,11 +255,19 @@ void api_route(void *ctx, request *r)
             json_array_append_new(arr, pool_json(svc->pools[i], false));
         request_respond_json(r, 200, json_pack("{s:o}", "pools", arr));
     } else if (n == 3 && !strcmp(parts[1], "pools") && get) {
+        /* ?summary=1: counts only; ?offset=N&limit=M: a page of desktops. */
         pool *p = service_find_pool(svc, parts[2]);
-        if (p)
-            request_respond_json(r, 200, pool_json(p, true));
-        else
+        char v[32];
+        bool summary = request_query(r, "summary", v, sizeof v) && strcmp(v, "0");
+        unsigned long offset = request_query(r, "offset", v, sizeof v) ? strtoul(v, NULL, 10) : 0;
+        unsigned long limit = request_query(r, "limit", v, sizeof v) ? strtoul(v, NULL, 10) : 0;
+        if (!p)
             not_found(r, "no such pool");
+        else
+            request_respond_json(r, 200,
+                                 pool_json_page(p, !summary,
+                                                offset > UINT_MAX ? UINT_MAX : (unsigned)offset,
+                                                limit > UINT_MAX ? UINT_MAX : (unsigned)limit));
     } else if (n == 4 && !strcmp(parts[1], "pools") && !strcmp(parts[3], "acquire") && post) {
         json_error_t jerr;
         json_t *body = json_loads(request_body(r), 0, &jerr);

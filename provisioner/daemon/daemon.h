@@ -271,6 +271,7 @@ void scrub_step(service *svc);
 
 /* ---- views.c: JSON and metrics -------------------------------------------------------- */
 json_t *pool_json(const pool *p, bool with_desktops);
+json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit);
 json_t *desktop_json(const desktop *d);
 json_t *status_json(service *svc);
 char *service_metrics_text(service *svc);

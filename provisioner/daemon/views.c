@@ -47,6 +47,13 @@ static void count_states(const pool *p, unsigned counts[DESKTOP_STATE_COUNT])
 
 json_t *pool_json(const pool *p, bool with_desktops)
 {
+    return pool_json_page(p, with_desktops, 0, 0);
+}
+
+/* Desktops from `offset` on, at most `limit` of them (0: all), counted over
+ * the slots the API lists (within size, or beyond it while not empty). */
+json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit)
+{
     unsigned counts[DESKTOP_STATE_COUNT];
     count_states(p, counts);
     json_t *states = json_object();
@@ -63,10 +70,19 @@ json_t *pool_json(const pool *p, bool with_desktops)
         json_object_set_new(o, "domain_template", json_string(p->cfg->domain.template_path));
     if (with_desktops) {
         json_t *arr = json_array();
-        for (unsigned i = 0; i < p->nslots; i++)
-            if (p->desktops[i]->state != DESKTOP_EMPTY || i < p->cfg->size)
+        unsigned listed = 0;
+        for (unsigned i = 0; i < p->nslots; i++) {
+            if (p->desktops[i]->state == DESKTOP_EMPTY && i >= p->cfg->size)
+                continue;
+            if (listed >= offset && (!limit || listed < offset + limit))
                 json_array_append_new(arr, desktop_json(p->desktops[i]));
+            listed++;
+        }
         json_object_set_new(o, "desktops", arr);
+        if (offset || limit) {
+            json_object_set_new(o, "desktops_total", json_integer(listed));
+            json_object_set_new(o, "offset", json_integer(offset));
+        }
     }
     return o;
 }

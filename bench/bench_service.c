@@ -1,0 +1,233 @@
+/* bench_service — vdipoold under acquire/release load, on libvirt's test
+ * driver (no QEMU: the service alone).
+ *
+ *   bench_service VDIPOOLD MAKE_DEMO_GOLD WORKDIR SIZE SPARES CLIENTS SECONDS
+ *
+ * Starts vdipoold with one pool of SIZE desktops keeping SPARES spares,
+ * waits until they are ready, then runs CLIENTS threads for SECONDS, each
+ * looping acquire (a new user every time) -> release over the Unix socket,
+ * one connection per request as any client of today's API does. Prints one
+ * line: cycles/s, acquire p50/p99/max, release p50/p99, the transport floor
+ * (GET /v1/status p50, measured in the same run) and the daemon's RSS after
+ * the spares were ready, per slot beyond a base of the daemon with one
+ * slot (measured by the caller: run it with SIZE 1 for the base). */
+#include "vdi_client.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char sock[512];
+static atomic_bool stop;
+static atomic_ulong cycles;
+static atomic_uint user_seq;
+
+typedef struct samples {
+    double *v;
+    size_t n, cap;
+} samples;
+
+static void add(samples *s, double x)
+{
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 4096;
+        s->v = realloc(s->v, s->cap * sizeof *s->v);
+        if (!s->v)
+            abort();
+    }
+    s->v[s->n++] = x;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(samples *s, double p)
+{
+    if (!s->n)
+        return 0;
+    qsort(s->v, s->n, sizeof *s->v, cmp);
+    size_t i = (size_t)(p / 100.0 * (double)(s->n - 1) + 0.5);
+    return s->v[i];
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+typedef struct client {
+    pthread_t t;
+    samples acquire, release;
+    unsigned refused;
+} client;
+
+static void *run_client(void *arg)
+{
+    client *c = arg;
+    while (!atomic_load(&stop)) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"user\": \"u%u\"}", atomic_fetch_add(&user_seq, 1));
+        json_t *a = NULL;
+        vdi_error err = {0};
+        double t0 = now();
+        int status = vdi_client_call_json(sock, "POST", "/v1/pools/bench/acquire", body, &a, &err);
+        double t1 = now();
+        if (status != 200) {
+            c->refused++;
+            json_decref(a);
+            usleep(1000);
+            continue;
+        }
+        add(&c->acquire, t1 - t0);
+        char path[256];
+        snprintf(path, sizeof path, "/v1/desktops/%s/release",
+                 json_string_value(json_object_get(a, "desktop")));
+        json_decref(a);
+        json_t *r = NULL;
+        t0 = now();
+        status = vdi_client_call_json(sock, "POST", path, NULL, &r, &err);
+        add(&c->release, now() - t0);
+        json_decref(r);
+        if (status == 200)
+            atomic_fetch_add(&cycles, 1);
+    }
+    return NULL;
+}
+
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+static int ready_count(void)
+{
+    json_t *j = NULL;
+    vdi_error err = {0};
+    int n = -1;
+    if (vdi_client_call_json(sock, "GET", "/v1/pools/bench?summary=1", NULL, &j, &err) == 200)
+        n = (int)json_integer_value(
+            json_object_get(json_object_get(j, "desktops_by_state"), "ready"));
+    json_decref(j);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 8) {
+        fprintf(stderr, "usage: bench_service VDIPOOLD MAKE_DEMO_GOLD WORKDIR SIZE SPARES CLIENTS "
+                        "SECONDS\n");
+        return 2;
+    }
+    const char *daemon = argv[1], *make_gold = argv[2], *work = argv[3];
+    unsigned size = (unsigned)atoi(argv[4]), spares = (unsigned)atoi(argv[5]);
+    unsigned nclients = (unsigned)atoi(argv[6]);
+    int seconds = atoi(argv[7]);
+    char cmd[2048], conf[600], text[4096];
+    /* vdipoolctl sits beside vdipoold in the build tree. */
+    char ctl_dir[512];
+    snprintf(ctl_dir, sizeof ctl_dir, "%s", daemon);
+    char *slash = strrchr(ctl_dir, '/');
+    if (slash)
+        *slash = '\0';
+    snprintf(cmd, sizeof cmd,
+             "chattr -i %s/gold.qcow2 2>/dev/null; rm -rf %s && mkdir -p %s/ds && "
+             "%s %s/gold.qcow2 >/dev/null && "
+             "VDIPOOL_STATE_DIR=%s/state %s/vdipoolctl image seal %s/gold.qcow2 >/dev/null",
+             work, work, work, make_gold, work, work, ctl_dir, work);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "bench_service: cannot prepare %s\n", work);
+        return 1;
+    }
+    snprintf(sock, sizeof sock, "%s/sock", work);
+    snprintf(conf, sizeof conf, "%s/vdipool.conf", work);
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
+             "\"test:///default\";\n  log_level = \"warning\"; acquire_timeout = \"5s\";\n"
+             "  max_parallel_clones = 16; max_parallel_starts = 16; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "pools = ( { name = \"bench\"; gold = \"%s/gold.qcow2\"; datastore = \"local\";\n"
+             "  size = %u; spares = %u; expected_growth = \"1M\";\n"
+             "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
+             "\"none\"; accel = \"tcg\"; }; } );\n",
+             sock, work, work, work, size, spares);
+    FILE *f = fopen(conf, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+        return 1;
+    double t_start = now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        char log[600];
+        snprintf(log, sizeof log, "%s/vdipoold.log", work);
+        if (!freopen(log, "w", stderr))
+            _exit(127);
+        execl(daemon, daemon, "--config", conf, (char *)NULL);
+        _exit(127);
+    }
+    double deadline = now() + 600;
+    while (ready_count() < (int)spares && now() < deadline)
+        usleep(20000);
+    double t_ready = now() - t_start;
+    long rss = rss_kib(pid);
+    /* The transport floor, in the same run. */
+    samples floor = {0};
+    for (int i = 0; i < 200; i++) {
+        json_t *j = NULL;
+        vdi_error err = {0};
+        double t0 = now();
+        vdi_client_call_json(sock, "GET", "/v1/status", NULL, &j, &err);
+        add(&floor, now() - t0);
+        json_decref(j);
+    }
+    client *cl = calloc(nclients, sizeof *cl);
+    double t0 = now();
+    for (unsigned i = 0; i < nclients; i++)
+        pthread_create(&cl[i].t, NULL, run_client, &cl[i]);
+    sleep((unsigned)seconds);
+    atomic_store(&stop, true);
+    samples acq = {0}, rel = {0};
+    unsigned refused = 0;
+    for (unsigned i = 0; i < nclients; i++) {
+        pthread_join(cl[i].t, NULL);
+        for (size_t k = 0; k < cl[i].acquire.n; k++)
+            add(&acq, cl[i].acquire.v[k]);
+        for (size_t k = 0; k < cl[i].release.n; k++)
+            add(&rel, cl[i].release.v[k]);
+        refused += cl[i].refused;
+    }
+    double took = now() - t0;
+    printf("size %u spares %u clients %u: %.0f cycles/s, acquire p50 %.2f ms p99 %.2f ms max "
+           "%.1f ms, release p50 %.2f ms p99 %.2f ms, floor p50 %.3f ms, refused %u, "
+           "spares ready in %.1f s, RSS %ld KiB\n",
+           size, spares, nclients, (double)atomic_load(&cycles) / took, pct(&acq, 50) * 1e3,
+           pct(&acq, 99) * 1e3, pct(&acq, 100) * 1e3, pct(&rel, 50) * 1e3, pct(&rel, 99) * 1e3,
+           pct(&floor, 50) * 1e3, refused, t_ready, rss);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    snprintf(cmd, sizeof cmd, "chattr -i %s/gold.qcow2 2>/dev/null; rm -rf %s", work, work);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench_service: %s left behind\n", work);
+    return 0;
+}

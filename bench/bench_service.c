@@ -187,8 +187,13 @@ int main(int argc, char **argv)
         _exit(127);
     }
     double deadline = now() + 600;
-    while (ready_count() < (int)spares && now() < deadline)
+    while (ready_count() < (int)spares && now() < deadline) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            fprintf(stderr, "bench_service: vdipoold exited; see %s/vdipoold.log\n", work);
+            return 1;
+        }
         usleep(20000);
+    }
     double t_ready = now() - t_start;
     long rss = rss_kib(pid);
     /* The transport floor, in the same run. */

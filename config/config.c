@@ -668,10 +668,10 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
 
     if (get_string(ctx, g, "desktop_prefix", where, false, &p->desktop_prefix))
         check_name(ctx, member(g, "desktop_prefix"), "desktop_prefix", p->desktop_prefix);
-    bool have_size = get_uint(ctx, g, "size", where, 1, 9999, &p->size);
+    bool have_size = get_uint(ctx, g, "size", where, 1, 100000, &p->size);
     if (!member(g, "size"))
         ERR(ctx, g, "%s needs 'size', the most desktops it may have", where);
-    if (get_uint(ctx, g, "spares", where, 0, 9999, &p->spares) && have_size &&
+    if (get_uint(ctx, g, "spares", where, 0, 100000, &p->spares) && have_size &&
         p->spares > p->size)
         ERR(ctx, member(g, "spares"), "%s: 'spares' (%u) is larger than 'size' (%u)", where,
             p->spares, p->size);

@@ -225,7 +225,7 @@ START_TEST(every_error_at_once_with_lines)
     expect_error(e, "bad.conf", 10, "\"12 hours\", which is not a duration");
     expect_error(e, "bad.conf", 10, "'on_end' is \"keep\"");
     expect_error(e, "bad.conf", 11, "pool 'office' is defined twice (first at");
-    expect_error(e, "bad.conf", 11, "'size' is 0; it must be from 1 to 9999");
+    expect_error(e, "bad.conf", 11, "'size' is 0; it must be from 1 to 100000");
     expect_error(e, "bad.conf", 11, "no gold named 'b'");
     expect_error(e, "bad.conf", 11, "no datastore named 'remote'");
     expect_error(e, "bad.conf", 12, "missing.qcow2 is not usable: it does not exist");

@@ -12,6 +12,7 @@ if [ "$quick" = "--quick" ]; then n=200; rounds=2; writes=1000; reps=1; fi
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$root/build" -j "$(nproc)" >/dev/null
 bench_clone="$root/build/bench/bench_clone"
+bench_service="$root/build/bench/bench_service"
 ctl="$root/build/vdipoolctl"
 
 work=$(mktemp -d /var/tmp/vdipool-bench-XXXXXX)
@@ -69,4 +70,14 @@ for v in "64K --no-extended-l2" "64K --extended-l2" "128K --no-extended-l2" \
     iops=$(printf '%s\n' "${runs[@]}" | median)
     printf '%-28s %10s %12s %16s %14s\n' "$1 $2" "$iops" "$(awk -v a="$iops" -v b="$raw" 'BEGIN{printf "%.2f", a/b}')" \
         "$(numfmt --to=iec "$alloc")" "$(numfmt --to=iec "$size")"
+done
+
+echo
+echo "## the service under acquire/release load (libvirt test driver)"
+seconds=10
+if [ "$quick" = "--quick" ]; then seconds=5; fi
+for run in "1 1 1" "200 50 1" "200 50 8" "200 50 64" "2000 200 1" "2000 200 8" "2000 200 64" \
+           "20000 200 1" "20000 200 8" "20000 200 64"; do
+    # shellcheck disable=SC2086 # "SIZE SPARES CLIENTS"
+    "$bench_service" "$root/build/vdipoold" "$root/build/make-demo-gold" "$work/service" $run "$seconds"
 done

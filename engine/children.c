@@ -75,9 +75,8 @@ static char *absolute_path(const char *path)
 static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, size_t count,
                        const vdi_child_meta *meta, size_t *made, vdi_error *err);
 
-int vdi_clone_batch_recorded(vdi_catalog *cat, vdi_cloner *cl, char *const *paths_in,
-                             size_t count, const vdi_child_meta *meta, size_t *made,
-                             vdi_error *err)
+int vdi_clone_batch_recorded(vdi_catalog *cat, vdi_cloner *cl, char *const *paths_in, size_t count,
+                             const vdi_child_meta *meta, size_t *made, vdi_error *err)
 {
     if (made)
         *made = 0;
@@ -112,7 +111,14 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
                                  paths[i]);
     }
     const char *parent = vdi_cloner_backing_name(cl);
-    char *data = join_lines(parent, paths, count);
+    /* The intent: a line of the children's metadata (so that a recovered
+     * child keeps its datastore, pool and slot), the parent, the children. */
+    char *head = NULL;
+    if (asprintf(&head, "meta\t%s\t%s\t%d\n%s", meta && meta->datastore ? meta->datastore : "",
+                 meta && meta->pool ? meta->pool : "", meta ? meta->slot : -1, parent) < 0)
+        head = NULL;
+    char *data = head ? join_lines(head, paths, count) : NULL;
+    free(head);
     if (!data)
         return vdi_error_set(err, -ENOMEM, "out of memory");
     int64_t intent;
@@ -153,8 +159,7 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
         struct stat st;
         if (lstat(paths[i], &st) == 0 && (rc == 0 || i < done))
             r = vdi_catalog_add_child_(cat, paths[i], parent, meta, (uint64_t)st.st_blocks * 512,
-                                       vdi_cloner_virtual_size(cl),
-                                       &db_err);
+                                       vdi_cloner_virtual_size(cl), &db_err);
     }
     if (r == 0)
         r = vdi_intent_end_(cat, intent, &db_err);
@@ -175,7 +180,7 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
 int vdi_clone_recorded(vdi_catalog *cat, vdi_cloner *cl, const char *child_path,
                        const vdi_child_meta *meta, vdi_error *err)
 {
-    char *paths[1] = { (char *)child_path };
+    char *paths[1] = {(char *)child_path};
     return vdi_clone_batch_recorded(cat, cl, paths, 1, meta, NULL, err);
 }
 
@@ -187,6 +192,17 @@ int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, v
         return vdi_error_set(err, -ENOMEM, "out of memory");
     char *save = NULL;
     char *parent = strtok_r(copy, "\n", &save);
+    /* Intents written since the metadata line was added start with it. */
+    vdi_child_meta meta = {.datastore = "", .pool = "", .slot = -1};
+    bool has_meta = parent && !strncmp(parent, "meta\t", 5);
+    if (has_meta) {
+        char *fields = parent + 5;
+        char *ds = strsep(&fields, "\t"), *pool = strsep(&fields, "\t");
+        meta.datastore = ds ? ds : "";
+        meta.pool = pool ? pool : "";
+        meta.slot = fields ? atoi(fields) : -1;
+        parent = strtok_r(NULL, "\n", &save);
+    }
     int forward = 0;
     int rc = 0;
     char swept[PATH_MAX] = ""; /* a batch's children share a directory: sweep it once */
@@ -198,7 +214,7 @@ int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, v
              * only after being written): keep it if it is the one we made. */
             const char *b = vdi_image_backing_name(img);
             if (parent && b && !strcmp(b, parent)) {
-                rc = vdi_catalog_add_child_(cat, child, parent, NULL,
+                rc = vdi_catalog_add_child_(cat, child, parent, has_meta ? &meta : NULL,
                                             vdi_image_allocated_bytes(img),
                                             vdi_image_virtual_size(img), err);
                 forward = 1;

@@ -48,7 +48,9 @@ static void do_batch(void)
     vdi_cloner *cl = NULL;
     ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, NULL), 0);
     char *paths[3] = {path_in("ds/b1.qcow2"), path_in("ds/b2.qcow2"), path_in("ds/b3.qcow2")};
-    vdi_clone_batch_recorded(cat, cl, paths, 3, NULL, NULL, NULL);
+    /* A pool's clone: a recovered child keeps its datastore, pool and slot. */
+    vdi_child_meta meta = {.datastore = "local", .pool = "office", .slot = 7};
+    vdi_clone_batch_recorded(cat, cl, paths, 3, &meta, NULL, NULL);
     vdi_cloner_free(cl);
 }
 static void do_delete(void)
@@ -93,7 +95,13 @@ START_TEST(crash_during_clone)
         char p[64];
         snprintf(p, sizeof p, "ds/b%d.qcow2", i);
         ck_assert_int_eq(vdi_catalog_child(cat, path_in(p), &ci, NULL), 0);
+        ck_assert_str_eq(ci.datastore, "local");
+        ck_assert_str_eq(ci.pool, "office");
+        ck_assert_int_eq(ci.slot, 7);
     }
+    vdi_datastore_usage usage;
+    ck_assert_int_eq(vdi_catalog_datastore_usage(cat, "local", &usage, NULL), 0);
+    ck_assert_uint_eq(usage.children, 3);
 
     ck_assert(crash_at("delete:unlinked", do_delete));
     ck_assert_uint_eq(vdi_catalog_rolled_forward(cat), 1);

@@ -43,7 +43,7 @@ void th_daemon_prepare(th_daemon *d, const char *tag, const char *uri)
     ck_assert_msg(make != NULL, "MAKE_DEMO_GOLD is set by ctest");
     free(th_must("%s %s", make, d->gold));
     vdi_catalog *cat = NULL;
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     ck_assert_msg(vdi_catalog_open(d->state, &cat, &err) == 0, "%s", err.message);
     vdi_seal_result r;
     ck_assert_msg(vdi_seal(cat, d->gold, &r, &err) == 0, "%s", err.message);
@@ -128,8 +128,17 @@ void th_daemon_cleanup_domains(th_daemon *d)
 
 int th_http(th_daemon *d, const char *method, const char *path, const char *body, json_t **out)
 {
-    vdi_error err = { 0 };
+    vdi_error err = {0};
     return vdi_client_call_json(d->sock, method, path, body, out, &err);
+}
+
+json_t *th_get_desktop(th_daemon *d, const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s", name);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(d, "GET", path, NULL, &j), 200);
+    return j;
 }
 
 json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s)

@@ -9,12 +9,12 @@
 #include <sys/types.h>
 
 typedef struct th_daemon {
-    char dir[1024];      /* the test's directory (traversable by QEMU) */
+    char dir[1024]; /* the test's directory (traversable by QEMU) */
     char conf[1100];
     char sock[1100];
     char state[1100];
     char gold[1100];
-    char prefix[32];     /* desktops are PREFIX-NNN: what cleanup destroys */
+    char prefix[32]; /* desktops are PREFIX-NNN: what cleanup destroys */
     char uri[64];
     pid_t pid;
 } th_daemon;
@@ -32,7 +32,10 @@ void th_daemon_cleanup_domains(th_daemon *d);
 
 /* One HTTP request; returns the status and the parsed body (caller frees). */
 int th_http(th_daemon *d, const char *method, const char *path, const char *body, json_t **out);
-/* Polls GET /v1/pools/demo until `ready` desktops are ready (and cond holds); fails the test after timeout_s. */
+/* GET /v1/desktops/NAME, which must answer 200; the caller frees it. */
+json_t *th_get_desktop(th_daemon *d, const char *name);
+/* Polls GET /v1/pools/demo until `ready` desktops are ready (and cond holds); fails the test after
+ * timeout_s. */
 json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s);
 
 #endif

@@ -29,15 +29,6 @@ static void teardown(void)
     th_daemon_cleanup_domains(&D);
 }
 
-static json_t *get_desktop(const char *name)
-{
-    char path[256];
-    snprintf(path, sizeof path, "/v1/desktops/%s", name);
-    json_t *j = NULL;
-    ck_assert_int_eq(th_http(&D, "GET", path, NULL, &j), 200);
-    return j;
-}
-
 static char *domain_id(const char *name)
 {
     char *out = NULL;
@@ -58,7 +49,7 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(a, "display")), "vnc://"));
     json_decref(a);
-    json_t *d = get_desktop(name);
+    json_t *d = th_get_desktop(&D, name);
     char child[4096];
     snprintf(child, sizeof child, "%s", json_string_value(json_object_get(d, "child")));
     json_decref(d);
@@ -73,7 +64,7 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     time_t end = time(NULL) + 60;
     bool replaced = false;
     while (!replaced && time(NULL) < end) {
-        d = get_desktop(name);
+        d = th_get_desktop(&D, name);
         const char *st = json_string_value(json_object_get(d, "state"));
         struct stat now;
         /* A new file at the same path: the inode may be reused, its ctime is later. */
@@ -135,7 +126,7 @@ START_TEST(restart_keeps_sessions)
 
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 1, 60));
-    json_t *d = get_desktop(name);
+    json_t *d = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
     ck_assert_str_eq(json_string_value(json_object_get(d, "user")), "carol");
     ck_assert_str_eq(json_string_value(json_object_get(d, "display")), display);
@@ -196,7 +187,7 @@ START_TEST(libvirtd_restart_is_survived)
     }
     ck_assert_msg(connected, "vdipoold did not reconnect");
     /* Nothing was touched: the session and the spares are still there. */
-    json_t *d = get_desktop(name);
+    json_t *d = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
     json_decref(d);
     json_decref(th_wait_ready(&D, 2, 30));

@@ -74,18 +74,9 @@ static void write_config(const char *paused_timeout)
     th_write_file(D.conf, text, strlen(text));
 }
 
-static json_t *get_desktop(const char *name)
-{
-    char path[256];
-    snprintf(path, sizeof path, "/v1/desktops/%s", name);
-    json_t *j = NULL;
-    ck_assert_int_eq(th_http(&D, "GET", path, NULL, &j), 200);
-    return j;
-}
-
 static char *desktop_state(const char *name)
 {
-    json_t *j = get_desktop(name);
+    json_t *j = th_get_desktop(&D, name);
     char *s = strdup(json_string_value(json_object_get(j, "state")));
     json_decref(j);
     return s;
@@ -124,7 +115,7 @@ static void fill_the_datastore(char *name, size_t len)
     json_decref(th_wait_ready(&D, 1, 90)); /* the spare beside it */
     free(th_must("virsh -c qemu:///system send-key %s KEY_ENTER", name));
     wait_state(name, "paused", 120);
-    json_t *d = get_desktop(name);
+    json_t *d = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(d, "paused_reason")), "no space");
     ck_assert_str_eq(json_string_value(json_object_get(d, "user")), "wendy");
     json_decref(d);
@@ -176,7 +167,7 @@ START_TEST(paused_guest_is_resumed_when_there_is_room)
     ck_assert_int_eq(th_daemon_stop(&D), 0);
     th_daemon_start(&D);
     wait_state(name, "paused", 30);
-    json_t *again = get_desktop(name);
+    json_t *again = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(again, "paused_reason")), "no space");
     json_decref(again);
     /* Room again: the guest is resumed, finishes every write and powers off. */

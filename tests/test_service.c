@@ -674,6 +674,33 @@ START_TEST(http_limits_versions_and_timeouts)
 }
 END_TEST
 
+START_TEST(acquire_withdrawn_when_the_client_goes)
+{
+    th_daemon_write_config(&D, 2, 0, NULL); /* no spares: an acquire waits */
+    th_daemon_start(&D);
+    const char *req = "POST /v1/pools/demo/acquire HTTP/1.1\r\nContent-Length: 18\r\n\r\n"
+                      "{\"user\": \"gone-1\"}";
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    close(fd); /* the broker gives up before a desktop is ready */
+    /* Nobody is assigned a desktop for it (one already being prepared stays
+     * ready for the next user). */
+    sleep(2);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+    ck_assert_int_eq(state_count(j, "assigned"), 0);
+    json_decref(j);
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", D.dir);
+    ck_assert_int_eq(th_run(NULL, "grep -q 'event=acquire-withdrawn user=gone-1' %s", log), 0);
+    json_decref(acquire("here-2", 200));
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 TH_MAIN("service",
         {"service",
          setup,
@@ -683,4 +710,4 @@ TH_MAIN("service",
           unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
           second_instance_is_refused, blocked_pool_waits_without_spinning,
-          http_limits_versions_and_timeouts, NULL}})
+          http_limits_versions_and_timeouts, acquire_withdrawn_when_the_client_goes, NULL}})

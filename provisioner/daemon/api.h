@@ -40,5 +40,8 @@ void request_respond_json(request *r, int status, json_t *body);
 void request_respond_text(request *r, int status, const char *type, const char *text);
 /* For answers that come later (acquire waiting for a spare). */
 void request_hold(request *r);
+/* Called when a held request's client goes away before its answer: fn
+ * returns true when it withdrew the work, and then no answer is given. */
+void request_on_gone(request *r, bool (*fn)(void *ctx, request *r), void *ctx);
 
 #endif

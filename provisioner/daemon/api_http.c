@@ -58,6 +58,8 @@ struct request {
     bool is_tcp;
     bool denied; /* the Unix peer failed the credential check */
     bool responded, closed, held, dispatched, draining;
+    bool (*on_gone)(void *ctx, request *r); /* a held request's client went away */
+    void *gone_ctx;
     size_t drained;
     int answered_status; /* what was answered (detached requests) */
 };
@@ -200,6 +202,12 @@ void request_hold(request *r)
 {
     r->held = true;
 }
+
+void request_on_gone(request *r, bool (*fn)(void *ctx, request *r), void *ctx)
+{
+    r->on_gone = fn;
+    r->gone_ctx = ctx;
+}
 const char *request_method(const request *r)
 {
     return r->http.method;
@@ -298,7 +306,15 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     } else if (n < 0) {
         uv_read_stop(s);
         if (r->held && !r->responded) {
-            close_request(r); /* the answer, when it comes, frees the request */
+            /* The client went away while its answer was pending: the route
+             * may withdraw the work (an acquire's waiter); else the answer,
+             * when it comes, frees the request. */
+            if (r->on_gone && r->on_gone(r->gone_ctx, r)) {
+                r->responded = true;
+                svc_log("info", "event=client-gone path=%s; its waiting request was withdrawn",
+                        r->http.path);
+            }
+            close_request(r);
         } else if (!r->responded || r->draining) {
             close_request(r);
         }

@@ -210,6 +210,12 @@ static void acquired(void *ctx, int status, json_t *body)
     request_respond_json(ctx, status, body);
 }
 
+/* A broker that gave up on an acquire: its user must not get a desktop. */
+static bool acquire_gone(void *svc, request *r)
+{
+    return service_cancel_acquire(svc, r);
+}
+
 /* Splits "/v1/pools/NAME/acquire" into parts; returns how many. */
 static int split(const char *path, char parts[6][128])
 {
@@ -290,6 +296,7 @@ void api_route(void *ctx, request *r)
             request_respond_json(r, 400, json_pack("{s:s}", "error", msg));
         } else {
             request_hold(r);
+            request_on_gone(r, acquire_gone, svc);
             service_acquire(svc, parts[2], user, acquired, r);
         }
         json_decref(body);

@@ -180,8 +180,8 @@ struct service {
     bool adopted;           /* running desktops were adopted after connecting */
     bool adopting;
     bool scrubbing;
-    bool refreshing;             /* a refresh of children's sizes runs */
-    size_t refresh_next;         /* where the next refresh batch starts */
+    bool refreshing;     /* a refresh of children's sizes runs */
+    size_t refresh_next; /* where the next refresh batch starts */
     int64_t last_scrub;
     size_t scrub_next;
 };
@@ -246,6 +246,9 @@ void jobs_clean_leftovers(service *svc, const char *name, const char *child);
 typedef void (*acquire_cb)(void *ctx, int http_status, json_t *body);
 void service_acquire(service *svc, const char *pool_name, const char *user, acquire_cb cb,
                      void *ctx);
+/* The waiter answering to ctx is dropped without an answer (its client went
+ * away); false when there is none (it was answered already). */
+bool service_cancel_acquire(service *svc, void *ctx);
 void session_end(desktop *d, end_reason why);
 void sessions_serve_waiters(service *svc);
 void sessions_fail_waiters(service *svc);

@@ -156,6 +156,24 @@ void sessions_serve_waiters(service *svc)
     }
 }
 
+bool service_cancel_acquire(service *svc, void *ctx)
+{
+    for (waiter **pp = &svc->waiters; *pp; pp = &(*pp)->next) {
+        waiter *w = *pp;
+        if (w->ctx != ctx)
+            continue;
+        *pp = w->next;
+        char quoted[LOG_VALUE_MAX];
+        svc_log("info", "pool=%s event=acquire-withdrawn user=%s", w->pool,
+                log_value(w->user, quoted, sizeof quoted));
+        uv_timer_stop(&w->timer);
+        uv_close((uv_handle_t *)&w->timer, waiter_closed);
+        service_kick(svc); /* one fewer wanted spare */
+        return true;
+    }
+    return false;
+}
+
 /* At shutdown: every pending acquire gets an answer. */
 void sessions_fail_waiters(service *svc)
 {

@@ -228,12 +228,13 @@ static void start_run(void *data)
 /* Whether the job's datastore has room above its reserve for what one
  * desktop of the pool is expected to grow by. On false, j->rc is set: a
  * failure to measure, or -ENOSPC with `what` and the numbers. */
-static bool room_for_growth(job *j, const char *what)
+static bool room_for_growth(job *j, const char *what, uint64_t *growth_out)
 {
     int64_t room = room_above_reserve(j);
     if (room < 0)
         return false;
     uint64_t growth = pool_growth(j);
+    *growth_out = growth;
     if ((uint64_t)room >= growth)
         return true;
     char a[32], b[32];
@@ -259,7 +260,8 @@ static virDomainPtr job_domain(job *j)
 static void resume_run(void *data)
 {
     job *j = data;
-    virDomainPtr dom = room_for_growth(j, "not resumed yet") ? job_domain(j) : NULL;
+    uint64_t growth;
+    virDomainPtr dom = room_for_growth(j, "not resumed yet", &growth) ? job_domain(j) : NULL;
     if (!dom)
         return;
     if (virDomainResume(dom) < 0)
@@ -273,12 +275,14 @@ static void resume_run(void *data)
 static void budget_run(void *data)
 {
     job *j = data;
-    virDomainPtr dom = room_for_growth(j, "a desktop grew past its write budget; new spares wait")
-                           ? job_domain(j)
-                           : NULL;
+    uint64_t growth;
+    virDomainPtr dom =
+        room_for_growth(j, "a desktop grew past its write budget; new spares wait", &growth)
+            ? job_domain(j)
+            : NULL;
     if (!dom)
         return;
-    if (virDomainSetBlockThreshold(dom, "vda", j->threshold + pool_growth(j), 0) < 0)
+    if (virDomainSetBlockThreshold(dom, "vda", j->threshold + growth, 0) < 0)
         job_fail(j, -EIO, "cannot raise the write budget: %s", libvirt_message());
     virDomainFree(dom);
 }
@@ -322,6 +326,20 @@ static void end_run(void *data)
 
 /* ---- on the loop --------------------------------------------------------------- */
 
+/* Hands a job's result to the desktop's state machine. */
+static void deliver(desktop *d, job_kind kind, int rc, bool blocked, const char *error,
+                    const char *display, double seconds)
+{
+    switch (kind) {
+    case JOB_CLONE: desktop_cloned(d, rc, blocked, error, seconds); break;
+    case JOB_START: desktop_started(d, rc, error, display, seconds); break;
+    case JOB_END: desktop_ended(d, rc, error); break;
+    case JOB_RESUME: desktop_resume_tried(d, rc, error); break;
+    case JOB_LEFTOVERS:
+    case JOB_BUDGET: break; /* no change of the desktop's state */
+    }
+}
+
 /* The desktop this job was for, or NULL when its slot or pool is gone or
  * another job has taken it since. */
 static desktop *job_desktop(service *svc, const job *j)
@@ -363,19 +381,14 @@ static void job_done(service *svc, void *data)
             svc->clones_running--;
         if (j->kind == JOB_START)
             svc->starts_running--;
-        if (j->kind != JOB_END && j->rc == 0)
+        /* Only what a clone or a start made is a leftover; a resume or an
+         * end changed nothing that must go. */
+        if ((j->kind == JOB_CLONE || j->kind == JOB_START) && j->rc == 0)
             jobs_clean_leftovers(svc, j->name, j->child);
     } else {
         d->busy = false;
-        const char *error = j->error ? j->error : "unknown error";
-        switch (j->kind) {
-        case JOB_CLONE: desktop_cloned(d, j->rc, j->blocked, error, took); break;
-        case JOB_START: desktop_started(d, j->rc, error, j->display, took); break;
-        case JOB_END: desktop_ended(d, j->rc, error); break;
-        case JOB_RESUME: desktop_resume_tried(d, j->rc, error); break;
-        case JOB_LEFTOVERS:
-        case JOB_BUDGET: break;
-        }
+        deliver(d, j->kind, j->rc, j->blocked, j->error ? j->error : "unknown error", j->display,
+                took);
     }
     job_free(j);
     service_kick(svc);
@@ -404,24 +417,34 @@ static job *job_new(service *svc, job_kind kind, const char *pool_name, const ch
 
 /* Queues a job for d; on failure the desktop gets the failure as a result
  * at once, so its state never waits for a job that does not exist. */
+/* A job for d with copies of what any job for it reads, or NULL. */
+static job *desktop_job(desktop *d, job_kind kind)
+{
+    pool *p = d->pool;
+    job *j = job_new(p->svc, kind, p->name, d->name, d->child);
+    if (!j)
+        return NULL;
+    j->config = vdi_config_ref(p->config);
+    j->pc = p->cfg;
+    j->ds = pool_datastore(p);
+    j->slot = d->slot;
+    j->session_id = d->session_id;
+    j->reason = d->end_reason;
+    if (d->gold && !(j->gold = strdup(d->gold))) {
+        job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
 static void submit(desktop *d, job_kind kind, work_run_fn run)
 {
     pool *p = d->pool;
     service *svc = p->svc;
-    job *j = job_new(svc, kind, p->name, d->name, d->child);
+    job *j = desktop_job(d, kind);
     if (j) {
-        j->config = vdi_config_ref(p->config);
-        j->pc = p->cfg;
-        j->ds = pool_datastore(p);
-        j->slot = d->slot;
-        j->session_id = d->session_id;
-        j->reason = d->end_reason;
         j->clones_in_flight = svc->clones_running ? svc->clones_running - 1 : 0;
         j->seq = ++svc->next_job_seq;
-        if (d->gold && !(j->gold = strdup(d->gold))) {
-            job_free(j);
-            j = NULL;
-        }
     }
     int rc = j ? work_submit(svc, run, job_done, j) : -ENOMEM;
     if (rc < 0) {
@@ -431,14 +454,7 @@ static void submit(desktop *d, job_kind kind, work_run_fn run)
                 d->name, (int)kind, uv_strerror(rc));
         char why[128];
         snprintf(why, sizeof why, "could not queue work: %s", uv_strerror(rc));
-        switch (kind) {
-        case JOB_CLONE: desktop_cloned(d, rc, false, why, 0); break;
-        case JOB_START: desktop_started(d, rc, why, NULL, 0); break;
-        case JOB_END: desktop_ended(d, rc, why); break;
-        case JOB_RESUME: desktop_resume_tried(d, rc, why); break;
-        case JOB_LEFTOVERS:
-        case JOB_BUDGET: break;
-        }
+        deliver(d, kind, rc, false, why, NULL, 0);
         return;
     }
     d->busy = true;
@@ -479,14 +495,9 @@ static void op_resume(desktop *d)
 static void op_check_budget(desktop *d, uint64_t threshold)
 {
     pool *p = d->pool;
-    job *j = job_new(p->svc, JOB_BUDGET, p->name, d->name, d->child);
-    if (j) {
-        j->config = vdi_config_ref(p->config);
-        j->pc = p->cfg;
-        j->ds = pool_datastore(p);
-        j->slot = d->slot;
+    job *j = desktop_job(d, JOB_BUDGET);
+    if (j)
         j->threshold = threshold;
-    }
     if (!j || work_submit(p->svc, budget_run, job_done, j) < 0) {
         svc_log("error", "pool=%s desktop=%s event=write-budget-not-checked", p->name, d->name);
         if (j)

@@ -107,17 +107,24 @@ static void waiter_closed(uv_handle_t *h)
     free(w);
 }
 
-static void finish_waiter(waiter *w, int status, json_t *body)
+/* Takes w off the list; it is freed once its timer is closed. */
+static void drop_waiter(waiter *w)
 {
-    service *svc = w->svc;
-    for (waiter **pp = &svc->waiters; *pp; pp = &(*pp)->next)
+    for (waiter **pp = &w->svc->waiters; *pp; pp = &(*pp)->next)
         if (*pp == w) {
             *pp = w->next;
             break;
         }
     uv_timer_stop(&w->timer);
-    w->cb(w->ctx, status, body);
     uv_close((uv_handle_t *)&w->timer, waiter_closed);
+}
+
+static void finish_waiter(waiter *w, int status, json_t *body)
+{
+    acquire_cb cb = w->cb;
+    void *ctx = w->ctx;
+    drop_waiter(w);
+    cb(ctx, status, body);
 }
 
 static void waiter_timeout(uv_timer_t *t)
@@ -158,16 +165,13 @@ void sessions_serve_waiters(service *svc)
 
 bool service_cancel_acquire(service *svc, void *ctx)
 {
-    for (waiter **pp = &svc->waiters; *pp; pp = &(*pp)->next) {
-        waiter *w = *pp;
+    for (waiter *w = svc->waiters; w; w = w->next) {
         if (w->ctx != ctx)
             continue;
-        *pp = w->next;
         char quoted[LOG_VALUE_MAX];
         svc_log("info", "pool=%s event=acquire-withdrawn user=%s", w->pool,
                 log_value(w->user, quoted, sizeof quoted));
-        uv_timer_stop(&w->timer);
-        uv_close((uv_handle_t *)&w->timer, waiter_closed);
+        drop_waiter(w);    /* nobody to answer */
         service_kick(svc); /* one fewer wanted spare */
         return true;
     }

@@ -3,14 +3,15 @@
  * disk stay the ground truth; the catalog records what the
  * qcow2 format cannot (a parent's children, a gold's fingerprint).
  *
- * Invariant: an intent row is committed (and, with synchronous=FULL, on
- * disk) before the first step of its operation touches a file, and is
+ * Invariant: an intent row is committed and on disk (see wal_sync) before
+ * the first step of its operation touches a file, and is
  * deleted in the same transaction as the operation's final catalog update.
  * So after a crash every half-done operation has its intent, and
  * vdi_catalog_open finishes or undoes it. */
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -26,11 +27,38 @@
  * statement's prepare to its finalize, and from vdi_catalog_begin_ to the
  * matching commit or rollback, so a transaction is never interleaved with
  * another thread's statements. It is never held across file work: the
- * engine's operations take it only inside catalog calls. */
+ * engine's operations take it only inside catalog calls.
+ *
+ * Durability without holding the lock across a disk flush: the connection
+ * runs WAL with synchronous=NORMAL, so a commit writes its frames to the WAL
+ * file (the OS's cache) without flushing, and the committing call then
+ * flushes the WAL itself (wal_sync, fdatasync on its own descriptor) after
+ * releasing the lock, before it returns. A caller therefore sees the same
+ * promise as synchronous=FULL (its commit is on disk when the call returns,
+ * so an intent is there before its operation touches a file), while other
+ * threads commit meanwhile and one flush carries several commits (group
+ * commit): under load the daemon's workers no longer queue behind each
+ * other's flushes. The WAL is append-only between checkpoints and the flush
+ * covers the whole file, so a later commit is never durable without an
+ * earlier one. */
+/* Prepared statements kept for reuse, found by the address of their SQL
+ * text (every call site passes a string literal): parsing a statement cost
+ * more than running it on the daemon's clone/end path. A statement in use
+ * (a nested call of the same site under the recursive lock) is not shared:
+ * the caller gets a fresh one, finalized at its finish. */
+#define STATEMENT_CACHE 48
+typedef struct cached_statement {
+    const char *sql;
+    sqlite3_stmt *st;
+    bool busy;
+} cached_statement;
+
 struct vdi_catalog {
     pthread_mutex_t lock;
     bool in_txn; /* under lock: a transaction begun by the lock's holder */
     sqlite3 *db;
+    cached_statement cache[STATEMENT_CACHE]; /* under lock */
+    int wal_fd;    /* the WAL file, read-only, for wal_sync; -1: commits flush themselves */
     char *state_dir;
     unsigned forward, back;
 };
@@ -132,25 +160,42 @@ static int db_error(vdi_catalog *cat, vdi_error *err, const char *what)
                          sqlite3_errmsg(cat->db));
 }
 
-int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err)
+/* Flushes the WAL so that every commit so far is on disk; called after the
+ * lock is released (see the comment at the top). */
+static int wal_sync(vdi_catalog *cat, vdi_error *err)
+{
+    if (cat->wal_fd < 0 || fdatasync(cat->wal_fd) == 0)
+        return 0;
+    return vdi_error_set(err, -errno, "catalog %s/catalog.db: cannot flush its journal: %s",
+                         cat->state_dir, strerror(errno));
+}
+
+static int exec_locked(vdi_catalog *cat, const char *sql, vdi_error *err)
 {
     char *msg = NULL;
     int rc = 0;
-    pthread_mutex_lock(&cat->lock);
     if (sqlite3_exec(cat->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
         rc = vdi_error_set(err, -EIO, "catalog %s/catalog.db: %s", cat->state_dir,
                            msg ? msg : "error");
         sqlite3_free(msg);
     }
-    pthread_mutex_unlock(&cat->lock);
     return rc;
+}
+
+int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err)
+{
+    pthread_mutex_lock(&cat->lock);
+    int rc = exec_locked(cat, sql, err);
+    bool committed = sqlite3_get_autocommit(cat->db); /* not inside a transaction */
+    pthread_mutex_unlock(&cat->lock);
+    return rc == 0 && committed ? wal_sync(cat, err) : rc;
 }
 
 /* A transaction keeps the lock from BEGIN to COMMIT or ROLLBACK. */
 int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err)
 {
     pthread_mutex_lock(&cat->lock);
-    int rc = vdi_catalog_exec_(cat, "BEGIN IMMEDIATE", err);
+    int rc = exec_locked(cat, "BEGIN IMMEDIATE", err);
     if (rc < 0) {
         pthread_mutex_unlock(&cat->lock);
         return rc;
@@ -163,12 +208,12 @@ int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err)
  * (which many error paths call) finds nothing to undo. */
 int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err)
 {
-    int rc = vdi_catalog_exec_(cat, "COMMIT", err);
+    int rc = exec_locked(cat, "COMMIT", err);
     if (rc < 0)
         sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
     cat->in_txn = false;
     pthread_mutex_unlock(&cat->lock);
-    return rc;
+    return rc == 0 ? wal_sync(cat, err) : rc;
 }
 
 void vdi_catalog_rollback_(vdi_catalog *cat)
@@ -186,29 +231,64 @@ void vdi_catalog_rollback_(vdi_catalog *cat)
 static int prepare(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err)
 {
     pthread_mutex_lock(&cat->lock);
-    if (sqlite3_prepare_v2(cat->db, sql, -1, st, NULL) != SQLITE_OK) {
+    cached_statement *slot = NULL;
+    for (size_t i = 0; i < STATEMENT_CACHE; i++) {
+        cached_statement *c = &cat->cache[i];
+        if (c->sql == sql && !c->busy) {
+            c->busy = true;
+            *st = c->st;
+            return 0;
+        }
+        if (!c->sql && !slot)
+            slot = c;
+    }
+    bool keep = slot && !strchr(sql, ';'); /* one statement, not a script */
+    if (sqlite3_prepare_v3(cat->db, sql, -1, keep ? SQLITE_PREPARE_PERSISTENT : 0, st, NULL) !=
+        SQLITE_OK) {
         int rc = db_error(cat, err, "prepare");
         pthread_mutex_unlock(&cat->lock);
         return rc;
     }
+    if (keep)
+        *slot = (cached_statement){.sql = sql, .st = *st, .busy = true};
     return 0;
 }
 
+/* Ends the use of a statement from prepare(): a cached one is reset and its
+ * bindings cleared (they may point at the caller's strings), others are
+ * finalized. Releases prepare's hold on the lock. */
 static void finish(vdi_catalog *cat, sqlite3_stmt *st)
 {
-    sqlite3_finalize(st);
+    bool cached = false;
+    for (size_t i = 0; i < STATEMENT_CACHE && !cached; i++)
+        if (cat->cache[i].st == st && cat->cache[i].busy) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            cat->cache[i].busy = false;
+            cached = true;
+        }
+    if (!cached)
+        sqlite3_finalize(st);
     pthread_mutex_unlock(&cat->lock);
 }
 
-/* Steps a statement that returns no rows and finalizes it; *rowid (when
- * asked) is read before the lock is released. */
-static int run_rowid(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
+/* Steps a statement that returns no rows and finishes it; *rowid (when
+ * asked) is read before the lock is released. A write outside a transaction
+ * commits by itself: it is flushed when `durable` (see wal_sync). */
+static int step_write(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, bool durable,
+                      vdi_error *err)
 {
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_error(cat, err, "write");
     if (rc == 0 && rowid)
         *rowid = sqlite3_last_insert_rowid(cat->db);
+    bool committed = !sqlite3_stmt_readonly(st) && sqlite3_get_autocommit(cat->db);
     finish(cat, st);
-    return rc;
+    return rc == 0 && committed && durable ? wal_sync(cat, err) : rc;
+}
+
+static int run_rowid(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
+{
+    return step_write(cat, st, rowid, true, err);
 }
 
 static int run(vdi_catalog *cat, sqlite3_stmt *st, vdi_error *err)
@@ -625,41 +705,28 @@ int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vd
     return run(cat, st, err);
 }
 
-/* Durability of session records. The catalog runs WAL with synchronous=FULL:
- * every commit is on disk before the call returns, which an intent needs
- * (it must be there before its operation touches a file). A session's
- * start is written with synchronous=NORMAL instead: in WAL mode it then
- * survives a crash of vdipoold (the WAL is in the OS's cache) but not a power
- * loss, until the next FULL commit or checkpoint syncs the WAL. What a power
- * loss can lose is the newest session starts; it also takes every desktop's
- * QEMU with it (the domains are transient), so those sessions ended anyway,
- * and the next start finds their desktops gone. No file operation depends
- * on a session record, so the intent journal's promise is untouched. This
- * keeps an fsync off the loop's acquire path. */
-static int write_relaxed(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
-{
-    sqlite3_exec(cat->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
-    int rc = run_rowid(cat, st, rowid, err); /* releases the statement's hold on the lock */
-    sqlite3_exec(cat->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
-    return rc;
-}
-
+/* Durability of session records: a session's start is committed but not
+ * flushed (the one write on the loop's acquire path, which must not wait
+ * for the disk). It survives a crash of vdipoold (the WAL is in the OS's
+ * cache) but not a power loss until the next flushed commit, which under
+ * load comes within milliseconds. What a power loss can lose is the newest
+ * session starts; it also takes every desktop's QEMU with it (the domains
+ * are transient), so those sessions ended anyway, and the next start finds
+ * their desktops gone. No file operation depends on a session record, so
+ * the intent journal's promise is untouched. */
 int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *desktop,
                               const char *user, int64_t started_at, int64_t *id, vdi_error *err)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&cat->lock); /* held across both pragmas and the insert */
     int rc = prepare(cat, "INSERT INTO sessions(pool, desktop, user, started_at) VALUES(?,?,?,?)",
                      &st, err);
-    if (rc == 0) {
-        sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, desktop, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, user ? user : "", -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 4, started_at);
-        rc = write_relaxed(cat, st, id, err);
-    }
-    pthread_mutex_unlock(&cat->lock);
-    return rc;
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, desktop, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, user ? user : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, started_at);
+    return step_write(cat, st, id, false, err);
 }
 
 int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, const char *reason,
@@ -785,6 +852,7 @@ int vdi_catalog_open_storage_(const char *state_dir, vdi_catalog **out, vdi_erro
         free(cat);
         return vdi_error_set(err, -ENOMEM, "out of memory");
     }
+    cat->wal_fd = -1;
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
@@ -800,10 +868,25 @@ int vdi_catalog_open_storage_(const char *state_dir, vdi_catalog **out, vdi_erro
         goto error;
     }
     sqlite3_busy_timeout(cat->db, 10000);
-    /* WAL with synchronous=FULL: a committed intent survives power loss. */
+    /* Until the WAL's descriptor is open, every commit flushes itself. */
     if ((rc = vdi_catalog_exec_(cat, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", err)) <
             0 ||
         (rc = vdi_catalog_exec_(cat, SCHEMA, err)) < 0 || (rc = usage_setup(cat, err)) < 0)
+        goto error;
+    /* The WAL exists now (the set-up above wrote) and stays until the last
+     * connection closes, which cannot happen while this one is open. Its
+     * directory entry is flushed once; from here commits are flushed by
+     * wal_sync outside the lock (see the comment at the top). */
+    snprintf(path, sizeof path, "%s/catalog.db-wal", state_dir);
+    cat->wal_fd = open(path, O_RDONLY | O_CLOEXEC);
+    int sync_rc = cat->wal_fd >= 0 ? vdi_sync_dir_of_(path) : 0;
+    if (sync_rc < 0) {
+        rc = vdi_error_set(err, sync_rc, "cannot flush the state directory %s: %s", state_dir,
+                           strerror(-sync_rc));
+        goto error;
+    }
+    if (cat->wal_fd >= 0 &&
+        (rc = vdi_catalog_exec_(cat, "PRAGMA synchronous=NORMAL", err)) < 0)
         goto error;
     *out = cat;
     return 0;
@@ -817,7 +900,11 @@ void vdi_catalog_close(vdi_catalog *cat)
 {
     if (!cat)
         return;
+    for (size_t i = 0; i < STATEMENT_CACHE; i++)
+        sqlite3_finalize(cat->cache[i].st);
     sqlite3_close(cat->db);
+    if (cat->wal_fd >= 0)
+        close(cat->wal_fd);
     pthread_mutex_destroy(&cat->lock);
     free(cat->state_dir);
     free(cat);

@@ -123,6 +123,13 @@ struct pool {
     char *retiring_gold;
     uint64_t sessions_started;
     uint64_t sessions_ended[END_REASON_COUNT];
+    /* What a desktop is expected to grow by, learned from finished sessions
+     * by a job on a worker and kept here for GROWTH_TTL seconds so that each
+     * clone does not re-read the last sessions (jobs.c). */
+    bool growth_read;         /* the fields below hold a recent reading */
+    bool growth_learned;      /* enough sessions: growth_p95 replaces expected_growth */
+    uint64_t growth_p95;
+    double growth_read_at;    /* monotonic seconds */
 };
 
 #define LATENCY_BUCKETS 11 /* le 0.01 .. 60 s, then +Inf */

@@ -16,6 +16,10 @@
 
 /* Finished sessions needed before learned growth replaces expected_growth. */
 #define GROWTH_MIN_SAMPLES 20
+/* How long a pool's learned growth is reused before a job reads the
+ * sessions again: a p95 over the last 500 sessions moves slowly, and reading
+ * them for every clone was a fifth of the daemon's work under load. */
+#define GROWTH_TTL 10.0
 
 typedef enum { JOB_CLONE, JOB_START, JOB_END, JOB_LEFTOVERS, JOB_RESUME, JOB_BUDGET } job_kind;
 
@@ -32,6 +36,10 @@ typedef struct job {
     unsigned slot;
     uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */
     unsigned clones_in_flight; /* JOB_CLONE: other clones admitted but not recorded yet */
+    /* The pool's learned growth when still fresh (growth_read), else read
+     * by the worker (growth_reread) and handed back to the pool. */
+    bool growth_read, growth_learned;
+    uint64_t growth_p95;
     int64_t session_id;
     end_reason reason;
     double started;
@@ -40,6 +48,7 @@ typedef struct job {
     bool blocked; /* a pool-wide reason (space, gold), not this desktop's */
     char *error;
     char *display;
+    bool growth_reread;
 } job;
 
 static double mono(void)
@@ -86,12 +95,15 @@ static const char *libvirt_message(void)
 
 /* What a desktop of this pool is expected to grow by: the p95 of its
  * finished sessions once there are enough, else expected_growth. */
-static uint64_t pool_growth(const job *j)
+static uint64_t pool_growth(job *j)
 {
-    uint64_t growth = j->pc->expected_growth;
-    /* -ENODATA (too few sessions yet) keeps expected_growth. */
-    vdi_catalog_growth_p95(j->catalog, j->pool, GROWTH_MIN_SAMPLES, &growth, NULL, NULL);
-    return growth;
+    if (!j->growth_read) {
+        /* -ENODATA (too few sessions yet) keeps expected_growth. */
+        j->growth_learned = vdi_catalog_growth_p95(j->catalog, j->pool, GROWTH_MIN_SAMPLES,
+                                                   &j->growth_p95, NULL, NULL) == 0;
+        j->growth_read = j->growth_reread = true;
+    }
+    return j->growth_learned ? j->growth_p95 : j->pc->expected_growth;
 }
 
 /* Free bytes above the reserve of the job's datastore, or -1 with j->error. */
@@ -356,6 +368,13 @@ static void job_done(service *svc, void *data)
     job *j = data;
     double took = mono() - j->started;
     desktop *d = j->kind == JOB_LEFTOVERS ? NULL : job_desktop(svc, j);
+    pool *gp = j->growth_reread ? service_find_pool(svc, j->pool) : NULL;
+    if (gp) {
+        gp->growth_read = true;
+        gp->growth_learned = j->growth_learned;
+        gp->growth_p95 = j->growth_p95;
+        gp->growth_read_at = mono();
+    }
     if (j->kind == JOB_BUDGET) {
         pool *p = service_find_pool(svc, j->pool);
         if (j->rc == 0) {
@@ -430,6 +449,11 @@ static job *desktop_job(desktop *d, job_kind kind)
     j->slot = d->slot;
     j->session_id = d->session_id;
     j->reason = d->end_reason;
+    if (p->growth_read && mono() - p->growth_read_at < GROWTH_TTL) {
+        j->growth_read = true;
+        j->growth_learned = p->growth_learned;
+        j->growth_p95 = p->growth_p95;
+    }
     if (d->gold && !(j->gold = strdup(d->gold))) {
         job_free(j);
         return NULL;

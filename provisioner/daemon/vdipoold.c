@@ -150,6 +150,22 @@ static void bridge_disconnected(void *ctx)
     service_on_disconnected(ctx);
 }
 
+/* Every job (clone, start, end, refresh, adoption, reload) runs on libuv's
+ * thread pool, which has 4 threads unless told otherwise before its first
+ * use. Jobs spend most of their time waiting for the disk or libvirt, so the
+ * pool gets a thread for each clone and start the config allows at once and
+ * four more for ends and housekeeping; an operator's UV_THREADPOOL_SIZE
+ * wins. A reload that raises the limits takes effect at the next start. */
+static void size_thread_pool(const vdi_service_config *sc)
+{
+    if (getenv("UV_THREADPOOL_SIZE"))
+        return;
+    unsigned threads = sc->max_parallel_clones + sc->max_parallel_starts + 4;
+    char value[16];
+    snprintf(value, sizeof value, "%u", threads > 128 ? 128 : threads);
+    setenv("UV_THREADPOOL_SIZE", value, 1);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: vdipoold [--config PATH] [--state-dir DIR]\n"
@@ -189,6 +205,7 @@ int main(int argc, char **argv)
     }
     const vdi_service_config *sc = vdi_config_service(cfg);
     log_set_level(sc->log_level);
+    size_thread_pool(sc);
     svc.state_dir = strdup(state_dir && *state_dir ? state_dir : sc->state_dir);
     vdi_error err = {0};
     vdi_catalog *catalog = NULL;

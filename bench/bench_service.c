@@ -1,12 +1,13 @@
 /* bench_service — vdipoold under acquire/release load, on libvirt's test
  * driver (no QEMU: the service alone).
  *
- *   bench_service VDIPOOLD MAKE_DEMO_GOLD WORKDIR SIZE SPARES CLIENTS SECONDS
+ *   bench_service VDIPOOLD MAKE_DEMO_GOLD WORKDIR SIZE SPARES CLIENTS SECONDS [close]
  *
  * Starts vdipoold with one pool of SIZE desktops keeping SPARES spares,
  * waits until they are ready, then runs CLIENTS threads for SECONDS, each
  * looping acquire (a new user every time) -> release over the Unix socket,
- * one connection per request as any client of today's API does. Prints one
+ * each on its own kept connection (HTTP/1.1 keep-alive), or with `close`
+ * one connection per request. Prints one
  * line: cycles/s, acquire p50/p99/max, release p50/p99, the transport floor
  * (GET /v1/status p50, measured in the same run) and the daemon's RSS after
  * the spares were ready, per slot beyond a base of the daemon with one
@@ -29,6 +30,16 @@ static char sock[512];
 static atomic_bool stop;
 static atomic_ulong cycles;
 static atomic_uint user_seq;
+static bool keep_alive = true;
+
+/* One request, on the client's kept connection or on a new one. */
+static int call(vdi_client_conn *conn, const char *method, const char *path, const char *body,
+                json_t **out)
+{
+    vdi_error err = {0};
+    return keep_alive ? vdi_client_request_json(conn, method, path, body, out, &err)
+                      : vdi_client_call_json(sock, method, path, body, out, &err);
+}
 
 typedef struct samples {
     double *v;
@@ -77,13 +88,18 @@ typedef struct client {
 static void *run_client(void *arg)
 {
     client *c = arg;
+    vdi_client_conn *conn = NULL;
+    vdi_error cerr = {0};
+    if (keep_alive && vdi_client_connect(sock, &conn, &cerr) < 0) {
+        fprintf(stderr, "bench_service: %s\n", cerr.message);
+        return NULL;
+    }
     while (!atomic_load(&stop)) {
         char body[64];
         snprintf(body, sizeof body, "{\"user\": \"u%u\"}", atomic_fetch_add(&user_seq, 1));
         json_t *a = NULL;
-        vdi_error err = {0};
         double t0 = now();
-        int status = vdi_client_call_json(sock, "POST", "/v1/pools/bench/acquire", body, &a, &err);
+        int status = call(conn, "POST", "/v1/pools/bench/acquire", body, &a);
         double t1 = now();
         if (status != 200) {
             c->refused++;
@@ -98,12 +114,13 @@ static void *run_client(void *arg)
         json_decref(a);
         json_t *r = NULL;
         t0 = now();
-        status = vdi_client_call_json(sock, "POST", path, NULL, &r, &err);
+        status = call(conn, "POST", path, NULL, &r);
         add(&c->release, now() - t0);
         json_decref(r);
         if (status == 200)
             atomic_fetch_add(&cycles, 1);
     }
+    vdi_client_disconnect(conn);
     return NULL;
 }
 
@@ -135,11 +152,12 @@ static int ready_count(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 8) {
+    if (argc < 8 || argc > 9 || (argc == 9 && strcmp(argv[8], "close"))) {
         fprintf(stderr, "usage: bench_service VDIPOOLD MAKE_DEMO_GOLD WORKDIR SIZE SPARES CLIENTS "
-                        "SECONDS\n");
+                        "SECONDS [close]\n");
         return 2;
     }
+    keep_alive = argc == 8;
     const char *daemon = argv[1], *make_gold = argv[2], *work = argv[3];
     unsigned size = (unsigned)atoi(argv[4]), spares = (unsigned)atoi(argv[5]);
     unsigned nclients = (unsigned)atoi(argv[6]);
@@ -198,14 +216,20 @@ int main(int argc, char **argv)
     long rss = rss_kib(pid);
     /* The transport floor, in the same run. */
     samples floor = {0};
+    vdi_client_conn *fconn = NULL;
+    vdi_error ferr = {0};
+    if (keep_alive && vdi_client_connect(sock, &fconn, &ferr) < 0) {
+        fprintf(stderr, "bench_service: %s\n", ferr.message);
+        return 1;
+    }
     for (int i = 0; i < 200; i++) {
         json_t *j = NULL;
-        vdi_error err = {0};
         double t0 = now();
-        vdi_client_call_json(sock, "GET", "/v1/status", NULL, &j, &err);
+        call(fconn, "GET", "/v1/status", NULL, &j);
         add(&floor, now() - t0);
         json_decref(j);
     }
+    vdi_client_disconnect(fconn);
     client *cl = calloc(nclients, sizeof *cl);
     double t0 = now();
     for (unsigned i = 0; i < nclients; i++)
@@ -223,10 +247,10 @@ int main(int argc, char **argv)
         refused += cl[i].refused;
     }
     double took = now() - t0;
-    printf("size %u spares %u clients %u: %.0f cycles/s, acquire p50 %.2f ms p99 %.2f ms max "
+    printf("size %u spares %u clients %u %s: %.0f cycles/s, acquire p50 %.2f ms p99 %.2f ms max "
            "%.1f ms, release p50 %.2f ms p99 %.2f ms, floor p50 %.3f ms, refused %u, "
            "spares ready in %.1f s, RSS %ld KiB\n",
-           size, spares, nclients, (double)atomic_load(&cycles) / took, pct(&acq, 50) * 1e3,
+           size, spares, nclients, keep_alive ? "keep-alive" : "close", (double)atomic_load(&cycles) / took, pct(&acq, 50) * 1e3,
            pct(&acq, 99) * 1e3, pct(&acq, 100) * 1e3, pct(&rel, 50) * 1e3, pct(&rel, 99) * 1e3,
            pct(&floor, 50) * 1e3, refused, t_ready, rss);
     kill(pid, SIGTERM);

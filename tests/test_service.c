@@ -594,6 +594,8 @@ static char *raw_exchange(const char *bytes, size_t len, int wait_s)
     }
     if (wait_s)
         sleep((unsigned)wait_s);
+    else
+        shutdown(fd, SHUT_WR); /* nothing more: the daemon answers, then closes */
     struct timeval tv = {.tv_sec = 15};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     size_t cap = 65536, got = 0;
@@ -655,12 +657,16 @@ START_TEST(http_limits_versions_and_timeouts)
     out = raw_exchange("GET /v1/status HTTP/1.0\r\n\r\n", 27, 0);
     ck_assert_int_eq(status_of(out), 200);
     free(out);
-    /* Pipelined: the first is answered, then the connection closes. */
-    const char *two = "GET /v1/pools HTTP/1.1\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n";
-    out = raw_exchange(two, strlen(two), 0);
-    ck_assert_int_eq(status_of(out), 200);
+    /* An HTTP/1.0 request closes its connection. */
+    out = raw_exchange("GET /v1/status HTTP/1.0\r\n\r\n", 27, 0);
     ck_assert_ptr_nonnull(strstr(out, "Connection: close"));
-    ck_assert_ptr_null(strstr(out + 5, "HTTP/1.1 "));
+    free(out);
+    /* A refusal closes the connection: what was pipelined after it is not
+     * answered. */
+    const char *bad = "GET /v1/status HTTP/9.9\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n";
+    out = raw_exchange(bad, strlen(bad), 0);
+    ck_assert_int_eq(status_of(out), 505);
+    ck_assert_ptr_null(strstr(out, "200 OK"));
     free(out);
     /* A request that trickles in too slowly is cut at 10 s with 408. */
     out = raw_exchange("GET /v1/st", 10, 11);
@@ -670,6 +676,80 @@ START_TEST(http_limits_versions_and_timeouts)
     json_t *j = NULL;
     ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &j), 200);
     json_decref(j);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
+/* Reads one answer from a kept connection, by its Content-Length. */
+static int read_answer(int fd, char *body, size_t cap, bool *closes)
+{
+    char head[4096];
+    size_t got = 0;
+    while (got < sizeof head - 1) {
+        ssize_t n = read(fd, head + got, 1);
+        ck_assert_int_eq(n, 1);
+        got++;
+        head[got] = '\0';
+        if (got >= 4 && !memcmp(head + got - 4, "\r\n\r\n", 4))
+            break;
+    }
+    const char *cl = strstr(head, "Content-Length: ");
+    ck_assert_ptr_nonnull(cl);
+    size_t len = (size_t)atol(cl + 16);
+    ck_assert_uint_lt(len, cap);
+    size_t have = 0;
+    while (have < len) {
+        ssize_t n = read(fd, body + have, len - have);
+        ck_assert_int_gt(n, 0);
+        have += (size_t)n;
+    }
+    body[len] = '\0';
+    *closes = strstr(head, "Connection: close") != NULL;
+    return status_of(head);
+}
+
+START_TEST(keep_alive_and_ordered_pipelining)
+{
+    th_daemon_write_config(&D, 2, 0, NULL); /* no spares: an acquire waits for a clone */
+    th_daemon_start(&D);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char body[65536];
+    bool closes = true;
+    /* Several requests, one after the other, on one connection. */
+    for (int i = 0; i < 3; i++) {
+        const char *req = "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n";
+        ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+        ck_assert_int_eq(read_answer(fd, body, sizeof body, &closes), 200);
+        ck_assert(!closes);
+        ck_assert_ptr_nonnull(strstr(body, "\"pools\""));
+    }
+    /* Pipelined in one write: an acquire that must wait for a desktop, then
+     * a status request, then the release of a desktop that does not exist.
+     * Answers come in the order asked, the status only after the acquire. */
+    const char *three = "POST /v1/pools/demo/acquire HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
+                        "{\"user\": \"ka-1\"}"
+                        "GET /v1/pools/demo?summary=1 HTTP/1.1\r\n\r\n"
+                        "POST /v1/desktops/none/release HTTP/1.1\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(write(fd, three, strlen(three)), (ssize_t)strlen(three));
+    ck_assert_int_eq(read_answer(fd, body, sizeof body, &closes), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\"user\":\"ka-1\""));
+    ck_assert_int_eq(read_answer(fd, body, sizeof body, &closes), 200);
+    json_t *j = json_loads(body, 0, NULL);
+    ck_assert_ptr_nonnull(j);
+    /* The acquire was answered first: its desktop is assigned already. */
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_object_get(j, "desktops_by_state"), "assigned")),
+                     1);
+    json_decref(j);
+    ck_assert_int_eq(read_answer(fd, body, sizeof body, &closes), 404);
+    ck_assert(closes); /* asked for: the daemon closes after it */
+    ck_assert_int_eq(read(fd, body, 1), 0);
+    close(fd);
     ck_assert_int_eq(th_daemon_stop(&D), 0);
 }
 END_TEST
@@ -710,4 +790,5 @@ TH_MAIN("service",
           unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
           second_instance_is_refused, blocked_pool_waits_without_spinning,
-          http_limits_versions_and_timeouts, acquire_withdrawn_when_the_client_goes, NULL}})
+          http_limits_versions_and_timeouts, keep_alive_and_ordered_pipelining,
+          acquire_withdrawn_when_the_client_goes, NULL}})

@@ -1,6 +1,7 @@
-/* vdi_client.h — the control API's client: one HTTP/1.1 request over
- * vdipoold's Unix socket. vdipoolctl and the tests use it; it shares no
- * header with the daemon. */
+/* vdi_client.h — the control API's client: HTTP/1.1 requests over
+ * vdipoold's Unix socket, one per call or many on a kept connection.
+ * vdipoolctl, the tests and the benchmarks use it; it shares no header with
+ * the daemon. */
 #ifndef VDI_CLIENT_H
 #define VDI_CLIENT_H
 
@@ -22,5 +23,16 @@ int vdi_client_call(const char *socket_path, const char *method, const char *pat
 /* The same, with the answer parsed as JSON (*out NULL when it is not JSON). */
 int vdi_client_call_json(const char *socket_path, const char *method, const char *path,
                          const char *body, json_t **out, vdi_error *err);
+
+/* A kept connection (HTTP/1.1 keep-alive) for many requests, one at a
+ * time; not for sharing between threads. A connection the daemon closed
+ * while idle is replaced once, transparently. */
+typedef struct vdi_client_conn vdi_client_conn;
+int vdi_client_connect(const char *socket_path, vdi_client_conn **out, vdi_error *err);
+int vdi_client_request(vdi_client_conn *c, const char *method, const char *path, const char *body,
+                       char **body_out, vdi_error *err);
+int vdi_client_request_json(vdi_client_conn *c, const char *method, const char *path,
+                            const char *body, json_t **out, vdi_error *err);
+void vdi_client_disconnect(vdi_client_conn *c);
 
 #endif

@@ -1,10 +1,16 @@
 /* api_http.c — the control API's transport: HTTP/1.1 over a Unix socket,
- * optionally also loopback TCP with a bearer token. One request per
- * connection (Connection: close) keeps it small; limits on the request
- * line, headers and body answer 414/431/413, other versions than 1.0 and 1.1
- * 505, and a request that does not arrive within 10 s 408. The parser is Debian's
- * http-parser, kept behind this file. Peers on the Unix socket are checked
- * with SO_PEERCRED: root, the daemon's own user, or members of group vdipool. */
+ * optionally also loopback TCP with a bearer token. Connections persist
+ * (HTTP/1.1 keep-alive, unless the client says Connection: close or speaks
+ * HTTP/1.0) and requests on one connection are answered one at a time in
+ * the order they were sent: the next is parsed only once the answer to the
+ * previous one is written, so pipelined requests wait in a bounded buffer.
+ * Limits on the request line, headers and body answer 414/431/413, other
+ * versions than 1.0 and 1.1 505, a request that does not arrive within
+ * 10 s 408; a connection idle for KEEPALIVE_IDLE_MS between requests is
+ * closed quietly, and an error answer closes its connection. The parser is
+ * Debian's http-parser, kept behind http_request.c. Peers on the Unix
+ * socket are checked with SO_PEERCRED: root, the daemon's own user, or
+ * members of group vdipool. */
 #include "api.h"
 #include "http_request.h"
 #include "log.h"
@@ -25,6 +31,10 @@
 #define HEADER_TIMEOUT_MS 10000 /* a whole request must arrive within this: 408 */
 #define DRAIN_TIMEOUT_MS 2000   /* after an error answer, input is read and dropped this long */
 #define DRAIN_MAX (1024 * 1024)
+#define KEEPALIVE_IDLE_MS 30000 /* a kept connection without a new request is closed */
+/* Bytes of pipelined requests held while an earlier one is answered;
+ * reading pauses beyond this until the queue is worked off. */
+#define PENDING_MAX (HTTP_MAX_HEADERS + HTTP_MAX_BODY)
 
 struct api_server {
     uv_loop_t *loop;
@@ -39,17 +49,18 @@ struct api_server {
     char socket_path[4096];
 };
 
-/* One connection, one request (then Connection: close). Pipelined requests
- * after the first are not read: the first is answered and the connection
- * closed. A request without a connection (api_request_fuzz) keeps its
- * answer's status instead of writing it. */
+/* One connection and its current request: after an answer is written the
+ * same object takes the connection's next request (the routes see one
+ * request at a time and never keep it past their answer). A request
+ * without a connection (api_request_fuzz) keeps its answer's status
+ * instead of writing it. */
 struct request {
     union {
         uv_pipe_t pipe;
         uv_tcp_t tcp;
     } handle;
     uv_stream_t *stream; /* NULL: detached (fuzzing) */
-    uv_timer_t timer;    /* header timeout, then the drain after an error */
+    uv_timer_t timer;    /* idle, then header timeout, then the drain after an error */
     int open_handles;    /* stream and timer: freed when both are closed */
     http_request http;
     api_server *server;
@@ -62,6 +73,12 @@ struct request {
     void *gone_ctx;
     size_t drained;
     int answered_status; /* what was answered (detached requests) */
+    bool keep_alive;     /* the answer being written keeps the connection */
+    bool peer_done;      /* the client closed its side: answer what was sent, then close */
+    bool started;        /* a byte of the current request has arrived */
+    bool reading_paused; /* pending is full */
+    char *pending;       /* bytes after the current request (pipelined), not parsed yet */
+    size_t pending_len;
 };
 
 typedef struct reply {
@@ -75,6 +92,7 @@ typedef struct reply {
 static void free_request(request *r)
 {
     http_request_free(&r->http);
+    free(r->pending);
     free(r);
 }
 
@@ -117,6 +135,8 @@ static void on_shutdown(uv_shutdown_t *s, int status)
         close_request(r);
 }
 
+static void next_request(request *r);
+
 static void on_written(uv_write_t *w, int status)
 {
     reply *rep = w->data;
@@ -127,9 +147,13 @@ static void on_written(uv_write_t *w, int status)
         if (uv_shutdown(&rep->shutdown, r->stream, on_shutdown) == 0)
             return;
     }
+    bool next = !rep->drain && status == 0 && r->keep_alive && !r->closed;
     free(rep->msg);
     free(rep);
-    close_request(r);
+    if (next)
+        next_request(r);
+    else
+        close_request(r);
 }
 
 static const char *status_text(int status)
@@ -165,11 +189,16 @@ void request_respond_text(request *r, int status, const char *type, const char *
         return;
     }
     uv_timer_stop(&r->timer);
+    /* Answers sent before the whole request was read (refusals) close the
+     * connection; so does a client that asked for it or has closed its side
+     * with nothing more sent. */
+    r->keep_alive = r->dispatched && r->http.keep_alive && !(r->peer_done && !r->pending_len);
     reply *rep = calloc(1, sizeof *rep);
     if (!rep || asprintf(&rep->msg,
                          "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                         "Connection: close\r\n\r\n%s",
-                         status, status_text(status), type, strlen(text), text) < 0) {
+                         "Connection: %s\r\n\r\n%s",
+                         status, status_text(status), type, strlen(text),
+                         r->keep_alive ? "keep-alive" : "close", text) < 0) {
         free(rep);
         close_request(r);
         return;
@@ -248,6 +277,15 @@ static bool same_secret(const char *a, const char *b)
     return diff == 0;
 }
 
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
 /* A whole request: checks who asks, then routes it. */
 static void dispatch(request *r)
 {
@@ -274,25 +312,86 @@ static void dispatch(request *r)
     r->route(r->route_ctx, r);
 }
 
-/* Feeds bytes to the request; answers a refusal, routes a whole request. */
-static void feed(request *r, const char *data, size_t len)
+/* Keeps bytes that arrived after the current request, for the next one. */
+static void keep_pending(request *r, const char *data, size_t len)
 {
-    if (r->dispatched || r->responded)
+    if (!len)
         return;
-    int rc = http_request_feed(&r->http, data, len);
-    if (rc > 0)
-        dispatch(r);
-    else if (rc < 0)
-        request_respond_json(r, r->http.error_status,
-                             json_pack("{s:s}", "error", r->http.error_text));
+    char *p = realloc(r->pending, r->pending_len + len);
+    if (!p) {
+        svc_log("error", "event=connection-dropped reason=\"out of memory\"");
+        close_request(r);
+        return;
+    }
+    memcpy(p + r->pending_len, data, len);
+    r->pending = p;
+    r->pending_len += len;
+    if (r->pending_len > PENDING_MAX && r->stream && !r->reading_paused) {
+        uv_read_stop(r->stream);
+        r->reading_paused = true;
+    }
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+static void header_timeout(uv_timer_t *t);
+
+/* Feeds bytes to the request; answers a refusal, routes a whole request.
+ * Bytes after a whole request wait for the next one. */
+static void feed(request *r, const char *data, size_t len)
 {
-    (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
+    if (r->responded && !r->dispatched)
+        return; /* refused: what follows is dropped, and the connection closes */
+    if (r->dispatched) {
+        keep_pending(r, data, len);
+        return;
+    }
+    if (!r->started && len && r->stream) {
+        r->started = true; /* from here the whole request has 10 s */
+        uv_timer_start(&r->timer, header_timeout, HEADER_TIMEOUT_MS, 0);
+    }
+    int rc = http_request_feed(&r->http, data, len);
+    if (rc > 0) {
+        keep_pending(r, data + r->http.used, len - r->http.used);
+        dispatch(r);
+    } else if (rc < 0) {
+        request_respond_json(r, r->http.error_status,
+                             json_pack("{s:s}", "error", r->http.error_text));
+    }
 }
+
+static void idle_timeout(uv_timer_t *t)
+{
+    close_request(t->data); /* no new request on a kept connection */
+}
+
+/* The answer to the current request is written and the connection kept:
+ * the same object takes the next request, starting with what the client
+ * already sent. */
+static void next_request(request *r)
+{
+    http_request_free(&r->http);
+    http_request_init(&r->http);
+    r->responded = r->held = r->dispatched = r->started = false;
+    r->on_gone = NULL;
+    r->gone_ctx = NULL;
+    r->answered_status = 0;
+    char *bytes = r->pending;
+    size_t len = r->pending_len;
+    r->pending = NULL;
+    r->pending_len = 0;
+    if (r->reading_paused && uv_read_start(r->stream, on_alloc, on_read) == 0)
+        r->reading_paused = false;
+    if (uv_timer_start(&r->timer, idle_timeout, KEEPALIVE_IDLE_MS, 0) < 0) {
+        free(bytes);
+        close_request(r);
+        return;
+    }
+    feed(r, bytes, len);
+    free(bytes);
+    /* The client has closed its side and sent no whole request more. */
+    if (r->peer_done && !r->dispatched && !r->responded)
+        close_request(r);
+}
+
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
@@ -305,6 +404,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         feed(r, buf->base, (size_t)n);
     } else if (n < 0) {
         uv_read_stop(s);
+        r->peer_done = true;
         if (r->held && !r->responded) {
             /* The client went away while its answer was pending: the route
              * may withdraw the work (an acquire's waiter); else the answer,
@@ -315,9 +415,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
                         r->http.path);
             }
             close_request(r);
-        } else if (!r->responded || r->draining) {
-            close_request(r);
+        } else if ((!r->responded && !r->dispatched) || r->draining) {
+            close_request(r); /* nothing (whole) to answer */
         }
+        /* Else an answer is being written: on_written closes or, with
+         * pipelined requests still pending, answers them first. */
     }
     free(buf->base);
 }

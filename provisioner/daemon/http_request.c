@@ -89,7 +89,8 @@ static int on_message_complete(http_parser *p)
     memcpy(h->path, h->url, sizeof h->path);
     h->path[strcspn(h->path, "?")] = '\0';
     h->complete = true;
-    http_parser_pause(p, 1); /* nothing after the first request is read */
+    h->keep_alive = http_should_keep_alive(p) != 0;
+    http_parser_pause(p, 1); /* the next request is parsed by a fresh parser */
     return 0;
 }
 
@@ -117,11 +118,13 @@ void http_request_free(http_request *h)
 
 int http_request_feed(http_request *h, const char *data, size_t len)
 {
+    h->used = 0;
     if (h->complete)
         return 1;
     if (h->error_status)
         return -1;
     size_t done = http_parser_execute(&h->parser, &settings, data, len);
+    h->used = done;
     if (h->complete)
         return 1;
     if (h->error_status)

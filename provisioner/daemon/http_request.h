@@ -28,13 +28,17 @@ typedef struct http_request {
     int error_status;       /* a refusal: the status to answer ... */
     const char *error_text; /* ... and why */
     bool complete;
+    bool keep_alive; /* the client wants the connection kept (HTTP/1.1 default) */
+    size_t used;     /* bytes of the fed data that belong to this request */
 } http_request;
 
 void http_request_init(http_request *h);
 void http_request_free(http_request *h);
 /* Feeds bytes. Returns 1 once a whole request has been read (nothing after
- * it is: one request per connection), 0 when more is needed, -1 when the
- * request is refused (error_status and error_text say how to answer). */
+ * it is parsed: `used` says how much of the last call's data was this
+ * request's, the rest belongs to the next request on the connection), 0
+ * when more is needed, -1 when the request is refused (error_status and
+ * error_text say how to answer). */
 int http_request_feed(http_request *h, const char *data, size_t len);
 
 #endif

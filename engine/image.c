@@ -61,6 +61,14 @@ static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[1] << 8 | p[0]); }
 
 static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p + 4) << 32 | le32(p); }
 
+static uint64_t be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
 static uint32_t be32(const uint8_t *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -263,9 +271,13 @@ int vdi_image_open(const char *path, vdi_image **out, vdi_error *err)
         goto cleanup;
     }
 
-    /* Enough for every signature we test (the ISO one sits at 32 KiB) and for
-     * a whole qcow2 header cluster up to 64 KiB; larger clusters read more. */
-    size_t want = 64 * 1024;
+    /* A probe reads what the header needs: the first 4 KiB hold a qcow2
+     * header, its extensions and a child's backing name (they end at the
+     * backing name). An image without a backing name (a gold) may have
+     * extensions up to the end of its first cluster, which is read then;
+     * other formats get 64 KiB for their signatures (ISO's sits at 32 KiB).
+     * Scanning a datastore of children thus reads 4 KiB per child. */
+    size_t want = 4096;
     buf = malloc(want);
     if (!buf) {
         rc = vdi_error_set(err, -ENOMEM, "out of memory probing %s", path);
@@ -275,6 +287,19 @@ int vdi_image_open(const char *path, vdi_image **out, vdi_error *err)
     if (n < 0) {
         rc = vdi_error_set(err, (int)n, "cannot read %s: %s", path, strerror((int)-n));
         goto cleanup;
+    }
+    bool qcow2 = n >= 8 && be32(buf) == QCOW2_MAGIC && be32(buf + 4) >= 2;
+    if (!qcow2 && (size_t)n == want) {
+        uint8_t *bigger = realloc(buf, 64 * 1024);
+        if (!bigger) {
+            rc = vdi_error_set(err, -ENOMEM, "out of memory probing %s", path);
+            goto cleanup;
+        }
+        buf = bigger;
+        if ((n = read_at(fd, buf, 64 * 1024, 0)) < 0) {
+            rc = vdi_error_set(err, (int)n, "cannot read %s: %s", path, strerror((int)-n));
+            goto cleanup;
+        }
     }
 
     img = calloc(1, sizeof *img);
@@ -287,11 +312,16 @@ int vdi_image_open(const char *path, vdi_image **out, vdi_error *err)
     img->dev = (uint64_t)st.st_dev;
     img->ino = (uint64_t)st.st_ino;
 
-    if (n >= 8 && be32(buf) == QCOW2_MAGIC && be32(buf + 4) >= 2) {
+    if (qcow2) {
         uint32_t cluster_bits = n >= 24 ? be32(buf + 20) : 0;
-        if (cluster_bits > 16 && cluster_bits <= QCOW2_MAX_CLUSTER_BITS) {
+        uint64_t backing_offset = n >= 20 ? be64(buf + 8) : 0;
+        uint32_t backing_size = n >= 20 ? be32(buf + 16) : 0;
+        bool all_read = backing_offset && backing_size &&
+                        backing_offset + backing_size <= (uint64_t)n;
+        if (!all_read && cluster_bits >= 9 && cluster_bits <= QCOW2_MAX_CLUSTER_BITS &&
+            (size_t)n == want) {
             size_t cs = (size_t)1 << cluster_bits;
-            uint8_t *bigger = realloc(buf, cs);
+            uint8_t *bigger = cs > want ? realloc(buf, cs) : buf;
             if (!bigger) {
                 rc = vdi_error_set(err, -ENOMEM, "out of memory probing %s", path);
                 goto cleanup;

@@ -1,6 +1,7 @@
 /* scan.c — the orphaned-file locator and reconcile: what is on disk against
  * what the catalog knows. */
 #include "internal.h"
+#include "vdi_strmap.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -94,30 +95,61 @@ int vdi_scan_dir(vdi_catalog *cat, const char *dir, vdi_scan_entry **out, size_t
         free(walk.v);
         return vdi_error_set(err, walk.rc ? walk.rc : -errno, "cannot scan %s", dir);
     }
-    for (size_t i = 0; i < walk.n; i++) {
+    /* Linear in the number of images: children are counted through a map
+     * of paths, and each distinct parent is opened and checked once (a
+     * datastore has thousands of children of a handful of golds). */
+    vdi_strmap *by_path = vdi_strmap_new();
+    vdi_strmap *parents = vdi_strmap_new();
+    typedef struct parent_verdict {
+        vdi_parent_status status;
+        bool sealed;
+    } parent_verdict;
+    parent_verdict *verdicts = calloc(walk.n + 1, sizeof *verdicts);
+    size_t nverdicts = 0;
+    int rc = by_path && parents && verdicts ? 0 : -ENOMEM;
+    for (size_t i = 0; i < walk.n && rc == 0; i++)
+        rc = vdi_strmap_put(by_path, walk.v[i].path, i);
+    for (size_t i = 0; i < walk.n && rc == 0; i++) {
+        vdi_scan_entry *e = &walk.v[i];
+        size_t k;
+        if (e->parent[0] && vdi_strmap_get(by_path, e->parent, &k))
+            walk.v[k].children++;
+    }
+    for (size_t i = 0; i < walk.n && rc == 0; i++) {
         vdi_scan_entry *e = &walk.v[i];
         vdi_gold_info g;
         vdi_child_info c;
         e->is_gold = vdi_catalog_gold(cat, e->path, &g, NULL) == 0;
         e->in_catalog = e->is_gold || vdi_catalog_child(cat, e->path, &c, NULL) == 0;
-        for (size_t j = 0; j < walk.n; j++)
-            if (walk.v[j].parent[0] && !strcmp(walk.v[j].parent, e->path))
-                e->children++;
         if (!e->parent[0])
             continue;
-        vdi_image *p = NULL;
-        if (access(e->parent, F_OK) != 0)
-            e->parent_status = VDI_PARENT_MISSING;
-        else if (vdi_image_open(e->parent, &p, NULL) < 0)
-            e->parent_status = VDI_PARENT_UNUSABLE;
-        else
-            e->parent_status = VDI_PARENT_OK;
-        vdi_image_close(p);
-        if (vdi_catalog_gold(cat, e->parent, &g, NULL) == 0) {
-            e->parent_sealed = true;
-            if (g.state == VDI_GOLD_TAINTED || vdi_guard_check(cat, e->parent, false, NULL) < 0)
-                e->parent_status = VDI_PARENT_CHANGED;
+        size_t k;
+        if (!vdi_strmap_get(parents, e->parent, &k)) {
+            parent_verdict *pv = &verdicts[k = nverdicts++];
+            vdi_image *p = NULL;
+            if (access(e->parent, F_OK) != 0)
+                pv->status = VDI_PARENT_MISSING;
+            else if (vdi_image_open(e->parent, &p, NULL) < 0)
+                pv->status = VDI_PARENT_UNUSABLE;
+            else
+                pv->status = VDI_PARENT_OK;
+            vdi_image_close(p);
+            if (vdi_catalog_gold(cat, e->parent, &g, NULL) == 0) {
+                pv->sealed = true;
+                if (g.state == VDI_GOLD_TAINTED || vdi_guard_check(cat, e->parent, false, NULL) < 0)
+                    pv->status = VDI_PARENT_CHANGED;
+            }
+            rc = vdi_strmap_put(parents, e->parent, k);
         }
+        e->parent_status = verdicts[k].status;
+        e->parent_sealed = verdicts[k].sealed;
+    }
+    vdi_strmap_free(by_path);
+    vdi_strmap_free(parents);
+    free(verdicts);
+    if (rc < 0) {
+        free(walk.v);
+        return vdi_error_set(err, rc, "out of memory scanning %s", dir);
     }
     *out = walk.v;
     *count = walk.n;

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "vdi_config.h"
 #include "vdi_engine.h"
+#include "vdi_strmap.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -70,24 +71,34 @@ int cli_image_scan(cli_call *c)
 /* ---- tree ------------------------------------------------------------------ */
 
 typedef struct node {
-    char path[PATH_MAX];
-    char parent[PATH_MAX];
+    char *path;
+    char *parent; /* NULL: a root */
     uint64_t allocated, virtual_size;
     bool gold, exists;
     const char *state;
+    size_t first_child, last_child, next_sibling; /* indexes, NONE at the end */
 } node;
 
+#define NONE SIZE_MAX
+
+/* Every image once, found by path through a map (a tree of 10,000 children
+ * was quadratic with a linear search). */
 typedef struct forest {
     node *v;
     size_t n, cap;
+    vdi_strmap *index; /* path -> index into v; keys are the nodes' own paths */
 } forest;
 
 static node *find_node(forest *f, const char *path)
 {
-    for (size_t i = 0; i < f->n; i++)
-        if (!strcmp(f->v[i].path, path))
-            return &f->v[i];
-    return NULL;
+    size_t i;
+    return path && vdi_strmap_get(f->index, path, &i) ? &f->v[i] : NULL;
+}
+
+static void set_parent(node *x, const char *parent)
+{
+    free(x->parent);
+    x->parent = parent && *parent ? strdup(parent) : NULL;
 }
 
 static node *add_node(forest *f, const char *path)
@@ -102,9 +113,12 @@ static node *add_node(forest *f, const char *path)
             abort();
         f->v = nv;
     }
-    x = &f->v[f->n++];
+    x = &f->v[f->n];
     memset(x, 0, sizeof *x);
-    snprintf(x->path, sizeof x->path, "%s", path);
+    x->first_child = x->last_child = x->next_sibling = NONE;
+    if (!(x->path = strdup(path)) || vdi_strmap_put(f->index, x->path, f->n) < 0)
+        abort();
+    f->n++;
     vdi_image *img = NULL;
     if (vdi_image_open(path, &img, NULL) == 0) {
         x->exists = true;
@@ -114,12 +128,22 @@ static node *add_node(forest *f, const char *path)
         char *bp = NULL;
         if (b && vdi_backing_path(path, b, &bp, NULL) == 0) {
             char real[PATH_MAX];
-            snprintf(x->parent, sizeof x->parent, "%s", realpath(bp, real) ? real : bp);
+            set_parent(x, realpath(bp, real) ? real : bp);
         }
         free(bp);
         vdi_image_close(img);
     }
     return x;
+}
+
+static void free_forest(forest *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->v[i].path);
+        free(f->v[i].parent);
+    }
+    free(f->v);
+    vdi_strmap_free(f->index);
 }
 
 static json_t *print_subtree(forest *f, size_t idx, const char *prefix, bool last, bool root,
@@ -144,15 +168,11 @@ static json_t *print_subtree(forest *f, size_t idx, const char *prefix, bool las
                    vdi_format_size(worst, b, sizeof b));
     }
     json_t *children = json_array();
-    size_t kids[4096];
-    size_t nk = 0;
-    for (size_t i = 0; i < f->n && nk < 4096; i++)
-        if (i != idx && !strcmp(f->v[i].parent, x->path))
-            kids[nk++] = i;
     char sub[1024];
     snprintf(sub, sizeof sub, "%s%s", prefix, root ? "" : (last ? "    " : "│   "));
-    for (size_t k = 0; k < nk; k++)
-        json_array_append_new(children, print_subtree(f, kids[k], sub, k + 1 == nk, false, json));
+    for (size_t k = x->first_child; k != NONE; k = f->v[k].next_sibling)
+        json_array_append_new(children,
+                              print_subtree(f, k, sub, f->v[k].next_sibling == NONE, false, json));
     if (!json) {
         json_decref(children);
         return NULL;
@@ -169,11 +189,13 @@ int cli_image_tree(cli_call *c)
     vdi_catalog *cat = c->catalog;
     int status = CLI_OK;
     vdi_error err = {0};
-    forest f = {0};
+    forest f = {.index = vdi_strmap_new()};
     vdi_gold_info *golds = NULL;
     size_t ng = 0;
     vdi_child_info *kids = NULL;
     size_t nk = 0;
+    if (!f.index)
+        abort();
     if (vdi_catalog_golds(cat, &golds, &ng, &err) < 0 ||
         vdi_catalog_children(cat, NULL, &kids, &nk, &err) < 0) {
         status = cli_fail(o->json, &err);
@@ -187,7 +209,7 @@ int cli_image_tree(cli_call *c)
     for (size_t i = 0; i < nk; i++) {
         node *x = add_node(&f, kids[i].path);
         if (!x->exists)
-            snprintf(x->parent, sizeof x->parent, "%s", kids[i].parent);
+            set_parent(x, kids[i].parent);
     }
     if (c->nargs > 0) {
         vdi_scan_entry *v = NULL;
@@ -202,12 +224,30 @@ int cli_image_tree(cli_call *c)
     }
     /* Parents outside what we know yet still head their subtree. */
     for (size_t i = 0; i < f.n; i++)
-        if (f.v[i].parent[0] && !find_node(&f, f.v[i].parent))
-            add_node(&f, f.v[i].parent);
+        if (f.v[i].parent && !find_node(&f, f.v[i].parent)) {
+            char *parent = strdup(f.v[i].parent); /* add_node may move f.v */
+            if (!parent)
+                abort();
+            add_node(&f, parent);
+            free(parent);
+        }
+    /* Each node's children, in the order they were found. */
+    for (size_t i = 0; i < f.n; i++) {
+        node *up = find_node(&f, f.v[i].parent);
+        if (!up || up == &f.v[i])
+            continue;
+        if (up->last_child == NONE)
+            up->first_child = i;
+        else
+            f.v[up->last_child].next_sibling = i;
+        up->last_child = i;
+    }
     json_t *roots = json_array();
-    for (size_t i = 0; i < f.n; i++)
-        if (!f.v[i].parent[0] || !find_node(&f, f.v[i].parent))
+    for (size_t i = 0; i < f.n; i++) {
+        node *up = find_node(&f, f.v[i].parent);
+        if (!up || up == &f.v[i])
             json_array_append_new(roots, print_subtree(&f, i, "", true, true, o->json));
+    }
     if (o->json)
         cli_print_json(json_pack("{s:o}", "roots", roots));
     else {
@@ -216,7 +256,7 @@ int cli_image_tree(cli_call *c)
             printf("no golds or children known (seal a gold, or give a DIR to scan)\n");
     }
 cleanup:
-    free(f.v);
+    free_forest(&f);
     free(golds);
     free(kids);
     return status;

@@ -104,7 +104,16 @@ typedef struct desktop {
     desktop_state resume_state; /* while paused: ready or assigned */
     int64_t paused_since;
     char *io_error; /* an I/O error QEMU reported before the desktop was ready */
+    /* The pool's list of desktops in this state, in the order they entered
+     * it (desktop_set_state keeps it), so that a lookup by state costs what
+     * that state holds, not the pool's size. */
+    struct desktop *state_prev, *state_next;
 } desktop;
+
+typedef struct desktop_list {
+    desktop *head, *tail; /* head: in this state the longest */
+    unsigned count;
+} desktop_list;
 
 struct pool {
     service *svc;       /* immutable */
@@ -123,6 +132,12 @@ struct pool {
     char *retiring_gold;
     uint64_t sessions_started;
     uint64_t sessions_ended[END_REASON_COUNT];
+    desktop_list by_state[DESKTOP_STATE_COUNT]; /* every slot is on one list */
+    /* The controller looks at every desktop once per second (time limits,
+     * retries) or at once after a config change; in between only at those
+     * waiting to start or paused (pool.c). */
+    int64_t tended_at;
+    bool tend_all;
     /* What a desktop is expected to grow by, learned from finished sessions
      * by a job on a worker and kept here for GROWTH_TTL seconds so that each
      * clone does not re-read the last sessions (jobs.c). */
@@ -226,6 +241,8 @@ void service_on_disconnected(service *svc);
 /* ---- desktop.c: the state machine ------------------------------------------------- */
 int64_t service_now(const service *svc);
 void desktop_set_state(desktop *d, desktop_state s);
+/* Puts a new desktop on its pool's list for its state (objects.c). */
+void desktop_list_add(desktop *d);
 void desktop_begin_clone(desktop *d);
 void desktop_begin_start(desktop *d);
 void desktop_begin_end(desktop *d, end_reason why);

@@ -60,13 +60,46 @@ int64_t service_now(const service *svc)
     return svc->ops->now();
 }
 
+void desktop_list_add(desktop *d)
+{
+    desktop_list *l = &d->pool->by_state[d->state];
+    d->state_next = NULL;
+    d->state_prev = l->tail;
+    if (l->tail)
+        l->tail->state_next = d;
+    else
+        l->head = d;
+    l->tail = d;
+    l->count++;
+}
+
+static void desktop_list_remove(desktop *d)
+{
+    desktop_list *l = &d->pool->by_state[d->state];
+    if (d->state_prev)
+        d->state_prev->state_next = d->state_next;
+    else
+        l->head = d->state_next;
+    if (d->state_next)
+        d->state_next->state_prev = d->state_prev;
+    else
+        l->tail = d->state_prev;
+    d->state_prev = d->state_next = NULL;
+    l->count--;
+}
+
+/* The one place a desktop's state changes: it moves to the tail of its new
+ * state's list (a desktop set to the state it has moves to the tail too, as
+ * its state_since is new). */
 void desktop_set_state(desktop *d, desktop_state s)
 {
     if (d->state != s)
         svc_log("debug", "pool=%s desktop=%s event=state from=%s to=%s", d->pool->name, d->name,
                 desktop_state_name(d->state), desktop_state_name(s));
+    desktop_list_remove(d);
     d->state = s;
     d->state_since = service_now(d->pool->svc);
+    desktop_list_add(d);
 }
 
 static void record_failure(desktop *d, const char *why)

@@ -75,6 +75,7 @@ static int grow_slots(pool *p, unsigned size)
         d->pool = p;
         d->slot = i + 1;
         d->state = DESKTOP_EMPTY;
+        desktop_list_add(d);
         desktop_name_slot(d);
         v[i] = d;
         p->nslots = i + 1;

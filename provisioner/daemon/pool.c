@@ -10,12 +10,13 @@
 #include <string.h>
 
 /* Does another pool have a live desktop of this name (a removed pool that
- * is draining, whose desktop_prefix a new pool took over)? */
+ * is draining, whose desktop_prefix a new pool took over)? Configured pools
+ * never share a prefix (config check refuses it). */
 static bool name_taken(service *svc, const pool *self, const char *name)
 {
     for (size_t i = 0; i < svc->npools; i++) {
         const pool *q = svc->pools[i];
-        if (q == self)
+        if (q == self || !q->draining)
             continue;
         for (unsigned j = 0; j < q->nslots; j++)
             if (q->desktops[j]->state != DESKTOP_EMPTY && q->desktops[j]->name &&
@@ -32,8 +33,8 @@ static bool datastore_short(service *svc, const char *ds_path)
         const vdi_datastore_config *ds = pool_datastore(svc->pools[i]);
         if (!ds || strcmp(ds->path, ds_path))
             continue;
-        for (unsigned j = 0; j < svc->pools[i]->nslots; j++)
-            if (desktop_paused_for_space(svc->pools[i]->desktops[j]))
+        for (const desktop *d = svc->pools[i]->by_state[DESKTOP_PAUSED].head; d; d = d->state_next)
+            if (desktop_paused_for_space(d))
                 return true;
     }
     return false;
@@ -50,12 +51,12 @@ static bool reclaim_spare(service *svc, const char *ds_path)
         const vdi_datastore_config *ds = pool_datastore(q);
         if (!ds || strcmp(ds->path, ds_path))
             continue;
-        for (unsigned j = 0; j < q->nslots; j++) {
-            desktop *e = q->desktops[j];
-            if (e->state == DESKTOP_ENDING || (e->busy && e->state == DESKTOP_READY))
+        if (q->by_state[DESKTOP_ENDING].count)
+            return true;
+        for (desktop *e = q->by_state[DESKTOP_READY].head; e; e = e->state_next) {
+            if (e->busy)
                 return true;
-            if (e->state == DESKTOP_READY && !e->busy &&
-                (!newest || e->state_since > newest->state_since))
+            if (!newest || e->state_since > newest->state_since)
                 newest = e;
         }
     }
@@ -129,17 +130,29 @@ void pool_step(pool *p)
     service *svc = p->svc;
     const vdi_service_config *sc = vdi_config_service(svc->config);
     int64_t now = service_now(svc);
-    unsigned pipeline = 0, in_use = 0;
-    for (unsigned i = 0; i < p->nslots; i++) {
-        desktop *d = p->desktops[i];
-        if (!d->busy)
-            tend(p, d, now, sc->max_parallel_starts);
-        if (d->state == DESKTOP_CLONING || d->state == DESKTOP_STARTING ||
-            d->state == DESKTOP_READY)
-            pipeline++;
-        if (d->state != DESKTOP_EMPTY && d->state != DESKTOP_FAILED)
-            in_use++;
+    /* Time limits and retries count in seconds, so every desktop is looked
+     * at once per second (and at once after a config change); the steps in
+     * between, one per finished job under load, look only at desktops
+     * waiting to start or paused, which a finished job can unblock. */
+    if (now != p->tended_at || p->tend_all) {
+        p->tended_at = now;
+        p->tend_all = false;
+        for (unsigned i = 0; i < p->nslots; i++)
+            if (!p->desktops[i]->busy)
+                tend(p, p->desktops[i], now, sc->max_parallel_starts);
+    } else {
+        static const desktop_state prompt[] = {DESKTOP_STARTING, DESKTOP_PAUSED};
+        for (size_t k = 0; k < 2; k++)
+            for (desktop *d = p->by_state[prompt[k]].head, *next; d; d = next) {
+                next = d->state_next; /* tend may move d to another list */
+                if (!d->busy)
+                    tend(p, d, now, sc->max_parallel_starts);
+            }
     }
+    const desktop_list *n = p->by_state;
+    unsigned pipeline = n[DESKTOP_CLONING].count + n[DESKTOP_STARTING].count +
+                        n[DESKTOP_READY].count;
+    unsigned in_use = p->nslots - n[DESKTOP_EMPTY].count - n[DESKTOP_FAILED].count;
     if (p->draining || !svc->online)
         return;
     /* Users waiting in acquire count as wanted spares, so a pool with few or
@@ -198,12 +211,8 @@ void service_converge(service *svc)
     }
     if (!svc->ready_notified) {
         bool all = true;
-        for (size_t i = 0; i < svc->npools; i++) {
-            unsigned ready = 0;
-            for (unsigned j = 0; j < svc->pools[i]->nslots; j++)
-                ready += svc->pools[i]->desktops[j]->state == DESKTOP_READY;
-            all &= ready >= svc->pools[i]->cfg->spares;
-        }
+        for (size_t i = 0; i < svc->npools; i++)
+            all &= svc->pools[i]->by_state[DESKTOP_READY].count >= svc->pools[i]->cfg->spares;
         if (all) {
             svc->ready_notified = true;
             svc_log("info", "event=spares-ready");

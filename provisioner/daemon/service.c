@@ -39,6 +39,7 @@ int service_apply_config(service *svc, vdi_config *config)
     for (size_t i = 0; i < svc->npools; i++) {
         pool *p = svc->pools[i];
         const vdi_pool_config *pc = vdi_config_find_pool(config, p->name);
+        p->tend_all = true; /* limits, gold and size may have changed */
         if (pc) {
             if (pool_configure(p, config, pc) < 0)
                 rc = -ENOMEM;

@@ -30,15 +30,13 @@ static json_t *assignment_json(const desktop *d)
                      (json_int_t)d->session_start);
 }
 
-/* ready -> assigned: the desktop that has waited longest. */
+/* ready -> assigned: the desktop that has waited longest (the ready list
+ * is in the order desktops became ready). */
 static desktop *assign(pool *p, const char *user)
 {
-    desktop *pick = NULL;
-    for (unsigned i = 0; i < p->nslots; i++) {
-        desktop *d = p->desktops[i];
-        if (d->state == DESKTOP_READY && !d->busy && (!pick || d->state_since < pick->state_since))
-            pick = d;
-    }
+    desktop *pick = p->by_state[DESKTOP_READY].head;
+    while (pick && pick->busy)
+        pick = pick->state_next;
     if (!pick)
         return NULL;
     set_str(&pick->user, user);
@@ -63,11 +61,9 @@ static desktop *assign(pool *p, const char *user)
 
 static desktop *existing_assignment(pool *p, const char *user)
 {
-    for (unsigned i = 0; i < p->nslots; i++) {
-        desktop *d = p->desktops[i];
-        if (d->state == DESKTOP_ASSIGNED && d->user && !strcmp(d->user, user))
+    for (desktop *d = p->by_state[DESKTOP_ASSIGNED].head; d; d = d->state_next)
+        if (d->user && !strcmp(d->user, user))
             return d;
-    }
     return NULL;
 }
 
@@ -76,15 +72,12 @@ static bool pool_can_produce(const pool *p)
 {
     if (p->draining || p->blocked)
         return false;
-    unsigned in_use = 0;
-    for (unsigned i = 0; i < p->nslots && i < p->cfg->size; i++) {
-        desktop_state s = p->desktops[i]->state;
-        if (s == DESKTOP_CLONING || s == DESKTOP_STARTING)
-            return true;
-        if (s != DESKTOP_EMPTY && s != DESKTOP_FAILED)
-            in_use++;
-    }
-    return in_use < p->cfg->size;
+    const desktop_list *n = p->by_state;
+    if (n[DESKTOP_CLONING].count || n[DESKTOP_STARTING].count)
+        return true;
+    /* Desktops in slots past a reduced size are ending: they count as in
+     * use until they are gone. */
+    return p->nslots - n[DESKTOP_EMPTY].count - n[DESKTOP_FAILED].count < p->cfg->size;
 }
 
 static json_t *unavailable(const pool *p, const char *why_default)

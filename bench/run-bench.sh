@@ -73,6 +73,13 @@ for v in "64K --no-extended-l2" "64K --extended-l2" "128K --no-extended-l2" \
 done
 
 echo
+echo "## the engine at 1 000 and 10 000 children (scratch ext4)"
+for count in 1000 10000; do
+    if [ "$quick" = "--quick" ] && [ "$count" = 10000 ]; then continue; fi
+    "$root/bench/engine-scale.sh" "$ctl" "$mnt" "$count"
+done
+
+echo
 echo "## the service under acquire/release load (libvirt test driver)"
 seconds=10
 if [ "$quick" = "--quick" ]; then seconds=5; fi

@@ -17,7 +17,7 @@ PACKAGES=(
     libhttp-parser-dev libsystemd-dev
     libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system
     libvirt-clients qemu-system-x86 qemu-utils
-    libssl-dev tini e2fsprogs util-linux procps curl clang libclang-rt-14-dev
+    libssl-dev tini e2fsprogs util-linux procps curl clang libclang-rt-14-dev time
 )
 
 missing=()

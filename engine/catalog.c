@@ -643,6 +643,28 @@ int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, v
     return rc;
 }
 
+int vdi_catalog_each_child(vdi_catalog *cat, int (*fn)(void *ctx, const vdi_child_info *child),
+                           void *ctx, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, "SELECT " CHILD_COLUMNS " FROM children ORDER BY path", &st, err);
+    if (rc < 0)
+        return rc;
+    vdi_child_info *c = malloc(sizeof *c);
+    int step = SQLITE_DONE;
+    if (!c)
+        rc = vdi_error_set(err, -ENOMEM, "out of memory");
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        child_from_row(st, c);
+        rc = fn(ctx, c);
+    }
+    if (rc == 0 && step != SQLITE_DONE)
+        rc = db_error(cat, err, "read children");
+    finish(cat, st);
+    free(c);
+    return rc;
+}
+
 int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **out, size_t *count,
                          vdi_error *err)
 {

@@ -60,25 +60,39 @@ static int visit(const char *path, const struct stat *st, int type, struct FTW *
     }
     vdi_scan_entry *e = &walk.v[walk.n++];
     memset(e, 0, sizeof *e);
-    if (!realpath(path, e->path))
-        snprintf(e->path, sizeof e->path, "%s", path);
+    char real[PATH_MAX];
+    e->path = strdup(realpath(path, real) ? real : path);
+    e->parent = strdup("");
     e->format = vdi_image_format(img);
     e->virtual_size = vdi_image_virtual_size(img);
     e->allocated = vdi_image_allocated_bytes(img);
     const char *b = vdi_image_backing_name(img);
     if (b) {
         char *bp = NULL;
+        free(e->parent);
         if (vdi_backing_path(path, b, &bp, NULL) == 0) {
-            char real[PATH_MAX];
-            snprintf(e->parent, sizeof e->parent, "%s", realpath(bp, real) ? real : bp);
+            e->parent = strdup(realpath(bp, real) ? real : bp);
             free(bp);
         } else {
-            snprintf(e->parent, sizeof e->parent, "%s", b);
+            e->parent = strdup(b);
         }
         e->parent_status = VDI_PARENT_MISSING; /* settled after the walk */
     }
     vdi_image_close(img);
+    if (!e->path || !e->parent) {
+        walk.rc = -ENOMEM;
+        return FTW_STOP;
+    }
     return 0;
+}
+
+void vdi_scan_free(vdi_scan_entry *v, size_t count)
+{
+    for (size_t i = 0; v && i < count; i++) {
+        free(v[i].path);
+        free(v[i].parent);
+    }
+    free(v);
 }
 
 int vdi_scan_dir(vdi_catalog *cat, const char *dir, vdi_scan_entry **out, size_t *count,
@@ -92,7 +106,7 @@ int vdi_scan_dir(vdi_catalog *cat, const char *dir, vdi_scan_entry **out, size_t
     memset(&walk, 0, sizeof walk);
     walk.have_state_dir = stat(vdi_catalog_state_dir(cat), &walk.state_dir) == 0;
     if (nftw(dir, visit, 32, FTW_PHYS | FTW_ACTIONRETVAL) < 0 || walk.rc < 0) {
-        free(walk.v);
+        vdi_scan_free(walk.v, walk.n);
         return vdi_error_set(err, walk.rc ? walk.rc : -errno, "cannot scan %s", dir);
     }
     /* Linear in the number of images: children are counted through a map
@@ -148,13 +162,36 @@ int vdi_scan_dir(vdi_catalog *cat, const char *dir, vdi_scan_entry **out, size_t
     vdi_strmap_free(parents);
     free(verdicts);
     if (rc < 0) {
-        free(walk.v);
+        vdi_scan_free(walk.v, walk.n);
         return vdi_error_set(err, rc, "out of memory scanning %s", dir);
     }
     *out = walk.v;
     *count = walk.n;
     walk.v = NULL;
     return 0;
+}
+
+typedef struct path_list {
+    const char *dir;
+    size_t dlen;
+    char **v;
+    size_t n, cap;
+} path_list;
+
+static int collect_under(void *ctx, const vdi_child_info *c)
+{
+    path_list *l = ctx;
+    if (strncmp(c->path, l->dir, l->dlen) || c->path[l->dlen] != '/')
+        return 0;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        char **nv = realloc(l->v, cap * sizeof *nv);
+        if (!nv)
+            return -ENOMEM;
+        l->v = nv;
+        l->cap = cap;
+    }
+    return (l->v[l->n] = strdup(c->path)) ? (l->n++, 0) : -ENOMEM;
 }
 
 int vdi_reconcile(vdi_catalog *cat, const char *dir, vdi_reconcile_report *out, vdi_error *err)
@@ -166,21 +203,20 @@ int vdi_reconcile(vdi_catalog *cat, const char *dir, vdi_reconcile_report *out, 
     int swept = vdi_clone_sweep_temporaries(real, NULL);
     if (swept > 0)
         out->temporaries_removed = (size_t)swept;
-    vdi_child_info *kids = NULL;
-    size_t n = 0;
-    int rc = vdi_catalog_children(cat, NULL, &kids, &n, err);
-    if (rc < 0)
-        return rc;
-    size_t dlen = strlen(real);
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        if (strncmp(kids[i].path, real, dlen) || kids[i].path[dlen] != '/')
-            continue;
-        if (access(kids[i].path, F_OK) != 0 && errno == ENOENT) {
-            rc = vdi_catalog_remove_child_(cat, kids[i].path, err);
+    /* The records under dir, as paths only (a record is 8 KiB), checked
+     * against the disk after the catalog's lock is released. */
+    path_list under = {.dir = real, .dlen = strlen(real)};
+    int rc = vdi_catalog_each_child(cat, collect_under, &under, err);
+    if (rc == -ENOMEM)
+        vdi_error_set(err, rc, "out of memory listing the children under %s", real);
+    for (size_t i = 0; i < under.n && rc == 0; i++)
+        if (access(under.v[i], F_OK) != 0 && errno == ENOENT) {
+            rc = vdi_catalog_remove_child_(cat, under.v[i], err);
             out->dropped_records++;
         }
-    }
-    free(kids);
+    for (size_t i = 0; i < under.n; i++)
+        free(under.v[i]);
+    free(under.v);
     if (rc < 0)
         return rc;
     vdi_scan_entry *v = NULL;
@@ -196,6 +232,6 @@ int vdi_reconcile(vdi_catalog *cat, const char *dir, vdi_reconcile_report *out, 
             v[i].parent_status == VDI_PARENT_UNUSABLE)
             out->orphans++;
     }
-    free(v);
+    vdi_scan_free(v, m);
     return 0;
 }

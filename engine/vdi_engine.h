@@ -219,6 +219,13 @@ typedef struct vdi_child_info {
     uint64_t last_bytes; /* allocated bytes when last measured */
 } vdi_child_info;
 
+/* Calls fn for every child the catalog knows, in path order, without
+ * holding them all in memory (a datastore may have tens of thousands); fn
+ * returning non-zero stops the walk and is returned. fn runs under the
+ * catalog's lock and must not call the catalog. */
+int vdi_catalog_each_child(vdi_catalog *cat, int (*fn)(void *ctx, const vdi_child_info *child),
+                           void *ctx, vdi_error *err);
+
 /* -ENOENT when the path is not a sealed (or retiring, tainted) gold. */
 int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi_error *err);
 /* All golds; *out is malloc'd. */
@@ -401,10 +408,10 @@ typedef enum vdi_parent_status {
 } vdi_parent_status;
 
 typedef struct vdi_scan_entry {
-    char path[4096];
+    char *path;
     vdi_format format;
     uint64_t virtual_size, allocated;
-    char parent[4096];          /* resolved backing path, "" for roots */
+    char *parent;               /* resolved backing path, "" for roots */
     vdi_parent_status parent_status;
     bool parent_sealed;         /* the parent is a gold in the catalog */
     bool in_catalog;            /* known as a child or a gold */
@@ -413,9 +420,10 @@ typedef struct vdi_scan_entry {
 } vdi_scan_entry;
 
 /* Probes every regular file under dir (recursively, not following links);
- * files that are not images are skipped. *out is malloc'd. */
+ * files that are not images are skipped. Free *out with vdi_scan_free. */
 int vdi_scan_dir(vdi_catalog *cat, const char *dir, vdi_scan_entry **out, size_t *count,
                  vdi_error *err);
+void vdi_scan_free(vdi_scan_entry *v, size_t count);
 const char *vdi_parent_status_name(vdi_parent_status status);
 
 /* Catalog against disk for one datastore directory: records whose file is

@@ -175,7 +175,7 @@ static void expect_detected(const char *what_changed)
         ck_assert_msg(v[i].parent_status == VDI_PARENT_CHANGED ||
                           v[i].parent_status == VDI_PARENT_MISSING,
                       "%s: %s", v[i].path, vdi_parent_status_name(v[i].parent_status));
-    free(v);
+    vdi_scan_free(v, n);
 }
 
 static void seal_with_two_children(void)

@@ -58,7 +58,7 @@ START_TEST(scan_and_reconcile)
             seen++;
         }
     }
-    free(v);
+    vdi_scan_free(v, n);
     ck_assert_int_eq(seen, 5);
 
     vdi_reconcile_report rep;

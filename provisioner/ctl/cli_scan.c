@@ -64,7 +64,7 @@ int cli_image_scan(cli_call *c)
                "with no children\n",
                n, orphans, unknown, lonely);
     }
-    free(v);
+    vdi_scan_free(v, n);
     return CLI_OK;
 }
 
@@ -183,6 +183,30 @@ static json_t *print_subtree(forest *f, size_t idx, const char *prefix, bool las
                      children);
 }
 
+/* The catalog's children as (path, parent) pairs: the images are opened
+ * after the catalog's lock is released. */
+typedef struct child_pairs {
+    char **v; /* path, parent, path, parent, ... */
+    size_t n, cap;
+} child_pairs;
+
+static int collect_child(void *ctx, const vdi_child_info *c)
+{
+    child_pairs *l = ctx;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        char **nv = realloc(l->v, 2 * cap * sizeof *nv);
+        if (!nv)
+            return -ENOMEM;
+        l->v = nv;
+        l->cap = cap;
+    }
+    l->v[2 * l->n] = strdup(c->path);
+    l->v[2 * l->n + 1] = strdup(c->parent);
+    l->n++;
+    return l->v[2 * l->n - 2] && l->v[2 * l->n - 1] ? 0 : -ENOMEM;
+}
+
 int cli_image_tree(cli_call *c)
 {
     const cli_opts *o = &c->o;
@@ -192,12 +216,11 @@ int cli_image_tree(cli_call *c)
     forest f = {.index = vdi_strmap_new()};
     vdi_gold_info *golds = NULL;
     size_t ng = 0;
-    vdi_child_info *kids = NULL;
-    size_t nk = 0;
+    child_pairs kids = {0};
     if (!f.index)
         abort();
     if (vdi_catalog_golds(cat, &golds, &ng, &err) < 0 ||
-        vdi_catalog_children(cat, NULL, &kids, &nk, &err) < 0) {
+        vdi_catalog_each_child(cat, collect_child, &kids, &err) < 0) {
         status = cli_fail(o->json, &err);
         goto cleanup;
     }
@@ -206,10 +229,10 @@ int cli_image_tree(cli_call *c)
         x->gold = true;
         x->state = vdi_gold_state_name(golds[i].state);
     }
-    for (size_t i = 0; i < nk; i++) {
-        node *x = add_node(&f, kids[i].path);
+    for (size_t i = 0; i < kids.n; i++) {
+        node *x = add_node(&f, kids.v[2 * i]);
         if (!x->exists)
-            set_parent(x, kids[i].parent);
+            set_parent(x, kids.v[2 * i + 1]);
     }
     if (c->nargs > 0) {
         vdi_scan_entry *v = NULL;
@@ -220,7 +243,7 @@ int cli_image_tree(cli_call *c)
         }
         for (size_t i = 0; i < n; i++)
             add_node(&f, v[i].path);
-        free(v);
+        vdi_scan_free(v, n);
     }
     /* Parents outside what we know yet still head their subtree. */
     for (size_t i = 0; i < f.n; i++)
@@ -258,7 +281,9 @@ int cli_image_tree(cli_call *c)
 cleanup:
     free_forest(&f);
     free(golds);
-    free(kids);
+    for (size_t i = 0; i < 2 * kids.n; i++)
+        free(kids.v[i]);
+    free(kids.v);
     return status;
 }
 

@@ -241,8 +241,9 @@ void service_on_disconnected(service *svc);
 /* ---- desktop.c: the state machine ------------------------------------------------- */
 int64_t service_now(const service *svc);
 void desktop_set_state(desktop *d, desktop_state s);
-/* Puts a new desktop on its pool's list for its state (objects.c). */
+/* A desktop onto / off its pool's list for its current state (objects.c). */
 void desktop_list_add(desktop *d);
+void desktop_list_remove(desktop *d);
 void desktop_begin_clone(desktop *d);
 void desktop_begin_start(desktop *d);
 void desktop_begin_end(desktop *d, end_reason why);

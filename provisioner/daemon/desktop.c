@@ -60,34 +60,6 @@ int64_t service_now(const service *svc)
     return svc->ops->now();
 }
 
-void desktop_list_add(desktop *d)
-{
-    desktop_list *l = &d->pool->by_state[d->state];
-    d->state_next = NULL;
-    d->state_prev = l->tail;
-    if (l->tail)
-        l->tail->state_next = d;
-    else
-        l->head = d;
-    l->tail = d;
-    l->count++;
-}
-
-static void desktop_list_remove(desktop *d)
-{
-    desktop_list *l = &d->pool->by_state[d->state];
-    if (d->state_prev)
-        d->state_prev->state_next = d->state_next;
-    else
-        l->head = d->state_next;
-    if (d->state_next)
-        d->state_next->state_prev = d->state_prev;
-    else
-        l->tail = d->state_prev;
-    d->state_prev = d->state_next = NULL;
-    l->count--;
-}
-
 /* The one place a desktop's state changes: it moves to the tail of its new
  * state's list (a desktop set to the state it has moves to the tail too, as
  * its state_since is new). */

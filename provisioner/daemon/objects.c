@@ -60,6 +60,36 @@ void desktop_name_slot(desktop *d)
     }
 }
 
+/* The pool's per-state lists (see desktop.state_next): desktop_set_state
+ * moves a desktop between them, a new slot joins the list for empty. */
+void desktop_list_add(desktop *d)
+{
+    desktop_list *l = &d->pool->by_state[d->state];
+    d->state_next = NULL;
+    d->state_prev = l->tail;
+    if (l->tail)
+        l->tail->state_next = d;
+    else
+        l->head = d;
+    l->tail = d;
+    l->count++;
+}
+
+void desktop_list_remove(desktop *d)
+{
+    desktop_list *l = &d->pool->by_state[d->state];
+    if (d->state_prev)
+        d->state_prev->state_next = d->state_next;
+    else
+        l->head = d->state_next;
+    if (d->state_next)
+        d->state_next->state_prev = d->state_prev;
+    else
+        l->tail = d->state_prev;
+    d->state_prev = d->state_next = NULL;
+    l->count--;
+}
+
 static int grow_slots(pool *p, unsigned size)
 {
     if (size <= p->nslots)

@@ -88,3 +88,11 @@ for run in "1 1 1" "200 50 1" "200 50 8" "200 50 64" "2000 200 1" "2000 200 8" "
     # shellcheck disable=SC2086 # "SIZE SPARES CLIENTS"
     "$bench_service" "$root/build/vdipoold" "$root/build/make-demo-gold" "$work/service" $run "$seconds"
 done
+
+echo
+echo "## start-up: adopting desktops that already run (libvirt test driver)"
+for count in 2000 20000; do
+    if [ "$quick" = "--quick" ] && [ "$count" = 20000 ]; then continue; fi
+    "$root/build/bench/bench_adopt" "$root/build/vdipoold" "$root/build/make-demo-gold" \
+        "$work/adopt" "$count"
+done

@@ -506,6 +506,24 @@ START_TEST(paused_desktops)
 }
 END_TEST
 
+START_TEST(desktops_found_by_name)
+{
+    start_service(NULL, 12, 0);
+    ck_assert_ptr_eq(service_find_desktop(&S, "t-007"), P->desktops[6]);
+    ck_assert_ptr_eq(service_find_desktop(&S, "t-012"), P->desktops[11]);
+    const char *absent[] = {"t-7", "t-000", "t-013", "t-", "t-007x", "x-001", "t007", ""};
+    for (size_t i = 0; i < sizeof absent / sizeof *absent; i++)
+        ck_assert_msg(!service_find_desktop(&S, absent[i]), "%s found", absent[i]);
+    /* Named before a reload changed the prefix: still found. */
+    desktop *d = P->desktops[2];
+    free(d->name);
+    d->name = strdup("old-003");
+    ck_assert_ptr_eq(service_find_desktop(&S, "old-003"), d);
+    ck_assert_ptr_null(service_find_desktop(&S, "t-003"));
+    stop_service();
+}
+END_TEST
+
 START_TEST(names_come_from_one_list)
 {
     ck_assert_str_eq(desktop_state_name(DESKTOP_EMPTY), "empty");
@@ -528,4 +546,4 @@ TH_MAIN("controller",
           blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
           failed_start_ends_then_fails, failed_end_is_retried, session_time_limit_and_idle_spares,
           reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing, paused_desktops,
-          names_come_from_one_list, NULL}})
+          desktops_found_by_name, names_come_from_one_list, NULL}})

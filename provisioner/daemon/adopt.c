@@ -9,6 +9,7 @@
  *     desktop is gone.
  * A child is never removed while a domain of that name or disk exists. */
 #include "daemon.h"
+#include "vdi_strmap.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,31 +106,56 @@ typedef struct stray_req {
     json_t *pools;   /* [{name, datastore, in_use: [child], empty: [desktop name]}] */
 } stray_req;
 
-/* Is `child` the disk of a domain libvirt has, or named like one? */
-static bool used_by_domain(json_t *domains, const char *child)
-{
-    const char *base = strrchr(child, '/');
-    base = base ? base + 1 : child;
-    size_t i;
-    json_t *dom;
-    json_array_foreach(domains, i, dom)
-    {
-        const char *c = json_string_value(json_object_get(dom, "child"));
-        const char *name = json_string_value(json_object_get(dom, "name"));
-        size_t nlen = name ? strlen(name) : 0;
-        if ((c && !strcmp(c, child)) ||
-            (name && !strncmp(base, name, nlen) && !strcmp(base + nlen, ".qcow2")))
-            return true;
-    }
-    return false;
-}
+/* What makes a child "in use": its path is a desktop's or a domain's disk,
+ * or its file is named after a domain (NAME.qcow2). Maps, because a pool
+ * of 20 000 has as many children, domains and desktops. */
+typedef struct in_use_index {
+    vdi_strmap *paths; /* keys owned by the json arrays */
+    vdi_strmap *domain_names;
+} in_use_index;
 
-static bool in_list(json_t *arr, const char *s)
+static int in_use_build(in_use_index *ix, json_t *domains, json_t *in_use)
 {
+    ix->paths = vdi_strmap_new();
+    ix->domain_names = vdi_strmap_new();
+    if (!ix->paths || !ix->domain_names)
+        return -1;
     size_t i;
     json_t *v;
-    json_array_foreach(arr, i, v) if (!strcmp(json_string_value(v), s)) return true;
-    return false;
+    json_array_foreach(domains, i, v)
+    {
+        const char *c = json_string_value(json_object_get(v, "child"));
+        const char *name = json_string_value(json_object_get(v, "name"));
+        if ((c && *c && vdi_strmap_put(ix->paths, c, 0) < 0) ||
+            (name && vdi_strmap_put(ix->domain_names, name, 0) < 0))
+            return -1;
+    }
+    json_array_foreach(in_use, i, v) if (vdi_strmap_put(ix->paths, json_string_value(v), 0) < 0)
+        return -1;
+    return 0;
+}
+
+static void in_use_free(in_use_index *ix)
+{
+    vdi_strmap_free(ix->paths);
+    vdi_strmap_free(ix->domain_names);
+}
+
+static bool child_in_use(const in_use_index *ix, const char *child)
+{
+    size_t unused;
+    if (vdi_strmap_get(ix->paths, child, &unused))
+        return true;
+    const char *base = strrchr(child, '/');
+    base = base ? base + 1 : child;
+    size_t len = strlen(base);
+    if (len <= 6 || strcmp(base + len - 6, ".qcow2"))
+        return false;
+    char *name = strndup(base, len - 6);
+    /* Out of memory: call it in use, never remove what might be. */
+    bool used = !name || vdi_strmap_get(ix->domain_names, name, &unused);
+    free(name);
+    return used;
 }
 
 static void strays_run(void *data)
@@ -149,18 +175,21 @@ static void strays_run(void *data)
                     dir, err.message);
         vdi_child_info *kids = NULL;
         size_t n = 0;
-        if (vdi_catalog_children(r->catalog, NULL, &kids, &n, &err) < 0)
+        in_use_index ix = {0};
+        if (in_use_build(&ix, r->domains, in_use) < 0)
+            svc_log("warning", "pool=%s event=strays-not-checked reason=\"out of memory\"", pname);
+        else if (vdi_catalog_children(r->catalog, NULL, &kids, &n, &err) < 0)
             svc_log("warning", "pool=%s event=strays-not-checked reason=\"%s\"", pname,
                     err.message);
         for (size_t k = 0; k < n; k++) {
-            if (strcmp(kids[k].pool, pname) || in_list(in_use, kids[k].path) ||
-                used_by_domain(r->domains, kids[k].path))
+            if (strcmp(kids[k].pool, pname) || child_in_use(&ix, kids[k].path))
                 continue;
             svc_log("info", "pool=%s event=stray-child-removed child=%s", pname, kids[k].path);
             if (vdi_child_delete(r->catalog, kids[k].path, NULL, &err) < 0)
                 svc_log("error", "pool=%s event=stray-child-not-removed child=%s reason=\"%s\"",
                         pname, kids[k].path, err.message);
         }
+        in_use_free(&ix);
         free(kids);
         /* Sessions that ended while we were away (their desktop is empty). */
         size_t j;
@@ -227,19 +256,6 @@ static void remove_strays(service *svc, json_t *domains)
 
 /* ---- on the loop ----------------------------------------------------------------- */
 
-static bool domain_running(json_t *domains, const char *name)
-{
-    size_t idx;
-    json_t *dom;
-    json_array_foreach(domains, idx, dom)
-    {
-        if (!strcmp(json_string_value(json_object_get(dom, "name")), name) &&
-            json_is_true(json_object_get(dom, "active")))
-            return true;
-    }
-    return false;
-}
-
 static void list_done(service *svc, void *data)
 {
     adopt_req *r = data;
@@ -281,17 +297,31 @@ static void list_done(service *svc, void *data)
     }
     /* After a reconnect: desktops whose domain stopped while we could not
      * hear its events are ended now. */
-    for (size_t i = 0; i < svc->npools; i++)
+    vdi_strmap *running = vdi_strmap_new();
+    json_array_foreach(r->domains, idx, dom)
+    {
+        if (running && json_is_true(json_object_get(dom, "active")) &&
+            vdi_strmap_put(running, json_string_value(json_object_get(dom, "name")), idx) < 0) {
+            vdi_strmap_free(running);
+            running = NULL;
+        }
+    }
+    if (!running)
+        svc_log("warning", "event=adopt-check-skipped reason=\"out of memory\"; desktops "
+                           "whose domain stopped are found at their next event");
+    for (size_t i = 0; running && i < svc->npools; i++)
         for (unsigned k = 0; k < svc->pools[i]->nslots; k++) {
             desktop *d = svc->pools[i]->desktops[k];
             if (d->busy || (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED))
                 continue;
-            if (!domain_running(r->domains, d->name)) {
+            size_t unused;
+            if (!vdi_strmap_get(running, d->name, &unused)) {
                 svc_log("info", "pool=%s desktop=%s event=domain-gone-while-disconnected",
                         d->pool->name, d->name);
                 session_end(d, END_OTHER);
             }
         }
+    vdi_strmap_free(running);
     remove_strays(svc, r->domains); /* takes the domains; ends the adoption */
     free(r);
 }

@@ -18,8 +18,32 @@ pool *service_find_pool(service *svc, const char *name)
     return NULL;
 }
 
+/* A desktop's name is always PREFIX-N with N its slot (desktop_name_slot
+ * is the only place that names one, with any number of digits), so a
+ * lookup parses the number instead of comparing every slot's name:
+ * adoption and every libvirt event look desktops up by name, and a linear
+ * search made adopting 20 000 desktops quadratic. A desktop named before
+ * a reload changed its pool's prefix keeps its old name until it is
+ * recycled: the slow walk still finds it. */
 desktop *service_find_desktop(service *svc, const char *name)
 {
+    for (size_t i = 0; i < svc->npools; i++) {
+        pool *p = svc->pools[i];
+        const char *prefix = p->cfg->desktop_prefix;
+        size_t plen = prefix ? strlen(prefix) : 0;
+        if (!plen || strncmp(name, prefix, plen) || name[plen] != '-')
+            continue;
+        const char *digits = name + plen + 1;
+        unsigned long slot = 0;
+        size_t k = 0;
+        for (; digits[k] >= '0' && digits[k] <= '9' && k < 10; k++)
+            slot = slot * 10 + (unsigned long)(digits[k] - '0');
+        if (k == 0 || digits[k] != '\0' || slot < 1 || slot > p->nslots)
+            continue;
+        desktop *d = p->desktops[slot - 1];
+        if (d->name && !strcmp(d->name, name))
+            return d;
+    }
     for (size_t i = 0; i < svc->npools; i++)
         for (unsigned j = 0; j < svc->pools[i]->nslots; j++) {
             desktop *d = svc->pools[i]->desktops[j];

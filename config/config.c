@@ -647,6 +647,110 @@ static unsigned desktop_digits(unsigned size)
     return d < 3 ? 3 : d;
 }
 
+/* ---- readiness and identity (the guest agent) ------------------------------ */
+
+const char *vdi_ready_when_name(vdi_ready_when when)
+{
+    return when == VDI_READY_AGENT ? "agent" : "started";
+}
+
+int vdi_config_hostname(const vdi_pool_config *pool, const char *desktop_name, unsigned slot,
+                        char *out, size_t out_len)
+{
+    const char *pattern = pool->hostname ? pool->hostname : "{{name}}";
+    size_t len = 0;
+    char slot_text[16];
+    snprintf(slot_text, sizeof slot_text, "%u", slot);
+    for (const char *p = pattern; *p;) {
+        const char *value = NULL;
+        size_t skip = 1;
+        if (!strncmp(p, "{{name}}", 8))
+            value = desktop_name, skip = 8;
+        else if (!strncmp(p, "{{pool}}", 8))
+            value = pool->name, skip = 8;
+        else if (!strncmp(p, "{{slot}}", 8))
+            value = slot_text, skip = 8;
+        size_t vlen = value ? strlen(value) : 1;
+        if (len + vlen + 1 > out_len)
+            return -ENOSPC;
+        memcpy(out + len, value ? value : p, vlen);
+        len += vlen;
+        p += skip;
+    }
+    out[len] = '\0';
+    if (len == 0 || len > 63 || out[0] == '-' || out[len - 1] == '-')
+        return -EINVAL;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)out[i]) && out[i] != '-')
+            return -EINVAL;
+    return 0;
+}
+
+static bool file_mentions(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return true; /* unreadable: reported where the template is checked */
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* ready_when, boot_timeout, hostname, hostname_command: a desktop is ready
+ * when its guest agent answers and its identity is set. */
+static void parse_readiness(parse_ctx *ctx, const config_setting_t *g, const char *where,
+                            vdi_pool_config *p)
+{
+    p->ready_when = VDI_READY_STARTED;
+    p->boot_timeout = 600;
+    p->hostname = "{{name}}";
+    p->hostname_command = "hostname";
+    static const char *const whens[] = { "started", "agent", NULL };
+    int wi = get_choice(ctx, g, "ready_when", where, whens);
+    if (wi >= 0)
+        p->ready_when = (vdi_ready_when)wi;
+    get_duration(ctx, g, "boot_timeout", where, 86400, &p->boot_timeout);
+    if (member(g, "boot_timeout") && p->boot_timeout == 0)
+        ERR(ctx, member(g, "boot_timeout"), "%s: 'boot_timeout' must be at least 1s", where);
+    get_string(ctx, g, "hostname", where, false, &p->hostname);
+    get_string(ctx, g, "hostname_command", where, false, &p->hostname_command);
+    if (member(g, "hostname_command") && !*p->hostname_command)
+        ERR(ctx, member(g, "hostname_command"),
+            "%s: 'hostname_command' is empty; set hostname = \"\" to leave hostnames alone",
+            where);
+    if (p->ready_when != VDI_READY_AGENT) {
+        for (const char *const *k = (const char *const[]){"boot_timeout", "hostname",
+                                                         "hostname_command", NULL};
+             *k; k++)
+            if (member(g, *k))
+                ERR(ctx, member(g, *k),
+                    "%s: '%s' needs the guest agent: set ready_when = \"agent\"", where, *k);
+        return;
+    }
+    if (*p->hostname && p->desktop_prefix) {
+        char sample[128] = "", name[128];
+        snprintf(name, sizeof name, "%s-%03u", p->desktop_prefix, 1u);
+        if (vdi_config_hostname(p, name, 1, sample, sizeof sample) < 0)
+            ERR(ctx,
+                member(g, "hostname")         ? member(g, "hostname")
+                : member(g, "desktop_prefix") ? member(g, "desktop_prefix")
+                                              : member(g, "ready_when"),
+                "%s: hostname \"%s\" gives \"%.63s\" for desktop %s, which is not a valid "
+                "hostname: use 1-63 letters, digits and '-' ({{name}}, {{pool}} and {{slot}} are "
+                "replaced; '_' and '.' in the desktop prefix are not allowed in a hostname)",
+                where, p->hostname, sample, name);
+    }
+    if (p->domain.template_path && !ctx->opts->skip_filesystem_checks &&
+        !file_mentions(p->domain.template_path, "org.qemu.guest_agent.0"))
+        ERR(ctx, member(g, "ready_when"),
+            "%s: ready_when = \"agent\" but the domain template %s has no guest agent "
+            "channel; add <channel type='unix'><target type='virtio' "
+            "name='org.qemu.guest_agent.0'/></channel> to its <devices>",
+            where, p->domain.template_path);
+}
+
 static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
 {
     vdi_config *cfg = ctx->cfg;
@@ -655,7 +759,8 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
     snprintf(where, sizeof where, "pool '%s'", e->name ? e->name : "?");
     static const char *const keys[] = { "name", "desktop_prefix", "gold", "datastore", "size",
                                         "spares", "max_chain_depth", "expected_growth", "domain",
-                                        "session", NULL };
+                                        "session", "ready_when", "boot_timeout", "hostname",
+                                        "hostname_command", NULL };
     check_keys(ctx, g, keys, where);
     p->name = e->name;
     p->file = keep(cfg, setting_file(ctx, g));
@@ -757,9 +862,13 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
     }
 
     /* session */
+    parse_readiness(ctx, g, where, p);
+
     vdi_session_config *s = &p->session;
     s->on_end = "destroy";
     s->paused_timeout = 600;
+    s->logoff_grace = 30;
+    s->agent_lost_timeout = 300;
     const config_setting_t *sg = member(g, "session");
     char swhere[128];
     snprintf(swhere, sizeof swhere, "%s session", where);
@@ -768,12 +877,25 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
             where);
     } else if (sg) {
         static const char *const skeys[] = { "max_duration", "idle_spare_max_age", "on_end",
-                                             "paused_timeout", NULL };
+                                             "paused_timeout", "logoff_grace", "login_timeout",
+                                             "agent_lost_timeout", NULL };
         check_keys(ctx, sg, skeys, swhere);
         get_duration(ctx, sg, "max_duration", swhere, 366ULL * 86400, &s->max_duration);
         get_duration(ctx, sg, "idle_spare_max_age", swhere, 366ULL * 86400,
                      &s->idle_spare_max_age);
         get_duration(ctx, sg, "paused_timeout", swhere, 366ULL * 86400, &s->paused_timeout);
+        get_duration(ctx, sg, "logoff_grace", swhere, 86400, &s->logoff_grace);
+        get_duration(ctx, sg, "login_timeout", swhere, 366ULL * 86400, &s->login_timeout);
+        get_duration(ctx, sg, "agent_lost_timeout", swhere, 86400, &s->agent_lost_timeout);
+        if (p->ready_when != VDI_READY_AGENT)
+            for (const char *const *k = (const char *const[]){"logoff_grace", "login_timeout",
+                                                             "agent_lost_timeout", NULL};
+                 *k; k++)
+                if (member(sg, *k))
+                    ERR(ctx, member(sg, *k),
+                        "%s: '%s' needs the guest agent: set ready_when = \"agent\" in the "
+                        "pool",
+                        swhere, *k);
         static const char *const ends[] = { "destroy", NULL };
         get_choice(ctx, sg, "on_end", swhere, ends);
     }

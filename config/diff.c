@@ -173,6 +173,14 @@ static void diff_pool(vdi_config_diff *d, const vdi_pool_config *a, const vdi_po
             vdi_graphics_name(b->domain.graphics));
     CMP_STR(dk, n, "domain.template", a->domain.template_path, b->domain.template_path);
     CMP_STR(dk, n, "domain.accel", a->domain.kvm ? "kvm" : "tcg", b->domain.kvm ? "kvm" : "tcg");
+    /* Readiness and identity: spares made under the old rules are replaced. */
+    CMP_STR(dk, n, "ready_when", vdi_ready_when_name(a->ready_when),
+            vdi_ready_when_name(b->ready_when));
+    if (a->boot_timeout != b->boot_timeout)
+        add(d, dk, n, "boot_timeout", duration_text(a->boot_timeout),
+            duration_text(b->boot_timeout));
+    CMP_STR(dk, n, "hostname", a->hostname, b->hostname);
+    CMP_STR(dk, n, "hostname_command", a->hostname_command, b->hostname_command);
 
     const vdi_change_kind sk = VDI_CHANGE_POOL_SESSION;
     if (a->session.max_duration != b->session.max_duration)
@@ -185,6 +193,15 @@ static void diff_pool(vdi_config_diff *d, const vdi_pool_config *a, const vdi_po
         add(d, sk, n, "session.paused_timeout", duration_text(a->session.paused_timeout),
             duration_text(b->session.paused_timeout));
     CMP_STR(sk, n, "session.on_end", a->session.on_end, b->session.on_end);
+    if (a->session.logoff_grace != b->session.logoff_grace)
+        add(d, sk, n, "session.logoff_grace", duration_text(a->session.logoff_grace),
+            duration_text(b->session.logoff_grace));
+    if (a->session.login_timeout != b->session.login_timeout)
+        add(d, sk, n, "session.login_timeout", duration_text(a->session.login_timeout),
+            duration_text(b->session.login_timeout));
+    if (a->session.agent_lost_timeout != b->session.agent_lost_timeout)
+        add(d, sk, n, "session.agent_lost_timeout", duration_text(a->session.agent_lost_timeout),
+            duration_text(b->session.agent_lost_timeout));
 
     const vdi_change_kind ok = VDI_CHANGE_POOL_OTHER;
     CMP_STR(ok, n, "desktop_prefix", a->desktop_prefix, b->desktop_prefix);

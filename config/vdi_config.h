@@ -86,7 +86,16 @@ typedef struct vdi_session_config {
     uint64_t paused_timeout;       /* seconds an assigned desktop may stay paused on an I/O
                                       error before its session ends; 0 = unlimited; 600 */
     const char *on_end;            /* "destroy" */
+    /* With ready_when = "agent" (the guest agent reports its users): */
+    uint64_t logoff_grace;         /* seconds after the last user logged off; 30 */
+    uint64_t login_timeout;        /* seconds a handed-out desktop waits for a log-in; 0 = off */
+    uint64_t agent_lost_timeout;   /* seconds the agent may be gone while the domain runs; 300 */
 } vdi_session_config;
+
+typedef enum vdi_ready_when {
+    VDI_READY_STARTED, /* the domain runs */
+    VDI_READY_AGENT,   /* its guest agent connected and answered, identity set */
+} vdi_ready_when;
 
 typedef struct vdi_pool_config {
     const char *name;
@@ -100,9 +109,20 @@ typedef struct vdi_pool_config {
     uint64_t expected_growth;      /* bytes a child grows in a session, before history */
     vdi_domain_config domain;
     vdi_session_config session;
+    vdi_ready_when ready_when;
+    uint64_t boot_timeout;         /* seconds from start to ready (agent); 600 */
+    const char *hostname;          /* pattern, "{{name}}" by default; "" = leave it */
+    const char *hostname_command;  /* run in the guest with the hostname as argument */
     int line;
     const char *file;
 } vdi_pool_config;
+
+/* A desktop's hostname from its pool's pattern ({{name}}, {{pool}}, {{slot}}):
+ * 0, or -EINVAL when the result is not a valid hostname (1-63 letters,
+ * digits and '-', not starting or ending with '-'), or -ENOSPC. */
+int vdi_config_hostname(const vdi_pool_config *pool, const char *desktop_name, unsigned slot,
+                        char *out, size_t out_len);
+const char *vdi_ready_when_name(vdi_ready_when when);
 
 typedef struct vdi_config vdi_config;
 

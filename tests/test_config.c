@@ -238,6 +238,62 @@ START_TEST(every_error_at_once_with_lines)
 }
 END_TEST
 
+START_TEST(agent_settings)
+{
+    char text[4096];
+    write_conf("no-agent.xml", "<domain type='{{type}}'><name>{{name}}</name></domain>\n");
+    snprintf(text, sizeof text,
+             "%s"
+             "pools = (\n"
+             "  { name = \"lab\"; gold = \"a\"; datastore = \"local\"; size = 2;\n" /* 4 */
+             "    ready_when = \"agent\"; boot_timeout = \"90s\"; hostname = \"pc-{{slot}}\";\n"
+             "    session = { logoff_grace = \"1m\"; login_timeout = \"10m\"; } },\n"
+             "  { name = \"kiosk\"; gold = \"a\"; datastore = \"local\"; size = 1; }\n"
+             ");\n",
+             BASE);
+    vdi_config *cfg = must_load(text);
+    const vdi_pool_config *lab = vdi_config_find_pool(cfg, "lab");
+    ck_assert_int_eq(lab->ready_when, VDI_READY_AGENT);
+    ck_assert_uint_eq(lab->boot_timeout, 90);
+    ck_assert_uint_eq(lab->session.logoff_grace, 60);
+    ck_assert_uint_eq(lab->session.login_timeout, 600);
+    ck_assert_uint_eq(lab->session.agent_lost_timeout, 300);
+    ck_assert_str_eq(lab->hostname_command, "hostname");
+    char host[64];
+    ck_assert_int_eq(vdi_config_hostname(lab, "lab-007", 7, host, sizeof host), 0);
+    ck_assert_str_eq(host, "pc-7");
+    const vdi_pool_config *kiosk = vdi_config_find_pool(cfg, "kiosk");
+    ck_assert_int_eq(kiosk->ready_when, VDI_READY_STARTED);
+    ck_assert_uint_eq(kiosk->boot_timeout, 600);
+    vdi_config_free(cfg);
+
+    snprintf(text, sizeof text,
+             "%s"
+             "pools = (\n"
+             "  { name = \"a1\"; gold = \"a\"; datastore = \"local\"; size = 1;\n" /* 4 */
+             "    ready_when = \"booted\"; },\n"                                        /* 5 */
+             "  { name = \"a2\"; gold = \"a\"; datastore = \"local\"; size = 1;\n"
+             "    boot_timeout = \"1m\"; session = { logoff_grace = \"1m\"; }; },\n"    /* 7 */
+             "  { name = \"a3\"; desktop_prefix = \"win_pc\"; gold = \"a\"; datastore = \"local\";\n"
+             "    size = 1; ready_when = \"agent\"; },\n"                               /* 9 */
+             "  { name = \"a4\"; gold = \"a\"; datastore = \"local\"; size = 1;\n"
+             "    ready_when = \"agent\"; boot_timeout = \"0\";\n"                      /* 11 */
+             "    domain = { template = \"@DIR@/no-agent.xml\"; }; }\n"                   /* 12 */
+             ");\n",
+             BASE);
+    vdi_config_errors *e = must_fail(text);
+    expect_error(e, "bad.conf", 5, "'ready_when' is \"booted\"; it must be one of \"started\", "
+                                   "\"agent\"");
+    expect_error(e, "bad.conf", 7, "'boot_timeout' needs the guest agent");
+    expect_error(e, "bad.conf", 7, "'logoff_grace' needs the guest agent");
+    expect_error(e, "bad.conf", 8, "gives \"win_pc-001\" for desktop win_pc-001, which is not a "
+                                   "valid hostname");
+    expect_error(e, "bad.conf", 11, "'boot_timeout' must be at least 1s");
+    expect_error(e, "bad.conf", 11, "has no guest agent channel; add <channel");
+    vdi_config_errors_free(e);
+}
+END_TEST
+
 START_TEST(datastore_errors)
 {
     const char *text =
@@ -559,4 +615,5 @@ TH_MAIN("config", {"config",
                     every_error_at_once_with_lines, datastore_errors, gold_check_is_delegated,
                     includes_name_their_file, diff_lists_every_change, parse_string_for_fuzzing,
                     shipped_examples_are_valid, cli_check_and_diff,
-                    integers_that_do_not_fit_are_refused, only_plain_files_of_bounded_size, NULL}})
+                    integers_that_do_not_fit_are_refused, only_plain_files_of_bounded_size,
+                    agent_settings, NULL}})

@@ -11,7 +11,7 @@
 
 /* ---- fakes ------------------------------------------------------------------ */
 
-typedef enum { CALL_CLONE, CALL_START, CALL_END, CALL_RESUME } call_kind;
+typedef enum { CALL_CLONE, CALL_START, CALL_END, CALL_RESUME, CALL_AGENT, CALL_USERS } call_kind;
 typedef struct call {
     call_kind kind;
     desktop *d;
@@ -55,9 +55,20 @@ static int64_t fake_clock(void)
 {
     return fake_now;
 }
+static void fake_agent_check(desktop *d)
+{
+    record(CALL_AGENT, d);
+}
+/* Not busy, as the real users read. */
+static void fake_read_users(desktop *d)
+{
+    ck_assert_uint_lt(ncalls, 256);
+    calls[ncalls++] = (call){CALL_USERS, d};
+}
 
 static const desktop_ops fake_ops = {fake_clone,  fake_start,  fake_end,
-                                     fake_resume, fake_budget, fake_clock};
+                                     fake_resume, fake_budget, fake_clock,
+                                     fake_agent_check, fake_read_users};
 
 static size_t count(call_kind k)
 {
@@ -524,6 +535,150 @@ START_TEST(desktops_found_by_name)
 }
 END_TEST
 
+/* ---- the guest agent (agent.c) ------------------------------------------------- */
+
+#define AGENT_POOL                                                                                 \
+    "ready_when = \"agent\"; boot_timeout = \"60s\"; session = { logoff_grace = \"30s\"; "       \
+    "login_timeout = \"5m\"; agent_lost_timeout = \"2m\"; };"
+
+/* Cloned and started: the desktop boots, it is not ready. */
+static desktop *start_one_booting(void)
+{
+    service_converge(&S);
+    desktop *d = take(CALL_CLONE);
+    desktop_cloned(d, 0, false, NULL, 0.01);
+    service_converge(&S);
+    desktop_started(take(CALL_START), 0, NULL, "vnc://127.0.0.1:5900", 0.1);
+    ck_assert_int_eq(d->state, DESKTOP_BOOTING);
+    return d;
+}
+
+static void users_answer(desktop *d, const char *user)
+{
+    json_t *users = user ? json_pack("[s]", user) : json_array();
+    desktop_users_read(take(CALL_USERS), d->session_id, 0, users);
+}
+
+START_TEST(agent_makes_ready_and_logoff_ends_the_session)
+{
+    start_service(AGENT_POOL, 2, 1);
+    desktop *d = start_one_booting();
+    ck_assert_uint_eq(count(CALL_AGENT), 0); /* nothing to ask before the agent connects */
+    int status = 0;
+    service_acquire(&S, "demo", "bob", on_acquired_status, &status);
+    ck_assert_int_eq(status, 0); /* waits: a booting desktop is not handed out */
+    /* The agent connects but does not answer yet: asked again after 2 s. */
+    desktop_agent_changed(d, true);
+    desktop_agent_checked(take(CALL_AGENT), -EAGAIN, "no answer yet", NULL);
+    ck_assert_int_eq(d->state, DESKTOP_BOOTING);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_AGENT), 0);
+    fake_now += 2;
+    service_converge(&S);
+    ck_assert_ptr_eq(take(CALL_AGENT), d);
+    ck_assert_str_eq(d->hostname, "t-001"); /* the identity the job sets */
+    d->start_mono -= 3.0;                   /* it took 3 s from start */
+    desktop_agent_checked(d, 0, NULL, d->hostname);
+    ck_assert_uint_eq(S.boot_latency.count, 1);
+    ck_assert(d->boot_seconds >= 3.0);
+    /* Ready: the waiting user gets it. */
+    service_step(&S);
+    ck_assert_int_eq(status, 200);
+    ck_assert_int_eq(d->state, DESKTOP_ASSIGNED);
+    /* The guest's users are read on a timer while assigned (every desktop
+     * is looked at once per second). */
+    fake_now += 1;
+    service_converge(&S);
+    users_answer(d, "bob");
+    ck_assert(d->user_seen);
+    json_t *j = desktop_json(d);
+    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(j, "logged_in_users"), 0)),
+                     "bob");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "agent")), "connected");
+    json_decref(j);
+    fake_now += 5;
+    service_converge(&S);
+    users_answer(d, NULL); /* bob logged off */
+    ck_assert_int_eq(d->logged_off_at, fake_now);
+    fake_now += 29;
+    service_converge(&S);
+    ck_assert_int_eq(d->state, DESKTOP_ASSIGNED); /* within logoff_grace */
+    while (count(CALL_USERS))
+        users_answer(d, NULL);
+    fake_now += 1;
+    service_converge(&S);
+    ck_assert_int_eq(d->state, DESKTOP_ENDING);
+    ck_assert_int_eq(d->end_reason, END_LOGGED_OFF);
+    while (count(CALL_USERS))
+        users_answer(d, NULL); /* a late answer changes nothing */
+    desktop_ended(take(CALL_END), 0, NULL);
+    ck_assert_uint_eq(P->sessions_ended[END_LOGGED_OFF], 1);
+    stop_service();
+}
+END_TEST
+
+START_TEST(no_login_and_agent_lost_end_sessions)
+{
+    start_service(AGENT_POOL, 2, 2);
+    desktop *a = start_one_booting();
+    desktop *b = start_one_booting();
+    desktop_agent_changed(a, true);
+    desktop_agent_changed(b, true);
+    desktop_agent_checked(take(CALL_AGENT), 0, NULL, NULL);
+    desktop_agent_checked(take(CALL_AGENT), 0, NULL, NULL);
+    int s1 = 0, s2 = 0;
+    service_acquire(&S, "demo", "ann", on_acquired_status, &s1);
+    service_acquire(&S, "demo", "cy", on_acquired_status, &s2);
+    ck_assert_int_eq(s1 + s2, 400);
+    /* Nobody logs in on a; b's agent goes away. */
+    desktop_agent_changed(b, false);
+    for (int t = 0; t < 300; t += 5) {
+        fake_now += 5;
+        service_converge(&S);
+        while (count(CALL_USERS))
+            users_answer(a, NULL);
+    }
+    ck_assert_int_eq(a->state, DESKTOP_ENDING);
+    ck_assert_int_eq(a->end_reason, END_NO_LOGIN);
+    ck_assert_int_eq(b->state, DESKTOP_ENDING);
+    ck_assert_int_eq(b->end_reason, END_AGENT_LOST);
+    stop_service();
+}
+END_TEST
+
+START_TEST(desktops_that_do_not_boot_are_recycled_and_reported)
+{
+    start_service(AGENT_POOL, 1, 1);
+    for (unsigned round = 1; round <= 3; round++) {
+        desktop *d = start_one_booting();
+        fake_now += 59;
+        service_converge(&S);
+        ck_assert_int_eq(d->state, DESKTOP_BOOTING);
+        fake_now += 1;
+        service_converge(&S);
+        ck_assert_int_eq(d->state, DESKTOP_ENDING);
+        ck_assert_int_eq(d->end_reason, END_BOOT_TIMEOUT);
+        ck_assert_ptr_nonnull(strstr(d->failure, "never connected"));
+        desktop_ended(take(CALL_END), 0, NULL);
+        ck_assert_int_eq(d->state, DESKTOP_FAILED); /* with back-off */
+        ck_assert_uint_eq(P->boot_failures, round);
+        json_t *j = pool_json(P, false);
+        ck_assert(!json_object_get(j, "boot_problem") == (round < 3));
+        json_decref(j);
+        fake_now = d->retry_at;
+        service_converge(&S); /* failed -> empty */
+    }
+    ck_assert_ptr_nonnull(strstr(P->boot_problem, "3 desktops in a row did not become ready"));
+    /* One that boots clears the report. */
+    desktop *d = start_one_booting();
+    desktop_agent_changed(d, true);
+    desktop_agent_checked(take(CALL_AGENT), 0, NULL, NULL);
+    ck_assert_int_eq(d->state, DESKTOP_READY);
+    ck_assert_ptr_null(P->boot_problem);
+    stop_service();
+}
+END_TEST
+
 START_TEST(names_come_from_one_list)
 {
     ck_assert_str_eq(desktop_state_name(DESKTOP_EMPTY), "empty");
@@ -531,7 +686,12 @@ START_TEST(names_come_from_one_list)
     ck_assert_str_eq(desktop_state_name(DESKTOP_STATE_COUNT), "unknown");
     ck_assert_str_eq(end_reason_name(END_GUEST_SHUTDOWN), "guest-shutdown");
     ck_assert_str_eq(end_reason_name(END_OTHER), "other");
-    ck_assert_int_eq(END_REASON_COUNT, 7);
+    ck_assert_int_eq(END_REASON_COUNT, 11);
+    ck_assert_str_eq(end_reason_name(END_LOGGED_OFF), "logged-off");
+    ck_assert_str_eq(end_reason_name(END_AGENT_LOST), "agent-lost");
+    ck_assert_str_eq(end_reason_name(END_NO_LOGIN), "no-login");
+    ck_assert_str_eq(end_reason_name(END_BOOT_TIMEOUT), "boot-timeout");
+    ck_assert_str_eq(desktop_state_name(DESKTOP_BOOTING), "booting");
     ck_assert_str_eq(end_reason_name(END_NO_SPACE), "no-space");
     ck_assert_str_eq(desktop_state_name(DESKTOP_PAUSED), "paused");
 }
@@ -546,4 +706,6 @@ TH_MAIN("controller",
           blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
           failed_start_ends_then_fails, failed_end_is_retried, session_time_limit_and_idle_spares,
           reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing, paused_desktops,
-          desktops_found_by_name, names_come_from_one_list, NULL}})
+          desktops_found_by_name, agent_makes_ready_and_logoff_ends_the_session,
+          no_login_and_agent_lost_end_sessions, desktops_that_do_not_boot_are_recycled_and_reported,
+          names_come_from_one_list, NULL}})

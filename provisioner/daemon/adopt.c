@@ -78,14 +78,19 @@ static void list_run(void *data)
             char *pname = xml_field(meta, "pool"), *slot = xml_field(meta, "slot"),
                  *child = xml_field(meta, "child"), *gold = xml_field(meta, "gold");
             bool active = virDomainIsActive(doms[i]) == 1;
-            char *display = active ? domain_display(doms[i]) : NULL;
+            /* One XML read gives the display and the agent channel's state. */
+            char *xml = active ? virDomainGetXMLDesc(doms[i], 0) : NULL;
+            char *display = domain_display_from_xml(xml);
+            agent_state agent = domain_agent_from_xml(xml);
+            free(xml);
             const char *paused = active ? pause_reason(doms[i]) : NULL;
             json_array_append_new(r->domains,
-                                  json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?}", "name",
+                                  json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i}", "name",
                                             virDomainGetName(doms[i]), "active", active, "pool",
                                             pname ? pname : "", "slot", slot ? atoi(slot) : 0,
                                             "child", child ? child : "", "gold", gold ? gold : "",
-                                            "display", display ? display : "", "paused", paused));
+                                            "display", display ? display : "", "paused", paused,
+                                            "agent", (int)agent));
             free(pname);
             free(slot);
             free(child);
@@ -282,7 +287,7 @@ static void list_done(service *svc, void *data)
         const char *gold = json_string_value(json_object_get(dom, "gold"));
         const char *display = json_string_value(json_object_get(dom, "display"));
         if (!json_is_true(json_object_get(dom, "active"))) {
-            desktop_adopt(d, child, gold, NULL, 0, NULL, 0);
+            desktop_adopt(d, child, gold, NULL, AGENT_UNKNOWN, 0, NULL, 0);
             session_end(d, END_OTHER); /* a defined domain that does not run */
             continue;
         }
@@ -290,7 +295,8 @@ static void list_done(service *svc, void *data)
         char user[256] = "";
         bool session = vdi_catalog_open_session(svc->catalog, d->name, &id, user, sizeof user,
                                                 &started, NULL) == 0;
-        desktop_adopt(d, child, gold, display, session ? id : 0, user, started);
+        agent_state agent = (agent_state)json_integer_value(json_object_get(dom, "agent"));
+        desktop_adopt(d, child, gold, display, agent, session ? id : 0, user, started);
         const char *paused = json_string_value(json_object_get(dom, "paused"));
         if (paused)
             desktop_paused(d, paused);
@@ -312,7 +318,8 @@ static void list_done(service *svc, void *data)
     for (size_t i = 0; running && i < svc->npools; i++)
         for (unsigned k = 0; k < svc->pools[i]->nslots; k++) {
             desktop *d = svc->pools[i]->desktops[k];
-            if (d->busy || (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED))
+            if (d->busy || (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED &&
+                            d->state != DESKTOP_BOOTING))
                 continue;
             size_t unused;
             if (!vdi_strmap_get(running, d->name, &unused)) {

@@ -29,13 +29,16 @@
 
 /* ---- names from one list each ------------------------------------------------ */
 
-/* Desktop states: empty -> cloning -> starting -> ready -> assigned ->
- * ending -> empty, with failed (reason, back-off) and paused (the guest
- * stopped on an I/O error, such as a full datastore) beside them. */
+/* Desktop states: empty -> cloning -> starting [-> booting] -> ready ->
+ * assigned -> ending -> empty, with failed (reason, back-off) and paused
+ * (the guest stopped on an I/O error, such as a full datastore) beside
+ * them. booting: the domain runs, its guest agent has not answered yet
+ * (pools with ready_when = "agent"). */
 #define DESKTOP_STATE_MAP(XX)                                                                      \
     XX(EMPTY, "empty")                                                                             \
     XX(CLONING, "cloning")                                                                         \
     XX(STARTING, "starting")                                                                       \
+    XX(BOOTING, "booting")                                                                         \
     XX(READY, "ready")                                                                             \
     XX(ASSIGNED, "assigned")                                                                       \
     XX(ENDING, "ending")                                                                           \
@@ -58,7 +61,11 @@ typedef enum desktop_state {
     XX(OPERATOR, "operator")                                                                       \
     XX(CRASHED, "crashed")                                                                         \
     XX(OTHER, "other")                                                                             \
-    XX(NO_SPACE, "no-space")
+    XX(NO_SPACE, "no-space")                                                                       \
+    XX(LOGGED_OFF, "logged-off")                                                                   \
+    XX(AGENT_LOST, "agent-lost")                                                                   \
+    XX(NO_LOGIN, "no-login")                                                                       \
+    XX(BOOT_TIMEOUT, "boot-timeout")
 
 typedef enum end_reason {
 #define XX(id, name) END_##id,
@@ -74,6 +81,9 @@ const char *end_reason_name(end_reason r);
 
 typedef struct service service;
 typedef struct pool pool;
+
+typedef enum agent_state { AGENT_UNKNOWN, AGENT_CONNECTED, AGENT_DISCONNECTED } agent_state;
+const char *agent_state_name(agent_state a);
 typedef struct waiter waiter;
 typedef struct api_server api_server;
 typedef struct libvirt_bridge libvirt_bridge;
@@ -104,6 +114,19 @@ typedef struct desktop {
     desktop_state resume_state; /* while paused: ready or assigned */
     int64_t paused_since;
     char *io_error; /* an I/O error QEMU reported before the desktop was ready */
+    /* The guest agent (agent.c), for pools with ready_when = "agent". */
+    agent_state agent;       /* from libvirt's agent lifecycle events */
+    int64_t agent_since;     /* when agent last changed */
+    bool agent_ready;        /* it answered and the identity was set: may be ready */
+    int64_t agent_retry_at;  /* booting: when to ask the agent again */
+    double start_mono;       /* when the start began (monotonic s), for boot time */
+    double boot_seconds;     /* start to ready of the current run; 0 when unknown */
+    char *hostname;          /* set through the agent */
+    json_t *users;           /* the guest's logged-in users (array of names), or NULL */
+    bool user_seen;          /* assigned: a user has logged in during this session */
+    int64_t logged_off_at;   /* assigned: when the guest's user list became empty */
+    bool users_polling;      /* a users job runs (the desktop is not busy for it) */
+    int64_t users_poll_at;   /* when to ask for the users next */
     /* The pool's list of desktops in this state, in the order they entered
      * it (desktop_set_state keeps it), so that a lookup by state costs what
      * that state holds, not the pool's size. */
@@ -145,6 +168,10 @@ struct pool {
     bool growth_learned;      /* enough sessions: growth_p95 replaces expected_growth */
     uint64_t growth_p95;
     double growth_read_at;    /* monotonic seconds */
+    /* Desktops that did not become ready within boot_timeout, in a row;
+     * boot_problem says why while it is 3 or more (shown in /v1/pools). */
+    unsigned boot_failures;
+    char *boot_problem;
 };
 
 #define LATENCY_BUCKETS 11 /* le 0.01 .. 60 s, then +Inf */
@@ -167,6 +194,11 @@ typedef struct desktop_ops {
     /* A desktop went past its write budget: re-check the datastore. */
     void (*check_budget)(desktop *d, uint64_t threshold);
     int64_t (*now)(void);
+    /* Booting: ping the guest agent and set the identity, then
+     * desktop_agent_checked (the desktop is busy meanwhile). */
+    void (*agent_check)(desktop *d);
+    /* Assigned: read the guest's users, then desktop_users_read (not busy). */
+    void (*read_users)(desktop *d);
 } desktop_ops;
 
 extern const desktop_ops real_desktop_ops; /* jobs.c */
@@ -196,7 +228,8 @@ struct service {
     bool stopping;
     uint64_t reload_asked, reload_applied; /* reload sequence numbers */
     waiter *waiters;                       /* acquires waiting for a spare, oldest first */
-    latency_histogram clone_latency, start_latency;
+    latency_histogram clone_latency, start_latency, boot_latency;
+    unsigned users_reads_running; /* agent user-list reads in flight (bounded) */
     uint64_t budget_events; /* desktops that grew past their write budget */
     bool ready_notified;    /* every pool has its spares ready */
     bool adopted;           /* running desktops were adopted after connecting */
@@ -250,20 +283,38 @@ void desktop_begin_end(desktop *d, end_reason why);
 void desktop_retry_end(desktop *d);
 void desktop_begin_resume(desktop *d);
 void desktop_retry_failed(desktop *d);
+/* This desktop's failure: recorded (with back-off), the desktop ends, then
+ * waits in failed. */
+void desktop_fail(desktop *d, const char *why, end_reason reason);
 /* Results of the ops, on the loop. error: NULL on success. */
 void desktop_cloned(desktop *d, int rc, bool pool_blocked, const char *error, double seconds);
 void desktop_started(desktop *d, int rc, const char *error, const char *display, double seconds);
 void desktop_ended(desktop *d, int rc, const char *error);
 void desktop_adopt(desktop *d, const char *child, const char *gold, const char *display,
-                   int64_t session_id, const char *user, int64_t session_start);
+                   agent_state agent, int64_t session_id, const char *user,
+                   int64_t session_start);
 void desktop_paused(desktop *d, const char *reason);
 void desktop_resumed(desktop *d);
 void desktop_resume_tried(desktop *d, int rc, const char *error);
+/* agent.c: the guest agent's events and answers, on the loop. */
+void desktop_agent_changed(desktop *d, bool connected);
+void desktop_agent_checked(desktop *d, int rc, const char *error, const char *hostname);
+void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users);
+/* starting -> booting, for a pool with ready_when = "agent". */
+void desktop_booting(desktop *d);
+/* The real ops' agent jobs (agent.c). */
+void agent_op_check(desktop *d);
+void agent_op_read_users(desktop *d);
+void pool_tend_agent(pool *p, desktop *d, int64_t now);
+void service_on_agent_event(void *svc, const char *name, bool connected);
 bool desktop_paused_for_space(const desktop *d);
 
 /* ---- jobs.c: clone, start and end on the thread pool ------------------------------- */
 /* "vnc://127.0.0.1:5900" for a running domain's graphics, or NULL (a libvirt RPC). */
 char *domain_display(virDomainPtr dom);
+/* The same from a domain's XML, and whether its agent channel is connected. */
+char *domain_display_from_xml(const char *xml);
+agent_state domain_agent_from_xml(const char *xml);
 /* A job for a slot that no longer exists: its leftovers (domain, child) go. */
 void jobs_clean_leftovers(service *svc, const char *name, const char *child);
 

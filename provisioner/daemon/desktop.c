@@ -11,6 +11,8 @@
  *                                                    pool.c probes again after a back-off)
  *   cloning  -> failed     desktop_cloned          (this desktop's clone failed)
  *   starting -> ready      desktop_started         (the domain runs)
+ *   starting -> booting    desktop_started         (ready_when = "agent": agent.c
+ *                                                    takes it on to ready or ending)
  *   starting -> ending     desktop_started         (the start failed; then failed)
  *   ready    -> assigned   session.c assign        (handed to a user)
  *   ready    -> ending     desktop_begin_end       (recycled, rolled out, drained)
@@ -95,6 +97,12 @@ void desktop_begin_clone(desktop *d)
 
 void desktop_begin_start(desktop *d)
 {
+    /* A new run: what the agent said of the last one no longer holds. */
+    d->agent = AGENT_UNKNOWN;
+    d->agent_since = service_now(d->pool->svc);
+    d->agent_ready = false;
+    d->boot_seconds = 0;
+    d->start_mono = (double)uv_hrtime() / 1e9;
     d->pool->svc->starts_running++; /* until desktop_started */
     d->pool->svc->ops->start(d);
 }
@@ -169,18 +177,31 @@ void desktop_started(desktop *d, int rc, const char *error, const char *display,
         set_str(&d->display, display && *display ? display : NULL);
         d->failures = 0;
         set_str(&d->failure, NULL);
+        if (p->cfg->ready_when == VDI_READY_AGENT) {
+            desktop_booting(d); /* ready once its guest agent answers (agent.c) */
+            return;
+        }
         svc_log("info", "pool=%s desktop=%s event=ready display=%s seconds=%.3f", p->name, d->name,
                 d->display ? d->display : "none", seconds);
+        d->boot_seconds = seconds;
         desktop_set_state(d, DESKTOP_READY);
         if (d->io_error)
             desktop_paused(d, d->io_error); /* it paused while its start was reported */
         return;
     }
-    record_failure(d, error);
+    desktop_fail(d, error, END_OTHER);
+}
+
+void desktop_fail(desktop *d, const char *why, end_reason reason)
+{
+    record_failure(d, why);
     d->fail_after_end = true; /* whatever half-started goes first */
-    d->end_reason = END_OTHER;
+    d->end_reason = reason;
+    char user[LOG_VALUE_MAX];
+    svc_log("info", "pool=%s desktop=%s event=ending reason=%s user=%s", d->pool->name, d->name,
+            end_reason_name(reason), log_value(d->user, user, sizeof user));
     desktop_set_state(d, DESKTOP_ENDING);
-    p->svc->ops->end(d);
+    d->pool->svc->ops->end(d);
 }
 
 void desktop_ended(desktop *d, int rc, const char *error)
@@ -200,6 +221,8 @@ void desktop_ended(desktop *d, int rc, const char *error)
     d->session_id = 0;
     set_str(&d->user, NULL);
     set_str(&d->display, NULL);
+    json_decref(d->users);
+    d->users = NULL;
     bool failed = d->fail_after_end;
     d->fail_after_end = false;
     p->blocked_retry_at = 0; /* a child is gone: a blocked pool probes again at once */
@@ -207,22 +230,34 @@ void desktop_ended(desktop *d, int rc, const char *error)
 }
 
 void desktop_adopt(desktop *d, const char *child, const char *gold, const char *display,
-                   int64_t session_id, const char *user, int64_t session_start)
+                   agent_state agent, int64_t session_id, const char *user,
+                   int64_t session_start)
 {
     set_str(&d->child, child);
     set_str(&d->gold, gold);
     set_str(&d->display, display && *display ? display : NULL);
+    d->agent = agent;
+    d->agent_since = service_now(d->pool->svc);
+    d->start_mono = 0; /* its boot time is not known */
     if (session_id) {
         /* A restart of vdipoold never ends a user's session. */
         d->session_id = session_id;
         d->session_start = session_start;
+        d->agent_ready = true;
+        d->user_seen = false;
+        d->logged_off_at = 0;
+        d->users_poll_at = 0;
         set_str(&d->user, user);
         desktop_set_state(d, DESKTOP_ASSIGNED);
+    } else if (d->pool->cfg->ready_when == VDI_READY_AGENT) {
+        /* Whether it had booted and got its identity before the restart is
+         * not known: the agent is asked again before it is handed out. */
+        desktop_booting(d);
     } else {
         desktop_set_state(d, DESKTOP_READY);
     }
-    svc_log("info", "pool=%s desktop=%s event=adopted state=%s", d->pool->name, d->name,
-            desktop_state_name(d->state));
+    svc_log("info", "pool=%s desktop=%s event=adopted state=%s agent=%s", d->pool->name, d->name,
+            desktop_state_name(d->state), agent_state_name(agent));
 }
 
 bool desktop_paused_for_space(const desktop *d)

@@ -157,7 +157,12 @@ char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_err
     else if (dc->graphics == VDI_GRAPHICS_VNC)
         text_append(&b, "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n"
                         "    <video><model type='vga'/></video>\n");
-    text_append(&b, "    <input type='keyboard' bus='ps2'/>\n    <memballoon model='none'/>\n"
+    /* The guest agent's channel: libvirt reports the agent connecting and
+     * leaving, and vdipool talks to it (ready_when = "agent", log-off). A
+     * gold without an agent simply never connects. */
+    text_append(&b, "    <channel type='unix'><target type='virtio' "
+                    "name='org.qemu.guest_agent.0'/></channel>\n"
+                    "    <input type='keyboard' bus='ps2'/>\n    <memballoon model='none'/>\n"
                     "  </devices>\n</domain>\n");
     out = text_take(&b);
     if (!out)

@@ -5,6 +5,7 @@
  * desktop again by pool name and slot (and job number) before it changes
  * anything; a result for a slot that is gone has its leftovers removed. */
 #include "daemon.h"
+#include "jobs.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -21,44 +22,14 @@
  * them for every clone was a fifth of the daemon's work under load. */
 #define GROWTH_TTL 10.0
 
-typedef enum { JOB_CLONE, JOB_START, JOB_END, JOB_LEFTOVERS, JOB_RESUME, JOB_BUDGET } job_kind;
-
-typedef struct job {
-    job_kind kind;
-    uint64_t seq; /* the desktop's job_seq when submitted */
-    /* Inputs, owned by the job. */
-    vdi_catalog *catalog; /* thread-safe; outlives every job */
-    vdi_config *config;   /* a reference: pc and ds point into it */
-    const vdi_pool_config *pc;
-    const vdi_datastore_config *ds;
-    virConnectPtr conn; /* a reference, or NULL when disconnected */
-    char *pool, *name, *child, *gold;
-    unsigned slot;
-    uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */
-    unsigned clones_in_flight; /* JOB_CLONE: other clones admitted but not recorded yet */
-    /* The pool's learned growth when still fresh (growth_read), else read
-     * by the worker (growth_reread) and handed back to the pool. */
-    bool growth_read, growth_learned;
-    uint64_t growth_p95;
-    int64_t session_id;
-    end_reason reason;
-    double started;
-    /* Outputs, written by the worker, read on the loop after it. */
-    int rc;
-    bool blocked; /* a pool-wide reason (space, gold), not this desktop's */
-    char *error;
-    char *display;
-    bool growth_reread;
-} job;
-
-static double mono(void)
+double jobs_mono(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void job_free(job *j)
+void job_free(job *j)
 {
     if (j->conn)
         virConnectClose(j->conn);
@@ -69,12 +40,12 @@ static void job_free(job *j)
     free(j->gold);
     free(j->error);
     free(j->display);
+    free(j->hostname);
+    json_decref(j->users);
     free(j);
 }
 
-static void job_fail(job *j, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void job_fail(job *j, int rc, const char *fmt, ...)
+void job_fail(job *j, int rc, const char *fmt, ...)
 {
     j->rc = rc < 0 ? rc : -EIO;
     free(j->error);
@@ -85,7 +56,7 @@ static void job_fail(job *j, int rc, const char *fmt, ...)
     va_end(ap);
 }
 
-static const char *libvirt_message(void)
+const char *libvirt_message(void)
 {
     virErrorPtr e = virGetLastError();
     return e && e->message ? e->message : "unknown error";
@@ -177,12 +148,10 @@ static void clone_run(void *data)
     vdi_cloner_free(cl);
 }
 
-char *domain_display(virDomainPtr dom)
+char *domain_display_from_xml(const char *xml)
 {
-    char *xml = virDomainGetXMLDesc(dom, 0), *out = NULL;
-    if (!xml)
-        return NULL;
-    const char *g = strstr(xml, "<graphics ");
+    char *out = NULL;
+    const char *g = xml ? strstr(xml, "<graphics ") : NULL;
     if (g) {
         const char *type = strstr(g, "type='");
         const char *port = strstr(g, "port='");
@@ -193,6 +162,25 @@ char *domain_display(virDomainPtr dom)
                 out = NULL;
         }
     }
+    return out;
+}
+
+/* A running domain's XML shows its agent channel as
+ * <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>. */
+agent_state domain_agent_from_xml(const char *xml)
+{
+    const char *c = xml ? strstr(xml, "name='org.qemu.guest_agent.0'") : NULL;
+    if (!c)
+        return AGENT_UNKNOWN;
+    const char *end = strchr(c, '>');
+    const char *state = strstr(c, "state='connected'");
+    return state && (!end || state < end) ? AGENT_CONNECTED : AGENT_DISCONNECTED;
+}
+
+char *domain_display(virDomainPtr dom)
+{
+    char *xml = virDomainGetXMLDesc(dom, 0);
+    char *out = domain_display_from_xml(xml);
     free(xml);
     return out;
 }
@@ -258,7 +246,7 @@ static bool room_for_growth(job *j, const char *what, uint64_t *growth_out)
     return false;
 }
 
-static virDomainPtr job_domain(job *j)
+virDomainPtr job_domain(job *j)
 {
     virDomainPtr dom = j->conn ? virDomainLookupByName(j->conn, j->name) : NULL;
     if (!dom)
@@ -340,15 +328,17 @@ static void end_run(void *data)
 
 /* Hands a job's result to the desktop's state machine. */
 static void deliver(desktop *d, job_kind kind, int rc, bool blocked, const char *error,
-                    const char *display, double seconds)
+                    const char *display, const char *hostname, double seconds)
 {
     switch (kind) {
     case JOB_CLONE: desktop_cloned(d, rc, blocked, error, seconds); break;
     case JOB_START: desktop_started(d, rc, error, display, seconds); break;
     case JOB_END: desktop_ended(d, rc, error); break;
     case JOB_RESUME: desktop_resume_tried(d, rc, error); break;
+    case JOB_AGENT_CHECK: desktop_agent_checked(d, rc, error, hostname); break;
     case JOB_LEFTOVERS:
-    case JOB_BUDGET: break; /* no change of the desktop's state */
+    case JOB_BUDGET:
+    case JOB_USERS: break; /* not a change of the desktop's state (job_done) */
     }
 }
 
@@ -363,19 +353,27 @@ static desktop *job_desktop(service *svc, const job *j)
     return d->busy && d->job_seq == j->seq ? d : NULL;
 }
 
-static void job_done(service *svc, void *data)
+void job_done(service *svc, void *data)
 {
     job *j = data;
-    double took = mono() - j->started;
-    desktop *d = j->kind == JOB_LEFTOVERS ? NULL : job_desktop(svc, j);
+    double took = jobs_mono() - j->started;
+    desktop *d = j->kind == JOB_LEFTOVERS || j->kind == JOB_USERS ? NULL : job_desktop(svc, j);
     pool *gp = j->growth_reread ? service_find_pool(svc, j->pool) : NULL;
     if (gp) {
         gp->growth_read = true;
         gp->growth_learned = j->growth_learned;
         gp->growth_p95 = j->growth_p95;
-        gp->growth_read_at = mono();
+        gp->growth_read_at = jobs_mono();
     }
-    if (j->kind == JOB_BUDGET) {
+    if (j->kind == JOB_USERS) {
+        pool *p = service_find_pool(svc, j->pool);
+        svc->users_reads_running--;
+        /* Not busy: the desktop is found by slot and checked by session. */
+        if (p && j->slot >= 1 && j->slot <= p->nslots) {
+            desktop_users_read(p->desktops[j->slot - 1], j->session_id, j->rc, j->users);
+            j->users = NULL; /* taken */
+        }
+    } else if (j->kind == JOB_BUDGET) {
         pool *p = service_find_pool(svc, j->pool);
         if (j->rc == 0) {
             svc_log("info", "pool=%s desktop=%s event=write-budget-raised from=%llu", j->pool,
@@ -407,7 +405,7 @@ static void job_done(service *svc, void *data)
     } else {
         d->busy = false;
         deliver(d, j->kind, j->rc, j->blocked, j->error ? j->error : "unknown error", j->display,
-                took);
+                j->hostname, took);
     }
     job_free(j);
     service_kick(svc);
@@ -421,7 +419,7 @@ static job *job_new(service *svc, job_kind kind, const char *pool_name, const ch
         return NULL;
     j->kind = kind;
     j->catalog = svc->catalog;
-    j->started = mono();
+    j->started = jobs_mono();
     j->pool = strdup(pool_name ? pool_name : "");
     j->name = strdup(name ? name : "");
     j->child = child ? strdup(child) : NULL;
@@ -437,7 +435,7 @@ static job *job_new(service *svc, job_kind kind, const char *pool_name, const ch
 /* Queues a job for d; on failure the desktop gets the failure as a result
  * at once, so its state never waits for a job that does not exist. */
 /* A job for d with copies of what any job for it reads, or NULL. */
-static job *desktop_job(desktop *d, job_kind kind)
+job *desktop_job(desktop *d, job_kind kind)
 {
     pool *p = d->pool;
     job *j = job_new(p->svc, kind, p->name, d->name, d->child);
@@ -449,19 +447,20 @@ static job *desktop_job(desktop *d, job_kind kind)
     j->slot = d->slot;
     j->session_id = d->session_id;
     j->reason = d->end_reason;
-    if (p->growth_read && mono() - p->growth_read_at < GROWTH_TTL) {
+    if (p->growth_read && jobs_mono() - p->growth_read_at < GROWTH_TTL) {
         j->growth_read = true;
         j->growth_learned = p->growth_learned;
         j->growth_p95 = p->growth_p95;
     }
-    if (d->gold && !(j->gold = strdup(d->gold))) {
+    if ((d->gold && !(j->gold = strdup(d->gold))) ||
+        (kind == JOB_AGENT_CHECK && d->hostname && !(j->hostname = strdup(d->hostname)))) {
         job_free(j);
         return NULL;
     }
     return j;
 }
 
-static void submit(desktop *d, job_kind kind, work_run_fn run)
+void job_submit(desktop *d, job_kind kind, work_run_fn run)
 {
     pool *p = d->pool;
     service *svc = p->svc;
@@ -478,7 +477,7 @@ static void submit(desktop *d, job_kind kind, work_run_fn run)
                 d->name, (int)kind, uv_strerror(rc));
         char why[128];
         snprintf(why, sizeof why, "could not queue work: %s", uv_strerror(rc));
-        deliver(d, kind, rc, false, why, NULL, 0);
+        deliver(d, kind, rc, false, why, NULL, NULL, 0);
         return;
     }
     d->busy = true;
@@ -500,19 +499,19 @@ void jobs_clean_leftovers(service *svc, const char *name, const char *child)
 
 static void op_clone(desktop *d)
 {
-    submit(d, JOB_CLONE, clone_run);
+    job_submit(d, JOB_CLONE, clone_run);
 }
 static void op_start(desktop *d)
 {
-    submit(d, JOB_START, start_run);
+    job_submit(d, JOB_START, start_run);
 }
 static void op_end(desktop *d)
 {
-    submit(d, JOB_END, end_run);
+    job_submit(d, JOB_END, end_run);
 }
 static void op_resume(desktop *d)
 {
-    submit(d, JOB_RESUME, resume_run);
+    job_submit(d, JOB_RESUME, resume_run);
 }
 
 /* Not a change of the desktop's state: it stays usable (not busy). */
@@ -538,4 +537,6 @@ const desktop_ops real_desktop_ops = {.clone = op_clone,
                                       .end = op_end,
                                       .resume = op_resume,
                                       .check_budget = op_check_budget,
-                                      .now = op_now};
+                                      .now = op_now,
+                                      .agent_check = agent_op_check,
+                                      .read_users = agent_op_read_users};

@@ -17,7 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { EV_LIFECYCLE, EV_CLOSED, EV_IO_ERROR, EV_BLOCK_THRESHOLD } event_kind;
+typedef enum { EV_LIFECYCLE, EV_CLOSED, EV_IO_ERROR, EV_BLOCK_THRESHOLD, EV_AGENT } event_kind;
+
+#define NCALLBACKS 4 /* lifecycle, I/O error, block threshold, agent */
 
 typedef struct queued_event {
     event_kind kind;
@@ -36,7 +38,7 @@ struct libvirt_bridge {
     char *uri;
     /* Owned by the loop thread. */
     virConnectPtr conn;  /* our reference; NULL while disconnected */
-    int callback_ids[3]; /* lifecycle, I/O error, block threshold on conn; -1 */
+    int callback_ids[NCALLBACKS]; /* on conn; -1 when not registered */
     bool connecting, stopping;
     unsigned reconnect_delay_ms;
     uv_timer_t reconnect;
@@ -164,6 +166,13 @@ static void on_block_threshold(virConnectPtr conn, virDomainPtr dom, const char 
     push_end(b);
 }
 
+/* The guest agent in a domain connected or went away (libvirt watches its
+ * channel; no polling). */
+static void on_agent(virConnectPtr conn, virDomainPtr dom, int state, int reason, void *opaque)
+{
+    push(opaque, EV_AGENT, conn, virDomainGetName(dom), state, reason);
+}
+
 static void on_close(virConnectPtr conn, int reason, void *opaque)
 {
     push(opaque, EV_CLOSED, conn, NULL, reason, 0);
@@ -175,7 +184,7 @@ static void drop_connection(libvirt_bridge *b)
 {
     virConnectPtr old = b->conn;
     b->conn = NULL;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NCALLBACKS; i++) {
         if (b->callback_ids[i] >= 0)
             virConnectDomainEventDeregisterAny(old, b->callback_ids[i]); /* fails on a dead link */
         b->callback_ids[i] = -1;
@@ -209,6 +218,9 @@ static void drain(uv_async_t *h)
             b->cb.io_error(b->ctx, e->name, e->text);
         } else if (e->kind == EV_BLOCK_THRESHOLD && e->conn == b->conn && e->name) {
             b->cb.block_threshold(b->ctx, e->name, e->a, e->b);
+        } else if (e->kind == EV_AGENT && e->conn == b->conn && e->name && b->cb.agent_event) {
+            b->cb.agent_event(b->ctx, e->name,
+                              e->event == VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED);
         }
         free(e->name);
         free(e->text);
@@ -223,14 +235,14 @@ typedef struct connect_req {
     libvirt_bridge *b;
     char *uri;
     virConnectPtr conn; /* result: a reference, or NULL */
-    int callback_ids[3];
+    int callback_ids[NCALLBACKS];
     char error[512];
 } connect_req;
 
 static void connect_work(uv_work_t *w)
 {
     connect_req *r = w->data;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < NCALLBACKS; i++)
         r->callback_ids[i] = -1;
     r->conn = virConnectOpen(r->uri);
     if (!r->conn) {
@@ -256,7 +268,18 @@ static void connect_work(uv_work_t *w)
                  e && e->message ? e->message : "unknown error");
         virConnectClose(r->conn);
         r->conn = NULL;
+        return;
     }
+    /* Without agent events, pools with ready_when = "agent" never see a
+     * desktop become ready; they say so (boot_timeout) rather than the
+     * connection failing for every pool. */
+    r->callback_ids[3] = virConnectDomainEventRegisterAny(
+        r->conn, NULL, VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_agent),
+        r->b, NULL);
+    if (r->callback_ids[3] < 0)
+        svc_log("warning", "event=agent-events-unavailable uri=%s reason=\"%s\"", r->uri,
+                virGetLastError() && virGetLastError()->message ? virGetLastError()->message
+                                                                : "unknown");
 }
 
 static void connect_done(uv_work_t *w, int status)
@@ -337,7 +360,7 @@ libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,
     b->loop = loop;
     b->cb = *cb;
     b->ctx = ctx;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < NCALLBACKS; i++)
         b->callback_ids[i] = -1;
     pthread_mutex_init(&b->lock, NULL);
     if (uv_async_init(loop, &b->wake, drain) < 0) {

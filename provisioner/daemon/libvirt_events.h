@@ -24,6 +24,8 @@ typedef struct libvirt_bridge_callbacks {
     void (*io_error)(void *ctx, const char *name, const char *reason);
     /* A disk grew past the threshold set on it. */
     void (*block_threshold)(void *ctx, const char *name, uint64_t threshold, uint64_t excess);
+    /* The domain's guest agent connected (true) or disconnected (false). */
+    void (*agent_event)(void *ctx, const char *name, bool connected);
 } libvirt_bridge_callbacks;
 
 libvirt_bridge *libvirt_bridge_new(uv_loop_t *loop, const char *uri,

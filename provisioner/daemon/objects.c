@@ -147,6 +147,8 @@ static void desktop_free(desktop *d)
     free(d->display);
     free(d->pause_reason);
     free(d->io_error);
+    free(d->hostname);
+    json_decref(d->users);
     free(d);
 }
 
@@ -162,6 +164,7 @@ void pool_free(pool *p)
     free(p->desktops);
     free(p->name);
     free(p->blocked);
+    free(p->boot_problem);
     free(p->locked_gold);
     free(p->retiring_gold);
     vdi_config_unref(p->config);

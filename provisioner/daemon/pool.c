@@ -102,6 +102,12 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
         if (now >= d->retry_at)
             desktop_retry_end(d);
         break;
+    case DESKTOP_BOOTING:
+        if (p->draining || outside || !d->gold || strcmp(d->gold, p->cfg->gold))
+            session_end(d, END_OTHER);
+        else
+            pool_tend_agent(p, d, now);
+        break;
     case DESKTOP_READY:
         if (p->draining || outside)
             session_end(d, END_OTHER);
@@ -110,12 +116,16 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
         else if (p->cfg->session.idle_spare_max_age &&
                  now - d->state_since > (int64_t)p->cfg->session.idle_spare_max_age)
             session_end(d, END_OTHER);
+        else
+            pool_tend_agent(p, d, now);
         break;
     case DESKTOP_PAUSED: tend_paused(p, d, now); break;
     case DESKTOP_ASSIGNED:
         if (p->cfg->session.max_duration &&
             now - d->session_start > (int64_t)p->cfg->session.max_duration)
             session_end(d, END_MAX_DURATION);
+        else
+            pool_tend_agent(p, d, now);
         break;
     case DESKTOP_STARTING:
         if (svc->online && svc->starts_running < max_starts)
@@ -151,7 +161,7 @@ void pool_step(pool *p)
     }
     const desktop_list *n = p->by_state;
     unsigned pipeline = n[DESKTOP_CLONING].count + n[DESKTOP_STARTING].count +
-                        n[DESKTOP_READY].count;
+                        n[DESKTOP_BOOTING].count + n[DESKTOP_READY].count;
     unsigned in_use = p->nslots - n[DESKTOP_EMPTY].count - n[DESKTOP_FAILED].count;
     if (p->draining || !svc->online)
         return;

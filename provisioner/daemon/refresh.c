@@ -45,7 +45,7 @@ static void refresh_done(service *svc, void *data)
 static bool has_child(const desktop *d)
 {
     return d->child && (d->state == DESKTOP_READY || d->state == DESKTOP_ASSIGNED ||
-                        d->state == DESKTOP_PAUSED);
+                        d->state == DESKTOP_PAUSED || d->state == DESKTOP_BOOTING);
 }
 
 void refresh_step(service *svc)

@@ -52,6 +52,10 @@ static desktop *assign(pool *p, const char *user)
                 pick->name, err.message);
     }
     p->sessions_started++;
+    /* The guest's users are read afresh for this session (agent.c). */
+    pick->user_seen = false;
+    pick->logged_off_at = 0;
+    pick->users_poll_at = 0;
     desktop_set_state(pick, DESKTOP_ASSIGNED);
     char quoted[LOG_VALUE_MAX];
     svc_log("info", "pool=%s desktop=%s session=%lld event=assigned user=%s", p->name, pick->name,
@@ -73,7 +77,7 @@ static bool pool_can_produce(const pool *p)
     if (p->draining || p->blocked)
         return false;
     const desktop_list *n = p->by_state;
-    if (n[DESKTOP_CLONING].count || n[DESKTOP_STARTING].count)
+    if (n[DESKTOP_CLONING].count || n[DESKTOP_STARTING].count || n[DESKTOP_BOOTING].count)
         return true;
     /* Desktops in slots past a reduced size are ending: they count as in
      * use until they are gone. */

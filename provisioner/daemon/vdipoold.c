@@ -241,7 +241,8 @@ int main(int argc, char **argv)
                                                        .domain_event = service_on_domain_event,
                                                        .io_error = service_on_io_error,
                                                        .block_threshold =
-                                                           service_on_block_threshold};
+                                                           service_on_block_threshold,
+                                                       .agent_event = service_on_agent_event};
     svc.bridge = libvirt_bridge_new(loop, sc->libvirt_uri, &bridge_cb, &svc);
     if (!svc.bridge) {
         fprintf(stderr, "vdipoold: cannot start libvirt's event loop\n");

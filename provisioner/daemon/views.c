@@ -28,6 +28,21 @@ json_t *desktop_json(const desktop *d)
     }
     if (d->failure)
         json_object_set_new(o, "last_failure", json_string(d->failure));
+    if (d->boot_seconds > 0)
+        json_object_set_new(o, "boot_seconds", json_real(d->boot_seconds));
+    if (d->pool->cfg->ready_when == VDI_READY_AGENT && d->state != DESKTOP_EMPTY &&
+        d->state != DESKTOP_CLONING && d->state != DESKTOP_FAILED) {
+        json_object_set_new(o, "agent", json_string(agent_state_name(d->agent)));
+        json_object_set_new(o, "agent_since", json_integer(d->agent_since));
+        if (d->hostname)
+            json_object_set_new(o, "hostname", json_string(d->hostname));
+        if (d->state == DESKTOP_ASSIGNED) {
+            json_object_set_new(o, "logged_in_users",
+                                d->users ? json_copy(d->users) : json_array());
+            if (d->logged_off_at)
+                json_object_set_new(o, "logged_off_at", json_integer(d->logged_off_at));
+        }
+    }
     if (d->state == DESKTOP_PAUSED) {
         json_object_set_new(o, "paused_reason",
                             json_string(d->pause_reason ? d->pause_reason : ""));
@@ -43,6 +58,32 @@ static void count_states(const pool *p, unsigned counts[DESKTOP_STATE_COUNT])
     memset(counts, 0, DESKTOP_STATE_COUNT * sizeof *counts);
     for (unsigned i = 0; i < p->nslots; i++)
         counts[p->desktops[i]->state]++;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* How long the current spares took from start to ready: min, median, max
+ * (over the ready list only), or NULL when none is known. */
+static json_t *spares_boot_json(const pool *p)
+{
+    const desktop_list *ready = &p->by_state[DESKTOP_READY];
+    double *v = ready->count ? malloc(ready->count * sizeof *v) : NULL;
+    size_t n = 0;
+    for (const desktop *d = ready->head; v && d; d = d->state_next)
+        if (d->boot_seconds > 0)
+            v[n++] = d->boot_seconds;
+    json_t *o = NULL;
+    if (n) {
+        qsort(v, n, sizeof *v, cmp_double);
+        o = json_pack("{s:f,s:f,s:f,s:i}", "min", v[0], "median", v[n / 2], "max", v[n - 1],
+                      "desktops", (int)n);
+    }
+    free(v);
+    return o;
 }
 
 json_t *pool_json(const pool *p, bool with_desktops)
@@ -68,6 +109,14 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
         json_object_set_new(o, "retiring_gold", json_string(p->retiring_gold));
     if (p->cfg->domain.template_path)
         json_object_set_new(o, "domain_template", json_string(p->cfg->domain.template_path));
+    json_object_set_new(o, "ready_when", json_string(vdi_ready_when_name(p->cfg->ready_when)));
+    if (p->cfg->ready_when == VDI_READY_AGENT)
+        json_object_set_new(o, "boot_timeout", json_integer((json_int_t)p->cfg->boot_timeout));
+    if (p->boot_problem)
+        json_object_set_new(o, "boot_problem", json_string(p->boot_problem));
+    json_t *boot = spares_boot_json(p);
+    if (boot)
+        json_object_set_new(o, "spares_boot_seconds", boot);
     if (with_desktops) {
         json_t *arr = json_array();
         unsigned listed = 0;
@@ -127,11 +176,15 @@ char *service_metrics_text(service *svc)
                 "what admission assumed.\n# TYPE vdipool_write_budget_exceeded_total counter\n"
                 "vdipool_write_budget_exceeded_total %llu\n",
                 (unsigned long long)svc->budget_events);
-    const latency_histogram *hs[2] = {&svc->clone_latency, &svc->start_latency};
-    const char *names[2] = {"vdipool_clone_seconds", "vdipool_start_seconds"};
-    for (int h = 0; h < 2; h++) {
-        text_append(&t, "# HELP %s Latency of %s.\n# TYPE %s histogram\n", names[h],
-                    h ? "domain starts" : "clones", names[h]);
+    const latency_histogram *hs[3] = {&svc->clone_latency, &svc->start_latency,
+                                      &svc->boot_latency};
+    const char *names[3] = {"vdipool_clone_seconds", "vdipool_start_seconds",
+                            "vdipool_boot_seconds"};
+    const char *what[3] = {"clones", "domain starts",
+                           "boots (domain start to guest agent ready, ready_when = agent)"};
+    for (int h = 0; h < 3; h++) {
+        text_append(&t, "# HELP %s Latency of %s.\n# TYPE %s histogram\n", names[h], what[h],
+                    names[h]);
         uint64_t cum = 0;
         for (int k = 0; k <= LATENCY_BUCKETS; k++) {
             cum += hs[h]->buckets[k];

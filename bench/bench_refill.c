@@ -1,0 +1,384 @@
+/* bench_refill — vdipool on a real libvirtd + QEMU against the raw work it
+ * does, in one run, with FILLER other children on the same datastore:
+ *
+ *  1. start to ready: vdipoold starts with a pool of N spares (demo gold,
+ *     TCG) and the clock runs until N desktops are ready; the baseline makes
+ *     N children with the engine and starts N domains of the same XML with
+ *     virDomainCreateXML, as many at once as vdipoold's max_parallel_starts;
+ *  2. log-off to a fresh ready spare, ROUNDS times: a desktop is acquired and
+ *     released through the API and the clock runs until N are ready again;
+ *     the baseline destroys a domain, deletes its child, makes a new one and
+ *     starts it again.
+ *
+ * The filler children are recorded in the catalog of another pool, as the
+ * children of a busy site would be: a service that rescans the datastore for
+ * every clone slows down with them, one that keeps accounts does not.
+ * Every domain and file made here is removed by name at the end. */
+#include "vdi_client.h"
+#include "vdi_engine.h"
+
+#include <jansson.h>
+#include <libvirt/libvirt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PARALLEL_STARTS 2
+
+static char work[512], sock[600], gold[600];
+static unsigned ndesktops, width;
+static virConnectPtr conn;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, unsigned n)
+{
+    qsort(v, n, sizeof *v, cmp);
+    return n ? v[n / 2] : 0;
+}
+
+static int ready_count(void)
+{
+    json_t *j = NULL;
+    vdi_error err = {0};
+    int n = -1;
+    if (vdi_client_call_json(sock, "GET", "/v1/pools/bench?summary=1", NULL, &j, &err) == 200)
+        n = (int)json_integer_value(
+            json_object_get(json_object_get(j, "desktops_by_state"), "ready"));
+    json_decref(j);
+    return n;
+}
+
+static int wait_ready(pid_t pid, double limit_s)
+{
+    double deadline = now() + limit_s;
+    while (ready_count() < (int)ndesktops) {
+        if (now() > deadline || waitpid(pid, NULL, WNOHANG) == pid)
+            return -1;
+        usleep(5000);
+    }
+    return 0;
+}
+
+static char *child_path(const char *prefix, unsigned i)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s/ds/%s-%0*u.qcow2", work, prefix, (int)width, i) < 0)
+        return NULL;
+    return p;
+}
+
+static int make_filler(unsigned n)
+{
+    char state[600];
+    snprintf(state, sizeof state, "%s/state", work);
+    vdi_catalog *cat = NULL;
+    vdi_cloner *cloner = NULL;
+    vdi_error err = {0};
+    vdi_clone_options opts;
+    vdi_clone_options_init(&opts);
+    char **names = calloc(n ? n : 1, sizeof *names);
+    int rc = -1;
+    if (!names || vdi_catalog_open(state, &cat, &err) < 0 ||
+        vdi_cloner_new(gold, &opts, &cloner, &err) < 0)
+        goto out;
+    for (unsigned i = 0; i < n; i++)
+        if (asprintf(&names[i], "%s/ds/filler-%05u.qcow2", work, i + 1) < 0)
+            goto out;
+    vdi_child_meta meta = {.datastore = "local", .pool = "filler", .slot = -1};
+    size_t made = 0;
+    if (n && vdi_clone_batch_recorded(cat, cloner, names, n, &meta, &made, &err) < 0)
+        goto out;
+    rc = 0;
+out:
+    if (rc < 0)
+        fprintf(stderr, "bench_refill: cannot make filler children: %s\n", err.message);
+    for (unsigned i = 0; names && i < n; i++)
+        free(names[i]);
+    free(names);
+    vdi_cloner_free(cloner);
+    vdi_catalog_close(cat);
+    return rc;
+}
+
+static void destroy_named(const char *prefix)
+{
+    for (unsigned i = 1; i <= ndesktops; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s-%0*u", prefix, (int)width, i);
+        virDomainPtr d = virDomainLookupByName(conn, name);
+        if (d) {
+            virDomainDestroy(d);
+            virDomainFree(d);
+        }
+    }
+}
+
+/* ---- the raw work ---------------------------------------------------------------- */
+
+static char *template_xml; /* bench-001's XML without its uuid */
+static atomic_uint next_raw;
+
+/* The template with bench-001 (its name and its child's name) replaced. */
+static char *raw_xml(unsigned i)
+{
+    char from[64], to[64];
+    snprintf(from, sizeof from, "bench-%0*u", (int)width, 1u);
+    snprintf(to, sizeof to, "raw-%0*u", (int)width, i);
+    size_t flen = strlen(from), tlen = strlen(to);
+    size_t cap = strlen(template_xml) * 2 + 1;
+    char *out = malloc(cap), *o = out;
+    if (!out)
+        return NULL;
+    for (const char *p = template_xml; *p;) {
+        if (!strncmp(p, from, flen)) {
+            memcpy(o, to, tlen);
+            o += tlen;
+            p += flen;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static int raw_start_one(unsigned i)
+{
+    char *child = child_path("raw", i);
+    char *xml = raw_xml(i);
+    vdi_error err = {0};
+    int rc = -1;
+    if (child && xml && vdi_clone(gold, child, NULL, &err) == 0) {
+        virDomainPtr d = virDomainCreateXML(conn, xml, 0);
+        if (d) {
+            virDomainFree(d);
+            rc = 0;
+        }
+    }
+    if (rc < 0)
+        fprintf(stderr, "bench_refill: raw start %u failed: %s\n", i,
+                err.message[0] ? err.message : "libvirt refused the domain");
+    free(child);
+    free(xml);
+    return rc;
+}
+
+static void *raw_starter(void *arg)
+{
+    (void)arg;
+    unsigned i;
+    while ((i = atomic_fetch_add(&next_raw, 1) + 1) <= ndesktops)
+        if (raw_start_one(i) < 0)
+            return (void *)1;
+    return NULL;
+}
+
+static int raw_logoff(unsigned i)
+{
+    char name[64];
+    snprintf(name, sizeof name, "raw-%0*u", (int)width, i);
+    virDomainPtr d = virDomainLookupByName(conn, name);
+    if (!d || virDomainDestroy(d) < 0) {
+        if (d)
+            virDomainFree(d);
+        return -1;
+    }
+    virDomainFree(d);
+    char *child = child_path("raw", i);
+    int rc = child && unlink(child) == 0 ? raw_start_one(i) : -1;
+    free(child);
+    return rc;
+}
+
+/* ---- main ------------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    if (argc != 7) {
+        fprintf(stderr, "usage: bench_refill VDIPOOLD MAKE_DEMO_GOLD WORKDIR DESKTOPS FILLER "
+                        "ROUNDS\n");
+        return 2;
+    }
+    const char *daemon = argv[1], *make_gold = argv[2];
+    snprintf(work, sizeof work, "%s", argv[3]);
+    ndesktops = (unsigned)atoi(argv[4]);
+    unsigned filler = (unsigned)atoi(argv[5]), rounds = (unsigned)atoi(argv[6]);
+    if (!ndesktops || !rounds || rounds > 100 || work[0] != '/') {
+        fprintf(stderr, "bench_refill: DESKTOPS and ROUNDS (<= 100) must be positive and "
+                        "WORKDIR absolute\n");
+        return 2;
+    }
+    width = 3;
+    for (unsigned v = ndesktops; v >= 1000; v /= 10)
+        width++;
+    char ctl_dir[512], cmd[4096], conf[600], text[4096];
+    snprintf(ctl_dir, sizeof ctl_dir, "%s", daemon);
+    char *slash = strrchr(ctl_dir, '/');
+    if (slash)
+        *slash = '\0';
+    snprintf(gold, sizeof gold, "%s/gold.qcow2", work);
+    snprintf(cmd, sizeof cmd,
+             "chattr -i %s 2>/dev/null; rm -rf %s && mkdir -p %s/ds && %s %s 64 >/dev/null && "
+             "VDIPOOL_STATE_DIR=%s/state %s/vdipoolctl image seal %s >/dev/null",
+             gold, work, work, make_gold, gold, work, ctl_dir, gold);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "bench_refill: cannot prepare %s\n", work);
+        return 1;
+    }
+    if (make_filler(filler) < 0)
+        return 1;
+    conn = virConnectOpen("qemu:///system");
+    if (!conn) {
+        fprintf(stderr, "bench_refill: cannot connect to qemu:///system\n");
+        return 1;
+    }
+
+    /* vdipool: start to ready, then log-off to a fresh ready spare. */
+    snprintf(sock, sizeof sock, "%s/sock", work);
+    snprintf(conf, sizeof conf, "%s/vdipool.conf", work);
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
+             "\"qemu:///system\";\n  log_level = \"warning\"; max_parallel_clones = 4; "
+             "max_parallel_starts = %d; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "pools = ( { name = \"bench\"; gold = \"%s\"; datastore = \"local\";\n"
+             "  size = %u; spares = %u; expected_growth = \"1M\";\n"
+             "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
+             "\"vnc\"; accel = \"tcg\"; }; } );\n",
+             sock, work, PARALLEL_STARTS, work, gold, ndesktops, ndesktops);
+    FILE *f = fopen(conf, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+        return 1;
+    int status = 1;
+    double t0 = now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        char log[600];
+        snprintf(log, sizeof log, "%s/vdipoold.log", work);
+        if (!freopen(log, "w", stderr))
+            _exit(127);
+        execl(daemon, daemon, "--config", conf, (char *)NULL);
+        _exit(127);
+    }
+    double *vdi_logoff = calloc(rounds, sizeof(double));
+    double *raw_logoff_s = calloc(rounds, sizeof(double));
+    double vdi_start = 0, raw_start = 0;
+    if (wait_ready(pid, 300) < 0) {
+        fprintf(stderr, "bench_refill: vdipoold did not make %u desktops ready; see %s/vdipoold.log\n",
+                ndesktops, work);
+        goto stop_daemon;
+    }
+    vdi_start = now() - t0;
+    for (unsigned r = 0; r < rounds; r++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"user\": \"u%u\"}", r);
+        json_t *a = NULL;
+        vdi_error err = {0};
+        if (vdi_client_call_json(sock, "POST", "/v1/pools/bench/acquire", body, &a, &err) != 200) {
+            fprintf(stderr, "bench_refill: acquire refused: %s\n", err.message);
+            json_decref(a);
+            goto stop_daemon;
+        }
+        char path[256];
+        snprintf(path, sizeof path, "/v1/desktops/%s/release",
+                 json_string_value(json_object_get(a, "desktop")));
+        json_decref(a);
+        double t = now();
+        json_t *rel = NULL;
+        int rs = vdi_client_call_json(sock, "POST", path, NULL, &rel, &err);
+        json_decref(rel);
+        if (rs != 200) {
+            fprintf(stderr, "bench_refill: release refused: %s\n", err.message);
+            goto stop_daemon;
+        }
+        /* The pool's size is its spares: the released desktop's slot is the
+         * only one free, so N ready again means it ended, was cloned anew
+         * and started. */
+        if (wait_ready(pid, 120) < 0)
+            goto stop_daemon;
+        vdi_logoff[r] = now() - t;
+    }
+    {
+        char name[64];
+        snprintf(name, sizeof name, "bench-%0*u", (int)width, 1u);
+        virDomainPtr d = virDomainLookupByName(conn, name);
+        char *xml = d ? virDomainGetXMLDesc(d, VIR_DOMAIN_XML_INACTIVE) : NULL;
+        if (d)
+            virDomainFree(d);
+        if (!xml) {
+            fprintf(stderr, "bench_refill: cannot read %s's XML\n", name);
+            goto stop_daemon;
+        }
+        char *u = strstr(xml, "<uuid>"), *ue = u ? strstr(u, "</uuid>") : NULL;
+        if (u && ue)
+            memmove(u, ue + 7, strlen(ue + 7) + 1);
+        template_xml = xml;
+    }
+    status = 0;
+stop_daemon:
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    /* vdipoold leaves running desktops to be adopted: remove them, by name. */
+    destroy_named("bench");
+    if (status != 0)
+        goto cleanup;
+
+    /* The raw work, the same parallelism. */
+    pthread_t threads[PARALLEL_STARTS];
+    atomic_store(&next_raw, 0);
+    t0 = now();
+    for (int i = 0; i < PARALLEL_STARTS; i++)
+        pthread_create(&threads[i], NULL, raw_starter, NULL);
+    for (int i = 0; i < PARALLEL_STARTS; i++) {
+        void *failed = NULL;
+        pthread_join(threads[i], &failed);
+        if (failed)
+            status = 1;
+    }
+    raw_start = now() - t0;
+    for (unsigned r = 0; r < rounds && status == 0; r++) {
+        double t = now();
+        if (raw_logoff(1 + r % ndesktops) < 0) {
+            fprintf(stderr, "bench_refill: raw log-off failed\n");
+            status = 1;
+        }
+        raw_logoff_s[r] = now() - t;
+    }
+    if (status == 0) {
+        double v = median(vdi_logoff, rounds), w = median(raw_logoff_s, rounds);
+        printf("refill %u desktops, %u other children on the datastore: start to ready "
+               "vdipool %.2f s, raw %.2f s (%.2fx); log-off to a ready spare (median of %u) "
+               "vdipool %.3f s, raw %.3f s (%.2fx)\n",
+               ndesktops, filler, vdi_start, raw_start, vdi_start / raw_start, rounds, v, w,
+               v / w);
+    }
+cleanup:
+    destroy_named("raw");
+    virConnectClose(conn);
+    free(template_xml);
+    free(vdi_logoff);
+    free(raw_logoff_s);
+    snprintf(cmd, sizeof cmd, "chattr -i %s 2>/dev/null; rm -rf %s", gold, work);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench_refill: %s left behind\n", work);
+    return status;
+}

@@ -1,0 +1,393 @@
+/* agent.c — the QEMU guest agent: when a desktop of a pool with
+ * ready_when = "agent" is really ready, who is logged in on it, and when its
+ * session is over.
+ *
+ *   starting -> booting   desktop_started (desktop.c): the domain runs
+ *   booting  -> ready     desktop_agent_checked: the agent connected (libvirt's
+ *                         agent lifecycle event), answered guest-ping and the
+ *                         desktop's hostname was set through it
+ *   booting  -> ending    past boot_timeout (boot-timeout; then failed, with
+ *                         the pool's boot_problem after 3 in a row), or the
+ *                         identity could not be set, or the domain stopped
+ *   ready|assigned -> ending  the agent stayed away past agent_lost_timeout
+ *                         (agent-lost)
+ *   assigned -> ending    the user logged off and logoff_grace passed
+ *                         (logged-off); nobody logged in within login_timeout
+ *                         (no-login)
+ *
+ * The users of an assigned desktop are read on a bounded timer
+ * (USERS_EVERY seconds, at most USERS_READS_MAX reads in flight for the
+ * whole service): libvirt has no event for log-ins. Work that talks to the
+ * agent runs on the thread pool as jobs (jobs.h) with copies of what it
+ * reads; its answers come back here, on the loop. */
+#include "daemon.h"
+#include "jobs.h"
+
+#include <errno.h>
+#include <libvirt/libvirt-qemu.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define AGENT_TIMEOUT_S 10     /* one agent command */
+#define HOSTNAME_COMMAND_S 30  /* the hostname command to finish */
+#define AGENT_RETRY_S 2        /* booting: the agent connected but did not answer yet */
+#define USERS_EVERY 5          /* seconds between reads of an assigned desktop's users */
+#define USERS_READS_MAX 16     /* reads in flight, service-wide */
+#define BOOT_PROBLEM_AFTER 3   /* boot failures in a row before the pool reports them */
+
+const char *agent_state_name(agent_state a)
+{
+    return a == AGENT_CONNECTED ? "connected" : a == AGENT_DISCONNECTED ? "disconnected" : "unknown";
+}
+
+/* ---- on a worker ---------------------------------------------------------------- */
+
+/* Sends one command; its "return" value (a new reference), or NULL with the
+ * job failed. Takes cmd. */
+static json_t *agent_call(job *j, virDomainPtr dom, json_t *cmd, int rc_on_failure)
+{
+    char *text = cmd ? json_dumps(cmd, JSON_COMPACT) : NULL;
+    json_decref(cmd);
+    if (!text) {
+        job_fail(j, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    char *answer = virDomainQemuAgentCommand(dom, text, AGENT_TIMEOUT_S, 0);
+    if (!answer) {
+        job_fail(j, rc_on_failure, "the guest agent did not answer %s: %s", text,
+                 libvirt_message());
+        free(text);
+        return NULL;
+    }
+    json_t *doc = json_loads(answer, 0, NULL);
+    json_t *ret = json_incref(json_object_get(doc, "return"));
+    if (!ret)
+        job_fail(j, -EPROTO, "the guest agent answered %s with %.200s", text, answer);
+    json_decref(doc);
+    free(answer);
+    free(text);
+    return ret;
+}
+
+static size_t base64_decode(const char *in, char *out, size_t cap)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    unsigned bits = 0, nbits = 0;
+    size_t n = 0;
+    for (; in && *in && *in != '=' && n + 1 < cap; in++) {
+        const char *p = strchr(alphabet, *in);
+        if (!p)
+            continue;
+        bits = (bits << 6) | (unsigned)(p - alphabet);
+        nbits += 6;
+        if (nbits >= 8) {
+            nbits -= 8;
+            out[n++] = (char)((bits >> nbits) & 0xff);
+        }
+    }
+    out[n] = '\0';
+    return n;
+}
+
+/* Runs `hostname_command HOSTNAME` in the guest and waits for it. */
+static void set_hostname(job *j, virDomainPtr dom)
+{
+    json_t *ret = agent_call(
+        j, dom,
+        json_pack("{s:s,s:{s:s,s:[s],s:b}}", "execute", "guest-exec", "arguments", "path",
+                  j->pc->hostname_command, "arg", j->hostname, "capture-output", 1),
+        -EPROTO);
+    if (!ret)
+        return;
+    json_int_t pid = json_integer_value(json_object_get(ret, "pid"));
+    json_decref(ret);
+    for (int waited = 0; waited < HOSTNAME_COMMAND_S * 10; waited++) {
+        ret = agent_call(j, dom,
+                         json_pack("{s:s,s:{s:I}}", "execute", "guest-exec-status", "arguments",
+                                   "pid", pid),
+                         -EPROTO);
+        if (!ret)
+            return;
+        if (json_is_true(json_object_get(ret, "exited"))) {
+            int code = (int)json_integer_value(json_object_get(ret, "exitcode"));
+            char err[256];
+            base64_decode(json_string_value(json_object_get(ret, "err-data")), err, sizeof err);
+            if (code != 0)
+                job_fail(j, -EPROTO, "setting the hostname: '%s %s' exited with %d%s%s",
+                         j->pc->hostname_command, j->hostname, code, err[0] ? ": " : "", err);
+            json_decref(ret);
+            return;
+        }
+        json_decref(ret);
+        usleep(100 * 1000);
+    }
+    job_fail(j, -ETIMEDOUT, "setting the hostname: '%s %s' did not finish within %d s",
+             j->pc->hostname_command, j->hostname, HOSTNAME_COMMAND_S);
+}
+
+/* Booting: is the agent answering, and is the identity set? -EAGAIN: ask
+ * again later; any other failure ends the desktop. */
+static void agent_check_run(void *data)
+{
+    job *j = data;
+    virDomainPtr dom = job_domain(j);
+    if (!dom)
+        return;
+    if (virDomainIsActive(dom) != 1) {
+        job_fail(j, -ESRCH, "the domain is not running");
+    } else {
+        json_t *pong = agent_call(j, dom, json_pack("{s:s}", "execute", "guest-ping"), -EAGAIN);
+        if (pong && j->hostname)
+            set_hostname(j, dom);
+        json_decref(pong);
+    }
+    virDomainFree(dom);
+}
+
+static void users_run(void *data)
+{
+    job *j = data;
+    virDomainPtr dom = job_domain(j);
+    if (!dom)
+        return;
+    virTypedParameterPtr params = NULL;
+    int n = 0;
+    if (virDomainGetGuestInfo(dom, VIR_DOMAIN_GUEST_INFO_USERS, &params, &n, 0) < 0) {
+        job_fail(j, -EIO, "cannot read the guest's users: %s", libvirt_message());
+    } else {
+        unsigned count = 0;
+        j->users = json_array();
+        if (virTypedParamsGetUInt(params, n, "user.count", &count) < 0)
+            count = 0;
+        for (unsigned i = 0; i < count; i++) {
+            char key[64];
+            const char *name = NULL;
+            snprintf(key, sizeof key, "user.%u.name", i);
+            if (virTypedParamsGetString(params, n, key, &name) == 1 && name)
+                json_array_append_new(j->users, json_string(name));
+        }
+        virTypedParamsFree(params, n);
+    }
+    virDomainFree(dom);
+}
+
+void agent_op_check(desktop *d)
+{
+    job_submit(d, JOB_AGENT_CHECK, agent_check_run);
+}
+
+/* Not a change of state: the desktop stays usable while its users are read. */
+void agent_op_read_users(desktop *d)
+{
+    service *svc = d->pool->svc;
+    job *j = desktop_job(d, JOB_USERS);
+    if (!j || work_submit(svc, users_run, job_done, j) < 0) {
+        svc_log("warning", "pool=%s desktop=%s event=users-not-read reason=\"cannot queue work\"",
+                d->pool->name, d->name);
+        if (j)
+            job_free(j);
+        d->users_polling = false;
+        svc->users_reads_running--;
+    }
+}
+
+/* ---- on the loop ------------------------------------------------------------------- */
+
+static bool uses_agent(const desktop *d)
+{
+    return d->pool->cfg->ready_when == VDI_READY_AGENT;
+}
+
+static void begin_check(desktop *d)
+{
+    if (d->state != DESKTOP_BOOTING || d->busy)
+        return;
+    d->agent_retry_at = service_now(d->pool->svc) + AGENT_RETRY_S;
+    d->pool->svc->ops->agent_check(d);
+}
+
+/* The desktop's hostname from the pool's pattern (NULL: leave it alone). */
+static void choose_hostname(desktop *d)
+{
+    char host[128];
+    const vdi_pool_config *pc = d->pool->cfg;
+    if (pc->hostname && *pc->hostname &&
+        vdi_config_hostname(pc, d->name, d->slot, host, sizeof host) == 0)
+        set_str(&d->hostname, host);
+    else
+        set_str(&d->hostname, NULL);
+}
+
+void desktop_booting(desktop *d)
+{
+    d->agent_ready = false;
+    d->agent_retry_at = 0;
+    choose_hostname(d);
+    svc_log("info", "pool=%s desktop=%s event=booting agent=%s", d->pool->name, d->name,
+            agent_state_name(d->agent));
+    desktop_set_state(d, DESKTOP_BOOTING);
+    if (d->agent == AGENT_CONNECTED)
+        begin_check(d);
+}
+
+void desktop_agent_changed(desktop *d, bool connected)
+{
+    agent_state now_state = connected ? AGENT_CONNECTED : AGENT_DISCONNECTED;
+    if (d->agent == now_state)
+        return;
+    d->agent = now_state;
+    d->agent_since = service_now(d->pool->svc);
+    svc_log(d->state == DESKTOP_ASSIGNED && !connected ? "warning" : "info",
+            "pool=%s desktop=%s event=agent-%s state=%s", d->pool->name, d->name,
+            agent_state_name(d->agent), desktop_state_name(d->state));
+    if (connected && d->state == DESKTOP_BOOTING) {
+        d->agent_retry_at = 0;
+        begin_check(d);
+    }
+}
+
+void service_on_agent_event(void *ctx, const char *name, bool connected)
+{
+    service *svc = ctx;
+    desktop *d = service_find_desktop(svc, name);
+    if (!d)
+        return;
+    desktop_agent_changed(d, connected);
+    service_kick(svc);
+}
+
+void desktop_agent_checked(desktop *d, int rc, const char *error, const char *hostname)
+{
+    pool *p = d->pool;
+    if (d->state != DESKTOP_BOOTING)
+        return;
+    if (rc == -EAGAIN) {
+        svc_log("debug", "pool=%s desktop=%s event=agent-not-answering-yet reason=\"%s\"",
+                p->name, d->name, error);
+        set_str(&d->failure, error); /* what boot_timeout will report */
+        return;                      /* pool_tend_agent asks again */
+    }
+    if (rc < 0) {
+        desktop_fail(d, error, END_OTHER);
+        return;
+    }
+    d->agent_ready = true;
+    d->failures = 0;
+    set_str(&d->failure, NULL);
+    p->boot_failures = 0;
+    set_str(&p->boot_problem, NULL);
+    if (d->start_mono > 0) {
+        d->boot_seconds = jobs_mono() - d->start_mono;
+        latency_observe(&p->svc->boot_latency, d->boot_seconds);
+    }
+    svc_log("info", "pool=%s desktop=%s event=ready hostname=%s boot_seconds=%.2f display=%s",
+            p->name, d->name, hostname ? hostname : "unchanged", d->boot_seconds,
+            d->display ? d->display : "none");
+    desktop_set_state(d, DESKTOP_READY);
+    if (d->io_error)
+        desktop_paused(d, d->io_error); /* it paused while it booted */
+}
+
+void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users)
+{
+    d->users_polling = false;
+    if (rc < 0 || !users || d->state != DESKTOP_ASSIGNED || d->session_id != session_id) {
+        json_decref(users);
+        return;
+    }
+    json_decref(d->users);
+    d->users = users;
+    int64_t now = service_now(d->pool->svc);
+    char list[256] = "";
+    size_t i, len = 0;
+    json_t *u;
+    json_array_foreach(users, i, u) if (len < sizeof list) len +=
+        (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? "," : "", json_string_value(u));
+    if (json_array_size(users) > 0) {
+        if (!d->user_seen || d->logged_off_at)
+            svc_log("info", "pool=%s desktop=%s session=%lld event=user-logged-in users=%s",
+                    d->pool->name, d->name, (long long)d->session_id, list);
+        d->user_seen = true;
+        d->logged_off_at = 0;
+    } else if (d->user_seen && !d->logged_off_at) {
+        d->logged_off_at = now;
+        svc_log("info", "pool=%s desktop=%s session=%lld event=user-logged-off grace=%llus",
+                d->pool->name, d->name, (long long)d->session_id,
+                (unsigned long long)d->pool->cfg->session.logoff_grace);
+    }
+}
+
+static void boot_timed_out(pool *p, desktop *d, int64_t now)
+{
+    char why[512];
+    if (d->agent != AGENT_CONNECTED)
+        snprintf(why, sizeof why,
+                 "did not become ready within %llds: its guest agent never connected (is "
+                 "qemu-guest-agent installed and started in the gold?)",
+                 (long long)(now - d->state_since));
+    else
+        snprintf(why, sizeof why,
+                 "did not become ready within %llds: its guest agent connected but %s",
+                 (long long)(now - d->state_since), d->failure ? d->failure : "did not answer");
+    p->boot_failures++;
+    if (p->boot_failures >= BOOT_PROBLEM_AFTER) {
+        char problem[700];
+        snprintf(problem, sizeof problem, "%u desktops in a row %s", p->boot_failures, why);
+        set_str(&p->boot_problem, problem);
+        svc_log("error", "pool=%s event=desktops-do-not-boot count=%u reason=\"%s\"", p->name,
+                p->boot_failures, why);
+    }
+    desktop_fail(d, why, END_BOOT_TIMEOUT);
+}
+
+void pool_tend_agent(pool *p, desktop *d, int64_t now)
+{
+    service *svc = p->svc;
+    const vdi_session_config *sc = &p->cfg->session;
+    if (!uses_agent(d))
+        return;
+    bool agent_gone = d->agent != AGENT_CONNECTED && sc->agent_lost_timeout &&
+                      now - d->agent_since >= (int64_t)sc->agent_lost_timeout;
+    switch (d->state) {
+    case DESKTOP_BOOTING:
+        if (now - d->state_since >= (int64_t)p->cfg->boot_timeout)
+            boot_timed_out(p, d, now);
+        else if (d->agent == AGENT_CONNECTED && now >= d->agent_retry_at)
+            begin_check(d);
+        break;
+    case DESKTOP_READY:
+        if (!d->agent_ready) {
+            /* Made ready under other rules (ready_when changed): replace it. */
+            session_end(d, END_OTHER);
+        } else if (agent_gone) {
+            svc_log("warning", "pool=%s desktop=%s event=agent-lost seconds=%lld", p->name,
+                    d->name, (long long)(now - d->agent_since));
+            session_end(d, END_AGENT_LOST);
+        }
+        break;
+    case DESKTOP_ASSIGNED:
+        if (agent_gone) {
+            svc_log("warning", "pool=%s desktop=%s event=agent-lost seconds=%lld", p->name,
+                    d->name, (long long)(now - d->agent_since));
+            session_end(d, END_AGENT_LOST);
+        } else if (d->logged_off_at && now - d->logged_off_at >= (int64_t)sc->logoff_grace) {
+            session_end(d, END_LOGGED_OFF);
+        } else if (!d->user_seen && sc->login_timeout &&
+                   now - d->session_start >= (int64_t)sc->login_timeout) {
+            svc_log("info", "pool=%s desktop=%s event=no-login seconds=%lld", p->name, d->name,
+                    (long long)(now - d->session_start));
+            session_end(d, END_NO_LOGIN);
+        } else if (d->agent == AGENT_CONNECTED && !d->users_polling && now >= d->users_poll_at &&
+                   svc->users_reads_running < USERS_READS_MAX) {
+            d->users_polling = true;
+            d->users_poll_at = now + USERS_EVERY;
+            svc->users_reads_running++;
+            svc->ops->read_users(d);
+        }
+        break;
+    default: break;
+    }
+}

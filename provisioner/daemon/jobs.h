@@ -1,0 +1,64 @@
+/* jobs.h — a job on the thread pool for one desktop (jobs.c, agent.c): what
+ * it owns, how it is queued and how its result comes back to the loop.
+ * Private to the daemon's job files. */
+#ifndef VDI_JOBS_H
+#define VDI_JOBS_H
+
+#include "daemon.h"
+
+typedef enum {
+    JOB_CLONE,
+    JOB_START,
+    JOB_END,
+    JOB_LEFTOVERS,
+    JOB_RESUME,
+    JOB_BUDGET,
+    JOB_AGENT_CHECK, /* agent.c: ping, identity; the desktop is busy */
+    JOB_USERS,       /* agent.c: the guest's users; not busy */
+} job_kind;
+
+typedef struct job {
+    job_kind kind;
+    uint64_t seq; /* the desktop's job_seq when submitted */
+    /* Inputs, owned by the job. */
+    vdi_catalog *catalog; /* thread-safe; outlives every job */
+    vdi_config *config;   /* a reference: pc and ds point into it */
+    const vdi_pool_config *pc;
+    const vdi_datastore_config *ds;
+    virConnectPtr conn; /* a reference, or NULL when disconnected */
+    char *pool, *name, *child, *gold;
+    unsigned slot;
+    uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */
+    unsigned clones_in_flight; /* JOB_CLONE: other clones admitted but not recorded yet */
+    /* The pool's learned growth when still fresh (growth_read), else read
+     * by the worker (growth_reread) and handed back to the pool. */
+    bool growth_read, growth_learned;
+    uint64_t growth_p95;
+    int64_t session_id;
+    end_reason reason;
+    char *hostname; /* JOB_AGENT_CHECK: to set, or NULL */
+    double started;
+    /* Outputs, written by the worker, read on the loop after it. */
+    int rc;
+    bool blocked; /* a pool-wide reason (space, gold), not this desktop's */
+    char *error;
+    char *display;
+    bool growth_reread;
+    json_t *users; /* JOB_USERS: the names, owned until delivered */
+} job;
+
+double jobs_mono(void);
+void job_free(job *j);
+void job_fail(job *j, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+const char *libvirt_message(void);
+/* The job's domain, or NULL with the job failed (-ENOENT). */
+virDomainPtr job_domain(job *j);
+/* A job for d with copies of what any job for it reads, or NULL. */
+job *desktop_job(desktop *d, job_kind kind);
+/* Queues a job that makes d busy until its result; on failure the desktop
+ * gets the failure as its result at once. */
+void job_submit(desktop *d, job_kind kind, work_run_fn run);
+/* The loop's side of every job: finds the desktop again and delivers. */
+void job_done(service *svc, void *data);
+
+#endif

@@ -27,15 +27,20 @@ stop_daemon() {
 
 if [ "${1:-}" = "--stop" ]; then
     stop_daemon
-    for n in $(virsh -c qemu:///system list --all --name 2>/dev/null | grep "^$prefix-[0-9]*$" || true); do
-        virsh -c qemu:///system destroy "$n" >/dev/null 2>&1 || true
-        virsh -c qemu:///system undefine "$n" >/dev/null 2>&1 || true
+    # The demo pool's domains, and any other pool's (the README's Linux pool)
+    # whose disk lives in the demo's directory.
+    for n in $(virsh -c qemu:///system list --all --name 2>/dev/null || true); do
+        if [[ "$n" =~ ^$prefix-[0-9]+$ ]] ||
+           virsh -c qemu:///system domblklist "$n" 2>/dev/null | grep -q " $demo/"; then
+            virsh -c qemu:///system destroy "$n" >/dev/null 2>&1 || true
+            virsh -c qemu:///system undefine "$n" >/dev/null 2>&1 || true
+        fi
     done
     # A sealed gold is immutable: unseal it (its children go too) before removing files.
     if [ -x "$ctl" ] && [ -e "$demo/golds/demo-gold.qcow2" ]; then
         "$ctl" image unseal --force "$demo/golds/demo-gold.qcow2" >/dev/null 2>&1 || true
     fi
-    chattr -i "$demo/golds/demo-gold.qcow2" 2>/dev/null || true
+    chattr -R -i "$demo" 2>/dev/null || true
     rm -rf "$demo"
     echo "quickstart: stopped the demo and removed $demo"
     exit 0

@@ -18,6 +18,9 @@ PACKAGES=(
     libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system
     libvirt-clients qemu-system-x86 qemu-utils
     libssl-dev tini e2fsprogs util-linux procps curl clang libclang-rt-14-dev time
+    # deploy/make-linux-gold.sh (the Linux test gold): modules, the initramfs,
+    # and the libraries qemu-guest-agent links (copied into the gold)
+    kmod cpio libglib2.0-0 libnuma1 liburing2 libudev1
 )
 
 missing=()

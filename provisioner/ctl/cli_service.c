@@ -55,8 +55,8 @@ static int call(const cli_opts *o, const char *method, const char *path, const c
 static void print_pool(json_t *p)
 {
     json_t *st = json_object_get(p, "desktops_by_state");
-    printf("pool %s: %d/%d desktops, %d spares wanted - ready %d, assigned %d, starting %d, "
-           "cloning %d, ending %d, failed %d, paused %d%s%s%s\n",
+    printf("pool %s: %d/%d desktops, %d spares wanted - ready %d, assigned %d, booting %d, "
+           "starting %d, cloning %d, ending %d, failed %d, paused %d%s%s%s\n",
            json_string_value(json_object_get(p, "name")),
            (int)(json_integer_value(json_object_get(p, "size")) -
                  json_integer_value(json_object_get(st, "empty"))),
@@ -64,6 +64,7 @@ static void print_pool(json_t *p)
            (int)json_integer_value(json_object_get(p, "spares")),
            (int)json_integer_value(json_object_get(st, "ready")),
            (int)json_integer_value(json_object_get(st, "assigned")),
+           (int)json_integer_value(json_object_get(st, "booting")),
            (int)json_integer_value(json_object_get(st, "starting")),
            (int)json_integer_value(json_object_get(st, "cloning")),
            (int)json_integer_value(json_object_get(st, "ending")),
@@ -72,6 +73,14 @@ static void print_pool(json_t *p)
            json_is_true(json_object_get(p, "draining")) ? " (draining)" : "",
            json_object_get(p, "blocked") ? "\n  blocked: " : "",
            json_object_get(p, "blocked") ? json_string_value(json_object_get(p, "blocked")) : "");
+    json_t *boot = json_object_get(p, "spares_boot_seconds");
+    if (boot)
+        printf("  spares took %.1f s from start to ready (fastest %.1f s, slowest %.1f s)\n",
+               json_real_value(json_object_get(boot, "median")),
+               json_real_value(json_object_get(boot, "min")),
+               json_real_value(json_object_get(boot, "max")));
+    if (json_object_get(p, "boot_problem"))
+        printf("  does not boot: %s\n", json_string_value(json_object_get(p, "boot_problem")));
 }
 
 int cli_status(cli_call *c)

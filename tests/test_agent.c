@@ -1,0 +1,302 @@
+/* test_agent.c — ready_when = "agent" against a real libvirtd and QEMU (TCG)
+ * with the Linux demo gold (deploy/make-linux-gold.sh: Debian kernel,
+ * busybox, qemu-guest-agent): no desktop is ready before its agent answers,
+ * each gets its own hostname, a user's log-off ends the session (the domain
+ * is not powered off) and the next user's desktop holds none of the last
+ * user's files; a gold whose OS never starts its agent is recycled after
+ * boot_timeout and the pool says why.
+ *
+ * The golds are built once into $VDI_LINUX_GOLD_DIR (default
+ * /var/cache/vdipool/linux-gold), again when the builder changes; each test
+ * seals its own copy. */
+#include "helpers.h"
+#include "service_helpers.h"
+#include "vdi_engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static th_daemon D;
+static char golds[1024]; /* the builder's output */
+
+static void build_linux_golds(void)
+{
+    const char *src = getenv("VDI_SOURCE_DIR");
+    ck_assert_ptr_nonnull(src);
+    const char *dir = getenv("VDI_LINUX_GOLD_DIR");
+    snprintf(golds, sizeof golds, "%s", dir ? dir : "/var/cache/vdipool/linux-gold");
+    /* Rebuilt when the builder or the guest helper changed. */
+    char *stamp = th_must("cat %s/deploy/make-linux-gold.sh %s/deploy/guest/vdi-guest-user.c | "
+                          "sha256sum | cut -c1-16",
+                          src, src);
+    stamp[strcspn(stamp, "\n")] = '\0';
+    if (th_run(NULL, "grep -qx %s %s/.built-from", stamp, golds) != 0) {
+        free(th_must("%s/deploy/make-linux-gold.sh %s", src, golds));
+        free(th_must("echo %s > %s/.built-from", stamp, golds));
+    }
+    free(stamp);
+}
+
+static void seal_copy(const char *name)
+{
+    free(th_must("cp %s/%s.qcow2 %s/%s.qcow2", golds, name, D.dir, name));
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s.qcow2", D.dir, name);
+    vdi_catalog *cat = NULL;
+    vdi_error err = {0};
+    vdi_seal_result r;
+    ck_assert_msg(vdi_catalog_open(D.state, &cat, &err) == 0, "%s", err.message);
+    ck_assert_msg(vdi_seal(cat, path, &r, &err) == 0, "%s", err.message);
+    vdi_catalog_close(cat);
+}
+
+static void setup(void)
+{
+    ck_assert_msg(th_run(NULL, "virsh -c qemu:///system list") == 0,
+                  "libvirtd is not answering on qemu:///system (deploy/setup.sh starts it)");
+    build_linux_golds();
+    th_daemon_prepare(&D, "agent", "qemu:///system");
+}
+
+static void teardown(void)
+{
+    th_daemon_stop(&D);
+    th_daemon_cleanup_domains(&D);
+    th_run(NULL, "chattr -i %s/*.qcow2 2>/dev/null", D.dir);
+}
+
+/* One pool "demo" of the given gold, ready when its agent answers. */
+static void write_config(const char *gold, unsigned size, unsigned spares, const char *extra)
+{
+    char text[8192];
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
+             "  log_level = \"debug\"; acquire_timeout = \"60s\"; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"%s/%s.qcow2\";\n"
+             "  datastore = \"local\"; size = %u; spares = %u; ready_when = \"agent\";\n"
+             "  domain = { memory = \"192M\"; vcpus = 1; accel = \"tcg\";\n"
+             "             template = \"%s/domain.xml\"; };\n"
+             "  %s } );\n",
+             D.sock, D.state, D.uri, D.dir, D.prefix, D.dir, gold, size, spares, golds,
+             extra ? extra : "");
+    th_write_file(D.conf, text, strlen(text));
+}
+
+/* A command's "return" through the guest agent, or NULL when it failed. */
+static json_t *agent(const char *domain, const char *command)
+{
+    char *out = NULL;
+    if (th_run(&out, "virsh -c qemu:///system qemu-agent-command %s '%s'", domain, command) != 0) {
+        free(out);
+        return NULL;
+    }
+    json_t *doc = json_loads(out, 0, NULL);
+    free(out);
+    json_t *ret = json_incref(json_object_get(doc, "return"));
+    json_decref(doc);
+    return ret;
+}
+
+/* Runs /bin/sh -c SCRIPT in the guest; its exit code (and stdout into out). */
+static int guest_sh(const char *domain, const char *script, char *out, size_t out_len)
+{
+    json_t *cmd = json_pack("{s:s,s:{s:s,s:[s,s],s:b}}", "execute", "guest-exec", "arguments",
+                            "path", "/bin/sh", "arg", "-c", script, "capture-output", 1);
+    char *text = json_dumps(cmd, JSON_COMPACT);
+    json_decref(cmd);
+    json_t *r = agent(domain, text);
+    free(text);
+    ck_assert_msg(r != NULL, "guest-exec failed on %s", domain);
+    json_int_t pid = json_integer_value(json_object_get(r, "pid"));
+    json_decref(r);
+    for (int i = 0; i < 100; i++) {
+        char status[128];
+        snprintf(status, sizeof status,
+                 "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":%lld}}",
+                 (long long)pid);
+        r = agent(domain, status);
+        ck_assert_ptr_nonnull(r);
+        if (json_is_true(json_object_get(r, "exited"))) {
+            int code = (int)json_integer_value(json_object_get(r, "exitcode"));
+            const char *b64 = json_string_value(json_object_get(r, "out-data"));
+            if (out) {
+                out[0] = '\0';
+                if (b64) {
+                    char *dec = NULL;
+                    th_run(&dec, "echo %s | base64 -d", b64);
+                    snprintf(out, out_len, "%s", dec ? dec : "");
+                    free(dec);
+                }
+            }
+            json_decref(r);
+            return code;
+        }
+        json_decref(r);
+        usleep(100000);
+    }
+    ck_abort_msg("guest-exec of '%s' did not finish on %s", script, domain);
+    return -1;
+}
+
+static json_t *pool_state(void)
+{
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
+    return j;
+}
+
+/* Waits for `ready` ready desktops; checks on every look that a ready
+ * desktop's agent is connected, and counts looks that saw one booting. */
+static unsigned wait_agent_ready(unsigned ready, int timeout_s)
+{
+    unsigned booting_seen = 0;
+    time_t end = time(NULL) + timeout_s;
+    while (time(NULL) <= end) {
+        json_t *p = pool_state();
+        size_t i;
+        json_t *d;
+        unsigned n = 0;
+        json_array_foreach(json_object_get(p, "desktops"), i, d)
+        {
+            const char *st = json_string_value(json_object_get(d, "state"));
+            if (!strcmp(st, "booting"))
+                booting_seen++;
+            if (!strcmp(st, "ready")) {
+                n++;
+                ck_assert_str_eq(json_string_value(json_object_get(d, "agent")), "connected");
+            }
+        }
+        json_decref(p);
+        if (n >= ready)
+            return booting_seen;
+        usleep(200000);
+    }
+    char *log = th_must("tail -40 %s/vdipoold.log", D.dir);
+    ck_abort_msg("%u desktops did not become ready in %d s:\n%s", ready, timeout_s, log);
+    return 0;
+}
+
+static char *metrics(void)
+{
+    return th_must("curl -s --unix-socket %s http://x/metrics", D.sock);
+}
+
+START_TEST(agent_readiness_identity_and_logoff)
+{
+    seal_copy("linux-gold");
+    write_config("linux-gold", 2, 1, "session = { logoff_grace = \"2s\"; };");
+    th_daemon_start(&D);
+    unsigned booting = wait_agent_ready(1, 180);
+    ck_assert_msg(booting > 0, "no look saw the desktop booting before it was ready");
+
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"alice\"}", &a),
+                     200);
+    char name[96];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
+    json_decref(a);
+    json_t *d = th_get_desktop(&D, name);
+    ck_assert(json_real_value(json_object_get(d, "boot_seconds")) > 0.5);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "hostname")), name);
+    char child[4096];
+    snprintf(child, sizeof child, "%s", json_string_value(json_object_get(d, "child")));
+    json_decref(d);
+    /* Its own identity, seen through the agent. */
+    json_t *h = agent(name, "{\"execute\":\"guest-get-host-name\"}");
+    ck_assert_ptr_nonnull(h);
+    ck_assert_str_eq(json_string_value(json_object_get(h, "host-name")), name);
+    json_decref(h);
+
+    /* alice works: a file of hers on the desktop's disk. */
+    ck_assert_int_eq(guest_sh(name, "echo alice-secret > /home/user/alice.txt && sync", NULL, 0),
+                     0);
+    /* The demo user is logged in (utmp): vdipool sees it within a few seconds. */
+    time_t end = time(NULL) + 30;
+    bool seen = false;
+    while (!seen && time(NULL) < end) {
+        d = th_get_desktop(&D, name);
+        seen = json_array_size(json_object_get(d, "logged_in_users")) > 0;
+        json_decref(d);
+        if (!seen)
+            sleep(1);
+    }
+    ck_assert_msg(seen, "vdipool never saw the guest's user log in");
+    char *m = metrics();
+    ck_assert_ptr_nonnull(strstr(m, "vdipool_desktops{pool=\"demo\",state=\"booting\"}"));
+    ck_assert_ptr_null(strstr(m, "vdipool_boot_seconds_count 0\n"));
+    free(m);
+
+    /* The user logs off; the guest keeps running. */
+    char out[256];
+    ck_assert_int_eq(guest_sh(name, "/sbin/vdi-guest-user logout user", out, sizeof out), 0);
+    end = time(NULL) + 60;
+    bool ended = false;
+    while (!ended && time(NULL) < end) {
+        m = metrics();
+        ended = strstr(m, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"logged-off\"} 1") !=
+                NULL;
+        ck_assert_ptr_nonnull(
+            strstr(m, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"guest-shutdown\"} 0"));
+        free(m);
+        if (!ended)
+            sleep(1);
+    }
+    ck_assert_msg(ended, "the session did not end with reason logged-off");
+
+    /* The next user's desktop is a fresh child: none of alice's files. */
+    wait_agent_ready(1, 180);
+    json_t *b = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"bob\"}", &b),
+                     200);
+    char name_b[96];
+    snprintf(name_b, sizeof name_b, "%s", json_string_value(json_object_get(b, "desktop")));
+    json_decref(b);
+    ck_assert_int_eq(guest_sh(name_b, "test -e /home/user/alice.txt", NULL, 0), 1);
+    ck_assert_int_eq(guest_sh(name_b, "cat /home/user/notes.txt", out, sizeof out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "written at log-in"));
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    /* The gold was never written: qemu-img agrees it is whole. */
+    free(th_must("qemu-img check -q %s/linux-gold.qcow2", D.dir));
+}
+END_TEST
+
+START_TEST(a_gold_that_never_boots_is_recycled_and_reported)
+{
+    seal_copy("linux-broken");
+    write_config("linux-broken", 3, 3, "boot_timeout = \"25s\";");
+    th_daemon_start(&D);
+    time_t end = time(NULL) + 150;
+    const char *problem = NULL;
+    json_t *p = NULL;
+    while (time(NULL) < end) {
+        json_decref(p);
+        p = pool_state();
+        ck_assert_int_eq(json_integer_value(
+                             json_object_get(json_object_get(p, "desktops_by_state"), "ready")),
+                         0);
+        problem = json_string_value(json_object_get(p, "boot_problem"));
+        if (problem)
+            break;
+        sleep(1);
+    }
+    ck_assert_msg(problem != NULL, "the pool never reported that its desktops do not boot");
+    ck_assert_ptr_nonnull(strstr(problem, "did not become ready within"));
+    ck_assert_ptr_nonnull(strstr(problem, "guest agent never connected"));
+    json_decref(p);
+    char *m = metrics();
+    ck_assert_ptr_nonnull(strstr(m, "vdipool_desktops{pool=\"demo\",state=\"failed\"}"));
+    free(m);
+}
+END_TEST
+
+TH_MAIN("agent", {"agent",
+                  setup,
+                  teardown,
+                  900,
+                  {agent_readiness_identity_and_logoff,
+                   a_gold_that_never_boots_is_recycled_and_reported, NULL}})

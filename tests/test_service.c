@@ -781,6 +781,71 @@ START_TEST(acquire_withdrawn_when_the_client_goes)
 }
 END_TEST
 
+/* Reads from fd until `want` appears in what was read (kept in buf), or
+ * fails after 20 s. */
+static void read_until(int fd, char *buf, size_t cap, size_t *len, const char *want)
+{
+    time_t end = time(NULL) + 20;
+    while (!strstr(buf, want)) {
+        ck_assert_msg(time(NULL) < end && *len + 1 < cap, "no '%s' in the stream; got:\n%s", want,
+                      buf);
+        ssize_t n = read(fd, buf + *len, cap - *len - 1);
+        ck_assert_msg(n > 0, "the stream closed before '%s'; got:\n%s", want, buf);
+        *len += (size_t)n;
+        buf[*len] = '\0';
+    }
+}
+
+START_TEST(events_stream_desktop_changes)
+{
+    th_daemon_write_config(&D, 2, 1, NULL);
+    th_daemon_start(&D);
+    json_decref(wait_for("ready", 1, 20));
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/events?pool=nosuch", NULL, &j), 404);
+    json_decref(j);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {.tv_sec = 20};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const char *req = "GET /v1/events?pool=demo HTTP/1.1\r\nHost: x\r\n\r\n";
+    ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    static char buf[262144];
+    size_t len = 0;
+    buf[0] = '\0';
+    read_until(fd, buf, sizeof buf, &len, "event: hello\ndata: {");
+    ck_assert_ptr_nonnull(strstr(buf, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream"));
+    read_until(fd, buf, sizeof buf, &len, "\n\n"); /* the hello's end */
+    /* A user takes the spare: its change arrives as it happens, and the
+     * pool makes a new spare (cloning, starting, ready). */
+    json_t *got = acquire("ev-user", 200);
+    char want[256];
+    snprintf(want, sizeof want, "\"name\":\"%s\"",
+             json_string_value(json_object_get(got, "desktop")));
+    json_decref(got);
+    read_until(fd, buf, sizeof buf, &len, "\"user\":\"ev-user\"");
+    const char *ev = strstr(buf, "\"user\":\"ev-user\"");
+    const char *line = ev;
+    while (line > buf && line[-1] != '\n')
+        line--;
+    ck_assert_msg(!strncmp(line, "data: {", 7), "the event is one data line: %s", line);
+    ck_assert_ptr_nonnull(strstr(line, want));
+    ck_assert_ptr_nonnull(strstr(line, "\"state\":\"assigned\""));
+    ck_assert_ptr_nonnull(strstr(line, "\"previous_state\":\"ready\""));
+    read_until(fd, buf, sizeof buf, &len, "\"previous_state\":\"cloning\"");
+    /* Several streams at once, and one going away, leave the daemon well. */
+    char *other = raw_exchange("GET /v1/events HTTP/1.1\r\n\r\n", 27, 0);
+    ck_assert_ptr_nonnull(strstr(other, "event: hello"));
+    free(other);
+    close(fd);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &j), 200);
+    json_decref(j);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 TH_MAIN("service",
         {"service",
          setup,
@@ -791,4 +856,4 @@ TH_MAIN("service",
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
           second_instance_is_refused, blocked_pool_waits_without_spinning,
           http_limits_versions_and_timeouts, keep_alive_and_ordered_pipelining,
-          acquire_withdrawn_when_the_client_goes, NULL}})
+          acquire_withdrawn_when_the_client_goes, events_stream_desktop_changes, NULL}})

@@ -44,4 +44,13 @@ void request_hold(request *r);
  * returns true when it withdrew the work, and then no answer is given. */
 void request_on_gone(request *r, bool (*fn)(void *ctx, request *r), void *ctx);
 
+/* An event stream (text/event-stream) as the answer: the headers are sent
+ * now and request_stream_write sends more until the client or
+ * request_stream_end closes the connection; on_gone is called once, before
+ * the request goes, whoever closed it. 0, or a negative code when there is
+ * no connection to stream on (then nothing is kept). */
+int request_stream_begin(request *r, bool (*on_gone)(void *ctx, request *r), void *ctx);
+int request_stream_write(request *r, const char *text);
+void request_stream_end(request *r);
+
 #endif

@@ -77,6 +77,7 @@ struct request {
     bool peer_done;      /* the client closed its side: answer what was sent, then close */
     bool started;        /* a byte of the current request has arrived */
     bool reading_paused; /* pending is full */
+    bool streaming;      /* an event stream: the connection carries it until closed */
     char *pending;       /* bytes after the current request (pipelined), not parsed yet */
     size_t pending_len;
 };
@@ -110,6 +111,12 @@ static void close_request(request *r)
 {
     if (!r->stream)
         return;
+    if (r->streaming) {
+        /* Whoever feeds the stream lets go of it before the request goes. */
+        r->streaming = false;
+        if (r->on_gone)
+            r->on_gone(r->gone_ctx, r);
+    }
     if (!uv_is_closing((uv_handle_t *)r->stream))
         uv_close((uv_handle_t *)r->stream, handle_closed);
     if (!uv_is_closing((uv_handle_t *)&r->timer))
@@ -232,6 +239,82 @@ void request_hold(request *r)
     r->held = true;
 }
 
+/* ---- event streams (server-sent events) ---------------------------------------- */
+
+/* A stream's writes that have not reached the client; a subscriber that
+ * falls this far behind is dropped rather than buffered without bound. */
+#define STREAM_BACKLOG_MAX (1024 * 1024)
+
+typedef struct stream_write {
+    uv_write_t req;
+    char *text;
+} stream_write;
+
+static void stream_written(uv_write_t *w, int status)
+{
+    stream_write *sw = w->data;
+    free(sw->text);
+    free(sw);
+    (void)status; /* a failed write shows up as the read side ending */
+}
+
+static int stream_send(request *r, const char *text)
+{
+    if (!r->streaming || r->closed || !r->stream)
+        return -EPIPE;
+    if (uv_stream_get_write_queue_size(r->stream) > STREAM_BACKLOG_MAX) {
+        svc_log("warning", "event=event-stream-dropped reason=\"the client reads too slowly\"");
+        close_request(r);
+        return -EPIPE;
+    }
+    stream_write *sw = calloc(1, sizeof *sw);
+    if (!sw || !(sw->text = strdup(text))) {
+        free(sw);
+        close_request(r);
+        return -ENOMEM;
+    }
+    sw->req.data = sw;
+    uv_buf_t buf = uv_buf_init(sw->text, (unsigned)strlen(sw->text));
+    if (uv_write(&sw->req, r->stream, &buf, 1, stream_written) < 0) {
+        free(sw->text);
+        free(sw);
+        close_request(r);
+        return -EPIPE;
+    }
+    return 0;
+}
+
+int request_stream_begin(request *r, bool (*on_gone)(void *ctx, request *r), void *ctx)
+{
+    if (r->responded)
+        return -EALREADY;
+    r->responded = true;
+    r->answered_status = 200;
+    if (!r->stream || r->closed)
+        return -ENOTCONN; /* detached (fuzzing), or the client is gone */
+    uv_timer_stop(&r->timer);
+    r->streaming = true;
+    r->on_gone = on_gone;
+    r->gone_ctx = ctx;
+    /* Pipelined requests after this one are never answered: the stream is
+     * the connection's last answer. */
+    free(r->pending);
+    r->pending = NULL;
+    r->pending_len = 0;
+    return stream_send(r, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                          "Cache-Control: no-cache\r\nConnection: close\r\n\r\n");
+}
+
+int request_stream_write(request *r, const char *text)
+{
+    return stream_send(r, text);
+}
+
+void request_stream_end(request *r)
+{
+    close_request(r);
+}
+
 void request_on_gone(request *r, bool (*fn)(void *ctx, request *r), void *ctx)
 {
     r->on_gone = fn;
@@ -338,6 +421,8 @@ static void header_timeout(uv_timer_t *t);
  * Bytes after a whole request wait for the next one. */
 static void feed(request *r, const char *data, size_t len)
 {
+    if (r->streaming)
+        return; /* a subscriber has nothing more to ask on this connection */
     if (r->responded && !r->dispatched)
         return; /* refused: what follows is dropped, and the connection closes */
     if (r->dispatched) {
@@ -405,7 +490,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     } else if (n < 0) {
         uv_read_stop(s);
         r->peer_done = true;
-        if (r->held && !r->responded) {
+        if (r->streaming) {
+            close_request(r); /* a subscriber went away */
+        } else if (r->held && !r->responded) {
             /* The client went away while its answer was pending: the route
              * may withdraw the work (an acquire's waiter); else the answer,
              * when it comes, frees the request. */

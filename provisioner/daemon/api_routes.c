@@ -323,6 +323,9 @@ void api_route(void *ctx, request *r)
             service_kick(svc);
         }
         json_decref(body);
+    } else if (n == 2 && !strcmp(parts[1], "events") && get) {
+        char pool_name[128];
+        events_subscribe(svc, r, request_query(r, "pool", pool_name, sizeof pool_name));
     } else if (n == 2 && !strcmp(parts[1], "space") && get) {
         defer(svc, r, false, false);
     } else if (n == 2 && !strcmp(parts[1], "images") && get) {

@@ -86,6 +86,7 @@ typedef enum agent_state { AGENT_UNKNOWN, AGENT_CONNECTED, AGENT_DISCONNECTED } 
 const char *agent_state_name(agent_state a);
 typedef struct waiter waiter;
 typedef struct api_server api_server;
+typedef struct subscriber subscriber;
 typedef struct libvirt_bridge libvirt_bridge;
 
 /* A desktop is one slot of a pool. Allocated one by one: its address is
@@ -239,6 +240,10 @@ struct service {
     size_t refresh_next; /* where the next refresh batch starts */
     int64_t last_scrub;
     size_t scrub_next;
+    subscriber *subscribers; /* GET /v1/events streams (events.c) */
+    unsigned nsubscribers;
+    uint64_t event_seq;
+    int64_t events_ping_at;
 };
 
 /* ---- objects.c: finding, making and freeing the objects ------------------------------ */
@@ -344,6 +349,14 @@ void adopt_start(service *svc);
 
 /* ---- refresh.c: children's sizes recorded in the background ----------------------- */
 void refresh_step(service *svc);
+
+/* ---- events.c: GET /v1/events, desktop changes as server-sent events -------------- */
+struct request;
+void events_subscribe(service *svc, struct request *r, const char *pool_name);
+void events_desktop_changed(desktop *d, desktop_state from);
+void events_tick(service *svc);
+/* Ends every stream (at shutdown, before the loop's handles are closed). */
+void events_stop(service *svc);
 
 /* ---- scrub.c ------------------------------------------------------------------------- */
 void scrub_step(service *svc);

@@ -70,10 +70,12 @@ void desktop_set_state(desktop *d, desktop_state s)
     if (d->state != s)
         svc_log("debug", "pool=%s desktop=%s event=state from=%s to=%s", d->pool->name, d->name,
                 desktop_state_name(d->state), desktop_state_name(s));
+    desktop_state from = d->state;
     desktop_list_remove(d);
     d->state = s;
     d->state_since = service_now(d->pool->svc);
     desktop_list_add(d);
+    events_desktop_changed(d, from);
 }
 
 static void record_failure(desktop *d, const char *why)

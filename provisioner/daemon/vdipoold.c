@@ -83,6 +83,7 @@ static void on_tick(uv_timer_t *t)
         scrub_step(svc);
         refresh_step(svc);
     }
+    events_tick(svc);
     /* Ready for systemd once the API listens and running desktops are
      * adopted; spares may take longer (or be blocked), STATUS says which. */
     static bool told;
@@ -136,6 +137,7 @@ static void on_sigterm(uv_signal_t *s, int signum)
     api_server_stop(svc->api);
     svc->api = NULL;
     sessions_fail_waiters(svc);
+    events_stop(svc);
     libvirt_bridge_stop(svc->bridge);
     /* Work in flight finishes (its results are applied), then the loop ends. */
     uv_walk(svc->loop, close_walk, NULL);

@@ -878,7 +878,8 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
     } else if (sg) {
         static const char *const skeys[] = { "max_duration", "idle_spare_max_age", "on_end",
                                              "paused_timeout", "logoff_grace", "login_timeout",
-                                             "agent_lost_timeout", NULL };
+                                             "agent_lost_timeout", "idle_logoff", "idle_command",
+                                             NULL };
         check_keys(ctx, sg, skeys, swhere);
         get_duration(ctx, sg, "max_duration", swhere, 366ULL * 86400, &s->max_duration);
         get_duration(ctx, sg, "idle_spare_max_age", swhere, 366ULL * 86400,
@@ -887,9 +888,18 @@ static void parse_pool(parse_ctx *ctx, const entry *e, vdi_pool_config *p)
         get_duration(ctx, sg, "logoff_grace", swhere, 86400, &s->logoff_grace);
         get_duration(ctx, sg, "login_timeout", swhere, 366ULL * 86400, &s->login_timeout);
         get_duration(ctx, sg, "agent_lost_timeout", swhere, 86400, &s->agent_lost_timeout);
+        get_duration(ctx, sg, "idle_logoff", swhere, 366ULL * 86400, &s->idle_logoff);
+        get_string(ctx, sg, "idle_command", swhere, false, &s->idle_command);
+        if (s->idle_logoff && (!s->idle_command || !*s->idle_command))
+            ERR(ctx, member(sg, "idle_logoff"),
+                "%s: 'idle_logoff' needs 'idle_command', a program in the guest that prints "
+                "how many seconds its user has been idle (the QEMU guest agent does not report "
+                "it; see README, \"Ready means usable\")",
+                swhere);
         if (p->ready_when != VDI_READY_AGENT)
             for (const char *const *k = (const char *const[]){"logoff_grace", "login_timeout",
-                                                             "agent_lost_timeout", NULL};
+                                                             "agent_lost_timeout", "idle_logoff",
+                                                             "idle_command", NULL};
                  *k; k++)
                 if (member(sg, *k))
                     ERR(ctx, member(sg, *k),

@@ -199,6 +199,10 @@ static void diff_pool(vdi_config_diff *d, const vdi_pool_config *a, const vdi_po
     if (a->session.login_timeout != b->session.login_timeout)
         add(d, sk, n, "session.login_timeout", duration_text(a->session.login_timeout),
             duration_text(b->session.login_timeout));
+    if (a->session.idle_logoff != b->session.idle_logoff)
+        add(d, sk, n, "session.idle_logoff", duration_text(a->session.idle_logoff),
+            duration_text(b->session.idle_logoff));
+    CMP_STR(sk, n, "session.idle_command", a->session.idle_command, b->session.idle_command);
     if (a->session.agent_lost_timeout != b->session.agent_lost_timeout)
         add(d, sk, n, "session.agent_lost_timeout", duration_text(a->session.agent_lost_timeout),
             duration_text(b->session.agent_lost_timeout));

@@ -90,6 +90,8 @@ typedef struct vdi_session_config {
     uint64_t logoff_grace;         /* seconds after the last user logged off; 30 */
     uint64_t login_timeout;        /* seconds a handed-out desktop waits for a log-in; 0 = off */
     uint64_t agent_lost_timeout;   /* seconds the agent may be gone while the domain runs; 300 */
+    uint64_t idle_logoff;          /* seconds without input before the session ends; 0 = off */
+    const char *idle_command;      /* run in the guest: prints the user's idle seconds */
 } vdi_session_config;
 
 typedef enum vdi_ready_when {

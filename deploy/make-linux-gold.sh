@@ -10,6 +10,8 @@
 #                       libraries, and an init that starts the agent, logs the
 #                       user "user" in (utmp, what guest-get-users reads) and
 #                       writes /home/user/notes.txt
+#                       (/sbin/vdi-guest-idle prints the user's idle seconds,
+#                       for idle_command)
 #   linux-broken.qcow2  the same, except that its init never starts the agent:
 #                       a guest that "never boots", for boot_timeout
 #   vmlinuz, initrd.img the Debian kernel and an initramfs (busybox) that loads
@@ -159,11 +161,21 @@ fi
 echo "written at log-in, $(date)" > /home/user/notes.txt
 sync
 /sbin/vdi-guest-user login user
+touch /run/vdi-activity
 echo "vdipool demo gold: user logged in; agent on ${port:-nothing}" > /dev/console
 while :; do sleep 3600; done
 INIT
     fi
     chmod 755 "$root/sbin/init"
+    # For idle_logoff: seconds since the user's last activity, which the
+    # session marks by touching /run/vdi-activity (a real desktop would ask
+    # its display server).
+    cat > "$root/sbin/vdi-guest-idle" <<'IDLE'
+#!/bin/sh
+last=$(stat -c %Y /run/vdi-activity 2>/dev/null) || { echo "no session" >&2; exit 1; }
+echo $(( $(date +%s) - last ))
+IDLE
+    chmod 755 "$root/sbin/vdi-guest-idle"
 }
 
 make_gold() { # NAME BROKEN

@@ -189,7 +189,9 @@ static char *metrics(void)
 START_TEST(agent_readiness_identity_and_logoff)
 {
     seal_copy("linux-gold");
-    write_config("linux-gold", 2, 1, "session = { logoff_grace = \"2s\"; };");
+    write_config("linux-gold", 2, 1,
+                 "session = { logoff_grace = \"2s\"; idle_logoff = \"1h\";\n"
+                 "  idle_command = \"/sbin/vdi-guest-idle\"; };");
     th_daemon_start(&D);
     unsigned booting = wait_agent_ready(1, 180);
     ck_assert_msg(booting > 0, "no look saw the desktop booting before it was ready");
@@ -226,6 +228,19 @@ START_TEST(agent_readiness_identity_and_logoff)
             sleep(1);
     }
     ck_assert_msg(seen, "vdipool never saw the guest's user log in");
+    /* And how long the user has been idle, from idle_command in the guest. */
+    end = time(NULL) + 20;
+    json_int_t idle = -1;
+    while (idle < 0 && time(NULL) < end) {
+        d = th_get_desktop(&D, name);
+        json_t *v = json_object_get(d, "idle_seconds");
+        idle = v ? json_integer_value(v) : -1;
+        json_decref(d);
+        if (idle < 0)
+            sleep(1);
+    }
+    ck_assert_msg(idle >= 0 && idle < 600, "no idle time read through the agent (%lld)",
+                  (long long)idle);
     char *m = metrics();
     ck_assert_ptr_nonnull(strstr(m, "vdipool_desktops{pool=\"demo\",state=\"booting\"}"));
     ck_assert_ptr_null(strstr(m, "vdipool_boot_seconds_count 0\n"));

@@ -277,7 +277,7 @@ START_TEST(agent_settings)
              "  { name = \"a3\"; desktop_prefix = \"win_pc\"; gold = \"a\"; datastore = \"local\";\n"
              "    size = 1; ready_when = \"agent\"; },\n"                               /* 9 */
              "  { name = \"a4\"; gold = \"a\"; datastore = \"local\"; size = 1;\n"
-             "    ready_when = \"agent\"; boot_timeout = \"0\";\n"                      /* 11 */
+             "    ready_when = \"agent\"; boot_timeout = \"0\"; session = { idle_logoff = \"1h\"; };\n" /* 11 */
              "    domain = { template = \"@DIR@/no-agent.xml\"; }; }\n"                   /* 12 */
              ");\n",
              BASE);
@@ -290,6 +290,7 @@ START_TEST(agent_settings)
                                    "valid hostname");
     expect_error(e, "bad.conf", 11, "'boot_timeout' must be at least 1s");
     expect_error(e, "bad.conf", 11, "has no guest agent channel; add <channel");
+    expect_error(e, "bad.conf", 11, "'idle_logoff' needs 'idle_command'");
     vdi_config_errors_free(e);
 }
 END_TEST

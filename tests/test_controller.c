@@ -553,10 +553,15 @@ static desktop *start_one_booting(void)
     return d;
 }
 
-static void users_answer(desktop *d, const char *user)
+static void users_idle_answer(desktop *d, const char *user, int64_t idle)
 {
     json_t *users = user ? json_pack("[s]", user) : json_array();
-    desktop_users_read(take(CALL_USERS), d->session_id, 0, users);
+    desktop_users_read(take(CALL_USERS), d->session_id, 0, users, idle);
+}
+
+static void users_answer(desktop *d, const char *user)
+{
+    users_idle_answer(d, user, -1);
 }
 
 START_TEST(agent_makes_ready_and_logoff_ends_the_session)
@@ -646,6 +651,39 @@ START_TEST(no_login_and_agent_lost_end_sessions)
 }
 END_TEST
 
+START_TEST(idle_user_is_logged_off)
+{
+    start_service("ready_when = \"agent\"; session = { idle_logoff = \"10m\"; "
+                  "idle_command = \"/usr/bin/idle-seconds\"; };",
+                  1, 1);
+    desktop *d = start_one_booting();
+    desktop_agent_changed(d, true);
+    desktop_agent_checked(take(CALL_AGENT), 0, NULL, NULL);
+    int status = 0;
+    service_acquire(&S, "demo", "dee", on_acquired_status, &status);
+    ck_assert_int_eq(status, 200);
+    fake_now += 1;
+    service_converge(&S);
+    users_idle_answer(d, "dee", 599);
+    json_t *j = desktop_json(d);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "idle_seconds")), 599);
+    json_decref(j);
+    fake_now += 5;
+    service_converge(&S);
+    ck_assert_int_eq(d->state, DESKTOP_ASSIGNED);
+    users_idle_answer(d, "dee", -1); /* unknown: nothing happens */
+    fake_now += 5;
+    service_converge(&S);
+    ck_assert_int_eq(d->state, DESKTOP_ASSIGNED);
+    users_idle_answer(d, "dee", 600);
+    fake_now += 1;
+    service_converge(&S);
+    ck_assert_int_eq(d->state, DESKTOP_ENDING);
+    ck_assert_int_eq(d->end_reason, END_IDLE);
+    stop_service();
+}
+END_TEST
+
 START_TEST(desktops_that_do_not_boot_are_recycled_and_reported)
 {
     start_service(AGENT_POOL, 1, 1);
@@ -686,7 +724,8 @@ START_TEST(names_come_from_one_list)
     ck_assert_str_eq(desktop_state_name(DESKTOP_STATE_COUNT), "unknown");
     ck_assert_str_eq(end_reason_name(END_GUEST_SHUTDOWN), "guest-shutdown");
     ck_assert_str_eq(end_reason_name(END_OTHER), "other");
-    ck_assert_int_eq(END_REASON_COUNT, 11);
+    ck_assert_int_eq(END_REASON_COUNT, 12);
+    ck_assert_str_eq(end_reason_name(END_IDLE), "idle");
     ck_assert_str_eq(end_reason_name(END_LOGGED_OFF), "logged-off");
     ck_assert_str_eq(end_reason_name(END_AGENT_LOST), "agent-lost");
     ck_assert_str_eq(end_reason_name(END_NO_LOGIN), "no-login");
@@ -707,5 +746,6 @@ TH_MAIN("controller",
           failed_start_ends_then_fails, failed_end_is_retried, session_time_limit_and_idle_spares,
           reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing, paused_desktops,
           desktops_found_by_name, agent_makes_ready_and_logoff_ends_the_session,
-          no_login_and_agent_lost_end_sessions, desktops_that_do_not_boot_are_recycled_and_reported,
+          no_login_and_agent_lost_end_sessions, idle_user_is_logged_off,
+          desktops_that_do_not_boot_are_recycled_and_reported,
           names_come_from_one_list, NULL}})

@@ -13,7 +13,8 @@
  *                         (agent-lost)
  *   assigned -> ending    the user logged off and logoff_grace passed
  *                         (logged-off); nobody logged in within login_timeout
- *                         (no-login)
+ *                         (no-login); the user has been idle for idle_logoff,
+ *                         as the pool's idle_command in the guest says (idle)
  *
  * The users of an assigned desktop are read on a bounded timer
  * (USERS_EVERY seconds, at most USERS_READS_MAX reads in flight for the
@@ -92,40 +93,84 @@ static size_t base64_decode(const char *in, char *out, size_t cap)
     return n;
 }
 
-/* Runs `hostname_command HOSTNAME` in the guest and waits for it. */
-static void set_hostname(job *j, virDomainPtr dom)
+/* Runs PATH [ARG] in the guest through the agent and waits up to limit_s
+ * for it: 0 with its exit code and the start of its stdout and stderr, or
+ * a negative code with the job failed. */
+static int guest_exec(job *j, virDomainPtr dom, const char *path, const char *arg, int limit_s,
+                      int *exitcode, char *out, size_t out_len, char *err, size_t err_len)
 {
-    json_t *ret = agent_call(
-        j, dom,
-        json_pack("{s:s,s:{s:s,s:[s],s:b}}", "execute", "guest-exec", "arguments", "path",
-                  j->pc->hostname_command, "arg", j->hostname, "capture-output", 1),
-        -EPROTO);
+    json_t *cmd = json_pack("{s:s,s:{s:s,s:[],s:b}}", "execute", "guest-exec", "arguments",
+                            "path", path, "arg", "capture-output", 1);
+    if (cmd && arg)
+        json_array_append_new(json_object_get(json_object_get(cmd, "arguments"), "arg"),
+                              json_string(arg));
+    json_t *ret = agent_call(j, dom, cmd, -EPROTO);
     if (!ret)
-        return;
+        return j->rc;
     json_int_t pid = json_integer_value(json_object_get(ret, "pid"));
     json_decref(ret);
-    for (int waited = 0; waited < HOSTNAME_COMMAND_S * 10; waited++) {
+    for (int waited = 0; waited < limit_s * 10; waited++) {
         ret = agent_call(j, dom,
                          json_pack("{s:s,s:{s:I}}", "execute", "guest-exec-status", "arguments",
                                    "pid", pid),
                          -EPROTO);
         if (!ret)
-            return;
+            return j->rc;
         if (json_is_true(json_object_get(ret, "exited"))) {
-            int code = (int)json_integer_value(json_object_get(ret, "exitcode"));
-            char err[256];
-            base64_decode(json_string_value(json_object_get(ret, "err-data")), err, sizeof err);
-            if (code != 0)
-                job_fail(j, -EPROTO, "setting the hostname: '%s %s' exited with %d%s%s",
-                         j->pc->hostname_command, j->hostname, code, err[0] ? ": " : "", err);
+            *exitcode = (int)json_integer_value(json_object_get(ret, "exitcode"));
+            base64_decode(json_string_value(json_object_get(ret, "out-data")), out, out_len);
+            base64_decode(json_string_value(json_object_get(ret, "err-data")), err, err_len);
             json_decref(ret);
-            return;
+            return 0;
         }
         json_decref(ret);
         usleep(100 * 1000);
     }
-    job_fail(j, -ETIMEDOUT, "setting the hostname: '%s %s' did not finish within %d s",
-             j->pc->hostname_command, j->hostname, HOSTNAME_COMMAND_S);
+    job_fail(j, -ETIMEDOUT, "'%s%s%s' did not finish within %d s", path, arg ? " " : "",
+             arg ? arg : "", limit_s);
+    return j->rc;
+}
+
+/* Runs `hostname_command HOSTNAME` in the guest and waits for it. */
+static void set_hostname(job *j, virDomainPtr dom)
+{
+    int code = 0;
+    char out[64], err[256];
+    if (guest_exec(j, dom, j->pc->hostname_command, j->hostname, HOSTNAME_COMMAND_S, &code, out,
+                   sizeof out, err, sizeof err) < 0) {
+        char *why = j->error ? strdup(j->error) : NULL;
+        job_fail(j, j->rc, "setting the hostname: %s", why ? why : "the agent failed");
+        free(why);
+    } else if (code != 0) {
+        job_fail(j, -EPROTO, "setting the hostname: '%s %s' exited with %d%s%s",
+                 j->pc->hostname_command, j->hostname, code, err[0] ? ": " : "", err);
+    }
+}
+
+/* The user's idle time from the pool's idle_command (it prints seconds
+ * without input), or -1 when it cannot be known (logged, not fatal). */
+static void read_idle(job *j, virDomainPtr dom)
+{
+    int code = 0;
+    char out[64], err[256];
+    j->idle_seconds = -1;
+    if (guest_exec(j, dom, j->pc->session.idle_command, NULL, 10, &code, out, sizeof out, err,
+                   sizeof err) < 0) {
+        svc_log("warning", "pool=%s desktop=%s event=idle-unknown reason=\"%s\"", j->pool,
+                j->name, j->error ? j->error : "the agent failed");
+        j->rc = 0; /* the users were read; only the idle time is missing */
+        return;
+    }
+    char *end = NULL;
+    long long v = strtoll(out, &end, 10);
+    if (code != 0 || end == out || v < 0)
+        svc_log("warning",
+                "pool=%s desktop=%s event=idle-unknown reason=\"'%s' exited with %d and printed "
+                "'%.40s' (want a number of seconds)%s%s\"",
+                j->pool, j->name, j->pc->session.idle_command, code, out, err[0] ? ": " : "",
+                err);
+    else
+        j->idle_seconds = v;
 }
 
 /* Booting: is the agent answering, and is the identity set? -EAGAIN: ask
@@ -170,6 +215,8 @@ static void users_run(void *data)
                 json_array_append_new(j->users, json_string(name));
         }
         virTypedParamsFree(params, n);
+        if (j->pc->session.idle_logoff && j->pc->session.idle_command && count > 0)
+            read_idle(j, dom);
     }
     virDomainFree(dom);
 }
@@ -291,7 +338,8 @@ void desktop_agent_checked(desktop *d, int rc, const char *error, const char *ho
         desktop_paused(d, d->io_error); /* it paused while it booted */
 }
 
-void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users)
+void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users,
+                        int64_t idle_seconds)
 {
     d->users_polling = false;
     if (rc < 0 || !users || d->state != DESKTOP_ASSIGNED || d->session_id != session_id) {
@@ -300,6 +348,7 @@ void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users)
     }
     json_decref(d->users);
     d->users = users;
+    d->idle_seconds = idle_seconds;
     int64_t now = service_now(d->pool->svc);
     char list[256] = "";
     size_t i, len = 0;
@@ -375,6 +424,10 @@ void pool_tend_agent(pool *p, desktop *d, int64_t now)
             session_end(d, END_AGENT_LOST);
         } else if (d->logged_off_at && now - d->logged_off_at >= (int64_t)sc->logoff_grace) {
             session_end(d, END_LOGGED_OFF);
+        } else if (sc->idle_logoff && d->idle_seconds >= (int64_t)sc->idle_logoff) {
+            svc_log("info", "pool=%s desktop=%s event=idle idle_seconds=%lld", p->name, d->name,
+                    (long long)d->idle_seconds);
+            session_end(d, END_IDLE);
         } else if (!d->user_seen && sc->login_timeout &&
                    now - d->session_start >= (int64_t)sc->login_timeout) {
             svc_log("info", "pool=%s desktop=%s event=no-login seconds=%lld", p->name, d->name,

@@ -65,7 +65,8 @@ typedef enum desktop_state {
     XX(LOGGED_OFF, "logged-off")                                                                   \
     XX(AGENT_LOST, "agent-lost")                                                                   \
     XX(NO_LOGIN, "no-login")                                                                       \
-    XX(BOOT_TIMEOUT, "boot-timeout")
+    XX(BOOT_TIMEOUT, "boot-timeout")                                                               \
+    XX(IDLE, "idle")
 
 typedef enum end_reason {
 #define XX(id, name) END_##id,
@@ -126,6 +127,7 @@ typedef struct desktop {
     json_t *users;           /* the guest's logged-in users (array of names), or NULL */
     bool user_seen;          /* assigned: a user has logged in during this session */
     int64_t logged_off_at;   /* assigned: when the guest's user list became empty */
+    int64_t idle_seconds;    /* assigned: from the pool's idle_command; -1 unknown */
     bool users_polling;      /* a users job runs (the desktop is not busy for it) */
     int64_t users_poll_at;   /* when to ask for the users next */
     /* The pool's list of desktops in this state, in the order they entered
@@ -304,7 +306,8 @@ void desktop_resume_tried(desktop *d, int rc, const char *error);
 /* agent.c: the guest agent's events and answers, on the loop. */
 void desktop_agent_changed(desktop *d, bool connected);
 void desktop_agent_checked(desktop *d, int rc, const char *error, const char *hostname);
-void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users);
+void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users,
+                        int64_t idle_seconds);
 /* starting -> booting, for a pool with ready_when = "agent". */
 void desktop_booting(desktop *d);
 /* The real ops' agent jobs (agent.c). */

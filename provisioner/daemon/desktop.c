@@ -249,6 +249,7 @@ void desktop_adopt(desktop *d, const char *child, const char *gold, const char *
         d->user_seen = false;
         d->logged_off_at = 0;
         d->users_poll_at = 0;
+        d->idle_seconds = -1;
         set_str(&d->user, user);
         desktop_set_state(d, DESKTOP_ASSIGNED);
     } else if (d->pool->cfg->ready_when == VDI_READY_AGENT) {

@@ -370,7 +370,8 @@ void job_done(service *svc, void *data)
         svc->users_reads_running--;
         /* Not busy: the desktop is found by slot and checked by session. */
         if (p && j->slot >= 1 && j->slot <= p->nslots) {
-            desktop_users_read(p->desktops[j->slot - 1], j->session_id, j->rc, j->users);
+            desktop_users_read(p->desktops[j->slot - 1], j->session_id, j->rc, j->users,
+                               j->idle_seconds);
             j->users = NULL; /* taken */
         }
     } else if (j->kind == JOB_BUDGET) {
@@ -418,6 +419,7 @@ static job *job_new(service *svc, job_kind kind, const char *pool_name, const ch
     if (!j)
         return NULL;
     j->kind = kind;
+    j->idle_seconds = -1;
     j->catalog = svc->catalog;
     j->started = jobs_mono();
     j->pool = strdup(pool_name ? pool_name : "");

@@ -45,6 +45,7 @@ typedef struct job {
     char *display;
     bool growth_reread;
     json_t *users; /* JOB_USERS: the names, owned until delivered */
+    int64_t idle_seconds; /* JOB_USERS: from idle_command, -1 when unknown */
 } job;
 
 double jobs_mono(void);

@@ -56,6 +56,7 @@ static desktop *assign(pool *p, const char *user)
     pick->user_seen = false;
     pick->logged_off_at = 0;
     pick->users_poll_at = 0;
+    pick->idle_seconds = -1;
     desktop_set_state(pick, DESKTOP_ASSIGNED);
     char quoted[LOG_VALUE_MAX];
     svc_log("info", "pool=%s desktop=%s session=%lld event=assigned user=%s", p->name, pick->name,

@@ -41,6 +41,8 @@ json_t *desktop_json(const desktop *d)
                                 d->users ? json_copy(d->users) : json_array());
             if (d->logged_off_at)
                 json_object_set_new(o, "logged_off_at", json_integer(d->logged_off_at));
+            if (d->idle_seconds >= 0)
+                json_object_set_new(o, "idle_seconds", json_integer(d->idle_seconds));
         }
     }
     if (d->state == DESKTOP_PAUSED) {

@@ -10,6 +10,7 @@
  * Prints: the test driver's own time to open the node file (libvirt's cost,
  * paid by any client), the time from exec to every desktop served as ready,
  * and the daemon's RSS then. */
+#include "bench_util.h"
 #include "vdi_client.h"
 #include "vdi_engine.h"
 
@@ -25,39 +26,6 @@
 
 /* As vdipoold writes it (provisioner/daemon/daemon.h). */
 #define VDI_XML_NS "urn:vdipool:desktop:1"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
-
-static int count_in_state(const char *sock, const char *state)
-{
-    json_t *j = NULL;
-    vdi_error err = {0};
-    int n = -1;
-    if (vdi_client_call_json(sock, "GET", "/v1/pools/bench?summary=1", NULL, &j, &err) == 200)
-        n = (int)json_integer_value(
-            json_object_get(json_object_get(j, "desktops_by_state"), state));
-    json_decref(j);
-    return n;
-}
 
 /* The children the daemon would have left: recorded, named after their slots. */
 static int make_children(const char *work, const char *gold, unsigned n, unsigned width)
@@ -131,20 +99,10 @@ int main(int argc, char **argv)
     unsigned width = 3;
     for (unsigned v = n; v >= 1000; v /= 10)
         width++; /* as vdipoold names a pool's desktops */
-    char ctl_dir[512], cmd[4096], gold[600], node[600], conf[600], sock[600], text[4096];
-    snprintf(ctl_dir, sizeof ctl_dir, "%s", daemon);
-    char *slash = strrchr(ctl_dir, '/');
-    if (slash)
-        *slash = '\0';
+    char gold[600], node[600], sock[600], text[4096];
     snprintf(gold, sizeof gold, "%s/gold.qcow2", work);
-    snprintf(cmd, sizeof cmd,
-             "chattr -i %s 2>/dev/null; rm -rf %s && mkdir -p %s/ds && %s %s >/dev/null && "
-             "VDIPOOL_STATE_DIR=%s/state %s/vdipoolctl image seal %s >/dev/null",
-             gold, work, work, make_gold, gold, work, ctl_dir, gold);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "bench_adopt: cannot prepare %s\n", work);
+    if (bench_prepare(work, daemon, make_gold, gold, 0) < 0)
         return 1;
-    }
     snprintf(node, sizeof node, "%s/node.xml", work);
     if (make_children(work, gold, n, width) < 0 || write_node(node, work, gold, n, width) < 0)
         return 1;
@@ -152,18 +110,17 @@ int main(int argc, char **argv)
     /* libvirt's own cost: the test driver parses the node file on open. */
     char uri[700];
     snprintf(uri, sizeof uri, "test://%s", node);
-    double t0 = now();
+    double t0 = bench_now();
     virConnectPtr conn = virConnectOpen(uri);
     if (!conn) {
         fprintf(stderr, "bench_adopt: cannot open %s\n", uri);
         return 1;
     }
     int ndom = virConnectNumOfDomains(conn);
-    double t_open = now() - t0;
+    double t_open = bench_now() - t0;
     virConnectClose(conn);
 
     snprintf(sock, sizeof sock, "%s/sock", work);
-    snprintf(conf, sizeof conf, "%s/vdipool.conf", work);
     snprintf(text, sizeof text,
              "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = \"%s\";\n"
              "  log_level = \"warning\"; };\n"
@@ -174,40 +131,28 @@ int main(int argc, char **argv)
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
              "\"none\"; accel = \"tcg\"; }; } );\n",
              sock, work, uri, work, gold, n, n);
-    FILE *f = fopen(conf, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+    t0 = bench_now();
+    pid_t pid = bench_start_daemon(daemon, work, text);
+    if (pid < 0)
         return 1;
-    t0 = now();
-    pid_t pid = fork();
-    if (pid == 0) {
-        char log[600];
-        snprintf(log, sizeof log, "%s/vdipoold.log", work);
-        if (!freopen(log, "w", stderr))
-            _exit(127);
-        execl(daemon, daemon, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
-    double deadline = now() + 300;
+    double deadline = bench_now() + 300;
     int ready = -1;
-    while ((ready = count_in_state(sock, "ready")) < (int)n && now() < deadline) {
+    while ((ready = bench_count(sock, "ready")) < (int)n && bench_now() < deadline) {
         if (waitpid(pid, NULL, WNOHANG) == pid) {
             fprintf(stderr, "bench_adopt: vdipoold exited; see %s/vdipoold.log\n", work);
             return 1;
         }
         usleep(50000);
     }
-    double t_ready = now() - t0;
-    long rss = rss_kib(pid);
+    double t_ready = bench_now() - t0;
+    long rss = bench_rss_kib(pid);
     /* Nothing adopted may have been cloned anew or removed as a stray. */
-    int cloning = count_in_state(sock, "cloning");
+    int cloning = bench_count(sock, "cloning");
     printf("adopt %u desktops (%d test-driver domains): libvirt opens the node file in %.2f s; "
            "vdipoold start to %d ready in %.2f s (%.2f s beyond libvirt's open), %d cloning, "
            "RSS %ld KiB\n",
            n, ndom, t_open, ready, t_ready, t_ready - t_open, cloning, rss);
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-    snprintf(cmd, sizeof cmd, "chattr -i %s 2>/dev/null; rm -rf %s", gold, work);
-    if (system(cmd) != 0)
-        fprintf(stderr, "bench_adopt: %s left behind\n", work);
+    bench_stop_daemon(pid);
+    bench_cleanup(work, gold);
     return ready == (int)n ? 0 : 1;
 }

@@ -14,6 +14,7 @@
  * children of a busy site would be: a service that rescans the datastore for
  * every clone slows down with them, one that keeps accounts does not.
  * Every domain and file made here is removed by name at the end. */
+#include "bench_util.h"
 #include "vdi_client.h"
 #include "vdi_engine.h"
 
@@ -35,42 +36,17 @@ static char work[512], sock[600], gold[600];
 static unsigned ndesktops, width;
 static virConnectPtr conn;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(double *v, unsigned n)
 {
-    qsort(v, n, sizeof *v, cmp);
+    qsort(v, n, sizeof *v, bench_cmp_double);
     return n ? v[n / 2] : 0;
-}
-
-static int ready_count(void)
-{
-    json_t *j = NULL;
-    vdi_error err = {0};
-    int n = -1;
-    if (vdi_client_call_json(sock, "GET", "/v1/pools/bench?summary=1", NULL, &j, &err) == 200)
-        n = (int)json_integer_value(
-            json_object_get(json_object_get(j, "desktops_by_state"), "ready"));
-    json_decref(j);
-    return n;
 }
 
 static int wait_ready(pid_t pid, double limit_s)
 {
-    double deadline = now() + limit_s;
-    while (ready_count() < (int)ndesktops) {
-        if (now() > deadline || waitpid(pid, NULL, WNOHANG) == pid)
+    double deadline = bench_now() + limit_s;
+    while (bench_count(sock, "ready") < (int)ndesktops) {
+        if (bench_now() > deadline || waitpid(pid, NULL, WNOHANG) == pid)
             return -1;
         usleep(5000);
     }
@@ -229,20 +205,10 @@ int main(int argc, char **argv)
     width = 3;
     for (unsigned v = ndesktops; v >= 1000; v /= 10)
         width++;
-    char ctl_dir[512], cmd[4096], conf[600], text[4096];
-    snprintf(ctl_dir, sizeof ctl_dir, "%s", daemon);
-    char *slash = strrchr(ctl_dir, '/');
-    if (slash)
-        *slash = '\0';
+    char text[4096];
     snprintf(gold, sizeof gold, "%s/gold.qcow2", work);
-    snprintf(cmd, sizeof cmd,
-             "chattr -i %s 2>/dev/null; rm -rf %s && mkdir -p %s/ds && %s %s 64 >/dev/null && "
-             "VDIPOOL_STATE_DIR=%s/state %s/vdipoolctl image seal %s >/dev/null",
-             gold, work, work, make_gold, gold, work, ctl_dir, gold);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "bench_refill: cannot prepare %s\n", work);
+    if (bench_prepare(work, daemon, make_gold, gold, 64) < 0)
         return 1;
-    }
     if (make_filler(filler) < 0)
         return 1;
     conn = virConnectOpen("qemu:///system");
@@ -253,7 +219,6 @@ int main(int argc, char **argv)
 
     /* vdipool: start to ready, then log-off to a fresh ready spare. */
     snprintf(sock, sizeof sock, "%s/sock", work);
-    snprintf(conf, sizeof conf, "%s/vdipool.conf", work);
     snprintf(text, sizeof text,
              "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
              "\"qemu:///system\";\n  log_level = \"warning\"; max_parallel_clones = 4; "
@@ -265,20 +230,11 @@ int main(int argc, char **argv)
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
              "\"vnc\"; accel = \"tcg\"; }; } );\n",
              sock, work, PARALLEL_STARTS, work, gold, ndesktops, ndesktops);
-    FILE *f = fopen(conf, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
-        return 1;
     int status = 1;
-    double t0 = now();
-    pid_t pid = fork();
-    if (pid == 0) {
-        char log[600];
-        snprintf(log, sizeof log, "%s/vdipoold.log", work);
-        if (!freopen(log, "w", stderr))
-            _exit(127);
-        execl(daemon, daemon, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
+    double t0 = bench_now();
+    pid_t pid = bench_start_daemon(daemon, work, text);
+    if (pid < 0)
+        return 1;
     double *vdi_logoff = calloc(rounds, sizeof(double));
     double *raw_logoff_s = calloc(rounds, sizeof(double));
     double vdi_start = 0, raw_start = 0;
@@ -287,7 +243,7 @@ int main(int argc, char **argv)
                 ndesktops, work);
         goto stop_daemon;
     }
-    vdi_start = now() - t0;
+    vdi_start = bench_now() - t0;
     for (unsigned r = 0; r < rounds; r++) {
         char body[64];
         snprintf(body, sizeof body, "{\"user\": \"u%u\"}", r);
@@ -302,7 +258,7 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "/v1/desktops/%s/release",
                  json_string_value(json_object_get(a, "desktop")));
         json_decref(a);
-        double t = now();
+        double t = bench_now();
         json_t *rel = NULL;
         int rs = vdi_client_call_json(sock, "POST", path, NULL, &rel, &err);
         json_decref(rel);
@@ -315,7 +271,7 @@ int main(int argc, char **argv)
          * and started. */
         if (wait_ready(pid, 120) < 0)
             goto stop_daemon;
-        vdi_logoff[r] = now() - t;
+        vdi_logoff[r] = bench_now() - t;
     }
     {
         char name[64];
@@ -335,8 +291,7 @@ int main(int argc, char **argv)
     }
     status = 0;
 stop_daemon:
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
+    bench_stop_daemon(pid);
     /* vdipoold leaves running desktops to be adopted: remove them, by name. */
     destroy_named("bench");
     if (status != 0)
@@ -345,7 +300,7 @@ stop_daemon:
     /* The raw work, the same parallelism. */
     pthread_t threads[PARALLEL_STARTS];
     atomic_store(&next_raw, 0);
-    t0 = now();
+    t0 = bench_now();
     for (int i = 0; i < PARALLEL_STARTS; i++)
         pthread_create(&threads[i], NULL, raw_starter, NULL);
     for (int i = 0; i < PARALLEL_STARTS; i++) {
@@ -354,14 +309,14 @@ stop_daemon:
         if (failed)
             status = 1;
     }
-    raw_start = now() - t0;
+    raw_start = bench_now() - t0;
     for (unsigned r = 0; r < rounds && status == 0; r++) {
-        double t = now();
+        double t = bench_now();
         if (raw_logoff(1 + r % ndesktops) < 0) {
             fprintf(stderr, "bench_refill: raw log-off failed\n");
             status = 1;
         }
-        raw_logoff_s[r] = now() - t;
+        raw_logoff_s[r] = bench_now() - t;
     }
     if (status == 0) {
         double v = median(vdi_logoff, rounds), w = median(raw_logoff_s, rounds);
@@ -377,8 +332,6 @@ cleanup:
     free(template_xml);
     free(vdi_logoff);
     free(raw_logoff_s);
-    snprintf(cmd, sizeof cmd, "chattr -i %s 2>/dev/null; rm -rf %s", gold, work);
-    if (system(cmd) != 0)
-        fprintf(stderr, "bench_refill: %s left behind\n", work);
+    bench_cleanup(work, gold);
     return status;
 }

@@ -12,6 +12,7 @@
  * (GET /v1/status p50, measured in the same run) and the daemon's RSS after
  * the spares were ready, per slot beyond a base of the daemon with one
  * slot (measured by the caller: run it with SIZE 1 for the base). */
+#include "bench_util.h"
 #include "vdi_client.h"
 
 #include <errno.h>
@@ -57,26 +58,13 @@ static void add(samples *s, double x)
     s->v[s->n++] = x;
 }
 
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double pct(samples *s, double p)
 {
     if (!s->n)
         return 0;
-    qsort(s->v, s->n, sizeof *s->v, cmp);
+    qsort(s->v, s->n, sizeof *s->v, bench_cmp_double);
     size_t i = (size_t)(p / 100.0 * (double)(s->n - 1) + 0.5);
     return s->v[i];
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 typedef struct client {
@@ -98,9 +86,9 @@ static void *run_client(void *arg)
         char body[64];
         snprintf(body, sizeof body, "{\"user\": \"u%u\"}", atomic_fetch_add(&user_seq, 1));
         json_t *a = NULL;
-        double t0 = now();
+        double t0 = bench_now();
         int status = call(conn, "POST", "/v1/pools/bench/acquire", body, &a);
-        double t1 = now();
+        double t1 = bench_now();
         if (status != 200) {
             c->refused++;
             json_decref(a);
@@ -113,41 +101,15 @@ static void *run_client(void *arg)
                  json_string_value(json_object_get(a, "desktop")));
         json_decref(a);
         json_t *r = NULL;
-        t0 = now();
+        t0 = bench_now();
         status = call(conn, "POST", path, NULL, &r);
-        add(&c->release, now() - t0);
+        add(&c->release, bench_now() - t0);
         json_decref(r);
         if (status == 200)
             atomic_fetch_add(&cycles, 1);
     }
     vdi_client_disconnect(conn);
     return NULL;
-}
-
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
-
-static int ready_count(void)
-{
-    json_t *j = NULL;
-    vdi_error err = {0};
-    int n = -1;
-    if (vdi_client_call_json(sock, "GET", "/v1/pools/bench?summary=1", NULL, &j, &err) == 200)
-        n = (int)json_integer_value(
-            json_object_get(json_object_get(j, "desktops_by_state"), "ready"));
-    json_decref(j);
-    return n;
 }
 
 int main(int argc, char **argv)
@@ -162,24 +124,11 @@ int main(int argc, char **argv)
     unsigned size = (unsigned)atoi(argv[4]), spares = (unsigned)atoi(argv[5]);
     unsigned nclients = (unsigned)atoi(argv[6]);
     int seconds = atoi(argv[7]);
-    char cmd[2048], conf[600], text[4096];
-    /* vdipoolctl sits beside vdipoold in the build tree. */
-    char ctl_dir[512];
-    snprintf(ctl_dir, sizeof ctl_dir, "%s", daemon);
-    char *slash = strrchr(ctl_dir, '/');
-    if (slash)
-        *slash = '\0';
-    snprintf(cmd, sizeof cmd,
-             "chattr -i %s/gold.qcow2 2>/dev/null; rm -rf %s && mkdir -p %s/ds && "
-             "%s %s/gold.qcow2 >/dev/null && "
-             "VDIPOOL_STATE_DIR=%s/state %s/vdipoolctl image seal %s/gold.qcow2 >/dev/null",
-             work, work, work, make_gold, work, work, ctl_dir, work);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "bench_service: cannot prepare %s\n", work);
+    char gold[600], text[4096];
+    snprintf(gold, sizeof gold, "%s/gold.qcow2", work);
+    if (bench_prepare(work, daemon, make_gold, gold, 0) < 0)
         return 1;
-    }
     snprintf(sock, sizeof sock, "%s/sock", work);
-    snprintf(conf, sizeof conf, "%s/vdipool.conf", work);
     snprintf(text, sizeof text,
              "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
              "\"test:///default\";\n  log_level = \"warning\"; acquire_timeout = \"5s\";\n"
@@ -191,29 +140,20 @@ int main(int argc, char **argv)
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
              "\"none\"; accel = \"tcg\"; }; } );\n",
              sock, work, work, work, size, spares);
-    FILE *f = fopen(conf, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+    double t_start = bench_now();
+    pid_t pid = bench_start_daemon(daemon, work, text);
+    if (pid < 0)
         return 1;
-    double t_start = now();
-    pid_t pid = fork();
-    if (pid == 0) {
-        char log[600];
-        snprintf(log, sizeof log, "%s/vdipoold.log", work);
-        if (!freopen(log, "w", stderr))
-            _exit(127);
-        execl(daemon, daemon, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
-    double deadline = now() + 600;
-    while (ready_count() < (int)spares && now() < deadline) {
+    double deadline = bench_now() + 600;
+    while (bench_count(sock, "ready") < (int)spares && bench_now() < deadline) {
         if (waitpid(pid, NULL, WNOHANG) == pid) {
             fprintf(stderr, "bench_service: vdipoold exited; see %s/vdipoold.log\n", work);
             return 1;
         }
         usleep(20000);
     }
-    double t_ready = now() - t_start;
-    long rss = rss_kib(pid);
+    double t_ready = bench_now() - t_start;
+    long rss = bench_rss_kib(pid);
     /* The transport floor, in the same run. */
     samples floor = {0};
     vdi_client_conn *fconn = NULL;
@@ -224,14 +164,14 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < 200; i++) {
         json_t *j = NULL;
-        double t0 = now();
+        double t0 = bench_now();
         call(fconn, "GET", "/v1/status", NULL, &j);
-        add(&floor, now() - t0);
+        add(&floor, bench_now() - t0);
         json_decref(j);
     }
     vdi_client_disconnect(fconn);
     client *cl = calloc(nclients, sizeof *cl);
-    double t0 = now();
+    double t0 = bench_now();
     for (unsigned i = 0; i < nclients; i++)
         pthread_create(&cl[i].t, NULL, run_client, &cl[i]);
     sleep((unsigned)seconds);
@@ -246,17 +186,14 @@ int main(int argc, char **argv)
             add(&rel, cl[i].release.v[k]);
         refused += cl[i].refused;
     }
-    double took = now() - t0;
+    double took = bench_now() - t0;
     printf("size %u spares %u clients %u %s: %.0f cycles/s, acquire p50 %.2f ms p99 %.2f ms max "
            "%.1f ms, release p50 %.2f ms p99 %.2f ms, floor p50 %.3f ms, refused %u, "
            "spares ready in %.1f s, RSS %ld KiB\n",
            size, spares, nclients, keep_alive ? "keep-alive" : "close", (double)atomic_load(&cycles) / took, pct(&acq, 50) * 1e3,
            pct(&acq, 99) * 1e3, pct(&acq, 100) * 1e3, pct(&rel, 50) * 1e3, pct(&rel, 99) * 1e3,
            pct(&floor, 50) * 1e3, refused, t_ready, rss);
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-    snprintf(cmd, sizeof cmd, "chattr -i %s/gold.qcow2 2>/dev/null; rm -rf %s", work, work);
-    if (system(cmd) != 0)
-        fprintf(stderr, "bench_service: %s left behind\n", work);
+    bench_stop_daemon(pid);
+    bench_cleanup(work, gold);
     return 0;
 }

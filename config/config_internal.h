@@ -6,6 +6,85 @@
 
 #include <stdarg.h>
 
+#include <libconfig.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct vdi_config_errors {
+    vdi_config_error *items;
+    size_t count, cap;
+};
+
+struct vdi_config {
+    atomic_uint refs; /* vdi_config_ref/unref; the value itself never changes */
+    char *path;
+    vdi_service_config service;
+    vdi_datastore_config *datastores;
+    size_t ndatastores;
+    vdi_gold_config *golds;
+    size_t ngolds;
+    vdi_pool_config *pools;
+    size_t npools;
+    char **strings; /* every string the views point to */
+    size_t nstrings, capstrings;
+};
+
+typedef struct parse_ctx {
+    vdi_config *cfg;
+    vdi_config_errors *errors;
+    const char *main_file;
+    const vdi_config_options *opts;
+} parse_ctx;
+
+
+/* One entry of `pools`/`datastores`/`golds`: its group and its name (NULL
+ * when missing or invalid, already reported). */
+typedef struct cfg_entry {
+    const config_setting_t *group;
+    const char *name; /* NULL when missing (already reported) */
+} cfg_entry;
+
+/* ---- values.c: errors and typed getters; each reports its own error ---- */
+void cfg_errors_append(vdi_config_errors *e, const char *file, int line, const char *message);
+void cfg_error_at(parse_ctx *ctx, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+const char *cfg_setting_file(parse_ctx *ctx, const config_setting_t *s);
+#define ERR(ctx, setting, ...)                                                                     \
+    cfg_error_at((ctx), cfg_setting_file((ctx), (setting)),                                            \
+                 (setting) ? (int)config_setting_source_line(setting) : 0, __VA_ARGS__)
+/* A copy of s that lives as long as the config. */
+const char *cfg_keep(vdi_config *cfg, const char *s);
+size_t cfg_edit_distance(const char *a, const char *b);
+/* Reports keys of group that are not in allowed (with a "did you mean"). */
+void cfg_check_keys(parse_ctx *ctx, const config_setting_t *group, const char *const *allowed,
+                    const char *where);
+const config_setting_t *cfg_member(const config_setting_t *group, const char *key);
+bool cfg_get_string(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                    const char *where, bool required, const char **out);
+bool cfg_get_uint(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                  const char *where, long long min, long long max, unsigned *out);
+bool cfg_get_double(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                    const char *where, double min, double max, double *out);
+bool cfg_get_size(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                  const char *where, uint64_t min, uint64_t *out);
+bool cfg_get_duration(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                      const char *where, uint64_t max, uint64_t *out);
+/* One of a fixed set of words; returns the index or -1. */
+int cfg_get_choice(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                   const char *where, const char *const *choices);
+bool cfg_check_name(parse_ctx *ctx, const config_setting_t *s, const char *what,
+                    const char *name);
+size_t cfg_collect_entries(parse_ctx *ctx, const config_setting_t *list, const char *what,
+                           cfg_entry **out);
+bool cfg_is_absolute(const char *p);
+
+/* ---- readiness.c ---------------------------------------------------------- */
+/* ready_when, boot_timeout, hostname, hostname_command of pool group g
+ * (after its domain settings: a template is checked for the agent channel). */
+void cfg_parse_readiness(parse_ctx *ctx, const config_setting_t *g, const char *where,
+                         vdi_pool_config *p);
+
 /* Limits on what an operator's files may hold (prescan.c). */
 #define VDI_CONFIG_MAX_FILE (1024 * 1024)
 #define VDI_CONFIG_MAX_STRING 4096

@@ -181,6 +181,17 @@ static unsigned wait_agent_ready(unsigned ready, int timeout_s)
     return 0;
 }
 
+/* Acquires a desktop of pool demo for user; its name into name. */
+static void acquire_into(const char *user, char *name, size_t len)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"user\":\"%s\"}", user);
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", body, &a), 200);
+    snprintf(name, len, "%s", json_string_value(json_object_get(a, "desktop")));
+    json_decref(a);
+}
+
 static char *metrics(void)
 {
     return th_must("curl -s --unix-socket %s http://x/metrics", D.sock);
@@ -196,12 +207,8 @@ START_TEST(agent_readiness_identity_and_logoff)
     unsigned booting = wait_agent_ready(1, 180);
     ck_assert_msg(booting > 0, "no look saw the desktop booting before it was ready");
 
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"alice\"}", &a),
-                     200);
     char name[96];
-    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
-    json_decref(a);
+    acquire_into("alice", name, sizeof name);
     json_t *d = th_get_desktop(&D, name);
     ck_assert(json_real_value(json_object_get(d, "boot_seconds")) > 0.5);
     ck_assert_str_eq(json_string_value(json_object_get(d, "hostname")), name);
@@ -265,12 +272,8 @@ START_TEST(agent_readiness_identity_and_logoff)
 
     /* The next user's desktop is a fresh child: none of alice's files. */
     wait_agent_ready(1, 180);
-    json_t *b = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"bob\"}", &b),
-                     200);
     char name_b[96];
-    snprintf(name_b, sizeof name_b, "%s", json_string_value(json_object_get(b, "desktop")));
-    json_decref(b);
+    acquire_into("bob", name_b, sizeof name_b);
     ck_assert_int_eq(guest_sh(name_b, "test -e /home/user/alice.txt", NULL, 0), 1);
     ck_assert_int_eq(guest_sh(name_b, "cat /home/user/notes.txt", out, sizeof out), 0);
     ck_assert_ptr_nonnull(strstr(out, "written at log-in"));

@@ -576,15 +576,24 @@ START_TEST(blocked_pool_waits_without_spinning)
 }
 END_TEST
 
-/* Sends raw bytes on the control socket (optionally pausing first) and reads
- * everything until the daemon closes; returns the text (caller frees). */
-static char *raw_exchange(const char *bytes, size_t len, int wait_s)
+/* A connection to the daemon's socket whose reads give up after timeout_s. */
+static int connect_control(int timeout_s)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     ck_assert_uint_lt(strlen(D.sock), sizeof a.sun_path);
     memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
     ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {.tv_sec = timeout_s};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+/* Sends raw bytes on the control socket (optionally pausing first) and reads
+ * everything until the daemon closes; returns the text (caller frees). */
+static char *raw_exchange(const char *bytes, size_t len, int wait_s)
+{
+    int fd = connect_control(15);
     size_t off = 0;
     while (off < len) {
         ssize_t w = send(fd, bytes + off, len - off, MSG_NOSIGNAL);
@@ -596,8 +605,6 @@ static char *raw_exchange(const char *bytes, size_t len, int wait_s)
         sleep((unsigned)wait_s);
     else
         shutdown(fd, SHUT_WR); /* nothing more: the daemon answers, then closes */
-    struct timeval tv = {.tv_sec = 15};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     size_t cap = 65536, got = 0;
     char *out = malloc(cap);
     ssize_t n;
@@ -712,12 +719,7 @@ START_TEST(keep_alive_and_ordered_pipelining)
 {
     th_daemon_write_config(&D, 2, 0, NULL); /* no spares: an acquire waits for a clone */
     th_daemon_start(&D);
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
-    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    struct timeval tv = {.tv_sec = 30};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int fd = connect_control(30);
     char body[65536];
     bool closes = true;
     /* Several requests, one after the other, on one connection. */
@@ -760,10 +762,7 @@ START_TEST(acquire_withdrawn_when_the_client_goes)
     th_daemon_start(&D);
     const char *req = "POST /v1/pools/demo/acquire HTTP/1.1\r\nContent-Length: 18\r\n\r\n"
                       "{\"user\": \"gone-1\"}";
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
-    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    int fd = connect_control(5);
     ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
     close(fd); /* the broker gives up before a desktop is ready */
     /* Nobody is assigned a desktop for it (one already being prepared stays
@@ -804,12 +803,7 @@ START_TEST(events_stream_desktop_changes)
     json_t *j = NULL;
     ck_assert_int_eq(th_http(&D, "GET", "/v1/events?pool=nosuch", NULL, &j), 404);
     json_decref(j);
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    memcpy(a.sun_path, D.sock, strlen(D.sock) + 1);
-    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    struct timeval tv = {.tv_sec = 20};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int fd = connect_control(20);
     const char *req = "GET /v1/events?pool=demo HTTP/1.1\r\nHost: x\r\n\r\n";
     ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
     static char buf[262144];

@@ -1,0 +1,28 @@
+/* bench_util.h — what the service benchmarks share: a clock, a sealed demo
+ * gold in a fresh work directory, vdipoold as a child process, its RSS,
+ * and counts of a pool's desktops by state. */
+#ifndef VDI_BENCH_UTIL_H
+#define VDI_BENCH_UTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+double bench_now(void); /* monotonic seconds */
+int bench_cmp_double(const void *a, const void *b);
+
+/* Removes WORK, makes WORK/ds and a sealed demo gold GOLD (of gold_mib MiB
+ * when not 0) with vdipoolctl from beside DAEMON, its catalog in
+ * WORK/state. 0, or -1 with a message on stderr. */
+int bench_prepare(const char *work, const char *daemon, const char *make_gold, const char *gold,
+                  unsigned gold_mib);
+/* Writes text to WORK/vdipool.conf and starts DAEMON on it, its log in
+ * WORK/vdipoold.log; the child's pid, or -1. */
+pid_t bench_start_daemon(const char *daemon, const char *work, const char *config_text);
+void bench_stop_daemon(pid_t pid);
+/* Removes WORK (its sealed gold is immutable: unlocked first). */
+void bench_cleanup(const char *work, const char *gold);
+long bench_rss_kib(pid_t pid);
+/* Desktops of pool `bench` in `state`, from GET /v1/pools/bench?summary=1; -1 on failure. */
+int bench_count(const char *sock, const char *state);
+
+#endif

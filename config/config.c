@@ -4,7 +4,7 @@
  * records for each setting), so an operator sees all mistakes at once. A
  * config with any error is never returned. Reading one value is values.c;
  * a pool's readiness settings are readiness.c. */
-#include "config_internal.h"
+#include "reading.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -8,7 +8,7 @@
  * the L suffix must fit in 32 bits (libconfig's int), and @include nests at
  * most VDI_CONFIG_MAX_INCLUDE_DEPTH deep. Errors name the file, the line
  * and the text as written. */
-#include "config_internal.h"
+#include "reading.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -1,7 +1,7 @@
 /* readiness.c — a pool's readiness and identity settings (ready_when,
  * boot_timeout, hostname, hostname_command) and the hostname a desktop
  * gets from its pool's pattern. */
-#include "config_internal.h"
+#include "reading.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -1,8 +1,8 @@
 /* values.c — reading one setting of a libconfig file: typed getters with
  * units, names, choices and unknown keys, each reporting its error with the
  * setting's file and line into the parse's error list. Shared by the
- * section parsers in config.c (config_internal.h). */
-#include "config_internal.h"
+ * section parsers in config.c (reading.h). */
+#include "reading.h"
 
 #include <ctype.h>
 #include <errno.h>

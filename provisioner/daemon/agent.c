@@ -33,15 +33,9 @@
 
 #define AGENT_TIMEOUT_S 10     /* one agent command */
 #define HOSTNAME_COMMAND_S 30  /* the hostname command to finish */
-#define AGENT_RETRY_S 2        /* booting: the agent connected but did not answer yet */
 #define USERS_EVERY 5          /* seconds between reads of an assigned desktop's users */
 #define USERS_READS_MAX 16     /* reads in flight, service-wide */
 #define BOOT_PROBLEM_AFTER 3   /* boot failures in a row before the pool reports them */
-
-const char *agent_state_name(agent_state a)
-{
-    return a == AGENT_CONNECTED ? "connected" : a == AGENT_DISCONNECTED ? "disconnected" : "unknown";
-}
 
 /* ---- on a worker ---------------------------------------------------------------- */
 
@@ -221,9 +215,41 @@ static void users_run(void *data)
     virDomainFree(dom);
 }
 
+/* ---- back on the loop: the jobs' results ---------------------------------------- */
+
+static void agent_check_done(service *svc, void *data)
+{
+    job *j = data;
+    desktop *d = job_desktop(svc, j);
+    if (d) {
+        d->busy = false;
+        desktop_agent_checked(d, j->rc, j->error ? j->error : "unknown error", j->hostname);
+    } else {
+        svc_log("warning", "pool=%s desktop=%s event=stale-result job=agent-check", j->pool,
+                j->name);
+    }
+    job_free(j);
+    service_kick(svc);
+}
+
+/* Not busy: the desktop is found by slot and checked by session. */
+static void users_done(service *svc, void *data)
+{
+    job *j = data;
+    pool *p = service_find_pool(svc, j->pool);
+    svc->users_reads_running--;
+    if (p && j->slot >= 1 && j->slot <= p->nslots) {
+        desktop_users_read(p->desktops[j->slot - 1], j->session_id, j->rc, j->users,
+                           j->idle_seconds);
+        j->users = NULL; /* taken */
+    }
+    job_free(j);
+    service_kick(svc);
+}
+
 void agent_op_check(desktop *d)
 {
-    job_submit(d, JOB_AGENT_CHECK, agent_check_run);
+    job_submit_with(d, JOB_AGENT_CHECK, agent_check_run, agent_check_done);
 }
 
 /* Not a change of state: the desktop stays usable while its users are read. */
@@ -231,7 +257,7 @@ void agent_op_read_users(desktop *d)
 {
     service *svc = d->pool->svc;
     job *j = desktop_job(d, JOB_USERS);
-    if (!j || work_submit(svc, users_run, job_done, j) < 0) {
+    if (!j || work_submit(svc, users_run, users_done, j) < 0) {
         svc_log("warning", "pool=%s desktop=%s event=users-not-read reason=\"cannot queue work\"",
                 d->pool->name, d->name);
         if (j)
@@ -248,38 +274,6 @@ static bool uses_agent(const desktop *d)
     return d->pool->cfg->ready_when == VDI_READY_AGENT;
 }
 
-static void begin_check(desktop *d)
-{
-    if (d->state != DESKTOP_BOOTING || d->busy)
-        return;
-    d->agent_retry_at = service_now(d->pool->svc) + AGENT_RETRY_S;
-    d->pool->svc->ops->agent_check(d);
-}
-
-/* The desktop's hostname from the pool's pattern (NULL: leave it alone). */
-static void choose_hostname(desktop *d)
-{
-    char host[128];
-    const vdi_pool_config *pc = d->pool->cfg;
-    if (pc->hostname && *pc->hostname &&
-        vdi_config_hostname(pc, d->name, d->slot, host, sizeof host) == 0)
-        set_str(&d->hostname, host);
-    else
-        set_str(&d->hostname, NULL);
-}
-
-void desktop_booting(desktop *d)
-{
-    d->agent_ready = false;
-    d->agent_retry_at = 0;
-    choose_hostname(d);
-    svc_log("info", "pool=%s desktop=%s event=booting agent=%s", d->pool->name, d->name,
-            agent_state_name(d->agent));
-    desktop_set_state(d, DESKTOP_BOOTING);
-    if (d->agent == AGENT_CONNECTED)
-        begin_check(d);
-}
-
 void desktop_agent_changed(desktop *d, bool connected)
 {
     agent_state now_state = connected ? AGENT_CONNECTED : AGENT_DISCONNECTED;
@@ -292,7 +286,7 @@ void desktop_agent_changed(desktop *d, bool connected)
             agent_state_name(d->agent), desktop_state_name(d->state));
     if (connected && d->state == DESKTOP_BOOTING) {
         d->agent_retry_at = 0;
-        begin_check(d);
+        desktop_begin_agent_check(d);
     }
 }
 
@@ -405,7 +399,7 @@ void pool_tend_agent(pool *p, desktop *d, int64_t now)
         if (now - d->state_since >= (int64_t)p->cfg->boot_timeout)
             boot_timed_out(p, d, now);
         else if (d->agent == AGENT_CONNECTED && now >= d->agent_retry_at)
-            begin_check(d);
+            desktop_begin_agent_check(d);
         break;
     case DESKTOP_READY:
         if (!d->agent_ready) {

@@ -84,6 +84,7 @@ typedef struct service service;
 typedef struct pool pool;
 
 typedef enum agent_state { AGENT_UNKNOWN, AGENT_CONNECTED, AGENT_DISCONNECTED } agent_state;
+#define AGENT_RETRY_S 2 /* booting: the agent connected but did not answer yet */
 const char *agent_state_name(agent_state a);
 typedef struct waiter waiter;
 typedef struct api_server api_server;
@@ -242,6 +243,9 @@ struct service {
     size_t refresh_next; /* where the next refresh batch starts */
     int64_t last_scrub;
     size_t scrub_next;
+    /* Told of every change of a desktop's state (events.c's streams), or
+     * NULL: the state machine knows no listener by name. */
+    void (*desktop_changed)(desktop *d, desktop_state from);
     subscriber *subscribers; /* GET /v1/events streams (events.c) */
     unsigned nsubscribers;
     uint64_t event_seq;
@@ -289,6 +293,11 @@ void desktop_begin_start(desktop *d);
 void desktop_begin_end(desktop *d, end_reason why);
 void desktop_retry_end(desktop *d);
 void desktop_begin_resume(desktop *d);
+/* Booting: ask the agent (ops->agent_check) now; if it does not answer,
+ * pool_tend_agent asks again AGENT_RETRY_S later. */
+void desktop_begin_agent_check(desktop *d);
+/* starting -> booting, for a pool with ready_when = "agent". */
+void desktop_booting(desktop *d);
 void desktop_retry_failed(desktop *d);
 /* This desktop's failure: recorded (with back-off), the desktop ends, then
  * waits in failed. */
@@ -308,8 +317,6 @@ void desktop_agent_changed(desktop *d, bool connected);
 void desktop_agent_checked(desktop *d, int rc, const char *error, const char *hostname);
 void desktop_users_read(desktop *d, int64_t session_id, int rc, json_t *users,
                         int64_t idle_seconds);
-/* starting -> booting, for a pool with ready_when = "agent". */
-void desktop_booting(desktop *d);
 /* The real ops' agent jobs (agent.c). */
 void agent_op_check(desktop *d);
 void agent_op_read_users(desktop *d);

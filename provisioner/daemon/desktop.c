@@ -57,6 +57,11 @@ const char *end_reason_name(end_reason r)
     return (unsigned)r < END_REASON_COUNT ? names[r] : "other";
 }
 
+const char *agent_state_name(agent_state a)
+{
+    return a == AGENT_CONNECTED ? "connected" : a == AGENT_DISCONNECTED ? "disconnected" : "unknown";
+}
+
 int64_t service_now(const service *svc)
 {
     return svc->ops->now();
@@ -75,7 +80,8 @@ void desktop_set_state(desktop *d, desktop_state s)
     d->state = s;
     d->state_since = service_now(d->pool->svc);
     desktop_list_add(d);
-    events_desktop_changed(d, from);
+    if (d->pool->svc->desktop_changed && from != s)
+        d->pool->svc->desktop_changed(d, from);
 }
 
 static void record_failure(desktop *d, const char *why)
@@ -125,6 +131,38 @@ void desktop_begin_resume(desktop *d)
 {
     if (d->state == DESKTOP_PAUSED && !d->busy)
         d->pool->svc->ops->resume(d);
+}
+
+void desktop_begin_agent_check(desktop *d)
+{
+    if (d->state != DESKTOP_BOOTING || d->busy)
+        return;
+    d->agent_retry_at = service_now(d->pool->svc) + AGENT_RETRY_S;
+    d->pool->svc->ops->agent_check(d);
+}
+
+/* The desktop's hostname from the pool's pattern (NULL: leave it alone). */
+static void choose_hostname(desktop *d)
+{
+    char host[128];
+    const vdi_pool_config *pc = d->pool->cfg;
+    if (pc->hostname && *pc->hostname &&
+        vdi_config_hostname(pc, d->name, d->slot, host, sizeof host) == 0)
+        set_str(&d->hostname, host);
+    else
+        set_str(&d->hostname, NULL);
+}
+
+void desktop_booting(desktop *d)
+{
+    d->agent_ready = false;
+    d->agent_retry_at = 0;
+    choose_hostname(d);
+    svc_log("info", "pool=%s desktop=%s event=booting agent=%s", d->pool->name, d->name,
+            agent_state_name(d->agent));
+    desktop_set_state(d, DESKTOP_BOOTING);
+    if (d->agent == AGENT_CONNECTED)
+        desktop_begin_agent_check(d);
 }
 
 void desktop_retry_end(desktop *d)

@@ -328,23 +328,23 @@ static void end_run(void *data)
 
 /* Hands a job's result to the desktop's state machine. */
 static void deliver(desktop *d, job_kind kind, int rc, bool blocked, const char *error,
-                    const char *display, const char *hostname, double seconds)
+                    const char *display, double seconds)
 {
     switch (kind) {
     case JOB_CLONE: desktop_cloned(d, rc, blocked, error, seconds); break;
     case JOB_START: desktop_started(d, rc, error, display, seconds); break;
     case JOB_END: desktop_ended(d, rc, error); break;
     case JOB_RESUME: desktop_resume_tried(d, rc, error); break;
-    case JOB_AGENT_CHECK: desktop_agent_checked(d, rc, error, hostname); break;
     case JOB_LEFTOVERS:
     case JOB_BUDGET:
-    case JOB_USERS: break; /* not a change of the desktop's state (job_done) */
+    case JOB_AGENT_CHECK:
+    case JOB_USERS: break; /* not delivered here (job_done, agent.c) */
     }
 }
 
 /* The desktop this job was for, or NULL when its slot or pool is gone or
  * another job has taken it since. */
-static desktop *job_desktop(service *svc, const job *j)
+desktop *job_desktop(service *svc, const job *j)
 {
     pool *p = service_find_pool(svc, j->pool);
     if (!p || j->slot == 0 || j->slot > p->nslots)
@@ -357,7 +357,7 @@ void job_done(service *svc, void *data)
 {
     job *j = data;
     double took = jobs_mono() - j->started;
-    desktop *d = j->kind == JOB_LEFTOVERS || j->kind == JOB_USERS ? NULL : job_desktop(svc, j);
+    desktop *d = j->kind == JOB_LEFTOVERS ? NULL : job_desktop(svc, j);
     pool *gp = j->growth_reread ? service_find_pool(svc, j->pool) : NULL;
     if (gp) {
         gp->growth_read = true;
@@ -365,16 +365,7 @@ void job_done(service *svc, void *data)
         gp->growth_p95 = j->growth_p95;
         gp->growth_read_at = jobs_mono();
     }
-    if (j->kind == JOB_USERS) {
-        pool *p = service_find_pool(svc, j->pool);
-        svc->users_reads_running--;
-        /* Not busy: the desktop is found by slot and checked by session. */
-        if (p && j->slot >= 1 && j->slot <= p->nslots) {
-            desktop_users_read(p->desktops[j->slot - 1], j->session_id, j->rc, j->users,
-                               j->idle_seconds);
-            j->users = NULL; /* taken */
-        }
-    } else if (j->kind == JOB_BUDGET) {
+    if (j->kind == JOB_BUDGET) {
         pool *p = service_find_pool(svc, j->pool);
         if (j->rc == 0) {
             svc_log("info", "pool=%s desktop=%s event=write-budget-raised from=%llu", j->pool,
@@ -406,7 +397,7 @@ void job_done(service *svc, void *data)
     } else {
         d->busy = false;
         deliver(d, j->kind, j->rc, j->blocked, j->error ? j->error : "unknown error", j->display,
-                j->hostname, took);
+                took);
     }
     job_free(j);
     service_kick(svc);
@@ -464,26 +455,38 @@ job *desktop_job(desktop *d, job_kind kind)
 
 void job_submit(desktop *d, job_kind kind, work_run_fn run)
 {
+    job_submit_with(d, kind, run, job_done);
+}
+
+void job_submit_with(desktop *d, job_kind kind, work_run_fn run, work_done_fn done)
+{
     pool *p = d->pool;
     service *svc = p->svc;
     job *j = desktop_job(d, kind);
+    int rc = -ENOMEM;
     if (j) {
         j->clones_in_flight = svc->clones_running ? svc->clones_running - 1 : 0;
         j->seq = ++svc->next_job_seq;
+        d->busy = true;
+        d->job_seq = j->seq;
+        rc = work_submit(svc, run, done, j);
     }
-    int rc = j ? work_submit(svc, run, job_done, j) : -ENOMEM;
-    if (rc < 0) {
-        if (j)
-            job_free(j);
-        svc_log("error", "pool=%s desktop=%s event=job-not-queued kind=%d reason=\"%s\"", p->name,
-                d->name, (int)kind, uv_strerror(rc));
+    if (rc == 0)
+        return;
+    svc_log("error", "pool=%s desktop=%s event=job-not-queued kind=%d reason=\"%s\"", p->name,
+            d->name, (int)kind, uv_strerror(rc));
+    if (j) {
+        /* The job's own result, at once: its done() finds the desktop busy
+         * with this job and hands it the failure (an agent check is only
+         * asked again: -EAGAIN). */
+        job_fail(j, kind == JOB_AGENT_CHECK ? -EAGAIN : rc, "could not queue work: %s",
+                 uv_strerror(rc));
+        done(svc, j);
+    } else {
         char why[128];
         snprintf(why, sizeof why, "could not queue work: %s", uv_strerror(rc));
-        deliver(d, kind, rc, false, why, NULL, NULL, 0);
-        return;
+        deliver(d, kind, rc, false, why, NULL, 0); /* agent checks are simply asked again */
     }
-    d->busy = true;
-    d->job_seq = j->seq;
 }
 
 void jobs_clean_leftovers(service *svc, const char *name, const char *child)
@@ -499,25 +502,25 @@ void jobs_clean_leftovers(service *svc, const char *name, const char *child)
     }
 }
 
-static void op_clone(desktop *d)
+void jobs_op_clone(desktop *d)
 {
     job_submit(d, JOB_CLONE, clone_run);
 }
-static void op_start(desktop *d)
+void jobs_op_start(desktop *d)
 {
     job_submit(d, JOB_START, start_run);
 }
-static void op_end(desktop *d)
+void jobs_op_end(desktop *d)
 {
     job_submit(d, JOB_END, end_run);
 }
-static void op_resume(desktop *d)
+void jobs_op_resume(desktop *d)
 {
     job_submit(d, JOB_RESUME, resume_run);
 }
 
 /* Not a change of the desktop's state: it stays usable (not busy). */
-static void op_check_budget(desktop *d, uint64_t threshold)
+void jobs_op_check_budget(desktop *d, uint64_t threshold)
 {
     pool *p = d->pool;
     job *j = desktop_job(d, JOB_BUDGET);
@@ -529,16 +532,7 @@ static void op_check_budget(desktop *d, uint64_t threshold)
             job_free(j);
     }
 }
-static int64_t op_now(void)
+int64_t jobs_op_now(void)
 {
     return (int64_t)time(NULL);
 }
-
-const desktop_ops real_desktop_ops = {.clone = op_clone,
-                                      .start = op_start,
-                                      .end = op_end,
-                                      .resume = op_resume,
-                                      .check_budget = op_check_budget,
-                                      .now = op_now,
-                                      .agent_check = agent_op_check,
-                                      .read_users = agent_op_read_users};

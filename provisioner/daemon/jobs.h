@@ -59,7 +59,20 @@ job *desktop_job(desktop *d, job_kind kind);
 /* Queues a job that makes d busy until its result; on failure the desktop
  * gets the failure as its result at once. */
 void job_submit(desktop *d, job_kind kind, work_run_fn run);
-/* The loop's side of every job: finds the desktop again and delivers. */
+/* The same with the loop's side given (agent.c's jobs deliver their own). */
+void job_submit_with(desktop *d, job_kind kind, work_run_fn run, work_done_fn done);
+/* The loop's side of jobs.c's jobs: finds the desktop again and delivers. */
 void job_done(service *svc, void *data);
+/* The desktop a busy job was for, or NULL when its slot or pool is gone or
+ * another job has taken it since. */
+desktop *job_desktop(service *svc, const job *j);
+
+/* The operations of real_desktop_ops (ops.c) that jobs.c runs. */
+void jobs_op_clone(desktop *d);
+void jobs_op_start(desktop *d);
+void jobs_op_end(desktop *d);
+void jobs_op_resume(desktop *d);
+void jobs_op_check_budget(desktop *d, uint64_t threshold);
+int64_t jobs_op_now(void);
 
 #endif

@@ -233,6 +233,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "vdipoold: out of memory setting up the pools\n");
         return 1;
     }
+    svc.desktop_changed = events_desktop_changed; /* GET /v1/events */
     sc = vdi_config_service(svc.config);
     if (api_server_start(loop, sc, api_route, &svc, &svc.api, &err) < 0) {
         fprintf(stderr, "vdipoold: %s\n", err.message);

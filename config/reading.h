@@ -1,6 +1,8 @@
-/* config_internal.h — shared inside libvdiconfig only. */
-#ifndef VDI_CONFIG_INTERNAL_H
-#define VDI_CONFIG_INTERNAL_H
+/* reading.h — what the readers of a config share inside libvdiconfig: the
+ * config being built, its errors and the typed getters (values.c), the
+ * readiness settings (readiness.c), the pre-scan (prescan.c). */
+#ifndef VDI_CONFIG_READING_H
+#define VDI_CONFIG_READING_H
 
 #include "vdi_config.h"
 

@@ -175,6 +175,31 @@ static void check_gold_path(parse_ctx *ctx, const config_setting_t *s, const cha
         ERR(ctx, s, "%s: gold %s is not usable: %s", where, path, why);
 }
 
+/* A family's version (0: current) to its path, through the catalog. */
+static bool resolve_family(parse_ctx *ctx, const config_setting_t *s, const char *where,
+                           const char *family, const char *dir, unsigned version,
+                           const char **path, unsigned *resolved)
+{
+    char buf[4096], why[512] = "";
+    const vdi_config_options *o = ctx->opts;
+    if (!o->resolve_version) {
+        if (version)
+            snprintf(buf, sizeof buf, "%s/v%04u.qcow2", dir, version);
+        else
+            snprintf(buf, sizeof buf, "%s/current", dir);
+        *path = cfg_keep(ctx->cfg, buf);
+        *resolved = version;
+        return true;
+    }
+    if (o->resolve_version(family, dir, version, buf, sizeof buf, resolved, why, sizeof why,
+                           o->resolve_ctx) < 0) {
+        ERR(ctx, s, "%s: %s", where, why);
+        return false;
+    }
+    *path = cfg_keep(ctx->cfg, buf);
+    return true;
+}
+
 static void parse_golds(parse_ctx *ctx, const config_setting_t *list)
 {
     vdi_config *cfg = ctx->cfg;
@@ -183,7 +208,7 @@ static void parse_golds(parse_ctx *ctx, const config_setting_t *list)
     cfg->golds = calloc(n ? n : 1, sizeof *cfg->golds);
     if (!cfg->golds)
         abort();
-    static const char *const keys[] = { "name", "path", NULL };
+    static const char *const keys[] = { "name", "path", "dir", NULL };
     for (size_t i = 0; i < n; i++) {
         const config_setting_t *g = e[i].group;
         char where[96];
@@ -193,8 +218,21 @@ static void parse_golds(parse_ctx *ctx, const config_setting_t *list)
         gc->name = e[i].name;
         gc->file = cfg_keep(cfg, cfg_setting_file(ctx, g));
         gc->line = config_setting_source_line(g);
-        if (cfg_get_string(ctx, g, "path", where, true, &gc->path))
+        if (cfg_member(g, "path") && cfg_member(g, "dir")) {
+            ERR(ctx, cfg_member(g, "dir"),
+                "%s has both 'path' (one image) and 'dir' (a family of versions); keep one",
+                where);
+        } else if (cfg_member(g, "dir")) {
+            if (cfg_get_string(ctx, g, "dir", where, true, &gc->dir)) {
+                if (!cfg_is_absolute(gc->dir))
+                    ERR(ctx, cfg_member(g, "dir"), "%s: 'dir' must be an absolute path", where);
+                else if (gc->name)
+                    resolve_family(ctx, cfg_member(g, "dir"), where, gc->name, gc->dir, 0,
+                                   &gc->path, &gc->version);
+            }
+        } else if (cfg_get_string(ctx, g, "path", where, true, &gc->path)) {
             check_gold_path(ctx, cfg_member(g, "path"), where, gc->path);
+        }
     }
     free(e);
 }
@@ -250,11 +288,35 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
             p->gold = gold;
             check_gold_path(ctx, gs, where, gold);
         } else {
-            for (size_t i = 0; i < cfg->ngolds; i++)
-                if (cfg->golds[i].name && !strcmp(cfg->golds[i].name, gold)) {
-                    p->gold = cfg->golds[i].path;
-                    p->gold_name = cfg->golds[i].name;
+            /* "name@N" pins version N of a family. */
+            char family[128];
+            const char *at = strchr(gold, '@');
+            snprintf(family, sizeof family, "%.*s", at ? (int)(at - gold) : (int)strlen(gold),
+                     gold);
+            char *end = NULL;
+            unsigned long pin = at ? strtoul(at + 1, &end, 10) : 0;
+            if (at && (!at[1] || *end || pin == 0 || pin > 99999))
+                ERR(ctx, gs, "%s: '%s' pins no version: write \"%s@3\" for version 3", where,
+                    gold, family);
+            for (size_t i = 0; i < cfg->ngolds; i++) {
+                const vdi_gold_config *gc = &cfg->golds[i];
+                if (!gc->name || strcmp(gc->name, family))
+                    continue;
+                p->gold_name = gc->name;
+                if (at && !gc->dir)
+                    ERR(ctx, gs, "%s: gold '%s' is one image ('path'), it has no versions to "
+                                 "pin; give it a 'dir' to keep versions",
+                        where, family);
+                else if (at && pin)
+                    resolve_family(ctx, gs, where, family, gc->dir, (unsigned)pin, &p->gold,
+                                   &p->gold_version);
+                else {
+                    p->gold = gc->path;
+                    p->gold_version = gc->version;
                 }
+                p->gold_pinned = at != NULL;
+            }
+            gold = family;
             if (!p->gold_name) {
                 const char *best = NULL;
                 size_t bd = SIZE_MAX;

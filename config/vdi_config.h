@@ -64,7 +64,9 @@ typedef struct vdi_datastore_config {
 
 typedef struct vdi_gold_config {
     const char *name;
-    const char *path;
+    const char *path;  /* the image; for a family, its current version (resolved) */
+    const char *dir;   /* a family of versions (vdipoolctl gold ...), or NULL */
+    unsigned version;  /* a family's current version, or 0 */
     int line;
     const char *file;
 } vdi_gold_config;
@@ -104,6 +106,8 @@ typedef struct vdi_pool_config {
     const char *desktop_prefix;    /* desktops are named PREFIX-NNN */
     const char *gold;              /* the gold's path (a named gold resolved) */
     const char *gold_name;         /* the name it was referred to by, or NULL for a path */
+    unsigned gold_version;         /* a family's version: pinned ("name@N") or its current */
+    bool gold_pinned;              /* "name@N": stays on N whatever becomes current */
     const char *datastore;         /* datastore name */
     unsigned size;
     unsigned spares;
@@ -132,9 +136,20 @@ typedef struct vdi_config vdi_config;
  * writes why (a sentence) into why. Return 0 or a negative code. */
 typedef int (*vdi_config_image_check)(const char *path, char *why, size_t why_len, void *ctx);
 
+/* A gold family's version (0: the current one) as a path, from the catalog:
+ * 0 with path and *version set, or a negative code with why (no version
+ * yet, no such version, tainted, its files in another directory). */
+typedef int (*vdi_config_version_resolver)(const char *family, const char *dir, unsigned version,
+                                           char *path, size_t path_len, unsigned *resolved,
+                                           char *why, size_t why_len, void *ctx);
+
 typedef struct vdi_config_options {
     vdi_config_image_check check_image; /* NULL: only check the path is a regular file */
     void *check_ctx;
+    /* NULL: families resolve to DIR/current (checks skipped), for tools
+     * without a catalog such as fuzzing and `config diff`. */
+    vdi_config_version_resolver resolve_version;
+    void *resolve_ctx;
     bool skip_filesystem_checks;        /* do not look at paths at all (fuzzing, diff of old files) */
 } vdi_config_options;
 

@@ -97,6 +97,15 @@ static const char *SCHEMA =
     "  started_at INTEGER NOT NULL, ended_at INTEGER,"
     "  end_reason TEXT, final_bytes INTEGER);"
     "CREATE INDEX IF NOT EXISTS sessions_pool ON sessions(pool, ended_at);"
+    "CREATE TABLE IF NOT EXISTS gold_versions ("
+    "  family TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL UNIQUE,"
+    "  created_at INTEGER NOT NULL, note TEXT NOT NULL DEFAULT '',"
+    "  created_by TEXT NOT NULL DEFAULT '', current INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (family, version));"
+    "CREATE TABLE IF NOT EXISTS gold_audit ("
+    "  id INTEGER PRIMARY KEY, family TEXT NOT NULL, at INTEGER NOT NULL,"
+    "  who TEXT NOT NULL, action TEXT NOT NULL, version INTEGER NOT NULL,"
+    "  note TEXT NOT NULL DEFAULT '');"
     "CREATE TABLE IF NOT EXISTS intents ("
     "  id INTEGER PRIMARY KEY,"
     "  op TEXT NOT NULL, target TEXT NOT NULL, data TEXT NOT NULL DEFAULT '',"
@@ -284,6 +293,27 @@ static int step_write(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, bool d
     bool committed = !sqlite3_stmt_readonly(st) && sqlite3_get_autocommit(cat->db);
     finish(cat, st);
     return rc == 0 && committed && durable ? wal_sync(cat, err) : rc;
+}
+
+/* For the engine's other modules that keep tables here (versions.c). */
+int vdi_catalog_prepare_(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err)
+{
+    return prepare(cat, sql, st, err);
+}
+
+void vdi_catalog_finish_(vdi_catalog *cat, sqlite3_stmt *st)
+{
+    finish(cat, st);
+}
+
+int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
+{
+    return step_write(cat, st, rowid, true, err);
+}
+
+int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what)
+{
+    return db_error(cat, err, what);
 }
 
 static int run_rowid(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)

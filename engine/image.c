@@ -233,6 +233,43 @@ static int refuse_non_image(int fd, const char *path, const uint8_t *head, size_
     return 0;
 }
 
+int vdi_image_vhd_kind(const char *path, vdi_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return vdi_error_set(err, -errno, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    uint8_t head[512], footer[512];
+    int kind = 0;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && read_at(fd, head, 512, 0) == 512) {
+        uint64_t size = (uint64_t)st.st_size;
+        const uint8_t *vhd = NULL;
+        if (!memcmp(head, "conectix", 8))
+            vhd = head;
+        else if (size >= 512 && read_at(fd, footer, 512, size - 512) == 512 &&
+                 !memcmp(footer, "conectix", 8))
+            vhd = footer;
+        if (vhd && be32(vhd + 60) == 4)
+            kind = vdi_error_set(err, -ENOTSUP,
+                                 "%s is a differencing VHD: QEMU cannot read its parent; merge "
+                                 "it into its parent with Hyper-V (`Merge-VHD`) and import the "
+                                 "result",
+                                 path);
+        else if (vhd)
+            kind = 1;
+        else if (!memcmp(head, "vhdxfile", 8))
+            kind = vhdx_has_parent(fd, size) == 1
+                       ? vdi_error_set(err, -ENOTSUP,
+                                       "%s is a differencing VHDX (HasParent): QEMU cannot read "
+                                       "its parent; merge it into its parent first and import "
+                                       "the result",
+                                       path)
+                       : 2;
+    }
+    close(fd);
+    return kind;
+}
+
 int vdi_image_open(const char *path, vdi_image **out, vdi_error *err)
 {
     int rc = 0;

@@ -12,6 +12,13 @@
 sqlite3 *vdi_catalog_db_(vdi_catalog *cat);
 /* Runs SQL with no result rows; returns 0 or -EIO with err set. */
 int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err);
+/* A statement of the catalog (cached by the SQL literal's address); the
+ * catalog's lock is held from prepare to finish. write_ steps a statement
+ * without rows, finishes it, and flushes a commit. */
+int vdi_catalog_prepare_(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err);
+void vdi_catalog_finish_(vdi_catalog *cat, sqlite3_stmt *st);
+int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err);
+int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what);
 /* Intents: written (and synced) before the first step of an operation. */
 int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
                       int64_t *id, vdi_error *err);
@@ -50,6 +57,7 @@ int vdi_recover_merge_(vdi_catalog *cat, const char *op, const char *target, con
                        vdi_error *err);
 int vdi_recover_reparent_(vdi_catalog *cat, const char *target, const char *data,
                           vdi_error *err);
+int vdi_recover_version_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
 
 /* clone.c: the two halves of making a child, for journaled callers. */
 int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, char **temp_out,

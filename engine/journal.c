@@ -36,6 +36,13 @@ static int recover_seal(vdi_catalog *cat, const char *op, const char *target, co
     return vdi_recover_seal_(cat, target, data, err);
 }
 
+static int recover_version(vdi_catalog *cat, const char *op, const char *target,
+                           const char *data, vdi_error *err)
+{
+    (void)op;
+    return vdi_recover_version_(cat, target, data, err);
+}
+
 static int recover_reparent(vdi_catalog *cat, const char *op, const char *target, const char *data,
                             vdi_error *err)
 {
@@ -53,6 +60,7 @@ static const struct {
     {"merge-convert", vdi_recover_merge_},
     {"merge-commit", vdi_recover_merge_},
     {"reparent", recover_reparent},
+    {"version-create", recover_version},
 };
 
 static recoverer_fn find_recoverer(const char *op)

@@ -35,6 +35,10 @@ typedef struct vdi_image vdi_image;
  * archives, text, and qcow2 headers that fail validation. */
 int vdi_image_open(const char *path, vdi_image **out, vdi_error *err);
 void vdi_image_close(vdi_image *img);
+/* Whether path is a VHD (1) or VHDX (2) that stands alone, or neither (0);
+ * -ENOTSUP with the reason for a differencing one (QEMU cannot follow its
+ * parent). Such files are only ever converted (gold import), never used. */
+int vdi_image_vhd_kind(const char *path, vdi_error *err);
 
 const char *vdi_image_path(const vdi_image *img);
 vdi_format vdi_image_format(const vdi_image *img);
@@ -436,6 +440,76 @@ typedef struct vdi_reconcile_report {
 } vdi_reconcile_report;
 
 int vdi_reconcile(vdi_catalog *cat, const char *dir, vdi_reconcile_report *out, vdi_error *err);
+
+/* ---- gold versions: a gold family's sealed, standalone images -------------
+ * A family (a name and a directory) holds versions v0001.qcow2, v0002.qcow2,
+ * ...; each is written once (a chain flattened by qemu-img convert, sparse),
+ * sealed, and recorded with who made it, when and why; one is current.
+ * Pools follow the current version or pin one. Every change is kept in an
+ * audit trail. */
+
+typedef struct vdi_gold_version {
+    char family[64];
+    unsigned version;
+    char path[4096];
+    bool current;
+    int64_t created_at;
+    char note[512];
+    char created_by[64];
+    size_t children;        /* children the catalog records of it */
+    uint64_t allocated;     /* bytes the file holds */
+    uint64_t virtual_size;
+    vdi_gold_state state;   /* sealed, retiring, retired, tainted (the gold's record) */
+    uint8_t hash[VDI_HASH_SIZE];
+} vdi_gold_version;
+
+/* Every version of a family, oldest first; *out is malloc'd. */
+int vdi_versions_list(vdi_catalog *cat, const char *family, vdi_gold_version **out,
+                      size_t *count, vdi_error *err);
+/* One version (version 0: the current one); -ENOENT with the reason. */
+int vdi_version_find(vdi_catalog *cat, const char *family, unsigned version,
+                     vdi_gold_version *out, vdi_error *err);
+
+typedef struct vdi_version_request {
+    const char *family;     /* a gold name */
+    const char *dir;        /* the family's directory (made when missing) */
+    const char *source;     /* a disk (raw, qcow2 chain, standalone VHD/VHDX) to write */
+    const char *note;       /* may be NULL */
+    const char *who;        /* who asked, for the audit trail */
+    const char *action;     /* "import" or "publish", for the audit trail */
+    uint64_t reserve_bytes; /* free space to leave on the directory's filesystem */
+} vdi_version_request;
+
+/* Writes req->source as the family's next version (standalone, sparse,
+ * zeroes detected), seals it and makes it current. Space is checked first;
+ * a crash at any step is finished or undone when the catalog is next
+ * opened; the current version is never opened for writing. */
+int vdi_version_create(vdi_catalog *cat, const vdi_version_request *req,
+                       vdi_progress_fn progress, void *ctx, vdi_gold_version *out,
+                       vdi_error *err);
+/* Makes an earlier version current again after re-hashing it against its
+ * fingerprint (a changed one is refused and marked tainted). */
+int vdi_version_make_current(vdi_catalog *cat, const char *family, unsigned version,
+                             const char *who, const char *note, vdi_error *err);
+/* Deletes versions older than the newest `keep` that are not current, not
+ * in `pinned` (paths a config pins) and have no children; with dry_run only
+ * lists them. *gone (malloc'd) lists what went (or would go), *kept_busy
+ * (may be NULL) counts older versions kept because they are in use. */
+int vdi_versions_prune(vdi_catalog *cat, const char *family, unsigned keep,
+                       const char *const *pinned, size_t npinned, bool dry_run, const char *who,
+                       vdi_gold_version **gone, size_t *ngone, size_t *kept_busy,
+                       vdi_error *err);
+
+typedef struct vdi_gold_audit {
+    int64_t at;
+    char who[64];
+    char action[32]; /* import, publish, rollback, prune */
+    unsigned version;
+    char note[512];
+} vdi_gold_audit;
+/* The family's audit trail, oldest first; *out is malloc'd. */
+int vdi_versions_audit(vdi_catalog *cat, const char *family, vdi_gold_audit **out,
+                       size_t *count, vdi_error *err);
 
 /* Test hook: when $VDIPOOL_CRASH_AT equals name, the process kills itself
  * with SIGKILL here, to prove that every step can be recovered

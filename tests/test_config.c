@@ -238,6 +238,72 @@ START_TEST(every_error_at_once_with_lines)
 }
 END_TEST
 
+/* A catalog stand-in: family "fam" has versions 1 and 2 (current), family
+ * "empty" none. */
+static int fake_resolver(const char *family, const char *family_dir, unsigned version, char *path,
+                         size_t len, unsigned *resolved, char *why, size_t why_len, void *ctx)
+{
+    (void)ctx;
+    if (strcmp(family, "fam")) {
+        snprintf(why, why_len, "gold '%s' has no version yet", family);
+        return -ENOENT;
+    }
+    if (version > 2) {
+        snprintf(why, why_len, "gold 'fam' has no version %u (it has 1 to 2)", version);
+        return -ENOENT;
+    }
+    *resolved = version ? version : 2;
+    snprintf(path, len, "%s/v%04u.qcow2", family_dir, *resolved);
+    return 0;
+}
+
+static int load_with_resolver(const char *text, vdi_config **cfg, vdi_config_errors **errors)
+{
+    const char *path = write_conf("fam.conf", text);
+    vdi_config_options o = {.skip_filesystem_checks = true, .resolve_version = fake_resolver};
+    return vdi_config_load(path, &o, cfg, errors);
+}
+
+START_TEST(gold_families_and_pins)
+{
+    const char *good = "datastores = ( { name = \"local\"; path = \"/srv/ds\"; } );\n"
+                       "golds = ( { name = \"fam\"; dir = \"/srv/golds/fam\"; } );\n"
+                       "pools = ( { name = \"a\"; gold = \"fam\"; datastore = \"local\"; size = 1; },\n"
+                       "  { name = \"b\"; gold = \"fam@1\"; datastore = \"local\"; size = 1; } );\n";
+    vdi_config *cfg = NULL;
+    vdi_config_errors *e = NULL;
+    ck_assert_int_eq(load_with_resolver(good, &cfg, &e), 0);
+    const vdi_pool_config *a = vdi_config_find_pool(cfg, "a"), *b = vdi_config_find_pool(cfg, "b");
+    ck_assert_str_eq(a->gold, "/srv/golds/fam/v0002.qcow2");
+    ck_assert_uint_eq(a->gold_version, 2);
+    ck_assert(!a->gold_pinned);
+    ck_assert_str_eq(b->gold, "/srv/golds/fam/v0001.qcow2");
+    ck_assert(b->gold_pinned);
+    ck_assert_str_eq(vdi_config_gold(cfg, 0)->dir, "/srv/golds/fam");
+    ck_assert_uint_eq(vdi_config_gold(cfg, 0)->version, 2);
+    vdi_config_free(cfg);
+
+    const char *bad =
+        "datastores = ( { name = \"local\"; path = \"/srv/ds\"; } );\n"                /* 1 */
+        "golds = ( { name = \"fam\"; dir = \"/srv/golds/fam\"; },\n"                      /* 2 */
+        "  { name = \"empty\"; dir = \"/srv/golds/empty\"; },\n"                          /* 3 */
+        "  { name = \"both\"; dir = \"/srv/x\"; path = \"/srv/x.qcow2\"; },\n"            /* 4 */
+        "  { name = \"rel\"; dir = \"golds/rel\"; },\n"                                    /* 5 */
+        "  { name = \"one\"; path = \"/srv/one.qcow2\"; } );\n"                            /* 6 */
+        "pools = ( { name = \"a\"; gold = \"fam@9\"; datastore = \"local\"; size = 1; },\n" /* 7 */
+        "  { name = \"b\"; gold = \"fam@x\"; datastore = \"local\"; size = 1; },\n"         /* 8 */
+        "  { name = \"c\"; gold = \"one@2\"; datastore = \"local\"; size = 1; } );\n";      /* 9 */
+    ck_assert_int_lt(load_with_resolver(bad, &cfg, &e), 0);
+    expect_error(e, "fam.conf", 3, "gold 'empty': gold 'empty' has no version yet");
+    expect_error(e, "fam.conf", 4, "has both 'path' (one image) and 'dir'");
+    expect_error(e, "fam.conf", 5, "'dir' must be an absolute path");
+    expect_error(e, "fam.conf", 7, "gold 'fam' has no version 9 (it has 1 to 2)");
+    expect_error(e, "fam.conf", 8, "'fam@x' pins no version");
+    expect_error(e, "fam.conf", 9, "gold 'one' is one image ('path'), it has no versions to pin");
+    vdi_config_errors_free(e);
+}
+END_TEST
+
 START_TEST(agent_settings)
 {
     char text[4096];
@@ -617,4 +683,4 @@ TH_MAIN("config", {"config",
                     includes_name_their_file, diff_lists_every_change, parse_string_for_fuzzing,
                     shipped_examples_are_valid, cli_check_and_diff,
                     integers_that_do_not_fit_are_refused, only_plain_files_of_bounded_size,
-                    agent_settings, NULL}})
+                    agent_settings, gold_families_and_pins, NULL}})

@@ -194,9 +194,55 @@ START_TEST(crash_during_merge_and_reparent)
 }
 END_TEST
 
+static char family_dir[4200];
+static void do_version(void)
+{
+    vdi_version_request req = {.family = "fam", .dir = family_dir, .source = gold,
+                               .who = "test", .action = "import"};
+    vdi_version_create(cat, &req, NULL, NULL, NULL, NULL);
+}
+
+/* A gold version killed at each step: afterwards the family is as it was
+ * (version 1 current, nothing under version 2's name, no temporary), and
+ * the next attempt makes version 2. */
+START_TEST(crash_during_version_create)
+{
+    snprintf(family_dir, sizeof family_dir, "%s/fam", dir);
+    do_version(); /* version 1 */
+    vdi_gold_version v1;
+    ck_assert_int_eq(vdi_version_find(cat, "fam", 0, &v1, NULL), 0);
+    ck_assert_uint_eq(v1.version, 1);
+    char v2[4300];
+    snprintf(v2, sizeof v2, "%s/v0002.qcow2", family_dir);
+    const char *points[] = {"version:converted", "version:placed", "version:sealed"};
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_msg(crash_at(points[i], do_version), "no crash at %s", points[i]);
+        ck_assert_uint_eq(vdi_catalog_rolled_back(cat), 1);
+        vdi_gold_version cur;
+        ck_assert_int_eq(vdi_version_find(cat, "fam", 0, &cur, NULL), 0);
+        ck_assert_uint_eq(cur.version, 1);
+        ck_assert_msg(access(v2, F_OK) != 0, "%s left after a crash at %s", v2, points[i]);
+        char *left = th_must("ls -A %s", family_dir);
+        ck_assert_msg(!strcmp(left, "v0001.qcow2\n"), "after %s: %s", points[i], left);
+        free(left);
+        vdi_gold_info g;
+        ck_assert_int_eq(vdi_catalog_gold(cat, v2, &g, NULL), -ENOENT);
+    }
+    do_version();
+    vdi_gold_version cur;
+    ck_assert_int_eq(vdi_version_find(cat, "fam", 0, &cur, NULL), 0);
+    ck_assert_uint_eq(cur.version, 2);
+    ck_assert_str_eq(cur.path, v2);
+    /* The versions stay whole: qemu-img agrees, and v1 kept its hash. */
+    free(th_must("qemu-img check -q %s", v2));
+    ck_assert_int_eq(vdi_guard_check(cat, v1.path, true, NULL), 0);
+    th_run(NULL, "chattr -i %s/*.qcow2", family_dir);
+}
+END_TEST
+
 TH_MAIN("recovery", {"recovery",
                      engine_setup,
                      engine_teardown,
                      120,
                      {crash_during_clone, crash_during_seal, live_operation_is_not_recovered,
-                      crash_during_merge_and_reparent, NULL}})
+                      crash_during_merge_and_reparent, crash_during_version_create, NULL}})

@@ -780,6 +780,149 @@ START_TEST(acquire_withdrawn_when_the_client_goes)
 }
 END_TEST
 
+/* A pool "demo" that follows gold family "fam" in D.dir/fam. */
+static void write_family_config(unsigned size, unsigned spares)
+{
+    char text[8192];
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
+             "  log_level = \"debug\"; acquire_timeout = \"20s\"; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "golds = ( { name = \"fam\"; dir = \"%s/fam\"; } );\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"fam\";\n"
+             "  datastore = \"local\"; size = %u; spares = %u;\n"
+             "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = \"vnc\";\n"
+             "             accel = \"tcg\"; }; } );\n",
+             D.sock, D.state, D.uri, D.dir, D.dir, D.prefix, size, spares);
+    th_write_file(D.conf, text, strlen(text));
+}
+
+/* Runs vdipoolctl gold ... against this test's catalog and daemon. */
+static char *gold_ctl(const char *args)
+{
+    return th_must("VDIPOOL_STATE_DIR=%s %s gold %s --socket %s --config %s 2>&1",
+                   D.state, getenv("VDIPOOLCTL"), args, D.sock, D.conf);
+}
+
+/* Waits until every ready desktop is on version `version` of fam and
+ * `ready` are ready. */
+static void wait_spares_on(unsigned version, int64_t ready)
+{
+    char want[64];
+    snprintf(want, sizeof want, "/fam/v%04u.qcow2", version);
+    time_t end = time(NULL) + 30;
+    json_t *j = NULL;
+    while (time(NULL) <= end) {
+        json_decref(j);
+        j = NULL;
+        bool all = th_http(&D, "GET", "/v1/pools/demo", NULL, &j) == 200 &&
+                   state_count(j, "ready") == ready;
+        size_t i;
+        json_t *d;
+        json_array_foreach(json_object_get(j, "desktops"), i, d)
+        {
+            const char *g = json_string_value(json_object_get(d, "gold"));
+            if (!strcmp(json_string_value(json_object_get(d, "state")), "ready"))
+                all &= g && strstr(g, want) != NULL;
+        }
+        if (all) {
+            json_decref(j);
+            return;
+        }
+        usleep(100000);
+    }
+    char *dump = j ? json_dumps(j, 0) : NULL;
+    ck_abort_msg("the spares did not move to version %u: %s", version, dump ? dump : "-");
+}
+
+START_TEST(gold_family_versions_roll_over)
+{
+    char src2[1200], out_path[1200];
+    snprintf(src2, sizeof src2, "%s/second.qcow2", D.dir);
+    free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), src2));
+    /* Version 1 from the test's gold (a file, not sealed by the import: it
+     * writes a new one), then the daemon on the family. */
+    write_family_config(3, 2);
+    char args[2600];
+    snprintf(args, sizeof args, "import fam %s --note first", D.gold);
+    char *out = gold_ctl(args);
+    ck_assert_msg(strstr(out, "version 1 is current") && strstr(out, "not running"), "%s", out);
+    free(out);
+    th_daemon_start(&D);
+    wait_spares_on(1, 2);
+    json_t *a = acquire("alice", 200);
+    char name[96];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
+    json_decref(a);
+
+    /* Version 2: the running daemon is told, the spares move, alice stays. */
+    snprintf(args, sizeof args, "import fam %s --note second", src2);
+    out = gold_ctl(args);
+    ck_assert_msg(strstr(out, "version 2 is current") && strstr(out, "vdipoold reloaded"), "%s",
+                  out);
+    free(out);
+    wait_spares_on(2, 2);
+    json_t *d = desktop(name);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(d, "gold")), "/v0001.qcow2"));
+    json_decref(d);
+    /* Version 1 has alice's child: pruning keeps it. */
+    out = gold_ctl("prune fam --keep 1");
+    ck_assert_msg(strstr(out, "0 versions deleted; 1 older one kept"), "%s", out);
+    free(out);
+
+    /* Roll back to 1 and forward to 2 again. */
+    out = gold_ctl("rollback fam");
+    ck_assert_msg(strstr(out, "version 1 is current again (was 2)"), "%s", out);
+    free(out);
+    wait_spares_on(1, 2);
+    out = gold_ctl("rollback fam --to 2 --note again");
+    free(out);
+    wait_spares_on(2, 2);
+
+    /* alice logs off: version 1 has no child left and goes. */
+    json_t *r = NULL;
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
+    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &r), 200);
+    json_decref(r);
+    wait_spares_on(2, 2);
+    snprintf(out_path, sizeof out_path, "%s/fam/v0001.qcow2", D.dir);
+    time_t end = time(NULL) + 20;
+    for (;;) {
+        out = gold_ctl("prune fam --keep 1");
+        bool done = strstr(out, "deleted version 1") != NULL;
+        ck_assert_msg(done || time(NULL) < end, "%s", out);
+        free(out);
+        if (done)
+            break;
+        sleep(1); /* its last child is being deleted */
+    }
+    ck_assert_int_ne(access(out_path, F_OK), 0);
+    out = gold_ctl("versions fam --json");
+    json_t *j = json_loads(out, 0, NULL);
+    free(out);
+    json_t *vs = json_object_get(j, "versions");
+    ck_assert_uint_eq(json_array_size(vs), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(vs, 0), "version")), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(vs, 0), "state")),
+                     "current");
+    json_t *hist = json_object_get(j, "history");
+    const char *actions[] = {"import", "import", "rollback", "rollback", "prune"};
+    ck_assert_uint_eq(json_array_size(hist), 5);
+    for (size_t i = 0; i < 5; i++)
+        ck_assert_str_eq(json_string_value(json_object_get(json_array_get(hist, i), "action")),
+                         actions[i]);
+    json_decref(j);
+    /* The current version was never written: it still verifies. */
+    out = th_must("VDIPOOL_STATE_DIR=%s %s image verify %s/fam/v0002.qcow2 2>&1", D.state,
+                  getenv("VDIPOOLCTL"), D.dir);
+    free(out);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 /* Reads from fd until `want` appears in what was read (kept in buf), or
  * fails after 20 s. */
 static void read_until(int fd, char *buf, size_t cap, size_t *len, const char *want)
@@ -850,4 +993,5 @@ TH_MAIN("service",
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
           second_instance_is_refused, blocked_pool_waits_without_spinning,
           http_limits_versions_and_timeouts, keep_alive_and_ordered_pipelining,
-          acquire_withdrawn_when_the_client_goes, events_stream_desktop_changes, NULL}})
+          acquire_withdrawn_when_the_client_goes, events_stream_desktop_changes,
+          gold_family_versions_roll_over, NULL}})

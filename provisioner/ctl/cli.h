@@ -44,6 +44,7 @@ typedef int (*cli_handler)(cli_call *c);
 /* The long help of a group (`vdipoolctl image --help`). */
 void cli_image_usage(FILE *out);
 void cli_config_usage(FILE *out);
+void cli_gold_usage(FILE *out);
 
 int cli_image_inspect(cli_call *c);
 int cli_image_clone(cli_call *c);
@@ -63,6 +64,10 @@ int cli_acquire(cli_call *c);
 int cli_release(cli_call *c);
 int cli_reload(cli_call *c);
 int cli_images(cli_call *c);
+int cli_gold_import(cli_call *c);
+int cli_gold_versions(cli_call *c);
+int cli_gold_rollback(cli_call *c);
+int cli_gold_prune(cli_call *c);
 
 /* Prints an error: a sentence on stderr, or {"error": …} on stdout with --json. */
 int cli_fail(bool json, const vdi_error *err);

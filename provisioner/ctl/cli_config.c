@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void cli_config_usage(FILE *out)
 {
@@ -44,11 +45,21 @@ static void print_errors(bool json, const vdi_config_errors *errors, const char 
     fprintf(stderr, "%s: %zu error%s; nothing was applied\n", path, n, n == 1 ? "" : "s");
 }
 
+/* With filesystem checks, gold families are resolved through the catalog
+ * of $VDIPOOL_STATE_DIR (--state-dir) when it can be opened. */
 static int load(const char *path, bool fs_checks, vdi_config **cfg, vdi_config_errors **errors)
 {
+    vdi_catalog *cat = NULL;
+    if (fs_checks && access(vdi_state_dir_default(), F_OK) == 0 &&
+        vdi_catalog_open(vdi_state_dir_default(), &cat, NULL) < 0)
+        cat = NULL;
     vdi_config_options opts = {.check_image = glue_check_gold,
-                               .skip_filesystem_checks = !fs_checks};
-    return vdi_config_load(path, &opts, cfg, errors);
+                               .skip_filesystem_checks = !fs_checks,
+                               .resolve_version = cat ? glue_resolve_version : NULL,
+                               .resolve_ctx = cat};
+    int rc = vdi_config_load(path, &opts, cfg, errors);
+    vdi_catalog_close(cat);
+    return rc;
 }
 
 static json_t *pool_json(const vdi_pool_config *p)

@@ -33,13 +33,21 @@ static void usage(FILE *out)
           "  reload [--json]                    re-read the config (refused if invalid)\n"
           "  images [--json]                    golds and their children\n"
           "\n"
+          "Gold versions (offline; a running vdipoold is told to reload):\n"
+          "  gold import NAME FILE [--dir DIR] [--note TEXT]\n"
+          "                                     FILE becomes the next sealed version, current\n"
+          "  gold versions NAME [--json]        versions, their state and the history\n"
+          "  gold rollback NAME [--to N]        an earlier version becomes current again\n"
+          "  gold prune NAME --keep K [--dry-run]\n"
+          "                                     delete old versions nothing uses\n"
+          "\n"
           "Config (offline):\n"
           "  config check [--config PATH] [--json]\n"
           "                                     validate the config, print every error with its "
           "line\n"
           "  config diff OLD NEW [--json]       what applying NEW over OLD would change\n"
           "\n"
-          "Run `vdipoolctl image --help` or `vdipoolctl config --help` for every option.\n",
+          "Run `vdipoolctl image --help`, `gold --help` or `config --help` for every option.\n",
           out);
 }
 
@@ -78,6 +86,11 @@ static const char *const merge_values[] = {"into", "to", NULL};
 static const char *const config_value[] = {"config", NULL};
 /* Service commands: value[0] is --socket everywhere. */
 static const char *const socket_values[] = {"socket", "user", "reason", NULL};
+/* Gold commands: value[0] --config, value[1] --socket, then their own. */
+static const char *const gold_values[] = {"config", "socket", "dir", "note", NULL};
+static const char *const gold_rollback_values[] = {"config", "socket", "to", "note", NULL};
+static const char *const gold_prune_values[] = {"config", "socket", "keep", NULL};
+static const char *const dry_run_flag[] = {"dry-run", NULL};
 
 typedef struct cli_command {
     const char *group; /* "image", "config", or NULL for a top-level command */
@@ -115,12 +128,20 @@ static const cli_command commands[] = {
      socket_values, false},
     {NULL, "reload", cli_reload, 0, 0, "no arguments", no_names, socket_values, false},
     {NULL, "images", cli_images, 0, 0, "no arguments", no_names, socket_values, false},
+    {"gold", "import", cli_gold_import, 2, 2, "NAME and FILE", no_names, gold_values, true},
+    {"gold", "versions", cli_gold_versions, 1, 1, "one NAME", no_names, gold_values, true},
+    {"gold", "rollback", cli_gold_rollback, 1, 1, "one NAME (and --to N)", no_names,
+     gold_rollback_values, true},
+    {"gold", "prune", cli_gold_prune, 1, 1, "one NAME and --keep K", dry_run_flag,
+     gold_prune_values, true},
 };
 
 static void group_usage(const char *group, FILE *out)
 {
     if (!strcmp(group, "image"))
         cli_image_usage(out);
+    else if (!strcmp(group, "gold"))
+        cli_gold_usage(out);
     else
         cli_config_usage(out);
 }

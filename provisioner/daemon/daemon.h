@@ -278,7 +278,10 @@ int service_apply_config(service *svc, vdi_config *config);
  * Returns a negative code when nothing could be queued. */
 typedef void (*reload_cb)(void *ctx, int rc, json_t *errors);
 int service_reload(service *svc, reload_cb cb, void *ctx);
-int service_load_config(const char *path, vdi_config **out, json_t **errors_json);
+/* catalog NULL: gold families are not resolved (the first read at start,
+ * which only learns where the state directory is). */
+int service_load_config(const char *path, vdi_catalog *catalog, vdi_config **out,
+                        json_t **errors_json);
 void service_on_connected(service *svc, virConnectPtr conn);
 void service_on_disconnected(service *svc);
 

@@ -70,9 +70,14 @@ int service_apply_config(service *svc, vdi_config *config)
     return rc;
 }
 
-int service_load_config(const char *path, vdi_config **out, json_t **errors_json)
+int service_load_config(const char *path, vdi_catalog *catalog, vdi_config **out,
+                        json_t **errors_json)
 {
-    vdi_config_options opts = {.check_image = glue_check_gold};
+    /* Without the catalog gold families cannot be resolved (only at start,
+     * to learn where the state directory is). */
+    vdi_config_options opts = {.check_image = glue_check_gold,
+                               .resolve_version = catalog ? glue_resolve_version : NULL,
+                               .resolve_ctx = catalog};
     vdi_config_errors *errors = NULL;
     int rc = vdi_config_load(path, &opts, out, &errors);
     if (rc < 0) {
@@ -97,6 +102,7 @@ int service_load_config(const char *path, vdi_config **out, json_t **errors_json
  * never stalls the loop); the running config stays in force meanwhile. */
 typedef struct reload_req {
     char *path;         /* a copy of the service's config_path */
+    vdi_catalog *catalog; /* thread-safe: gold families are resolved through it */
     uint64_t seq;       /* reloads apply in the order they were asked */
     vdi_config *config; /* result, or NULL with errors */
     json_t *errors;
@@ -107,7 +113,7 @@ typedef struct reload_req {
 static void reload_run(void *data)
 {
     reload_req *r = data;
-    if (service_load_config(r->path, &r->config, &r->errors) < 0)
+    if (service_load_config(r->path, r->catalog, &r->config, &r->errors) < 0)
         r->config = NULL;
 }
 
@@ -153,6 +159,7 @@ int service_reload(service *svc, reload_cb cb, void *ctx)
         return -ENOMEM;
     }
     r->seq = ++svc->reload_asked;
+    r->catalog = svc->catalog;
     r->cb = cb;
     r->ctx = ctx;
     int rc = work_submit(svc, reload_run, reload_done, r);

@@ -198,7 +198,7 @@ int main(int argc, char **argv)
     const char *config_path = config && *config ? config : VDI_CONFIG_DEFAULT_PATH;
 
     vdi_config *cfg = NULL;
-    if (service_load_config(config_path, &cfg, NULL) < 0) {
+    if (service_load_config(config_path, NULL, &cfg, NULL) < 0) {
         fprintf(stderr,
                 "vdipoold: %s is not valid (see above); run `vdipoolctl config check "
                 "--config %s`\n",
@@ -228,6 +228,16 @@ int main(int argc, char **argv)
     if (vdi_catalog_rolled_forward(catalog) || vdi_catalog_rolled_back(catalog))
         svc_log("info", "event=recovered finished=%u undone=%u",
                 vdi_catalog_rolled_forward(catalog), vdi_catalog_rolled_back(catalog));
+    /* Again with the catalog: gold families resolve to their versions. */
+    vdi_config_unref(cfg);
+    if (service_load_config(config_path, catalog, &cfg, NULL) < 0) {
+        fprintf(stderr,
+                "vdipoold: %s is not valid (see above); run `vdipoolctl config check "
+                "--config %s`\n",
+                config_path, config_path);
+        vdi_catalog_close(catalog);
+        return 1;
+    }
     uv_loop_t *loop = uv_default_loop();
     if (service_init(&svc, loop, config_path, cfg, catalog, &real_desktop_ops) < 0) {
         fprintf(stderr, "vdipoold: out of memory setting up the pools\n");

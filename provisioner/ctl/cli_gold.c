@@ -1,0 +1,345 @@
+/* cli_gold.c — `vdipoolctl gold import|versions|rollback|prune`: a gold
+ * family's versions (engine/versions.c). A change of the current version is
+ * handed to a running vdipoold with a reload, so the pools that follow the
+ * family roll over (ready desktops are replaced, sessions finish). */
+#include "cli.h"
+#include "glue.h"
+#include "vdi_client.h"
+#include "vdi_config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+void cli_gold_usage(FILE *out)
+{
+    fputs("usage: vdipoolctl gold <command> NAME [options]\n"
+          "\n"
+          "A gold family keeps sealed, standalone versions in one directory\n"
+          "(DIR/v0001.qcow2, ...); pools with gold = \"NAME\" follow its current version,\n"
+          "gold = \"NAME@N\" pins version N. Configure it as\n"
+          "  golds = ( { name = \"NAME\"; dir = \"DIR\"; } );\n"
+          "\n"
+          "  gold import NAME FILE [--dir DIR] [--note TEXT]\n"
+          "        write FILE (raw, qcow2 chain, standalone VHD/VHDX) as the next version,\n"
+          "        sparse and sealed, and make it current (--dir: the family's directory,\n"
+          "        else the config's 'dir', else where its versions are)\n"
+          "  gold versions NAME [--json]\n"
+          "        every version: state, children, size, fingerprint, note; the history\n"
+          "  gold rollback NAME [--to N] [--note TEXT]\n"
+          "        make version N (default: the one before the current) current again,\n"
+          "        after re-hashing it against its fingerprint\n"
+          "  gold prune NAME --keep K [--dry-run]\n"
+          "        delete versions older than the newest K that nothing uses (no child,\n"
+          "        not current, not pinned by a pool)\n"
+          "\n"
+          "Options: --config PATH (the config, for 'dir' and pinned versions),\n"
+          "--socket PATH (the running vdipoold, told to reload), --state-dir DIR, --json.\n",
+          out);
+}
+
+/* Who asked, for the audit trail: the sudo user behind root when there is one. */
+static const char *who(void)
+{
+    const char *sudo = getenv("SUDO_USER");
+    if (sudo && *sudo)
+        return sudo;
+    struct passwd *pw = getpwuid(getuid());
+    return pw ? pw->pw_name : "unknown";
+}
+
+/* The config without resolving families (that needs no valid version):
+ * only to read a family's dir and the pools' pins. NULL when unreadable. */
+static vdi_config *read_config(const cli_opts *o)
+{
+    const char *path = cli_config_path(o->value[0]);
+    if (access(path, R_OK) != 0)
+        return NULL;
+    vdi_config_options opts = {.skip_filesystem_checks = true};
+    vdi_config *cfg = NULL;
+    vdi_config_errors *errors = NULL;
+    if (vdi_config_load(path, &opts, &cfg, &errors) < 0)
+        cfg = NULL;
+    vdi_config_errors_free(errors);
+    return cfg;
+}
+
+/* Tells a running vdipoold to re-read the config, so pools follow the new
+ * current version; says so either way. */
+static void tell_daemon(const cli_opts *o, const char *family)
+{
+    char *text = NULL;
+    vdi_error err = {0};
+    int status = vdi_client_call(vdi_client_socket(o->value[1]), "POST", "/v1/reload", NULL,
+                                 &text, &err);
+    if (o->json) {
+        free(text);
+        return;
+    }
+    if (status == 200)
+        printf("vdipoold reloaded: pools that follow gold '%s' roll over (ready desktops are "
+               "replaced, sessions finish on the version they started on)\n",
+               family);
+    else if (status < 0)
+        printf("vdipoold is not running here (%s); pools follow at its next start\n",
+               err.message);
+    else
+        printf("vdipoold refused the reload (HTTP %d): %s\nfix the config and run `vdipoolctl "
+               "reload`\n",
+               status, text ? text : "");
+    free(text);
+}
+
+static void progress(double percent, void *ctx)
+{
+    (void)ctx;
+    fprintf(stderr, "\r  writing the version: %5.1f%%", percent);
+    fflush(stderr);
+}
+
+static json_t *version_json(const vdi_gold_version *v)
+{
+    char hex[2 * VDI_HASH_SIZE + 1];
+    vdi_hash_hex(v->hash, hex, sizeof hex);
+    const char *state = v->current                  ? "current"
+                        : v->state == VDI_GOLD_TAINTED ? "tainted"
+                        : v->children                ? "retiring"
+                                                     : "retired";
+    return json_pack("{s:i,s:s,s:s,s:I,s:s,s:s,s:i,s:I,s:I,s:s}", "version", v->version, "state",
+                     state, "path", v->path, "created_at", (json_int_t)v->created_at,
+                     "created_by", v->created_by, "note", v->note, "children",
+                     (int)v->children, "allocated", (json_int_t)v->allocated, "virtual_size",
+                     (json_int_t)v->virtual_size, "sha256", hex);
+}
+
+int cli_gold_import(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    const char *family = c->args[0], *file = c->args[1];
+    const char *dir = o->value[2];
+    vdi_config *cfg = dir ? NULL : read_config(o);
+    for (size_t i = 0; !dir && cfg && i < vdi_config_gold_count(cfg); i++) {
+        const vdi_gold_config *g = vdi_config_gold(cfg, i);
+        if (g->name && !strcmp(g->name, family))
+            dir = g->dir;
+    }
+    vdi_gold_version cur;
+    char known_dir[PATH_MAX] = "";
+    if (!dir && vdi_version_find(c->catalog, family, 0, &cur, NULL) == 0) {
+        snprintf(known_dir, sizeof known_dir, "%s", cur.path);
+        char *slash = strrchr(known_dir, '/');
+        if (slash)
+            *slash = '\0';
+        dir = known_dir;
+    }
+    if (!dir) {
+        vdi_config_unref(cfg);
+        return cli_usage_error("gold '%s' has no directory yet: give --dir DIR, or add "
+                               "golds = ( { name = \"%s\"; dir = \"DIR\"; } ) to the config",
+                               family, family);
+    }
+    vdi_version_request req = {.family = family,
+                               .dir = dir,
+                               .source = file,
+                               .note = o->value[3],
+                               .who = who(),
+                               .action = "import"};
+    /* Keep 5% of the directory's filesystem free, like a datastore's
+     * default (measured on its parent while it does not exist yet). */
+    struct statvfs vfs;
+    char probe[PATH_MAX];
+    snprintf(probe, sizeof probe, "%s", dir);
+    while (access(probe, F_OK) != 0 && strrchr(probe, '/') && strrchr(probe, '/') != probe)
+        *strrchr(probe, '/') = '\0';
+    if (statvfs(probe, &vfs) == 0)
+        req.reserve_bytes = (uint64_t)vfs.f_blocks * vfs.f_frsize / 20;
+    vdi_gold_version v;
+    vdi_error err = {0};
+    bool tty = !o->json && isatty(2);
+    int rc = vdi_version_create(c->catalog, &req, tty ? progress : NULL, NULL, &v, &err);
+    if (tty)
+        fputs("\n", stderr);
+    vdi_config_unref(cfg);
+    if (rc < 0)
+        return cli_fail(o->json, &err);
+    if (o->json) {
+        cli_print_json(version_json(&v));
+    } else {
+        char a[32], b[32];
+        printf("gold %s: version %u is current: %s (%s allocated of %s)\n", family, v.version,
+               v.path, vdi_format_size(v.allocated, a, sizeof a),
+               vdi_format_size(v.virtual_size, b, sizeof b));
+    }
+    tell_daemon(o, family);
+    return CLI_OK;
+}
+
+int cli_gold_versions(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    const char *family = c->args[0];
+    vdi_gold_version *v = NULL;
+    size_t n = 0;
+    vdi_gold_audit *trail = NULL;
+    size_t ntrail = 0;
+    vdi_error err = {0};
+    if (vdi_versions_list(c->catalog, family, &v, &n, &err) < 0 ||
+        vdi_versions_audit(c->catalog, family, &trail, &ntrail, &err) < 0) {
+        free(v);
+        return cli_fail(o->json, &err);
+    }
+    if (n == 0) {
+        free(v);
+        free(trail);
+        vdi_error_set(&err, -ENOENT,
+                      "gold '%s' has no versions: make one with `vdipoolctl gold import %s FILE "
+                      "--dir DIR`",
+                      family, family);
+        return cli_fail(o->json, &err);
+    }
+    if (o->json) {
+        json_t *arr = json_array(), *hist = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(arr, version_json(&v[i]));
+        for (size_t i = 0; i < ntrail; i++)
+            json_array_append_new(hist, json_pack("{s:I,s:s,s:s,s:i,s:s}", "at",
+                                                  (json_int_t)trail[i].at, "who", trail[i].who,
+                                                  "action", trail[i].action, "version",
+                                                  trail[i].version, "note", trail[i].note));
+        cli_print_json(json_pack("{s:s,s:o,s:o}", "gold", family, "versions", arr, "history",
+                                 hist));
+    } else {
+        printf("%-7s %-10s %-19s %-10s %10s %10s  %-12s %s\n", "version", "state", "created",
+               "by", "allocated", "virtual", "sha256", "note");
+        for (size_t i = 0; i < n; i++) {
+            json_t *j = version_json(&v[i]);
+            char when[32], a[32], b[32], state[32];
+            struct tm tm;
+            time_t t = (time_t)v[i].created_at;
+            strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
+            const char *st = json_string_value(json_object_get(j, "state"));
+            if (!strcmp(st, "retiring"))
+                snprintf(state, sizeof state, "retiring:%zu", v[i].children);
+            else
+                snprintf(state, sizeof state, "%s", st);
+            printf("%-7u %-10s %-19s %-10s %10s %10s  %.12s %s\n", v[i].version, state, when,
+                   v[i].created_by, vdi_format_size(v[i].allocated, a, sizeof a),
+                   vdi_format_size(v[i].virtual_size, b, sizeof b),
+                   json_string_value(json_object_get(j, "sha256")), v[i].note);
+            json_decref(j);
+        }
+        printf("history:\n");
+        for (size_t i = 0; i < ntrail; i++) {
+            char when[32];
+            struct tm tm;
+            time_t t = (time_t)trail[i].at;
+            strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
+            printf("  %s %-8s v%u by %s%s%s\n", when, trail[i].action, trail[i].version,
+                   trail[i].who, trail[i].note[0] ? ": " : "", trail[i].note);
+        }
+    }
+    free(v);
+    free(trail);
+    return CLI_OK;
+}
+
+int cli_gold_rollback(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    const char *family = c->args[0];
+    vdi_error err = {0};
+    vdi_gold_version cur;
+    if (vdi_version_find(c->catalog, family, 0, &cur, &err) < 0)
+        return cli_fail(o->json, &err);
+    unsigned to = 0;
+    if (o->value[2]) {
+        char *end = NULL;
+        unsigned long v = strtoul(o->value[2], &end, 10);
+        if (!*o->value[2] || *end || v == 0 || v > 99999)
+            return cli_usage_error("--to takes a version number, such as --to 3");
+        to = (unsigned)v;
+    } else {
+        /* The newest version below the current one that is still there. */
+        vdi_gold_version *all = NULL;
+        size_t n = 0;
+        if (vdi_versions_list(c->catalog, family, &all, &n, &err) < 0)
+            return cli_fail(o->json, &err);
+        for (size_t i = 0; i < n; i++)
+            if (all[i].version < cur.version && all[i].state != VDI_GOLD_TAINTED)
+                to = all[i].version;
+        free(all);
+        if (!to) {
+            vdi_error_set(&err, -ENOENT, "gold '%s' has no version before %u to go back to",
+                          family, cur.version);
+            return cli_fail(o->json, &err);
+        }
+    }
+    if (vdi_version_make_current(c->catalog, family, to, who(), o->value[3], &err) < 0)
+        return cli_fail(o->json, &err);
+    if (o->json)
+        cli_print_json(json_pack("{s:s,s:i,s:i}", "gold", family, "current", to, "was",
+                                 cur.version));
+    else
+        printf("gold %s: version %u is current again (was %u)\n", family, to, cur.version);
+    tell_daemon(o, family);
+    return CLI_OK;
+}
+
+int cli_gold_prune(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    const char *family = c->args[0];
+    char *end = NULL;
+    unsigned long keep = o->value[2] ? strtoul(o->value[2], &end, 10) : 0;
+    if (!o->value[2] || !*o->value[2] || *end || keep == 0 || keep > 99999)
+        return cli_usage_error("gold prune needs --keep K, how many of the newest versions "
+                               "to keep (at least 1)");
+    /* Versions the config pins stay, whatever their age. */
+    vdi_config *cfg = read_config(o);
+    const char *pinned[256];
+    size_t npinned = 0;
+    char paths[256][PATH_MAX + 32];
+    for (size_t i = 0; cfg && i < vdi_config_pool_count(cfg) && npinned < 256; i++) {
+        const vdi_pool_config *p = vdi_config_pool(cfg, i);
+        vdi_gold_version v;
+        if (p->gold_pinned && p->gold_name && !strcmp(p->gold_name, family) &&
+            vdi_version_find(c->catalog, family, p->gold_version, &v, NULL) == 0) {
+            snprintf(paths[npinned], sizeof paths[npinned], "%s", v.path);
+            pinned[npinned] = paths[npinned];
+            npinned++;
+        }
+    }
+    vdi_config_unref(cfg);
+    vdi_gold_version *gone = NULL;
+    size_t ngone = 0, busy = 0;
+    vdi_error err = {0};
+    bool dry = o->flag[0];
+    int rc = vdi_versions_prune(c->catalog, family, (unsigned)keep, pinned, npinned, dry, who(),
+                                &gone, &ngone, &busy, &err);
+    if (o->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < ngone; i++)
+            json_array_append_new(arr, version_json(&gone[i]));
+        cli_print_json(json_pack("{s:s,s:b,s:o,s:i}", "gold", family, "dry_run", dry,
+                                 dry ? "would_delete" : "deleted", arr, "kept_in_use",
+                                 (int)busy));
+    } else {
+        for (size_t i = 0; i < ngone; i++)
+            printf("%s version %u: %s\n", dry ? "would delete" : "deleted", gone[i].version,
+                   gone[i].path);
+        printf("gold %s: %zu version%s %s; %zu older one%s kept (current, pinned or with "
+               "children)\n",
+               family, ngone, ngone == 1 ? "" : "s", dry ? "would go" : "deleted", busy,
+               busy == 1 ? "" : "s");
+    }
+    free(gone);
+    if (rc < 0)
+        return cli_fail(o->json, &err);
+    return CLI_OK;
+}

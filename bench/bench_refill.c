@@ -221,7 +221,7 @@ int main(int argc, char **argv)
     snprintf(sock, sizeof sock, "%s/sock", work);
     snprintf(text, sizeof text,
              "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
-             "\"qemu:///system\";\n  log_level = \"warning\"; max_parallel_clones = 4; "
+             "\"qemu:///system\";\n  log_level = \"%s\"; max_parallel_clones = 4; "
              "max_parallel_starts = %d; };\n"
              "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
              "  max_overcommit = 1000.0; } );\n"
@@ -229,7 +229,8 @@ int main(int argc, char **argv)
              "  size = %u; spares = %u; expected_growth = \"1M\";\n"
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
              "\"vnc\"; accel = \"tcg\"; }; } );\n",
-             sock, work, PARALLEL_STARTS, work, gold, ndesktops, ndesktops);
+             sock, work, getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "warning",
+             PARALLEL_STARTS, work, gold, ndesktops, ndesktops);
     int status = 1;
     double t0 = bench_now();
     pid_t pid = bench_start_daemon(daemon, work, text);
@@ -332,6 +333,12 @@ cleanup:
     free(template_xml);
     free(vdi_logoff);
     free(raw_logoff_s);
+    if (getenv("BENCH_KEEP_LOG")) {
+        char keep[700];
+        snprintf(keep, sizeof keep, "cp %s/vdipoold.log %s", work, getenv("BENCH_KEEP_LOG"));
+        if (system(keep) != 0)
+            fprintf(stderr, "bench_refill: the log was not kept\n");
+    }
     bench_cleanup(work, gold);
     return status;
 }

@@ -96,3 +96,12 @@ for count in 2000 20000; do
     "$root/build/bench/bench_adopt" "$root/build/vdipoold" "$root/build/make-demo-gold" \
         "$work/adopt" "$count"
 done
+
+echo
+echo "## refill on real libvirtd + QEMU against the raw work (needs libvirtd: deploy/setup.sh)"
+chmod 755 "$work" # QEMU runs as libvirt-qemu: it must reach the gold and the children
+for filler in 0 2000; do
+    if [ "$quick" = "--quick" ] && [ "$filler" = 2000 ]; then continue; fi
+    "$root/build/bench/bench_refill" "$root/build/vdipoold" "$root/build/make-demo-gold" \
+        "$work/refill" 20 "$filler" 7
+done

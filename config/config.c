@@ -256,7 +256,7 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
     static const char *const keys[] = { "name", "desktop_prefix", "gold", "datastore", "size",
                                         "spares", "max_chain_depth", "expected_growth", "domain",
                                         "session", "ready_when", "boot_timeout", "hostname",
-                                        "hostname_command", NULL };
+                                        "hostname_command", "rollout", "rollout_notice", NULL };
     cfg_check_keys(ctx, g, keys, where);
     p->name = e->name;
     p->file = cfg_keep(cfg, cfg_setting_file(ctx, g));
@@ -280,6 +280,16 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
         p->spares = p->size;
     cfg_get_uint(ctx, g, "max_chain_depth", where, 1, 16, &p->max_chain_depth);
     cfg_get_size(ctx, g, "expected_growth", where, 0, &p->expected_growth);
+    static const char *const rollouts[] = { "on-logoff", "immediate", "manual", NULL };
+    int ri = cfg_get_choice(ctx, g, "rollout", where, rollouts);
+    p->rollout = ri >= 0 ? (vdi_rollout)ri : VDI_ROLLOUT_ON_LOGOFF;
+    p->rollout_notice = 600;
+    cfg_get_duration(ctx, g, "rollout_notice", where, 7ULL * 86400, &p->rollout_notice);
+    if (cfg_member(g, "rollout_notice") && p->rollout != VDI_ROLLOUT_IMMEDIATE)
+        ERR(ctx, cfg_member(g, "rollout_notice"),
+            "%s: 'rollout_notice' is for rollout = \"immediate\" (sessions end that long "
+            "after a roll-out)",
+            where);
 
     const char *gold = NULL;
     if (cfg_get_string(ctx, g, "gold", where, true, &gold)) {

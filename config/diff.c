@@ -208,6 +208,10 @@ static void diff_pool(vdi_config_diff *d, const vdi_pool_config *a, const vdi_po
             duration_text(b->session.agent_lost_timeout));
 
     const vdi_change_kind ok = VDI_CHANGE_POOL_OTHER;
+    CMP_STR(ok, n, "rollout", vdi_rollout_name(a->rollout), vdi_rollout_name(b->rollout));
+    if (a->rollout_notice != b->rollout_notice)
+        add(d, ok, n, "rollout_notice", duration_text(a->rollout_notice),
+            duration_text(b->rollout_notice));
     CMP_STR(ok, n, "desktop_prefix", a->desktop_prefix, b->desktop_prefix);
     CMP_U(ok, n, "max_chain_depth", a->max_chain_depth, b->max_chain_depth);
     if (a->expected_growth != b->expected_growth)

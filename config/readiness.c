@@ -9,6 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+const char *vdi_rollout_name(vdi_rollout rollout)
+{
+    return rollout == VDI_ROLLOUT_IMMEDIATE ? "immediate"
+           : rollout == VDI_ROLLOUT_MANUAL  ? "manual"
+                                            : "on-logoff";
+}
+
 const char *vdi_ready_when_name(vdi_ready_when when)
 {
     return when == VDI_READY_AGENT ? "agent" : "started";

@@ -96,6 +96,14 @@ typedef struct vdi_session_config {
     const char *idle_command;      /* run in the guest: prints the user's idle seconds */
 } vdi_session_config;
 
+/* How a pool moves to a new gold (its gold's current version changed, or
+ * the config points it elsewhere). */
+typedef enum vdi_rollout {
+    VDI_ROLLOUT_ON_LOGOFF, /* ready desktops replaced at once, sessions finish */
+    VDI_ROLLOUT_IMMEDIATE, /* and sessions end (reason rollout) after rollout_notice */
+    VDI_ROLLOUT_MANUAL,    /* the pool stays on its gold until `vdipoolctl pool rollout` */
+} vdi_rollout;
+
 typedef enum vdi_ready_when {
     VDI_READY_STARTED, /* the domain runs */
     VDI_READY_AGENT,   /* its guest agent connected and answered, identity set */
@@ -116,6 +124,8 @@ typedef struct vdi_pool_config {
     vdi_domain_config domain;
     vdi_session_config session;
     vdi_ready_when ready_when;
+    vdi_rollout rollout;
+    uint64_t rollout_notice;       /* immediate: seconds a session keeps after a roll-out; 600 */
     uint64_t boot_timeout;         /* seconds from start to ready (agent); 600 */
     const char *hostname;          /* pattern, "{{name}}" by default; "" = leave it */
     const char *hostname_command;  /* run in the guest with the hostname as argument */
@@ -129,6 +139,7 @@ typedef struct vdi_pool_config {
 int vdi_config_hostname(const vdi_pool_config *pool, const char *desktop_name, unsigned slot,
                         char *out, size_t out_len);
 const char *vdi_ready_when_name(vdi_ready_when when);
+const char *vdi_rollout_name(vdi_rollout rollout);
 
 typedef struct vdi_config vdi_config;
 

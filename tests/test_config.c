@@ -292,7 +292,9 @@ START_TEST(gold_families_and_pins)
         "  { name = \"one\"; path = \"/srv/one.qcow2\"; } );\n"                            /* 6 */
         "pools = ( { name = \"a\"; gold = \"fam@9\"; datastore = \"local\"; size = 1; },\n" /* 7 */
         "  { name = \"b\"; gold = \"fam@x\"; datastore = \"local\"; size = 1; },\n"         /* 8 */
-        "  { name = \"c\"; gold = \"one@2\"; datastore = \"local\"; size = 1; } );\n";      /* 9 */
+        "  { name = \"c\"; gold = \"one@2\"; datastore = \"local\"; size = 1; },\n"          /* 9 */
+        "  { name = \"d\"; gold = \"fam\"; datastore = \"local\"; size = 1; rollout = \"soon\"; },\n" /* 10 */
+        "  { name = \"e\"; gold = \"fam\"; datastore = \"local\"; size = 1; rollout_notice = \"1m\"; } );\n"; /* 11 */
     ck_assert_int_lt(load_with_resolver(bad, &cfg, &e), 0);
     expect_error(e, "fam.conf", 3, "gold 'empty': gold 'empty' has no version yet");
     expect_error(e, "fam.conf", 4, "has both 'path' (one image) and 'dir'");
@@ -300,6 +302,9 @@ START_TEST(gold_families_and_pins)
     expect_error(e, "fam.conf", 7, "gold 'fam' has no version 9 (it has 1 to 2)");
     expect_error(e, "fam.conf", 8, "'fam@x' pins no version");
     expect_error(e, "fam.conf", 9, "gold 'one' is one image ('path'), it has no versions to pin");
+    expect_error(e, "fam.conf", 10, "'rollout' is \"soon\"; it must be one of \"on-logoff\", "
+                                    "\"immediate\", \"manual\"");
+    expect_error(e, "fam.conf", 11, "'rollout_notice' is for rollout = \"immediate\"");
     vdi_config_errors_free(e);
 }
 END_TEST

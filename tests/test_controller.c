@@ -724,7 +724,8 @@ START_TEST(names_come_from_one_list)
     ck_assert_str_eq(desktop_state_name(DESKTOP_STATE_COUNT), "unknown");
     ck_assert_str_eq(end_reason_name(END_GUEST_SHUTDOWN), "guest-shutdown");
     ck_assert_str_eq(end_reason_name(END_OTHER), "other");
-    ck_assert_int_eq(END_REASON_COUNT, 12);
+    ck_assert_int_eq(END_REASON_COUNT, 13);
+    ck_assert_str_eq(end_reason_name(END_ROLLOUT), "rollout");
     ck_assert_str_eq(end_reason_name(END_IDLE), "idle");
     ck_assert_str_eq(end_reason_name(END_LOGGED_OFF), "logged-off");
     ck_assert_str_eq(end_reason_name(END_AGENT_LOST), "agent-lost");

@@ -781,7 +781,7 @@ START_TEST(acquire_withdrawn_when_the_client_goes)
 END_TEST
 
 /* A pool "demo" that follows gold family "fam" in D.dir/fam. */
-static void write_family_config(unsigned size, unsigned spares)
+static void write_family_config(unsigned size, unsigned spares, const char *extra)
 {
     char text[8192];
     snprintf(text, sizeof text,
@@ -793,8 +793,8 @@ static void write_family_config(unsigned size, unsigned spares)
              "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"fam\";\n"
              "  datastore = \"local\"; size = %u; spares = %u;\n"
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = \"vnc\";\n"
-             "             accel = \"tcg\"; }; } );\n",
-             D.sock, D.state, D.uri, D.dir, D.dir, D.prefix, size, spares);
+             "             accel = \"tcg\"; }; %s } );\n",
+             D.sock, D.state, D.uri, D.dir, D.dir, D.prefix, size, spares, extra ? extra : "");
     th_write_file(D.conf, text, strlen(text));
 }
 
@@ -843,7 +843,7 @@ START_TEST(gold_family_versions_roll_over)
     free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), src2));
     /* Version 1 from the test's gold (a file, not sealed by the import: it
      * writes a new one), then the daemon on the family. */
-    write_family_config(3, 2);
+    write_family_config(3, 2, NULL);
     char args[2600];
     snprintf(args, sizeof args, "import fam %s --note first", D.gold);
     char *out = gold_ctl(args);
@@ -923,6 +923,74 @@ START_TEST(gold_family_versions_roll_over)
 }
 END_TEST
 
+START_TEST(rollout_manual_then_immediate)
+{
+    char src2[1200], args[2600];
+    snprintf(src2, sizeof src2, "%s/second.qcow2", D.dir);
+    free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), src2));
+    write_family_config(3, 2, "rollout = \"manual\";");
+    snprintf(args, sizeof args, "import fam %s", D.gold);
+    free(gold_ctl(args));
+    th_daemon_start(&D);
+    wait_spares_on(1, 2);
+    json_t *a = acquire("ann", 200);
+    char name[96];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
+    json_decref(a);
+    wait_spares_on(1, 2);
+
+    /* Manual: a new version does not move the pool until an operator says. */
+    snprintf(args, sizeof args, "import fam %s", src2);
+    free(gold_ctl(args));
+    sleep(2);
+    wait_spares_on(1, 2);
+    json_t *p = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo?summary=1", NULL, &p), 200);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(p, "held_for_rollout_to")),
+                                 "/fam/v0002.qcow2"));
+    ck_assert_int_eq(json_object_size(json_object_get(p, "desktops_by_gold")), 1);
+    json_decref(p);
+    char *out = th_must("%s pool rollout demo --socket %s 2>&1", getenv("VDIPOOLCTL"), D.sock);
+    ck_assert_msg(strstr(out, "rolls out to"), "%s", out);
+    free(out);
+    wait_spares_on(2, 2);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo?summary=1", NULL, &p), 200);
+    ck_assert_ptr_null(json_object_get(p, "held_for_rollout_to"));
+    ck_assert_int_eq(json_object_size(json_object_get(p, "desktops_by_gold")), 2); /* ann on v1 */
+    json_decref(p);
+    ck_assert_int_ne(th_run(NULL, "%s pool rollout demo --socket %s", getenv("VDIPOOLCTL"),
+                            D.sock),
+                     0); /* nothing held back any more: 409 */
+
+    /* Back to v1 (held: the pool stays on v2), then rollout = "immediate"
+     * with a 2 s notice: the pool moves to v1, where ann is; she stays. */
+    free(gold_ctl("rollback fam"));
+    wait_spares_on(2, 2);
+    write_family_config(3, 2, "rollout = \"immediate\"; rollout_notice = \"2s\";");
+    json_t *r = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &r), 200);
+    json_decref(r);
+    wait_spares_on(1, 2);
+    json_t *d = desktop(name);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
+    json_decref(d);
+    /* v2 again: ann's session on v1 ends after the notice (reason rollout). */
+    free(gold_ctl("rollback fam --to 2"));
+    time_t end = time(NULL) + 20;
+    bool ended = false;
+    while (!ended && time(NULL) < end) {
+        char *m = th_must("curl -s --unix-socket %s http://x/metrics", D.sock);
+        ended = strstr(m, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"rollout\"} 1");
+        free(m);
+        if (!ended)
+            usleep(200000);
+    }
+    ck_assert_msg(ended, "ann's session did not end with reason rollout");
+    wait_spares_on(2, 2);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 /* Reads from fd until `want` appears in what was read (kept in buf), or
  * fails after 20 s. */
 static void read_until(int fd, char *buf, size_t cap, size_t *len, const char *want)
@@ -994,4 +1062,4 @@ TH_MAIN("service",
           second_instance_is_refused, blocked_pool_waits_without_spinning,
           http_limits_versions_and_timeouts, keep_alive_and_ordered_pipelining,
           acquire_withdrawn_when_the_client_goes, events_stream_desktop_changes,
-          gold_family_versions_roll_over, NULL}})
+          gold_family_versions_roll_over, rollout_manual_then_immediate, NULL}})

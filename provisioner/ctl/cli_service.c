@@ -73,6 +73,19 @@ static void print_pool(json_t *p)
            json_is_true(json_object_get(p, "draining")) ? " (draining)" : "",
            json_object_get(p, "blocked") ? "\n  blocked: " : "",
            json_object_get(p, "blocked") ? json_string_value(json_object_get(p, "blocked")) : "");
+    if (json_object_get(p, "held_for_rollout_to"))
+        printf("  held on its gold (rollout = manual); `vdipoolctl pool rollout %s` moves it to "
+               "%s\n",
+               json_string_value(json_object_get(p, "name")),
+               json_string_value(json_object_get(p, "held_for_rollout_to")));
+    json_t *by_gold = json_object_get(p, "desktops_by_gold");
+    if (json_object_size(by_gold) > 1) {
+        const char *g;
+        json_t *n;
+        printf("  desktops by gold:");
+        json_object_foreach(by_gold, g, n) printf(" %s: %d;", g, (int)json_integer_value(n));
+        printf("\n");
+    }
     json_t *boot = json_object_get(p, "spares_boot_seconds");
     if (boot)
         printf("  spares took %.1f s from start to ready (fastest %.1f s, slowest %.1f s)\n",
@@ -209,6 +222,24 @@ int cli_images(cli_call *c)
                        sizeof b2));
         }
     }
+    json_decref(j);
+    return CLI_OK;
+}
+
+/* `vdipoolctl pool rollout POOL`: a pool with rollout = "manual" moves to
+ * its config's gold. */
+int cli_pool_rollout(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    char path[256];
+    snprintf(path, sizeof path, "/v1/pools/%s/rollout", c->args[0]);
+    json_t *j = NULL;
+    int rc = call(o, "POST", path, NULL, &j);
+    if (rc || !j)
+        return rc;
+    printf("pool %s rolls out to %s: ready desktops are replaced, sessions finish (or end "
+           "after the notice with rollout = \"immediate\")\n",
+           c->args[0], json_string_value(json_object_get(j, "gold")));
     json_decref(j);
     return CLI_OK;
 }

@@ -32,6 +32,8 @@ static void usage(FILE *out)
           "                                     end its session: destroy it, the pool refills\n"
           "  reload [--json]                    re-read the config (refused if invalid)\n"
           "  images [--json]                    golds and their children\n"
+          "  pool rollout POOL                  a pool with rollout = \"manual\" moves to its\n"
+          "                                     config's gold (version)\n"
           "\n"
           "Gold versions (offline; a running vdipoold is told to reload):\n"
           "  gold import NAME FILE [--dir DIR] [--note TEXT]\n"
@@ -128,6 +130,7 @@ static const cli_command commands[] = {
      socket_values, false},
     {NULL, "reload", cli_reload, 0, 0, "no arguments", no_names, socket_values, false},
     {NULL, "images", cli_images, 0, 0, "no arguments", no_names, socket_values, false},
+    {"pool", "rollout", cli_pool_rollout, 1, 1, "one POOL", no_names, socket_values, false},
     {"gold", "import", cli_gold_import, 2, 2, "NAME and FILE", no_names, gold_values, true},
     {"gold", "versions", cli_gold_versions, 1, 1, "one NAME", no_names, gold_values, true},
     {"gold", "rollback", cli_gold_rollback, 1, 1, "one NAME (and --to N)", no_names,
@@ -142,6 +145,8 @@ static void group_usage(const char *group, FILE *out)
         cli_image_usage(out);
     else if (!strcmp(group, "gold"))
         cli_gold_usage(out);
+    else if (!strcmp(group, "pool"))
+        usage(out);
     else
         cli_config_usage(out);
 }

@@ -6,7 +6,9 @@
  *     domain stopped while nobody listened;
  *  3. a worker removes children of our pools that no desktop and no domain
  *     uses (made before a crash, never started) and closes sessions whose
- *     desktop is gone.
+ *     desktop is gone. The controllers clone meanwhile: only children made
+ *     and sessions begun before the check started are its business, so a
+ *     new spare is never taken for a stray.
  * A child is never removed while a domain of that name or disk exists. */
 #include "daemon.h"
 #include "vdi_strmap.h"
@@ -107,6 +109,7 @@ static void list_run(void *data)
 
 typedef struct stray_req {
     vdi_catalog *catalog;
+    int64_t since; /* unix seconds when the check began: newer records are not strays */
     json_t *domains; /* what libvirt has (from list_run) */
     json_t *pools;   /* [{name, datastore, in_use: [child], empty: [desktop name]}] */
 } stray_req;
@@ -187,7 +190,8 @@ static void strays_run(void *data)
             svc_log("warning", "pool=%s event=strays-not-checked reason=\"%s\"", pname,
                     err.message);
         for (size_t k = 0; k < n; k++) {
-            if (strcmp(kids[k].pool, pname) || child_in_use(&ix, kids[k].path))
+            if (strcmp(kids[k].pool, pname) || kids[k].created_at >= r->since ||
+                child_in_use(&ix, kids[k].path))
                 continue;
             svc_log("info", "pool=%s event=stray-child-removed child=%s", pname, kids[k].path);
             if (vdi_child_delete(r->catalog, kids[k].path, NULL, &err) < 0)
@@ -201,9 +205,10 @@ static void strays_run(void *data)
         json_t *name;
         json_array_foreach(json_object_get(p, "empty"), j, name)
         {
-            int64_t id;
-            if (vdi_catalog_open_session(r->catalog, json_string_value(name), &id, NULL, 0, NULL,
-                                         NULL) == 0 &&
+            int64_t id, started = 0;
+            if (vdi_catalog_open_session(r->catalog, json_string_value(name), &id, NULL, 0,
+                                         &started, NULL) == 0 &&
+                started < r->since &&
                 vdi_catalog_session_end(r->catalog, id, (int64_t)time(NULL), "other", 0, &err) < 0)
                 svc_log("error", "desktop=%s event=session-end-not-recorded reason=\"%s\"",
                         json_string_value(name), err.message);
@@ -211,29 +216,25 @@ static void strays_run(void *data)
     }
 }
 
-/* Reconciliation is over: the controllers may clone again (while it ran,
- * a new child could have looked like a stray). */
 static void strays_done(service *svc, void *data)
 {
     stray_req *r = data;
     json_decref(r->domains);
     json_decref(r->pools);
     free(r);
-    svc->adopting = false;
-    svc->adopted = true;
-    service_kick(svc);
+    svc->checking_strays = false;
 }
 
 static void remove_strays(service *svc, json_t *domains)
 {
-    stray_req *r = calloc(1, sizeof *r);
+    stray_req *r = svc->checking_strays ? NULL : calloc(1, sizeof *r);
     if (!r) {
-        json_decref(domains);
-        svc->adopting = false;
-        svc->adopted = true;
+        json_decref(domains); /* one check at a time; the next adoption checks again */
         return;
     }
+    svc->checking_strays = true;
     r->catalog = svc->catalog;
+    r->since = service_now(svc);
     r->domains = domains;
     r->pools = json_array();
     for (size_t i = 0; i < svc->npools; i++) {
@@ -329,8 +330,12 @@ static void list_done(service *svc, void *data)
             }
         }
     vdi_strmap_free(running);
-    remove_strays(svc, r->domains); /* takes the domains; ends the adoption */
+    remove_strays(svc, r->domains); /* takes the domains */
     free(r);
+    /* Adopted: the controllers may clone, beside the stray check. */
+    svc->adopting = false;
+    svc->adopted = true;
+    service_kick(svc);
 }
 
 void adopt_start(service *svc)

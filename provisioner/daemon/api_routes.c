@@ -300,6 +300,21 @@ void api_route(void *ctx, request *r)
             service_acquire(svc, parts[2], user, acquired, r);
         }
         json_decref(body);
+    } else if (n == 4 && !strcmp(parts[1], "pools") && !strcmp(parts[3], "rollout") && post) {
+        pool *p = service_find_pool(svc, parts[2]);
+        if (!p) {
+            not_found(r, "no such pool");
+        } else if (pool_rollout(p) < 0) {
+            char msg[512];
+            snprintf(msg, sizeof msg,
+                     "pool %s is not holding back a roll-out: it clones from %s, its config's "
+                     "gold",
+                     p->name, p->cfg->gold);
+            request_respond_json(r, 409, json_pack("{s:s}", "error", msg));
+        } else {
+            request_respond_json(r, 200, pool_json(p, false));
+            service_kick(svc);
+        }
     } else if (n == 3 && !strcmp(parts[1], "desktops") && get) {
         desktop *d = service_find_desktop(svc, parts[2]);
         if (d)

@@ -66,7 +66,8 @@ typedef enum desktop_state {
     XX(AGENT_LOST, "agent-lost")                                                                   \
     XX(NO_LOGIN, "no-login")                                                                       \
     XX(BOOT_TIMEOUT, "boot-timeout")                                                               \
-    XX(IDLE, "idle")
+    XX(IDLE, "idle")                                                                               \
+    XX(ROLLOUT, "rollout")
 
 typedef enum end_reason {
 #define XX(id, name) END_##id,
@@ -157,6 +158,10 @@ struct pool {
     char *locked_gold;
     int retiring_lock; /* the previous gold's lock during a roll-out, -1 */
     char *retiring_gold;
+    /* rollout = "manual": the gold the pool stays on until an operator says
+     * (pool_rollout), while its config names a newer one; NULL otherwise. */
+    char *held_gold;
+    int64_t gold_since; /* when the pool's gold last changed (rollout_notice) */
     uint64_t sessions_started;
     uint64_t sessions_ended[END_REASON_COUNT];
     desktop_list by_state[DESKTOP_STATE_COUNT]; /* every slot is on one list */
@@ -238,6 +243,7 @@ struct service {
     bool ready_notified;    /* every pool has its spares ready */
     bool adopted;           /* running desktops were adopted after connecting */
     bool adopting;
+    bool checking_strays; /* adopt.c: a stray check runs on a worker */
     bool scrubbing;
     bool refreshing;     /* a refresh of children's sizes runs */
     size_t refresh_next; /* where the next refresh batch starts */
@@ -257,6 +263,9 @@ int service_objects_init(service *svc, uv_loop_t *loop, void (*step)(service *sv
 pool *service_find_pool(service *svc, const char *name);
 desktop *service_find_desktop(service *svc, const char *name);
 const vdi_datastore_config *pool_datastore(const pool *p);
+/* The gold new desktops of the pool are cloned from: the config's, or the
+ * one a manual roll-out holds the pool on. */
+const char *pool_gold(const pool *p);
 void desktop_name_slot(desktop *d);
 pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc);
 int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc);
@@ -267,6 +276,11 @@ void service_kick(service *svc);
 /* ---- golds.c: gold locks and gold states ------------------------------------------- */
 void pool_lock_gold(pool *p);
 void pool_release_gold_locks(pool *p, bool current_too);
+/* A config (re)applied: a manual pool holds on to the gold it had. */
+void pool_hold_gold(pool *p, const char *previous);
+/* `vdipoolctl pool rollout`: a held pool moves to its config's gold. 0, or
+ * -EALREADY when it is on it. */
+int pool_rollout(pool *p);
 
 /* ---- service.c: the service object, config apply, reload ---------------------------- */
 int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_config *config,

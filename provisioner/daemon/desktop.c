@@ -97,7 +97,7 @@ static void record_failure(desktop *d, const char *why)
 void desktop_begin_clone(desktop *d)
 {
     pool *p = d->pool;
-    set_str(&d->gold, p->cfg->gold);
+    set_str(&d->gold, pool_gold(p));
     desktop_set_state(d, DESKTOP_CLONING);
     p->svc->clones_running++; /* until desktop_cloned */
     p->svc->ops->clone(d);

@@ -4,6 +4,7 @@
  * retired) as pools move between golds. */
 #include "daemon.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +26,7 @@ static bool gold_current_elsewhere(const pool *self, const char *gold)
     const service *svc = self->svc;
     for (size_t i = 0; i < svc->npools; i++) {
         const pool *q = svc->pools[i];
-        if (q != self && !q->draining && q->cfg && !strcmp(q->cfg->gold, gold))
+        if (q != self && !q->draining && q->cfg && !strcmp(pool_gold(q), gold))
             return true;
     }
     return false;
@@ -75,10 +76,10 @@ static void reinstate_gold(pool *p, const char *gold)
  * rolling back to the gold being left takes its lock back. */
 void pool_lock_gold(pool *p)
 {
-    if (p->gold_lock >= 0 && p->locked_gold && !strcmp(p->locked_gold, p->cfg->gold))
+    if (p->gold_lock >= 0 && p->locked_gold && !strcmp(p->locked_gold, pool_gold(p)))
         return;
     int lock = -1;
-    if (p->retiring_lock >= 0 && p->retiring_gold && !strcmp(p->retiring_gold, p->cfg->gold)) {
+    if (p->retiring_lock >= 0 && p->retiring_gold && !strcmp(p->retiring_gold, pool_gold(p))) {
         lock = p->retiring_lock;
         p->retiring_lock = -1;
         set_str(&p->retiring_gold, NULL);
@@ -92,14 +93,52 @@ void pool_lock_gold(pool *p)
         if (!gold_current_elsewhere(p, p->retiring_gold))
             set_gold_state(p, p->retiring_gold, VDI_GOLD_RETIRING);
         svc_log("info", "pool=%s event=rollout from=%s to=%s", p->name, p->retiring_gold,
-                p->cfg->gold);
+                pool_gold(p));
     }
     vdi_error err = {0};
-    if (lock < 0 && vdi_guard_lock(p->cfg->gold, &lock, &err) < 0) {
+    if (lock < 0 && vdi_guard_lock(pool_gold(p), &lock, &err) < 0) {
         lock = -1;
         svc_log("warning", "pool=%s event=gold-not-locked reason=\"%s\"", p->name, err.message);
     }
     p->gold_lock = lock;
-    set_str(&p->locked_gold, p->cfg->gold);
-    reinstate_gold(p, p->cfg->gold);
+    set_str(&p->locked_gold, pool_gold(p));
+    reinstate_gold(p, pool_gold(p));
+}
+
+void pool_hold_gold(pool *p, const char *previous)
+{
+    int64_t now = service_now(p->svc);
+    if (!previous) {
+        p->gold_since = now; /* a new pool */
+        return;
+    }
+    if (p->cfg->rollout != VDI_ROLLOUT_MANUAL || !strcmp(previous, p->cfg->gold)) {
+        if (strcmp(previous, p->cfg->gold))
+            p->gold_since = now;
+        if (p->held_gold)
+            svc_log("info", "pool=%s event=gold-released-from-hold gold=%s", p->name,
+                    p->held_gold);
+        set_str(&p->held_gold, NULL);
+        return;
+    }
+    if (!p->held_gold) {
+        set_str(&p->held_gold, previous);
+        svc_log("info",
+                "pool=%s event=rollout-held gold=%s new=%s; `vdipoolctl pool rollout %s` moves "
+                "the pool",
+                p->name, previous, p->cfg->gold, p->name);
+    }
+}
+
+int pool_rollout(pool *p)
+{
+    if (!p->held_gold)
+        return -EALREADY;
+    svc_log("info", "pool=%s event=rollout-asked from=%s to=%s", p->name, p->held_gold,
+            p->cfg->gold);
+    set_str(&p->held_gold, NULL);
+    p->gold_since = service_now(p->svc);
+    p->tend_all = true;
+    pool_lock_gold(p);
+    return 0;
 }

@@ -53,6 +53,11 @@ desktop *service_find_desktop(service *svc, const char *name)
     return NULL;
 }
 
+const char *pool_gold(const pool *p)
+{
+    return p->held_gold ? p->held_gold : p->cfg->gold;
+}
+
 const vdi_datastore_config *pool_datastore(const pool *p)
 {
     return vdi_config_find_datastore(p->config, p->cfg->datastore);
@@ -167,6 +172,7 @@ void pool_free(pool *p)
     free(p->boot_problem);
     free(p->locked_gold);
     free(p->retiring_gold);
+    free(p->held_gold);
     vdi_config_unref(p->config);
     free(p);
 }
@@ -174,6 +180,7 @@ void pool_free(pool *p)
 /* Points the pool at its settings in `config` (taking a reference). */
 int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
 {
+    char *previous = p->cfg ? strdup(pool_gold(p)) : NULL;
     vdi_config *old = p->config;
     p->config = vdi_config_ref(config);
     p->cfg = pc;
@@ -186,6 +193,8 @@ int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
     if (rc < 0)
         svc_log("error", "pool=%s event=resize-failed size=%u have=%u reason=\"out of memory\"",
                 p->name, pc->size, p->nslots);
+    pool_hold_gold(p, previous);
+    free(previous);
     pool_lock_gold(p);
     return rc;
 }

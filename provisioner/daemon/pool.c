@@ -103,7 +103,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
             desktop_retry_end(d);
         break;
     case DESKTOP_BOOTING:
-        if (p->draining || outside || !d->gold || strcmp(d->gold, p->cfg->gold))
+        if (p->draining || outside || !d->gold || strcmp(d->gold, pool_gold(p)))
             session_end(d, END_OTHER);
         else
             pool_tend_agent(p, d, now);
@@ -111,7 +111,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
     case DESKTOP_READY:
         if (p->draining || outside)
             session_end(d, END_OTHER);
-        else if (!d->gold || strcmp(d->gold, p->cfg->gold))
+        else if (!d->gold || strcmp(d->gold, pool_gold(p)))
             session_end(d, END_OTHER); /* roll-out: replaced by the new gold */
         else if (p->cfg->session.idle_spare_max_age &&
                  now - d->state_since > (int64_t)p->cfg->session.idle_spare_max_age)
@@ -124,6 +124,10 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
         if (p->cfg->session.max_duration &&
             now - d->session_start > (int64_t)p->cfg->session.max_duration)
             session_end(d, END_MAX_DURATION);
+        else if (p->cfg->rollout == VDI_ROLLOUT_IMMEDIATE && d->gold &&
+                 strcmp(d->gold, pool_gold(p)) &&
+                 now - p->gold_since >= (int64_t)p->cfg->rollout_notice)
+            session_end(d, END_ROLLOUT); /* its gold was replaced, the notice is over */
         else
             pool_tend_agent(p, d, now);
         break;

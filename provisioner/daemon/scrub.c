@@ -55,7 +55,7 @@ void scrub_step(service *svc)
         return;
     pool *p = svc->pools[svc->scrub_next++ % svc->npools];
     scrub_req *j = calloc(1, sizeof *j);
-    if (!j || !(j->gold = strdup(p->cfg->gold))) {
+    if (!j || !(j->gold = strdup(pool_gold(p)))) {
         free(j);
         return;
     }

@@ -62,6 +62,21 @@ static void count_states(const pool *p, unsigned counts[DESKTOP_STATE_COUNT])
         counts[p->desktops[i]->state]++;
 }
 
+/* How many of the pool's desktops run on each gold (version), a roll-out's
+ * progress. */
+static json_t *desktops_by_gold(const pool *p)
+{
+    json_t *o = json_object();
+    for (unsigned i = 0; i < p->nslots; i++) {
+        const desktop *d = p->desktops[i];
+        if (d->state == DESKTOP_EMPTY || d->state == DESKTOP_FAILED || !d->gold)
+            continue;
+        json_t *n = json_object_get(o, d->gold);
+        json_object_set_new(o, d->gold, json_integer(n ? json_integer_value(n) + 1 : 1));
+    }
+    return o;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -102,7 +117,7 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
     json_t *states = json_object();
     for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
         json_object_set_new(states, desktop_state_name((desktop_state)s), json_integer(counts[s]));
-    json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:i,s:b,s:o}", "name", p->name, "gold", p->cfg->gold,
+    json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:i,s:b,s:o}", "name", p->name, "gold", pool_gold(p),
                           "datastore", p->cfg->datastore, "size", p->cfg->size, "spares",
                           p->cfg->spares, "draining", p->draining, "desktops_by_state", states);
     if (p->blocked)
@@ -112,6 +127,12 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
     if (p->cfg->domain.template_path)
         json_object_set_new(o, "domain_template", json_string(p->cfg->domain.template_path));
     json_object_set_new(o, "ready_when", json_string(vdi_ready_when_name(p->cfg->ready_when)));
+    json_object_set_new(o, "rollout", json_string(vdi_rollout_name(p->cfg->rollout)));
+    if (p->held_gold)
+        json_object_set_new(o, "held_for_rollout_to", json_string(p->cfg->gold));
+    if (p->cfg->gold_version)
+        json_object_set_new(o, "gold_version", json_integer(p->cfg->gold_version));
+    json_object_set_new(o, "desktops_by_gold", desktops_by_gold(p));
     if (p->cfg->ready_when == VDI_READY_AGENT)
         json_object_set_new(o, "boot_timeout", json_integer((json_int_t)p->cfg->boot_timeout));
     if (p->boot_problem)

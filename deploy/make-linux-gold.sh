@@ -176,6 +176,9 @@ last=$(stat -c %Y /run/vdi-activity 2>/dev/null) || { echo "no session" >&2; exi
 echo $(( $(date +%s) - last ))
 IDLE
     chmod 755 "$root/sbin/vdi-guest-idle"
+    # The agent's guest-shutdown runs /sbin/shutdown; busybox has poweroff.
+    printf '#!/bin/sh\nsync\nexec poweroff -f\n' > "$root/sbin/shutdown"
+    chmod 755 "$root/sbin/shutdown"
 }
 
 make_gold() { # NAME BROKEN

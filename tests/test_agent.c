@@ -312,9 +312,135 @@ START_TEST(a_gold_that_never_boots_is_recycled_and_reported)
 }
 END_TEST
 
+static char fam[32];
+
+static void teardown_family(void)
+{
+    th_run(NULL, "virsh -c qemu:///system destroy %s-maint", fam);
+    teardown();
+}
+
+static char *gold_cmd(const char *args)
+{
+    char *out = NULL;
+    th_run(&out, "VDIPOOL_STATE_DIR=%s %s gold %s --socket %s --config %s 2>&1", D.state,
+           getenv("VDIPOOLCTL"), args, D.sock, D.conf);
+    return out;
+}
+
+/* A ready desktop of the pool on version `version`, acquired for user. */
+static void acquire_on_version(unsigned version, const char *user, char *name, size_t len)
+{
+    char want[32];
+    snprintf(want, sizeof want, "/v%04u.qcow2", version);
+    time_t end = time(NULL) + 180;
+    for (;;) {
+        json_t *p = pool_state();
+        size_t i;
+        json_t *d;
+        bool there = false;
+        json_array_foreach(json_object_get(p, "desktops"), i, d)
+        {
+            const char *g = json_string_value(json_object_get(d, "gold"));
+            there |= !strcmp(json_string_value(json_object_get(d, "state")), "ready") && g &&
+                     strstr(g, want);
+        }
+        json_decref(p);
+        if (there)
+            break;
+        ck_assert_msg(time(NULL) < end, "no ready desktop on version %u", version);
+        sleep(1);
+    }
+    acquire_into(user, name, len);
+    json_t *d = th_get_desktop(&D, name);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(d, "gold")), want));
+    json_decref(d);
+}
+
+START_TEST(gold_edit_publish_and_rollback)
+{
+    snprintf(fam, sizeof fam, "lin%ld", (long)getpid());
+    char args[4096];
+    /* Version 1 from the Linux demo gold; a pool that follows the family. */
+    snprintf(args, sizeof args, "import %s %s/linux-gold.qcow2 --dir %s/%s", fam, golds, D.dir,
+             fam);
+    char text[8192];
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
+             "  log_level = \"debug\"; acquire_timeout = \"60s\"; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "golds = ( { name = \"%s\"; dir = \"%s/%s\"; } );\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"%s\";\n"
+             "  datastore = \"local\"; size = 2; spares = 1; ready_when = \"agent\";\n"
+             "  domain = { memory = \"192M\"; vcpus = 1; accel = \"tcg\";\n"
+             "             template = \"%s/domain.xml\"; }; } );\n",
+             D.sock, D.state, D.uri, D.dir, fam, D.dir, fam, D.prefix, fam, golds);
+    th_write_file(D.conf, text, strlen(text));
+    char *out = gold_cmd(args);
+    ck_assert_msg(out && strstr(out, "version 1 is current"), "%s", out);
+    free(out);
+    th_daemon_start(&D);
+    wait_agent_ready(1, 180);
+
+    /* Edit: a maintenance domain on a child of version 1. */
+    snprintf(args, sizeof args, "edit %s", fam);
+    out = gold_cmd(args);
+    ck_assert_msg(out && strstr(out, "-maint runs on a child of version 1"), "%s", out);
+    free(out);
+    char maint[64];
+    snprintf(maint, sizeof maint, "%s-maint", fam);
+    time_t end = time(NULL) + 180;
+    json_t *pong = NULL;
+    while (!(pong = agent(maint, "{\"execute\":\"guest-ping\"}"))) {
+        ck_assert_msg(time(NULL) < end, "%s never answered", maint);
+        sleep(1);
+    }
+    json_decref(pong);
+    ck_assert_int_eq(guest_sh(maint, "echo patched > /etc/gold-patch && sync", NULL, 0), 0);
+    /* Publishing while it runs is refused. */
+    snprintf(args, sizeof args, "publish %s --note patch", fam);
+    out = gold_cmd(args);
+    ck_assert_msg(out && strstr(out, "still runs"), "%s", out);
+    free(out);
+    json_decref(agent(maint, "{\"execute\":\"guest-shutdown\"}"));
+    end = time(NULL) + 60;
+    while (th_run(NULL, "virsh -c qemu:///system domstate %s 2>/dev/null | grep -q running",
+                  maint) == 0) {
+        ck_assert_msg(time(NULL) < end, "%s did not shut down", maint);
+        sleep(1);
+    }
+    out = gold_cmd(args);
+    ck_assert_msg(out && strstr(out, "version 2 is published and current") &&
+                      strstr(out, "vdipoold reloaded"),
+                  "%s", out);
+    free(out);
+
+    /* New desktops have the change; after a rollback they do not. */
+    char name[96], out_text[256];
+    acquire_on_version(2, "pat", name, sizeof name);
+    ck_assert_int_eq(guest_sh(name, "cat /etc/gold-patch", out_text, sizeof out_text), 0);
+    ck_assert_ptr_nonnull(strstr(out_text, "patched"));
+    snprintf(args, sizeof args, "rollback %s", fam);
+    out = gold_cmd(args);
+    ck_assert_msg(out && strstr(out, "version 1 is current again"), "%s", out);
+    free(out);
+    acquire_on_version(1, "rob", name, sizeof name);
+    ck_assert_int_eq(guest_sh(name, "test -e /etc/gold-patch", NULL, 0), 1);
+    /* Version 1 was never written: it still has its fingerprint. */
+    out = NULL;
+    ck_assert_int_eq(th_run(&out, "VDIPOOL_STATE_DIR=%s %s image verify %s/%s/v0001.qcow2",
+                            D.state, getenv("VDIPOOLCTL"), D.dir, fam),
+                     0);
+    free(out);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 TH_MAIN("agent", {"agent",
                   setup,
                   teardown,
                   900,
                   {agent_readiness_identity_and_logoff,
-                   a_gold_that_never_boots_is_recycled_and_reported, NULL}})
+                   a_gold_that_never_boots_is_recycled_and_reported, NULL}},
+        {"gold-edit", setup, teardown_family, 900, {gold_edit_publish_and_rollback, NULL}})

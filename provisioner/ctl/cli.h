@@ -69,6 +69,8 @@ int cli_gold_import(cli_call *c);
 int cli_gold_versions(cli_call *c);
 int cli_gold_rollback(cli_call *c);
 int cli_gold_prune(cli_call *c);
+int cli_gold_edit(cli_call *c);
+int cli_gold_publish(cli_call *c);
 
 /* Prints an error: a sentence on stderr, or {"error": …} on stdout with --json. */
 int cli_fail(bool json, const vdi_error *err);

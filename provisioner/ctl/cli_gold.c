@@ -35,6 +35,14 @@ void cli_gold_usage(FILE *out)
           "  gold rollback NAME [--to N] [--note TEXT]\n"
           "        make version N (default: the one before the current) current again,\n"
           "        after re-hashing it against its fingerprint\n"
+          "  gold edit NAME [--pool POOL]\n"
+          "        start NAME-maint, a domain on a child of the current version (never the\n"
+          "        version itself) with a pool's domain settings, through vdipoold\n"
+          "  gold edit --discard NAME\n"
+          "        destroy the maintenance domain and throw its child away\n"
+          "  gold publish NAME [--note TEXT]\n"
+          "        once NAME-maint has shut down: its disk becomes the next version,\n"
+          "        standalone and sealed, and current\n"
           "  gold prune NAME --keep K [--dry-run]\n"
           "        delete versions older than the newest K that nothing uses (no child,\n"
           "        not current, not pinned by a pool)\n"
@@ -341,5 +349,146 @@ int cli_gold_prune(cli_call *c)
     free(gone);
     if (rc < 0)
         return cli_fail(o->json, &err);
+    return CLI_OK;
+}
+
+/* The family's directory: the config's 'dir', else where its versions are. */
+static bool family_dir(cli_call *c, const char *family, char *out, size_t len)
+{
+    vdi_config *cfg = read_config(&c->o);
+    bool found = false;
+    for (size_t i = 0; cfg && i < vdi_config_gold_count(cfg) && !found; i++) {
+        const vdi_gold_config *g = vdi_config_gold(cfg, i);
+        if (g->name && g->dir && !strcmp(g->name, family)) {
+            snprintf(out, len, "%s", g->dir);
+            found = true;
+        }
+    }
+    vdi_config_unref(cfg);
+    vdi_gold_version cur;
+    if (!found && vdi_version_find(c->catalog, family, 0, &cur, NULL) == 0) {
+        snprintf(out, len, "%s", cur.path);
+        char *slash = strrchr(out, '/');
+        if (slash)
+            *slash = '\0';
+        found = true;
+    }
+    return found;
+}
+
+int cli_gold_edit(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    const char *family = c->args[0];
+    bool discard = o->flag[0];
+    char path[256], body[256] = "";
+    snprintf(path, sizeof path, "/v1/golds/%s/%s", family, discard ? "discard" : "edit");
+    if (o->value[2]) {
+        json_t *b = json_pack("{s:s}", "pool", o->value[2]);
+        char *t = json_dumps(b, JSON_COMPACT);
+        snprintf(body, sizeof body, "%s", t ? t : "");
+        free(t);
+        json_decref(b);
+    }
+    char *text = NULL;
+    vdi_error err = {0};
+    int status = vdi_client_call(vdi_client_socket(o->value[1]), "POST", path,
+                                 body[0] ? body : NULL, &text, &err);
+    if (status < 0)
+        return cli_fail(o->json, &err);
+    json_t *j = json_loads(text ? text : "", 0, NULL);
+    free(text);
+    if (status != 200) {
+        vdi_error_set(&err, -EIO, "%s",
+                      j && json_string_value(json_object_get(j, "error"))
+                          ? json_string_value(json_object_get(j, "error"))
+                          : "vdipoold refused");
+        json_decref(j);
+        return cli_fail(o->json, &err);
+    }
+    if (o->json) {
+        cli_print_json(j);
+        return CLI_OK;
+    }
+    if (discard) {
+        printf("gold %s: the edit is thrown away (%s)\n", family,
+               json_string_value(json_object_get(j, "discarded")));
+    } else {
+        const char *dom = json_string_value(json_object_get(j, "domain"));
+        const char *display = json_string_value(json_object_get(j, "display"));
+        printf("gold %s: %s runs on a child of version %d (%s)\n"
+               "  console: virsh console %s%s%s\n"
+               "  when done, shut it down inside, then: vdipoolctl gold publish %s --note "
+               "\"what changed\"\n"
+               "  or throw it away: vdipoolctl gold edit --discard %s\n",
+               family, dom, (int)json_integer_value(json_object_get(j, "version")),
+               json_string_value(json_object_get(j, "child")), dom,
+               display ? "; display: " : "", display ? display : "", family, family);
+    }
+    json_decref(j);
+    return CLI_OK;
+}
+
+int cli_gold_publish(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    const char *family = c->args[0];
+    char dir[PATH_MAX], child[PATH_MAX + 32];
+    vdi_error err = {0};
+    if (!family_dir(c, family, dir, sizeof dir)) {
+        vdi_error_set(&err, -ENOENT, "gold '%s' is not a family with versions", family);
+        return cli_fail(o->json, &err);
+    }
+    snprintf(child, sizeof child, "%s/maintenance.qcow2", dir);
+    if (access(child, F_OK) != 0) {
+        vdi_error_set(&err, -ENOENT,
+                      "gold '%s' has no edit to publish: start one with `vdipoolctl gold edit "
+                      "%s`",
+                      family, family);
+        return cli_fail(o->json, &err);
+    }
+    char who_has[256] = "";
+    if (vdi_guard_open_writers(child, who_has, sizeof who_has) > 0) {
+        vdi_error_set(&err, -EBUSY,
+                      "%s-maint still runs (%s has %s open for writing): shut it down inside "
+                      "the guest first, then publish",
+                      family, who_has, child);
+        return cli_fail(o->json, &err);
+    }
+    /* The version the edit started from must still be the one sealed: a
+     * changed parent would publish what nobody edited. */
+    vdi_child_info ci;
+    if (vdi_catalog_child(c->catalog, child, &ci, &err) < 0 ||
+        vdi_guard_check(c->catalog, ci.parent, false, &err) < 0)
+        return cli_fail(o->json, &err);
+    vdi_version_request req = {.family = family,
+                               .dir = dir,
+                               .source = child,
+                               .note = o->value[3],
+                               .who = who(),
+                               .action = "publish"};
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) == 0)
+        req.reserve_bytes = (uint64_t)vfs.f_blocks * vfs.f_frsize / 20;
+    vdi_gold_version v;
+    bool tty = !o->json && isatty(2);
+    int rc = vdi_version_create(c->catalog, &req, tty ? progress : NULL, NULL, &v, &err);
+    if (tty)
+        fputs("\n", stderr);
+    if (rc < 0)
+        return cli_fail(o->json, &err);
+    /* The edit is over: its child goes (the new version stands alone). */
+    vdi_error derr = {0};
+    if (vdi_child_delete(c->catalog, child, NULL, &derr) < 0)
+        fprintf(stderr, "vdipoolctl: the maintenance child %s stays: %s\n", child,
+                derr.message);
+    if (o->json) {
+        cli_print_json(version_json(&v));
+    } else {
+        char a[32];
+        printf("gold %s: version %u is published and current: %s (%s allocated)\n", family,
+               v.version, v.path, vdi_format_size(v.allocated, a, sizeof a));
+    }
+    tell_daemon(o, family);
     return CLI_OK;
 }

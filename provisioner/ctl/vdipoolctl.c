@@ -40,6 +40,8 @@ static void usage(FILE *out)
           "                                     FILE becomes the next sealed version, current\n"
           "  gold versions NAME [--json]        versions, their state and the history\n"
           "  gold rollback NAME [--to N]        an earlier version becomes current again\n"
+          "  gold edit NAME | gold publish NAME a maintenance domain, then its disk as the\n"
+          "                                     next version (edit --discard throws it away)\n"
           "  gold prune NAME --keep K [--dry-run]\n"
           "                                     delete old versions nothing uses\n"
           "\n"
@@ -93,6 +95,8 @@ static const char *const gold_values[] = {"config", "socket", "dir", "note", NUL
 static const char *const gold_rollback_values[] = {"config", "socket", "to", "note", NULL};
 static const char *const gold_prune_values[] = {"config", "socket", "keep", NULL};
 static const char *const dry_run_flag[] = {"dry-run", NULL};
+static const char *const gold_edit_values[] = {"config", "socket", "pool", NULL};
+static const char *const discard_flag[] = {"discard", NULL};
 
 typedef struct cli_command {
     const char *group; /* "image", "config", or NULL for a top-level command */
@@ -135,6 +139,8 @@ static const cli_command commands[] = {
     {"gold", "versions", cli_gold_versions, 1, 1, "one NAME", no_names, gold_values, true},
     {"gold", "rollback", cli_gold_rollback, 1, 1, "one NAME (and --to N)", no_names,
      gold_rollback_values, true},
+    {"gold", "edit", cli_gold_edit, 1, 1, "one NAME", discard_flag, gold_edit_values, false},
+    {"gold", "publish", cli_gold_publish, 1, 1, "one NAME", no_names, gold_values, true},
     {"gold", "prune", cli_gold_prune, 1, 1, "one NAME and --keep K", dry_run_flag,
      gold_prune_values, true},
 };

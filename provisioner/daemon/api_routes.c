@@ -315,6 +315,9 @@ void api_route(void *ctx, request *r)
             request_respond_json(r, 200, pool_json(p, false));
             service_kick(svc);
         }
+    } else if (n == 4 && !strcmp(parts[1], "golds") &&
+               (!strcmp(parts[3], "edit") || !strcmp(parts[3], "discard")) && post) {
+        gold_maintenance(svc, r, parts[2], !strcmp(parts[3], "discard"));
     } else if (n == 3 && !strcmp(parts[1], "desktops") && get) {
         desktop *d = service_find_desktop(svc, parts[2]);
         if (d)

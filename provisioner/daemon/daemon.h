@@ -385,6 +385,9 @@ void events_tick(service *svc);
 /* Ends every stream (at shutdown, before the loop's handles are closed). */
 void events_stop(service *svc);
 
+/* ---- maintenance.c: editing a gold family's next version ------------------------- */
+void gold_maintenance(service *svc, struct request *r, const char *family, bool discard);
+
 /* ---- scrub.c ------------------------------------------------------------------------- */
 void scrub_step(service *svc);
 

@@ -27,40 +27,6 @@
 /* As vdipoold writes it (provisioner/daemon/daemon.h). */
 #define VDI_XML_NS "urn:vdipool:desktop:1"
 
-/* The children the daemon would have left: recorded, named after their slots. */
-static int make_children(const char *work, const char *gold, unsigned n, unsigned width)
-{
-    char state[600];
-    snprintf(state, sizeof state, "%s/state", work);
-    vdi_catalog *cat = NULL;
-    vdi_cloner *cloner = NULL;
-    vdi_error err = {0};
-    vdi_clone_options opts;
-    vdi_clone_options_init(&opts);
-    char **names = calloc(n, sizeof *names);
-    int rc = -1;
-    if (!names || vdi_catalog_open(state, &cat, &err) < 0 ||
-        vdi_cloner_new(gold, &opts, &cloner, &err) < 0)
-        goto out;
-    for (unsigned i = 0; i < n; i++)
-        if (asprintf(&names[i], "%s/ds/bench-%0*u.qcow2", work, (int)width, i + 1) < 0)
-            goto out;
-    vdi_child_meta meta = {.datastore = "local", .pool = "bench", .slot = -1};
-    size_t made = 0;
-    if (vdi_clone_batch_recorded(cat, cloner, names, n, &meta, &made, &err) < 0)
-        goto out;
-    rc = 0;
-out:
-    if (rc < 0)
-        fprintf(stderr, "bench_adopt: cannot make children: %s\n", err.message);
-    for (unsigned i = 0; names && i < n; i++)
-        free(names[i]);
-    free(names);
-    vdi_cloner_free(cloner);
-    vdi_catalog_close(cat);
-    return rc;
-}
-
 /* Running test-driver domains with vdipoold's metadata. */
 static int write_node(const char *path, const char *work, const char *gold, unsigned n,
                       unsigned width)
@@ -104,7 +70,7 @@ int main(int argc, char **argv)
     if (bench_prepare(work, daemon, make_gold, gold, 0) < 0)
         return 1;
     snprintf(node, sizeof node, "%s/node.xml", work);
-    if (make_children(work, gold, n, width) < 0 || write_node(node, work, gold, n, width) < 0)
+    if (bench_record_children(work, gold, "bench", n, width, "bench") < 0 || write_node(node, work, gold, n, width) < 0)
         return 1;
 
     /* libvirt's own cost: the test driver parses the node file on open. */

@@ -61,39 +61,6 @@ static char *child_path(const char *prefix, unsigned i)
     return p;
 }
 
-static int make_filler(unsigned n)
-{
-    char state[600];
-    snprintf(state, sizeof state, "%s/state", work);
-    vdi_catalog *cat = NULL;
-    vdi_cloner *cloner = NULL;
-    vdi_error err = {0};
-    vdi_clone_options opts;
-    vdi_clone_options_init(&opts);
-    char **names = calloc(n ? n : 1, sizeof *names);
-    int rc = -1;
-    if (!names || vdi_catalog_open(state, &cat, &err) < 0 ||
-        vdi_cloner_new(gold, &opts, &cloner, &err) < 0)
-        goto out;
-    for (unsigned i = 0; i < n; i++)
-        if (asprintf(&names[i], "%s/ds/filler-%05u.qcow2", work, i + 1) < 0)
-            goto out;
-    vdi_child_meta meta = {.datastore = "local", .pool = "filler", .slot = -1};
-    size_t made = 0;
-    if (n && vdi_clone_batch_recorded(cat, cloner, names, n, &meta, &made, &err) < 0)
-        goto out;
-    rc = 0;
-out:
-    if (rc < 0)
-        fprintf(stderr, "bench_refill: cannot make filler children: %s\n", err.message);
-    for (unsigned i = 0; names && i < n; i++)
-        free(names[i]);
-    free(names);
-    vdi_cloner_free(cloner);
-    vdi_catalog_close(cat);
-    return rc;
-}
-
 static void destroy_named(const char *prefix)
 {
     for (unsigned i = 1; i <= ndesktops; i++) {
@@ -209,7 +176,7 @@ int main(int argc, char **argv)
     snprintf(gold, sizeof gold, "%s/gold.qcow2", work);
     if (bench_prepare(work, daemon, make_gold, gold, 64) < 0)
         return 1;
-    if (make_filler(filler) < 0)
+    if (bench_record_children(work, gold, "filler", filler, 5, "filler") < 0)
         return 1;
     conn = virConnectOpen("qemu:///system");
     if (!conn) {

@@ -1,6 +1,7 @@
 /* bench_util.c — see bench_util.h. */
 #include "bench_util.h"
 #include "vdi_client.h"
+#include "vdi_engine.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -106,4 +107,38 @@ int bench_count(const char *sock, const char *state)
             json_object_get(json_object_get(j, "desktops_by_state"), state));
     json_decref(j);
     return n;
+}
+
+int bench_record_children(const char *work, const char *gold, const char *prefix, unsigned n,
+                          unsigned width, const char *pool)
+{
+    char state[600];
+    snprintf(state, sizeof state, "%s/state", work);
+    vdi_catalog *cat = NULL;
+    vdi_cloner *cloner = NULL;
+    vdi_error err = {0};
+    vdi_clone_options opts;
+    vdi_clone_options_init(&opts);
+    char **names = calloc(n ? n : 1, sizeof *names);
+    int rc = -1;
+    if (!names || vdi_catalog_open(state, &cat, &err) < 0 ||
+        vdi_cloner_new(gold, &opts, &cloner, &err) < 0)
+        goto out;
+    for (unsigned i = 0; i < n; i++)
+        if (asprintf(&names[i], "%s/ds/%s-%0*u.qcow2", work, prefix, (int)width, i + 1) < 0)
+            goto out;
+    vdi_child_meta meta = {.datastore = "local", .pool = pool, .slot = -1};
+    size_t made = 0;
+    if (n && vdi_clone_batch_recorded(cat, cloner, names, n, &meta, &made, &err) < 0)
+        goto out;
+    rc = 0;
+out:
+    if (rc < 0)
+        fprintf(stderr, "bench: cannot make %u children: %s\n", n, err.message);
+    for (unsigned i = 0; names && i < n; i++)
+        free(names[i]);
+    free(names);
+    vdi_cloner_free(cloner);
+    vdi_catalog_close(cat);
+    return rc;
 }

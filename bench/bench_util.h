@@ -25,4 +25,10 @@ long bench_rss_kib(pid_t pid);
 /* Desktops of pool `bench` in `state`, from GET /v1/pools/bench?summary=1; -1 on failure. */
 int bench_count(const char *sock, const char *state);
 
+/* n children of gold, WORK/ds/PREFIX-NNN.qcow2 (width digits), recorded in
+ * WORK/state's catalog for datastore "local" and the given pool, as a
+ * daemon leaves them. 0, or -1 with a message. */
+int bench_record_children(const char *work, const char *gold, const char *prefix, unsigned n,
+                          unsigned width, const char *pool);
+
 #endif

@@ -50,23 +50,34 @@ void th_daemon_prepare(th_daemon *d, const char *tag, const char *uri)
     vdi_catalog_close(cat);
 }
 
-void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const char *extra)
+void th_daemon_write_pool(th_daemon *d, const char *acquire_timeout, const char *golds,
+                          const char *pool_body)
 {
-    char text[8192];
+    char text[16384];
     snprintf(text, sizeof text,
              "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
-             "  log_level = \"debug\"; acquire_timeout = \"20s\"; };\n"
+             "  log_level = \"debug\"; acquire_timeout = \"%s\"; };\n"
              "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
              "  max_overcommit = 1000.0; } );\n"
-             "golds = ( { name = \"demo\"; path = \"%s\"; } );\n"
-             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"demo\";\n"
-             "  datastore = \"local\"; size = %u; spares = %u;\n"
+             "%s\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; datastore = \"local\";\n"
+             "  %s } );\n",
+             d->sock, d->state, d->uri, acquire_timeout, d->dir, golds ? golds : "", d->prefix,
+             pool_body);
+    th_write_file(d->conf, text, strlen(text));
+}
+
+void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const char *extra)
+{
+    char golds[2048], body[4096];
+    snprintf(golds, sizeof golds, "golds = ( { name = \"demo\"; path = \"%s\"; } );", d->gold);
+    snprintf(body, sizeof body,
+             "gold = \"demo\"; size = %u; spares = %u;\n"
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = \"vnc\";\n"
              "             accel = \"tcg\"; };\n"
-             "  %s } );\n",
-             d->sock, d->state, d->uri, d->dir, d->gold, d->prefix, size, spares,
-             extra ? extra : "");
-    th_write_file(d->conf, text, strlen(text));
+             "  %s",
+             size, spares, extra ? extra : "");
+    th_daemon_write_pool(d, "20s", golds, body);
 }
 
 void th_daemon_start(th_daemon *d)

@@ -24,6 +24,10 @@ void th_daemon_prepare(th_daemon *d, const char *tag, const char *uri);
 /* Writes the config: one datastore, one pool of `size` with `spares`, plus
  * any extra text appended inside the pool group. */
 void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const char *pool_extra);
+/* The same frame (service, one datastore) with the given golds setting and
+ * the body of pool "demo" (after its name, prefix and datastore). */
+void th_daemon_write_pool(th_daemon *d, const char *acquire_timeout, const char *golds,
+                          const char *pool_body);
 void th_daemon_start(th_daemon *d);
 /* SIGTERM and wait; returns the exit status (or -1 when it had to be killed). */
 int th_daemon_stop(th_daemon *d);

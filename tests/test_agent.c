@@ -68,23 +68,27 @@ static void teardown(void)
     th_run(NULL, "chattr -i %s/*.qcow2 2>/dev/null", D.dir);
 }
 
-/* One pool "demo" of the given gold, ready when its agent answers. */
-static void write_config(const char *gold, unsigned size, unsigned spares, const char *extra)
+/* The body of pool "demo" on gold (a path or a family), ready when its
+ * agent answers, booted from the Linux gold's template. */
+static void write_agent_pool(const char *golds_text, const char *gold, unsigned size,
+                             unsigned spares, const char *extra)
 {
-    char text[8192];
-    snprintf(text, sizeof text,
-             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
-             "  log_level = \"debug\"; acquire_timeout = \"60s\"; };\n"
-             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
-             "  max_overcommit = 1000.0; } );\n"
-             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"%s/%s.qcow2\";\n"
-             "  datastore = \"local\"; size = %u; spares = %u; ready_when = \"agent\";\n"
+    char body[4096];
+    snprintf(body, sizeof body,
+             "gold = \"%s\"; size = %u; spares = %u; ready_when = \"agent\";\n"
              "  domain = { memory = \"192M\"; vcpus = 1; accel = \"tcg\";\n"
              "             template = \"%s/domain.xml\"; };\n"
-             "  %s } );\n",
-             D.sock, D.state, D.uri, D.dir, D.prefix, D.dir, gold, size, spares, golds,
-             extra ? extra : "");
-    th_write_file(D.conf, text, strlen(text));
+             "  %s",
+             gold, size, spares, golds, extra ? extra : "");
+    th_daemon_write_pool(&D, "60s", golds_text, body);
+}
+
+/* One pool "demo" of a sealed copy of the named gold. */
+static void write_config(const char *gold, unsigned size, unsigned spares, const char *extra)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s.qcow2", D.dir, gold);
+    write_agent_pool(NULL, path, size, spares, extra);
 }
 
 /* A command's "return" through the guest agent, or NULL when it failed. */
@@ -364,19 +368,10 @@ START_TEST(gold_edit_publish_and_rollback)
     /* Version 1 from the Linux demo gold; a pool that follows the family. */
     snprintf(args, sizeof args, "import %s %s/linux-gold.qcow2 --dir %s/%s", fam, golds, D.dir,
              fam);
-    char text[8192];
-    snprintf(text, sizeof text,
-             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
-             "  log_level = \"debug\"; acquire_timeout = \"60s\"; };\n"
-             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
-             "  max_overcommit = 1000.0; } );\n"
-             "golds = ( { name = \"%s\"; dir = \"%s/%s\"; } );\n"
-             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"%s\";\n"
-             "  datastore = \"local\"; size = 2; spares = 1; ready_when = \"agent\";\n"
-             "  domain = { memory = \"192M\"; vcpus = 1; accel = \"tcg\";\n"
-             "             template = \"%s/domain.xml\"; }; } );\n",
-             D.sock, D.state, D.uri, D.dir, fam, D.dir, fam, D.prefix, fam, golds);
-    th_write_file(D.conf, text, strlen(text));
+    char golds_text[2048];
+    snprintf(golds_text, sizeof golds_text, "golds = ( { name = \"%s\"; dir = \"%s/%s\"; } );",
+             fam, D.dir, fam);
+    write_agent_pool(golds_text, fam, 2, 1, NULL);
     char *out = gold_cmd(args);
     ck_assert_msg(out && strstr(out, "version 1 is current"), "%s", out);
     free(out);

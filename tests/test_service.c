@@ -783,19 +783,14 @@ END_TEST
 /* A pool "demo" that follows gold family "fam" in D.dir/fam. */
 static void write_family_config(unsigned size, unsigned spares, const char *extra)
 {
-    char text[8192];
-    snprintf(text, sizeof text,
-             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
-             "  log_level = \"debug\"; acquire_timeout = \"20s\"; };\n"
-             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
-             "  max_overcommit = 1000.0; } );\n"
-             "golds = ( { name = \"fam\"; dir = \"%s/fam\"; } );\n"
-             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; gold = \"fam\";\n"
-             "  datastore = \"local\"; size = %u; spares = %u;\n"
+    char golds[2048], body[2048];
+    snprintf(golds, sizeof golds, "golds = ( { name = \"fam\"; dir = \"%s/fam\"; } );", D.dir);
+    snprintf(body, sizeof body,
+             "gold = \"fam\"; size = %u; spares = %u;\n"
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = \"vnc\";\n"
-             "             accel = \"tcg\"; }; %s } );\n",
-             D.sock, D.state, D.uri, D.dir, D.dir, D.prefix, size, spares, extra ? extra : "");
-    th_write_file(D.conf, text, strlen(text));
+             "             accel = \"tcg\"; }; %s",
+             size, spares, extra ? extra : "");
+    th_daemon_write_pool(&D, "20s", golds, body);
 }
 
 /* Runs vdipoolctl gold ... against this test's catalog and daemon. */

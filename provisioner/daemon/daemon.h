@@ -263,9 +263,6 @@ int service_objects_init(service *svc, uv_loop_t *loop, void (*step)(service *sv
 pool *service_find_pool(service *svc, const char *name);
 desktop *service_find_desktop(service *svc, const char *name);
 const vdi_datastore_config *pool_datastore(const pool *p);
-/* The gold new desktops of the pool are cloned from: the config's, or the
- * one a manual roll-out holds the pool on. */
-const char *pool_gold(const pool *p);
 void desktop_name_slot(desktop *d);
 pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc);
 int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc);
@@ -274,6 +271,9 @@ void latency_observe(latency_histogram *h, double seconds);
 void service_kick(service *svc);
 
 /* ---- golds.c: gold locks and gold states ------------------------------------------- */
+/* The gold new desktops of the pool are cloned from: the config's, or the
+ * one a manual roll-out holds the pool on. */
+const char *pool_gold(const pool *p);
 void pool_lock_gold(pool *p);
 void pool_release_gold_locks(pool *p, bool current_too);
 /* A config (re)applied: a manual pool holds on to the gold it had. */

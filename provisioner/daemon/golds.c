@@ -8,6 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+const char *pool_gold(const pool *p)
+{
+    return p->held_gold ? p->held_gold : p->cfg->gold;
+}
+
 /* Marks a gold's state in the catalog (a short write on the loop). */
 static void set_gold_state(pool *p, const char *gold, vdi_gold_state state)
 {
@@ -107,7 +112,7 @@ void pool_lock_gold(pool *p)
 
 void pool_hold_gold(pool *p, const char *previous)
 {
-    int64_t now = service_now(p->svc);
+    int64_t now = p->svc->ops->now();
     if (!previous) {
         p->gold_since = now; /* a new pool */
         return;
@@ -137,7 +142,7 @@ int pool_rollout(pool *p)
     svc_log("info", "pool=%s event=rollout-asked from=%s to=%s", p->name, p->held_gold,
             p->cfg->gold);
     set_str(&p->held_gold, NULL);
-    p->gold_since = service_now(p->svc);
+    p->gold_since = p->svc->ops->now();
     p->tend_all = true;
     pool_lock_gold(p);
     return 0;

@@ -53,11 +53,6 @@ desktop *service_find_desktop(service *svc, const char *name)
     return NULL;
 }
 
-const char *pool_gold(const pool *p)
-{
-    return p->held_gold ? p->held_gold : p->cfg->gold;
-}
-
 const vdi_datastore_config *pool_datastore(const pool *p)
 {
     return vdi_config_find_datastore(p->config, p->cfg->datastore);

@@ -111,21 +111,6 @@ static void progress(double percent, void *ctx)
     fflush(stderr);
 }
 
-static json_t *version_json(const vdi_gold_version *v)
-{
-    char hex[2 * VDI_HASH_SIZE + 1];
-    vdi_hash_hex(v->hash, hex, sizeof hex);
-    const char *state = v->current                  ? "current"
-                        : v->state == VDI_GOLD_TAINTED ? "tainted"
-                        : v->children                ? "retiring"
-                                                     : "retired";
-    return json_pack("{s:i,s:s,s:s,s:I,s:s,s:s,s:i,s:I,s:I,s:s}", "version", v->version, "state",
-                     state, "path", v->path, "created_at", (json_int_t)v->created_at,
-                     "created_by", v->created_by, "note", v->note, "children",
-                     (int)v->children, "allocated", (json_int_t)v->allocated, "virtual_size",
-                     (json_int_t)v->virtual_size, "sha256", hex);
-}
-
 int cli_gold_import(cli_call *c)
 {
     const cli_opts *o = &c->o;
@@ -177,7 +162,7 @@ int cli_gold_import(cli_call *c)
     if (rc < 0)
         return cli_fail(o->json, &err);
     if (o->json) {
-        cli_print_json(version_json(&v));
+        cli_print_json(glue_version_json(&v));
     } else {
         char a[32], b[32];
         printf("gold %s: version %u is current: %s (%s allocated of %s)\n", family, v.version,
@@ -212,21 +197,18 @@ int cli_gold_versions(cli_call *c)
         return cli_fail(o->json, &err);
     }
     if (o->json) {
-        json_t *arr = json_array(), *hist = json_array();
-        for (size_t i = 0; i < n; i++)
-            json_array_append_new(arr, version_json(&v[i]));
-        for (size_t i = 0; i < ntrail; i++)
-            json_array_append_new(hist, json_pack("{s:I,s:s,s:s,s:i,s:s}", "at",
-                                                  (json_int_t)trail[i].at, "who", trail[i].who,
-                                                  "action", trail[i].action, "version",
-                                                  trail[i].version, "note", trail[i].note));
-        cli_print_json(json_pack("{s:s,s:o,s:o}", "gold", family, "versions", arr, "history",
-                                 hist));
+        json_t *fam = glue_family_json(c->catalog, family, &err);
+        if (!fam) {
+            free(v);
+            free(trail);
+            return cli_fail(o->json, &err);
+        }
+        cli_print_json(fam);
     } else {
         printf("%-7s %-10s %-19s %-10s %10s %10s  %-12s %s\n", "version", "state", "created",
                "by", "allocated", "virtual", "sha256", "note");
         for (size_t i = 0; i < n; i++) {
-            json_t *j = version_json(&v[i]);
+            json_t *j = glue_version_json(&v[i]);
             char when[32], a[32], b[32], state[32];
             struct tm tm;
             time_t t = (time_t)v[i].created_at;
@@ -262,39 +244,20 @@ int cli_gold_rollback(cli_call *c)
     const cli_opts *o = &c->o;
     const char *family = c->args[0];
     vdi_error err = {0};
-    vdi_gold_version cur;
-    if (vdi_version_find(c->catalog, family, 0, &cur, &err) < 0)
-        return cli_fail(o->json, &err);
-    unsigned to = 0;
+    unsigned to = 0, was = 0, now = 0;
     if (o->value[2]) {
         char *end = NULL;
         unsigned long v = strtoul(o->value[2], &end, 10);
         if (!*o->value[2] || *end || v == 0 || v > 99999)
             return cli_usage_error("--to takes a version number, such as --to 3");
         to = (unsigned)v;
-    } else {
-        /* The newest version below the current one that is still there. */
-        vdi_gold_version *all = NULL;
-        size_t n = 0;
-        if (vdi_versions_list(c->catalog, family, &all, &n, &err) < 0)
-            return cli_fail(o->json, &err);
-        for (size_t i = 0; i < n; i++)
-            if (all[i].version < cur.version && all[i].state != VDI_GOLD_TAINTED)
-                to = all[i].version;
-        free(all);
-        if (!to) {
-            vdi_error_set(&err, -ENOENT, "gold '%s' has no version before %u to go back to",
-                          family, cur.version);
-            return cli_fail(o->json, &err);
-        }
     }
-    if (vdi_version_make_current(c->catalog, family, to, who(), o->value[3], &err) < 0)
+    if (glue_rollback(c->catalog, family, to, who(), o->value[3], &was, &now, &err) < 0)
         return cli_fail(o->json, &err);
     if (o->json)
-        cli_print_json(json_pack("{s:s,s:i,s:i}", "gold", family, "current", to, "was",
-                                 cur.version));
+        cli_print_json(json_pack("{s:s,s:i,s:i}", "gold", family, "current", now, "was", was));
     else
-        printf("gold %s: version %u is current again (was %u)\n", family, to, cur.version);
+        printf("gold %s: version %u is current again (was %u)\n", family, now, was);
     tell_daemon(o, family);
     return CLI_OK;
 }
@@ -333,7 +296,7 @@ int cli_gold_prune(cli_call *c)
     if (o->json) {
         json_t *arr = json_array();
         for (size_t i = 0; i < ngone; i++)
-            json_array_append_new(arr, version_json(&gone[i]));
+            json_array_append_new(arr, glue_version_json(&gone[i]));
         cli_print_json(json_pack("{s:s,s:b,s:o,s:i}", "gold", family, "dry_run", dry,
                                  dry ? "would_delete" : "deleted", arr, "kept_in_use",
                                  (int)busy));
@@ -433,57 +396,22 @@ int cli_gold_publish(cli_call *c)
 {
     const cli_opts *o = &c->o;
     const char *family = c->args[0];
-    char dir[PATH_MAX], child[PATH_MAX + 32];
+    char dir[PATH_MAX];
     vdi_error err = {0};
     if (!family_dir(c, family, dir, sizeof dir)) {
         vdi_error_set(&err, -ENOENT, "gold '%s' is not a family with versions", family);
         return cli_fail(o->json, &err);
     }
-    snprintf(child, sizeof child, "%s/maintenance.qcow2", dir);
-    if (access(child, F_OK) != 0) {
-        vdi_error_set(&err, -ENOENT,
-                      "gold '%s' has no edit to publish: start one with `vdipoolctl gold edit "
-                      "%s`",
-                      family, family);
-        return cli_fail(o->json, &err);
-    }
-    char who_has[256] = "";
-    if (vdi_guard_open_writers(child, who_has, sizeof who_has) > 0) {
-        vdi_error_set(&err, -EBUSY,
-                      "%s-maint still runs (%s has %s open for writing): shut it down inside "
-                      "the guest first, then publish",
-                      family, who_has, child);
-        return cli_fail(o->json, &err);
-    }
-    /* The version the edit started from must still be the one sealed: a
-     * changed parent would publish what nobody edited. */
-    vdi_child_info ci;
-    if (vdi_catalog_child(c->catalog, child, &ci, &err) < 0 ||
-        vdi_guard_check(c->catalog, ci.parent, false, &err) < 0)
-        return cli_fail(o->json, &err);
-    vdi_version_request req = {.family = family,
-                               .dir = dir,
-                               .source = child,
-                               .note = o->value[3],
-                               .who = who(),
-                               .action = "publish"};
-    struct statvfs vfs;
-    if (statvfs(dir, &vfs) == 0)
-        req.reserve_bytes = (uint64_t)vfs.f_blocks * vfs.f_frsize / 20;
     vdi_gold_version v;
     bool tty = !o->json && isatty(2);
-    int rc = vdi_version_create(c->catalog, &req, tty ? progress : NULL, NULL, &v, &err);
+    int rc = glue_publish_edit(c->catalog, family, dir, o->value[3], who(),
+                               tty ? progress : NULL, NULL, &v, &err);
     if (tty)
         fputs("\n", stderr);
     if (rc < 0)
         return cli_fail(o->json, &err);
-    /* The edit is over: its child goes (the new version stands alone). */
-    vdi_error derr = {0};
-    if (vdi_child_delete(c->catalog, child, NULL, &derr) < 0)
-        fprintf(stderr, "vdipoolctl: the maintenance child %s stays: %s\n", child,
-                derr.message);
     if (o->json) {
-        cli_print_json(version_json(&v));
+        cli_print_json(glue_version_json(&v));
     } else {
         char a[32];
         printf("gold %s: version %u is published and current: %s (%s allocated)\n", family,

@@ -318,6 +318,13 @@ void api_route(void *ctx, request *r)
     } else if (n == 4 && !strcmp(parts[1], "golds") &&
                (!strcmp(parts[3], "edit") || !strcmp(parts[3], "discard")) && post) {
         gold_maintenance(svc, r, parts[2], !strcmp(parts[3], "discard"));
+    } else if (n == 4 && !strcmp(parts[1], "golds") &&
+               (!strcmp(parts[3], "publish") || !strcmp(parts[3], "rollback")) && post) {
+        gold_request(svc, r, parts[2], parts[3]);
+    } else if (n == 2 && !strcmp(parts[1], "golds") && get) {
+        golds_list(svc, r);
+    } else if (n == 3 && !strcmp(parts[1], "golds") && get) {
+        gold_request(svc, r, parts[2], NULL);
     } else if (n == 3 && !strcmp(parts[1], "desktops") && get) {
         desktop *d = service_find_desktop(svc, parts[2]);
         if (d)

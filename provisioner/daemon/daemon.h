@@ -90,6 +90,7 @@ const char *agent_state_name(agent_state a);
 typedef struct waiter waiter;
 typedef struct api_server api_server;
 typedef struct subscriber subscriber;
+struct gold_job;
 typedef struct libvirt_bridge libvirt_bridge;
 
 /* A desktop is one slot of a pool. Allocated one by one: its address is
@@ -253,6 +254,7 @@ struct service {
      * NULL: the state machine knows no listener by name. */
     void (*desktop_changed)(desktop *d, desktop_state from);
     subscriber *subscribers; /* GET /v1/events streams (events.c) */
+    struct gold_job *gold_jobs; /* gold_api.c: operations in flight (publish progress) */
     unsigned nsubscribers;
     uint64_t event_seq;
     int64_t events_ping_at;
@@ -384,6 +386,11 @@ void events_desktop_changed(desktop *d, desktop_state from);
 void events_tick(service *svc);
 /* Ends every stream (at shutdown, before the loop's handles are closed). */
 void events_stop(service *svc);
+
+/* ---- gold_api.c: gold families on the API ------------------------------------------- */
+void golds_list(service *svc, struct request *r);
+/* action NULL: show the family; "publish" or "rollback". */
+void gold_request(service *svc, struct request *r, const char *name, const char *action);
 
 /* ---- maintenance.c: editing a gold family's next version ------------------------- */
 void gold_maintenance(service *svc, struct request *r, const char *family, bool discard);

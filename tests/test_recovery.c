@@ -1,6 +1,7 @@
 /* test_recovery.c — the intent journal: a process killed at every step of
- * clone, delete, seal, merge and reparent is recovered at the next catalog
- * open, and the work of a live process is left alone. */
+ * clone, delete, seal, merge, reparent and a gold version is recovered at
+ * the next catalog open, and the work of a live process is left alone;
+ * gold versions refuse what does not fit and what changed. */
 #include "engine_fixture.h"
 
 #include "helpers.h"
@@ -240,9 +241,52 @@ START_TEST(crash_during_version_create)
 }
 END_TEST
 
+/* Import takes a standalone VHD (converted, same content), refuses what
+ * does not fit above the reserve with the numbers, and a rollback refuses
+ * a version whose bytes changed since it was sealed. */
+START_TEST(versions_import_space_and_taint)
+{
+    snprintf(family_dir, sizeof family_dir, "%s/vfam", dir);
+    io(gold, "-c 'write -q -P 0x5a 1M 64k'");
+    char vhd[4300];
+    snprintf(vhd, sizeof vhd, "%s/disk.vhd", dir);
+    free(th_must("qemu-img convert -O vpc %s %s", gold, vhd));
+    vdi_version_request req = {.family = "vfam", .dir = family_dir, .source = vhd,
+                               .who = "test", .action = "import"};
+    vdi_gold_version v1;
+    vdi_error err = {0};
+    ck_assert_msg(vdi_version_create(cat, &req, NULL, NULL, &v1, &err) == 0, "%s", err.message);
+    free(th_must("qemu-img compare -q %s %s", gold, v1.path));
+    char *info = th_must("qemu-img info %s", v1.path);
+    ck_assert_ptr_nonnull(strstr(info, "file format: qcow2"));
+    ck_assert_ptr_null(strstr(info, "backing file"));
+    free(info);
+
+    req.source = gold;
+    req.reserve_bytes = UINT64_MAX / 4;
+    ck_assert_int_eq(vdi_version_create(cat, &req, NULL, NULL, NULL, &err), -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.message, "would need up to"));
+    ck_assert_ptr_nonnull(strstr(err.message, "in reserve"));
+    req.reserve_bytes = 0;
+    vdi_gold_version v2;
+    ck_assert_msg(vdi_version_create(cat, &req, NULL, NULL, &v2, &err) == 0, "%s", err.message);
+    ck_assert_uint_eq(v2.version, 2);
+
+    /* Someone writes version 1 behind the guard's back: it cannot come back. */
+    free(th_must("chattr -i %s && chmod 0644 %s", v1.path, v1.path));
+    io(v1.path, "-c 'write -q -P 0x01 0 4k'");
+    ck_assert_int_eq(vdi_version_make_current(cat, "vfam", 1, "test", NULL, &err), -ESTALE);
+    vdi_gold_version cur;
+    ck_assert_int_eq(vdi_version_find(cat, "vfam", 0, &cur, NULL), 0);
+    ck_assert_uint_eq(cur.version, 2);
+    th_run(NULL, "chattr -i %s/*.qcow2", family_dir);
+}
+END_TEST
+
 TH_MAIN("recovery", {"recovery",
                      engine_setup,
                      engine_teardown,
                      120,
                      {crash_during_clone, crash_during_seal, live_operation_is_not_recovered,
-                      crash_during_merge_and_reparent, crash_during_version_create, NULL}})
+                      crash_during_merge_and_reparent, crash_during_version_create,
+                      versions_import_space_and_taint, NULL}})

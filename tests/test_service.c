@@ -898,6 +898,27 @@ START_TEST(gold_family_versions_roll_over)
     ck_assert_int_eq(th_http(&D, "GET", "/v1/golds/nosuch", NULL, &g), 404);
     json_decref(g);
 
+    /* A gold import killed at each step (the CLI itself, by SIGKILL) leaves
+     * the family as it was. */
+    const char *points[] = {"version:converted", "version:placed", "version:sealed"};
+    for (size_t i = 0; i < 3; i++) {
+        char *killed = NULL;
+        ck_assert_int_ne(th_run(&killed,
+                                "VDIPOOL_CRASH_AT=%s VDIPOOL_STATE_DIR=%s %s gold import fam %s "
+                                "--socket %s --config %s",
+                                points[i], D.state, getenv("VDIPOOLCTL"), src2, D.sock, D.conf),
+                         0);
+        free(killed);
+        out = gold_ctl("versions fam --json");
+        json_t *vj = json_loads(out, 0, NULL);
+        free(out);
+        ck_assert_uint_eq(json_array_size(json_object_get(vj, "versions")), 2);
+        json_decref(vj);
+        char v3[1300];
+        snprintf(v3, sizeof v3, "%s/fam/v0003.qcow2", D.dir);
+        ck_assert_msg(access(v3, F_OK) != 0, "v3 left after a crash at %s", points[i]);
+    }
+
     /* alice logs off: version 1 has no child left and goes. */
     json_t *r = NULL;
     char path[256];
@@ -907,6 +928,18 @@ START_TEST(gold_family_versions_roll_over)
     wait_spares_on(2, 2);
     snprintf(out_path, sizeof out_path, "%s/fam/v0001.qcow2", D.dir);
     time_t end = time(NULL) + 20;
+    for (bool retired = false; !retired;) {
+        out = gold_ctl("versions fam --json");
+        json_t *vj = json_loads(out, 0, NULL);
+        free(out);
+        const char *st = json_string_value(
+            json_object_get(json_array_get(json_object_get(vj, "versions"), 0), "state"));
+        retired = st && !strcmp(st, "retired");
+        json_decref(vj);
+        ck_assert_msg(retired || time(NULL) < end, "version 1 never retired");
+        if (!retired)
+            usleep(200000);
+    }
     for (;;) {
         out = gold_ctl("prune fam --keep 1");
         bool done = strstr(out, "deleted version 1") != NULL;
@@ -935,6 +968,61 @@ START_TEST(gold_family_versions_roll_over)
     /* The current version was never written: it still verifies. */
     out = th_must("VDIPOOL_STATE_DIR=%s %s image verify %s/fam/v0002.qcow2 2>&1", D.state,
                   getenv("VDIPOOLCTL"), D.dir);
+    free(out);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
+/* Edit and publish on libvirt's test driver (the maintenance domain is a
+ * test domain): the API refuses a second edit, publish refuses a base that
+ * changed since it was sealed, and a good edit becomes the next version. */
+START_TEST(gold_edit_and_publish)
+{
+    write_family_config(2, 1, NULL);
+    char args[2600];
+    snprintf(args, sizeof args, "import fam %s", D.gold);
+    free(gold_ctl(args));
+    th_daemon_start(&D);
+    wait_spares_on(1, 1);
+    char *out = gold_ctl("edit fam");
+    ck_assert_msg(strstr(out, "fam-maint runs on a child of version 1"), "%s", out);
+    free(out);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/golds/fam/edit", NULL, &j), 409);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "being edited"));
+    json_decref(j);
+    /* Discard, and edit again. */
+    out = gold_ctl("edit --discard fam");
+    ck_assert_msg(strstr(out, "thrown away"), "%s", out);
+    free(out);
+    free(gold_ctl("edit fam"));
+    /* The test driver's domain holds no file: publish goes ahead. */
+    out = gold_ctl("publish fam --note edited");
+    ck_assert_msg(strstr(out, "version 2 is published and current") &&
+                      strstr(out, "vdipoold reloaded"),
+                  "%s", out);
+    free(out);
+    wait_spares_on(2, 1);
+    /* The test driver's maintenance domain still runs (a real one has shut
+     * down to be published): a new edit says so; discard takes it. */
+    out = NULL;
+    ck_assert_int_ne(th_run(&out, "VDIPOOL_STATE_DIR=%s %s gold edit fam --socket %s 2>&1",
+                            D.state, getenv("VDIPOOLCTL"), D.sock),
+                     0);
+    ck_assert_msg(out && strstr(out, "still runs from an earlier edit"), "%s", out ? out : "");
+    free(out);
+    free(gold_ctl("edit --discard fam"));
+    /* An edit whose base changes behind the guard is not published. */
+    free(gold_ctl("edit fam"));
+    char v2[1300];
+    snprintf(v2, sizeof v2, "%s/fam/v0002.qcow2", D.dir);
+    free(th_must("chattr -i %s && chmod 0644 %s && touch %s", v2, v2, v2));
+    out = NULL;
+    ck_assert_int_ne(th_run(&out, "VDIPOOL_STATE_DIR=%s %s gold publish fam --socket %s "
+                                  "--config %s 2>&1",
+                            D.state, getenv("VDIPOOLCTL"), D.sock, D.conf),
+                     0);
+    ck_assert_msg(out && strstr(out, "changed"), "%s", out ? out : "");
     free(out);
     ck_assert_int_eq(th_daemon_stop(&D), 0);
 }
@@ -1079,4 +1167,5 @@ TH_MAIN("service",
           second_instance_is_refused, blocked_pool_waits_without_spinning,
           http_limits_versions_and_timeouts, keep_alive_and_ordered_pipelining,
           acquire_withdrawn_when_the_client_goes, events_stream_desktop_changes,
-          gold_family_versions_roll_over, rollout_manual_then_immediate, NULL}})
+          gold_family_versions_roll_over, rollout_manual_then_immediate, gold_edit_and_publish,
+          NULL}})

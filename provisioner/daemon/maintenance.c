@@ -60,6 +60,18 @@ static void edit_run(void *data)
 {
     maint_req *m = data;
     vdi_error err = {0};
+    virDomainPtr old = m->conn ? virDomainLookupByName(m->conn, m->domain) : NULL;
+    if (old) {
+        bool running = virDomainIsActive(old) == 1;
+        virDomainFree(old);
+        if (running) {
+            fail(m, 409,
+                 "%s still runs from an earlier edit; shut it down or `vdipoolctl gold edit "
+                 "--discard %s`",
+                 m->domain, m->family);
+            return;
+        }
+    }
     vdi_cloner *cloner = NULL;
     vdi_clone_options opts;
     vdi_clone_options_init(&opts);
@@ -95,6 +107,7 @@ static void discard_run(void *data)
 {
     maint_req *m = data;
     virDomainPtr dom = m->conn ? virDomainLookupByName(m->conn, m->domain) : NULL;
+    bool had_domain = dom != NULL;
     if (dom) {
         if (virDomainIsActive(dom) == 1 && virDomainDestroy(dom) < 0) {
             fail(m, 500, "cannot destroy %s: %s", m->domain, libvirt_error());
@@ -107,8 +120,11 @@ static void discard_run(void *data)
         return;
     }
     vdi_error err = {0};
-    if (access(m->child, F_OK) == 0 && vdi_child_delete(m->catalog, m->child, NULL, &err) < 0)
+    bool child = access(m->child, F_OK) == 0;
+    if (child && vdi_child_delete(m->catalog, m->child, NULL, &err) < 0)
         fail(m, 500, "cannot delete %s: %s", m->child, err.message);
+    else if (!child && !had_domain)
+        fail(m, 409, "gold %s has no edit open", m->family);
     else
         m->status = 200;
 }
@@ -193,8 +209,7 @@ void gold_maintenance(service *svc, request *r, const char *family, bool discard
                  "gold %s is being edited already (%s): publish it with `vdipoolctl gold publish "
                  "%s` or throw it away with `vdipoolctl gold edit --discard %s`",
                  family, m->child, family, family);
-    else if (discard && !open_edit)
-        snprintf(msg, sizeof msg, "gold %s has no edit open", family);
+    /* discard also takes a maintenance domain whose child is gone already. */
     json_decref(body);
     if (msg[0]) {
         free(m);

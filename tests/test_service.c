@@ -996,7 +996,25 @@ START_TEST(gold_edit_and_publish)
     ck_assert_msg(strstr(out, "thrown away"), "%s", out);
     free(out);
     free(gold_ctl("edit fam"));
-    /* The test driver's domain holds no file: publish goes ahead. */
+    /* A publish killed at each step leaves version 1 current and the edit
+     * open; the next publish goes ahead (the test driver's domain holds no
+     * file). */
+    const char *points[] = {"version:converted", "version:placed", "version:sealed"};
+    for (size_t i = 0; i < 3; i++) {
+        char *killed = NULL;
+        ck_assert_int_ne(th_run(&killed,
+                                "VDIPOOL_CRASH_AT=%s VDIPOOL_STATE_DIR=%s %s gold publish fam "
+                                "--socket %s --config %s",
+                                points[i], D.state, getenv("VDIPOOLCTL"), D.sock, D.conf),
+                         0);
+        free(killed);
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/golds/fam/versions", NULL, &j), 200);
+        ck_assert_uint_eq(json_array_size(json_object_get(j, "versions")), 1);
+        json_decref(j);
+        char child[1300];
+        snprintf(child, sizeof child, "%s/fam/maintenance.qcow2", D.dir);
+        ck_assert_int_eq(access(child, F_OK), 0);
+    }
     out = gold_ctl("publish fam --note edited");
     ck_assert_msg(strstr(out, "version 2 is published and current") &&
                       strstr(out, "vdipoold reloaded"),

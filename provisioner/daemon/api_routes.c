@@ -323,7 +323,8 @@ void api_route(void *ctx, request *r)
         gold_request(svc, r, parts[2], parts[3]);
     } else if (n == 2 && !strcmp(parts[1], "golds") && get) {
         golds_list(svc, r);
-    } else if (n == 3 && !strcmp(parts[1], "golds") && get) {
+    } else if ((n == 3 || (n == 4 && !strcmp(parts[3], "versions"))) &&
+               !strcmp(parts[1], "golds") && get) {
         gold_request(svc, r, parts[2], NULL);
     } else if (n == 3 && !strcmp(parts[1], "desktops") && get) {
         desktop *d = service_find_desktop(svc, parts[2]);

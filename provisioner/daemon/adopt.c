@@ -267,7 +267,17 @@ static void list_done(service *svc, void *data)
     adopt_req *r = data;
     if (r->conn)
         virConnectClose(r->conn);
+    /* Domains that stopped after the listing: their events came while
+     * their desktops were empty; they are ended, not adopted as running. */
+    vdi_strmap *stopped = vdi_strmap_new();
+    size_t si;
+    json_t *sv;
+    json_array_foreach(svc->stopped_while_adopting, si, sv)
+        if (stopped) vdi_strmap_put(stopped, json_string_value(sv), si);
     if (r->error || !r->domains) {
+        vdi_strmap_free(stopped);
+        json_decref(svc->stopped_while_adopting);
+        svc->stopped_while_adopting = NULL;
         svc_log("error", "event=adopt-failed reason=\"%s\"; retried at the next tick",
                 r->error ? r->error : "no answer");
         json_decref(r->domains);
@@ -287,15 +297,22 @@ static void list_done(service *svc, void *data)
         const char *child = json_string_value(json_object_get(dom, "child"));
         const char *gold = json_string_value(json_object_get(dom, "gold"));
         const char *display = json_string_value(json_object_get(dom, "display"));
-        if (!json_is_true(json_object_get(dom, "active"))) {
-            desktop_adopt(d, child, gold, NULL, AGENT_UNKNOWN, 0, NULL, 0);
-            session_end(d, END_OTHER); /* a defined domain that does not run */
-            continue;
-        }
+        size_t unused;
+        bool gone = stopped && vdi_strmap_get(stopped, name, &unused);
+        if (gone)
+            svc_log("info", "pool=%s desktop=%s event=stopped-while-adopting", d->pool->name,
+                    name);
         int64_t id = 0, started = 0;
         char user[256] = "";
         bool session = vdi_catalog_open_session(svc->catalog, d->name, &id, user, sizeof user,
                                                 &started, NULL) == 0;
+        if (!json_is_true(json_object_get(dom, "active")) || gone) {
+            /* A domain that does not run (defined, or stopped meanwhile):
+             * taken with its session, so that the end closes it too. */
+            desktop_adopt(d, child, gold, NULL, AGENT_UNKNOWN, session ? id : 0, user, started);
+            session_end(d, END_OTHER);
+            continue;
+        }
         agent_state agent = (agent_state)json_integer_value(json_object_get(dom, "agent"));
         desktop_adopt(d, child, gold, display, agent, session ? id : 0, user, started);
         const char *paused = json_string_value(json_object_get(dom, "paused"));
@@ -330,6 +347,9 @@ static void list_done(service *svc, void *data)
             }
         }
     vdi_strmap_free(running);
+    vdi_strmap_free(stopped); /* its keys belong to the array below */
+    json_decref(svc->stopped_while_adopting);
+    svc->stopped_while_adopting = NULL;
     remove_strays(svc, r->domains); /* takes the domains */
     free(r);
     /* Adopted: the controllers may clone, beside the stray check. */
@@ -351,6 +371,8 @@ void adopt_start(service *svc)
     r->conn = svc->conn;
     r->catalog = svc->catalog;
     svc->adopting = true;
+    json_decref(svc->stopped_while_adopting);
+    svc->stopped_while_adopting = json_array();
     if (work_submit(svc, list_run, list_done, r) < 0) {
         svc->adopting = false;
         virConnectClose(r->conn);

@@ -245,6 +245,8 @@ struct service {
     bool adopted;           /* running desktops were adopted after connecting */
     bool adopting;
     bool checking_strays; /* adopt.c: a stray check runs on a worker */
+    json_t *stopped_while_adopting; /* names of domains that stopped after the adoption
+                                       listed them (session.c adds, adopt.c reads) */
     bool scrubbing;
     bool refreshing;     /* a refresh of children's sizes runs */
     size_t refresh_next; /* where the next refresh batch starts */

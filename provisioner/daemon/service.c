@@ -197,6 +197,8 @@ void service_shutdown(service *svc)
     svc->config = NULL;
     free(svc->config_path);
     free(svc->state_dir);
+    json_decref(svc->stopped_while_adopting);
+    svc->stopped_while_adopting = NULL;
 }
 
 /* ---- libvirt ------------------------------------------------------------------------- */

@@ -275,6 +275,12 @@ void service_on_domain_event(void *ctx, const char *name, int event, int detail)
     if (event != VIR_DOMAIN_EVENT_STOPPED)
         return;
     desktop *d = service_find_desktop(svc, name);
+    if (d && d->state == DESKTOP_EMPTY && svc->adopting && svc->stopped_while_adopting) {
+        /* The adoption's list of domains may still show it running: it
+         * must not be adopted as running (adopt.c reads this). */
+        json_array_append_new(svc->stopped_while_adopting, json_string(name));
+        return;
+    }
     if (!d || d->state == DESKTOP_ENDING || d->state == DESKTOP_EMPTY)
         return;
     end_reason reason = detail == VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN  ? END_GUEST_SHUTDOWN

@@ -493,12 +493,13 @@ int vdi_version_make_current(vdi_catalog *cat, const char *family, unsigned vers
                              const char *who, const char *note, vdi_error *err);
 /* Deletes versions older than the newest `keep` that are not current, not
  * in `pinned` (paths a config pins) and have no children; with dry_run only
- * lists them. *gone (malloc'd) lists what went (or would go), *kept_busy
- * (may be NULL) counts older versions kept because they are in use. */
+ * lists them. *gone lists what went (or would go), *busy the older versions
+ * kept because they are in use (current, pinned or with children); both
+ * malloc'd. */
 int vdi_versions_prune(vdi_catalog *cat, const char *family, unsigned keep,
                        const char *const *pinned, size_t npinned, bool dry_run, const char *who,
-                       vdi_gold_version **gone, size_t *ngone, size_t *kept_busy,
-                       vdi_error *err);
+                       vdi_gold_version **gone, size_t *ngone, vdi_gold_version **busy,
+                       size_t *nbusy, vdi_error *err);
 
 typedef struct vdi_gold_audit {
     int64_t at;

@@ -393,33 +393,33 @@ static int forget_version(vdi_catalog *cat, const char *family, unsigned version
 
 int vdi_versions_prune(vdi_catalog *cat, const char *family, unsigned keep,
                        const char *const *pinned, size_t npinned, bool dry_run, const char *who,
-                       vdi_gold_version **gone, size_t *ngone, size_t *kept_busy,
-                       vdi_error *err)
+                       vdi_gold_version **gone, size_t *ngone, vdi_gold_version **busy,
+                       size_t *nbusy, vdi_error *err)
 {
-    *gone = NULL;
-    *ngone = 0;
-    if (kept_busy)
-        *kept_busy = 0;
+    *gone = *busy = NULL;
+    *ngone = *nbusy = 0;
     vdi_gold_version *all = NULL;
     size_t n = 0;
     int rc = vdi_versions_list(cat, family, &all, &n, err);
     if (rc < 0)
         return rc;
     vdi_gold_version *out = calloc(n ? n : 1, sizeof *out);
-    if (!out) {
+    vdi_gold_version *kept = calloc(n ? n : 1, sizeof *kept);
+    if (!out || !kept) {
         free(all);
+        free(out);
+        free(kept);
         return vdi_error_set(err, -ENOMEM, "out of memory");
     }
-    size_t m = 0;
+    size_t m = 0, k = 0;
     /* The newest `keep` stay; of the older ones, those in use stay too. */
     for (size_t i = 0; i + keep < n && rc == 0; i++) {
         vdi_gold_version *v = &all[i];
         bool is_pinned = false;
-        for (size_t k = 0; k < npinned; k++)
-            is_pinned |= pinned[k] && !strcmp(pinned[k], v->path);
+        for (size_t p = 0; p < npinned; p++)
+            is_pinned |= pinned[p] && !strcmp(pinned[p], v->path);
         if (v->current || v->children || is_pinned) {
-            if (kept_busy)
-                (*kept_busy)++;
+            kept[k++] = *v;
             continue;
         }
         if (!dry_run) {
@@ -442,6 +442,8 @@ int vdi_versions_prune(vdi_catalog *cat, const char *family, unsigned keep,
     free(all);
     *gone = out;
     *ngone = m;
+    *busy = kept;
+    *nbusy = k;
     return rc;
 }
 

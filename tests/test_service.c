@@ -868,7 +868,9 @@ START_TEST(gold_family_versions_roll_over)
     json_decref(d);
     /* Version 1 has alice's child: pruning keeps it. */
     out = gold_ctl("prune fam --keep 1");
-    ck_assert_msg(strstr(out, "0 versions deleted; 1 older one kept"), "%s", out);
+    ck_assert_msg(strstr(out, "kept version 1: 1 child") &&
+                      strstr(out, "0 versions deleted; 1 older one kept"),
+                  "%s", out);
     free(out);
 
     /* Roll back to 1 and forward to 2 again. */

@@ -226,9 +226,42 @@ START_TEST(cli_space_report)
 }
 END_TEST
 
+/* A gold version that does not fit on the small filesystem is refused
+ * before anything is written, with the numbers; nothing is left behind. */
+START_TEST(gold_version_refused_for_space)
+{
+    char source[4200], family[4200];
+    snprintf(source, sizeof source, "%s/big.qcow2", dir);
+    free(th_must("qemu-img create -q -f qcow2 %s 1G && qemu-io -c 'write -q -P 3 0 16M' %s",
+                 source, source));
+    snprintf(family, sizeof family, "%s/win", mnt);
+    fill_leaving(8 << 20);
+    vdi_version_request req = {.family = "win", .dir = family, .source = source,
+                               .who = "test", .action = "import"};
+    vdi_error err = {0};
+    ck_assert_int_eq(vdi_version_create(cat, &req, NULL, NULL, NULL, &err), -ENOSPC);
+    ck_assert_msg(strstr(err.message, "would need up to 16"), "%s", err.message);
+    ck_assert_ptr_nonnull(strstr(err.message, "free and keeps"));
+    char *left = th_must("ls -A %s", family);
+    ck_assert_str_eq(left, "");
+    free(left);
+    vdi_gold_version *v = NULL;
+    size_t n = 9;
+    ck_assert_int_eq(vdi_versions_list(cat, "win", &v, &n, NULL), 0);
+    ck_assert_uint_eq(n, 0);
+    free(v);
+    unlink(in_mnt("filler"));
+    vdi_gold_version made;
+    ck_assert_msg(vdi_version_create(cat, &req, NULL, NULL, &made, &err) == 0, "%s", err.message);
+    ck_assert_uint_eq(made.version, 1);
+    th_run(NULL, "chattr -i %s/*.qcow2", family);
+}
+END_TEST
+
 TH_MAIN("space", {"space",
                   setup,
                   teardown,
                   120,
                   {measure_and_admit, enospc_leaves_no_child, merge_refused_for_space,
-                   growth_learned_from_sessions, cli_space_report, NULL}})
+                   growth_learned_from_sessions, cli_space_report, gold_version_refused_for_space,
+                   NULL}})

@@ -173,6 +173,13 @@ int cli_gold_import(cli_call *c)
     return CLI_OK;
 }
 
+static void local_time(int64_t at, char *out, size_t len)
+{
+    struct tm tm;
+    time_t t = (time_t)at;
+    strftime(out, len, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
+}
+
 int cli_gold_versions(cli_call *c)
 {
     const cli_opts *o = &c->o;
@@ -210,9 +217,7 @@ int cli_gold_versions(cli_call *c)
         for (size_t i = 0; i < n; i++) {
             json_t *j = glue_version_json(&v[i]);
             char when[32], a[32], b[32], state[32];
-            struct tm tm;
-            time_t t = (time_t)v[i].created_at;
-            strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
+            local_time(v[i].created_at, when, sizeof when);
             const char *st = json_string_value(json_object_get(j, "state"));
             if (!strcmp(st, "retiring"))
                 snprintf(state, sizeof state, "retiring:%zu", v[i].children);
@@ -227,9 +232,7 @@ int cli_gold_versions(cli_call *c)
         printf("history:\n");
         for (size_t i = 0; i < ntrail; i++) {
             char when[32];
-            struct tm tm;
-            time_t t = (time_t)trail[i].at;
-            strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
+            local_time(trail[i].at, when, sizeof when);
             printf("  %s %-8s v%u by %s%s%s\n", when, trail[i].action, trail[i].version,
                    trail[i].who, trail[i].note[0] ? ": " : "", trail[i].note);
         }
@@ -287,28 +290,40 @@ int cli_gold_prune(cli_call *c)
         }
     }
     vdi_config_unref(cfg);
-    vdi_gold_version *gone = NULL;
-    size_t ngone = 0, busy = 0;
+    vdi_gold_version *gone = NULL, *busy = NULL;
+    size_t ngone = 0, nbusy = 0;
     vdi_error err = {0};
     bool dry = o->flag[0];
     int rc = vdi_versions_prune(c->catalog, family, (unsigned)keep, pinned, npinned, dry, who(),
-                                &gone, &ngone, &busy, &err);
+                                &gone, &ngone, &busy, &nbusy, &err);
     if (o->json) {
-        json_t *arr = json_array();
+        json_t *arr = json_array(), *kept = json_array();
         for (size_t i = 0; i < ngone; i++)
             json_array_append_new(arr, glue_version_json(&gone[i]));
-        cli_print_json(json_pack("{s:s,s:b,s:o,s:i}", "gold", family, "dry_run", dry,
-                                 dry ? "would_delete" : "deleted", arr, "kept_in_use",
-                                 (int)busy));
+        for (size_t i = 0; i < nbusy; i++)
+            json_array_append_new(kept, glue_version_json(&busy[i]));
+        cli_print_json(json_pack("{s:s,s:b,s:o,s:o}", "gold", family, "dry_run", dry,
+                                 dry ? "would_delete" : "deleted", arr, "kept_in_use", kept));
     } else {
         for (size_t i = 0; i < ngone; i++)
             printf("%s version %u: %s\n", dry ? "would delete" : "deleted", gone[i].version,
                    gone[i].path);
-        printf("gold %s: %zu version%s %s; %zu older one%s kept (current, pinned or with "
-               "children)\n",
-               family, ngone, ngone == 1 ? "" : "s", dry ? "would go" : "deleted", busy,
-               busy == 1 ? "" : "s");
+        for (size_t i = 0; i < nbusy; i++) {
+            char why[64];
+            if (busy[i].current)
+                snprintf(why, sizeof why, "current");
+            else if (busy[i].children)
+                snprintf(why, sizeof why, "%zu child%s", busy[i].children,
+                         busy[i].children == 1 ? "" : "ren");
+            else
+                snprintf(why, sizeof why, "pinned by a pool");
+            printf("kept version %u: %s\n", busy[i].version, why);
+        }
+        printf("gold %s: %zu version%s %s; %zu older one%s kept (in use)\n", family, ngone,
+               ngone == 1 ? "" : "s", dry ? "would go" : "deleted", nbusy,
+               nbusy == 1 ? "" : "s");
     }
+    free(busy);
     free(gone);
     if (rc < 0)
         return cli_fail(o->json, &err);

@@ -695,6 +695,24 @@ int vdi_catalog_each_child(vdi_catalog *cat, int (*fn)(void *ctx, const vdi_chil
     return rc;
 }
 
+int vdi_catalog_count_children(vdi_catalog *cat, const char *parent, size_t *count,
+                               vdi_error *err)
+{
+    sqlite3_stmt *st;
+    *count = 0;
+    int rc = prepare(cat, "SELECT COUNT(*) FROM children WHERE parent = ?", &st, err);
+    if (rc < 0)
+        return rc;
+    char real[PATH_MAX];
+    sqlite3_bind_text(st, 1, canonical(parent, real), -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *count = (size_t)sqlite3_column_int64(st, 0);
+    else
+        rc = db_error(cat, err, "count children");
+    finish(cat, st);
+    return rc;
+}
+
 int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **out, size_t *count,
                          vdi_error *err)
 {

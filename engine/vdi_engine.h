@@ -235,6 +235,10 @@ int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi
 /* All golds; *out is malloc'd. */
 int vdi_catalog_golds(vdi_catalog *cat, vdi_gold_info **out, size_t *count, vdi_error *err);
 int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, vdi_error *err);
+/* How many children are recorded with `parent`, without reading them (a
+ * gold of a large pool has thousands). */
+int vdi_catalog_count_children(vdi_catalog *cat, const char *parent, size_t *count,
+                               vdi_error *err);
 /* Children recorded with `parent` (or all children when parent is NULL). */
 int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **out,
                          size_t *count, vdi_error *err);

@@ -49,10 +49,8 @@ static void version_details(vdi_catalog *cat, vdi_gold_version *v)
     } else {
         v->state = VDI_GOLD_TAINTED; /* no longer sealed: never used */
     }
-    vdi_child_info *kids = NULL;
-    if (vdi_catalog_children(cat, v->path, &kids, &v->children, NULL) < 0)
+    if (vdi_catalog_count_children(cat, v->path, &v->children, NULL) < 0)
         v->children = 0;
-    free(kids);
 }
 
 int vdi_versions_list(vdi_catalog *cat, const char *family, vdi_gold_version **out,

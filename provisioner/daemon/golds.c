@@ -48,13 +48,11 @@ void pool_release_gold_locks(pool *p, bool current_too)
             vdi_guard_unlock(p->retiring_lock);
             p->retiring_lock = -1;
             svc_log("info", "pool=%s event=gold-released gold=%s", p->name, p->retiring_gold);
-            vdi_child_info *kids = NULL;
             size_t n = 0;
             if (!gold_current_elsewhere(p, p->retiring_gold) &&
-                vdi_catalog_children(p->svc->catalog, p->retiring_gold, &kids, &n, NULL) == 0 &&
+                vdi_catalog_count_children(p->svc->catalog, p->retiring_gold, &n, NULL) == 0 &&
                 n == 0)
                 set_gold_state(p, p->retiring_gold, VDI_GOLD_RETIRED);
-            free(kids);
             set_str(&p->retiring_gold, NULL);
         }
     }

@@ -657,6 +657,14 @@ const vdi_datastore_config *vdi_config_find_datastore(const vdi_config *c, const
     return NULL;
 }
 
+const vdi_gold_config *vdi_config_find_gold(const vdi_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->ngolds; i++)
+        if (c->golds[i].name && !strcmp(c->golds[i].name, name))
+            return &c->golds[i];
+    return NULL;
+}
+
 const vdi_pool_config *vdi_config_find_pool(const vdi_config *c, const char *name)
 {
     for (size_t i = 0; i < c->npools; i++)

@@ -189,6 +189,7 @@ const vdi_gold_config *vdi_config_gold(const vdi_config *config, size_t index);
 size_t vdi_config_pool_count(const vdi_config *config);
 const vdi_pool_config *vdi_config_pool(const vdi_config *config, size_t index);
 const vdi_pool_config *vdi_config_find_pool(const vdi_config *config, const char *name);
+const vdi_gold_config *vdi_config_find_gold(const vdi_config *config, const char *name);
 
 const char *vdi_graphics_name(vdi_graphics graphics);
 const char *vdi_log_level_name(vdi_log_level level);

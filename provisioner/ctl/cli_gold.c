@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -111,54 +110,51 @@ static void progress(double percent, void *ctx)
     fflush(stderr);
 }
 
+/* The family's directory: the config's 'dir', else where its versions are. */
+static bool family_dir(cli_call *c, const char *family, char *out, size_t len)
+{
+    vdi_config *cfg = read_config(&c->o);
+    const vdi_gold_config *g = cfg ? vdi_config_find_gold(cfg, family) : NULL;
+    bool found = g && g->dir;
+    if (found)
+        snprintf(out, len, "%s", g->dir);
+    vdi_config_unref(cfg);
+    vdi_gold_version cur;
+    if (!found && vdi_version_find(c->catalog, family, 0, &cur, NULL) == 0) {
+        snprintf(out, len, "%s", cur.path);
+        char *slash = strrchr(out, '/');
+        if (slash)
+            *slash = '\0';
+        found = true;
+    }
+    return found;
+}
+
 int cli_gold_import(cli_call *c)
 {
     const cli_opts *o = &c->o;
     const char *family = c->args[0], *file = c->args[1];
+    char known_dir[PATH_MAX];
     const char *dir = o->value[2];
-    vdi_config *cfg = dir ? NULL : read_config(o);
-    for (size_t i = 0; !dir && cfg && i < vdi_config_gold_count(cfg); i++) {
-        const vdi_gold_config *g = vdi_config_gold(cfg, i);
-        if (g->name && !strcmp(g->name, family))
-            dir = g->dir;
-    }
-    vdi_gold_version cur;
-    char known_dir[PATH_MAX] = "";
-    if (!dir && vdi_version_find(c->catalog, family, 0, &cur, NULL) == 0) {
-        snprintf(known_dir, sizeof known_dir, "%s", cur.path);
-        char *slash = strrchr(known_dir, '/');
-        if (slash)
-            *slash = '\0';
+    if (!dir && family_dir(c, family, known_dir, sizeof known_dir))
         dir = known_dir;
-    }
-    if (!dir) {
-        vdi_config_unref(cfg);
+    if (!dir)
         return cli_usage_error("gold '%s' has no directory yet: give --dir DIR, or add "
                                "golds = ( { name = \"%s\"; dir = \"DIR\"; } ) to the config",
                                family, family);
-    }
     vdi_version_request req = {.family = family,
                                .dir = dir,
                                .source = file,
                                .note = o->value[3],
                                .who = who(),
-                               .action = "import"};
-    /* Keep 5% of the directory's filesystem free, like a datastore's
-     * default (measured on its parent while it does not exist yet). */
-    struct statvfs vfs;
-    char probe[PATH_MAX];
-    snprintf(probe, sizeof probe, "%s", dir);
-    while (access(probe, F_OK) != 0 && strrchr(probe, '/') && strrchr(probe, '/') != probe)
-        *strrchr(probe, '/') = '\0';
-    if (statvfs(probe, &vfs) == 0)
-        req.reserve_bytes = (uint64_t)vfs.f_blocks * vfs.f_frsize / 20;
+                               .action = "import",
+                               .reserve_bytes = glue_version_reserve(dir)};
     vdi_gold_version v;
     vdi_error err = {0};
     bool tty = !o->json && isatty(2);
     int rc = vdi_version_create(c->catalog, &req, tty ? progress : NULL, NULL, &v, &err);
     if (tty)
         fputs("\n", stderr);
-    vdi_config_unref(cfg);
     if (rc < 0)
         return cli_fail(o->json, &err);
     if (o->json) {
@@ -328,30 +324,6 @@ int cli_gold_prune(cli_call *c)
     if (rc < 0)
         return cli_fail(o->json, &err);
     return CLI_OK;
-}
-
-/* The family's directory: the config's 'dir', else where its versions are. */
-static bool family_dir(cli_call *c, const char *family, char *out, size_t len)
-{
-    vdi_config *cfg = read_config(&c->o);
-    bool found = false;
-    for (size_t i = 0; cfg && i < vdi_config_gold_count(cfg) && !found; i++) {
-        const vdi_gold_config *g = vdi_config_gold(cfg, i);
-        if (g->name && g->dir && !strcmp(g->name, family)) {
-            snprintf(out, len, "%s", g->dir);
-            found = true;
-        }
-    }
-    vdi_config_unref(cfg);
-    vdi_gold_version cur;
-    if (!found && vdi_version_find(c->catalog, family, 0, &cur, NULL) == 0) {
-        snprintf(out, len, "%s", cur.path);
-        char *slash = strrchr(out, '/');
-        if (slash)
-            *slash = '\0';
-        found = true;
-    }
-    return found;
 }
 
 int cli_gold_edit(cli_call *c)

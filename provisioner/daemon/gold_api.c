@@ -96,16 +96,6 @@ static void gold_done(service *svc, void *data)
     free(g);
 }
 
-static const vdi_gold_config *find_gold(service *svc, const char *name)
-{
-    for (size_t i = 0; i < vdi_config_gold_count(svc->config); i++) {
-        const vdi_gold_config *g = vdi_config_gold(svc->config, i);
-        if (g->name && !strcmp(g->name, name))
-            return g;
-    }
-    return NULL;
-}
-
 void golds_list(service *svc, request *r)
 {
     json_t *arr = json_array();
@@ -123,7 +113,7 @@ void golds_list(service *svc, request *r)
 
 void gold_request(service *svc, request *r, const char *name, const char *action)
 {
-    const vdi_gold_config *gc = find_gold(svc, name);
+    const vdi_gold_config *gc = vdi_config_find_gold(svc->config, name);
     if (!gc || !gc->dir) {
         request_respond_json(r, 404,
                              json_pack("{s:s}", "error",

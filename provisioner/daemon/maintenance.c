@@ -158,12 +158,7 @@ static void maint_done(service *svc, void *data)
 
 void gold_maintenance(service *svc, request *r, const char *family, bool discard)
 {
-    const vdi_gold_config *gc = NULL;
-    for (size_t i = 0; i < vdi_config_gold_count(svc->config); i++) {
-        const vdi_gold_config *g = vdi_config_gold(svc->config, i);
-        if (g->name && !strcmp(g->name, family))
-            gc = g;
-    }
+    const vdi_gold_config *gc = vdi_config_find_gold(svc->config, family);
     if (!gc || !gc->dir) {
         request_respond_json(r, 404,
                              json_pack("{s:s}", "error",

@@ -130,6 +130,16 @@ int glue_rollback(vdi_catalog *cat, const char *family, unsigned to, const char 
     return 0;
 }
 
+uint64_t glue_version_reserve(const char *dir)
+{
+    char probe[PATH_MAX];
+    snprintf(probe, sizeof probe, "%s", dir);
+    while (access(probe, F_OK) != 0 && strrchr(probe, '/') && strrchr(probe, '/') != probe)
+        *strrchr(probe, '/') = '\0';
+    struct statvfs vfs;
+    return statvfs(probe, &vfs) == 0 ? (uint64_t)vfs.f_blocks * vfs.f_frsize / 20 : 0;
+}
+
 int glue_publish_edit(vdi_catalog *cat, const char *family, const char *dir, const char *note,
                       const char *who, vdi_progress_fn progress, void *ctx,
                       vdi_gold_version *out, vdi_error *err)
@@ -161,9 +171,7 @@ int glue_publish_edit(vdi_catalog *cat, const char *family, const char *dir, con
                                .note = note,
                                .who = who,
                                .action = "publish"};
-    struct statvfs vfs;
-    if (statvfs(dir, &vfs) == 0)
-        req.reserve_bytes = (uint64_t)vfs.f_blocks * vfs.f_frsize / 20;
+    req.reserve_bytes = glue_version_reserve(dir);
     if ((rc = vdi_version_create(cat, &req, progress, ctx, out, err)) < 0)
         return rc;
     /* The edit is over: its child goes (the new version stands alone). A

@@ -6,6 +6,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* vdi_config_image_check for golds: the whole chain must resolve. */
 int glue_check_gold(const char *path, char *why, size_t why_len, void *ctx);
@@ -23,6 +24,10 @@ json_t *glue_version_json(const vdi_gold_version *v);
  * NULL with err. */
 json_t *glue_family_json(vdi_catalog *cat, const char *family, vdi_error *err);
 
+/* What a new gold version leaves free on dir's filesystem: 5 % of it, like
+ * a datastore's default (measured on its nearest existing parent while dir
+ * does not exist yet); 0 when it cannot be measured. */
+uint64_t glue_version_reserve(const char *dir);
 /* Makes version `to` of family current again (0: the newest untainted one
  * before the current); *was and *now get the versions. */
 int glue_rollback(vdi_catalog *cat, const char *family, unsigned to, const char *who,

@@ -101,15 +101,9 @@ int main(int argc, char **argv)
     pid_t pid = bench_start_daemon(daemon, work, text);
     if (pid < 0)
         return 1;
-    double deadline = bench_now() + 300;
     int ready = -1;
-    while ((ready = bench_count(sock, "ready")) < (int)n && bench_now() < deadline) {
-        if (waitpid(pid, NULL, WNOHANG) == pid) {
-            fprintf(stderr, "bench_adopt: vdipoold exited; see %s/vdipoold.log\n", work);
-            return 1;
-        }
-        usleep(50000);
-    }
+    if (bench_wait_ready(sock, work, pid, n, 300, 50, &ready) == -1)
+        return 1;
     double t_ready = bench_now() - t0;
     long rss = bench_rss_kib(pid);
     /* Nothing adopted may have been cloned anew or removed as a stray. */

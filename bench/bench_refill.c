@@ -44,13 +44,7 @@ static double median(double *v, unsigned n)
 
 static int wait_ready(pid_t pid, double limit_s)
 {
-    double deadline = bench_now() + limit_s;
-    while (bench_count(sock, "ready") < (int)ndesktops) {
-        if (bench_now() > deadline || waitpid(pid, NULL, WNOHANG) == pid)
-            return -1;
-        usleep(5000);
-    }
-    return 0;
+    return bench_wait_ready(sock, work, pid, ndesktops, limit_s, 5, NULL);
 }
 
 static char *child_path(const char *prefix, unsigned i)

@@ -144,14 +144,8 @@ int main(int argc, char **argv)
     pid_t pid = bench_start_daemon(daemon, work, text);
     if (pid < 0)
         return 1;
-    double deadline = bench_now() + 600;
-    while (bench_count(sock, "ready") < (int)spares && bench_now() < deadline) {
-        if (waitpid(pid, NULL, WNOHANG) == pid) {
-            fprintf(stderr, "bench_service: vdipoold exited; see %s/vdipoold.log\n", work);
-            return 1;
-        }
-        usleep(20000);
-    }
+    if (bench_wait_ready(sock, work, pid, spares, 600, 20, NULL) == -1)
+        return 1;
     double t_ready = bench_now() - t_start;
     long rss = bench_rss_kib(pid);
     /* The transport floor, in the same run. */

@@ -142,3 +142,24 @@ out:
     vdi_catalog_close(cat);
     return rc;
 }
+
+int bench_wait_ready(const char *sock, const char *work, pid_t pid, unsigned want,
+                     double limit_s, unsigned poll_ms, int *ready)
+{
+    double deadline = bench_now() + limit_s;
+    int n;
+    while ((n = bench_count(sock, "ready")) < (int)want) {
+        if (ready)
+            *ready = n;
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            fprintf(stderr, "bench: vdipoold exited; see %s/vdipoold.log\n", work);
+            return -1;
+        }
+        if (bench_now() > deadline)
+            return -2;
+        usleep(poll_ms * 1000);
+    }
+    if (ready)
+        *ready = n;
+    return 0;
+}

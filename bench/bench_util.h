@@ -25,6 +25,11 @@ long bench_rss_kib(pid_t pid);
 /* Desktops of pool `bench` in `state`, from GET /v1/pools/bench?summary=1; -1 on failure. */
 int bench_count(const char *sock, const char *state);
 
+/* Polls pool `bench` every poll_ms until `want` desktops are ready: 0,
+ * -1 when vdipoold exited (said on stderr, with its log), -2 after limit_s;
+ * *ready (may be NULL) gets the last count. */
+int bench_wait_ready(const char *sock, const char *work, pid_t pid, unsigned want,
+                     double limit_s, unsigned poll_ms, int *ready);
 /* n children of gold, WORK/ds/PREFIX-NNN.qcow2 (width digits), recorded in
  * WORK/state's catalog for datastore "local" and the given pool, as a
  * daemon leaves them. 0, or -1 with a message. */

@@ -97,7 +97,8 @@ static void parse_datastores(parse_ctx *ctx, const config_setting_t *list)
     int lt = config_setting_type(list);
     if (n == 0 && (lt == CONFIG_TYPE_LIST || lt == CONFIG_TYPE_GROUP))
         ERR(ctx, list, "'datastores' is empty: at least one is needed");
-    static const char *const keys[] = { "name", "path", "reserve", "max_overcommit", NULL };
+    static const char *const keys[] = { "name", "path", "reserve", "max_overcommit", "kind",
+                                        "host", NULL };
     for (size_t i = 0; i < n; i++) {
         const config_setting_t *g = e[i].group;
         char where[96];
@@ -109,11 +110,12 @@ static void parse_datastores(parse_ctx *ctx, const config_setting_t *list)
         d->line = config_setting_source_line(g);
         d->reserve_percent = 5.0;
         d->max_overcommit = 3.0;
+        cfg_parse_datastore_kind(ctx, g, where, d);
         if (cfg_get_string(ctx, g, "path", where, true, &d->path)) {
             struct stat st;
             if (!cfg_is_absolute(d->path))
                 ERR(ctx, cfg_member(g, "path"), "%s: 'path' must be an absolute path", where);
-            else if (!ctx->opts->skip_filesystem_checks &&
+            else if (!ctx->opts->skip_filesystem_checks && d->kind == VDI_DATASTORE_SHARED &&
                      (stat(d->path, &st) < 0 || !S_ISDIR(st.st_mode)))
                 ERR(ctx, cfg_member(g, "path"),
                     "%s: path %s is not a directory (create it, on the filesystem that will hold "
@@ -256,7 +258,8 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
     static const char *const keys[] = { "name", "desktop_prefix", "gold", "datastore", "size",
                                         "spares", "max_chain_depth", "expected_growth", "domain",
                                         "session", "ready_when", "boot_timeout", "hostname",
-                                        "hostname_command", "rollout", "rollout_notice", NULL };
+                                        "hostname_command", "rollout", "rollout_notice", "hosts",
+                                        NULL };
     cfg_check_keys(ctx, g, keys, where);
     p->name = e->name;
     p->file = cfg_keep(cfg, cfg_setting_file(ctx, g));
@@ -350,6 +353,7 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
     if (cfg_get_string(ctx, g, "datastore", where, true, &p->datastore) &&
         !vdi_config_find_datastore(cfg, p->datastore))
         ERR(ctx, cfg_member(g, "datastore"), "%s: no datastore named '%s'", where, p->datastore);
+    cfg_parse_pool_hosts(ctx, g, where, p);
 
     /* domain */
     vdi_domain_config *d = &p->domain;
@@ -555,10 +559,11 @@ static int parse_common(config_t *cf, bool read_ok, const char *name,
         return finish(&ctx, out, errors);
     }
     const config_setting_t *root = config_root_setting(cf);
-    static const char *const keys[] = { "service", "datastores", "golds", "pools", NULL };
+    static const char *const keys[] = { "service", "hosts", "datastores", "golds", "pools", NULL };
     cfg_check_keys(&ctx, root, keys, "the top level");
     parse_service(&ctx, config_setting_get_member(root, "service"));
     parse_datastores(&ctx, config_setting_get_member(root, "datastores"));
+    cfg_parse_hosts(&ctx, config_setting_get_member(root, "hosts"));
     parse_golds(&ctx, config_setting_get_member(root, "golds"));
     parse_pools(&ctx, config_setting_get_member(root, "pools"));
     return finish(&ctx, out, errors);
@@ -624,6 +629,7 @@ void vdi_config_free(vdi_config *cfg)
     free(cfg->datastores);
     free(cfg->golds);
     free(cfg->pools);
+    free(cfg->hosts);
     free(cfg->path);
     free(cfg);
 }

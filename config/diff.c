@@ -110,6 +110,9 @@ static void diff_datastores(vdi_config_diff *d, const vdi_config *old, const vdi
         }
         const vdi_change_kind k = VDI_CHANGE_DATASTORE_CHANGED;
         CMP_STR(k, a->name, "path", a->path, b->path);
+        CMP_STR(k, a->name, "kind", vdi_datastore_kind_name(a->kind),
+                vdi_datastore_kind_name(b->kind));
+        CMP_STR(k, a->name, "host", a->host, b->host);
         char *ra = reserve_text(a), *rb = reserve_text(b);
         if (strcmp(ra, rb))
             add(d, k, a->name, "reserve", ra, rb);
@@ -125,6 +128,61 @@ static void diff_datastores(vdi_config_diff *d, const vdi_config *old, const vdi
         const vdi_datastore_config *b = vdi_config_datastore(new, i);
         if (!vdi_config_find_datastore(old, b->name))
             add(d, VDI_CHANGE_DATASTORE_ADDED, b->name, NULL, NULL, strdup(b->path));
+    }
+}
+
+/* A list of names as text ("a, b"), or "(all)" for none given. */
+static char *names_text(const char *const *names, size_t n)
+{
+    if (!names)
+        return strdup("(all)");
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(names[i]) + 2;
+    char *out = calloc(1, len);
+    for (size_t i = 0; out && i < n; i++) {
+        if (i)
+            strcat(out, ", ");
+        strcat(out, names[i]);
+    }
+    return out;
+}
+
+static void cmp_names(vdi_config_diff *d, vdi_change_kind k, const char *name, const char *field,
+                      const char *const *a, size_t na, const char *const *b, size_t nb)
+{
+    char *ta = names_text(a, na), *tb = names_text(b, nb);
+    if (ta && tb && strcmp(ta, tb)) {
+        add(d, k, name, field, ta, tb);
+        return;
+    }
+    free(ta);
+    free(tb);
+}
+
+static void diff_hosts(vdi_config_diff *d, const vdi_config *old, const vdi_config *new)
+{
+    for (size_t i = 0; i < vdi_config_host_count(old); i++) {
+        const vdi_host_config *a = vdi_config_host(old, i);
+        const vdi_host_config *b = vdi_config_find_host(new, a->name);
+        if (!b) {
+            add(d, VDI_CHANGE_HOST_REMOVED, a->name, NULL, strdup(a->uri), NULL);
+            continue;
+        }
+        const vdi_change_kind k = VDI_CHANGE_HOST_CHANGED;
+        CMP_STR(k, a->name, "uri", a->uri, b->uri);
+        CMP_STR(k, a->name, "state", vdi_host_state_name(a->state), vdi_host_state_name(b->state));
+        CMP_U(k, a->name, "max_desktops", a->max_desktops, b->max_desktops);
+        if (a->reserve_memory != b->reserve_memory)
+            add(d, k, a->name, "reserve_memory", size_text(a->reserve_memory),
+                size_text(b->reserve_memory));
+        cmp_names(d, k, a->name, "datastores", a->datastores, a->ndatastores, b->datastores,
+                  b->ndatastores);
+    }
+    for (size_t i = 0; i < vdi_config_host_count(new); i++) {
+        const vdi_host_config *b = vdi_config_host(new, i);
+        if (!vdi_config_find_host(old, b->name))
+            add(d, VDI_CHANGE_HOST_ADDED, b->name, NULL, NULL, strdup(b->uri));
     }
 }
 
@@ -162,6 +220,7 @@ static void diff_pool(vdi_config_diff *d, const vdi_pool_config *a, const vdi_po
      * file is no roll-out, and repointing a named gold is one. */
     CMP_STR(VDI_CHANGE_POOL_GOLD, n, "gold", a->gold, b->gold);
     CMP_STR(VDI_CHANGE_POOL_DATASTORE, n, "datastore", a->datastore, b->datastore);
+    cmp_names(d, VDI_CHANGE_POOL_HOSTS, n, "hosts", a->hosts, a->nhosts, b->hosts, b->nhosts);
 
     const vdi_change_kind dk = VDI_CHANGE_POOL_DOMAIN;
     if (a->domain.memory_bytes != b->domain.memory_bytes)
@@ -226,6 +285,7 @@ int vdi_config_diff_new(const vdi_config *old, const vdi_config *new, vdi_config
         return -1;
     diff_service(d, vdi_config_service(old), vdi_config_service(new));
     diff_datastores(d, old, new);
+    diff_hosts(d, old, new);
     diff_golds(d, old, new);
     for (size_t i = 0; i < vdi_config_pool_count(old); i++) {
         const vdi_pool_config *a = vdi_config_pool(old, i);
@@ -270,6 +330,7 @@ const char *vdi_change_kind_name(vdi_change_kind k)
         "gold_added",        "gold_removed",      "gold_changed",      "pool_added",
         "pool_removed",      "pool_resized",      "pool_gold_changed", "pool_domain_changed",
         "pool_datastore_changed", "pool_session_changed", "pool_changed",
+        "host_added",        "host_removed",      "host_changed",      "pool_hosts_changed",
     };
-    return k <= VDI_CHANGE_POOL_OTHER ? names[k] : "changed";
+    return k <= VDI_CHANGE_POOL_HOSTS ? names[k] : "changed";
 }

@@ -28,6 +28,8 @@ struct vdi_config {
     size_t ngolds;
     vdi_pool_config *pools;
     size_t npools;
+    vdi_host_config *hosts; /* at least one: without `hosts`, "local" on libvirt_uri */
+    size_t nhosts;
     char **strings; /* every string the views point to */
     size_t nstrings, capstrings;
 };
@@ -57,6 +59,12 @@ const char *cfg_setting_file(parse_ctx *ctx, const config_setting_t *s);
                  (setting) ? (int)config_setting_source_line(setting) : 0, __VA_ARGS__)
 /* A copy of s that lives as long as the config. */
 const char *cfg_keep(vdi_config *cfg, const char *s);
+/* Zeroed memory that lives as long as the config. */
+void *cfg_keep_alloc(vdi_config *cfg, size_t size);
+/* A list of names (`key = [ "a", "b" ]`): true and the names when present
+ * and valid (a name given twice is reported). */
+bool cfg_get_name_list(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                       const char *where, const char *const **out, size_t *count);
 size_t cfg_edit_distance(const char *a, const char *b);
 /* Reports keys of group that are not in allowed (with a "did you mean"). */
 void cfg_check_keys(parse_ctx *ctx, const config_setting_t *group, const char *const *allowed,
@@ -80,6 +88,15 @@ bool cfg_check_name(parse_ctx *ctx, const config_setting_t *s, const char *what,
 size_t cfg_collect_entries(parse_ctx *ctx, const config_setting_t *list, const char *what,
                            cfg_entry **out);
 bool cfg_is_absolute(const char *p);
+
+/* ---- hosts.c -------------------------------------------------------------- */
+/* `hosts` (after the datastores), and the datastores' kind and host. */
+void cfg_parse_hosts(parse_ctx *ctx, const config_setting_t *list);
+void cfg_parse_datastore_kind(parse_ctx *ctx, const config_setting_t *g, const char *where,
+                              vdi_datastore_config *d);
+/* A pool's `hosts` (after cfg_parse_hosts): each known and seeing its datastore. */
+void cfg_parse_pool_hosts(parse_ctx *ctx, const config_setting_t *g, const char *where,
+                          vdi_pool_config *p);
 
 /* ---- readiness.c ---------------------------------------------------------- */
 /* ready_when, boot_timeout, hostname, hostname_command of pool group g

@@ -75,10 +75,8 @@ void vdi_config_errors_free(vdi_config_errors *e)
 
 /* ---- strings owned by the config ------------------------------------------ */
 
-const char *cfg_keep(vdi_config *cfg, const char *s)
+void *cfg_keep_alloc(vdi_config *cfg, size_t size)
 {
-    if (!s)
-        return NULL;
     if (cfg->nstrings == cfg->capstrings) {
         size_t cap = cfg->capstrings ? cfg->capstrings * 2 : 32;
         char **v = realloc(cfg->strings, cap * sizeof *v);
@@ -87,11 +85,57 @@ const char *cfg_keep(vdi_config *cfg, const char *s)
         cfg->strings = v;
         cfg->capstrings = cap;
     }
-    char *copy = strdup(s);
-    if (!copy)
+    char *block = calloc(1, size ? size : 1);
+    if (!block)
         abort();
-    cfg->strings[cfg->nstrings++] = copy;
+    cfg->strings[cfg->nstrings++] = block;
+    return block;
+}
+
+const char *cfg_keep(vdi_config *cfg, const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t len = strlen(s);
+    char *copy = cfg_keep_alloc(cfg, len + 1);
+    memcpy(copy, s, len + 1);
     return copy;
+}
+
+bool cfg_get_name_list(parse_ctx *ctx, const config_setting_t *group, const char *key,
+                       const char *where, const char *const **out, size_t *count)
+{
+    const config_setting_t *s = cfg_member(group, key);
+    if (!s)
+        return false;
+    int t = config_setting_type(s);
+    if (t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) {
+        ERR(ctx, s, "%s: '%s' must be a list of names in brackets, e.g. %s = [ \"a\", \"b\" ]",
+            where, key, key);
+        return false;
+    }
+    int n = config_setting_length(s);
+    const char **names = cfg_keep_alloc(ctx->cfg, (size_t)(n > 0 ? n : 1) * sizeof *names);
+    size_t kept = 0;
+    bool ok = true;
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            ERR(ctx, e, "%s: each of '%s' must be a name in double quotes", where, key);
+            ok = false;
+            continue;
+        }
+        const char *name = config_setting_get_string(e);
+        for (size_t j = 0; j < kept; j++)
+            if (!strcmp(names[j], name)) {
+                ERR(ctx, e, "%s: '%s' names '%s' twice", where, key, name);
+                ok = false;
+            }
+        names[kept++] = cfg_keep(ctx->cfg, name);
+    }
+    *out = names;
+    *count = kept;
+    return ok;
 }
 
 /* ---- keys ----------------------------------------------------------------- */

@@ -52,15 +52,42 @@ typedef struct vdi_service_config {
     uint64_t acquire_timeout;      /* seconds an acquire waits for a spare */
 } vdi_service_config;
 
+/* Where a datastore's directory is: on a filesystem every host and vdipoold
+ * mount at the same path (shared), or on one host only (local), reached
+ * through libvirt's storage API on that host. */
+typedef enum vdi_datastore_kind { VDI_DATASTORE_SHARED, VDI_DATASTORE_LOCAL } vdi_datastore_kind;
+
 typedef struct vdi_datastore_config {
     const char *name;
     const char *path;
+    vdi_datastore_kind kind;
+    const char *host;              /* kind local: the host that has it; else NULL */
     uint64_t reserve_bytes;        /* when given as a size */
     double reserve_percent;        /* when given as "N%", else 0 */
     double max_overcommit;         /* sum of worst-case growth / capacity */
     int line;
     const char *file;
 } vdi_datastore_config;
+
+/* A KVM host: a libvirtd reached through `uri`. A config without `hosts`
+ * has one, named "local", on the service's libvirt_uri. */
+typedef enum vdi_host_state {
+    VDI_HOST_ACTIVE,      /* takes new desktops */
+    VDI_HOST_MAINTENANCE, /* drains: no new desktops, sessions finish, spares go */
+} vdi_host_state;
+
+typedef struct vdi_host_config {
+    const char *name;
+    const char *uri;
+    const char *const *datastores; /* the datastores it sees; NULL: every shared one */
+    size_t ndatastores;
+    unsigned max_desktops;         /* 0: no limit */
+    uint64_t reserve_memory;       /* bytes of the host's memory never given to desktops */
+    vdi_host_state state;
+    bool implicit;                 /* made from libvirt_uri, not written in the file */
+    int line;
+    const char *file;
+} vdi_host_config;
 
 typedef struct vdi_gold_config {
     const char *name;
@@ -129,6 +156,8 @@ typedef struct vdi_pool_config {
     uint64_t boot_timeout;         /* seconds from start to ready (agent); 600 */
     const char *hostname;          /* pattern, "{{name}}" by default; "" = leave it */
     const char *hostname_command;  /* run in the guest with the hostname as argument */
+    const char *const *hosts;      /* the hosts it may use; NULL: every host */
+    size_t nhosts;
     int line;
     const char *file;
 } vdi_pool_config;
@@ -191,6 +220,18 @@ const vdi_pool_config *vdi_config_pool(const vdi_config *config, size_t index);
 const vdi_pool_config *vdi_config_find_pool(const vdi_config *config, const char *name);
 const vdi_gold_config *vdi_config_find_gold(const vdi_config *config, const char *name);
 
+size_t vdi_config_host_count(const vdi_config *config);
+const vdi_host_config *vdi_config_host(const vdi_config *config, size_t index);
+const vdi_host_config *vdi_config_find_host(const vdi_config *config, const char *name);
+/* Can desktops on this datastore run on this host? */
+bool vdi_config_host_sees(const vdi_host_config *host, const vdi_datastore_config *ds);
+/* May this pool place desktops on this host (its `hosts`, and the host sees
+ * the pool's datastore)? */
+bool vdi_config_pool_may_use(const vdi_config *config, const vdi_pool_config *pool,
+                             const vdi_host_config *host);
+const char *vdi_host_state_name(vdi_host_state state);
+const char *vdi_datastore_kind_name(vdi_datastore_kind kind);
+
 const char *vdi_graphics_name(vdi_graphics graphics);
 const char *vdi_log_level_name(vdi_log_level level);
 
@@ -212,6 +253,10 @@ typedef enum vdi_change_kind {
     VDI_CHANGE_POOL_DATASTORE,
     VDI_CHANGE_POOL_SESSION,     /* session limits */
     VDI_CHANGE_POOL_OTHER,       /* prefix, chain depth, expected growth */
+    VDI_CHANGE_HOST_ADDED,
+    VDI_CHANGE_HOST_REMOVED,
+    VDI_CHANGE_HOST_CHANGED,     /* uri, state, limits or datastores */
+    VDI_CHANGE_POOL_HOSTS,
 } vdi_change_kind;
 
 typedef struct vdi_config_change {

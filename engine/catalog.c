@@ -414,7 +414,7 @@ int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *paren
     sqlite3_stmt *st;
     int rc = prepare(cat,
                      "INSERT OR REPLACE INTO children(path, parent, datastore, pool, slot, "
-                     "created_at, last_bytes, virtual_size) VALUES(?,?,?,?,?,?,?,?)",
+                     "created_at, last_bytes, virtual_size, host) VALUES(?,?,?,?,?,?,?,?,?)",
                      &st, err);
     if (rc < 0)
         return rc;
@@ -426,6 +426,7 @@ int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *paren
     sqlite3_bind_int64(st, 6, time(NULL));
     sqlite3_bind_int64(st, 7, (sqlite3_int64)bytes);
     sqlite3_bind_int64(st, 8, (sqlite3_int64)virtual_size);
+    sqlite3_bind_text(st, 9, meta && meta->host ? meta->host : "", -1, SQLITE_STATIC);
     return run(cat, st, err);
 }
 
@@ -649,9 +650,10 @@ static void child_from_row(sqlite3_stmt *st, vdi_child_info *c)
     c->slot = sqlite3_column_int(st, 5);
     c->created_at = sqlite3_column_int64(st, 6);
     c->last_bytes = (uint64_t)sqlite3_column_int64(st, 7);
+    copy_text(c->host, sizeof c->host, sqlite3_column_text(st, 8));
 }
 
-#define CHILD_COLUMNS "id, path, parent, datastore, pool, slot, created_at, last_bytes"
+#define CHILD_COLUMNS "id, path, parent, datastore, pool, slot, created_at, last_bytes, host"
 
 int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, vdi_error *err)
 {
@@ -879,6 +881,9 @@ static int usage_setup(vdi_catalog *cat, vdi_error *err)
     /* Fails harmlessly when the column exists already. */
     sqlite3_exec(cat->db, "ALTER TABLE children ADD COLUMN virtual_size INTEGER NOT NULL DEFAULT 0",
                  NULL, NULL, NULL);
+    /* The host whose domain uses the child (several hosts share a datastore). */
+    sqlite3_exec(cat->db, "ALTER TABLE children ADD COLUMN host TEXT NOT NULL DEFAULT ''", NULL,
+                 NULL, NULL);
     static const char *const sql =
         "PRAGMA recursive_triggers = ON;" /* INSERT OR REPLACE fires the delete trigger */
         /* Made anew at every open: a catalog always has this version's triggers. */

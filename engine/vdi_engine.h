@@ -221,6 +221,7 @@ typedef struct vdi_child_info {
     int slot;            /* -1 when none */
     int64_t created_at;
     uint64_t last_bytes; /* allocated bytes when last measured */
+    char host[64];       /* the host it was made for; "" when none */
 } vdi_child_info;
 
 /* Calls fn for every child the catalog knows, in path order, without
@@ -274,6 +275,7 @@ typedef struct vdi_child_meta {
     const char *datastore; /* NULL when none */
     const char *pool;
     int slot;              /* -1 when none */
+    const char *host;      /* the host its domain runs on; NULL when none */
 } vdi_child_meta;
 
 /* Clones with the cheap guard check of the parent first (a tainted or changed

@@ -133,8 +133,7 @@ static void start_service(const char *extra, unsigned size, unsigned spares)
                                   config_text(extra, size, spares, "/nonexistent/gold-a.qcow2"),
                                   cat, &fake_ops),
                      0);
-    S.online = true;
-    S.adopted = true;
+    hosts_set_online(&S, true);
     P = service_find_pool(&S, "demo");
     ck_assert_ptr_nonnull(P);
 }
@@ -434,10 +433,10 @@ END_TEST
 START_TEST(offline_pool_starts_nothing)
 {
     start_service(NULL, 2, 2);
-    S.online = false;
+    hosts_set_online(&S, false);
     service_converge(&S);
     ck_assert_uint_eq(ncalls, 0);
-    S.online = true;
+    hosts_set_online(&S, true);
     service_converge(&S);
     ck_assert_uint_eq(count(CALL_CLONE), 2);
     stop_service();

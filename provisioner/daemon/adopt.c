@@ -19,7 +19,9 @@
 #include <time.h>
 
 typedef struct adopt_req {
+    host *h;            /* read on the loop only */
     virConnectPtr conn; /* a reference */
+    char *address;      /* where the host's displays are reached */
     vdi_catalog *catalog;
     json_t *domains; /* [{name, active, pool, slot, child, gold, display}] */
     char *error;
@@ -82,7 +84,7 @@ static void list_run(void *data)
             bool active = virDomainIsActive(doms[i]) == 1;
             /* One XML read gives the display and the agent channel's state. */
             char *xml = active ? virDomainGetXMLDesc(doms[i], 0) : NULL;
-            char *display = domain_display_from_xml(xml);
+            char *display = domain_display_from_xml(xml, r->address);
             agent_state agent = domain_agent_from_xml(xml);
             free(xml);
             const char *paused = active ? pause_reason(doms[i]) : NULL;
@@ -262,28 +264,66 @@ static void remove_strays(service *svc, json_t *domains)
 
 /* ---- on the loop ----------------------------------------------------------------- */
 
+/* Every host with a config has been adopted since it last connected: the
+ * stray check sees every domain there is. */
+static void maybe_remove_strays(service *svc)
+{
+    json_t *all = json_array();
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        host *h = svc->hosts[i];
+        if (!h->cfg)
+            continue;
+        if (!h->adopted || !h->listing) {
+            svc_log("info", "event=strays-not-checked reason=\"host %s is not adopted yet\"; "
+                            "checked once every host is",
+                    h->name);
+            json_decref(all);
+            return;
+        }
+        json_array_extend(all, h->listing);
+    }
+    remove_strays(svc, all); /* takes the array */
+}
+
+/* A domain listed on host h whose desktop is unreachable there: its
+ * host answers again. */
+static void reconcile_unreachable(desktop *d, json_t *dom, bool gone)
+{
+    if (!json_is_true(json_object_get(dom, "active")) || gone) {
+        svc_log("info", "pool=%s desktop=%s event=domain-gone-while-unreachable host=%s",
+                d->pool->name, d->name, d->host->name);
+        session_end(d, END_OTHER);
+        return;
+    }
+    desktop_reachable(d, (agent_state)json_integer_value(json_object_get(dom, "agent")),
+                      json_string_value(json_object_get(dom, "display")),
+                      json_string_value(json_object_get(dom, "paused")));
+}
+
 static void list_done(service *svc, void *data)
 {
     adopt_req *r = data;
+    host *h = r->h;
     if (r->conn)
         virConnectClose(r->conn);
+    free(r->address);
     /* Domains that stopped after the listing: their events came while
      * their desktops were empty; they are ended, not adopted as running. */
     vdi_strmap *stopped = vdi_strmap_new();
     size_t si;
     json_t *sv;
-    json_array_foreach(svc->stopped_while_adopting, si, sv)
+    json_array_foreach(h->stopped_while_adopting, si, sv)
         if (stopped) vdi_strmap_put(stopped, json_string_value(sv), si);
-    if (r->error || !r->domains) {
+    if (r->error || !r->domains || !h->online) {
         vdi_strmap_free(stopped);
-        json_decref(svc->stopped_while_adopting);
-        svc->stopped_while_adopting = NULL;
-        svc_log("error", "event=adopt-failed reason=\"%s\"; retried at the next tick",
-                r->error ? r->error : "no answer");
+        json_decref(h->stopped_while_adopting);
+        h->stopped_while_adopting = NULL;
+        svc_log("error", "host=%s event=adopt-failed reason=\"%s\"; retried at the next tick",
+                h->name, r->error ? r->error : !h->online ? "disconnected meanwhile" : "no answer");
         json_decref(r->domains);
         free(r->error);
         free(r);
-        svc->adopting = false;
+        h->adopting = false;
         return;
     }
     size_t idx;
@@ -292,13 +332,23 @@ static void list_done(service *svc, void *data)
     {
         const char *name = json_string_value(json_object_get(dom, "name"));
         desktop *d = service_find_desktop(svc, name);
+        size_t unused;
+        bool gone = stopped && vdi_strmap_get(stopped, name, &unused);
+        if (d && d->state == DESKTOP_UNREACHABLE && d->host == h && !d->busy) {
+            reconcile_unreachable(d, dom, gone);
+            continue;
+        }
+        if (d && d->host && d->host != h && d->state != DESKTOP_EMPTY &&
+            json_is_true(json_object_get(dom, "active")))
+            svc_log("warning",
+                    "host=%s desktop=%s event=domain-on-two-hosts other=%s; the one on %s is "
+                    "left alone (not vdipool's any more: destroy it by hand)",
+                    h->name, name, d->host->name, h->name);
         if (!d || d->state != DESKTOP_EMPTY || d->busy)
             continue;
         const char *child = json_string_value(json_object_get(dom, "child"));
         const char *gold = json_string_value(json_object_get(dom, "gold"));
         const char *display = json_string_value(json_object_get(dom, "display"));
-        size_t unused;
-        bool gone = stopped && vdi_strmap_get(stopped, name, &unused);
         if (gone)
             svc_log("info", "pool=%s desktop=%s event=stopped-while-adopting", d->pool->name,
                     name);
@@ -306,6 +356,7 @@ static void list_done(service *svc, void *data)
         char user[256] = "";
         bool session = vdi_catalog_open_session(svc->catalog, d->name, &id, user, sizeof user,
                                                 &started, NULL) == 0;
+        desktop_set_host(d, h);
         if (!json_is_true(json_object_get(dom, "active")) || gone) {
             /* A domain that does not run (defined, or stopped meanwhile):
              * taken with its session, so that the end closes it too. */
@@ -319,8 +370,8 @@ static void list_done(service *svc, void *data)
         if (paused)
             desktop_paused(d, paused);
     }
-    /* After a reconnect: desktops whose domain stopped while we could not
-     * hear its events are ended now. */
+    /* After a reconnect: this host's desktops whose domain stopped while we
+     * could not hear its events are ended now. */
     vdi_strmap *running = vdi_strmap_new();
     json_array_foreach(r->domains, idx, dom)
     {
@@ -336,48 +387,157 @@ static void list_done(service *svc, void *data)
     for (size_t i = 0; running && i < svc->npools; i++)
         for (unsigned k = 0; k < svc->pools[i]->nslots; k++) {
             desktop *d = svc->pools[i]->desktops[k];
-            if (d->busy || (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED &&
-                            d->state != DESKTOP_BOOTING))
+            if (d->busy || d->host != h ||
+                (d->state != DESKTOP_READY && d->state != DESKTOP_ASSIGNED &&
+                 d->state != DESKTOP_BOOTING && d->state != DESKTOP_UNREACHABLE))
                 continue;
             size_t unused;
             if (!vdi_strmap_get(running, d->name, &unused)) {
-                svc_log("info", "pool=%s desktop=%s event=domain-gone-while-disconnected",
-                        d->pool->name, d->name);
+                svc_log("info", "pool=%s desktop=%s event=domain-gone-while-disconnected host=%s",
+                        d->pool->name, d->name, h->name);
                 session_end(d, END_OTHER);
             }
         }
     vdi_strmap_free(running);
     vdi_strmap_free(stopped); /* its keys belong to the array below */
-    json_decref(svc->stopped_while_adopting);
-    svc->stopped_while_adopting = NULL;
-    remove_strays(svc, r->domains); /* takes the domains */
+    json_decref(h->stopped_while_adopting);
+    h->stopped_while_adopting = NULL;
+    json_decref(h->listing);
+    h->listing = r->domains;
     free(r);
-    /* Adopted: the controllers may clone, beside the stray check. */
-    svc->adopting = false;
-    svc->adopted = true;
+    /* Adopted: the controllers may use this host, beside the stray check. */
+    h->adopting = false;
+    h->adopted = true;
+    h->settled = true;
+    svc_log("info", "host=%s event=adopted desktops=%u", h->name, h->desktops);
+    hosts_update(svc);
+    maybe_remove_strays(svc);
     service_kick(svc);
 }
 
-void adopt_start(service *svc)
+void adopt_start(host *h)
 {
-    if (svc->adopting || !svc->conn)
+    service *svc = h->svc;
+    if (h->adopting || !h->conn)
         return;
     adopt_req *r = calloc(1, sizeof *r);
-    if (!r || virConnectRef(svc->conn) < 0) {
+    if (!r || virConnectRef(h->conn) < 0 || !(r->address = host_display_address(h->uri))) {
+        if (r && r->conn)
+            virConnectClose(r->conn);
         free(r);
-        svc_log("error", "event=adopt-failed reason=\"out of memory\"; retried at the next tick");
+        svc_log("error", "host=%s event=adopt-failed reason=\"out of memory\"; retried at the "
+                         "next tick",
+                h->name);
         return;
     }
-    r->conn = svc->conn;
+    r->h = h;
+    r->conn = h->conn;
     r->catalog = svc->catalog;
-    svc->adopting = true;
-    json_decref(svc->stopped_while_adopting);
-    svc->stopped_while_adopting = json_array();
+    h->adopting = true;
+    json_decref(h->stopped_while_adopting);
+    h->stopped_while_adopting = json_array();
     if (work_submit(svc, list_run, list_done, r) < 0) {
-        svc->adopting = false;
+        h->adopting = false;
         virConnectClose(r->conn);
+        free(r->address);
         free(r);
-        svc_log("error", "event=adopt-failed reason=\"cannot queue work\"; retried at the next "
-                         "tick");
+        svc_log("error", "host=%s event=adopt-failed reason=\"cannot queue work\"; retried at "
+                         "the next tick",
+                h->name);
+    }
+}
+
+/* ---- a host unreachable at start ---------------------------------------------------- */
+
+typedef struct mark_req {
+    host *h; /* read on the loop only */
+    vdi_catalog *catalog;
+    char *host_name;
+    json_t *found; /* [{pool, slot, child, gold, session, user, started}] */
+} mark_req;
+
+static int collect_child(void *ctx, const vdi_child_info *c)
+{
+    mark_req *m = ctx;
+    if (strcmp(c->host, m->host_name) || !c->pool[0] || c->slot < 1)
+        return 0;
+    json_array_append_new(m->found, json_pack("{s:s,s:i,s:s,s:s}", "pool", c->pool, "slot",
+                                              c->slot, "child", c->path, "gold", c->parent));
+    return 0;
+}
+
+static void mark_run(void *data)
+{
+    mark_req *m = data;
+    vdi_error err = {0};
+    m->found = json_array();
+    if (vdi_catalog_each_child(m->catalog, collect_child, m, &err) < 0)
+        svc_log("error", "host=%s event=unreachable-desktops-not-read reason=\"%s\"",
+                m->host_name, err.message);
+}
+
+static void mark_done(service *svc, void *data)
+{
+    mark_req *m = data;
+    host *h = m->h;
+    h->marking = false;
+    unsigned marked = 0;
+    size_t i;
+    json_t *f;
+    json_array_foreach(m->found, i, f)
+    {
+        if (h->settled)
+            break; /* it connected and was adopted meanwhile */
+        pool *p = service_find_pool(svc, json_string_value(json_object_get(f, "pool")));
+        unsigned slot = (unsigned)json_integer_value(json_object_get(f, "slot"));
+        if (!p || slot < 1 || (slot > p->nslots && pool_grow_slots(p, slot) < 0))
+            continue;
+        desktop *d = p->desktops[slot - 1];
+        if (d->state != DESKTOP_EMPTY || d->busy)
+            continue;
+        desktop_name_slot(d);
+        int64_t id = 0, started = 0;
+        char user[256] = "";
+        bool session = vdi_catalog_open_session(svc->catalog, d->name, &id, user, sizeof user,
+                                                &started, NULL) == 0;
+        set_str(&d->child, json_string_value(json_object_get(f, "child")));
+        set_str(&d->gold, json_string_value(json_object_get(f, "gold")));
+        desktop_set_host(d, h);
+        if (session) {
+            d->session_id = id;
+            d->session_start = started;
+            d->agent_ready = true;
+            set_str(&d->user, user);
+        }
+        d->unreachable_from = session ? DESKTOP_ASSIGNED : DESKTOP_READY;
+        desktop_set_state(d, DESKTOP_UNREACHABLE);
+        marked++;
+    }
+    if (!h->settled) {
+        svc_log("warning", "host=%s event=unreachable-at-start desktops=%u reason=\"%s\"; "
+                           "they are kept until it answers",
+                h->name, marked, h->last_error ? h->last_error : "not connected");
+        h->settled = true;
+        hosts_update(svc);
+    }
+    json_decref(m->found);
+    free(m->host_name);
+    free(m);
+}
+
+void adopt_mark_unreachable(host *h)
+{
+    mark_req *m = calloc(1, sizeof *m);
+    if (!m || !(m->host_name = strdup(h->name))) {
+        free(m);
+        return; /* the next failed attempt tries again */
+    }
+    m->h = h;
+    m->catalog = h->svc->catalog;
+    h->marking = true;
+    if (work_submit(h->svc, mark_run, mark_done, m) < 0) {
+        h->marking = false;
+        free(m->host_name);
+        free(m);
     }
 }

@@ -292,8 +292,9 @@ void desktop_agent_changed(desktop *d, bool connected)
 
 void service_on_agent_event(void *ctx, const char *name, bool connected)
 {
-    service *svc = ctx;
-    desktop *d = service_find_desktop(svc, name);
+    host *h = ctx; /* the host whose connection told it */
+    service *svc = h->svc;
+    desktop *d = host_find_desktop(h, name);
     if (!d)
         return;
     desktop_agent_changed(d, connected);

@@ -255,6 +255,18 @@ void api_route(void *ctx, request *r)
     }
     if (n == 2 && !strcmp(parts[1], "status") && get) {
         request_respond_json(r, 200, status_json(svc));
+    } else if (n == 2 && !strcmp(parts[1], "hosts") && get) {
+        request_respond_json(r, 200, json_pack("{s:o}", "hosts", hosts_json(svc)));
+    } else if (n == 3 && !strcmp(parts[1], "hosts") && get) {
+        json_t *all = hosts_json(svc), *found = NULL, *h;
+        size_t i;
+        json_array_foreach(all, i, h) if (!strcmp(json_string_value(json_object_get(h, "name")),
+                                                 parts[2])) found = json_incref(h);
+        json_decref(all);
+        if (found)
+            request_respond_json(r, 200, found);
+        else
+            not_found(r, "no such host");
     } else if (n == 2 && !strcmp(parts[1], "pools") && get) {
         json_t *arr = json_array();
         for (size_t i = 0; i < svc->npools; i++)

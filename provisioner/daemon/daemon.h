@@ -33,7 +33,9 @@
  * assigned -> ending -> empty, with failed (reason, back-off) and paused
  * (the guest stopped on an I/O error, such as a full datastore) beside
  * them. booting: the domain runs, its guest agent has not answered yet
- * (pools with ready_when = "agent"). */
+ * (pools with ready_when = "agent"). unreachable: its host's libvirtd cannot be
+ * reached; the desktop (and its session) is kept, not ended, until the host
+ * answers again and says whether its domain still runs (hosts.c). */
 #define DESKTOP_STATE_MAP(XX)                                                                      \
     XX(EMPTY, "empty")                                                                             \
     XX(CLONING, "cloning")                                                                         \
@@ -43,7 +45,8 @@
     XX(ASSIGNED, "assigned")                                                                       \
     XX(ENDING, "ending")                                                                           \
     XX(FAILED, "failed")                                                                           \
-    XX(PAUSED, "paused")
+    XX(PAUSED, "paused")                                                                           \
+    XX(UNREACHABLE, "unreachable")
 
 typedef enum desktop_state {
 #define XX(id, name) DESKTOP_##id,
@@ -93,12 +96,47 @@ typedef struct subscriber subscriber;
 struct gold_job;
 typedef struct libvirt_bridge libvirt_bridge;
 
+/* A KVM host: one libvirtd, one connection (hosts.c). Hosts are made from
+ * the config and never freed before the service: a host removed from the
+ * config keeps its object (cfg NULL) and drains, so desktops point at it
+ * safely. */
+typedef struct host {
+    service *svc;            /* immutable */
+    char *name;              /* immutable */
+    unsigned index;          /* immutable: its place in svc->hosts */
+    const vdi_host_config *cfg; /* into svc->config; NULL once removed from it */
+    char *uri;               /* the uri its bridge connects to */
+    libvirt_bridge *bridge;  /* NULL in tests with fake ops */
+    virConnectPtr conn;      /* a reference, NULL while disconnected */
+    bool online;             /* connected (tests set it alone) */
+    bool adopted;            /* its domains were listed and adopted since it connected */
+    bool adopting;
+    /* Its desktops are known: adopted, or (it could not be reached at
+     * start) those the catalog records on it are shown unreachable. The
+     * controllers start once every host is settled, so that a slot of an
+     * unreachable host is never taken for a new desktop. */
+    bool settled;
+    bool marking;            /* the catalog is read for its desktops */
+    json_t *stopped_while_adopting; /* see service.stopped_while_adopting */
+    json_t *listing;         /* its domains at the last adoption, for the stray check */
+    char *last_error;
+    int64_t last_error_at, connected_since, lost_since;
+    /* Memory, read on a worker every HOST_READ_S seconds. */
+    bool memory_known, reading;
+    uint64_t free_memory, total_memory;
+    uint64_t memory_placed;  /* of desktops placed here since the reading */
+    int64_t read_at;
+    unsigned desktops;       /* desktops placed here (every state but empty) */
+} host;
+
 /* A desktop is one slot of a pool. Allocated one by one: its address is
  * stable for the pool's lifetime, and slots are never freed while the pool
  * lives (a pool that shrinks keeps its slots past `size`, empty). */
 typedef struct desktop {
     pool *pool;    /* immutable: the pool that owns the slot */
     unsigned slot; /* immutable, 1-based */
+    host *host;    /* where its domain runs (or will); NULL while empty */
+    desktop_state unreachable_from; /* while unreachable: the state it had */
     desktop_state state;
     bool busy;             /* a job runs for it; only its result changes state */
     bool fail_after_end;   /* a start failed: after the end, go to failed */
@@ -182,6 +220,11 @@ struct pool {
      * boot_problem says why while it is 3 or more (shown in /v1/pools). */
     unsigned boot_failures;
     char *boot_problem;
+    /* Desktops of this pool on each host (by host index, grown on demand),
+     * so that placement spreads a pool's spares over its hosts. */
+    unsigned *host_counts;
+    unsigned nhost_counts;
+    char *no_host; /* why no host can take a new desktop now, NULL when one can */
 };
 
 #define LATENCY_BUCKETS 11 /* le 0.01 .. 60 s, then +Inf */
@@ -220,10 +263,10 @@ struct service {
     char *state_dir;        /* immutable after start */
     vdi_config *config;     /* a reference; replaced whole by a reload */
     vdi_catalog *catalog;   /* thread-safe itself; immutable pointer after start */
-    virConnectPtr conn;     /* a reference, NULL while disconnected */
-    bool online;            /* libvirt answers: the controller may start work
-                               (conn != NULL; a test sets it alone) */
-    libvirt_bridge *bridge;
+    host **hosts;           /* in config order; never shrinks (see host) */
+    size_t nhosts;
+    bool online;            /* some host is connected (hosts.c keeps it) */
+    bool hosts_started;     /* hosts' bridges run: a host added by a reload connects */
     api_server *api;
     pool **pools;
     size_t npools;
@@ -242,11 +285,8 @@ struct service {
     unsigned users_reads_running; /* agent user-list reads in flight (bounded) */
     uint64_t budget_events; /* desktops that grew past their write budget */
     bool ready_notified;    /* every pool has its spares ready */
-    bool adopted;           /* running desktops were adopted after connecting */
-    bool adopting;
+    bool adopted;           /* every host is settled: the controllers may run */
     bool checking_strays; /* adopt.c: a stray check runs on a worker */
-    json_t *stopped_while_adopting; /* names of domains that stopped after the adoption
-                                       listed them (session.c adds, adopt.c reads) */
     bool scrubbing;
     bool refreshing;     /* a refresh of children's sizes runs */
     size_t refresh_next; /* where the next refresh batch starts */
@@ -271,6 +311,8 @@ void desktop_name_slot(desktop *d);
 pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc);
 int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc);
 void pool_free(pool *p);
+/* Slots up to `size` (new ones empty); slots never go away while the pool lives. */
+int pool_grow_slots(pool *p, unsigned size);
 void latency_observe(latency_histogram *h, double seconds);
 void service_kick(service *svc);
 
@@ -300,8 +342,37 @@ int service_reload(service *svc, reload_cb cb, void *ctx);
  * which only learns where the state directory is). */
 int service_load_config(const char *path, vdi_catalog *catalog, vdi_config **out,
                         json_t **errors_json);
-void service_on_connected(service *svc, virConnectPtr conn);
-void service_on_disconnected(service *svc);
+
+/* ---- hosts.c: the KVM hosts, their connections and placement ---------------------- */
+#define HOST_READ_S 10 /* how often a host's free memory is read */
+/* Makes, updates and retires hosts to match the config (at start and reload). */
+int hosts_apply_config(service *svc);
+/* Connects every host's bridge (vdipoold, after service_init). */
+int hosts_start(service *svc);
+void hosts_tick(service *svc);
+void hosts_stop(service *svc);  /* at shutdown, before the loop's handles close */
+void hosts_close(service *svc); /* after the loop ended */
+void hosts_free(service *svc);
+host *service_find_host(service *svc, const char *name);
+/* Recomputes svc->online (some host connected) and svc->adopted (every
+ * host settled). */
+void hosts_update(service *svc);
+/* A host that can run work now (connected and adopted). */
+bool host_usable(const host *h);
+/* The first usable host, for work that is not a desktop's (a gold edit). */
+host *service_any_host(service *svc);
+/* Tests with fake ops: every host connected and adopted (or not). */
+void hosts_set_online(service *svc, bool online);
+/* Where a new desktop of the pool goes, or NULL (p->no_host says why). */
+host *pool_place(pool *p);
+/* Moves a desktop onto a host (NULL: off its host), keeping the counts. */
+void desktop_set_host(desktop *d, host *h);
+/* A host's connection came or went (hosts.c's bridge callbacks). */
+void host_on_connected(host *h, virConnectPtr conn);
+void host_on_disconnected(host *h);
+json_t *hosts_json(service *svc);
+/* The desktop `name` as seen from host h: NULL when it lives on another. */
+desktop *host_find_desktop(host *h, const char *name);
 
 /* ---- desktop.c: the state machine ------------------------------------------------- */
 int64_t service_now(const service *svc);
@@ -331,6 +402,8 @@ void desktop_adopt(desktop *d, const char *child, const char *gold, const char *
                    agent_state agent, int64_t session_id, const char *user,
                    int64_t session_start);
 void desktop_paused(desktop *d, const char *reason);
+/* Unreachable -> the state it had: its host answers and its domain runs. */
+void desktop_reachable(desktop *d, agent_state agent, const char *display, const char *paused);
 void desktop_resumed(desktop *d);
 void desktop_resume_tried(desktop *d, int rc, const char *error);
 /* agent.c: the guest agent's events and answers, on the loop. */
@@ -346,13 +419,15 @@ void service_on_agent_event(void *svc, const char *name, bool connected);
 bool desktop_paused_for_space(const desktop *d);
 
 /* ---- jobs.c: clone, start and end on the thread pool ------------------------------- */
-/* "vnc://127.0.0.1:5900" for a running domain's graphics, or NULL (a libvirt RPC). */
-char *domain_display(virDomainPtr dom);
+/* "vnc://ADDRESS:5900" for a running domain's graphics, or NULL (a libvirt
+ * RPC); ADDRESS is the host's (host_display_address), 127.0.0.1 when NULL. */
+char *domain_display(virDomainPtr dom, const char *address);
+char *host_display_address(const char *uri);
 /* The same from a domain's XML, and whether its agent channel is connected. */
-char *domain_display_from_xml(const char *xml);
+char *domain_display_from_xml(const char *xml, const char *address);
 agent_state domain_agent_from_xml(const char *xml);
 /* A job for a slot that no longer exists: its leftovers (domain, child) go. */
-void jobs_clean_leftovers(service *svc, const char *name, const char *child);
+void jobs_clean_leftovers(service *svc, host *h, const char *name, const char *child);
 
 /* ---- session.c: acquire, waiters, assign, end -------------------------------------- */
 typedef void (*acquire_cb)(void *ctx, int http_status, json_t *body);
@@ -376,7 +451,10 @@ void service_converge(service *svc);
 void service_step(service *svc);
 
 /* ---- adopt.c: start-up and reconnect reconciliation ------------------------------ */
-void adopt_start(service *svc);
+void adopt_start(host *h);
+/* A host that could not be reached at start: the desktops the catalog
+ * records on it are shown unreachable (their slots stay taken). */
+void adopt_mark_unreachable(host *h);
 
 /* ---- refresh.c: children's sizes recorded in the background ----------------------- */
 void refresh_step(service *svc);

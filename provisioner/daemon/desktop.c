@@ -27,6 +27,10 @@
  *   paused   -> ready|assigned  desktop_resumed    (libvirt's RESUMED, or our resume job)
  *   paused   -> ending     desktop_begin_end       (a paused spare; a session past
  *                                                    paused_timeout: no-space)
+ *   booting|ready|assigned|paused -> unreachable     (hosts.c: its host's connection
+ *                                                    was lost; slot and session kept)
+ *   unreachable -> the state it had  desktop_reachable (adopt.c: its domain still runs)
+ *   unreachable -> ending  desktop_begin_end       (adopt.c: its domain is gone)
  *
  * Invariants: a busy desktop (a job runs for it) changes state only through
  * its job's result; a desktop's child is never deleted while its domain may
@@ -76,6 +80,8 @@ void desktop_set_state(desktop *d, desktop_state s)
         svc_log("debug", "pool=%s desktop=%s event=state from=%s to=%s", d->pool->name, d->name,
                 desktop_state_name(d->state), desktop_state_name(s));
     desktop_state from = d->state;
+    if (s == DESKTOP_EMPTY || s == DESKTOP_FAILED)
+        desktop_set_host(d, NULL); /* no domain and no child on any host any more */
     desktop_list_remove(d);
     d->state = s;
     d->state_since = service_now(d->pool->svc);
@@ -144,11 +150,11 @@ void desktop_begin_agent_check(desktop *d)
 /* The desktop's hostname from the pool's pattern (NULL: leave it alone). */
 static void choose_hostname(desktop *d)
 {
-    char host[128];
+    char name[128];
     const vdi_pool_config *pc = d->pool->cfg;
     if (pc->hostname && *pc->hostname &&
-        vdi_config_hostname(pc, d->name, d->slot, host, sizeof host) == 0)
-        set_str(&d->hostname, host);
+        vdi_config_hostname(pc, d->name, d->slot, name, sizeof name) == 0)
+        set_str(&d->hostname, name);
     else
         set_str(&d->hostname, NULL);
 }
@@ -299,6 +305,28 @@ void desktop_adopt(desktop *d, const char *child, const char *gold, const char *
     }
     svc_log("info", "pool=%s desktop=%s event=adopted state=%s agent=%s", d->pool->name, d->name,
             desktop_state_name(d->state), agent_state_name(agent));
+}
+
+void desktop_reachable(desktop *d, agent_state agent, const char *display, const char *paused)
+{
+    if (d->state != DESKTOP_UNREACHABLE)
+        return;
+    desktop_state back = d->unreachable_from;
+    if (display && *display)
+        set_str(&d->display, display);
+    d->agent = agent;
+    d->agent_since = service_now(d->pool->svc);
+    svc_log("info", "pool=%s desktop=%s event=reachable host=%s state=%s", d->pool->name,
+            d->name, d->host ? d->host->name : "-", desktop_state_name(back));
+    if (back == DESKTOP_PAUSED)
+        back = d->resume_state == DESKTOP_ASSIGNED ? DESKTOP_ASSIGNED : DESKTOP_READY;
+    if (back == DESKTOP_BOOTING ||
+        (back == DESKTOP_READY && d->pool->cfg->ready_when == VDI_READY_AGENT && !d->agent_ready))
+        desktop_booting(d);
+    else
+        desktop_set_state(d, back == DESKTOP_ASSIGNED ? DESKTOP_ASSIGNED : DESKTOP_READY);
+    if (paused)
+        desktop_paused(d, paused);
 }
 
 bool desktop_paused_for_space(const desktop *d)

@@ -34,6 +34,8 @@ void job_free(job *j)
     if (j->conn)
         virConnectClose(j->conn);
     vdi_config_unref(j->config);
+    free(j->host);
+    free(j->address);
     free(j->pool);
     free(j->name);
     free(j->child);
@@ -139,7 +141,8 @@ static void clone_run(void *data)
     vdi_clone_options_init(&o);
     o.max_depth = j->pc->max_chain_depth + 1;
     vdi_cloner *cl = NULL;
-    vdi_child_meta meta = {.datastore = j->ds->name, .pool = j->pool, .slot = (int)j->slot};
+    vdi_child_meta meta = {
+        .datastore = j->ds->name, .pool = j->pool, .slot = (int)j->slot, .host = j->host};
     if (vdi_cloner_new(j->gold, &o, &cl, &err) < 0 ||
         vdi_clone_recorded(j->catalog, cl, j->child, &meta, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
@@ -148,7 +151,31 @@ static void clone_run(void *data)
     vdi_cloner_free(cl);
 }
 
-char *domain_display_from_xml(const char *xml)
+/* Where a host's displays are reached: the host part of its libvirt URI
+ * ("qemu+ssh://root@h1.example:22/system" -> "h1.example"), or 127.0.0.1 for
+ * a local URI. NULL only when out of memory. */
+char *host_display_address(const char *uri)
+{
+    const char *a = uri ? strstr(uri, "://") : NULL;
+    if (a) {
+        a += 3;
+        const char *end = a + strcspn(a, "/?");
+        const char *at = memchr(a, '@', (size_t)(end - a));
+        if (at)
+            a = at + 1;
+        const char *colon = *a == '[' ? memchr(a, ']', (size_t)(end - a)) : NULL;
+        if (colon) { /* [v6]:port */
+            a++;
+            end = colon;
+        } else if ((colon = memchr(a, ':', (size_t)(end - a))))
+            end = colon;
+        if (end > a && strncmp(a, "localhost", (size_t)(end - a)))
+            return strndup(a, (size_t)(end - a));
+    }
+    return strdup("127.0.0.1");
+}
+
+char *domain_display_from_xml(const char *xml, const char *address)
 {
     char *out = NULL;
     const char *g = xml ? strstr(xml, "<graphics ") : NULL;
@@ -158,7 +185,7 @@ char *domain_display_from_xml(const char *xml)
         char t[16] = "";
         if (type && port && sscanf(type + 6, "%15[^']", t) == 1) {
             int p = atoi(port + 6);
-            if (p > 0 && asprintf(&out, "%s://127.0.0.1:%d", t, p) < 0)
+            if (p > 0 && asprintf(&out, "%s://%s:%d", t, address ? address : "127.0.0.1", p) < 0)
                 out = NULL;
         }
     }
@@ -177,10 +204,10 @@ agent_state domain_agent_from_xml(const char *xml)
     return state && (!end || state < end) ? AGENT_CONNECTED : AGENT_DISCONNECTED;
 }
 
-char *domain_display(virDomainPtr dom)
+char *domain_display(virDomainPtr dom, const char *address)
 {
     char *xml = virDomainGetXMLDesc(dom, 0);
-    char *out = domain_display_from_xml(xml);
+    char *out = domain_display_from_xml(xml, address);
     free(xml);
     return out;
 }
@@ -213,7 +240,7 @@ static void start_run(void *data)
         job_fail(j, -EIO, "cannot start the domain: %s", libvirt_message());
         return;
     }
-    j->display = domain_display(dom);
+    j->display = domain_display(dom, j->address);
     /* A write budget: libvirt tells us (BLOCK_THRESHOLD) when the child has
      * grown by what admission assumed, before the datastore can fill. */
     virDomainBlockInfo info;
@@ -393,7 +420,7 @@ void job_done(service *svc, void *data)
         /* Only what a clone or a start made is a leftover; a resume or an
          * end changed nothing that must go. */
         if ((j->kind == JOB_CLONE || j->kind == JOB_START) && j->rc == 0)
-            jobs_clean_leftovers(svc, j->name, j->child);
+            jobs_clean_leftovers(svc, service_find_host(svc, j->host), j->name, j->child);
     } else {
         d->busy = false;
         deliver(d, j->kind, j->rc, j->blocked, j->error ? j->error : "unknown error", j->display,
@@ -403,8 +430,8 @@ void job_done(service *svc, void *data)
     service_kick(svc);
 }
 
-static job *job_new(service *svc, job_kind kind, const char *pool_name, const char *name,
-                    const char *child)
+static job *job_new(service *svc, host *h, job_kind kind, const char *pool_name,
+                    const char *name, const char *child)
 {
     job *j = calloc(1, sizeof *j);
     if (!j)
@@ -420,8 +447,13 @@ static job *job_new(service *svc, job_kind kind, const char *pool_name, const ch
         job_free(j);
         return NULL;
     }
-    if (svc->conn && virConnectRef(svc->conn) == 0)
-        j->conn = svc->conn;
+    if (h && ((h->name && !(j->host = strdup(h->name))) ||
+              !(j->address = host_display_address(h->uri)))) {
+        job_free(j);
+        return NULL;
+    }
+    if (h && h->conn && virConnectRef(h->conn) == 0)
+        j->conn = h->conn;
     return j;
 }
 
@@ -431,7 +463,7 @@ static job *job_new(service *svc, job_kind kind, const char *pool_name, const ch
 job *desktop_job(desktop *d, job_kind kind)
 {
     pool *p = d->pool;
-    job *j = job_new(p->svc, kind, p->name, d->name, d->child);
+    job *j = job_new(p->svc, d->host, kind, p->name, d->name, d->child);
     if (!j)
         return NULL;
     j->config = vdi_config_ref(p->config);
@@ -489,9 +521,9 @@ void job_submit_with(desktop *d, job_kind kind, work_run_fn run, work_done_fn do
     }
 }
 
-void jobs_clean_leftovers(service *svc, const char *name, const char *child)
+void jobs_clean_leftovers(service *svc, host *h, const char *name, const char *child)
 {
-    job *j = job_new(svc, JOB_LEFTOVERS, "", name, child);
+    job *j = job_new(svc, h, JOB_LEFTOVERS, "", name, child);
     if (!j || work_submit(svc, end_run, job_done, j) < 0) {
         svc_log("error",
                 "desktop=%s event=leftovers-not-removed child=%s reason=\"cannot queue "

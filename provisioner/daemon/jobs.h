@@ -25,7 +25,9 @@ typedef struct job {
     vdi_config *config;   /* a reference: pc and ds point into it */
     const vdi_pool_config *pc;
     const vdi_datastore_config *ds;
-    virConnectPtr conn; /* a reference, or NULL when disconnected */
+    virConnectPtr conn; /* the desktop's host's, a reference; NULL when disconnected */
+    char *host;         /* that host's name, or NULL */
+    char *address;      /* where its displays are reached (host_display_address) */
     char *pool, *name, *child, *gold;
     unsigned slot;
     uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */

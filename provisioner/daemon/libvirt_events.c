@@ -292,6 +292,8 @@ static void connect_done(uv_work_t *w, int status)
         svc_log("error", "event=libvirt-connect-failed uri=%s error=\"%s\"; retrying", r->uri,
                 r->error);
         schedule_reconnect(b);
+        if (b->cb.connect_failed && !b->stopping)
+            b->cb.connect_failed(b->ctx, r->error);
     } else if (b->stopping) {
         virConnectClose(r->conn);
     } else {

@@ -16,6 +16,8 @@ typedef struct libvirt_bridge libvirt_bridge;
 typedef struct libvirt_bridge_callbacks {
     /* A new connection; conn is a reference the callee now owns. */
     void (*connected)(void *ctx, virConnectPtr conn);
+    /* A connection attempt failed (may be NULL); the bridge retries by itself. */
+    void (*connect_failed)(void *ctx, const char *error);
     /* The connection was lost; the bridge reconnects by itself. */
     void (*disconnected)(void *ctx);
     /* A domain lifecycle event (VIR_DOMAIN_EVENT_*). */

@@ -26,6 +26,7 @@ typedef struct maint_req {
     bool discard;
     vdi_catalog *catalog;
     virConnectPtr conn;  /* a reference, or NULL */
+    char *address;       /* where the host's displays are reached */
     vdi_config *config;  /* a reference: pc points into it */
     const vdi_pool_config *pc;
     char family[64];
@@ -98,7 +99,7 @@ static void edit_run(void *data)
         vdi_child_delete(m->catalog, m->child, NULL, NULL); /* nothing half-made stays */
         return;
     }
-    m->display = domain_display(dom);
+    m->display = domain_display(dom, m->address);
     virDomainFree(dom);
     m->status = 200;
 }
@@ -153,6 +154,7 @@ static void maint_done(service *svc, void *data)
         virConnectClose(m->conn);
     vdi_config_unref(m->config);
     free(m->display);
+    free(m->address);
     free(m);
 }
 
@@ -215,8 +217,13 @@ void gold_maintenance(service *svc, request *r, const char *family, bool discard
         m->config = vdi_config_ref(svc->config);
         m->pc = pc;
     }
-    if (svc->conn && virConnectRef(svc->conn) == 0)
-        m->conn = svc->conn;
+    /* The maintenance domain runs on the first connected, active host of
+     * the config (the same one finds it again for a discard). */
+    host *h = service_any_host(svc);
+    if (h && virConnectRef(h->conn) == 0) {
+        m->conn = h->conn;
+        m->address = host_display_address(h->uri);
+    }
     request_hold(r);
     if (work_submit(svc, discard ? discard_run : edit_run, maint_done, m) < 0) {
         fail(m, 503, "cannot queue the work");

@@ -114,7 +114,7 @@ void desktop_list_remove(desktop *d)
     l->count--;
 }
 
-static int grow_slots(pool *p, unsigned size)
+int pool_grow_slots(pool *p, unsigned size)
 {
     if (size <= p->nslots)
         return 0;
@@ -159,8 +159,10 @@ void pool_free(pool *p)
     pool_release_gold_locks(p, true);
     if (p->retiring_lock >= 0)
         vdi_guard_unlock(p->retiring_lock);
-    for (unsigned i = 0; i < p->nslots; i++)
+    for (unsigned i = 0; i < p->nslots; i++) {
+        desktop_set_host(p->desktops[i], NULL);
         desktop_free(p->desktops[i]);
+    }
     free(p->desktops);
     free(p->name);
     free(p->blocked);
@@ -168,6 +170,8 @@ void pool_free(pool *p)
     free(p->locked_gold);
     free(p->retiring_gold);
     free(p->held_gold);
+    free(p->host_counts);
+    free(p->no_host);
     vdi_config_unref(p->config);
     free(p);
 }
@@ -184,7 +188,7 @@ int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
     set_str(&p->blocked, NULL);
     p->blocked_retry_at = 0;
     p->blocked_probes = 0;
-    int rc = grow_slots(p, pc->size);
+    int rc = pool_grow_slots(p, pc->size);
     if (rc < 0)
         svc_log("error", "pool=%s event=resize-failed size=%u have=%u reason=\"out of memory\"",
                 p->name, pc->size, p->nslots);

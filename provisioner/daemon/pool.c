@@ -89,10 +89,37 @@ static void tend_paused(pool *p, desktop *d, int64_t now)
 }
 
 /* What a desktop that is not busy needs now, by its state. */
+/* The pool's slots in use may go past `size` by as many desktops as are
+ * unreachable: their host's loss is made up on the other hosts, and the
+ * extra slots empty again when the host returns. */
+static unsigned pool_capacity(const pool *p)
+{
+    unsigned lost = p->by_state[DESKTOP_UNREACHABLE].count;
+    return p->cfg->size + (lost < p->cfg->size ? lost : p->cfg->size);
+}
+
+/* A desktop waiting to start whose host is gone or draining has no domain
+ * yet: it moves to a host that can take it (the child is on a shared
+ * datastore). false when there is none now. */
+static bool start_host_ready(pool *p, desktop *d)
+{
+    if (host_usable(d->host) && d->host->cfg && d->host->cfg->state == VDI_HOST_ACTIVE)
+        return true;
+    host *h = pool_place(p);
+    if (!h)
+        return false;
+    svc_log("info", "pool=%s desktop=%s event=moved-host from=%s to=%s", p->name, d->name,
+            d->host ? d->host->name : "-", h->name);
+    desktop_set_host(d, h);
+    return true;
+}
+
 static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
 {
     service *svc = p->svc;
-    bool outside = d->slot > p->cfg->size; /* the pool shrank */
+    bool outside = d->slot > pool_capacity(p); /* the pool shrank, or a lost host returned */
+    /* A host in maintenance (or removed) drains: its spares go, sessions finish. */
+    bool host_draining = d->host && (!d->host->cfg || d->host->cfg->state != VDI_HOST_ACTIVE);
     switch (d->state) {
     case DESKTOP_FAILED:
         if (now >= d->retry_at)
@@ -103,13 +130,13 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
             desktop_retry_end(d);
         break;
     case DESKTOP_BOOTING:
-        if (p->draining || outside || !d->gold || strcmp(d->gold, pool_gold(p)))
+        if (p->draining || outside || host_draining || !d->gold || strcmp(d->gold, pool_gold(p)))
             session_end(d, END_OTHER);
         else
             pool_tend_agent(p, d, now);
         break;
     case DESKTOP_READY:
-        if (p->draining || outside)
+        if (p->draining || outside || host_draining)
             session_end(d, END_OTHER);
         else if (!d->gold || strcmp(d->gold, pool_gold(p)))
             session_end(d, END_OTHER); /* roll-out: replaced by the new gold */
@@ -132,7 +159,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
             pool_tend_agent(p, d, now);
         break;
     case DESKTOP_STARTING:
-        if (svc->online && svc->starts_running < max_starts)
+        if (svc->starts_running < max_starts && start_host_ready(p, d))
             desktop_begin_start(d);
         break;
     default: break;
@@ -177,8 +204,11 @@ void pool_step(pool *p)
     const vdi_datastore_config *ds = pool_datastore(p);
     if (ds && datastore_short(svc, ds->path))
         wanted = 0; /* a guest is paused for space there: no new spares take it */
-    for (unsigned i = 0; i < p->nslots && i < p->cfg->size; i++) {
-        if (pipeline >= wanted || in_use >= p->cfg->size ||
+    unsigned capacity = pool_capacity(p);
+    if (pipeline < wanted && in_use < capacity && capacity > p->nslots)
+        pool_grow_slots(p, capacity);
+    for (unsigned i = 0; i < p->nslots && i < capacity; i++) {
+        if (pipeline >= wanted || in_use >= capacity ||
             svc->clones_running >= sc->max_parallel_clones)
             break;
         desktop *d = p->desktops[i];
@@ -187,6 +217,10 @@ void pool_step(pool *p)
         desktop_name_slot(d);
         if (!d->name || name_taken(svc, p, d->name))
             continue; /* a draining pool's desktop of that name is still ending */
+        host *h = pool_place(p);
+        if (!h)
+            break; /* p->no_host says why; a host's return or a reload kicks a step */
+        desktop_set_host(d, h);
         bool was_blocked = p->blocked != NULL;
         desktop_begin_clone(d);
         pipeline++;
@@ -207,7 +241,7 @@ static bool pool_idle(const pool *p)
 
 void service_converge(service *svc)
 {
-    if (svc->stopping || !svc->adopted || svc->adopting)
+    if (svc->stopping || !svc->adopted)
         return;
     for (size_t i = 0; i < svc->npools; i++)
         pool_step(svc->pools[i]);

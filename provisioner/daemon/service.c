@@ -1,6 +1,5 @@
 /* service.c — the service object: applying a config (at start and on
- * reload, by diff: pools added, resized, rolled out, drained), and what
- * happens when libvirt connects or goes away. */
+ * reload, by diff: hosts and pools added, resized, rolled out, drained). */
 #include "daemon.h"
 #include "glue.h"
 
@@ -26,16 +25,17 @@ static void log_diff(const vdi_config *old, const vdi_config *config)
     vdi_config_diff_free(diff);
 }
 
-/* Takes over the caller's reference on config. Existing pools follow their
- * new settings; pools missing from it drain (keeping a reference on the
- * config they were made from until they are gone); new pools are added. */
+/* Takes over the caller's reference on config. Hosts follow it first (a
+ * pool's placement reads them); existing pools follow their new settings;
+ * pools missing from it drain (keeping a reference on the config they were
+ * made from until they are gone); new pools are added. */
 int service_apply_config(service *svc, vdi_config *config)
 {
     vdi_config *old = svc->config;
     if (old)
         log_diff(old, config);
     svc->config = config;
-    int rc = 0;
+    int rc = hosts_apply_config(svc);
     for (size_t i = 0; i < svc->npools; i++) {
         pool *p = svc->pools[i];
         const vdi_pool_config *pc = vdi_config_find_pool(config, p->name);
@@ -131,10 +131,9 @@ static void reload_done(service *svc, void *data)
         svc->reload_applied = r->seq;
         const vdi_service_config *a = vdi_config_service(svc->config);
         const vdi_service_config *b = vdi_config_service(r->config);
-        if (strcmp(a->socket_path, b->socket_path) || strcmp(a->state_dir, b->state_dir) ||
-            strcmp(a->libvirt_uri, b->libvirt_uri))
-            svc_log("warning", "event=reload-partial: socket, state_dir and libvirt_uri take "
-                               "effect at the next start");
+        if (strcmp(a->socket_path, b->socket_path) || strcmp(a->state_dir, b->state_dir))
+            svc_log("warning", "event=reload-partial: socket and state_dir take effect at the "
+                               "next start");
         log_set_level(b->log_level);
         if (service_apply_config(svc, r->config) < 0)
             svc_log("error", "event=reload-incomplete: some pools could not be resized or added "
@@ -190,35 +189,9 @@ void service_shutdown(service *svc)
     free(svc->pools);
     svc->pools = NULL;
     svc->npools = 0;
-    if (svc->conn)
-        virConnectClose(svc->conn);
-    svc->conn = NULL;
+    hosts_free(svc);
     vdi_config_unref(svc->config);
     svc->config = NULL;
     free(svc->config_path);
     free(svc->state_dir);
-    json_decref(svc->stopped_while_adopting);
-    svc->stopped_while_adopting = NULL;
-}
-
-/* ---- libvirt ------------------------------------------------------------------------- */
-
-/* The bridge hands over a reference on the new connection. */
-void service_on_connected(service *svc, virConnectPtr conn)
-{
-    if (svc->conn)
-        virConnectClose(svc->conn);
-    svc->conn = conn;
-    svc->online = true;
-    adopt_start(svc);
-}
-
-/* Running desktops are left alone; jobs in flight keep their own reference
- * and fail on their own. */
-void service_on_disconnected(service *svc)
-{
-    if (svc->conn)
-        virConnectClose(svc->conn);
-    svc->conn = NULL;
-    svc->online = false;
 }

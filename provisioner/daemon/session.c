@@ -258,27 +258,28 @@ void session_end(desktop *d, end_reason why)
  * the loop. A destroy also emits SHUTDOWN/HOST: act on STOPPED only. */
 void service_on_domain_event(void *ctx, const char *name, int event, int detail)
 {
-    service *svc = ctx;
+    host *h = ctx; /* the host whose connection told it */
+    service *svc = h->svc;
     if (event == VIR_DOMAIN_EVENT_SUSPENDED && detail == VIR_DOMAIN_EVENT_SUSPENDED_IOERROR) {
-        desktop *d = service_find_desktop(svc, name);
+        desktop *d = host_find_desktop(h, name);
         if (d)
             desktop_paused(d, d->io_error ? d->io_error : "I/O error");
         service_kick(svc);
         return;
     }
     if (event == VIR_DOMAIN_EVENT_RESUMED) {
-        desktop *d = service_find_desktop(svc, name);
+        desktop *d = host_find_desktop(h, name);
         if (d)
             desktop_resumed(d);
         return;
     }
     if (event != VIR_DOMAIN_EVENT_STOPPED)
         return;
-    desktop *d = service_find_desktop(svc, name);
-    if (d && d->state == DESKTOP_EMPTY && svc->adopting && svc->stopped_while_adopting) {
+    desktop *d = host_find_desktop(h, name);
+    if (d && d->state == DESKTOP_EMPTY && h->adopting && h->stopped_while_adopting) {
         /* The adoption's list of domains may still show it running: it
          * must not be adopted as running (adopt.c reads this). */
-        json_array_append_new(svc->stopped_while_adopting, json_string(name));
+        json_array_append_new(h->stopped_while_adopting, json_string(name));
         return;
     }
     if (!d || d->state == DESKTOP_ENDING || d->state == DESKTOP_EMPTY)
@@ -299,8 +300,9 @@ void service_on_domain_event(void *ctx, const char *name, int event, int detail)
  * the guest is paused (error_policy='stop'). */
 void service_on_io_error(void *ctx, const char *name, const char *reason)
 {
-    service *svc = ctx;
-    desktop *d = service_find_desktop(svc, name);
+    host *h = ctx; /* the host whose connection told it */
+    service *svc = h->svc;
+    desktop *d = host_find_desktop(h, name);
     if (!d)
         return;
     const char *why = !strcmp(reason, "enospc") ? "no space" : reason[0] ? reason : "I/O error";
@@ -316,8 +318,9 @@ void service_on_io_error(void *ctx, const char *name, const char *reason)
  * set at start): before the datastore can fill, check it has room. */
 void service_on_block_threshold(void *ctx, const char *name, uint64_t threshold, uint64_t excess)
 {
-    service *svc = ctx;
-    desktop *d = service_find_desktop(svc, name);
+    host *h = ctx; /* the host whose connection told it */
+    service *svc = h->svc;
+    desktop *d = host_find_desktop(h, name);
     if (!d)
         return;
     svc_log("info", "pool=%s desktop=%s event=write-budget-exceeded threshold=%llu excess=%llu",

@@ -75,9 +75,7 @@ static int lock_state_dir(const char *state_dir)
 static void on_tick(uv_timer_t *t)
 {
     service *svc = t->data;
-    libvirt_bridge_tick(svc->bridge);
-    if (svc->conn && !svc->adopted && !svc->adopting)
-        adopt_start(svc); /* an adoption that failed is retried */
+    hosts_tick(svc);
     service_converge(svc);
     if (svc->adopted) {
         scrub_step(svc);
@@ -97,8 +95,11 @@ static void on_tick(uv_timer_t *t)
         for (unsigned j = 0; j < svc->pools[i]->nslots; j++)
             ready += svc->pools[i]->desktops[j]->state == DESKTOP_READY;
     }
-    sd_notifyf(0, "STATUS=%u of %u spare desktops ready, libvirt %s", ready, wanted,
-               svc->conn ? "connected" : "disconnected");
+    unsigned connected = 0;
+    for (size_t i = 0; i < svc->nhosts; i++)
+        connected += svc->hosts[i]->online;
+    sd_notifyf(0, "STATUS=%u of %u spare desktops ready, %u of %zu hosts connected", ready,
+               wanted, connected, svc->nhosts);
 }
 
 static void reloaded(void *ctx, int rc, json_t *errors)
@@ -138,18 +139,9 @@ static void on_sigterm(uv_signal_t *s, int signum)
     svc->api = NULL;
     sessions_fail_waiters(svc);
     events_stop(svc);
-    libvirt_bridge_stop(svc->bridge);
+    hosts_stop(svc);
     /* Work in flight finishes (its results are applied), then the loop ends. */
     uv_walk(svc->loop, close_walk, NULL);
-}
-
-static void bridge_connected(void *ctx, virConnectPtr conn)
-{
-    service_on_connected(ctx, conn);
-}
-static void bridge_disconnected(void *ctx)
-{
-    service_on_disconnected(ctx);
 }
 
 /* Every job (clone, start, end, refresh, adoption, reload) runs on libuv's
@@ -249,18 +241,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "vdipoold: %s\n", err.message);
         return 1;
     }
-    static const libvirt_bridge_callbacks bridge_cb = {.connected = bridge_connected,
-                                                       .disconnected = bridge_disconnected,
-                                                       .domain_event = service_on_domain_event,
-                                                       .io_error = service_on_io_error,
-                                                       .block_threshold =
-                                                           service_on_block_threshold,
-                                                       .agent_event = service_on_agent_event};
-    svc.bridge = libvirt_bridge_new(loop, sc->libvirt_uri, &bridge_cb, &svc);
-    if (!svc.bridge) {
-        fprintf(stderr, "vdipoold: cannot start libvirt's event loop\n");
-        return 1;
-    }
     int rc = uv_timer_init(loop, &svc.tick);
     svc.tick.data = &svc;
     if (rc == 0)
@@ -282,11 +262,11 @@ int main(int argc, char **argv)
     svc_log("info", "event=started config=%s state_dir=%s pools=%zu", svc.config_path,
             svc.state_dir, svc.npools);
     sd_notify(0, "STATUS=starting desktops");
-    libvirt_bridge_connect(svc.bridge);
+    hosts_start(&svc);
 
     uv_run(loop, UV_RUN_DEFAULT);
 
-    libvirt_bridge_close(svc.bridge);
+    hosts_close(&svc);
     service_shutdown(&svc);
     if (uv_loop_close(loop) != 0)
         svc_log("debug", "event=loop-not-closed: handles still open at exit");

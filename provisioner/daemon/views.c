@@ -19,8 +19,17 @@ json_t *desktop_json(const desktop *d)
         json_object_set_new(o, "child", json_string(d->child ? d->child : ""));
         json_object_set_new(o, "gold", json_string(d->gold ? d->gold : ""));
     }
+    if (d->host)
+        json_object_set_new(o, "host", json_string(d->host->name));
     if (d->display)
         json_object_set_new(o, "display", json_string(d->display));
+    if (d->state == DESKTOP_UNREACHABLE) {
+        json_object_set_new(o, "state_before", json_string(desktop_state_name(d->unreachable_from)));
+        if (d->user)
+            json_object_set_new(o, "user", json_string(d->user));
+        if (d->session_id)
+            json_object_set_new(o, "session_id", json_integer(d->session_id));
+    }
     if (d->state == DESKTOP_ASSIGNED) {
         json_object_set_new(o, "user", json_string(d->user ? d->user : ""));
         json_object_set_new(o, "session_id", json_integer(d->session_id));
@@ -122,6 +131,19 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
                           p->cfg->spares, "draining", p->draining, "desktops_by_state", states);
     if (p->blocked)
         json_object_set_new(o, "blocked", json_string(p->blocked));
+    if (p->no_host)
+        json_object_set_new(o, "no_host", json_string(p->no_host));
+    json_t *by_host = json_object();
+    for (unsigned k = 0; k < p->nhost_counts && k < p->svc->nhosts; k++)
+        if (p->host_counts[k])
+            json_object_set_new(by_host, p->svc->hosts[k]->name, json_integer(p->host_counts[k]));
+    json_object_set_new(o, "desktops_by_host", by_host);
+    if (p->cfg->hosts) {
+        json_t *names = json_array();
+        for (size_t k = 0; k < p->cfg->nhosts; k++)
+            json_array_append_new(names, json_string(p->cfg->hosts[k]));
+        json_object_set_new(o, "hosts", names);
+    }
     if (p->retiring_gold)
         json_object_set_new(o, "retiring_gold", json_string(p->retiring_gold));
     if (p->cfg->domain.template_path)
@@ -164,9 +186,14 @@ json_t *status_json(service *svc)
     json_t *pools = json_array();
     for (size_t i = 0; i < svc->npools; i++)
         json_array_append_new(pools, pool_json(svc->pools[i], false));
-    return json_pack("{s:s,s:b,s:s,s:s,s:o}", "version", "0.1.0", "libvirt_connected",
-                     svc->conn != NULL, "config", svc->config_path, "state_dir", svc->state_dir,
-                     "pools", pools);
+    unsigned connected = 0;
+    for (size_t i = 0; i < svc->nhosts; i++)
+        connected += svc->hosts[i]->online;
+    /* libvirt_connected: every host answers (one host: its connection). */
+    return json_pack("{s:s,s:b,s:i,s:i,s:s,s:s,s:o}", "version", "0.1.0", "libvirt_connected",
+                     svc->nhosts > 0 && connected == svc->nhosts, "hosts_connected", connected,
+                     "hosts", (int)svc->nhosts, "config", svc->config_path, "state_dir",
+                     svc->state_dir, "pools", pools);
 }
 
 /* The loop-owned part of /metrics (datastores are measured off the loop). */
@@ -181,6 +208,26 @@ char *service_metrics_text(service *svc)
         for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
             text_append(&t, "vdipool_desktops{pool=\"%s\",state=\"%s\"} %u\n", svc->pools[i]->name,
                         desktop_state_name((desktop_state)s), counts[s]);
+    }
+    text_append(&t, "# HELP vdipool_host_desktops Desktops by host and state.\n"
+                    "# TYPE vdipool_host_desktops gauge\n"
+                    "# HELP vdipool_host_connected Whether vdipoold reaches the host's libvirtd.\n"
+                    "# TYPE vdipool_host_connected gauge\n");
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        const host *h = svc->hosts[i];
+        unsigned counts[DESKTOP_STATE_COUNT] = {0};
+        for (size_t k = 0; k < svc->npools; k++)
+            for (unsigned j = 0; j < svc->pools[k]->nslots; j++)
+                if (svc->pools[k]->desktops[j]->host == h)
+                    counts[svc->pools[k]->desktops[j]->state]++;
+        text_append(&t, "vdipool_host_connected{host=\"%s\"} %d\n", h->name, h->online ? 1 : 0);
+        for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+            if (s != DESKTOP_EMPTY)
+                text_append(&t, "vdipool_host_desktops{host=\"%s\",state=\"%s\"} %u\n", h->name,
+                            desktop_state_name((desktop_state)s), counts[s]);
+        if (h->memory_known)
+            text_append(&t, "vdipool_host_free_memory_bytes{host=\"%s\"} %llu\n", h->name,
+                        (unsigned long long)h->free_memory);
     }
     text_append(&t, "# HELP vdipool_sessions_started_total Sessions started.\n"
                     "# TYPE vdipool_sessions_started_total counter\n");

@@ -1,0 +1,526 @@
+/* hosts.c — the KVM hosts one vdipoold spreads its pools over. Each host is
+ * a libvirtd reached through its own connection (a libvirt_bridge: keepalive,
+ * back-off reconnect, events on the loop); vdipoold runs no agent of its own
+ * on a host. This file owns:
+ *  - the host objects, made and updated from the config (a host removed
+ *    from the config keeps its object and drains);
+ *  - placement: which host a new desktop of a pool goes to;
+ *  - what happens when a host comes and goes: its desktops become
+ *    `unreachable` (kept, sessions open) and are reconciled by adoption
+ *    when it answers again (adopt.c);
+ *  - each host's free memory, read on a worker every HOST_READ_S seconds.
+ * Every field of a host is the loop's; a job copies the connection
+ * reference it needs. */
+#include "daemon.h"
+#include "libvirt_events.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the bridge's callbacks, on the loop ------------------------------------------- */
+
+static void bridge_connected(void *ctx, virConnectPtr conn)
+{
+    host_on_connected(ctx, conn);
+}
+
+static void bridge_disconnected(void *ctx)
+{
+    host_on_disconnected(ctx);
+}
+
+static void bridge_connect_failed(void *ctx, const char *error)
+{
+    host *h = ctx;
+    set_str(&h->last_error, error);
+    h->last_error_at = service_now(h->svc);
+    /* Not reachable at start: what the catalog records on it is shown
+     * unreachable, so that the other hosts can go ahead. */
+    if (!h->settled && !h->marking)
+        adopt_mark_unreachable(h);
+}
+
+static const libvirt_bridge_callbacks host_bridge_cb = {
+    .connected = bridge_connected,
+    .disconnected = bridge_disconnected,
+    .connect_failed = bridge_connect_failed,
+    .domain_event = service_on_domain_event,
+    .io_error = service_on_io_error,
+    .block_threshold = service_on_block_threshold,
+    .agent_event = service_on_agent_event,
+};
+
+/* ---- the objects ------------------------------------------------------------------- */
+
+host *service_find_host(service *svc, const char *name)
+{
+    for (size_t i = 0; name && i < svc->nhosts; i++)
+        if (!strcmp(svc->hosts[i]->name, name))
+            return svc->hosts[i];
+    return NULL;
+}
+
+bool host_usable(const host *h)
+{
+    return h && h->online && h->adopted;
+}
+
+host *service_any_host(service *svc)
+{
+    for (size_t i = 0; i < svc->nhosts; i++)
+        if (host_usable(svc->hosts[i]) && svc->hosts[i]->cfg &&
+            svc->hosts[i]->cfg->state == VDI_HOST_ACTIVE)
+            return svc->hosts[i];
+    for (size_t i = 0; i < svc->nhosts; i++)
+        if (host_usable(svc->hosts[i]))
+            return svc->hosts[i];
+    return NULL;
+}
+
+/* svc->online (some host connected) and svc->adopted (every host settled:
+ * the controllers may run). */
+void hosts_update(service *svc)
+{
+    bool online = false, settled = svc->nhosts > 0;
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        online |= svc->hosts[i]->online;
+        settled &= svc->hosts[i]->settled || !svc->hosts[i]->cfg;
+    }
+    bool was = svc->adopted;
+    svc->online = online;
+    svc->adopted = settled;
+    if (settled && !was)
+        service_kick(svc);
+}
+
+void hosts_set_online(service *svc, bool online)
+{
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        host *h = svc->hosts[i];
+        h->online = h->adopted = online;
+        h->settled = true;
+    }
+    hosts_update(svc);
+}
+
+static host *host_new(service *svc, const vdi_host_config *hc)
+{
+    host **v = realloc(svc->hosts, (svc->nhosts + 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    svc->hosts = v;
+    host *h = calloc(1, sizeof *h);
+    if (!h || !(h->name = strdup(hc->name)) || !(h->uri = strdup(hc->uri))) {
+        if (h)
+            free(h->name);
+        free(h);
+        return NULL;
+    }
+    h->svc = svc;
+    h->cfg = hc;
+    h->index = (unsigned)svc->nhosts;
+    svc->hosts[svc->nhosts++] = h;
+    return h;
+}
+
+static void host_start_bridge(host *h)
+{
+    service *svc = h->svc;
+    h->bridge = libvirt_bridge_new(svc->loop, h->uri, &host_bridge_cb, h);
+    if (!h->bridge) {
+        svc_log("error", "host=%s event=bridge-not-started uri=%s reason=\"cannot start "
+                         "libvirt's event loop\"",
+                h->name, h->uri);
+        return;
+    }
+    libvirt_bridge_connect(h->bridge);
+}
+
+int hosts_apply_config(service *svc)
+{
+    int rc = 0;
+    vdi_config *config = svc->config;
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        host *h = svc->hosts[i];
+        const vdi_host_config *hc = vdi_config_find_host(config, h->name);
+        if (!hc && h->cfg)
+            svc_log("info", "host=%s event=removed-from-config desktops=%u; it drains", h->name,
+                    h->desktops);
+        h->cfg = hc;
+        if (hc && strcmp(hc->uri, h->uri)) {
+            /* Another libvirtd for the same name: the old connection goes,
+             * its desktops wait unreachable until adoption on the new one. */
+            svc_log("info", "host=%s event=uri-changed old=%s new=%s", h->name, h->uri, hc->uri);
+            set_str(&h->uri, hc->uri);
+            if (h->bridge) {
+                libvirt_bridge_stop(h->bridge);
+                libvirt_bridge_close(h->bridge);
+                if (h->online)
+                    host_on_disconnected(h);
+                host_start_bridge(h);
+            }
+        }
+    }
+    for (size_t i = 0; i < vdi_config_host_count(config); i++) {
+        const vdi_host_config *hc = vdi_config_host(config, i);
+        if (service_find_host(svc, hc->name))
+            continue;
+        host *h = host_new(svc, hc);
+        if (!h) {
+            svc_log("error", "host=%s event=not-added reason=\"out of memory\"", hc->name);
+            rc = -ENOMEM;
+            continue;
+        }
+        if (svc->hosts_started)
+            host_start_bridge(h);
+    }
+    hosts_update(svc);
+    return rc;
+}
+
+int hosts_start(service *svc)
+{
+    svc->hosts_started = true;
+    for (size_t i = 0; i < svc->nhosts; i++)
+        if (svc->hosts[i]->cfg && !svc->hosts[i]->bridge)
+            host_start_bridge(svc->hosts[i]);
+    return 0;
+}
+
+void hosts_stop(service *svc)
+{
+    for (size_t i = 0; i < svc->nhosts; i++)
+        libvirt_bridge_stop(svc->hosts[i]->bridge);
+}
+
+void hosts_close(service *svc)
+{
+    for (size_t i = 0; i < svc->nhosts; i++)
+        libvirt_bridge_close(svc->hosts[i]->bridge);
+}
+
+void hosts_free(service *svc)
+{
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        host *h = svc->hosts[i];
+        if (h->conn)
+            virConnectClose(h->conn);
+        json_decref(h->stopped_while_adopting);
+        json_decref(h->listing);
+        free(h->name);
+        free(h->uri);
+        free(h->last_error);
+        free(h); /* its bridge lives until the process ends (libvirt_events.c) */
+    }
+    free(svc->hosts);
+    svc->hosts = NULL;
+    svc->nhosts = 0;
+}
+
+/* ---- coming and going -------------------------------------------------------------- */
+
+void host_on_connected(host *h, virConnectPtr conn)
+{
+    if (h->conn)
+        virConnectClose(h->conn);
+    h->conn = conn;
+    h->online = true;
+    h->adopted = false;
+    h->connected_since = service_now(h->svc);
+    set_str(&h->last_error, NULL);
+    svc_log("info", "host=%s event=connected uri=%s", h->name, h->uri);
+    hosts_update(h->svc);
+    adopt_start(h);
+}
+
+/* Its desktops that were running (or about to) are kept as they were, but
+ * unreachable: never handed out, never ended, their slots taken, until the
+ * host answers again. Jobs in flight keep their own connection reference
+ * and fail on their own. */
+void host_on_disconnected(host *h)
+{
+    service *svc = h->svc;
+    if (h->conn)
+        virConnectClose(h->conn);
+    h->conn = NULL;
+    h->online = false;
+    h->adopted = false;
+    h->memory_known = false;
+    h->lost_since = service_now(svc);
+    set_str(&h->last_error, "the connection to its libvirtd was lost");
+    h->last_error_at = h->lost_since;
+    unsigned lost = 0;
+    for (size_t i = 0; i < svc->npools; i++) {
+        pool *p = svc->pools[i];
+        for (unsigned k = 0; k < p->nslots; k++) {
+            desktop *d = p->desktops[k];
+            if (d->host != h || d->busy)
+                continue;
+            if (d->state == DESKTOP_BOOTING || d->state == DESKTOP_READY ||
+                d->state == DESKTOP_ASSIGNED || d->state == DESKTOP_PAUSED) {
+                d->unreachable_from = d->state;
+                desktop_set_state(d, DESKTOP_UNREACHABLE);
+                lost++;
+            }
+        }
+    }
+    svc_log("warning", "host=%s event=host-lost uri=%s desktops=%u; its desktops are kept "
+                       "unreachable, spares are made up on the other hosts",
+            h->name, h->uri, lost);
+    hosts_update(svc);
+    service_kick(svc);
+}
+
+desktop *host_find_desktop(host *h, const char *name)
+{
+    desktop *d = service_find_desktop(h->svc, name);
+    return d && (!d->host || d->host == h) ? d : NULL;
+}
+
+/* ---- placement --------------------------------------------------------------------- */
+
+static unsigned *pool_host_count(pool *p, const host *h)
+{
+    if (h->index >= p->nhost_counts) {
+        unsigned n = h->index + 1;
+        unsigned *v = realloc(p->host_counts, n * sizeof *v);
+        if (!v)
+            return NULL;
+        memset(v + p->nhost_counts, 0, (n - p->nhost_counts) * sizeof *v);
+        p->host_counts = v;
+        p->nhost_counts = n;
+    }
+    return &p->host_counts[h->index];
+}
+
+void desktop_set_host(desktop *d, host *h)
+{
+    if (d->host == h)
+        return;
+    if (d->host) {
+        unsigned *c = pool_host_count(d->pool, d->host);
+        if (c && *c)
+            (*c)--;
+        if (d->host->desktops)
+            d->host->desktops--;
+    }
+    d->host = h;
+    if (h) {
+        unsigned *c = pool_host_count(d->pool, h);
+        if (c)
+            (*c)++;
+        h->desktops++;
+        h->memory_placed += d->pool->cfg->domain.memory_bytes;
+    }
+}
+
+/* Why this host cannot take a desktop of p now, or NULL when it can. */
+static const char *host_refuses(const pool *p, const host *h)
+{
+    if (!h->cfg)
+        return "removed from the config";
+    if (!vdi_config_pool_may_use(p->config, p->cfg, h->cfg))
+        return NULL; /* not one of the pool's hosts: not worth a word */
+    if (h->cfg->state == VDI_HOST_MAINTENANCE)
+        return "in maintenance";
+    if (!h->online)
+        return "unreachable";
+    if (!h->adopted)
+        return "being adopted";
+    if (h->cfg->max_desktops && h->desktops >= h->cfg->max_desktops)
+        return "at max_desktops";
+    /* Memory is checked on hosts that set reserve_memory: a guest takes its
+     * memory as it touches it, so free memory alone would refuse hosts
+     * that have room; with a reserve, every desktop counts whole. */
+    if (h->cfg->reserve_memory && h->memory_known) {
+        uint64_t need = p->cfg->domain.memory_bytes + h->cfg->reserve_memory + h->memory_placed;
+        if (h->free_memory < need)
+            return "short of memory above reserve_memory";
+    }
+    return NULL;
+}
+
+host *pool_place(pool *p)
+{
+    service *svc = p->svc;
+    host *best = NULL;
+    unsigned best_count = 0;
+    char why[512] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        host *h = svc->hosts[i];
+        if (!h->cfg || !vdi_config_pool_may_use(p->config, p->cfg, h->cfg)) {
+            continue;
+        }
+        const char *no = host_refuses(p, h);
+        if (no) {
+            int n = snprintf(why + used, sizeof why - used, "%s%s: %s", used ? ", " : "",
+                             h->name, no);
+            if (n > 0 && (size_t)n < sizeof why - used)
+                used += (size_t)n;
+            continue;
+        }
+        unsigned *c = pool_host_count(p, h);
+        unsigned count = c ? *c : 0;
+        /* Fewest of this pool's desktops first (one host's loss takes the
+         * fewest spares), then the emptiest host, then the most memory. */
+        if (!best || count < best_count ||
+            (count == best_count &&
+             (h->desktops < best->desktops ||
+              (h->desktops == best->desktops && h->memory_known && best->memory_known &&
+               h->free_memory - h->memory_placed > best->free_memory - best->memory_placed)))) {
+            best = h;
+            best_count = count;
+        }
+    }
+    if (best) {
+        if (p->no_host)
+            svc_log("info", "pool=%s event=host-available host=%s", p->name, best->name);
+        set_str(&p->no_host, NULL);
+    } else {
+        char msg[600];
+        snprintf(msg, sizeof msg, "no host can take a new desktop (%s)",
+                 used ? why : "none of its hosts is configured");
+        if (!p->no_host || strcmp(p->no_host, msg))
+            svc_log("warning", "pool=%s event=no-host reason=\"%s\"", p->name, msg);
+        set_str(&p->no_host, msg);
+    }
+    return best;
+}
+
+/* ---- memory, on a worker ------------------------------------------------------------ */
+
+typedef struct memory_req {
+    host *h;             /* read on the loop only (hosts are never freed before the loop) */
+    virConnectPtr conn;  /* a reference */
+    uint64_t free, total;
+    int rc;
+} memory_req;
+
+static void memory_run(void *data)
+{
+    memory_req *r = data;
+    virNodeInfo info;
+    unsigned long long free_bytes = virNodeGetFreeMemory(r->conn);
+    if (free_bytes == 0 || virNodeGetInfo(r->conn, &info) < 0) {
+        r->rc = -EIO;
+        return;
+    }
+    r->free = free_bytes;
+    r->total = (uint64_t)info.memory * 1024;
+}
+
+static void memory_done(service *svc, void *data)
+{
+    (void)svc;
+    memory_req *r = data;
+    host *h = r->h;
+    h->reading = false;
+    if (r->rc == 0 && h->online) {
+        h->free_memory = r->free;
+        h->total_memory = r->total;
+        h->memory_known = true;
+        h->memory_placed = 0; /* the reading includes what was placed before it */
+    }
+    virConnectClose(r->conn);
+    free(r);
+}
+
+static void read_memory(host *h)
+{
+    memory_req *r = calloc(1, sizeof *r);
+    if (!r || virConnectRef(h->conn) < 0) {
+        free(r);
+        return;
+    }
+    r->h = h;
+    r->conn = h->conn;
+    h->reading = true;
+    h->read_at = service_now(h->svc);
+    if (work_submit(h->svc, memory_run, memory_done, r) < 0) {
+        h->reading = false;
+        virConnectClose(r->conn);
+        free(r);
+    }
+}
+
+void hosts_tick(service *svc)
+{
+    int64_t now = service_now(svc);
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        host *h = svc->hosts[i];
+        if (!h->cfg && h->bridge && !h->desktops) {
+            /* Removed from the config and drained: its connection goes. */
+            svc_log("info", "host=%s event=disconnected reason=\"removed from the config and "
+                            "drained\"",
+                    h->name);
+            libvirt_bridge_stop(h->bridge);
+            libvirt_bridge_close(h->bridge);
+            h->bridge = NULL;
+            if (h->conn)
+                virConnectClose(h->conn);
+            h->conn = NULL;
+            h->online = h->adopted = false;
+            continue;
+        }
+        libvirt_bridge_tick(h->bridge);
+        if (h->conn && !h->adopted && !h->adopting)
+            adopt_start(h); /* an adoption that failed is retried */
+        if (h->conn && h->adopted && !h->reading && now - h->read_at >= HOST_READ_S)
+            read_memory(h);
+    }
+    hosts_update(svc);
+}
+
+/* ---- views -------------------------------------------------------------------------- */
+
+json_t *hosts_json(service *svc)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        host *h = svc->hosts[i];
+        json_t *ds = json_array();
+        for (size_t k = 0; h->cfg && k < vdi_config_datastore_count(svc->config); k++) {
+            const vdi_datastore_config *d = vdi_config_datastore(svc->config, k);
+            if (vdi_config_host_sees(h->cfg, d))
+                json_array_append_new(ds, json_string(d->name));
+        }
+        unsigned by_state[DESKTOP_STATE_COUNT] = {0};
+        for (size_t p = 0; p < svc->npools; p++)
+            for (unsigned k = 0; k < svc->pools[p]->nslots; k++)
+                if (svc->pools[p]->desktops[k]->host == h)
+                    by_state[svc->pools[p]->desktops[k]->state]++;
+        json_t *states = json_object();
+        for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+            if (by_state[s])
+                json_object_set_new(states, desktop_state_name((desktop_state)s),
+                                    json_integer(by_state[s]));
+        const char *connection = h->online ? (h->adopted ? "connected" : "adopting")
+                                           : (h->bridge ? "unreachable" : "disconnected");
+        json_t *o = json_pack(
+            "{s:s,s:s,s:s,s:s,s:b,s:i,s:o,s:o}", "name", h->name, "uri", h->uri, "state",
+            h->cfg ? vdi_host_state_name(h->cfg->state) : "removed", "connection", connection,
+            "connected", h->online, "desktops", (json_int_t)h->desktops, "desktops_by_state",
+            states, "datastores", ds);
+        if (h->cfg) {
+            json_object_set_new(o, "max_desktops", json_integer(h->cfg->max_desktops));
+            json_object_set_new(o, "reserve_memory", json_integer((json_int_t)h->cfg->reserve_memory));
+        }
+        if (h->memory_known) {
+            json_object_set_new(o, "free_memory", json_integer((json_int_t)h->free_memory));
+            json_object_set_new(o, "total_memory", json_integer((json_int_t)h->total_memory));
+        }
+        if (h->connected_since && h->online)
+            json_object_set_new(o, "connected_since", json_integer(h->connected_since));
+        if (h->lost_since && !h->online)
+            json_object_set_new(o, "unreachable_since", json_integer(h->lost_since));
+        if (h->last_error) {
+            json_object_set_new(o, "last_error", json_string(h->last_error));
+            json_object_set_new(o, "last_error_at", json_integer(h->last_error_at));
+        }
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}

@@ -393,8 +393,10 @@ static void list_done(service *svc, void *data)
                 continue;
             size_t unused;
             if (!vdi_strmap_get(running, d->name, &unused)) {
-                svc_log("info", "pool=%s desktop=%s event=domain-gone-while-disconnected host=%s",
-                        d->pool->name, d->name, h->name);
+                svc_log("info", "pool=%s desktop=%s event=domain-gone-while-%s host=%s",
+                        d->pool->name, d->name,
+                        d->state == DESKTOP_UNREACHABLE ? "unreachable" : "disconnected",
+                        h->name);
                 session_end(d, END_OTHER);
             }
         }

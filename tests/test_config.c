@@ -394,6 +394,79 @@ START_TEST(datastore_errors)
 }
 END_TEST
 
+START_TEST(hosts_and_where_pools_run)
+{
+    /* Without `hosts`: one host, "local", on the service's libvirt_uri. */
+    vdi_config *cfg = must_load("service = { libvirt_uri = \"qemu+ssh://kvm1/system\"; };\n"
+                                "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; } );\n"
+                                "golds = ( { name = \"a\"; path = \"@DIR@/gold-a.qcow2\"; } );\n"
+                                "pools = ( { name = \"p\"; gold = \"a\"; datastore = \"local\"; "
+                                "size = 2; } );\n");
+    ck_assert_uint_eq(vdi_config_host_count(cfg), 1);
+    const vdi_host_config *h = vdi_config_host(cfg, 0);
+    ck_assert_str_eq(h->name, "local");
+    ck_assert_str_eq(h->uri, "qemu+ssh://kvm1/system");
+    ck_assert(h->implicit);
+    ck_assert(vdi_config_pool_may_use(cfg, vdi_config_pool(cfg, 0), h));
+    vdi_config_free(cfg);
+
+    cfg = must_load(
+        "hosts = ( { name = \"h1\"; uri = \"qemu+ssh://root@h1.example/system\";\n"
+        "            datastores = [ \"shared\" ]; max_desktops = 40; reserve_memory = \"4G\"; },\n"
+        "          { name = \"h2\"; uri = \"qemu+tls://h2.example/system\"; state = \"maintenance\"; } );\n"
+        "datastores = ( { name = \"shared\"; path = \"@DIR@/desktops\"; },\n"
+        "               { name = \"other\"; path = \"@DIR@/desktops2\"; kind = \"shared\"; } );\n"
+        "golds = ( { name = \"a\"; path = \"@DIR@/gold-a.qcow2\"; } );\n"
+        "pools = ( { name = \"p\"; gold = \"a\"; datastore = \"shared\"; size = 2; },\n"
+        "          { name = \"q\"; gold = \"a\"; datastore = \"other\"; size = 2;\n"
+        "            hosts = [ \"h2\" ]; } );\n");
+    ck_assert_uint_eq(vdi_config_host_count(cfg), 2);
+    const vdi_host_config *h1 = vdi_config_find_host(cfg, "h1"),
+                          *h2 = vdi_config_find_host(cfg, "h2");
+    ck_assert_uint_eq(h1->max_desktops, 40);
+    ck_assert_uint_eq(h1->reserve_memory, 4ULL << 30);
+    ck_assert_int_eq(h1->state, VDI_HOST_ACTIVE);
+    ck_assert_int_eq(h2->state, VDI_HOST_MAINTENANCE);
+    ck_assert_ptr_null(h2->datastores); /* every shared datastore */
+    const vdi_pool_config *p = vdi_config_find_pool(cfg, "p"), *q = vdi_config_find_pool(cfg, "q");
+    ck_assert(vdi_config_pool_may_use(cfg, p, h1));
+    ck_assert(vdi_config_pool_may_use(cfg, p, h2));
+    ck_assert(!vdi_config_pool_may_use(cfg, q, h1)); /* neither named nor seeing "other" */
+    ck_assert(vdi_config_pool_may_use(cfg, q, h2));
+    ck_assert_uint_eq(q->nhosts, 1);
+    vdi_config_free(cfg);
+
+    vdi_config_errors *e = must_fail(
+        "hosts = ( { name = \"h1\"; uri = \"qemu:///system\"; datastores = [ \"nope\" ]; },\n" /* 1 */
+        "          { name = \"h2\"; uri = \"qemu:///system\"; state = \"asleep\"; },\n"       /* 2 */
+        "          { name = \"h3\"; uri = \"h3.example\"; datastores = [ \"local\" ]; } );\n" /* 3 */
+        "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; },\n"                  /* 4 */
+        "  { name = \"far\"; path = \"/srv/vdi\"; kind = \"local\"; host = \"h9\"; } );\n"  /* 5 */
+        "golds = ( { name = \"a\"; path = \"@DIR@/gold-a.qcow2\"; } );\n"                      /* 6 */
+        "pools = ( { name = \"p\"; gold = \"a\"; datastore = \"local\"; size = 2;\n"        /* 7 */
+        "            hosts = [ \"h1\", \"h7\" ]; } );\n");                                 /* 8 */
+    expect_error(e, "bad.conf", 1, "host 'h1': no datastore named 'nope'");
+    expect_error(e, "bad.conf", 2, "has the uri of host 'h1'");
+    expect_error(e, "bad.conf", 2, "'state' is \"asleep\"");
+    expect_error(e, "bad.conf", 3, "is not a libvirt URI");
+    expect_error(e, "bad.conf", 5, "host 'h9' is not in 'hosts'");
+    expect_error(e, "bad.conf", 5, "kind = \"local\" is not supported");
+    expect_error(e, "bad.conf", 8, "no host named 'h7'");
+    vdi_config_errors_free(e);
+
+    /* A pool whose hosts do not see its datastore. */
+    e = must_fail(
+        "hosts = ( { name = \"h1\"; uri = \"qemu:///system\"; datastores = [ \"b\" ]; } );\n"
+        "datastores = ( { name = \"a\"; path = \"@DIR@/desktops\"; },\n"
+        "               { name = \"b\"; path = \"@DIR@/desktops2\"; } );\n"
+        "golds = ( { name = \"a\"; path = \"@DIR@/gold-a.qcow2\"; } );\n"
+        "pools = ( { name = \"p\"; gold = \"a\";\n"
+        "            datastore = \"a\"; size = 2; } );\n");
+    expect_error(e, "bad.conf", 6, "none of the hosts sees datastore 'a'");
+    vdi_config_errors_free(e);
+}
+END_TEST
+
 static int fake_check(const char *path, char *why, size_t len, void *ctx)
 {
     (*(int *)ctx)++;
@@ -684,7 +757,7 @@ TH_MAIN("config", {"config",
                    teardown,
                    0,
                    {full_config_with_units_and_defaults, syntax_error_line, missing_file,
-                    every_error_at_once_with_lines, datastore_errors, gold_check_is_delegated,
+                    every_error_at_once_with_lines, datastore_errors, hosts_and_where_pools_run, gold_check_is_delegated,
                     includes_name_their_file, diff_lists_every_change, parse_string_for_fuzzing,
                     shipped_examples_are_valid, cli_check_and_diff,
                     integers_that_do_not_fit_are_refused, only_plain_files_of_bounded_size,

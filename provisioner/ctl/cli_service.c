@@ -103,9 +103,18 @@ int cli_status(cli_call *c)
     int rc = call(o, "GET", "/v1/status", NULL, &j);
     if (rc || !j)
         return rc;
-    printf("vdipoold %s, libvirt %s, config %s\n", json_string_value(json_object_get(j, "version")),
-           json_is_true(json_object_get(j, "libvirt_connected")) ? "connected" : "DISCONNECTED",
-           json_string_value(json_object_get(j, "config")));
+    json_int_t hosts = json_integer_value(json_object_get(j, "hosts"));
+    json_int_t up = json_integer_value(json_object_get(j, "hosts_connected"));
+    if (hosts > 1)
+        printf("vdipoold %s, %lld of %lld hosts connected%s, config %s\n",
+               json_string_value(json_object_get(j, "version")), (long long)up, (long long)hosts,
+               up < hosts ? " (see vdipoolctl hosts)" : "",
+               json_string_value(json_object_get(j, "config")));
+    else
+        printf("vdipoold %s, libvirt %s, config %s\n",
+               json_string_value(json_object_get(j, "version")),
+               json_is_true(json_object_get(j, "libvirt_connected")) ? "connected" : "DISCONNECTED",
+               json_string_value(json_object_get(j, "config")));
     size_t i;
     json_t *p;
     json_array_foreach(json_object_get(j, "pools"), i, p)
@@ -123,8 +132,11 @@ int cli_status(cli_call *c)
                 const char *state = json_string_value(json_object_get(d, "state"));
                 if (!strcmp(state, "empty"))
                     continue;
+                const char *host = json_string_value(json_object_get(d, "host"));
                 printf(
-                    "  %-20s %-9s %s%s%s\n", json_string_value(json_object_get(d, "name")), state,
+                    "  %-20s %-11s %s%s%s%s%s%s\n", json_string_value(json_object_get(d, "name")),
+                    state, hosts > 1 && host ? "on " : "", hosts > 1 && host ? host : "",
+                    hosts > 1 && host ? "  " : "",
                     json_object_get(d, "display") ? json_string_value(json_object_get(d, "display"))
                                                   : "",
                     json_object_get(d, "user") ? "  user " : "",
@@ -240,6 +252,58 @@ int cli_pool_rollout(cli_call *c)
     printf("pool %s rolls out to %s: ready desktops are replaced, sessions finish (or end "
            "after the notice with rollout = \"immediate\")\n",
            c->args[0], json_string_value(json_object_get(j, "gold")));
+    json_decref(j);
+    return CLI_OK;
+}
+
+static void print_bytes(const char *label, json_t *v)
+{
+    char b[32];
+    if (v)
+        printf("  %s %s", label, vdi_format_size((uint64_t)json_integer_value(v), b, sizeof b));
+}
+
+/* `vdipoolctl hosts`: each host's connection, state, desktops, memory and
+ * datastores. */
+int cli_hosts(cli_call *c)
+{
+    const cli_opts *o = &c->o;
+    json_t *j = NULL;
+    int rc = call(o, "GET", "/v1/hosts", NULL, &j);
+    if (rc || !j)
+        return rc;
+    size_t i;
+    json_t *h;
+    json_array_foreach(json_object_get(j, "hosts"), i, h)
+    {
+        json_int_t max = json_integer_value(json_object_get(h, "max_desktops"));
+        printf("%-12s %-12s %-11s desktops %lld", json_string_value(json_object_get(h, "name")),
+               json_string_value(json_object_get(h, "connection")),
+               json_string_value(json_object_get(h, "state")),
+               (long long)json_integer_value(json_object_get(h, "desktops")));
+        if (max)
+            printf("/%lld", (long long)max);
+        print_bytes("free memory", json_object_get(h, "free_memory"));
+        print_bytes("of", json_object_get(h, "total_memory"));
+        printf("\n  uri %s\n  datastores", json_string_value(json_object_get(h, "uri")));
+        size_t k;
+        json_t *ds;
+        json_array_foreach(json_object_get(h, "datastores"), k, ds)
+            printf("%s %s", k ? "," : "", json_string_value(ds));
+        printf("\n");
+        const char *key;
+        json_t *n;
+        bool any = false;
+        json_object_foreach(json_object_get(h, "desktops_by_state"), key, n)
+        {
+            printf("%s %s %lld", any ? "," : "  by state:", key, (long long)json_integer_value(n));
+            any = true;
+        }
+        if (any)
+            printf("\n");
+        if (json_object_get(h, "last_error"))
+            printf("  last error: %s\n", json_string_value(json_object_get(h, "last_error")));
+    }
     json_decref(j);
     return CLI_OK;
 }

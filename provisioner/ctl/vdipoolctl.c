@@ -32,6 +32,7 @@ static void usage(FILE *out)
           "                                     end its session: destroy it, the pool refills\n"
           "  reload [--json]                    re-read the config (refused if invalid)\n"
           "  images [--json]                    golds and their children\n"
+          "  hosts [--json]                     KVM hosts: connection, state, desktops, memory\n"
           "  pool rollout POOL                  a pool with rollout = \"manual\" moves to its\n"
           "                                     config's gold (version)\n"
           "\n"
@@ -134,6 +135,7 @@ static const cli_command commands[] = {
      socket_values, false},
     {NULL, "reload", cli_reload, 0, 0, "no arguments", no_names, socket_values, false},
     {NULL, "images", cli_images, 0, 0, "no arguments", no_names, socket_values, false},
+    {NULL, "hosts", cli_hosts, 0, 0, "no arguments", no_names, socket_values, false},
     {"pool", "rollout", cli_pool_rollout, 1, 1, "one POOL", no_names, socket_values, false},
     {"gold", "import", cli_gold_import, 2, 2, "NAME and FILE", no_names, gold_values, true},
     {"gold", "versions", cli_gold_versions, 1, 1, "one NAME", no_names, gold_values, true},

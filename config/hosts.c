@@ -27,13 +27,6 @@ void cfg_parse_datastore_kind(parse_ctx *ctx, const config_setting_t *g, const c
         if (!have_host)
             ERR(ctx, g, "%s: kind = \"local\" needs 'host', the host whose directory it is",
                 where);
-        /* Honest limit of this version: children on a host-local datastore
-         * are made through libvirt's storage API, which is not built yet. */
-        ERR(ctx, cfg_member(g, "kind"),
-            "%s: kind = \"local\" is not supported by this version of vdipool yet; put the "
-            "datastore on a filesystem that vdipoold and the hosts mount at the same path "
-            "(kind = \"shared\")",
-            where);
     }
 }
 

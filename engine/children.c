@@ -274,3 +274,14 @@ int vdi_recover_delete_(vdi_catalog *cat, const char *target, const char *data, 
     int rc = vdi_catalog_remove_child_(cat, target, err);
     return rc < 0 ? rc : 1;
 }
+
+int vdi_catalog_record_child(vdi_catalog *cat, const char *path, const char *parent,
+                             const vdi_child_meta *meta, uint64_t virtual_size, vdi_error *err)
+{
+    return vdi_catalog_add_child_(cat, path, parent, meta, 0, virtual_size, err);
+}
+
+int vdi_catalog_forget_child(vdi_catalog *cat, const char *path, vdi_error *err)
+{
+    return vdi_catalog_remove_child_(cat, path, err);
+}

@@ -123,3 +123,79 @@ const char *vdi_hash_hex(const uint8_t hash[VDI_HASH_SIZE], char *buf, size_t le
     buf[2 * VDI_HASH_SIZE] = '\0';
     return buf;
 }
+
+/* ---- streaming --------------------------------------------------------------------- */
+
+struct vdi_hasher {
+    EVP_MD_CTX *ctx;
+    uint8_t *block; /* HASH_BLOCK bytes being filled */
+    size_t fill;
+    uint64_t offset; /* where block starts */
+    bool failed;
+};
+
+vdi_hasher *vdi_hasher_new(void)
+{
+    vdi_hasher *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->block = aligned_alloc(64, HASH_BLOCK);
+    h->ctx = EVP_MD_CTX_new();
+    if (!h->block || !h->ctx || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1) {
+        vdi_hasher_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* A whole block (or the last, short one) as vdi_content_hash takes it:
+ * zero blocks are skipped, so holes and written zeros hash alike. */
+static void hasher_flush(vdi_hasher *h)
+{
+    if (h->fill && !all_zero(h->block, h->fill)) {
+        uint8_t rec[8];
+        put_be64(rec, h->offset);
+        if (EVP_DigestUpdate(h->ctx, rec, sizeof rec) != 1 ||
+            EVP_DigestUpdate(h->ctx, h->block, h->fill) != 1)
+            h->failed = true;
+    }
+    h->offset += h->fill;
+    h->fill = 0;
+}
+
+void vdi_hasher_update(vdi_hasher *h, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    while (len) {
+        size_t n = HASH_BLOCK - h->fill < len ? HASH_BLOCK - h->fill : len;
+        memcpy(h->block + h->fill, p, n);
+        h->fill += n;
+        p += n;
+        len -= n;
+        if (h->fill == HASH_BLOCK)
+            hasher_flush(h);
+    }
+}
+
+int vdi_hasher_finish(vdi_hasher *h, uint8_t out[VDI_HASH_SIZE])
+{
+    hasher_flush(h);
+    uint8_t tail[8];
+    put_be64(tail, h->offset);
+    unsigned int outlen = 0;
+    int rc = !h->failed && EVP_DigestUpdate(h->ctx, tail, sizeof tail) == 1 &&
+                     EVP_DigestFinal_ex(h->ctx, out, &outlen) == 1 && outlen == VDI_HASH_SIZE
+                 ? 0
+                 : -EIO;
+    vdi_hasher_free(h);
+    return rc;
+}
+
+void vdi_hasher_free(vdi_hasher *h)
+{
+    if (!h)
+        return;
+    EVP_MD_CTX_free(h->ctx);
+    free(h->block);
+    free(h);
+}

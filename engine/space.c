@@ -51,18 +51,35 @@ int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_pe
     return 0;
 }
 
+static void add_usage(const vdi_datastore_usage *usage, vdi_space_report *out)
+{
+    out->children = (size_t)usage->children;
+    out->children_allocated = usage->allocated;
+    out->worst_case =
+        usage->virtual_size > usage->allocated ? usage->virtual_size - usage->allocated : 0;
+    out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
+}
+
 int vdi_space_measure_usage(const char *dir, uint64_t reserve_bytes, double reserve_percent,
                             const vdi_datastore_usage *usage, vdi_space_report *out, vdi_error *err)
 {
     int rc = measure_fs(dir, reserve_bytes, reserve_percent, out, err);
     if (rc < 0)
         return rc;
-    out->children = (size_t)usage->children;
-    out->children_allocated = usage->allocated;
-    out->worst_case =
-        usage->virtual_size > usage->allocated ? usage->virtual_size - usage->allocated : 0;
-    out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
+    add_usage(usage, out);
     return 0;
+}
+
+void vdi_space_report_from(uint64_t capacity, uint64_t free_bytes, uint64_t reserve_bytes,
+                           double reserve_percent, const vdi_datastore_usage *usage,
+                           vdi_space_report *out)
+{
+    memset(out, 0, sizeof *out);
+    out->capacity = capacity;
+    out->free = free_bytes;
+    out->reserve =
+        reserve_percent > 0 ? (uint64_t)((double)capacity * reserve_percent / 100.0) : reserve_bytes;
+    add_usage(usage, out);
 }
 
 int vdi_space_measure_known(vdi_catalog *cat, const char *datastore, const char *dir,

@@ -158,6 +158,15 @@ int vdi_clone_sweep_temporaries(const char *dir, vdi_error *err);
  * read (SEEK_DATA/SEEK_HOLE), so a sparse 2 TiB gold hashes in the time its
  * data takes, and punching or filling zero ranges does not change the hash. */
 int vdi_content_hash(const char *path, uint8_t out[VDI_HASH_SIZE], vdi_error *err);
+/* The same hash over bytes fed in order (an image read through a stream,
+ * such as a libvirt volume download): equal to vdi_content_hash of a file
+ * with those bytes. */
+typedef struct vdi_hasher vdi_hasher;
+vdi_hasher *vdi_hasher_new(void);
+void vdi_hasher_update(vdi_hasher *h, const void *data, size_t len);
+/* The hash of everything fed; frees h. -ENOMEM or -EIO on failure. */
+int vdi_hasher_finish(vdi_hasher *h, uint8_t out[VDI_HASH_SIZE]);
+void vdi_hasher_free(vdi_hasher *h);
 
 /* Lower-case hex of a hash into buf (at least 2 * VDI_HASH_SIZE + 1 bytes). */
 const char *vdi_hash_hex(const uint8_t hash[VDI_HASH_SIZE], char *buf, size_t len);
@@ -287,6 +296,12 @@ int vdi_clone_batch_recorded(vdi_catalog *cat, vdi_cloner *cloner, char *const *
                              vdi_error *err);
 /* Deletes a child file and its record (journaled). final_bytes may be NULL. */
 int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, vdi_error *err);
+/* A child made elsewhere (on a host-local datastore, through libvirt's
+ * storage API), recorded without touching files; and its record dropped
+ * once it is deleted there. */
+int vdi_catalog_record_child(vdi_catalog *cat, const char *path, const char *parent,
+                             const vdi_child_meta *meta, uint64_t virtual_size, vdi_error *err);
+int vdi_catalog_forget_child(vdi_catalog *cat, const char *path, vdi_error *err);
 
 /* What the catalog knows of a datastore's children, kept current on every
  * change of a child (no directory walk): how many, what they hold (as last
@@ -392,6 +407,11 @@ int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_pe
 int vdi_space_measure_usage(const char *dir, uint64_t reserve_bytes, double reserve_percent,
                             const vdi_datastore_usage *usage, vdi_space_report *out,
                             vdi_error *err);
+/* The same with the filesystem's numbers measured elsewhere (a host-local
+ * datastore: libvirt's storage pool info on that host). */
+void vdi_space_report_from(uint64_t capacity, uint64_t free_bytes, uint64_t reserve_bytes,
+                           double reserve_percent, const vdi_datastore_usage *usage,
+                           vdi_space_report *out);
 /* statvfs plus the catalog's usage of the datastore named `datastore`. */
 int vdi_space_measure_known(vdi_catalog *cat, const char *datastore, const char *dir,
                             uint64_t reserve_bytes, double reserve_percent, vdi_space_report *out,

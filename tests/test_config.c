@@ -450,7 +450,6 @@ START_TEST(hosts_and_where_pools_run)
     expect_error(e, "bad.conf", 2, "'state' is \"asleep\"");
     expect_error(e, "bad.conf", 3, "is not a libvirt URI");
     expect_error(e, "bad.conf", 5, "host 'h9' is not in 'hosts'");
-    expect_error(e, "bad.conf", 5, "kind = \"local\" is not supported");
     expect_error(e, "bad.conf", 8, "no host named 'h7'");
     vdi_config_errors_free(e);
 

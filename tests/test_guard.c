@@ -270,6 +270,39 @@ START_TEST(unseal_only_without_children)
 }
 END_TEST
 
+/* A fingerprint read through a stream (a host's copy of a gold, downloaded
+ * through libvirt) equals the file's, whatever the sizes of the pieces, and
+ * one changed byte changes it. */
+START_TEST(streamed_hash_equals_file_hash)
+{
+    uint8_t want[VDI_HASH_SIZE], got[VDI_HASH_SIZE];
+    vdi_error err = {0};
+    ck_assert_int_eq(vdi_content_hash(gold, want, &err), 0);
+    FILE *f = fopen(gold, "rb");
+    ck_assert_ptr_nonnull(f);
+    static const size_t pieces[] = {1, 4096, 65536, 100000, 7};
+    for (size_t k = 0; k < 5; k++) {
+        rewind(f);
+        vdi_hasher *h = vdi_hasher_new();
+        ck_assert_ptr_nonnull(h);
+        char *buf = malloc(pieces[k]);
+        size_t n;
+        while ((n = fread(buf, 1, pieces[k], f)) > 0)
+            vdi_hasher_update(h, buf, n);
+        free(buf);
+        ck_assert_int_eq(vdi_hasher_finish(h, got), 0);
+        ck_assert_msg(!memcmp(want, got, VDI_HASH_SIZE), "pieces of %zu hash differently",
+                      pieces[k]);
+    }
+    fclose(f);
+    vdi_hasher *h = vdi_hasher_new();
+    uint8_t byte = 1;
+    vdi_hasher_update(h, &byte, 1);
+    ck_assert_int_eq(vdi_hasher_finish(h, got), 0);
+    ck_assert(memcmp(want, got, VDI_HASH_SIZE));
+}
+END_TEST
+
 TH_MAIN("guard",
         {"guard",
          engine_setup,
@@ -278,4 +311,5 @@ TH_MAIN("guard",
          {seal_records_and_protects, seal_refuses_open_writer, lock_blocks_qemu_writers_not_readers,
           tamper_paths_blocked, detect_write_after_protection_removed,
           detect_write_with_mtime_restored, detect_replaced_and_deleted, detect_deleted,
-          owner_change_is_not_tampering, unseal_only_without_children, NULL}})
+          owner_change_is_not_tampering, unseal_only_without_children,
+          streamed_hash_equals_file_hash, NULL}})

@@ -12,7 +12,11 @@
  *    user and session) and the one whose QEMU died meanwhile is ended and its
  *    child deleted: no domain, child or session is leaked;
  *  - h2 put into maintenance drains: its spares go, its session finishes,
- *    new desktops go to h1 only. */
+ *    new desktops go to h1 only;
+ *  - a host-local datastore on h2 (a directory only h2's namespace sees):
+ *    the gold is copied to h2 once and proved against its fingerprint,
+ *    children are made and deleted through libvirt's storage API, and a
+ *    copy changed on the host is refused. */
 #include "helpers.h"
 #include "service_helpers.h"
 
@@ -347,6 +351,118 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
 }
 END_TEST
 
+static char *in_h2(const char *fmt, const char *arg)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, fmt, arg);
+    return th_must("%s run %s sh -c \"%s\"", script, h2_dir, cmd);
+}
+
+static bool two_ready_on_h2(json_t *p)
+{
+    return by(p, "desktops_by_state", "ready") == 2 && by(p, "desktops_by_host", "h2") == 2;
+}
+
+static bool blocked_by_copy(json_t *p)
+{
+    const char *b = json_string_value(json_object_get(p, "blocked"));
+    return b && strstr(b, "does not match its sealed fingerprint");
+}
+
+static unsigned log_count(const char *what)
+{
+    char *n = th_must("grep -c '%s' %s/vdipoold.log; true", what, D.dir);
+    unsigned v = (unsigned)atoi(n);
+    free(n);
+    return v;
+}
+
+START_TEST(host_local_datastore_through_the_storage_api)
+{
+    char conf[8192], vols[1400];
+    snprintf(conf, sizeof conf,
+             "service = { socket = \"%s\"; state_dir = \"%s\"; log_level = \"debug\";\n"
+             "  acquire_timeout = \"60s\"; };\n"
+             "hosts = ( { name = \"h1\"; uri = \"qemu:///system\"; datastores = [ \"shared\" ]; },\n"
+             "          { name = \"h2\"; uri = \"%s\"; } );\n"
+             "datastores = ( { name = \"shared\"; path = \"%s/ds\"; },\n"
+             "  { name = \"h2-local\"; kind = \"local\"; host = \"h2\"; path = \"%s/local/ds\";\n"
+             "    reserve = \"0\"; max_overcommit = 1000.0; } );\n"
+             "golds = ( { name = \"demo\"; path = \"%s\"; } );\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; datastore = \"h2-local\";\n"
+             "  gold = \"demo\"; size = 3; spares = 2;\n"
+             "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = \"vnc\";\n"
+             "             accel = \"tcg\"; }; } );\n",
+             D.sock, D.state, h2_uri, D.dir, h2_dir, D.gold, D.prefix);
+    th_write_file(D.conf, conf, strlen(conf));
+    th_daemon_start(&D);
+    json_t *p = wait_pool(two_ready_on_h2, 90, "2 spares on h2's local datastore");
+    json_decref(p);
+    /* Copied once, proved once, for two clones. */
+    ck_assert_uint_eq(log_count("host=h2 event=gold-copied "), 1);
+    ck_assert_uint_eq(log_count("host=h2 event=gold-copy-verified "), 1);
+    /* The children and the copy exist only on h2, made by its libvirtd. */
+    snprintf(vols, sizeof vols, "%s/local/ds", h2_dir);
+    char *here = th_must("ls -A %s 2>/dev/null | wc -l", vols);
+    ck_assert_int_eq(atoi(here), 0);
+    free(here);
+    char *list = th_must("virsh -q -c '%s' vol-list vdipool-h2-local | awk '{print $1}' | sort | "
+                         "tr '\\n' ' '",
+                         h2_uri);
+    ck_assert_msg(strstr(list, "gold-") && count_words(list) == 3, "h2's volumes: %s", list);
+    free(list);
+    char *mode = in_h2("stat -c %%a %s/local/ds/gold-*", h2_dir);
+    ck_assert_msg(!strncmp(mode, "444", 3), "the copy's mode is %s", mode);
+    free(mode);
+    char *check = in_h2("for f in %s/local/ds/[!g]*.qcow2; do qemu-img check -U -q \\$f || exit 1; "
+                        "done; echo valid",
+                        h2_dir);
+    ck_assert_ptr_nonnull(strstr(check, "valid"));
+    free(check);
+
+    /* A session's end deletes its child through the storage API. */
+    acquire(0);
+    ck_assert_str_eq(acquired_host[0], "h2");
+    char path[128];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", acquired_name[0]);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", path, "{}", &j), 200);
+    json_decref(j);
+    time_t end = time(NULL) + 60;
+    bool gone = false;
+    while (!gone && time(NULL) < end) {
+        char *v = th_must("virsh -q -c '%s' vol-list vdipool-h2-local | awk '{print $1}'; true",
+                          h2_uri);
+        char want[96];
+        snprintf(want, sizeof want, "%s.qcow2", acquired_name[0]);
+        json_t *d = th_get_desktop(&D, acquired_name[0]);
+        /* Gone, or already a new spare of that name (a new volume). */
+        gone = !strstr(v, want) || strcmp(json_string_value(json_object_get(d, "state")), "ending");
+        json_decref(d);
+        free(v);
+        usleep(200000);
+    }
+    ck_assert(gone);
+    ck_assert_uint_ge(log_count("event=ended reason=released"), 1);
+    p = wait_pool(two_ready_on_h2, 90, "the spares made up on h2");
+    json_decref(p);
+    ck_assert_uint_eq(log_count("host=h2 event=gold-copied "), 1);
+
+    /* The copy changed on the host while vdipoold was down: refused. */
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    free(in_h2("printf XXXX | dd of=\\$(ls %s/local/ds/gold-*) bs=1 seek=70000 conv=notrunc "
+               "2>/dev/null",
+               h2_dir));
+    th_daemon_start(&D);
+    p = wait_pool(two_ready_on_h2, 60, "the running spares adopted");
+    json_decref(p);
+    acquire(1); /* a new spare is wanted: its clone proves the copy */
+    p = wait_pool(blocked_by_copy, 60, "the changed copy refused");
+    json_decref(p);
+    ck_assert_uint_ge(log_count("event=gold-copy-refused"), 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hosts");
@@ -354,6 +470,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, pool_over_two_hosts_survives_losing_one);
+    tcase_add_test(tc, host_local_datastore_through_the_storage_api);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

@@ -186,7 +186,9 @@ static void strays_run(void *data)
         vdi_child_info *kids = NULL;
         size_t n = 0;
         in_use_index ix = {0};
-        if (in_use_build(&ix, r->domains, in_use) < 0)
+        if (json_is_true(json_object_get(p, "local")))
+            ; /* children on a host: not checked here */
+        else if (in_use_build(&ix, r->domains, in_use) < 0)
             svc_log("warning", "pool=%s event=strays-not-checked reason=\"out of memory\"", pname);
         else if (vdi_catalog_children(r->catalog, NULL, &kids, &n, &err) < 0)
             svc_log("warning", "pool=%s event=strays-not-checked reason=\"%s\"", pname,
@@ -252,9 +254,13 @@ static void remove_strays(service *svc, json_t *domains)
                 json_array_append_new(empty, json_string(d->name));
             }
         }
+        /* A host-local datastore is not vdipoold's to walk: its strays
+         * (volumes on the host) are left to the operator. */
+        bool local = ds && ds->kind == VDI_DATASTORE_LOCAL;
         json_array_append_new(r->pools,
-                              json_pack("{s:s,s:s?,s:o,s:o}", "name", p->name, "datastore",
-                                        ds ? ds->path : NULL, "in_use", in_use, "empty", empty));
+                              json_pack("{s:s,s:s?,s:b,s:o,s:o}", "name", p->name, "datastore",
+                                        ds && !local ? ds->path : NULL, "local", local, "in_use",
+                                        in_use, "empty", empty));
     }
     if (work_submit(svc, strays_run, strays_done, r) < 0) {
         svc_log("warning", "event=strays-not-checked reason=\"cannot queue work\"");

@@ -3,7 +3,9 @@
 #include "api_routes.h"
 #include "api.h"
 #include "daemon.h"
+#include "hoststore.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +28,38 @@ typedef struct datastore_copy {
     char name[64], path[4096];
     uint64_t reserve_bytes;
     double reserve_percent, max_overcommit;
+    vdi_datastore_config config; /* for a host-local one: name, path, reserve (into the copy) */
+    bool local;
+    char host[64];
+    virConnectPtr conn; /* local: its host's connection (a reference), or NULL */
 } datastore_copy;
+
+/* A datastore measured without a walk: statvfs, or (host-local) its host's
+ * storage pool; with the catalog's usage of it. */
+static int measure_store(vdi_catalog *catalog, const datastore_copy *ds, vdi_space_report *s,
+                         vdi_error *err)
+{
+    if (!ds->local)
+        return vdi_space_measure_known(catalog, ds->name, ds->path, ds->reserve_bytes,
+                                       ds->reserve_percent, s, err);
+    if (!ds->conn)
+        return vdi_error_set(err, -ENOTCONN, "host %s is not connected", ds->host);
+    virStoragePoolPtr sp = NULL;
+    char why[1024] = "";
+    uint64_t capacity = 0, available = 0;
+    vdi_datastore_usage usage;
+    int rc = hoststore_pool(ds->conn, &ds->config, &sp, why, sizeof why);
+    if (rc == 0)
+        rc = hoststore_space(sp, &capacity, &available, why, sizeof why);
+    if (sp)
+        virStoragePoolFree(sp);
+    if (rc < 0)
+        return vdi_error_set(err, rc, "host %s: %s", ds->host, why);
+    if ((rc = vdi_catalog_datastore_usage(catalog, ds->name, &usage, err)) < 0)
+        return rc;
+    vdi_space_report_from(capacity, available, ds->reserve_bytes, ds->reserve_percent, &usage, s);
+    return 0;
+}
 
 typedef struct deferred {
     vdi_catalog *catalog;
@@ -46,12 +79,13 @@ static json_t *space_json(vdi_catalog *catalog, const datastore_copy *stores, si
         const datastore_copy *ds = &stores[i];
         vdi_space_report s;
         vdi_error err = {0};
-        if (vdi_space_measure_known(catalog, ds->name, ds->path, ds->reserve_bytes,
-                                    ds->reserve_percent, &s, &err) < 0) {
+        if (measure_store(catalog, ds, &s, &err) < 0) {
             json_array_append_new(arr,
                                   json_pack("{s:s,s:s}", "name", ds->name, "error", err.message));
             continue;
         }
+        json_t *o = json_pack("{s:s,s:s?}", "kind", ds->local ? "local" : "shared", "host",
+                              ds->local ? ds->host : NULL);
         json_array_append_new(
             arr, json_pack("{s:s,s:s,s:I,s:I,s:I,s:i,s:I,s:I,s:f,s:f}", "name", ds->name, "path",
                            ds->path, "capacity", (json_int_t)s.capacity, "free", (json_int_t)s.free,
@@ -59,6 +93,8 @@ static json_t *space_json(vdi_catalog *catalog, const datastore_copy *stores, si
                            "children_allocated", (json_int_t)s.children_allocated, "worst_case",
                            (json_int_t)s.worst_case, "overcommit", s.overcommit, "max_overcommit",
                            ds->max_overcommit));
+        json_object_update(json_array_get(arr, json_array_size(arr) - 1), o);
+        json_decref(o);
     }
     return json_pack("{s:o}", "datastores", arr);
 }
@@ -78,9 +114,7 @@ static char *datastore_metrics(vdi_catalog *catalog, const char *prefix,
                                   prefix);
     for (size_t i = 0; i < n && len < cap; i++) {
         vdi_space_report r;
-        if (vdi_space_measure_known(catalog, stores[i].name, stores[i].path,
-                                    stores[i].reserve_bytes, stores[i].reserve_percent, &r,
-                                    NULL) < 0)
+        if (measure_store(catalog, &stores[i], &r, NULL) < 0)
             continue;
         const char *kinds[5] = {"capacity", "free", "reserve", "children_allocated", "worst_case"};
         uint64_t values[5] = {r.capacity, r.free, r.reserve, r.children_allocated, r.worst_case};
@@ -90,6 +124,14 @@ static char *datastore_metrics(vdi_catalog *catalog, const char *prefix,
                                     stores[i].name, kinds[k], (unsigned long long)values[k]);
     }
     return out;
+}
+
+static void stores_free(deferred *d)
+{
+    for (size_t i = 0; i < d->nstores; i++)
+        if (d->stores[i].conn)
+            virConnectClose(d->stores[i].conn);
+    free(d->stores);
 }
 
 static void deferred_work(void *data)
@@ -114,7 +156,7 @@ static void deferred_done(service *svc, void *data)
         request_respond_json(d->r, 200, d->result);
     free(d->text);
     free(d->prefix_text);
-    free(d->stores);
+    stores_free(d);
     free(d);
 }
 
@@ -136,6 +178,18 @@ static void defer(service *svc, request *r, bool metrics, bool images)
         d->stores[i].reserve_bytes = ds->reserve_bytes;
         d->stores[i].reserve_percent = ds->reserve_percent;
         d->stores[i].max_overcommit = ds->max_overcommit;
+        if (ds->kind == VDI_DATASTORE_LOCAL) {
+            datastore_copy *c = &d->stores[i];
+            c->local = true;
+            snprintf(c->host, sizeof c->host, "%s", ds->host ? ds->host : "");
+            c->config = *ds;
+            c->config.name = c->name; /* the copy's own strings, not the config's */
+            c->config.path = c->path;
+            c->config.host = c->host;
+            host *h = service_find_host(svc, ds->host);
+            if (h && h->conn && virConnectRef(h->conn) == 0)
+                c->conn = h->conn;
+        }
     }
     d->nstores = n;
     d->catalog = svc->catalog;
@@ -148,7 +202,7 @@ static void defer(service *svc, request *r, bool metrics, bool images)
     if (work_submit(svc, deferred_work, deferred_done, d) < 0) {
         request_respond_json(r, 503, json_pack("{s:s}", "error", "cannot queue work; try again"));
         free(d->prefix_text);
-        free(d->stores);
+        stores_free(d);
         free(d);
     }
 }

@@ -498,6 +498,10 @@ int work_submit(service *svc, work_run_fn run, work_done_fn done, void *data);
 typedef struct domain_spec {
     const char *name, *child, *gold, *gold_hash_hex;
     unsigned slot;
+    /* A host-local datastore: the child's one parent is this copy of the
+     * gold on the host (NULL: the gold's chain as vdipoold sees it). */
+    const char *backing_on_host;
+    vdi_format backing_format;
 } domain_spec;
 char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *spec, vdi_error *err);
 

@@ -16,16 +16,26 @@
 
 static int disk_xml(strbuf *b, const domain_spec *d, vdi_error *err)
 {
-    vdi_chain *chain = NULL;
-    int rc = vdi_chain_resolve(d->gold, 0, &chain, err);
-    if (rc < 0)
-        return rc;
     text_append(b, "    <disk type='file' device='disk'>\n"
                    "      <driver name='qemu' type='qcow2' error_policy='stop' "
                    "rerror_policy='stop' discard='unmap'/>\n"
                    "      <source file='");
     text_append_xml(b, d->child);
     text_append(b, "'/>\n");
+    if (d->backing_on_host) {
+        text_append(b, "      <backingStore type='file'>\n        <format type='%s'/>\n"
+                       "        <source file='",
+                    vdi_format_name(d->backing_format));
+        text_append_xml(b, d->backing_on_host);
+        text_append(b, "'><seclabel model='dac' relabel='no'/></source>\n"
+                       "        <backingStore/>\n      </backingStore>\n"
+                       "      <target dev='vda' bus='virtio'/>\n    </disk>\n");
+        return 0;
+    }
+    vdi_chain *chain = NULL;
+    int rc = vdi_chain_resolve(d->gold, 0, &chain, err);
+    if (rc < 0)
+        return rc;
     for (size_t i = 0; i < vdi_chain_length(chain); i++) {
         const vdi_image *l = vdi_chain_link(chain, i);
         int indent = (int)(6 + 2 * i);

@@ -5,6 +5,7 @@
  * desktop again by pool name and slot (and job number) before it changes
  * anything; a result for a slot that is gone has its leftovers removed. */
 #include "daemon.h"
+#include "hoststore.h"
 #include "jobs.h"
 
 #include <errno.h>
@@ -79,18 +80,118 @@ static uint64_t pool_growth(job *j)
     return j->growth_learned ? j->growth_p95 : j->pc->expected_growth;
 }
 
+static bool host_local(const job *j)
+{
+    return j->ds && j->ds->kind == VDI_DATASTORE_LOCAL;
+}
+
+/* The job's host-local storage pool, or NULL with j->error. */
+static virStoragePoolPtr job_host_pool(job *j)
+{
+    char why[1024] = "";
+    virStoragePoolPtr sp = NULL;
+    if (!j->conn)
+        job_fail(j, -ENOTCONN, "host %s is not connected", j->host ? j->host : "?");
+    else if (hoststore_pool(j->conn, j->ds, &sp, why, sizeof why) < 0)
+        job_fail(j, -EIO, "host %s: %s", j->host ? j->host : "?", why);
+    return sp;
+}
+
+/* The job's datastore measured without a walk: statvfs (shared) or the
+ * host's storage pool (local), and the catalog's usage of it. 0, or -1
+ * with j->error. */
+static int job_space(job *j, vdi_space_report *r)
+{
+    vdi_error err = {0};
+    if (!j->ds) {
+        job_fail(j, -ENOENT, "no datastore");
+        return -1;
+    }
+    if (!host_local(j)) {
+        if (vdi_space_measure_known(j->catalog, j->ds->name, j->ds->path, j->ds->reserve_bytes,
+                                    j->ds->reserve_percent, r, &err) < 0) {
+            job_fail(j, err.code, "%s", err.message);
+            return -1;
+        }
+        return 0;
+    }
+    virStoragePoolPtr sp = job_host_pool(j);
+    if (!sp)
+        return -1;
+    uint64_t capacity = 0, available = 0;
+    char why[512] = "";
+    vdi_datastore_usage usage;
+    int rc = hoststore_space(sp, &capacity, &available, why, sizeof why);
+    virStoragePoolFree(sp);
+    if (rc < 0) {
+        job_fail(j, rc, "host %s: %s", j->host ? j->host : "?", why);
+        return -1;
+    }
+    if (vdi_catalog_datastore_usage(j->catalog, j->ds->name, &usage, &err) < 0) {
+        job_fail(j, err.code, "%s", err.message);
+        return -1;
+    }
+    vdi_space_report_from(capacity, available, j->ds->reserve_bytes, j->ds->reserve_percent,
+                          &usage, r);
+    return 0;
+}
+
 /* Free bytes above the reserve of the job's datastore, or -1 with j->error. */
 static int64_t room_above_reserve(job *j)
 {
     vdi_space_report r;
-    vdi_error err = {0};
-    if (!j->ds ||
-        vdi_space_measure_known(j->catalog, j->ds->name, j->ds->path, j->ds->reserve_bytes,
-                                j->ds->reserve_percent, &r, &err) < 0) {
-        job_fail(j, err.code ? err.code : -ENOENT, "%s", j->ds ? err.message : "no datastore");
+    if (job_space(j, &r) < 0)
         return -1;
-    }
     return r.free > r.reserve ? (int64_t)(r.free - r.reserve) : 0;
+}
+
+static const char *base_name(const char *path)
+{
+    const char *b = strrchr(path, '/');
+    return b ? b + 1 : path;
+}
+
+/* A clone on a host-local datastore: the host's proved copy of the gold,
+ * then the child made there through the storage API and recorded here. */
+static void clone_on_host(job *j, const vdi_gold_info *g)
+{
+    vdi_error err = {0};
+    vdi_chain *chain = NULL;
+    if (vdi_chain_resolve(j->gold, 0, &chain, &err) < 0 || vdi_chain_length(chain) != 1) {
+        job_fail(j, -EINVAL,
+                 "gold %s %s; a host-local datastore needs a gold that is one image (flatten "
+                 "it: vdipoolctl gold import makes one)",
+                 j->gold, chain ? "has a backing file" : err.message);
+        j->blocked = true;
+        vdi_chain_free(chain);
+        return;
+    }
+    vdi_chain_free(chain);
+    virStoragePoolPtr sp = job_host_pool(j);
+    if (!sp) {
+        j->blocked = true; /* the datastore, for every desktop of the pool */
+        return;
+    }
+    char why[2048] = "", copy[4096] = "";
+    bool copied = false;
+    int rc = hoststore_gold(j->conn, sp, j->catalog, g, j->host ? j->host : "?", copy,
+                            sizeof copy, &copied, why, sizeof why);
+    if (rc < 0) {
+        job_fail(j, rc, "host %s: %s", j->host ? j->host : "?", why);
+        j->blocked = true;
+    } else if ((rc = hoststore_child_create(j->conn, sp, base_name(j->child), copy, g->format,
+                                            g->virtual_size, why, sizeof why)) < 0) {
+        job_fail(j, rc, "host %s: %s", j->host ? j->host : "?", why);
+    } else {
+        vdi_child_meta meta = {
+            .datastore = j->ds->name, .pool = j->pool, .slot = (int)j->slot, .host = j->host};
+        if (vdi_catalog_record_child(j->catalog, j->child, copy, &meta, g->virtual_size, &err) <
+            0) {
+            job_fail(j, err.code, "%s", err.message);
+            hoststore_child_delete(sp, base_name(j->child), NULL, why, sizeof why);
+        }
+    }
+    virStoragePoolFree(sp);
 }
 
 static void clone_run(void *data)
@@ -114,12 +215,11 @@ static void clone_run(void *data)
         j->blocked = true;
         return;
     }
-    /* O(1): statvfs and the catalog's running usage of the datastore, never
-     * a walk of its children. Clones still in flight count as children. */
+    /* O(1): statvfs (or the host's pool info) and the catalog's running
+     * usage of the datastore, never a walk of its children. Clones still in
+     * flight count as children. */
     vdi_space_report r;
-    if (vdi_space_measure_known(j->catalog, j->ds->name, j->ds->path, j->ds->reserve_bytes,
-                                j->ds->reserve_percent, &r, &err) < 0) {
-        job_fail(j, err.code, "%s", err.message);
+    if (job_space(j, &r) < 0) {
         j->blocked = true;
         return;
     }
@@ -131,6 +231,10 @@ static void clone_run(void *data)
                         j->ds->max_overcommit, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
         j->blocked = true;
+        return;
+    }
+    if (host_local(j)) {
+        clone_on_host(j, &g);
         return;
     }
     if (access(j->child, F_OK) == 0 && vdi_child_delete(j->catalog, j->child, NULL, &err) < 0) {
@@ -222,7 +326,19 @@ static void start_run(void *data)
         vdi_hash_hex(g.fp.hash, hex, sizeof hex);
     domain_spec spec = {
         .name = j->name, .child = j->child, .gold = j->gold, .gold_hash_hex = hex, .slot = j->slot};
+    /* On a host-local datastore the child's parent is the host's copy. */
+    vdi_child_info *rec = host_local(j) ? malloc(sizeof *rec) : NULL;
+    if (host_local(j)) {
+        if (!rec || vdi_catalog_child(j->catalog, j->child, rec, &err) < 0) {
+            job_fail(j, rec ? err.code : -ENOMEM, "%s", rec ? err.message : "out of memory");
+            free(rec);
+            return;
+        }
+        spec.backing_on_host = rec->parent;
+        spec.backing_format = g.format;
+    }
     char *xml = domain_xml_build(j->pc, &spec, &err);
+    free(rec);
     if (!xml) {
         job_fail(j, err.code, "%s", err.message);
         return;
@@ -341,7 +457,20 @@ static void end_run(void *data)
         return; /* never delete the disk of a domain that may still run */
     vdi_error err = {0};
     uint64_t bytes = 0;
-    if (j->child && vdi_child_delete(j->catalog, j->child, &bytes, &err) < 0)
+    if (j->child && host_local(j)) {
+        virStoragePoolPtr sp = job_host_pool(j);
+        char why[1024] = "";
+        int rc = sp ? hoststore_child_delete(sp, base_name(j->child), &bytes, why, sizeof why)
+                    : j->rc;
+        if (sp)
+            virStoragePoolFree(sp);
+        if (rc < 0 && sp)
+            job_fail(j, rc, "host %s: %s", j->host ? j->host : "?", why);
+        if (rc < 0)
+            return; /* the record stays with the volume; the end is retried */
+        if (vdi_catalog_forget_child(j->catalog, j->child, &err) < 0)
+            job_fail(j, err.code, "%s", err.message);
+    } else if (j->child && vdi_child_delete(j->catalog, j->child, &bytes, &err) < 0)
         job_fail(j, err.code, "%s", err.message);
     if (j->session_id && vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
                                                  end_reason_name(j->reason), bytes, &err) < 0)

@@ -11,9 +11,12 @@
 #   second-libvirtd.sh kill DIR     libvirtd dies (SIGKILL): its QEMUs keep running
 #   second-libvirtd.sh revive DIR   libvirtd again in the same namespace (it finds its QEMUs)
 #   second-libvirtd.sh stop DIR     every domain destroyed, every process gone, DIR removed
+#   second-libvirtd.sh run DIR CMD...  CMD inside the namespace
+# DIR/local is a directory only this libvirtd sees (a tmpfs mounted in its
+# namespace): the place for a host-local datastore.
 set -u
-cmd=${1:?usage: second-libvirtd.sh start|kill|revive|stop DIR}
-dir=${2:?usage: second-libvirtd.sh start|kill|revive|stop DIR}
+cmd=${1:?usage: second-libvirtd.sh start|kill|revive|stop|run DIR}
+dir=${2:?usage: second-libvirtd.sh start|kill|revive|stop|run DIR}
 uri="qemu+unix:///system?socket=$dir/libvirt-sock"
 
 in_ns() { nsenter -t "$(cat "$dir/holder.pid")" -m -n -- "$@"; }
@@ -34,7 +37,7 @@ start_libvirtd() {
 
 case $cmd in
 start)
-    mkdir -p "$dir"
+    mkdir -p "$dir/local"
     printf 'unix_sock_dir = "%s"\nunix_sock_rw_perms = "0700"\n' "$dir" >"$dir/libvirtd.conf"
     # The holder keeps the namespaces alive between libvirtd's lives; the
     # private tmpfs mounts give this libvirtd its own state and sockets.
@@ -45,11 +48,12 @@ start)
             mkdir -p "$d"; mount -t tmpfs -o mode=0755 none "$d"
         done
         if [ -d /etc/libvirt/qemu ]; then mount -t tmpfs -o mode=0755 none /etc/libvirt/qemu; fi
-        exec sleep infinity' >"$dir/holder.log" 2>&1 </dev/null &
+        mount -t tmpfs -o mode=0755 none "$0/local"
+        exec sleep infinity' "$dir" >"$dir/holder.log" 2>&1 </dev/null &
     echo $! >"$dir/holder.pid"
     for _ in $(seq 1 50); do
         [ "$(readlink /proc/"$(cat "$dir/holder.pid")"/ns/mnt 2>/dev/null)" != "$(readlink /proc/self/ns/mnt)" ] &&
-            in_ns mountpoint -q /run/libvirt 2>/dev/null && break
+            in_ns mountpoint -q "$dir/local" 2>/dev/null && break
         sleep 0.1
     done
     in_ns virtlogd -d -p "$dir/virtlogd.pid" || exit 1
@@ -80,6 +84,10 @@ stop)
         kill "$holder" 2>/dev/null
     fi
     rm -rf "$dir"
+    ;;
+run)
+    shift 2
+    in_ns "$@"
     ;;
 *) echo "usage: second-libvirtd.sh start|kill|revive|stop DIR" >&2; exit 2 ;;
 esac

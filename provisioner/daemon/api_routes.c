@@ -404,6 +404,14 @@ void api_route(void *ctx, request *r)
         const char *reason = json_string_value(json_object_get(body, "reason"));
         if (!d) {
             not_found(r, "no such desktop");
+        } else if (d->state == DESKTOP_UNREACHABLE) {
+            char msg[512];
+            snprintf(msg, sizeof msg,
+                     "desktop %s is unreachable (host %s does not answer): its session is kept "
+                     "until the host answers again; then it is kept if its domain still runs, "
+                     "ended if not",
+                     d->name, d->host ? d->host->name : "?");
+            request_respond_json(r, 409, json_pack("{s:s}", "error", msg));
         } else if (d->state != DESKTOP_ASSIGNED && !(reason && !strcmp(reason, "operator"))) {
             char msg[256];
             snprintf(msg, sizeof msg, "desktop %s is %s, not assigned", d->name,

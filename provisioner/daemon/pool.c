@@ -119,7 +119,8 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
     service *svc = p->svc;
     bool outside = d->slot > pool_capacity(p); /* the pool shrank, or a lost host returned */
     /* A host in maintenance (or removed) drains: its spares go, sessions finish. */
-    bool host_draining = d->host && (!d->host->cfg || d->host->cfg->state != VDI_HOST_ACTIVE);
+    bool host_draining = d->host && (!d->host->cfg || d->host->cfg->state != VDI_HOST_ACTIVE ||
+                                     !vdi_config_pool_may_use(p->config, p->cfg, d->host->cfg));
     switch (d->state) {
     case DESKTOP_FAILED:
         if (now >= d->retry_at)

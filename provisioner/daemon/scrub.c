@@ -1,8 +1,12 @@
 /* scrub.c — golds in use are re-hashed in the background, one at a time,
  * each about every SCRUB_INTERVAL_S; a gold whose content changed is
- * tainted (no new clones, its children reported orphaned). */
+ * tainted (no new clones, its children reported orphaned). A pool on a
+ * host-local datastore has its host's copy of the gold proved too (read
+ * back and hashed): a copy that changed is refused at the next clone. */
 #include "daemon.h"
+#include "hoststore.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +19,27 @@ typedef struct scrub_req {
     char *gold;
     int rc;
     char *error;
+    /* A host-local datastore: its host's connection (a reference) and the
+     * datastore (pointing into config, a reference). */
+    virConnectPtr conn;
+    vdi_config *config;
+    const vdi_datastore_config *ds;
+    char *host;
+    int copy_rc;
+    char *copy_error;
 } scrub_req;
+
+static void scrub_free(scrub_req *j)
+{
+    if (j->conn)
+        virConnectClose(j->conn);
+    vdi_config_unref(j->config);
+    free(j->gold);
+    free(j->error);
+    free(j->host);
+    free(j->copy_error);
+    free(j);
+}
 
 static void scrub_run(void *data)
 {
@@ -28,7 +52,21 @@ static void scrub_run(void *data)
     if (vdi_guard_verify_content(&g, &err) == -ESTALE) {
         j->rc = vdi_guard_check(j->catalog, g.path, true, &err); /* taints, counts orphans */
         j->error = strdup(err.message);
+        return;
     }
+    if (!j->conn)
+        return;
+    virStoragePoolPtr sp = NULL;
+    char why[1024] = "";
+    j->copy_rc = hoststore_pool(j->conn, j->ds, &sp, why, sizeof why);
+    if (j->copy_rc == 0)
+        j->copy_rc = hoststore_verify_gold(j->conn, sp, &g, why, sizeof why);
+    if (j->copy_rc == -ENOENT)
+        j->copy_rc = 0; /* not copied there yet */
+    if (j->copy_rc < 0)
+        j->copy_error = strdup(why);
+    if (sp)
+        virStoragePoolFree(sp);
 }
 
 static void scrub_done(service *svc, void *data)
@@ -39,10 +77,15 @@ static void scrub_done(service *svc, void *data)
                 j->error ? j->error : "content changed");
     else
         svc_log("debug", "event=gold-scrubbed gold=%s", j->gold);
+    if (j->copy_rc == -ESTALE)
+        svc_log("error", "host=%s event=gold-copy-changed gold=%s reason=\"%s\"; it is refused at "
+                         "the next clone",
+                j->host, j->gold, j->copy_error ? j->copy_error : "content changed");
+    else if (j->copy_rc < 0)
+        svc_log("warning", "host=%s event=gold-copy-not-scrubbed gold=%s reason=\"%s\"", j->host,
+                j->gold, j->copy_error ? j->copy_error : "unknown");
     svc->scrubbing = false;
-    free(j->gold);
-    free(j->error);
-    free(j);
+    scrub_free(j);
 }
 
 void scrub_step(service *svc)
@@ -61,10 +104,16 @@ void scrub_step(service *svc)
     }
     j->catalog = svc->catalog;
     svc->last_scrub = now;
+    const vdi_datastore_config *ds = pool_datastore(p);
+    host *h = ds && ds->kind == VDI_DATASTORE_LOCAL ? service_find_host(svc, ds->host) : NULL;
+    if (h && h->conn && (j->host = strdup(h->name)) && virConnectRef(h->conn) == 0) {
+        j->conn = h->conn;
+        j->config = vdi_config_ref(p->config);
+        j->ds = ds;
+    }
     if (work_submit(svc, scrub_run, scrub_done, j) < 0) {
         svc_log("warning", "pool=%s event=scrub-not-queued", p->name);
-        free(j->gold);
-        free(j);
+        scrub_free(j);
         return;
     }
     svc->scrubbing = true;

@@ -27,10 +27,10 @@ echo "== ThreadSanitizer build of the daemon and its service tests"
 # checked (ignore_noninstrumented_modules), their locks still order ours.
 cmake -S "$root" -B "$root/build-tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVDI_TSAN=ON >/dev/null
 cmake --build "$root/build-tsan" -j "$jobs" --target vdipoold vdipoolctl make-demo-gold \
-    test_controller test_service test_desktops test_agent
+    test_controller test_service test_desktops test_agent test_hosts
 rm -rf "$root/build-tsan/tsan-reports" && mkdir -p "$root/build-tsan/tsan-reports"
 TSAN_OPTIONS="ignore_noninstrumented_modules=1 exitcode=66 log_path=$root/build-tsan/tsan-reports/report" \
-    ctest --test-dir "$root/build-tsan" --output-on-failure -R '^(controller|service|desktops|agent)$' \
+    ctest --test-dir "$root/build-tsan" --output-on-failure -R '^(controller|service|desktops|agent|hosts)$' \
     | tee "$root/build-tsan/ctest.log"
 if [ -n "$(ls -A "$root/build-tsan/tsan-reports")" ]; then
     cat "$root"/build-tsan/tsan-reports/*

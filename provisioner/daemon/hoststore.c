@@ -33,7 +33,8 @@ typedef struct copy_state {
     char *key;
     bool proved;
     char stamp[256]; /* "mode size mtime ctime" when proved */
-    uint64_t uploaded;
+    bool uploading;    /* made by this process and not filled yet */
+    uint64_t uploaded; /* while uploading: bytes sent and confirmed */
     struct copy_state *next;
 } copy_state;
 
@@ -300,8 +301,10 @@ static int upload(virConnectPtr conn, virStorageVolPtr vol, const vdi_gold_info 
             off += len;
             pthread_mutex_lock(&copies_lock);
             copy_state *c = copy_find(key, true);
-            if (c)
+            if (c) {
                 c->uploaded = off;
+                c->uploading = off < size;
+            }
             pthread_mutex_unlock(&copies_lock);
         }
     }
@@ -373,34 +376,29 @@ int hoststore_gold(virConnectPtr conn, virStoragePoolPtr pool, vdi_catalog *cata
     path = NULL;
     key = NULL;
     for (int attempt = 0; attempt < 2 && rc == 0; attempt++) {
-        uint64_t from = 0;
-        if (!vol) {
-            vol = create_copy(pool, name, gold->fp.size, why, why_len);
-            if (!vol) {
-                rc = -EIO;
-                break;
-            }
-            free(path);
-            free(key);
-            path = virStorageVolGetPath(vol);
-            key = path ? copy_key(conn, path) : NULL;
-            pthread_mutex_lock(&copies_lock);
-            copy_state *c = key ? copy_find(key, true) : NULL;
-            if (c) {
-                c->uploaded = 0;
-                c->proved = false;
-            }
-            pthread_mutex_unlock(&copies_lock);
-        } else {
-            free(path);
-            free(key);
-            path = virStorageVolGetPath(vol);
-            key = path ? copy_key(conn, path) : NULL;
-            pthread_mutex_lock(&copies_lock);
-            copy_state *c = key ? copy_find(key, false) : NULL;
-            from = c && !c->proved ? c->uploaded : gold->fp.size; /* a copy of ours resumes */
-            bool proved = c && c->proved;
-            pthread_mutex_unlock(&copies_lock);
+        bool made = !vol;
+        if (made && !(vol = create_copy(pool, name, gold->fp.size, why, why_len))) {
+            rc = -EIO;
+            break;
+        }
+        free(path);
+        free(key);
+        path = virStorageVolGetPath(vol);
+        key = path ? copy_key(conn, path) : NULL;
+        pthread_mutex_lock(&copies_lock);
+        copy_state *c = key ? copy_find(key, made) : NULL;
+        if (c && made) {
+            c->uploading = true;
+            c->uploaded = 0;
+            c->proved = false;
+        }
+        /* Only a copy this process made and has not filled is written to: a
+         * copy found on the host is proved as it is, never overwritten
+         * (children may depend on it). */
+        uint64_t from = c && c->uploading ? c->uploaded : gold->fp.size;
+        bool proved = c && c->proved;
+        pthread_mutex_unlock(&copies_lock);
+        if (!made) {
             if (proved && volume_stamp(vol, stamp, sizeof stamp, why, why_len) == 0) {
                 pthread_mutex_lock(&copies_lock);
                 c = copy_find(key, false);
@@ -434,7 +432,7 @@ int hoststore_gold(virConnectPtr conn, virStoragePoolPtr pool, vdi_catalog *cata
                 break;
             }
             pthread_mutex_lock(&copies_lock);
-            copy_state *c = copy_find(key, true);
+            c = copy_find(key, true);
             if (c) {
                 c->proved = true;
                 snprintf(c->stamp, sizeof c->stamp, "%s", stamp);

@@ -177,28 +177,3 @@ void cfg_parse_pool_hosts(parse_ctx *ctx, const config_setting_t *g, const char 
         "host",
         where, p->hosts ? "its hosts" : "the hosts", ds->name);
 }
-
-size_t vdi_config_host_count(const vdi_config *c) { return c->nhosts; }
-
-const vdi_host_config *vdi_config_host(const vdi_config *c, size_t i)
-{
-    return i < c->nhosts ? &c->hosts[i] : NULL;
-}
-
-const vdi_host_config *vdi_config_find_host(const vdi_config *c, const char *name)
-{
-    for (size_t i = 0; name && i < c->nhosts; i++)
-        if (c->hosts[i].name && !strcmp(c->hosts[i].name, name))
-            return &c->hosts[i];
-    return NULL;
-}
-
-const char *vdi_host_state_name(vdi_host_state s)
-{
-    return s == VDI_HOST_MAINTENANCE ? "maintenance" : "active";
-}
-
-const char *vdi_datastore_kind_name(vdi_datastore_kind k)
-{
-    return k == VDI_DATASTORE_LOCAL ? "local" : "shared";
-}

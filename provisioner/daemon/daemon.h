@@ -365,8 +365,12 @@ host *service_any_host(service *svc);
 void hosts_set_online(service *svc, bool online);
 /* Where a new desktop of the pool goes, or NULL (p->no_host says why). */
 host *pool_place(pool *p);
-/* Moves a desktop onto a host (NULL: off its host), keeping the counts. */
+/* Moves a desktop onto a host (NULL: off its host), keeping the counts
+ * (objects.c). */
 void desktop_set_host(desktop *d, host *h);
+/* The pool's count of desktops on h (grown on demand; NULL when out of
+ * memory) (objects.c). */
+unsigned *pool_host_count(pool *p, const host *h);
 /* A host's connection came or went (hosts.c's bridge callbacks). */
 void host_on_connected(host *h, virConnectPtr conn);
 void host_on_disconnected(host *h);

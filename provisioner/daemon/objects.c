@@ -254,3 +254,75 @@ int service_objects_init(service *svc, uv_loop_t *loop, void (*step)(service *sv
     svc->kick_ready = rc == 0;
     return rc;
 }
+
+/* ---- hosts: finding them, and which desktops are on each ------------------------- */
+
+host *service_find_host(service *svc, const char *name)
+{
+    for (size_t i = 0; name && i < svc->nhosts; i++)
+        if (!strcmp(svc->hosts[i]->name, name))
+            return svc->hosts[i];
+    return NULL;
+}
+
+bool host_usable(const host *h)
+{
+    return h && h->online && h->adopted;
+}
+
+/* svc->online (some host connected) and svc->adopted (every host settled:
+ * the controllers may run). */
+void hosts_update(service *svc)
+{
+    bool online = false, settled = svc->nhosts > 0;
+    for (size_t i = 0; i < svc->nhosts; i++) {
+        online |= svc->hosts[i]->online;
+        settled &= svc->hosts[i]->settled || !svc->hosts[i]->cfg;
+    }
+    bool was = svc->adopted;
+    svc->online = online;
+    svc->adopted = settled;
+    if (settled && !was)
+        service_kick(svc);
+}
+
+desktop *host_find_desktop(host *h, const char *name)
+{
+    desktop *d = service_find_desktop(h->svc, name);
+    return d && (!d->host || d->host == h) ? d : NULL;
+}
+
+unsigned *pool_host_count(pool *p, const host *h)
+{
+    if (h->index >= p->nhost_counts) {
+        unsigned n = h->index + 1;
+        unsigned *v = realloc(p->host_counts, n * sizeof *v);
+        if (!v)
+            return NULL;
+        memset(v + p->nhost_counts, 0, (n - p->nhost_counts) * sizeof *v);
+        p->host_counts = v;
+        p->nhost_counts = n;
+    }
+    return &p->host_counts[h->index];
+}
+
+void desktop_set_host(desktop *d, host *h)
+{
+    if (d->host == h)
+        return;
+    if (d->host) {
+        unsigned *c = pool_host_count(d->pool, d->host);
+        if (c && *c)
+            (*c)--;
+        if (d->host->desktops)
+            d->host->desktops--;
+    }
+    d->host = h;
+    if (h) {
+        unsigned *c = pool_host_count(d->pool, h);
+        if (c)
+            (*c)++;
+        h->desktops++;
+        h->memory_placed += d->pool->cfg->domain.memory_bytes;
+    }
+}

@@ -41,12 +41,12 @@ passed=$((passed + $(grep -Eo 'tests passed, 0 tests failed out of [0-9]+' "$roo
 
 # Fuzzing, bounded: the parsers of operator files and of image headers.
 # Longer runs: see tests/fuzz/*.c.
-fuzz_seconds=${VDI_FUZZ_SECONDS:-45}
+fuzz_seconds=${VDI_FUZZ_SECONDS:-30}
 if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
     echo "== fuzzing (clang libFuzzer, ${fuzz_seconds}s per target)"
     CC=clang cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVDI_FUZZ=ON >/dev/null
-    cmake --build "$root/build-fuzz" -j "$jobs" --target fuzz_config fuzz_qcow2 fuzz_http
-    for target in config qcow2 http; do
+    cmake --build "$root/build-fuzz" -j "$jobs" --target fuzz_config fuzz_qcow2 fuzz_http fuzz_saveimage
+    for target in config qcow2 http saveimage; do
         work=$(mktemp -d)
         mkdir "$work/corpus"
         # libFuzzer writes crash-*/leak-* files into the current directory.

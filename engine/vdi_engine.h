@@ -427,6 +427,27 @@ int vdi_space_admit(const vdi_space_report *r, const char *datastore, uint64_t e
  * was admitted for expected_growth: children x growth - what they hold. */
 uint64_t vdi_space_committed(const vdi_space_report *r, uint64_t expected_growth);
 
+/* ---- memory images: libvirt's QEMU save format (saveimage.c) --------------------- */
+
+typedef struct vdi_save_image {
+    uint32_t version, data_len, was_running, format, cookie_offset;
+    char *xml;              /* the domain XML the image restores as */
+    char *cookie;           /* libvirt's cookie, or NULL */
+    uint64_t stream_offset; /* where QEMU's migration stream begins */
+    uint64_t size;          /* the file's size */
+} vdi_save_image;
+
+/* Parses the header and data area from buf (len bytes of a file of
+ * file_size bytes). -EAGAIN with out->stream_offset set: read that many
+ * bytes and call again. Refuses unfinished, compressed and foreign images. */
+int vdi_save_image_parse(const uint8_t *buf, size_t len, uint64_t file_size,
+                         vdi_save_image *out, vdi_error *err);
+int vdi_save_image_read(const char *path, vdi_save_image *out, vdi_error *err);
+void vdi_save_image_clear(vdi_save_image *img);
+/* dst: src with its domain XML replaced by new_xml (temp file + fsync +
+ * rename; the stream copied with copy_file_range). */
+int vdi_save_image_copy(const char *src, const char *dst, const char *new_xml, vdi_error *err);
+
 /* ---- scan: the orphaned-file locator ------------------------------------------- */
 
 typedef enum vdi_parent_status {

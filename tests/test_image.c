@@ -332,6 +332,109 @@ START_TEST(content_hash_ignores_holes_and_zero_fill)
 }
 END_TEST
 
+/* ---- memory images (libvirt's save format) --------------------------------------- */
+
+/* A save image as libvirt lays it out: header, XML, cookie, zero padding to
+ * data_len, then a "stream" of stream_len patterned bytes. */
+static void write_save_image(const char *path, const char *magic, uint32_t version,
+                             uint32_t format, const char *xml, const char *cookie,
+                             uint32_t data_len, size_t stream_len)
+{
+    size_t total = 92 + data_len + stream_len;
+    uint8_t *b = calloc(1, total);
+    memcpy(b, magic, 16);
+    uint32_t v[5] = {version, data_len, 1, format, cookie ? (uint32_t)strlen(xml) + 1 : 0};
+    memcpy(b + 16, v, sizeof v);
+    memcpy(b + 92, xml, strlen(xml) + 1);
+    if (cookie)
+        memcpy(b + 92 + strlen(xml) + 1, cookie, strlen(cookie) + 1);
+    for (size_t i = 0; i < stream_len; i++)
+        b[92 + data_len + i] = (uint8_t)(i * 7 + 3);
+    th_write_file(path, b, total);
+    free(b);
+}
+
+static void expect_save_refused(const char *path, const char *words)
+{
+    vdi_save_image img;
+    vdi_error err = {0};
+    ck_assert_int_lt(vdi_save_image_read(path, &img, &err), 0);
+    ck_assert_msg(strstr(err.message, words), "message '%s' lacks '%s'", err.message, words);
+    ck_assert_msg(strstr(err.message, path), "message '%s' does not name the file", err.message);
+}
+
+START_TEST(save_image_read_and_rewritten)
+{
+    const char *xml = "<domain type='qemu'><name>tmpl</name><uuid>1</uuid></domain>";
+    write_save_image(path_in("t.save"), "LibvirtQemudSave", 2, 0, xml, "<cookie/>", 4096,
+                     300000);
+    vdi_save_image img;
+    vdi_error err = {0};
+    ck_assert_int_eq(vdi_save_image_read(path_in("t.save"), &img, &err), 0);
+    ck_assert_str_eq(img.xml, xml);
+    ck_assert_str_eq(img.cookie, "<cookie/>");
+    ck_assert_uint_eq(img.stream_offset, 92 + 4096);
+    vdi_save_image_clear(&img);
+
+    /* A shorter XML keeps the stream where it was; a longer one moves it. */
+    const char *mine = "<domain type='qemu'><name>pc-007</name><uuid>2</uuid></domain>";
+    ck_assert_int_eq(vdi_save_image_copy(path_in("t.save"), path_in("d.save"), mine, &err), 0);
+    ck_assert_int_eq(vdi_save_image_read(path_in("d.save"), &img, &err), 0);
+    ck_assert_str_eq(img.xml, mine);
+    ck_assert_str_eq(img.cookie, "<cookie/>");
+    ck_assert_uint_eq(img.stream_offset, 92 + 4096);
+    vdi_save_image_clear(&img);
+    char *same = th_must("cmp %s %s 4188 4188 && echo same", path_in("t.save"), path_in("d.save"));
+    ck_assert_ptr_nonnull(strstr(same, "same"));
+    free(same);
+
+    char *big = malloc(10000);
+    memset(big, 'x', 9999);
+    big[9999] = '\0';
+    memcpy(big, "<domain>", 8);
+    ck_assert_int_eq(vdi_save_image_copy(path_in("t.save"), path_in("b.save"), big, &err), 0);
+    ck_assert_int_eq(vdi_save_image_read(path_in("b.save"), &img, &err), 0);
+    ck_assert_str_eq(img.xml, big);
+    ck_assert_uint_eq(img.stream_offset, 92 + 12288);
+    ck_assert_uint_eq(img.size - img.stream_offset, 300000);
+    vdi_save_image_clear(&img);
+    free(big);
+    char *moved = th_must("cmp %s %s 4188 12380 && echo same", path_in("t.save"),
+                          path_in("b.save"));
+    ck_assert_ptr_nonnull(strstr(moved, "same"));
+    free(moved);
+    ck_assert_int_ne(access(path_in("b.save.tmp"), F_OK), 0);
+}
+END_TEST
+
+START_TEST(save_image_refusals)
+{
+    const char *xml = "<domain/>";
+    write_save_image(path_in("p.save"), "LibvirtQemudPart", 2, 0, xml, NULL, 4096, 10);
+    expect_save_refused(path_in("p.save"), "unfinished");
+    write_save_image(path_in("z.save"), "LibvirtQemudSave", 2, 1, xml, NULL, 4096, 10);
+    expect_save_refused(path_in("z.save"), "compressed");
+    write_save_image(path_in("v.save"), "LibvirtQemudSave", 0x02000000, 0, xml, NULL, 4096, 10);
+    expect_save_refused(path_in("v.save"), "version");
+    write_save_image(path_in("x.save"), "NotLibvirtSave!!", 2, 0, xml, NULL, 4096, 10);
+    expect_save_refused(path_in("x.save"), "not a libvirt QEMU save image");
+    write_save_image(path_in("l.save"), "LibvirtQemudSave", 2, 0, xml, NULL, 4096, 10);
+    ck_assert_int_eq(truncate(path_in("l.save"), 2000), 0);
+    expect_save_refused(path_in("l.save"), "past the end of the file");
+    /* An XML without its NUL inside the data. */
+    uint8_t b[92 + 16];
+    memset(b, 'A', sizeof b);
+    memcpy(b, "LibvirtQemudSave", 16);
+    uint32_t v[5] = {2, 16, 1, 0, 0};
+    memcpy(b + 16, v, sizeof v);
+    memset(b + 36, 0, 56);
+    th_write_file(path_in("n.save"), b, sizeof b);
+    expect_save_refused(path_in("n.save"), "NUL-ended");
+    th_write_file(path_in("s.save"), "LibvirtQemudSave", 16);
+    expect_save_refused(path_in("s.save"), "too short");
+}
+END_TEST
+
 TH_MAIN("image",
         {"probe",
          setup,
@@ -345,4 +448,9 @@ TH_MAIN("image",
          0,
          {chain_relative_names_follow_child_dir, chain_missing_parent, chain_loop,
           chain_format_mismatch, chain_protocols_refused, chain_warns_without_backing_format,
-          content_hash_ignores_holes_and_zero_fill, NULL}})
+          content_hash_ignores_holes_and_zero_fill, NULL}},
+        {"save-image",
+         setup,
+         teardown,
+         0,
+         {save_image_read_and_rewritten, save_image_refusals, NULL}})

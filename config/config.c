@@ -259,7 +259,7 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
                                         "spares", "max_chain_depth", "expected_growth", "domain",
                                         "session", "ready_when", "boot_timeout", "hostname",
                                         "hostname_command", "rollout", "rollout_notice", "hosts",
-                                        NULL };
+                                        "start", "template_settle", NULL };
     cfg_check_keys(ctx, g, keys, where);
     p->name = e->name;
     p->file = cfg_keep(cfg, cfg_setting_file(ctx, g));

@@ -235,6 +235,10 @@ static void diff_pool(vdi_config_diff *d, const vdi_pool_config *a, const vdi_po
     /* Readiness and identity: spares made under the old rules are replaced. */
     CMP_STR(dk, n, "ready_when", vdi_ready_when_name(a->ready_when),
             vdi_ready_when_name(b->ready_when));
+    CMP_STR(dk, n, "start", vdi_start_name(a->start), vdi_start_name(b->start));
+    if (a->template_settle != b->template_settle)
+        add(d, dk, n, "template_settle", duration_text(a->template_settle),
+            duration_text(b->template_settle));
     if (a->boot_timeout != b->boot_timeout)
         add(d, dk, n, "boot_timeout", duration_text(a->boot_timeout),
             duration_text(b->boot_timeout));

@@ -65,11 +65,40 @@ static bool file_mentions(const char *path, const char *needle)
     return strstr(buf, needle) != NULL;
 }
 
+const char *vdi_start_name(vdi_start start)
+{
+    return start == VDI_START_RESUME ? "resume" : "boot";
+}
+
+/* start and template_settle: how a desktop's guest gets running. */
+static void parse_start(parse_ctx *ctx, const config_setting_t *g, const char *where,
+                        vdi_pool_config *p)
+{
+    static const char *const starts[] = { "boot", "resume", NULL };
+    int si = cfg_get_choice(ctx, g, "start", where, starts);
+    p->start = si == 1 ? VDI_START_RESUME : VDI_START_BOOT;
+    p->template_settle = 15;
+    cfg_get_duration(ctx, g, "template_settle", where, 3600, &p->template_settle);
+    if (cfg_member(g, "template_settle") && p->start != VDI_START_RESUME)
+        ERR(ctx, cfg_member(g, "template_settle"),
+            "%s: 'template_settle' is for start = \"resume\" (how long the template domain "
+            "runs before its memory is saved)",
+            where);
+    const vdi_datastore_config *ds =
+        p->datastore ? vdi_config_find_datastore(ctx->cfg, p->datastore) : NULL;
+    if (p->start == VDI_START_RESUME && ds && ds->kind == VDI_DATASTORE_LOCAL)
+        ERR(ctx, cfg_member(g, "start"),
+            "%s: start = \"resume\" needs a shared datastore (its memory image and template "
+            "child are written by vdipoold); datastore '%s' is local to host '%s'",
+            where, ds->name, ds->host ? ds->host : "?");
+}
+
 /* ready_when, boot_timeout, hostname, hostname_command: a desktop is ready
  * when its guest agent answers and its identity is set. */
 void cfg_parse_readiness(parse_ctx *ctx, const config_setting_t *g, const char *where,
                             vdi_pool_config *p)
 {
+    parse_start(ctx, g, where, p);
     p->ready_when = VDI_READY_STARTED;
     p->boot_timeout = 600;
     p->hostname = "{{name}}";

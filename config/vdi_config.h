@@ -136,6 +136,12 @@ typedef enum vdi_ready_when {
     VDI_READY_AGENT,   /* its guest agent connected and answered, identity set */
 } vdi_ready_when;
 
+/* How a desktop's guest gets running. */
+typedef enum vdi_start {
+    VDI_START_BOOT,   /* the domain boots from its disk */
+    VDI_START_RESUME, /* restored from the pool's memory image (a booted template) */
+} vdi_start;
+
 typedef struct vdi_pool_config {
     const char *name;
     const char *desktop_prefix;    /* desktops are named PREFIX-NNN */
@@ -151,6 +157,9 @@ typedef struct vdi_pool_config {
     vdi_domain_config domain;
     vdi_session_config session;
     vdi_ready_when ready_when;
+    vdi_start start;
+    uint64_t template_settle;      /* resume, ready_when = started: seconds the template runs
+                                      before it is saved; 15 */
     vdi_rollout rollout;
     uint64_t rollout_notice;       /* immediate: seconds a session keeps after a roll-out; 600 */
     uint64_t boot_timeout;         /* seconds from start to ready (agent); 600 */
@@ -168,6 +177,7 @@ typedef struct vdi_pool_config {
 int vdi_config_hostname(const vdi_pool_config *pool, const char *desktop_name, unsigned slot,
                         char *out, size_t out_len);
 const char *vdi_ready_when_name(vdi_ready_when when);
+const char *vdi_start_name(vdi_start start);
 const char *vdi_rollout_name(vdi_rollout rollout);
 
 typedef struct vdi_config vdi_config;

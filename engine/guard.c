@@ -332,6 +332,15 @@ int vdi_unseal(vdi_catalog *cat, const char *path, bool force, const char *const
         free(kids);
         return rc;
     }
+    /* A template child with a memory image saved on it: writing to it would
+     * corrupt every desktop resumed from that image, force or not. */
+    size_t images = 0;
+    if (vdi_memory_images_on(cat, real, &images, NULL) == 0 && images) {
+        free(kids);
+        return vdi_error_set(err, -EBUSY,
+                             "%s has %zu memory image%s saved on it; delete %s first", real,
+                             images, images == 1 ? "" : "s", images == 1 ? "it" : "them");
+    }
     free(kids);
     if (access(real, F_OK) == 0) {
         set_immutable(real, false);

@@ -448,6 +448,34 @@ void vdi_save_image_clear(vdi_save_image *img);
  * rename; the stream copied with copy_file_range). */
 int vdi_save_image_copy(const char *src, const char *dst, const char *new_xml, vdi_error *err);
 
+/* Memory images in the catalog (memimages.c). */
+typedef struct vdi_memory_image {
+    char path[4096];
+    char template_child[4096]; /* sealed; every resumed desktop's parent */
+    char gold[4096];
+    char pool[64];
+    uint64_t size;
+    int64_t mtime_ns, ctime_ns;
+    uint8_t hash[VDI_HASH_SIZE];
+    int64_t created_at;
+} vdi_memory_image;
+
+/* Fingerprints the (read-only) image at path and records it. */
+int vdi_memory_image_record(vdi_catalog *cat, const char *path, const char *template_child,
+                            const char *gold, const char *pool, vdi_error *err);
+int vdi_memory_image_get(vdi_catalog *cat, const char *path, vdi_memory_image *out,
+                         vdi_error *err);
+/* 0 when unchanged: size and times (cheap), and the content hash when full;
+ * -ESTALE naming what changed; -ENOENT when the catalog does not know it. */
+int vdi_memory_image_check(vdi_catalog *cat, const char *path, bool full, vdi_error *err);
+int vdi_memory_image_forget(vdi_catalog *cat, const char *path, vdi_error *err);
+/* The memory images made for a pool, oldest first (*out malloc'd). */
+int vdi_memory_images_of_pool(vdi_catalog *cat, const char *pool, vdi_memory_image **out,
+                              size_t *count, vdi_error *err);
+/* How many memory images were saved on a template child. */
+int vdi_memory_images_on(vdi_catalog *cat, const char *template_child, size_t *count,
+                         vdi_error *err);
+
 /* ---- scan: the orphaned-file locator ------------------------------------------- */
 
 typedef enum vdi_parent_status {

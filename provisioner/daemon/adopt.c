@@ -194,8 +194,13 @@ static void strays_run(void *data)
             svc_log("warning", "pool=%s event=strays-not-checked reason=\"%s\"", pname,
                     err.message);
         for (size_t k = 0; k < n; k++) {
+            vdi_gold_info sealed;
             if (strcmp(kids[k].pool, pname) || kids[k].created_at >= r->since ||
                 child_in_use(&ix, kids[k].path))
+                continue;
+            /* A sealed child is a memory image's template: it goes with its
+             * image (templates.c), never as a stray. */
+            if (vdi_catalog_gold(r->catalog, kids[k].path, &sealed, NULL) == 0)
                 continue;
             svc_log("info", "pool=%s event=stray-child-removed child=%s", pname, kids[k].path);
             if (vdi_child_delete(r->catalog, kids[k].path, NULL, &err) < 0)

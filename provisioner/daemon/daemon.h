@@ -33,13 +33,16 @@
  * assigned -> ending -> empty, with failed (reason, back-off) and paused
  * (the guest stopped on an I/O error, such as a full datastore) beside
  * them. booting: the domain runs, its guest agent has not answered yet
- * (pools with ready_when = "agent"). unreachable: its host's libvirtd cannot be
+ * (pools with ready_when = "agent"). resuming: instead of starting, for
+ * start = "resume": restored from the pool's memory image (templates.c).
+ * unreachable: its host's libvirtd cannot be
  * reached; the desktop (and its session) is kept, not ended, until the host
  * answers again and says whether its domain still runs (hosts.c). */
 #define DESKTOP_STATE_MAP(XX)                                                                      \
     XX(EMPTY, "empty")                                                                             \
     XX(CLONING, "cloning")                                                                         \
     XX(STARTING, "starting")                                                                       \
+    XX(RESUMING, "resuming")                                                                       \
     XX(BOOTING, "booting")                                                                         \
     XX(READY, "ready")                                                                             \
     XX(ASSIGNED, "assigned")                                                                       \
@@ -150,6 +153,10 @@ typedef struct desktop {
     char *name;                 /* libvirt domain name: PREFIX-NNN */
     char *child;                /* its differencing child */
     char *gold;                 /* the gold it was (or is being) cloned from */
+    /* start = "resume": the template child its child was cloned from and
+     * the memory image it resumes from; NULL when it boots. */
+    char *template_child;
+    char *memory_image;
     char *user;                 /* while assigned, else NULL */
     char *failure;              /* the last failure, or NULL */
     char *display;              /* "vnc://127.0.0.1:5900", or NULL */
@@ -224,6 +231,19 @@ struct pool {
      * so that placement spreads a pool's spares over its hosts. */
     unsigned *host_counts;
     unsigned nhost_counts;
+    /* start = "resume": the memory image new desktops resume from
+     * (templates.c). */
+    struct {
+        enum { TEMPLATE_NONE, TEMPLATE_BUILDING, TEMPLATE_READY, TEMPLATE_FAILED } state;
+        char *gold;    /* the gold it was made for */
+        char *child;   /* the sealed template child */
+        char *image;   /* the memory image */
+        char *problem; /* why desktops boot instead, or NULL */
+        int64_t retry_at;
+        double built_seconds;
+        bool retiring;     /* a look for unused images of earlier golds runs */
+        int64_t retire_at; /* the next such look */
+    } tmpl;
     char *no_host; /* why no host can take a new desktop now, NULL when one can */
 };
 
@@ -281,7 +301,7 @@ struct service {
     bool stopping;
     uint64_t reload_asked, reload_applied; /* reload sequence numbers */
     waiter *waiters;                       /* acquires waiting for a spare, oldest first */
-    latency_histogram clone_latency, start_latency, boot_latency;
+    latency_histogram clone_latency, start_latency, boot_latency, resume_latency;
     unsigned users_reads_running; /* agent user-list reads in flight (bounded) */
     uint64_t budget_events; /* desktops that grew past their write budget */
     bool ready_notified;    /* every pool has its spares ready */
@@ -460,6 +480,19 @@ void adopt_start(host *h);
  * records on it are shown unreachable (their slots stay taken). */
 void adopt_mark_unreachable(host *h);
 
+/* ---- templates.c: memory images for start = "resume" ---------------------------- */
+/* The pool's memory image for its gold: found in the catalog, or built on a
+ * worker (a template child, a template domain booted until it is ready and
+ * saved); rebuilt on a roll-out, retried after a failure. */
+void pool_tend_template(pool *p, int64_t now);
+/* Whether a new desktop of p resumes (and from what): sets d's
+ * template_child and memory_image, or clears them (it boots). */
+void desktop_choose_start(desktop *d);
+/* A resume failed because the image or its template changed: the pool
+ * boots until a new image is made. */
+void pool_template_refused(pool *p, const char *why);
+void template_free(pool *p);
+
 /* ---- refresh.c: children's sizes recorded in the background ----------------------- */
 void refresh_step(service *svc);
 
@@ -506,7 +539,17 @@ typedef struct domain_spec {
      * gold on the host (NULL: the gold's chain as vdipoold sees it). */
     const char *backing_on_host;
     vdi_format backing_format;
+    /* A template domain for a memory image: no network card (each resumed
+     * desktop gets its own, with its own MAC, after the restore). */
+    bool no_network;
 } domain_spec;
 char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *spec, vdi_error *err);
+/* The <metadata> element by which vdipool knows its domains. */
+void domain_metadata_xml(strbuf *b, const vdi_pool_config *cfg, const domain_spec *d);
+/* templates.c: the domain XML of a resumed desktop: the saved XML with the
+ * desktop's name, UUID, metadata and disk (its child over the template
+ * child). NULL with err. */
+char *resume_domain_xml(const char *saved, const vdi_pool_config *cfg, const domain_spec *spec,
+                        const char *template_child, const char *uuid, vdi_error *err);
 
 #endif

@@ -10,7 +10,9 @@
  *   cloning  -> empty      desktop_cloned          (the pool is blocked: space, gold;
  *                                                    pool.c probes again after a back-off)
  *   cloning  -> failed     desktop_cloned          (this desktop's clone failed)
- *   starting -> ready      desktop_started         (the domain runs)
+ *   starting -> resuming   desktop_begin_start     (start = "resume": restored from
+ *                                                    the pool's memory image)
+ *   starting|resuming -> ready  desktop_started    (the domain runs)
  *   starting -> booting    desktop_started         (ready_when = "agent": agent.c
  *                                                    takes it on to ready or ending)
  *   starting -> ending     desktop_started         (the start failed; then failed)
@@ -104,6 +106,7 @@ void desktop_begin_clone(desktop *d)
 {
     pool *p = d->pool;
     set_str(&d->gold, pool_gold(p));
+    desktop_choose_start(d); /* start = "resume": from the pool's memory image */
     desktop_set_state(d, DESKTOP_CLONING);
     p->svc->clones_running++; /* until desktop_cloned */
     p->svc->ops->clone(d);
@@ -117,6 +120,8 @@ void desktop_begin_start(desktop *d)
     d->agent_ready = false;
     d->boot_seconds = 0;
     d->start_mono = (double)uv_hrtime() / 1e9;
+    if (d->memory_image)
+        desktop_set_state(d, DESKTOP_RESUMING);
     d->pool->svc->starts_running++; /* until desktop_started */
     d->pool->svc->ops->start(d);
 }
@@ -219,7 +224,9 @@ void desktop_started(desktop *d, int rc, const char *error, const char *display,
     pool *p = d->pool;
     p->svc->starts_running--;
     if (rc == 0) {
-        latency_observe(&p->svc->start_latency, seconds);
+        latency_observe(d->state == DESKTOP_RESUMING ? &p->svc->resume_latency
+                                                     : &p->svc->start_latency,
+                        seconds);
         set_str(&d->display, display && *display ? display : NULL);
         d->failures = 0;
         set_str(&d->failure, NULL);

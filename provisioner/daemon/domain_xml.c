@@ -53,7 +53,7 @@ static int disk_xml(strbuf *b, const domain_spec *d, vdi_error *err)
     return 0;
 }
 
-static void metadata_xml(strbuf *b, const vdi_pool_config *cfg, const domain_spec *d)
+void domain_metadata_xml(strbuf *b, const vdi_pool_config *cfg, const domain_spec *d)
 {
     text_append(b, "  <metadata>\n    <vdipool:desktop xmlns:vdipool='" VDI_XML_NS "'>\n"
                    "      <vdipool:pool>");
@@ -112,7 +112,7 @@ char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_err
         free(text_take(&disk));
         return NULL;
     }
-    metadata_xml(&meta, cfg, d);
+    domain_metadata_xml(&meta, cfg, d);
     disk_s = text_take(&disk);
     meta_s = text_take(&meta);
     if (!disk_s || !meta_s) {
@@ -156,7 +156,7 @@ char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_err
                 "  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n"
                 "  <on_crash>destroy</on_crash>\n  <devices>\n%s",
                 meta_s, memory, vcpus, disk_s);
-    if (dc->network) {
+    if (dc->network && !d->no_network) {
         text_append(&b, "    <interface type='network'><source network='");
         text_append_xml(&b, dc->network);
         text_append(&b, "'/><model type='virtio'/></interface>\n");

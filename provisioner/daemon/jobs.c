@@ -37,6 +37,8 @@ void job_free(job *j)
     vdi_config_unref(j->config);
     free(j->host);
     free(j->address);
+    free(j->template_child);
+    free(j->memory_image);
     free(j->pool);
     free(j->name);
     free(j->child);
@@ -243,11 +245,12 @@ static void clone_run(void *data)
     }
     vdi_clone_options o;
     vdi_clone_options_init(&o);
-    o.max_depth = j->pc->max_chain_depth + 1;
+    /* A resumed desktop's child is a child of the template child. */
+    o.max_depth = j->pc->max_chain_depth + 1 + (j->template_child ? 1 : 0);
     vdi_cloner *cl = NULL;
     vdi_child_meta meta = {
         .datastore = j->ds->name, .pool = j->pool, .slot = (int)j->slot, .host = j->host};
-    if (vdi_cloner_new(j->gold, &o, &cl, &err) < 0 ||
+    if (vdi_cloner_new(j->template_child ? j->template_child : j->gold, &o, &cl, &err) < 0 ||
         vdi_clone_recorded(j->catalog, cl, j->child, &meta, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
         j->blocked = err.code == -ESTALE || err.code == -ELOOP;
@@ -319,6 +322,10 @@ char *domain_display(virDomainPtr dom, const char *address)
 static void start_run(void *data)
 {
     job *j = data;
+    if (j->memory_image) {
+        template_resume_start(j); /* start = "resume" (templates.c) */
+        return;
+    }
     vdi_error err = {0};
     char hex[2 * VDI_HASH_SIZE + 1] = "";
     vdi_gold_info g;
@@ -356,6 +363,12 @@ static void start_run(void *data)
         job_fail(j, -EIO, "cannot start the domain: %s", libvirt_message());
         return;
     }
+    job_domain_running(j, dom);
+    virDomainFree(dom);
+}
+
+void job_domain_running(job *j, virDomainPtr dom)
+{
     j->display = domain_display(dom, j->address);
     /* A write budget: libvirt tells us (BLOCK_THRESHOLD) when the child has
      * grown by what admission assumed, before the datastore can fill. */
@@ -365,7 +378,6 @@ static void start_run(void *data)
         virDomainSetBlockThreshold(dom, "vda", info.allocation + growth, 0) < 0)
         svc_log("warning", "pool=%s desktop=%s event=write-budget-not-set reason=\"%s\"", j->pool,
                 j->name, libvirt_message());
-    virDomainFree(dom);
 }
 
 /* Whether the job's datastore has room above its reserve for what one
@@ -457,6 +469,8 @@ static void end_run(void *data)
         return; /* never delete the disk of a domain that may still run */
     vdi_error err = {0};
     uint64_t bytes = 0;
+    if (j->child)
+        template_resume_copy_remove(j->child); /* a crash between copy and restore */
     if (j->child && host_local(j)) {
         virStoragePoolPtr sp = job_host_pool(j);
         char why[1024] = "";
@@ -552,6 +566,8 @@ void job_done(service *svc, void *data)
             jobs_clean_leftovers(svc, service_find_host(svc, j->host), j->name, j->child);
     } else {
         d->busy = false;
+        if (j->template_bad)
+            pool_template_refused(d->pool, j->error ? j->error : "unknown error");
         deliver(d, j->kind, j->rc, j->blocked, j->error ? j->error : "unknown error", j->display,
                 took);
     }
@@ -607,6 +623,8 @@ job *desktop_job(desktop *d, job_kind kind)
         j->growth_p95 = p->growth_p95;
     }
     if ((d->gold && !(j->gold = strdup(d->gold))) ||
+        (d->template_child && !(j->template_child = strdup(d->template_child))) ||
+        (d->memory_image && !(j->memory_image = strdup(d->memory_image))) ||
         (kind == JOB_AGENT_CHECK && d->hostname && !(j->hostname = strdup(d->hostname)))) {
         job_free(j);
         return NULL;

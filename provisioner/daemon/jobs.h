@@ -28,6 +28,7 @@ typedef struct job {
     virConnectPtr conn; /* the desktop's host's, a reference; NULL when disconnected */
     char *host;         /* that host's name, or NULL */
     char *address;      /* where its displays are reached (host_display_address) */
+    char *template_child, *memory_image; /* start = "resume": what it resumes from, or NULL */
     char *pool, *name, *child, *gold;
     unsigned slot;
     uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */
@@ -43,6 +44,7 @@ typedef struct job {
     /* Outputs, written by the worker, read on the loop after it. */
     int rc;
     bool blocked; /* a pool-wide reason (space, gold), not this desktop's */
+    bool template_bad; /* the memory image or its template changed: the pool boots */
     char *error;
     char *display;
     bool growth_reread;
@@ -58,6 +60,11 @@ const char *libvirt_message(void);
 virDomainPtr job_domain(job *j);
 /* A job for d with copies of what any job for it reads, or NULL. */
 job *desktop_job(desktop *d, job_kind kind);
+/* A domain of the job runs: its display and its write budget. */
+void job_domain_running(job *j, virDomainPtr dom);
+/* templates.c: a resumed start, and the removal of its image copy. */
+void template_resume_start(job *j);
+void template_resume_copy_remove(const char *child);
 /* Queues a job that makes d busy until its result; on failure the desktop
  * gets the failure as its result at once. */
 void job_submit(desktop *d, job_kind kind, work_run_fn run);

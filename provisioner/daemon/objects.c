@@ -148,6 +148,8 @@ static void desktop_free(desktop *d)
     free(d->pause_reason);
     free(d->io_error);
     free(d->hostname);
+    free(d->template_child);
+    free(d->memory_image);
     json_decref(d->users);
     free(d);
 }
@@ -172,6 +174,7 @@ void pool_free(pool *p)
     free(p->held_gold);
     free(p->host_counts);
     free(p->no_host);
+    template_free(p);
     vdi_config_unref(p->config);
     free(p);
 }

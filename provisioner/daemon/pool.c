@@ -193,15 +193,22 @@ void pool_step(pool *p)
     }
     const desktop_list *n = p->by_state;
     unsigned pipeline = n[DESKTOP_CLONING].count + n[DESKTOP_STARTING].count +
-                        n[DESKTOP_BOOTING].count + n[DESKTOP_READY].count;
+                        n[DESKTOP_RESUMING].count + n[DESKTOP_BOOTING].count +
+                        n[DESKTOP_READY].count;
     unsigned in_use = p->nslots - n[DESKTOP_EMPTY].count - n[DESKTOP_FAILED].count;
     if (p->draining || !svc->online)
         return;
+    pool_tend_template(p, now); /* start = "resume": its memory image */
     /* Users waiting in acquire count as wanted spares, so a pool with few or
      * no spares still prepares a desktop on demand. */
     unsigned wanted = p->cfg->spares + sessions_waiting(svc, p->name);
     if (p->blocked && now < p->blocked_retry_at)
         wanted = 0; /* blocked: wait for the back-off or for space to free up */
+    /* start = "resume": new desktops wait for the memory image being made
+     * (about one boot); they boot only when it cannot be made. */
+    if (p->cfg->start == VDI_START_RESUME &&
+        (p->tmpl.state == TEMPLATE_BUILDING || p->tmpl.state == TEMPLATE_NONE))
+        wanted = 0;
     const vdi_datastore_config *ds = pool_datastore(p);
     if (ds && datastore_short(svc, ds->path))
         wanted = 0; /* a guest is paused for space there: no new spares take it */

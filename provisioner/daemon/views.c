@@ -39,6 +39,8 @@ json_t *desktop_json(const desktop *d)
         json_object_set_new(o, "last_failure", json_string(d->failure));
     if (d->boot_seconds > 0)
         json_object_set_new(o, "boot_seconds", json_real(d->boot_seconds));
+    if (d->memory_image && d->state != DESKTOP_EMPTY)
+        json_object_set_new(o, "resumed_from", json_string(d->memory_image));
     if (d->pool->cfg->ready_when == VDI_READY_AGENT && d->state != DESKTOP_EMPTY &&
         d->state != DESKTOP_CLONING && d->state != DESKTOP_FAILED) {
         json_object_set_new(o, "agent", json_string(agent_state_name(d->agent)));
@@ -149,6 +151,19 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
     if (p->cfg->domain.template_path)
         json_object_set_new(o, "domain_template", json_string(p->cfg->domain.template_path));
     json_object_set_new(o, "ready_when", json_string(vdi_ready_when_name(p->cfg->ready_when)));
+    json_object_set_new(o, "start", json_string(vdi_start_name(p->cfg->start)));
+    if (p->cfg->start == VDI_START_RESUME) {
+        static const char *const tstates[] = {"none", "building", "ready", "failed"};
+        json_t *t = json_pack("{s:s}", "state", tstates[p->tmpl.state]);
+        if (p->tmpl.image && p->tmpl.state == TEMPLATE_READY) {
+            json_object_set_new(t, "image", json_string(p->tmpl.image));
+            json_object_set_new(t, "template_child", json_string(p->tmpl.child));
+            json_object_set_new(t, "built_seconds", json_real(p->tmpl.built_seconds));
+        }
+        if (p->tmpl.problem)
+            json_object_set_new(t, "problem", json_string(p->tmpl.problem));
+        json_object_set_new(o, "memory_image", t);
+    }
     json_object_set_new(o, "rollout", json_string(vdi_rollout_name(p->cfg->rollout)));
     if (p->held_gold)
         json_object_set_new(o, "held_for_rollout_to", json_string(p->cfg->gold));
@@ -246,13 +261,14 @@ char *service_metrics_text(service *svc)
                 "what admission assumed.\n# TYPE vdipool_write_budget_exceeded_total counter\n"
                 "vdipool_write_budget_exceeded_total %llu\n",
                 (unsigned long long)svc->budget_events);
-    const latency_histogram *hs[3] = {&svc->clone_latency, &svc->start_latency,
-                                      &svc->boot_latency};
-    const char *names[3] = {"vdipool_clone_seconds", "vdipool_start_seconds",
-                            "vdipool_boot_seconds"};
-    const char *what[3] = {"clones", "domain starts",
-                           "boots (domain start to guest agent ready, ready_when = agent)"};
-    for (int h = 0; h < 3; h++) {
+    const latency_histogram *hs[4] = {&svc->clone_latency, &svc->start_latency,
+                                      &svc->boot_latency, &svc->resume_latency};
+    const char *names[4] = {"vdipool_clone_seconds", "vdipool_start_seconds",
+                            "vdipool_boot_seconds", "vdipool_resume_seconds"};
+    const char *what[4] = {"clones", "domain starts",
+                           "boots (domain start to guest agent ready, ready_when = agent)",
+                           "resumes from a memory image (start = resume)"};
+    for (int h = 0; h < 4; h++) {
         text_append(&t, "# HELP %s Latency of %s.\n# TYPE %s histogram\n", names[h], what[h],
                     names[h]);
         uint64_t cum = 0;

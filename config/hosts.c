@@ -40,7 +40,7 @@ static bool datastore_listed(const vdi_host_config *h, const char *name)
 
 bool vdi_config_host_sees(const vdi_host_config *h, const vdi_datastore_config *ds)
 {
-    if (!h || !ds)
+    if (!h || !ds || !h->name || !ds->name)
         return false;
     if (ds->kind == VDI_DATASTORE_LOCAL)
         return ds->host && !strcmp(ds->host, h->name);
@@ -53,7 +53,7 @@ bool vdi_config_pool_may_use(const vdi_config *c, const vdi_pool_config *p,
     if (p->hosts) {
         bool named = false;
         for (size_t i = 0; i < p->nhosts && !named; i++)
-            named = !strcmp(p->hosts[i], h->name);
+            named = h->name && !strcmp(p->hosts[i], h->name);
         if (!named)
             return false;
     }
@@ -127,6 +127,8 @@ void cfg_parse_hosts(parse_ctx *ctx, const config_setting_t *list)
             if (!cfg->hosts)
                 abort();
             for (size_t i = 0; i < n; i++) {
+                if (!e[i].name)
+                    continue; /* reported; a host without a name is no host */
                 vdi_host_config *h = &cfg->hosts[cfg->nhosts++];
                 parse_host(ctx, &e[i], h);
                 for (size_t j = 0; j + 1 < cfg->nhosts; j++)

@@ -196,6 +196,22 @@ START_TEST(resumed_desktops_run_and_are_their_own)
         free(chain);
     }
 
+    /* The pool reports its desktops' resident memory, the host its KSM. */
+    time_t mend = time(NULL) + 30;
+    json_int_t rss = 0;
+    while (rss == 0 && time(NULL) < mend) {
+        p = pool_now();
+        rss = json_integer_value(json_object_get(json_object_get(p, "memory"), "rss_bytes"));
+        json_decref(p);
+        if (!rss)
+            usleep(500000);
+    }
+    ck_assert_msg(rss > 1 << 20, "no resident memory reported for the pool");
+    json_t *hosts = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/hosts", NULL, &hosts), 200);
+    ck_assert_ptr_nonnull(json_object_get(json_array_get(json_object_get(hosts, "hosts"), 0), "ksm"));
+    json_decref(hosts);
+
     /* Handed out, it reacts to input: a key press powers the demo guest off. */
     json_t *a = acquire("alice");
     char name[64];

@@ -128,6 +128,8 @@ typedef struct host {
     bool memory_known, reading;
     uint64_t free_memory, total_memory;
     uint64_t memory_placed;  /* of desktops placed here since the reading */
+    bool ksm_known, ksm_running; /* a local host: the kernel's same-page merging */
+    uint64_t ksm_shared, ksm_sharing; /* pages kept, and pages merged into them */
     int64_t read_at;
     unsigned desktops;       /* desktops placed here (every state but empty) */
 } host;
@@ -178,6 +180,7 @@ typedef struct desktop {
     int64_t idle_seconds;    /* assigned: from the pool's idle_command; -1 unknown */
     bool users_polling;      /* a users job runs (the desktop is not busy for it) */
     int64_t users_poll_at;   /* when to ask for the users next */
+    uint64_t rss_bytes;      /* its QEMU's resident memory at the host's last reading */
     /* The pool's list of desktops in this state, in the order they entered
      * it (desktop_set_state keeps it), so that a lookup by state costs what
      * that state holds, not the pool's size. */

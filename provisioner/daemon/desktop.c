@@ -82,8 +82,10 @@ void desktop_set_state(desktop *d, desktop_state s)
         svc_log("debug", "pool=%s desktop=%s event=state from=%s to=%s", d->pool->name, d->name,
                 desktop_state_name(d->state), desktop_state_name(s));
     desktop_state from = d->state;
-    if (s == DESKTOP_EMPTY || s == DESKTOP_FAILED)
+    if (s == DESKTOP_EMPTY || s == DESKTOP_FAILED) {
         desktop_set_host(d, NULL); /* no domain and no child on any host any more */
+        d->rss_bytes = 0;
+    }
     desktop_list_remove(d);
     d->state = s;
     d->state_since = service_now(d->pool->svc);

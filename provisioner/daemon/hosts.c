@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- the bridge's callbacks, on the loop ------------------------------------------- */
 
@@ -325,7 +326,11 @@ host *pool_place(pool *p)
 typedef struct memory_req {
     host *h;             /* read on the loop only (hosts are never freed before the loop) */
     virConnectPtr conn;  /* a reference */
+    bool local;          /* the host is this machine: its KSM counters are readable */
     uint64_t free, total;
+    json_t *rss;         /* {domain name: resident bytes} of its running domains */
+    bool ksm_known, ksm_running;
+    uint64_t ksm_shared, ksm_sharing; /* pages */
     int rc;
 } memory_req;
 
@@ -340,6 +345,38 @@ static void memory_run(void *data)
     }
     r->free = free_bytes;
     r->total = (uint64_t)info.memory * 1024;
+    /* Every running domain's resident memory in one call (balloon.rss). */
+    r->rss = json_object();
+    virDomainStatsRecordPtr *stats = NULL;
+    int n = virConnectGetAllDomainStats(r->conn, VIR_DOMAIN_STATS_BALLOON, &stats,
+                                        VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < stats[i]->nparams; k++)
+            if (!strcmp(stats[i]->params[k].field, "balloon.rss"))
+                json_object_set_new(r->rss, virDomainGetName(stats[i]->dom),
+                                    json_integer((json_int_t)stats[i]->params[k].value.ul * 1024));
+    if (n >= 0)
+        virDomainStatsRecordListFree(stats);
+    /* KSM merges the identical pages of resumed desktops; its counters are
+     * the kernel's, readable only for this machine. */
+    if (r->local) {
+        unsigned long long run = 0, shared = 0, sharing = 0;
+        FILE *f;
+        r->ksm_known = (f = fopen("/sys/kernel/mm/ksm/run", "r")) && fscanf(f, "%llu", &run) == 1;
+        if (f)
+            fclose(f);
+        if ((f = fopen("/sys/kernel/mm/ksm/pages_shared", "r"))) {
+            r->ksm_known &= fscanf(f, "%llu", &shared) == 1;
+            fclose(f);
+        }
+        if ((f = fopen("/sys/kernel/mm/ksm/pages_sharing", "r"))) {
+            r->ksm_known &= fscanf(f, "%llu", &sharing) == 1;
+            fclose(f);
+        }
+        r->ksm_running = run == 1;
+        r->ksm_shared = shared;
+        r->ksm_sharing = sharing;
+    }
 }
 
 static void memory_done(service *svc, void *data)
@@ -349,12 +386,26 @@ static void memory_done(service *svc, void *data)
     host *h = r->h;
     h->reading = false;
     if (r->rc == 0 && h->online) {
+        /* Each desktop's resident memory, from this host's reading. */
+        for (size_t i = 0; i < svc->npools; i++)
+            for (unsigned k = 0; k < svc->pools[i]->nslots; k++) {
+                desktop *d = svc->pools[i]->desktops[k];
+                if (d->host == h)
+                    d->rss_bytes =
+                        d->name ? (uint64_t)json_integer_value(json_object_get(r->rss, d->name))
+                                : 0;
+            }
+        h->ksm_known = r->ksm_known;
+        h->ksm_running = r->ksm_running;
+        h->ksm_shared = r->ksm_shared;
+        h->ksm_sharing = r->ksm_sharing;
         h->free_memory = r->free;
         h->total_memory = r->total;
         h->memory_known = true;
         h->memory_placed = 0; /* the reading includes what was placed before it */
     }
     virConnectClose(r->conn);
+    json_decref(r->rss);
     free(r);
 }
 
@@ -367,6 +418,9 @@ static void read_memory(host *h)
     }
     r->h = h;
     r->conn = h->conn;
+    /* This machine: a local URI (qemu:///system), not one naming a host. */
+    const char *a = strstr(h->uri, "://");
+    r->local = a && (a[3] == '/' || !strncmp(a + 3, "localhost", 9));
     h->reading = true;
     h->read_at = service_now(h->svc);
     if (work_submit(h->svc, memory_run, memory_done, r) < 0) {
@@ -441,6 +495,14 @@ json_t *hosts_json(service *svc)
         if (h->memory_known) {
             json_object_set_new(o, "free_memory", json_integer((json_int_t)h->free_memory));
             json_object_set_new(o, "total_memory", json_integer((json_int_t)h->total_memory));
+        }
+        if (h->ksm_known) {
+            long page = sysconf(_SC_PAGESIZE);
+            json_object_set_new(
+                o, "ksm",
+                json_pack("{s:b,s:I,s:I}", "running", h->ksm_running, "shared_bytes",
+                          (json_int_t)(h->ksm_shared * (uint64_t)page), "saved_bytes",
+                          (json_int_t)(h->ksm_sharing * (uint64_t)page)));
         }
         if (h->connected_since && h->online)
             json_object_set_new(o, "connected_since", json_integer(h->connected_since));

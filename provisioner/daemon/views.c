@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *const bucket_names[LATENCY_BUCKETS + 1] = {
     "0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "+Inf"};
@@ -174,6 +175,15 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
         json_object_set_new(o, "boot_timeout", json_integer((json_int_t)p->cfg->boot_timeout));
     if (p->boot_problem)
         json_object_set_new(o, "boot_problem", json_string(p->boot_problem));
+    uint64_t rss = 0;
+    unsigned measured = 0;
+    for (unsigned i = 0; i < p->nslots; i++)
+        if (p->desktops[i]->state != DESKTOP_EMPTY && p->desktops[i]->rss_bytes) {
+            rss += p->desktops[i]->rss_bytes;
+            measured++;
+        }
+    json_object_set_new(o, "memory", json_pack("{s:I,s:i}", "rss_bytes", (json_int_t)rss,
+                                               "desktops", (int)measured));
     json_t *boot = spares_boot_json(p);
     if (boot)
         json_object_set_new(o, "spares_boot_seconds", boot);
@@ -243,6 +253,19 @@ char *service_metrics_text(service *svc)
         if (h->memory_known)
             text_append(&t, "vdipool_host_free_memory_bytes{host=\"%s\"} %llu\n", h->name,
                         (unsigned long long)h->free_memory);
+        if (h->ksm_known)
+            text_append(&t, "vdipool_host_ksm_saved_bytes{host=\"%s\"} %llu\n", h->name,
+                        (unsigned long long)(h->ksm_sharing * (uint64_t)sysconf(_SC_PAGESIZE)));
+    }
+    text_append(&t, "# HELP vdipool_pool_rss_bytes Resident memory of a pool's desktops.\n"
+                    "# TYPE vdipool_pool_rss_bytes gauge\n");
+    for (size_t i = 0; i < svc->npools; i++) {
+        uint64_t rss = 0;
+        for (unsigned k = 0; k < svc->pools[i]->nslots; k++)
+            if (svc->pools[i]->desktops[k]->state != DESKTOP_EMPTY)
+                rss += svc->pools[i]->desktops[k]->rss_bytes;
+        text_append(&t, "vdipool_pool_rss_bytes{pool=\"%s\"} %llu\n", svc->pools[i]->name,
+                    (unsigned long long)rss);
     }
     text_append(&t, "# HELP vdipool_sessions_started_total Sessions started.\n"
                     "# TYPE vdipool_sessions_started_total counter\n");

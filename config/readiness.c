@@ -70,6 +70,8 @@ const char *vdi_start_name(vdi_start start)
     return start == VDI_START_RESUME ? "resume" : "boot";
 }
 
+static bool file_mentions(const char *path, const char *needle);
+
 /* start and template_settle: how a desktop's guest gets running. */
 static void parse_start(parse_ctx *ctx, const config_setting_t *g, const char *where,
                         vdi_pool_config *p)
@@ -86,6 +88,12 @@ static void parse_start(parse_ctx *ctx, const config_setting_t *g, const char *w
             where);
     const vdi_datastore_config *ds =
         p->datastore ? vdi_config_find_datastore(ctx->cfg, p->datastore) : NULL;
+    if (p->start == VDI_START_RESUME && p->domain.template_path &&
+        !ctx->opts->skip_filesystem_checks && file_mentions(p->domain.template_path, "<interface"))
+        ERR(ctx, cfg_member(g, "start"),
+            "%s: start = \"resume\" saves a template domain without a network card and gives "
+            "each resumed desktop its own; remove the <interface> from the domain template %s",
+            where, p->domain.template_path);
     if (p->start == VDI_START_RESUME && ds && ds->kind == VDI_DATASTORE_LOCAL)
         ERR(ctx, cfg_member(g, "start"),
             "%s: start = \"resume\" needs a shared datastore (its memory image and template "

@@ -453,6 +453,23 @@ START_TEST(hosts_and_where_pools_run)
     expect_error(e, "bad.conf", 8, "no host named 'h7'");
     vdi_config_errors_free(e);
 
+    /* start = "resume": its settings, and not on a host-local datastore. */
+    e = must_fail(
+        "hosts = ( { name = \"h1\"; uri = \"qemu:///system\"; } );\n"
+        "datastores = ( { name = \"a\"; path = \"@DIR@/desktops\"; },\n"
+        "  { name = \"l\"; kind = \"local\"; host = \"h1\"; path = \"/srv/x\"; } );\n"
+        "golds = ( { name = \"a\"; path = \"@DIR@/gold-a.qcow2\"; } );\n"
+        "pools = ( { name = \"p\"; gold = \"a\"; datastore = \"a\"; size = 2;\n"
+        "            template_settle = \"5s\"; },\n"
+        "          { name = \"q\"; gold = \"a\"; datastore = \"l\"; size = 2;\n"
+        "            start = \"resume\"; },\n"
+        "          { name = \"r\"; gold = \"a\"; datastore = \"a\"; size = 2;\n"
+        "            start = \"instant\"; } );\n");
+    expect_error(e, "bad.conf", 6, "'template_settle' is for start = \"resume\"");
+    expect_error(e, "bad.conf", 8, "needs a shared datastore");
+    expect_error(e, "bad.conf", 10, "'start' is \"instant\"");
+    vdi_config_errors_free(e);
+
     /* A pool whose hosts do not see its datastore. */
     e = must_fail(
         "hosts = ( { name = \"h1\"; uri = \"qemu:///system\"; datastores = [ \"b\" ]; } );\n"

@@ -568,6 +568,10 @@ void job_done(service *svc, void *data)
         d->busy = false;
         if (j->template_bad)
             pool_template_refused(d->pool, j->error ? j->error : "unknown error");
+        if (j->agent_connected && d->agent != AGENT_CONNECTED) {
+            d->agent = AGENT_CONNECTED;
+            d->agent_since = service_now(svc);
+        }
         deliver(d, j->kind, j->rc, j->blocked, j->error ? j->error : "unknown error", j->display,
                 took);
     }

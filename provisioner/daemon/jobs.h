@@ -45,6 +45,7 @@ typedef struct job {
     int rc;
     bool blocked; /* a pool-wide reason (space, gold), not this desktop's */
     bool template_bad; /* the memory image or its template changed: the pool boots */
+    bool agent_connected; /* a resumed start: the guest agent's channel is connected */
     char *error;
     char *display;
     bool growth_reread;

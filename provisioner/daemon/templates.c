@@ -225,6 +225,11 @@ void template_resume_start(job *j)
     }
     if (attach_network(j, dom) == 0) {
         job_domain_running(j, dom);
+        /* A resumed guest's agent was running already: its channel may be
+         * connected without a lifecycle event to say so. */
+        char *live = virDomainGetXMLDesc(dom, 0);
+        j->agent_connected = domain_agent_from_xml(live) == AGENT_CONNECTED;
+        free(live);
         /* The guest's clock stopped with the template: the agent sets it
          * from the host's (it reconnects within a moment of the restore). */
         if (j->pc->ready_when == VDI_READY_AGENT) {

@@ -105,3 +105,14 @@ for filler in 0 2000; do
     "$root/build/bench/bench_refill" "$root/build/vdipoold" "$root/build/make-demo-gold" \
         "$work/refill" 20 "$filler" 7
 done
+
+echo
+echo "## instant desktops: start = \"resume\" against \"boot\" (needs libvirtd; the Linux gold when built)"
+linux=${VDI_LINUX_GOLD_DIR:-/var/cache/vdipool/linux-gold}
+if [ -f "$linux/linux-gold.qcow2" ] && [ "$quick" != "--quick" ]; then
+    "$root/build/bench/bench_resume" "$root/build/vdipoold" "$root/build/make-demo-gold" \
+        "$work/resume" 20 5 "$linux"
+else
+    "$root/build/bench/bench_resume" "$root/build/vdipoold" "$root/build/make-demo-gold" \
+        "$work/resume" 20 5
+fi

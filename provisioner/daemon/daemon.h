@@ -494,7 +494,6 @@ void desktop_choose_start(desktop *d);
 /* A resume failed because the image or its template changed: the pool
  * boots until a new image is made. */
 void pool_template_refused(pool *p, const char *why);
-void template_free(pool *p);
 
 /* ---- refresh.c: children's sizes recorded in the background ----------------------- */
 void refresh_step(service *svc);

@@ -68,11 +68,6 @@ const char *agent_state_name(agent_state a)
     return a == AGENT_CONNECTED ? "connected" : a == AGENT_DISCONNECTED ? "disconnected" : "unknown";
 }
 
-int64_t service_now(const service *svc)
-{
-    return svc->ops->now();
-}
-
 /* The one place a desktop's state changes: it moves to the tail of its new
  * state's list (a desktop set to the state it has moves to the tail too, as
  * its state_since is new). */

@@ -54,6 +54,13 @@ typedef struct job {
 } job;
 
 double jobs_mono(void);
+/* What a desktop of the job's pool is expected to grow by: the p95 of its
+ * finished sessions once there are enough, else expected_growth (job.c). */
+uint64_t job_growth(job *j);
+/* How long a pool's learned growth is reused before a job reads the
+ * sessions again: a p95 over the last 500 sessions moves slowly, and reading
+ * them for every clone was a fifth of the daemon's work under load. */
+#define GROWTH_TTL 10.0
 void job_free(job *j);
 void job_fail(job *j, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 const char *libvirt_message(void);

@@ -10,6 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+int64_t service_now(const service *svc)
+{
+    return svc->ops->now();
+}
+
 pool *service_find_pool(service *svc, const char *name)
 {
     for (size_t i = 0; i < svc->npools; i++)
@@ -174,7 +179,10 @@ void pool_free(pool *p)
     free(p->held_gold);
     free(p->host_counts);
     free(p->no_host);
-    template_free(p);
+    free(p->tmpl.gold);
+    free(p->tmpl.child);
+    free(p->tmpl.image);
+    free(p->tmpl.problem);
     vdi_config_unref(p->config);
     free(p);
 }

@@ -287,6 +287,64 @@ START_TEST(agent_readiness_identity_and_logoff)
 }
 END_TEST
 
+/* start = "resume" with a real guest: desktops resumed from the memory image
+ * of a booted template get their own hostname and clock through the agent,
+ * and what a user writes lands in the desktop's own child, never in the
+ * template child (its fingerprint holds). */
+START_TEST(resumed_linux_desktops_are_their_own)
+{
+    seal_copy("linux-gold");
+    write_config("linux-gold", 2, 2, "start = \"resume\";");
+    th_daemon_start(&D);
+    wait_agent_ready(2, 240);
+    json_t *p = pool_state();
+    json_t *mi = json_object_get(p, "memory_image");
+    ck_assert_msg(!strcmp(json_string_value(json_object_get(mi, "state")), "ready"),
+                  "memory image %s: %s", json_string_value(json_object_get(mi, "state")),
+                  json_string_value(json_object_get(mi, "problem")));
+    char tmpl[1200];
+    snprintf(tmpl, sizeof tmpl, "%s", json_string_value(json_object_get(mi, "template_child")));
+    json_decref(p);
+
+    char name[96];
+    acquire_into("carol", name, sizeof name);
+    json_t *d = th_get_desktop(&D, name);
+    ck_assert_ptr_nonnull(json_object_get(d, "resumed_from"));
+    ck_assert_str_eq(json_string_value(json_object_get(d, "hostname")), name);
+    char child[4096];
+    snprintf(child, sizeof child, "%s", json_string_value(json_object_get(d, "child")));
+    json_decref(d);
+    json_t *h = agent(name, "{\"execute\":\"guest-get-host-name\"}");
+    ck_assert_ptr_nonnull(h);
+    ck_assert_str_eq(json_string_value(json_object_get(h, "host-name")), name);
+    json_decref(h);
+    /* The guest's clock was set from the host's after the resume. */
+    char out[256];
+    ck_assert_int_eq(guest_sh(name, "date +%s", out, sizeof out), 0);
+    long long skew = atoll(out) - (long long)time(NULL);
+    ck_assert_msg(skew > -30 && skew < 30, "guest clock off by %lld s", skew);
+    /* carol writes 4 MiB; it lands in her desktop's child. */
+    char *before = th_must("qemu-img info -U --output=json %s | grep actual-size", child);
+    ck_assert_int_eq(guest_sh(name,
+                              "dd if=/dev/urandom of=/home/user/carol.bin bs=1M count=4 "
+                              "2>/dev/null && sync",
+                              NULL, 0),
+                     0);
+    char *after = th_must("qemu-img info -U --output=json %s | grep actual-size", child);
+    long long grew = atoll(strchr(after, ':') + 1) - atoll(strchr(before, ':') + 1);
+    ck_assert_msg(grew >= 4 << 20, "the desktop's child grew by %lld bytes", grew);
+    free(before);
+    free(after);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    /* The template child kept its fingerprint. */
+    char *v = NULL;
+    ck_assert_msg(th_run(&v, "VDIPOOL_STATE_DIR=%s %s image verify %s", D.state,
+                         getenv("VDIPOOLCTL"), tmpl) == 0,
+                  "template child %s: %s", tmpl, v ? v : "");
+    free(v);
+}
+END_TEST
+
 START_TEST(a_gold_that_never_boots_is_recycled_and_reported)
 {
     seal_copy("linux-broken");
@@ -437,5 +495,6 @@ TH_MAIN("agent", {"agent",
                   teardown,
                   900,
                   {agent_readiness_identity_and_logoff,
-                   a_gold_that_never_boots_is_recycled_and_reported, NULL}},
+                   a_gold_that_never_boots_is_recycled_and_reported,
+                   resumed_linux_desktops_are_their_own, NULL}},
         {"gold-edit", setup, teardown_family, 900, {gold_edit_publish_and_rollback, NULL}})

@@ -120,14 +120,17 @@ static bool find_image(build_req *r, const vdi_memory_image *imgs, size_t n)
 /* Ready to be saved: its agent answers, or it ran template_settle. */
 static int wait_template(build_req *r, virDomainPtr dom)
 {
+    /* -1 from IsActive: libvirtd went away (not the domain). */
     if (r->pc->ready_when != VDI_READY_AGENT) {
         sleep((unsigned)r->pc->template_settle);
-        return virDomainIsActive(dom) == 1 ? 0 : -ESRCH;
+        int active = virDomainIsActive(dom);
+        return active == 1 ? 0 : active < 0 ? -ENOTCONN : -ESRCH;
     }
     time_t end = time(NULL) + (time_t)r->pc->boot_timeout;
     while (time(NULL) < end) {
-        if (virDomainIsActive(dom) != 1)
-            return -ESRCH;
+        int active = virDomainIsActive(dom);
+        if (active != 1)
+            return active < 0 ? -ENOTCONN : -ESRCH;
         char *answer =
             virDomainQemuAgentCommand(dom, "{\"execute\":\"guest-ping\"}", 2, 0);
         if (answer) {
@@ -227,9 +230,10 @@ static void build_run(void *data)
         build_fail(r, -EIO, "cannot start the template domain: %s",
                    err.message[0] ? err.message : libvirt_message());
     } else if ((rc = wait_template(r, dom)) < 0) {
-        build_fail(r, rc, "the template domain %s", rc == -ETIMEDOUT
-                                                        ? "did not become ready in boot_timeout"
-                                                        : "stopped before it could be saved");
+        build_fail(r, rc, "the template domain %s",
+                   rc == -ETIMEDOUT  ? "did not become ready in boot_timeout"
+                   : rc == -ENOTCONN ? "was lost with the connection to libvirtd"
+                                     : "stopped before it could be saved");
         virDomainDestroy(dom);
     } else if (virDomainSaveFlags(dom, tmp, NULL, VIR_DOMAIN_SAVE_RUNNING) < 0) {
         build_fail(r, -EIO, "cannot save the template domain: %s", libvirt_message());
@@ -285,11 +289,13 @@ static void build_done(service *svc, void *data)
         } else if (r->rc == 0) {
             p->tmpl.state = TEMPLATE_NONE; /* the gold moved on meanwhile: again */
         } else {
+            /* A lost connection is libvirtd's, not the gold's: soon again. */
+            int wait = r->rc == -ENOTCONN ? 10 : TEMPLATE_RETRY_S;
             p->tmpl.state = TEMPLATE_FAILED;
-            p->tmpl.retry_at = service_now(svc) + TEMPLATE_RETRY_S;
+            p->tmpl.retry_at = service_now(svc) + wait;
             char msg[1200];
             snprintf(msg, sizeof msg, "no memory image (%s); desktops boot, retried in %ds",
-                     r->error ? r->error : "unknown error", TEMPLATE_RETRY_S);
+                     r->error ? r->error : "unknown error", wait);
             set_str(&p->tmpl.problem, msg);
             svc_log("error", "pool=%s event=memory-image-failed reason=\"%s\"", p->name, msg);
         }

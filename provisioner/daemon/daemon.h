@@ -172,6 +172,7 @@ typedef struct desktop {
     bool agent_ready;        /* it answered and the identity was set: may be ready */
     int64_t agent_retry_at;  /* booting: when to ask the agent again */
     double start_mono;       /* when the start began (monotonic s), for boot time */
+    double clone_mono;       /* when its clone began, for clone-to-ready time; 0 when not */
     double boot_seconds;     /* start to ready of the current run; 0 when unknown */
     char *hostname;          /* set through the agent */
     json_t *users;           /* the guest's logged-in users (array of names), or NULL */
@@ -305,6 +306,7 @@ struct service {
     uint64_t reload_asked, reload_applied; /* reload sequence numbers */
     waiter *waiters;                       /* acquires waiting for a spare, oldest first */
     latency_histogram clone_latency, start_latency, boot_latency, resume_latency;
+    latency_histogram ready_latency; /* a new desktop: clone begun to ready */
     unsigned users_reads_running; /* agent user-list reads in flight (bounded) */
     uint64_t budget_events; /* desktops that grew past their write budget */
     bool ready_notified;    /* every pool has its spares ready */

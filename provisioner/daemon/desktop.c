@@ -81,6 +81,11 @@ void desktop_set_state(desktop *d, desktop_state s)
         desktop_set_host(d, NULL); /* no domain and no child on any host any more */
         d->rss_bytes = 0;
     }
+    if (s == DESKTOP_READY && d->clone_mono > 0 &&
+        (from == DESKTOP_STARTING || from == DESKTOP_RESUMING || from == DESKTOP_BOOTING)) {
+        latency_observe(&d->pool->svc->ready_latency, (double)uv_hrtime() / 1e9 - d->clone_mono);
+        d->clone_mono = 0;
+    }
     desktop_list_remove(d);
     d->state = s;
     d->state_since = service_now(d->pool->svc);
@@ -104,6 +109,7 @@ void desktop_begin_clone(desktop *d)
     pool *p = d->pool;
     set_str(&d->gold, pool_gold(p));
     desktop_choose_start(d); /* start = "resume": from the pool's memory image */
+    d->clone_mono = (double)uv_hrtime() / 1e9;
     desktop_set_state(d, DESKTOP_CLONING);
     p->svc->clones_running++; /* until desktop_cloned */
     p->svc->ops->clone(d);

@@ -284,14 +284,17 @@ char *service_metrics_text(service *svc)
                 "what admission assumed.\n# TYPE vdipool_write_budget_exceeded_total counter\n"
                 "vdipool_write_budget_exceeded_total %llu\n",
                 (unsigned long long)svc->budget_events);
-    const latency_histogram *hs[4] = {&svc->clone_latency, &svc->start_latency,
-                                      &svc->boot_latency, &svc->resume_latency};
-    const char *names[4] = {"vdipool_clone_seconds", "vdipool_start_seconds",
-                            "vdipool_boot_seconds", "vdipool_resume_seconds"};
-    const char *what[4] = {"clones", "domain starts",
+    const latency_histogram *hs[5] = {&svc->clone_latency, &svc->start_latency,
+                                      &svc->boot_latency, &svc->resume_latency,
+                                      &svc->ready_latency};
+    const char *names[5] = {"vdipool_clone_seconds", "vdipool_start_seconds",
+                            "vdipool_boot_seconds", "vdipool_resume_seconds",
+                            "vdipool_ready_seconds"};
+    const char *what[5] = {"clones", "domain starts",
                            "boots (domain start to guest agent ready, ready_when = agent)",
-                           "resumes from a memory image (start = resume)"};
-    for (int h = 0; h < 4; h++) {
+                           "resumes from a memory image (start = resume)",
+                           "new desktops, clone begun to ready (all of the above)"};
+    for (int h = 0; h < 5; h++) {
         text_append(&t, "# HELP %s Latency of %s.\n# TYPE %s histogram\n", names[h], what[h],
                     names[h]);
         uint64_t cum = 0;

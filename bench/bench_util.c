@@ -78,7 +78,9 @@ void bench_stop_daemon(pid_t pid)
 void bench_cleanup(const char *work, const char *gold)
 {
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "chattr -i %s 2>/dev/null; rm -rf %s", gold, work);
+    /* Sealed images are immutable: the gold, and a resume pool's template child. */
+    snprintf(cmd, sizeof cmd, "chattr -i %s %s/*.qcow2 %s/ds/*.qcow2 2>/dev/null; rm -rf %s", gold,
+             work, work, work);
     if (system(cmd) != 0)
         fprintf(stderr, "bench: %s left behind\n", work);
 }

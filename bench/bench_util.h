@@ -19,7 +19,7 @@ int bench_prepare(const char *work, const char *daemon, const char *make_gold, c
  * WORK/vdipoold.log; the child's pid, or -1. */
 pid_t bench_start_daemon(const char *daemon, const char *work, const char *config_text);
 void bench_stop_daemon(pid_t pid);
-/* Removes WORK (its sealed gold is immutable: unlocked first). */
+/* Removes WORK (sealed images are immutable: unlocked first). */
 void bench_cleanup(const char *work, const char *gold);
 long bench_rss_kib(pid_t pid);
 /* Desktops of pool `bench` in `state`, from GET /v1/pools/bench?summary=1; -1 on failure. */

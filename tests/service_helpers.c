@@ -169,3 +169,38 @@ json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s)
                  dump ? dump : "(no answer)");
     return NULL;
 }
+
+json_t *th_pool(th_daemon *d)
+{
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(d, "GET", "/v1/pools/demo", NULL, &j), 200);
+    return j;
+}
+
+json_t *th_wait_pool(th_daemon *d, bool (*cond)(json_t *pool), int timeout_s, const char *what)
+{
+    time_t end = time(NULL) + timeout_s;
+    json_t *j = NULL;
+    while (time(NULL) <= end) {
+        json_decref(j);
+        j = th_pool(d);
+        if (cond(j))
+            return j;
+        usleep(200000);
+    }
+    char *dump = json_dumps(j, 0);
+    ck_abort_msg("%s within %ds: %s", what, timeout_s, dump);
+    return NULL;
+}
+
+void th_daemon_seal_new_gold(th_daemon *d, const char *name, char *out, size_t len)
+{
+    snprintf(out, len, "%s/%s", d->dir, name);
+    free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), out));
+    vdi_catalog *cat = NULL;
+    vdi_error err = {0};
+    ck_assert_int_eq(vdi_catalog_open(d->state, &cat, &err), 0);
+    vdi_seal_result sr;
+    ck_assert_msg(vdi_seal(cat, out, &sr, &err) == 0, "%s", err.message);
+    vdi_catalog_close(cat);
+}

@@ -42,4 +42,13 @@ json_t *th_get_desktop(th_daemon *d, const char *name);
  * timeout_s. */
 json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s);
 
+/* GET /v1/pools/demo, which must answer 200; the caller frees it. */
+json_t *th_pool(th_daemon *d);
+/* Polls GET /v1/pools/demo until cond holds (returns that answer); fails the
+ * test with the last answer and `what` after timeout_s. */
+json_t *th_wait_pool(th_daemon *d, bool (*cond)(json_t *pool), int timeout_s, const char *what);
+/* Another sealed demo gold, DIR/name, in the daemon's catalog; its path
+ * into out. */
+void th_daemon_seal_new_gold(th_daemon *d, const char *name, char *out, size_t len);
+
 #endif

@@ -96,30 +96,6 @@ static json_int_t by(json_t *pool, const char *group, const char *key)
     return json_integer_value(json_object_get(json_object_get(pool, group), key));
 }
 
-static json_t *pool_now(void)
-{
-    json_t *j = NULL;
-    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
-    return j;
-}
-
-/* Polls the pool until cond holds; fails with the pool after timeout_s. */
-static json_t *wait_pool(bool (*cond)(json_t *), int timeout_s, const char *what)
-{
-    time_t end = time(NULL) + timeout_s;
-    json_t *j = NULL;
-    while (time(NULL) <= end) {
-        json_decref(j);
-        j = pool_now();
-        if (cond(j))
-            return j;
-        usleep(200000);
-    }
-    char *dump = json_dumps(j, 0);
-    ck_abort_msg("%s within %ds: %s", what, timeout_s, dump);
-    return NULL;
-}
-
 static bool spread_ready(json_t *p)
 {
     return by(p, "desktops_by_state", "ready") == 4 && by(p, "desktops_by_host", "h1") == 2 &&
@@ -176,7 +152,7 @@ static bool h2_drained(json_t *p)
  * every domain on each host is a desktop of that host: nothing leaked. */
 static void assert_no_leak(void)
 {
-    json_t *p = pool_now();
+    json_t *p = th_pool(&D);
     size_t i;
     json_t *d;
     unsigned live = 0;
@@ -211,7 +187,7 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
 {
     write_config("active");
     th_daemon_start(&D);
-    json_t *p = wait_pool(spread_ready, 90, "4 spares, 2 on each host");
+    json_t *p = th_wait_pool(&D, spread_ready, 90, "4 spares, 2 on each host");
     json_decref(p);
     char *h1 = domains_on("qemu:///system"), *h2 = domains_on(h2_uri);
     ck_assert_msg(count_words(h1) == 2 && count_words(h2) == 2, "h1 [%s] h2 [%s]", h1, h2);
@@ -254,7 +230,7 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
         ck_assert_int_eq(th_http(&D, "POST", path, "{}", &j), 200);
         json_decref(j);
     }
-    p = wait_pool(settled_back, 90, "spares made up after the releases");
+    p = th_wait_pool(&D, settled_back, 90, "spares made up after the releases");
     json_decref(p);
     for (int k = 0; k < 2; k++) {
         if (rel[k] < 0)
@@ -272,7 +248,7 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
     /* h2's libvirtd dies mid-session; one of its spares' QEMU dies too while
      * nobody can see it. */
     lost_assigned = acquired_name[keep2];
-    p = pool_now();
+    p = th_pool(&D);
     const char *dead_spare = NULL;
     size_t i;
     json_t *d;
@@ -290,7 +266,7 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
     free(th_must("%s kill %s", script, h2_dir));
     if (dead[0])
         th_run(NULL, "pkill -9 -f 'guest=%s,'", dead);
-    p = wait_pool(h2_lost, 90, "h2's desktops unreachable and spares made up on h1");
+    p = th_wait_pool(&D, h2_lost, 90, "h2's desktops unreachable and spares made up on h1");
     json_decref(p);
     json_t *lost = th_get_desktop(&D, lost_assigned);
     const char *lost_user = json_string_value(json_object_get(lost, "user"));
@@ -304,7 +280,7 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
 
     /* h2 answers again: its running desktops come back, the dead one ends. */
     free(th_must("%s revive %s", script, h2_dir));
-    p = wait_pool(settled_back, 120, "h2 reconciled and the pool back to its spares");
+    p = th_wait_pool(&D, settled_back, 120, "h2 reconciled and the pool back to its spares");
     json_decref(p);
     json_t *back = th_get_desktop(&D, lost_assigned);
     ck_assert_str_eq(json_string_value(json_object_get(back, "state")), "assigned");
@@ -327,7 +303,7 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
     json_t *j = NULL;
     ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", "{}", &j), 200);
     json_decref(j);
-    p = wait_pool(h2_drained, 90, "h2 drained to its one session, spares on h1");
+    p = th_wait_pool(&D, h2_drained, 90, "h2 drained to its one session, spares on h1");
     json_decref(p);
     char path[128];
     snprintf(path, sizeof path, "/v1/desktops/%s/release", lost_assigned);
@@ -344,7 +320,7 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
     } while (time(NULL) < end);
     ck_assert_msg(count_words(left) == 0, "h2 still runs [%s] in maintenance", left);
     free(left);
-    p = wait_pool(settled_back, 90, "the pool back to its spares on h1");
+    p = th_wait_pool(&D, settled_back, 90, "the pool back to its spares on h1");
     ck_assert_int_eq(by(p, "desktops_by_host", "h2"), 0);
     json_decref(p);
     assert_no_leak();
@@ -396,7 +372,7 @@ START_TEST(host_local_datastore_through_the_storage_api)
              D.sock, D.state, h2_uri, D.dir, h2_dir, D.gold, D.prefix);
     th_write_file(D.conf, conf, strlen(conf));
     th_daemon_start(&D);
-    json_t *p = wait_pool(two_ready_on_h2, 90, "2 spares on h2's local datastore");
+    json_t *p = th_wait_pool(&D, two_ready_on_h2, 90, "2 spares on h2's local datastore");
     json_decref(p);
     /* Copied once, proved once, for two clones. */
     ck_assert_uint_eq(log_count("host=h2 event=gold-copied "), 1);
@@ -444,7 +420,7 @@ START_TEST(host_local_datastore_through_the_storage_api)
     }
     ck_assert(gone);
     ck_assert_uint_ge(log_count("event=ended reason=released"), 1);
-    p = wait_pool(two_ready_on_h2, 90, "the spares made up on h2");
+    p = th_wait_pool(&D, two_ready_on_h2, 90, "the spares made up on h2");
     json_decref(p);
     ck_assert_uint_eq(log_count("host=h2 event=gold-copied "), 1);
 
@@ -454,10 +430,10 @@ START_TEST(host_local_datastore_through_the_storage_api)
                "2>/dev/null",
                h2_dir));
     th_daemon_start(&D);
-    p = wait_pool(two_ready_on_h2, 60, "the running spares adopted");
+    p = th_wait_pool(&D, two_ready_on_h2, 60, "the running spares adopted");
     json_decref(p);
     acquire(1); /* a new spare is wanted: its clone proves the copy */
-    p = wait_pool(blocked_by_copy, 60, "the changed copy refused");
+    p = th_wait_pool(&D, blocked_by_copy, 60, "the changed copy refused");
     json_decref(p);
     ck_assert_uint_ge(log_count("event=gold-copy-refused"), 1);
 }

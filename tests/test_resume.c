@@ -52,32 +52,9 @@ static void teardown(void)
     th_run(NULL, "chattr -i %s/ds/*.qcow2 %s/*.qcow2 2>/dev/null", D.dir, D.dir);
 }
 
-static json_t *pool_now(void)
-{
-    json_t *j = NULL;
-    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &j), 200);
-    return j;
-}
-
 static const char *image_state(json_t *p)
 {
     return json_string_value(json_object_get(json_object_get(p, "memory_image"), "state"));
-}
-
-static json_t *wait_until(bool (*cond)(json_t *), int timeout_s, const char *what)
-{
-    time_t end = time(NULL) + timeout_s;
-    json_t *j = NULL;
-    while (time(NULL) <= end) {
-        json_decref(j);
-        j = pool_now();
-        if (cond(j))
-            return j;
-        usleep(200000);
-    }
-    char *dump = json_dumps(j, 0);
-    ck_abort_msg("%s within %ds: %s", what, timeout_s, dump);
-    return NULL;
 }
 
 /* n ready desktops, all resumed from the current image. */
@@ -152,7 +129,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     write_pool(D.gold);
     th_daemon_start(&D);
     want_resumed = 2;
-    json_t *p = wait_until(resumed_ready, 120, "2 desktops resumed from the memory image");
+    json_t *p = th_wait_pool(&D, resumed_ready, 120, "2 desktops resumed from the memory image");
     json_t *mi = json_object_get(p, "memory_image");
     char child[1200], image[1200];
     snprintf(child, sizeof child, "%s", json_string_value(json_object_get(mi, "template_child")));
@@ -167,7 +144,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
 
     /* Two desktops, two UUIDs, two children over the template child. */
     char names[2][64];
-    p = pool_now();
+    p = th_pool(&D);
     size_t i, k = 0;
     json_t *d;
     json_array_foreach(json_object_get(p, "desktops"), i, d) if (k < 2 &&
@@ -200,7 +177,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     time_t mend = time(NULL) + 30;
     json_int_t rss = 0;
     while (rss == 0 && time(NULL) < mend) {
-        p = pool_now();
+        p = th_pool(&D);
         rss = json_integer_value(json_object_get(json_object_get(p, "memory"), "rss_bytes"));
         json_decref(p);
         if (!rss)
@@ -223,7 +200,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
         usleep(200000);
     ck_assert_uint_ge(log_count("reason=guest-shutdown"), 1);
     want_resumed = 2;
-    json_decref(wait_until(resumed_ready, 60, "the spares resumed again"));
+    json_decref(th_wait_pool(&D, resumed_ready, 60, "the spares resumed again"));
     guard_full(child); /* nothing a desktop did reached the template */
     ck_assert_uint_eq(log_count("event=memory-image-made"), 1);
 
@@ -234,7 +211,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     end = time(NULL) + 60;
     bool refused = false, booted = false;
     while (!(refused && booted) && time(NULL) < end) {
-        p = pool_now();
+        p = th_pool(&D);
         const char *problem = json_string_value(
             json_object_get(json_object_get(p, "memory_image"), "problem"));
         refused = problem && strstr(problem, "changed");
@@ -264,26 +241,19 @@ START_TEST(rollout_makes_a_new_image_and_retires_the_old)
     write_pool(D.gold);
     th_daemon_start(&D);
     want_resumed = 2;
-    json_t *p = wait_until(resumed_ready, 120, "2 desktops resumed");
+    json_t *p = th_wait_pool(&D, resumed_ready, 120, "2 desktops resumed");
     char old_image[1200];
     snprintf(old_image, sizeof old_image, "%s",
              json_string_value(json_object_get(json_object_get(p, "memory_image"), "image")));
     json_decref(p);
 
     char gold2[1200];
-    snprintf(gold2, sizeof gold2, "%s/gold2.qcow2", D.dir);
-    free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), gold2));
-    vdi_catalog *cat = NULL;
-    vdi_error err = {0};
-    ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
-    vdi_seal_result sr;
-    ck_assert_msg(vdi_seal(cat, gold2, &sr, &err) == 0, "%s", err.message);
-    vdi_catalog_close(cat);
+    th_daemon_seal_new_gold(&D, "gold2.qcow2", gold2, sizeof gold2);
     write_pool(gold2);
     json_t *j = NULL;
     ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &j), 200);
     json_decref(j);
-    p = wait_until(image_for_gold2, 120, "spares resumed from an image of the new gold");
+    p = th_wait_pool(&D, image_for_gold2, 120, "spares resumed from an image of the new gold");
     const char *now_image =
         json_string_value(json_object_get(json_object_get(p, "memory_image"), "image"));
     ck_assert_str_ne(now_image, old_image);

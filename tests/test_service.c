@@ -252,14 +252,7 @@ START_TEST(gold_rollout)
 
     /* A second sealed gold, and the config points the pool's gold at it. */
     char gold2[1200];
-    snprintf(gold2, sizeof gold2, "%s/gold2.qcow2", D.dir);
-    free(th_must("%s %s", getenv("MAKE_DEMO_GOLD"), gold2));
-    vdi_catalog *cat = NULL;
-    vdi_error err = {0};
-    ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
-    vdi_seal_result sr;
-    ck_assert_msg(vdi_seal(cat, gold2, &sr, &err) == 0, "%s", err.message);
-    vdi_catalog_close(cat);
+    th_daemon_seal_new_gold(&D, "gold2.qcow2", gold2, sizeof gold2);
     char extra[1400];
     th_daemon_write_config(&D, 3, 2, NULL);
     char *text = th_must("sed -i 's#path = \"%s\"#path = \"%s\"#' %s && cat %s", D.gold, gold2,
@@ -314,6 +307,8 @@ START_TEST(gold_rollout)
     ck_assert(released);
     json_decref(a);
     ck_assert_int_eq(th_daemon_stop(&D), 0);
+    vdi_catalog *cat = NULL;
+    vdi_error err = {0};
     ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
     vdi_gold_info g;
     ck_assert_int_eq(vdi_catalog_gold(cat, D.gold, &g, &err), 0);

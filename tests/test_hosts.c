@@ -327,6 +327,56 @@ START_TEST(pool_over_two_hosts_survives_losing_one)
 }
 END_TEST
 
+/* vdipoold restarted while h2 cannot be reached: what the catalog records on
+ * h2 is shown unreachable (slots and the session kept) and spares are made
+ * on h1; when h2 answers, its desktops come back and nothing leaks. */
+START_TEST(a_host_unreachable_at_start)
+{
+    write_config("active");
+    th_daemon_start(&D);
+    json_decref(th_wait_pool(&D, spread_ready, 90, "4 spares, 2 on each host"));
+    /* A session on h2. */
+    int on_h2 = -1;
+    for (int i = 0; i < 4 && on_h2 < 0; i++) {
+        acquire(i);
+        if (!strcmp(acquired_host[i], "h2"))
+            on_h2 = i;
+    }
+    ck_assert_int_ge(on_h2, 0);
+    lost_assigned = acquired_name[on_h2];
+    json_int_t session = 0;
+    json_t *d = th_get_desktop(&D, lost_assigned);
+    session = json_integer_value(json_object_get(d, "session_id"));
+    json_decref(d);
+    json_decref(th_wait_pool(&D, settled_back, 90, "the pool settled"));
+    json_t *p = th_pool(&D);
+    unsigned on2 = (unsigned)by(p, "desktops_by_host", "h2");
+    json_decref(p);
+
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    free(th_must("%s kill %s", script, h2_dir));
+    th_daemon_start(&D);
+    p = th_wait_pool(&D, h2_lost, 90, "h2's desktops unreachable from the start");
+    ck_assert_int_eq(by(p, "desktops_by_state", "unreachable"), on2);
+    json_decref(p);
+    d = th_get_desktop(&D, lost_assigned);
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "session_id")), session);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "state_before")), "assigned");
+    json_decref(d);
+    ck_assert_msg(th_run(NULL, "grep -q 'host=h2 event=unreachable-at-start' %s/vdipoold.log",
+                         D.dir) == 0,
+                  "no unreachable-at-start event for h2");
+
+    free(th_must("%s revive %s", script, h2_dir));
+    json_decref(th_wait_pool(&D, settled_back, 120, "h2 reconciled"));
+    d = th_get_desktop(&D, lost_assigned);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "session_id")), session);
+    json_decref(d);
+    assert_no_leak();
+}
+END_TEST
+
 static char *in_h2(const char *fmt, const char *arg)
 {
     char cmd[2048];
@@ -447,6 +497,7 @@ int main(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, pool_over_two_hosts_survives_losing_one);
     tcase_add_test(tc, host_local_datastore_through_the_storage_api);
+    tcase_add_test(tc, a_host_unreachable_at_start);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

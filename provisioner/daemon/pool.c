@@ -167,6 +167,29 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
     }
 }
 
+/* More ready spares than the pool keeps (a lost host's desktops came back
+ * after their spares were made up elsewhere, or `spares` was lowered): the
+ * newest go, so that the pool settles at what its config asks. */
+static void trim_spares(pool *p)
+{
+    if (p->draining || !p->svc->online)
+        return;
+    unsigned want = p->cfg->spares + sessions_waiting(p->svc, p->name);
+    unsigned ready = p->by_state[DESKTOP_READY].count;
+    while (ready > want) {
+        desktop *newest = NULL;
+        for (desktop *d = p->by_state[DESKTOP_READY].head; d; d = d->state_next)
+            if (!d->busy)
+                newest = d; /* the list is in the order they became ready */
+        if (!newest)
+            return;
+        svc_log("info", "pool=%s desktop=%s event=spare-trimmed ready=%u spares=%u", p->name,
+                newest->name, ready, want);
+        session_end(newest, END_OTHER);
+        ready--;
+    }
+}
+
 void pool_step(pool *p)
 {
     service *svc = p->svc;
@@ -182,6 +205,7 @@ void pool_step(pool *p)
         for (unsigned i = 0; i < p->nslots; i++)
             if (!p->desktops[i]->busy)
                 tend(p, p->desktops[i], now, sc->max_parallel_starts);
+        trim_spares(p);
     } else {
         static const desktop_state prompt[] = {DESKTOP_STARTING, DESKTOP_PAUSED};
         for (size_t k = 0; k < 2; k++)

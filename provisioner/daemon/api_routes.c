@@ -44,21 +44,9 @@ static int measure_store(vdi_catalog *catalog, const datastore_copy *ds, vdi_spa
                                        ds->reserve_percent, s, err);
     if (!ds->conn)
         return vdi_error_set(err, -ENOTCONN, "host %s is not connected", ds->host);
-    virStoragePoolPtr sp = NULL;
     char why[1024] = "";
-    uint64_t capacity = 0, available = 0;
-    vdi_datastore_usage usage;
-    int rc = hoststore_pool(ds->conn, &ds->config, &sp, why, sizeof why);
-    if (rc == 0)
-        rc = hoststore_space(sp, &capacity, &available, why, sizeof why);
-    if (sp)
-        virStoragePoolFree(sp);
-    if (rc < 0)
-        return vdi_error_set(err, rc, "host %s: %s", ds->host, why);
-    if ((rc = vdi_catalog_datastore_usage(catalog, ds->name, &usage, err)) < 0)
-        return rc;
-    vdi_space_report_from(capacity, available, ds->reserve_bytes, ds->reserve_percent, &usage, s);
-    return 0;
+    int rc = hoststore_measure(ds->conn, &ds->config, catalog, s, why, sizeof why);
+    return rc < 0 ? vdi_error_set(err, rc, "host %s: %s", ds->host, why) : 0;
 }
 
 typedef struct deferred {

@@ -62,6 +62,35 @@ static copy_state *copy_find(const char *key, bool create)
     return c;
 }
 
+/* Was the copy at key proved, and does it still show the stamp it had then?
+ * One that changed loses its proof (*changed, which may be NULL, says so). */
+static bool copy_still_proved(const char *key, const char *stamp, bool *changed)
+{
+    pthread_mutex_lock(&copies_lock);
+    copy_state *c = copy_find(key, false);
+    bool fine = c && c->proved && !strcmp(c->stamp, stamp);
+    bool lost = c && c->proved && !fine;
+    if (lost)
+        c->proved = false;
+    pthread_mutex_unlock(&copies_lock);
+    if (changed)
+        *changed = lost;
+    return fine;
+}
+
+/* What a proof found: the copy proved, with its stamp, or not. */
+static void copy_set_proved(const char *key, bool proved, const char *stamp)
+{
+    pthread_mutex_lock(&copies_lock);
+    copy_state *c = copy_find(key, proved);
+    if (c) {
+        c->proved = proved;
+        if (proved)
+            snprintf(c->stamp, sizeof c->stamp, "%s", stamp);
+    }
+    pthread_mutex_unlock(&copies_lock);
+}
+
 static char *copy_key(virConnectPtr conn, const char *path)
 {
     char *uri = virConnectGetURI(conn);
@@ -143,6 +172,29 @@ int hoststore_space(virStoragePoolPtr pool, uint64_t *capacity, uint64_t *availa
     }
     *capacity = info.capacity;
     *available = info.available;
+    return 0;
+}
+
+int hoststore_measure(virConnectPtr conn, const vdi_datastore_config *ds, vdi_catalog *catalog,
+                      vdi_space_report *out, char *why, size_t why_len)
+{
+    virStoragePoolPtr sp = NULL;
+    uint64_t capacity = 0, available = 0;
+    int rc = hoststore_pool(conn, ds, &sp, why, why_len);
+    if (rc == 0)
+        rc = hoststore_space(sp, &capacity, &available, why, why_len);
+    if (sp)
+        virStoragePoolFree(sp);
+    if (rc < 0)
+        return rc;
+    vdi_datastore_usage usage;
+    vdi_error err = {0};
+    if ((rc = vdi_catalog_datastore_usage(catalog, ds->name, &usage, &err)) < 0) {
+        snprintf(why, why_len, "%s", err.message);
+        return rc;
+    }
+    vdi_space_report_from(capacity, available, ds->reserve_bytes, ds->reserve_percent, &usage,
+                          out);
     return 0;
 }
 
@@ -344,14 +396,8 @@ int hoststore_gold(virConnectPtr conn, virStoragePoolPtr pool, vdi_catalog *cata
     char stamp[256];
     if (vol && path && key && volume_stamp(vol, stamp, sizeof stamp, why, why_len) == 0) {
         /* The cheap check: proved before, and unchanged since. */
-        pthread_mutex_lock(&copies_lock);
-        copy_state *c = copy_find(key, false);
-        bool fine = c && c->proved && !strcmp(c->stamp, stamp);
-        bool changed = c && c->proved && !fine;
-        if (changed)
-            c->proved = false;
-        pthread_mutex_unlock(&copies_lock);
-        if (fine) {
+        bool changed = false;
+        if (copy_still_proved(key, stamp, &changed)) {
             snprintf(path_out, path_len, "%s", path);
             free(path);
             free(key);
@@ -360,9 +406,8 @@ int hoststore_gold(virConnectPtr conn, virStoragePoolPtr pool, vdi_catalog *cata
         }
         if (changed)
             svc_log("warning",
-                    "host=%s event=gold-copy-changed copy=%s was=\"%s\" now=\"%s\"; proving it "
-                    "again",
-                    host_name, path, c ? "proved" : "-", stamp);
+                    "host=%s event=gold-copy-changed copy=%s now=\"%s\"; proving it again",
+                    host_name, path, stamp);
     }
     free(path);
     free(key);
@@ -396,18 +441,11 @@ int hoststore_gold(virConnectPtr conn, virStoragePoolPtr pool, vdi_catalog *cata
          * copy found on the host is proved as it is, never overwritten
          * (children may depend on it). */
         uint64_t from = c && c->uploading ? c->uploaded : gold->fp.size;
-        bool proved = c && c->proved;
         pthread_mutex_unlock(&copies_lock);
-        if (!made) {
-            if (proved && volume_stamp(vol, stamp, sizeof stamp, why, why_len) == 0) {
-                pthread_mutex_lock(&copies_lock);
-                c = copy_find(key, false);
-                bool fine = c && c->proved && !strcmp(c->stamp, stamp);
-                pthread_mutex_unlock(&copies_lock);
-                if (fine)
-                    break; /* another clone proved it while this one waited */
-            }
-        }
+        /* Another clone proved it while this one waited. */
+        if (!made && key && volume_stamp(vol, stamp, sizeof stamp, why, why_len) == 0 &&
+            copy_still_proved(key, stamp, NULL))
+            break;
         if (!path || !key) {
             snprintf(why, why_len, "cannot name the gold's copy %s on the host: %s", name,
                      lv_error());
@@ -431,13 +469,7 @@ int hoststore_gold(virConnectPtr conn, virStoragePoolPtr pool, vdi_catalog *cata
                 rc = -EIO;
                 break;
             }
-            pthread_mutex_lock(&copies_lock);
-            c = copy_find(key, true);
-            if (c) {
-                c->proved = true;
-                snprintf(c->stamp, sizeof c->stamp, "%s", stamp);
-            }
-            pthread_mutex_unlock(&copies_lock);
+            copy_set_proved(key, true, stamp);
             svc_log("info", "host=%s event=gold-copy-verified gold=%s copy=%s", host_name,
                     gold->path, path);
             break;
@@ -498,16 +530,8 @@ int hoststore_verify_gold(virConnectPtr conn, virStoragePoolPtr pool, const vdi_
     char *path = virStorageVolGetPath(vol);
     char *key = path ? copy_key(conn, path) : NULL;
     char stamp[256];
-    if (key && (rc < 0 || volume_stamp(vol, stamp, sizeof stamp, why, why_len) == 0)) {
-        pthread_mutex_lock(&copies_lock);
-        copy_state *c = copy_find(key, rc == 0);
-        if (c) {
-            c->proved = rc == 0;
-            if (rc == 0)
-                snprintf(c->stamp, sizeof c->stamp, "%s", stamp);
-        }
-        pthread_mutex_unlock(&copies_lock);
-    }
+    if (key && (rc < 0 || volume_stamp(vol, stamp, sizeof stamp, why, why_len) == 0))
+        copy_set_proved(key, rc == 0, stamp);
     free(path);
     free(key);
     virStorageVolFree(vol);

@@ -53,6 +53,12 @@ int hoststore_child_delete(virStoragePoolPtr pool, const char *name, uint64_t *a
 int hoststore_space(virStoragePoolPtr pool, uint64_t *capacity, uint64_t *available, char *why,
                     size_t why_len);
 
+/* The datastore measured as admission and /v1/space see it: its storage
+ * pool's capacity and free bytes on the host, with the catalog's usage of
+ * it and the reserve. 0, or a negative code with why. */
+int hoststore_measure(virConnectPtr conn, const vdi_datastore_config *ds, vdi_catalog *catalog,
+                      vdi_space_report *out, char *why, size_t why_len);
+
 /* The copy's file name on the host for a gold: gold-HASH16.FORMAT. */
 void hoststore_gold_name(const vdi_gold_info *gold, char *out, size_t len);
 

@@ -53,25 +53,15 @@ static int job_space(job *j, vdi_space_report *r)
         }
         return 0;
     }
-    virStoragePoolPtr sp = job_host_pool(j);
-    if (!sp)
+    if (!j->conn) {
+        job_fail(j, -ENOTCONN, "host %s is not connected", j->host ? j->host : "?");
         return -1;
-    uint64_t capacity = 0, available = 0;
-    char why[512] = "";
-    vdi_datastore_usage usage;
-    int rc = hoststore_space(sp, &capacity, &available, why, sizeof why);
-    virStoragePoolFree(sp);
-    if (rc < 0) {
+    }
+    char why[1024] = "";
+    int rc = hoststore_measure(j->conn, j->ds, j->catalog, r, why, sizeof why);
+    if (rc < 0)
         job_fail(j, rc, "host %s: %s", j->host ? j->host : "?", why);
-        return -1;
-    }
-    if (vdi_catalog_datastore_usage(j->catalog, j->ds->name, &usage, &err) < 0) {
-        job_fail(j, err.code, "%s", err.message);
-        return -1;
-    }
-    vdi_space_report_from(capacity, available, j->ds->reserve_bytes, j->ds->reserve_percent,
-                          &usage, r);
-    return 0;
+    return rc < 0 ? -1 : 0;
 }
 
 /* Free bytes above the reserve of the job's datastore, or -1 with j->error. */

@@ -396,6 +396,9 @@ void desktop_set_host(desktop *d, host *h);
 /* The pool's count of desktops on h (grown on demand; NULL when out of
  * memory) (objects.c). */
 unsigned *pool_host_count(pool *p, const host *h);
+/* The desktops on h by state, over every pool (objects.c; walks the slots,
+ * for views). */
+void host_count_states(service *svc, const host *h, unsigned counts[DESKTOP_STATE_COUNT]);
 /* A host's connection came or went (hosts.c's bridge callbacks). */
 void host_on_connected(host *h, virConnectPtr conn);
 void host_on_disconnected(host *h);

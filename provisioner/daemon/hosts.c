@@ -247,13 +247,17 @@ void host_on_disconnected(host *h)
 
 /* ---- placement --------------------------------------------------------------------- */
 
-/* Why this host cannot take a desktop of p now, or NULL when it can. */
+/* The host's free memory at its last reading, less what was placed since
+ * (never below zero). */
+static uint64_t host_free_now(const host *h)
+{
+    return h->free_memory > h->memory_placed ? h->free_memory - h->memory_placed : 0;
+}
+
+/* Why a host the pool may use (pool_place filters the others) cannot take
+ * a desktop of p now, or NULL when it can. */
 static const char *host_refuses(const pool *p, const host *h)
 {
-    if (!h->cfg)
-        return "removed from the config";
-    if (!vdi_config_pool_may_use(p->config, p->cfg, h->cfg))
-        return NULL; /* not one of the pool's hosts: not worth a word */
     if (h->cfg->state == VDI_HOST_MAINTENANCE)
         return "in maintenance";
     if (!h->online)
@@ -265,11 +269,9 @@ static const char *host_refuses(const pool *p, const host *h)
     /* Memory is checked on hosts that set reserve_memory: a guest takes its
      * memory as it touches it, so free memory alone would refuse hosts
      * that have room; with a reserve, every desktop counts whole. */
-    if (h->cfg->reserve_memory && h->memory_known) {
-        uint64_t need = p->cfg->domain.memory_bytes + h->cfg->reserve_memory + h->memory_placed;
-        if (h->free_memory < need)
-            return "short of memory above reserve_memory";
-    }
+    if (h->cfg->reserve_memory && h->memory_known &&
+        host_free_now(h) < p->cfg->domain.memory_bytes + h->cfg->reserve_memory)
+        return "short of memory above reserve_memory";
     return NULL;
 }
 
@@ -282,9 +284,8 @@ host *pool_place(pool *p)
     size_t used = 0;
     for (size_t i = 0; i < svc->nhosts; i++) {
         host *h = svc->hosts[i];
-        if (!h->cfg || !vdi_config_pool_may_use(p->config, p->cfg, h->cfg)) {
-            continue;
-        }
+        if (!h->cfg || !vdi_config_pool_may_use(p->config, p->cfg, h->cfg))
+            continue; /* not one of the pool's hosts: not worth a word */
         const char *no = host_refuses(p, h);
         if (no) {
             int n = snprintf(why + used, sizeof why - used, "%s%s: %s", used ? ", " : "",
@@ -301,7 +302,7 @@ host *pool_place(pool *p)
             (count == best_count &&
              (h->desktops < best->desktops ||
               (h->desktops == best->desktops && h->memory_known && best->memory_known &&
-               h->free_memory - h->memory_placed > best->free_memory - best->memory_placed)))) {
+               host_free_now(h) > host_free_now(best))))) {
             best = h;
             best_count = count;
         }
@@ -471,11 +472,8 @@ json_t *hosts_json(service *svc)
             if (vdi_config_host_sees(h->cfg, d))
                 json_array_append_new(ds, json_string(d->name));
         }
-        unsigned by_state[DESKTOP_STATE_COUNT] = {0};
-        for (size_t p = 0; p < svc->npools; p++)
-            for (unsigned k = 0; k < svc->pools[p]->nslots; k++)
-                if (svc->pools[p]->desktops[k]->host == h)
-                    by_state[svc->pools[p]->desktops[k]->state]++;
+        unsigned by_state[DESKTOP_STATE_COUNT];
+        host_count_states(svc, h, by_state);
         json_t *states = json_object();
         for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
             if (by_state[s])

@@ -337,3 +337,12 @@ void desktop_set_host(desktop *d, host *h)
         h->memory_placed += d->pool->cfg->domain.memory_bytes;
     }
 }
+
+void host_count_states(service *svc, const host *h, unsigned counts[DESKTOP_STATE_COUNT])
+{
+    memset(counts, 0, DESKTOP_STATE_COUNT * sizeof *counts);
+    for (size_t i = 0; i < svc->npools; i++)
+        for (unsigned k = 0; k < svc->pools[i]->nslots; k++)
+            if (svc->pools[i]->desktops[k]->host == h)
+                counts[svc->pools[i]->desktops[k]->state]++;
+}

@@ -176,16 +176,14 @@ static void trim_spares(pool *p)
         return;
     unsigned want = p->cfg->spares + sessions_waiting(p->svc, p->name);
     unsigned ready = p->by_state[DESKTOP_READY].count;
-    while (ready > want) {
-        desktop *newest = NULL;
-        for (desktop *d = p->by_state[DESKTOP_READY].head; d; d = d->state_next)
-            if (!d->busy)
-                newest = d; /* the list is in the order they became ready */
-        if (!newest)
-            return;
+    /* The ready list is in the order desktops became ready: newest last. */
+    for (desktop *d = p->by_state[DESKTOP_READY].tail, *prev; d && ready > want; d = prev) {
+        prev = d->state_prev; /* session_end moves d to the ending list */
+        if (d->busy)
+            continue;
         svc_log("info", "pool=%s desktop=%s event=spare-trimmed ready=%u spares=%u", p->name,
-                newest->name, ready, want);
-        session_end(newest, END_OTHER);
+                d->name, ready, want);
+        session_end(d, END_OTHER);
         ready--;
     }
 }

@@ -67,6 +67,22 @@ json_t *desktop_json(const desktop *d)
     return o;
 }
 
+/* The resident memory of a pool's desktops at their hosts' last readings;
+ * measured (may be NULL) gets how many had a reading. */
+static uint64_t pool_rss(const pool *p, unsigned *measured)
+{
+    uint64_t rss = 0;
+    unsigned n = 0;
+    for (unsigned i = 0; i < p->nslots; i++)
+        if (p->desktops[i]->state != DESKTOP_EMPTY && p->desktops[i]->rss_bytes) {
+            rss += p->desktops[i]->rss_bytes;
+            n++;
+        }
+    if (measured)
+        *measured = n;
+    return rss;
+}
+
 static void count_states(const pool *p, unsigned counts[DESKTOP_STATE_COUNT])
 {
     memset(counts, 0, DESKTOP_STATE_COUNT * sizeof *counts);
@@ -175,13 +191,8 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
         json_object_set_new(o, "boot_timeout", json_integer((json_int_t)p->cfg->boot_timeout));
     if (p->boot_problem)
         json_object_set_new(o, "boot_problem", json_string(p->boot_problem));
-    uint64_t rss = 0;
     unsigned measured = 0;
-    for (unsigned i = 0; i < p->nslots; i++)
-        if (p->desktops[i]->state != DESKTOP_EMPTY && p->desktops[i]->rss_bytes) {
-            rss += p->desktops[i]->rss_bytes;
-            measured++;
-        }
+    uint64_t rss = pool_rss(p, &measured);
     json_object_set_new(o, "memory", json_pack("{s:I,s:i}", "rss_bytes", (json_int_t)rss,
                                                "desktops", (int)measured));
     json_t *boot = spares_boot_json(p);
@@ -240,11 +251,8 @@ char *service_metrics_text(service *svc)
                     "# TYPE vdipool_host_connected gauge\n");
     for (size_t i = 0; i < svc->nhosts; i++) {
         const host *h = svc->hosts[i];
-        unsigned counts[DESKTOP_STATE_COUNT] = {0};
-        for (size_t k = 0; k < svc->npools; k++)
-            for (unsigned j = 0; j < svc->pools[k]->nslots; j++)
-                if (svc->pools[k]->desktops[j]->host == h)
-                    counts[svc->pools[k]->desktops[j]->state]++;
+        unsigned counts[DESKTOP_STATE_COUNT];
+        host_count_states(svc, h, counts);
         text_append(&t, "vdipool_host_connected{host=\"%s\"} %d\n", h->name, h->online ? 1 : 0);
         for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
             if (s != DESKTOP_EMPTY)
@@ -260,12 +268,8 @@ char *service_metrics_text(service *svc)
     text_append(&t, "# HELP vdipool_pool_rss_bytes Resident memory of a pool's desktops.\n"
                     "# TYPE vdipool_pool_rss_bytes gauge\n");
     for (size_t i = 0; i < svc->npools; i++) {
-        uint64_t rss = 0;
-        for (unsigned k = 0; k < svc->pools[i]->nslots; k++)
-            if (svc->pools[i]->desktops[k]->state != DESKTOP_EMPTY)
-                rss += svc->pools[i]->desktops[k]->rss_bytes;
         text_append(&t, "vdipool_pool_rss_bytes{pool=\"%s\"} %llu\n", svc->pools[i]->name,
-                    (unsigned long long)rss);
+                    (unsigned long long)pool_rss(svc->pools[i], NULL));
     }
     text_append(&t, "# HELP vdipool_sessions_started_total Sessions started.\n"
                     "# TYPE vdipool_sessions_started_total counter\n");

@@ -133,5 +133,53 @@ START_TEST(refusals_name_the_file)
 }
 END_TEST
 
+/* A resumed desktop's XML: a template's XML (as libvirt writes it into a
+ * save image, metadata and all) with the desktop's name, UUID, metadata and
+ * disk chain (its child over the template child over the gold). */
+START_TEST(resumed_desktop_xml)
+{
+    const vdi_pool_config *pc =
+        pool_with("memory = \"64M\"; vcpus = 1; accel = \"tcg\"; graphics = \"vnc\";");
+    domain_spec t = spec();
+    t.name = "lab-template-1";
+    t.child = "/ds/lab-template-1.qcow2";
+    t.slot = 0;
+    t.no_network = true;
+    vdi_error err = { 0 };
+    char *saved = domain_xml_build(pc, &t, &err);
+    ck_assert_msg(saved != NULL, "%s", err.message);
+    /* libvirt's saved XML carries a uuid after the name. */
+    char *with_uuid = NULL;
+    const char *after_name = strstr(saved, "</name>") + strlen("</name>");
+    ck_assert_int_gt(asprintf(&with_uuid, "%.*s\n  <uuid>0f0e0d0c-0000-4000-8000-000000000001</uuid>%s",
+                              (int)(after_name - saved), saved, after_name),
+                     0);
+    domain_spec d = spec();
+    d.child = "/ds/lab-002.qcow2";
+    d.name = "lab-002";
+    d.slot = 2;
+    char *xml = resume_domain_xml(with_uuid, pc, &d, t.child,
+                                  "11111111-2222-4333-8444-555555555555", &err);
+    ck_assert_msg(xml != NULL, "%s", err.message);
+    ck_assert_ptr_nonnull(strstr(xml, "<name>lab-002</name>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<uuid>11111111-2222-4333-8444-555555555555</uuid>"));
+    ck_assert_ptr_null(strstr(xml, "lab-template-1</name>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<vdipool:slot>2</vdipool:slot>"));
+    ck_assert_ptr_null(strstr(xml, "<vdipool:slot>0</vdipool:slot>"));
+    ck_assert_ptr_nonnull(strstr(xml, "<source file='/ds/lab-002.qcow2'/>"));
+    const char *tmpl = strstr(xml, "<source file='/ds/lab-template-1.qcow2'>");
+    ck_assert_ptr_nonnull(tmpl);
+    ck_assert_ptr_nonnull(strstr(tmpl, "gold&apos;s &amp; &lt;gold&gt;.qcow2"));
+    libvirt_accepts(xml);
+    /* One metadata element, and no interface. */
+    ck_assert_ptr_null(strstr(strstr(xml, "</metadata>") + 1, "<metadata>"));
+    ck_assert_ptr_null(strstr(xml, "<interface"));
+    free(xml);
+    free(with_uuid);
+    free(saved);
+}
+END_TEST
+
 TH_MAIN("domain_xml", { "domain_xml", setup, teardown, 60,
-                        { built_in_domain, template_is_filled, refusals_name_the_file, NULL } })
+                        { built_in_domain, template_is_filled, refusals_name_the_file,
+                          resumed_desktop_xml, NULL } })

@@ -41,7 +41,7 @@ char *resume_domain_xml(const char *saved, const vdi_pool_config *cfg, const dom
     const char *chain_b = chain_a ? strstr(chain_a, "<target ") : NULL;
     if (!name_b || !uuid_b || !src_b || !tag_end || tag_end[-1] != '/' || !disk_end ||
         !chain_b || chain_b > disk_end || src_a > disk_end ||
-        (meta_a && (!meta_b || meta_a > name_a + 512 * 1024))) {
+        uuid_a < name_b || (meta_a && (!meta_b || meta_a < uuid_b || meta_b > src_a))) {
         vdi_error_set(err, -EINVAL,
                       "the memory image's domain XML has no name, uuid or file disk where "
                       "vdipool puts them; build the image again");
@@ -65,19 +65,16 @@ char *resume_domain_xml(const char *saved, const vdi_pool_config *cfg, const dom
     const char *p = saved;
     p = splice_text(&b, p, name_a + 6, name_b, name_x);
     p = splice_text(&b, p, uuid_a + 6, uuid_b, uuid);
-    if (meta_a && meta_a < src_a) {
-        /* domain_metadata_xml writes "  <metadata>...</metadata>\n". */
-        const char *m = meta_x ? meta_x : "";
-        while (*m == ' ')
-            m++;
-        size_t len = strlen(m);
-        if (len && m[len - 1] == '\n')
-            len--;
-        strbuf mm = {0};
-        text_append(&mm, "%.*s", (int)len, m);
-        char *mtrim = text_take(&mm);
-        p = splice_text(&b, p, meta_a, meta_b + strlen("</metadata>"), mtrim ? mtrim : "");
-        free(mtrim);
+    if (meta_a) {
+        /* domain_metadata_xml writes whole lines ("  <metadata>...</metadata>\n"):
+         * the saved element's lines are replaced whole. */
+        const char *line = meta_a;
+        while (line > saved && line[-1] == ' ')
+            line--;
+        const char *end = meta_b + strlen("</metadata>");
+        if (*end == '\n')
+            end++;
+        p = splice_text(&b, p, line, end, meta_x ? meta_x : "");
     }
     /* The desktop's child over the template child over the old chain. */
     p = splice_text(&b, p, src_a, tag_end + 1, src_x);

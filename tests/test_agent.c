@@ -196,6 +196,15 @@ static void acquire_into(const char *user, char *name, size_t len)
     json_decref(a);
 }
 
+/* The guest itself says its hostname is the desktop's name. */
+static void assert_guest_hostname(const char *name)
+{
+    json_t *h = agent(name, "{\"execute\":\"guest-get-host-name\"}");
+    ck_assert_ptr_nonnull(h);
+    ck_assert_str_eq(json_string_value(json_object_get(h, "host-name")), name);
+    json_decref(h);
+}
+
 static char *metrics(void)
 {
     return th_must("curl -s --unix-socket %s http://x/metrics", D.sock);
@@ -220,10 +229,7 @@ START_TEST(agent_readiness_identity_and_logoff)
     snprintf(child, sizeof child, "%s", json_string_value(json_object_get(d, "child")));
     json_decref(d);
     /* Its own identity, seen through the agent. */
-    json_t *h = agent(name, "{\"execute\":\"guest-get-host-name\"}");
-    ck_assert_ptr_nonnull(h);
-    ck_assert_str_eq(json_string_value(json_object_get(h, "host-name")), name);
-    json_decref(h);
+    assert_guest_hostname(name);
 
     /* alice works: a file of hers on the desktop's disk. */
     ck_assert_int_eq(guest_sh(name, "echo alice-secret > /home/user/alice.txt && sync", NULL, 0),
@@ -314,10 +320,7 @@ START_TEST(resumed_linux_desktops_are_their_own)
     char child[4096];
     snprintf(child, sizeof child, "%s", json_string_value(json_object_get(d, "child")));
     json_decref(d);
-    json_t *h = agent(name, "{\"execute\":\"guest-get-host-name\"}");
-    ck_assert_ptr_nonnull(h);
-    ck_assert_str_eq(json_string_value(json_object_get(h, "host-name")), name);
-    json_decref(h);
+    assert_guest_hostname(name);
     /* The guest's clock was set from the host's after the resume. */
     char out[256];
     ck_assert_int_eq(guest_sh(name, "date +%s", out, sizeof out), 0);

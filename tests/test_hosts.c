@@ -501,15 +501,10 @@ START_TEST(host_local_datastore_through_the_storage_api)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("hosts");
-    TCase *tc = tcase_create("two-hosts");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, pool_over_two_hosts_survives_losing_one);
-    tcase_add_test(tc, host_local_datastore_through_the_storage_api);
-    tcase_add_test(tc, a_host_unreachable_at_start);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s);
-}
+TH_MAIN("hosts", {"two-hosts",
+                  setup,
+                  teardown,
+                  600,
+                  {pool_over_two_hosts_survives_losing_one,
+                   host_local_datastore_through_the_storage_api, a_host_unreachable_at_start,
+                   NULL}})

@@ -268,14 +268,9 @@ START_TEST(rollout_makes_a_new_image_and_retires_the_old)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("resume");
-    TCase *tc = tcase_create("resume");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, resumed_desktops_run_and_are_their_own);
-    tcase_add_test(tc, rollout_makes_a_new_image_and_retires_the_old);
-    suite_add_tcase(s, tc);
-    return th_run_suite(s);
-}
+TH_MAIN("resume", {"resume",
+                   setup,
+                   teardown,
+                   600,
+                   {resumed_desktops_run_and_are_their_own,
+                    rollout_makes_a_new_image_and_retires_the_old, NULL}})

@@ -7,7 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 
-bash "$root/deploy/setup.sh"
+# The dashboard's test drives a headless Chromium through chromedriver.
+VDIPOOL_EXTRA_PACKAGES="chromium chromium-driver python3-selenium" bash "$root/deploy/setup.sh"
 
 echo "== build (RelWithDebInfo) and all tests"
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

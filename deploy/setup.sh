@@ -23,6 +23,10 @@ PACKAGES=(
     kmod cpio libglib2.0-0 libnuma1 liburing2 libudev1
 )
 
+# Packages only some callers need (the tests' browser), space-separated.
+read -r -a extra <<< "${VDIPOOL_EXTRA_PACKAGES:-}"
+PACKAGES+=("${extra[@]}")
+
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -110,6 +110,8 @@ static const char *SCHEMA =
     "  path TEXT PRIMARY KEY, template TEXT NOT NULL, gold TEXT NOT NULL,"
     "  pool TEXT NOT NULL DEFAULT '', size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
     "  ctime_ns INTEGER NOT NULL, hash BLOB NOT NULL, created_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS pool_drains ("
+    "  pool TEXT PRIMARY KEY, since INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS intents ("
     "  id INTEGER PRIMARY KEY,"
     "  op TEXT NOT NULL, target TEXT NOT NULL, data TEXT NOT NULL DEFAULT '',"

@@ -449,6 +449,12 @@ void vdi_save_image_clear(vdi_save_image *img);
 int vdi_save_image_copy(const char *src, const char *dst, const char *new_xml, vdi_error *err);
 
 /* Memory images in the catalog (memimages.c). */
+/* Pools an operator drained (pooldrains.c): since is unix seconds; setting
+ * 0 opens the pool again. A read of a pool never drained gives 0. */
+int vdi_catalog_set_pool_drain(vdi_catalog *cat, const char *pool, int64_t since,
+                               vdi_error *err);
+int vdi_catalog_pool_drain(vdi_catalog *cat, const char *pool, int64_t *since, vdi_error *err);
+
 typedef struct vdi_memory_image {
     char path[4096];
     char template_child[4096]; /* sealed; every resumed desktop's parent */

@@ -1129,6 +1129,108 @@ static void read_until(int fd, char *buf, size_t cap, size_t *len, const char *w
     }
 }
 
+/* An operator's drain: no new sessions, spares end, sessions run on; kept
+ * across a restart; undrain brings the spares back. A desktop's history
+ * and the pool's last-hour counts on the way; ending an empty desktop is
+ * refused with why. */
+START_TEST(drain_history_and_last_hour)
+{
+    th_daemon_write_config(&D, 3, 2, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 2, 20));
+    json_t *a = acquire("alice", 200);
+    char name[96];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
+    json_decref(a);
+
+    json_t *p = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/drain", NULL, &p), 200);
+    ck_assert(json_is_true(json_object_get(p, "drained")));
+    ck_assert_int_gt(json_integer_value(json_object_get(p, "drained_since")), 0);
+    json_decref(p);
+    json_decref(wait_for("ready", 0, 20));
+    json_t *refused = acquire("bob", 503);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(refused, "error")), "drained"));
+    json_decref(refused);
+    json_t *still = desktop(name); /* the session runs on */
+    ck_assert_str_eq(json_string_value(json_object_get(still, "state")), "assigned");
+    json_decref(still);
+
+    /* The session ends; the history shows its life. */
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
+    json_t *r = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &r), 200);
+    json_decref(r);
+    json_decref(wait_for("assigned", 0, 20));
+    json_t *d = desktop(name);
+    json_t *history = json_object_get(d, "history");
+    ck_assert_int_ge(json_array_size(history), 2);
+    bool ended_released = false;
+    size_t i;
+    json_t *c;
+    json_array_foreach(history, i, c)
+    {
+        const char *why = json_string_value(json_object_get(c, "reason"));
+        if (!strcmp(json_string_value(json_object_get(c, "from")), "assigned") &&
+            !strcmp(json_string_value(json_object_get(c, "to")), "ending") && why &&
+            !strcmp(why, "released"))
+            ended_released = true;
+    }
+    char *dump = json_dumps(history, 0);
+    ck_assert_msg(ended_released, "no assigned -> ending (released) in %s", dump);
+    free(dump);
+    const char *now_state = json_string_value(json_object_get(d, "state"));
+    json_decref(d);
+    /* An empty desktop has nothing to end. */
+    if (!strcmp(now_state, "empty")) {
+        ck_assert_int_eq(th_http(&D, "POST", path, "{\"reason\": \"operator\"}", &r), 409);
+        ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(r, "error")), "empty"));
+        json_decref(r);
+    }
+    /* Counted once its end is done. */
+    json_t *hour = NULL;
+    for (time_t end = time(NULL) + 20; time(NULL) <= end; usleep(100000)) {
+        p = NULL;
+        ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &p), 200);
+        hour = json_object_get(p, "sessions_last_hour");
+        if (json_integer_value(json_object_get(hour, "ended")) == 1)
+            break;
+        json_decref(p);
+        hour = NULL;
+    }
+    ck_assert_msg(hour, "the ended session was not counted in the last hour");
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_object_get(hour, "ended_by_reason"), "released")),
+        1);
+    json_decref(p);
+
+    /* Kept across a restart (test:///default keeps no domains across it, so
+     * after the session): no spares come back. */
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    th_daemon_start(&D);
+    sleep(2);
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &p), 200);
+    ck_assert(json_is_true(json_object_get(p, "drained")));
+    ck_assert_int_eq(state_count(p, "ready"), 0);
+    json_decref(p);
+
+    /* Open again: the spares come back. */
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/undrain", NULL, &p), 200);
+    ck_assert(json_is_false(json_object_get(p, "drained")));
+    json_decref(p);
+    json_decref(wait_for("ready", 2, 20));
+    json_decref(acquire("bob", 200));
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &p), 200);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(p, "sessions_last_hour"),
+                                                        "started")),
+                     1); /* bob: vdipoold counts from its start */
+    json_decref(p);
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/nosuch/drain", NULL, &p), 404);
+    json_decref(p);
+}
+END_TEST
+
 START_TEST(events_stream_desktop_changes)
 {
     th_daemon_write_config(&D, 2, 1, NULL);
@@ -1186,4 +1288,4 @@ TH_MAIN("service",
           http_limits_versions_and_timeouts, keep_alive_and_ordered_pipelining,
           acquire_withdrawn_when_the_client_goes, events_stream_desktop_changes,
           gold_family_versions_roll_over, rollout_manual_then_immediate, gold_edit_and_publish,
-          NULL}})
+          drain_history_and_last_hour, NULL}})

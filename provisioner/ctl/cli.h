@@ -65,6 +65,8 @@ int cli_release(cli_call *c);
 int cli_reload(cli_call *c);
 int cli_images(cli_call *c);
 int cli_pool_rollout(cli_call *c);
+int cli_pool_drain(cli_call *c);
+int cli_pool_undrain(cli_call *c);
 int cli_hosts(cli_call *c);
 int cli_gold_import(cli_call *c);
 int cli_gold_versions(cli_call *c);

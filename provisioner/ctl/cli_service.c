@@ -256,6 +256,37 @@ int cli_pool_rollout(cli_call *c)
     return CLI_OK;
 }
 
+/* `vdipoolctl pool drain|undrain POOL`: an operator's drain (drain.c). */
+static int pool_drain(cli_call *c, bool drain)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/pools/%s/%s", c->args[0], drain ? "drain" : "undrain");
+    json_t *j = NULL;
+    int rc = call(&c->o, "POST", path, NULL, &j);
+    if (rc || !j)
+        return rc;
+    json_t *states = json_object_get(j, "desktops_by_state");
+    if (drain)
+        printf("pool %s is drained: no new sessions, its spares end; %lld sessions run until "
+               "their users log off (open it again with `vdipoolctl pool undrain %s`)\n",
+               c->args[0], (long long)json_integer_value(json_object_get(states, "assigned")),
+               c->args[0]);
+    else
+        printf("pool %s is open: it makes its spares again\n", c->args[0]);
+    json_decref(j);
+    return CLI_OK;
+}
+
+int cli_pool_drain(cli_call *c)
+{
+    return pool_drain(c, true);
+}
+
+int cli_pool_undrain(cli_call *c)
+{
+    return pool_drain(c, false);
+}
+
 static void print_bytes(const char *label, json_t *v)
 {
     char b[32];

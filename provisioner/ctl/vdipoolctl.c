@@ -35,6 +35,9 @@ static void usage(FILE *out)
           "  hosts [--json]                     KVM hosts: connection, state, desktops, memory\n"
           "  pool rollout POOL                  a pool with rollout = \"manual\" moves to its\n"
           "                                     config's gold (version)\n"
+          "  pool drain POOL                    no new sessions, spares end, sessions finish;\n"
+          "                                     kept across restarts\n"
+          "  pool undrain POOL                  open a drained pool again\n"
           "\n"
           "Gold versions (offline; a running vdipoold is told to reload):\n"
           "  gold import NAME FILE [--dir DIR] [--note TEXT]\n"
@@ -137,6 +140,8 @@ static const cli_command commands[] = {
     {NULL, "images", cli_images, 0, 0, "no arguments", no_names, socket_values, false},
     {NULL, "hosts", cli_hosts, 0, 0, "no arguments", no_names, socket_values, false},
     {"pool", "rollout", cli_pool_rollout, 1, 1, "one POOL", no_names, socket_values, false},
+    {"pool", "drain", cli_pool_drain, 1, 1, "one POOL", no_names, socket_values, false},
+    {"pool", "undrain", cli_pool_undrain, 1, 1, "one POOL", no_names, socket_values, false},
     {"gold", "import", cli_gold_import, 2, 2, "NAME and FILE", no_names, gold_values, true},
     {"gold", "versions", cli_gold_versions, 1, 1, "one NAME", no_names, gold_values, true},
     {"gold", "rollback", cli_gold_rollback, 1, 1, "one NAME (and --to N)", no_names,

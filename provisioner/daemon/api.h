@@ -38,6 +38,10 @@ const char *request_body(const request *r); /* NUL-terminated, "" when none */
 /* Answers once; a later call does nothing. Takes ownership of body. */
 void request_respond_json(request *r, int status, json_t *body);
 void request_respond_text(request *r, int status, const char *type, const char *text);
+/* Any bytes; headers (NULL: Cache-Control: no-store) are whole lines, each
+ * ending in CRLF. */
+void request_respond_bytes(request *r, int status, const char *type, const char *headers,
+                           const void *body, size_t len);
 /* For answers that come later (acquire waiting for a spare). */
 void request_hold(request *r);
 /* Called when a held request's client goes away before its answer: fn

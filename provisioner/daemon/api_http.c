@@ -12,6 +12,7 @@
  * socket are checked with SO_PEERCRED: root, the daemon's own user, or
  * members of group vdipool. */
 #include "api.h"
+#include "dashboard.h"
 #include "http_request.h"
 #include "log.h"
 
@@ -184,7 +185,8 @@ static const char *status_text(int status)
     return "Error";
 }
 
-void request_respond_text(request *r, int status, const char *type, const char *text)
+void request_respond_bytes(request *r, int status, const char *type, const char *headers,
+                           const void *body, size_t len)
 {
     if (r->responded)
         return;
@@ -202,25 +204,41 @@ void request_respond_text(request *r, int status, const char *type, const char *
      * with nothing more sent. */
     r->keep_alive = r->dispatched && r->http.keep_alive && !(r->peer_done && !r->pending_len);
     reply *rep = calloc(1, sizeof *rep);
-    if (!rep || asprintf(&rep->msg,
-                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                         "Connection: %s\r\n\r\n%s",
-                         status, status_text(status), type, strlen(text),
-                         r->keep_alive ? "keep-alive" : "close", text) < 0) {
+    char *head = NULL;
+    /* No answer may be sniffed into another type, nor kept by a cache: they
+     * are the service's state now. */
+    int head_len = asprintf(&head,
+                            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                            "X-Content-Type-Options: nosniff\r\n%sConnection: %s\r\n\r\n",
+                            status, status_text(status), type, len,
+                            headers ? headers : "Cache-Control: no-store\r\n",
+                            r->keep_alive ? "keep-alive" : "close");
+    if (!rep || head_len < 0 || !(rep->msg = malloc((size_t)head_len + len))) {
+        if (head_len >= 0)
+            free(head);
         free(rep);
         close_request(r);
         return;
     }
+    memcpy(rep->msg, head, (size_t)head_len);
+    if (len)
+        memcpy(rep->msg + head_len, body, len);
+    free(head);
     rep->r = r;
     rep->req.data = rep;
     /* Answers sent before the whole request was read (refusals) drain first. */
     rep->drain = !r->dispatched;
-    uv_buf_t buf = uv_buf_init(rep->msg, (unsigned)strlen(rep->msg));
+    uv_buf_t buf = uv_buf_init(rep->msg, (unsigned)((size_t)head_len + len));
     if (uv_write(&rep->req, r->stream, &buf, 1, on_written) < 0) {
         free(rep->msg);
         free(rep);
         close_request(r);
     }
+}
+
+void request_respond_text(request *r, int status, const char *type, const char *text)
+{
+    request_respond_bytes(r, status, type, NULL, text, strlen(text));
 }
 
 void request_respond_json(request *r, int status, json_t *body)
@@ -383,6 +401,11 @@ static void dispatch(request *r)
                                        "group vdipool"));
         return;
     }
+    /* The dashboard's page and script carry no data: they are served
+     * before the token is asked for (the page then sends it with every
+     * API call it makes). */
+    if (dashboard_serve(r))
+        return;
     if (r->is_tcp) {
         api_server *a = r->server;
         char want[300];

@@ -195,6 +195,17 @@ static void defer(service *svc, request *r, bool metrics, bool images)
     }
 }
 
+/* Does the child's header name `gold` as its backing file? */
+static bool backed_by(const char *child, const char *backing_name, const char *gold)
+{
+    char *path = NULL, real[PATH_MAX];
+    if (!backing_name || vdi_backing_path(child, backing_name, &path, NULL) < 0)
+        return false;
+    bool same = !strcmp(realpath(path, real) ? real : path, gold);
+    free(path);
+    return same;
+}
+
 static json_t *images_json(vdi_catalog *catalog)
 {
     vdi_gold_info *golds = NULL;
@@ -213,16 +224,25 @@ static json_t *images_json(vdi_catalog *catalog)
         for (size_t k = 0; k < nk; k++) {
             vdi_image *img = NULL;
             uint64_t alloc = 0, vsize = golds[i].virtual_size;
+            bool missing = true, orphaned = false;
             if (vdi_image_open(kids[k].path, &img, NULL) == 0) {
+                missing = false;
                 alloc = vdi_image_allocated_bytes(img);
                 vsize = vdi_image_virtual_size(img);
+                orphaned = !backed_by(kids[k].path, vdi_image_backing_name(img), golds[i].path);
                 vdi_image_close(img);
             }
-            json_array_append_new(children,
-                                  json_pack("{s:s,s:s,s:i,s:I,s:I}", "path", kids[k].path, "pool",
-                                            kids[k].pool, "slot", kids[k].slot, "allocated_bytes",
-                                            (json_int_t)alloc, "worst_case_bytes",
-                                            (json_int_t)(vsize > alloc ? vsize - alloc : 0)));
+            json_t *c = json_pack("{s:s,s:s,s:i,s:I,s:I}", "path", kids[k].path, "pool",
+                                  kids[k].pool, "slot", kids[k].slot, "allocated_bytes",
+                                  (json_int_t)alloc, "worst_case_bytes",
+                                  (json_int_t)(vsize > alloc ? vsize - alloc : 0));
+            /* missing: the file is gone; orphaned: its header no longer
+             * names this gold (what `vdipoolctl image tree` marks). */
+            if (missing)
+                json_object_set_new(c, "missing", json_true());
+            if (orphaned)
+                json_object_set_new(c, "orphaned", json_true());
+            json_array_append_new(children, c);
         }
         free(kids);
         json_array_append_new(arr,
@@ -369,6 +389,9 @@ void api_route(void *ctx, request *r)
             request_respond_json(r, 200, pool_json(p, false));
             service_kick(svc);
         }
+    } else if (n == 4 && !strcmp(parts[1], "pools") &&
+               (!strcmp(parts[3], "drain") || !strcmp(parts[3], "undrain")) && post) {
+        pool_drain_request(svc, r, parts[2], !strcmp(parts[3], "drain"));
     } else if (n == 4 && !strcmp(parts[1], "golds") &&
                (!strcmp(parts[3], "edit") || !strcmp(parts[3], "discard")) && post) {
         gold_maintenance(svc, r, parts[2], !strcmp(parts[3], "discard"));
@@ -383,7 +406,7 @@ void api_route(void *ctx, request *r)
     } else if (n == 3 && !strcmp(parts[1], "desktops") && get) {
         desktop *d = service_find_desktop(svc, parts[2]);
         if (d)
-            request_respond_json(r, 200, desktop_json(d));
+            request_respond_json(r, 200, desktop_detail_json(d));
         else
             not_found(r, "no such desktop");
     } else if (n == 4 && !strcmp(parts[1], "desktops") && !strcmp(parts[3], "release") && post) {
@@ -405,6 +428,16 @@ void api_route(void *ctx, request *r)
             snprintf(msg, sizeof msg, "desktop %s is %s, not assigned", d->name,
                      desktop_state_name(d->state));
             request_respond_json(r, 400, json_pack("{s:s}", "error", msg));
+        } else if (d->state == DESKTOP_EMPTY || d->state == DESKTOP_ENDING || d->busy) {
+            /* Nothing to end now: say so rather than answer as if it ended. */
+            char msg[256];
+            snprintf(msg, sizeof msg, "desktop %s is %s%s", d->name,
+                     desktop_state_name(d->state),
+                     d->state == DESKTOP_EMPTY    ? ": it has no domain or session to end"
+                     : d->state == DESKTOP_ENDING ? " already"
+                                                  : "; its current step must finish first, "
+                                                    "try again in a moment");
+            request_respond_json(r, 409, json_pack("{s:s}", "error", msg));
         } else {
             session_end(d, reason && !strcmp(reason, "operator") ? END_OPERATOR : END_RELEASED);
             request_respond_json(r, 200, desktop_json(d));

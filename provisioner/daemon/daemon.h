@@ -134,6 +134,20 @@ typedef struct host {
     unsigned desktops;       /* desktops placed here (every state but empty) */
 } host;
 
+/* A slot's last state changes, for an operator looking at one desktop
+ * (GET /v1/desktops/{name}); a ring allocated at its first change, so an
+ * empty slot of a large pool costs one pointer. */
+#define DESKTOP_HISTORY 16
+typedef struct desktop_change {
+    int64_t at;               /* unix seconds */
+    uint8_t from, to;         /* desktop_state */
+    uint8_t reason;           /* to ending: the end_reason; else END_REASON_COUNT */
+} desktop_change;
+typedef struct desktop_history {
+    unsigned next, count; /* next: where the next change goes */
+    desktop_change changes[DESKTOP_HISTORY];
+} desktop_history;
+
 /* A desktop is one slot of a pool. Allocated one by one: its address is
  * stable for the pool's lifetime, and slots are never freed while the pool
  * lives (a pool that shrinks keeps its slots past `size`, empty). */
@@ -182,6 +196,7 @@ typedef struct desktop {
     bool users_polling;      /* a users job runs (the desktop is not busy for it) */
     int64_t users_poll_at;   /* when to ask for the users next */
     uint64_t rss_bytes;      /* its QEMU's resident memory at the host's last reading */
+    desktop_history *history; /* its last state changes, NULL before the first */
     /* The pool's list of desktops in this state, in the order they entered
      * it (desktop_set_state keeps it), so that a lookup by state costs what
      * that state holds, not the pool's size. */
@@ -214,6 +229,19 @@ struct pool {
     int64_t gold_since; /* when the pool's gold last changed (rollout_notice) */
     uint64_t sessions_started;
     uint64_t sessions_ended[END_REASON_COUNT];
+    /* Sessions started and ended in each of the last 60 minutes (a ring by
+     * minute; a bucket is reused once its minute is an hour old), for the
+     * pool's "last hour" figures. */
+    struct {
+        int64_t minute[60]; /* which minute (unix seconds / 60) the bucket counts */
+        uint32_t started[60];
+        uint32_t ended[60][END_REASON_COUNT];
+    } recent;
+    /* Drained by an operator (POST /v1/pools/{pool}/drain): no new
+     * sessions, spares go, sessions finish; kept in the state directory
+     * across restarts (drain.c). 0 when open. */
+    int64_t drained_since;
+    bool drain_saving; /* a worker writes the drained pools' file */
     desktop_list by_state[DESKTOP_STATE_COUNT]; /* every slot is on one list */
     /* The controller looks at every desktop once per second (time limits,
      * retries) or at once after a config change; in between only at those
@@ -285,6 +313,7 @@ struct service {
     const desktop_ops *ops; /* immutable after start */
     char *config_path;      /* immutable after start */
     char *state_dir;        /* immutable after start */
+    int64_t started_at;     /* immutable after start: unix seconds */
     vdi_config *config;     /* a reference; replaced whole by a reload */
     vdi_catalog *catalog;   /* thread-safe itself; immutable pointer after start */
     host **hosts;           /* in config order; never shrinks (see host) */
@@ -340,6 +369,20 @@ void pool_free(pool *p);
 int pool_grow_slots(pool *p, unsigned size);
 void latency_observe(latency_histogram *h, double seconds);
 void service_kick(service *svc);
+/* A session started (ended false) or ended for `why`: the totals and the
+ * last hour's ring (objects.c). */
+void pool_count_session(pool *p, bool ended, end_reason why);
+
+/* ---- drain.c: an operator's drain of a pool ---------------------------------------- */
+struct request;
+/* No new sessions: removed from the config (draining) or drained by an
+ * operator (drained_since). */
+bool pool_closed(const pool *p);
+/* A pool just made from the config: drained if the catalog says so. */
+void pool_load_drain(pool *p);
+/* POST /v1/pools/{pool}/drain and /undrain: recorded in the catalog first,
+ * then applied; the answer is the pool, or the error. */
+void pool_drain_request(service *svc, struct request *r, const char *pool_name, bool drain);
 
 /* ---- golds.c: gold locks and gold states ------------------------------------------- */
 /* The gold new desktops of the pool are cloned from: the config's, or the
@@ -526,6 +569,8 @@ void scrub_step(service *svc);
 json_t *pool_json(const pool *p, bool with_desktops);
 json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit);
 json_t *desktop_json(const desktop *d);
+/* desktop_json with its last state changes, for GET /v1/desktops/{name}. */
+json_t *desktop_detail_json(const desktop *d);
 json_t *status_json(service *svc);
 char *service_metrics_text(service *svc);
 

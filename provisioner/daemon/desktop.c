@@ -68,6 +68,23 @@ const char *agent_state_name(agent_state a)
     return a == AGENT_CONNECTED ? "connected" : a == AGENT_DISCONNECTED ? "disconnected" : "unknown";
 }
 
+/* Keeps the change in the desktop's ring of its last ones (a desktop whose
+ * ring cannot be allocated just has no history). */
+static void remember_change(desktop *d, desktop_state from, desktop_state to)
+{
+    if (!d->history && !(d->history = calloc(1, sizeof *d->history)))
+        return;
+    desktop_history *h = d->history;
+    h->changes[h->next] = (desktop_change){
+        .at = d->state_since,
+        .from = (uint8_t)from,
+        .to = (uint8_t)to,
+        .reason = (uint8_t)(to == DESKTOP_ENDING ? d->end_reason : END_REASON_COUNT)};
+    h->next = (h->next + 1) % DESKTOP_HISTORY;
+    if (h->count < DESKTOP_HISTORY)
+        h->count++;
+}
+
 /* The one place a desktop's state changes: it moves to the tail of its new
  * state's list (a desktop set to the state it has moves to the tail too, as
  * its state_since is new). */
@@ -90,6 +107,8 @@ void desktop_set_state(desktop *d, desktop_state s)
     d->state = s;
     d->state_since = service_now(d->pool->svc);
     desktop_list_add(d);
+    if (from != s)
+        remember_change(d, from, s);
     if (d->pool->svc->desktop_changed && from != s)
         d->pool->svc->desktop_changed(d, from);
 }
@@ -273,7 +292,7 @@ void desktop_ended(desktop *d, int rc, const char *error)
     svc_log("info", "pool=%s desktop=%s event=ended reason=%s session=%lld", p->name, d->name,
             end_reason_name(d->end_reason), (long long)d->session_id);
     if (d->session_id)
-        p->sessions_ended[d->end_reason]++;
+        pool_count_session(p, true, d->end_reason);
     d->session_id = 0;
     set_str(&d->user, NULL);
     set_str(&d->display, NULL);

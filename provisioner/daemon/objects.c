@@ -156,6 +156,7 @@ static void desktop_free(desktop *d)
     free(d->template_child);
     free(d->memory_image);
     json_decref(d->users);
+    free(d->history);
     free(d);
 }
 
@@ -223,6 +224,32 @@ pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc)
         return NULL;
     }
     return p;
+}
+
+/* The bucket of the current minute in the pool's last-hour ring, emptied
+ * first when it still counts a minute an hour old. */
+static unsigned recent_bucket(pool *p)
+{
+    int64_t minute = service_now(p->svc) / 60;
+    unsigned i = (unsigned)(minute % 60);
+    if (p->recent.minute[i] != minute) {
+        p->recent.minute[i] = minute;
+        p->recent.started[i] = 0;
+        memset(p->recent.ended[i], 0, sizeof p->recent.ended[i]);
+    }
+    return i;
+}
+
+void pool_count_session(pool *p, bool ended, end_reason why)
+{
+    unsigned i = recent_bucket(p);
+    if (ended) {
+        p->sessions_ended[why]++;
+        p->recent.ended[i][why]++;
+    } else {
+        p->sessions_started++;
+        p->recent.started[i]++;
+    }
 }
 
 static const double bucket_bounds[LATENCY_BUCKETS] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,

@@ -131,13 +131,13 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
             desktop_retry_end(d);
         break;
     case DESKTOP_BOOTING:
-        if (p->draining || outside || host_draining || !d->gold || strcmp(d->gold, pool_gold(p)))
+        if (pool_closed(p) || outside || host_draining || !d->gold || strcmp(d->gold, pool_gold(p)))
             session_end(d, END_OTHER);
         else
             pool_tend_agent(p, d, now);
         break;
     case DESKTOP_READY:
-        if (p->draining || outside || host_draining)
+        if (pool_closed(p) || outside || host_draining)
             session_end(d, END_OTHER);
         else if (!d->gold || strcmp(d->gold, pool_gold(p)))
             session_end(d, END_OTHER); /* roll-out: replaced by the new gold */
@@ -172,7 +172,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
  * newest go, so that the pool settles at what its config asks. */
 static void trim_spares(pool *p)
 {
-    if (p->draining || !p->svc->online)
+    if (pool_closed(p) || !p->svc->online)
         return;
     unsigned want = p->cfg->spares + sessions_waiting(p->svc, p->name);
     unsigned ready = p->by_state[DESKTOP_READY].count;
@@ -218,7 +218,7 @@ void pool_step(pool *p)
                         n[DESKTOP_RESUMING].count + n[DESKTOP_BOOTING].count +
                         n[DESKTOP_READY].count;
     unsigned in_use = p->nslots - n[DESKTOP_EMPTY].count - n[DESKTOP_FAILED].count;
-    if (p->draining || !svc->online)
+    if (pool_closed(p) || !svc->online)
         return;
     pool_tend_template(p, now); /* start = "resume": its memory image */
     /* Users waiting in acquire count as wanted spares, so a pool with few or

@@ -62,6 +62,7 @@ int service_apply_config(service *svc, vdi_config *config)
             continue;
         }
         svc->pools[svc->npools++] = p;
+        pool_load_drain(p);
         svc_log("info", "pool=%s event=added size=%u spares=%u gold=%s", p->name, pc->size,
                 pc->spares, pc->gold);
     }
@@ -177,6 +178,7 @@ int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_con
         return rc;
     svc->ops = ops;
     svc->catalog = catalog;
+    svc->started_at = service_now(svc);
     if (!(svc->config_path = strdup(config_path)))
         return -ENOMEM;
     return service_apply_config(svc, config);

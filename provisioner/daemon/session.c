@@ -51,7 +51,7 @@ static desktop *assign(pool *p, const char *user)
         svc_log("error", "pool=%s desktop=%s event=session-not-recorded reason=\"%s\"", p->name,
                 pick->name, err.message);
     }
-    p->sessions_started++;
+    pool_count_session(p, false, END_OTHER);
     /* The guest's users are read afresh for this session (agent.c). */
     pick->user_seen = false;
     pick->logged_off_at = 0;
@@ -75,7 +75,7 @@ static desktop *existing_assignment(pool *p, const char *user)
 /* Can the pool still produce a ready desktop without one ending? */
 static bool pool_can_produce(const pool *p)
 {
-    if (p->draining || p->blocked)
+    if (pool_closed(p) || p->blocked)
         return false;
     const desktop_list *n = p->by_state;
     if (n[DESKTOP_CLONING].count || n[DESKTOP_STARTING].count || n[DESKTOP_BOOTING].count)
@@ -90,6 +90,11 @@ static json_t *unavailable(const pool *p, const char *why_default)
     char why[1024];
     if (p->draining)
         snprintf(why, sizeof why, "pool %s is being removed: no new sessions", p->name);
+    else if (p->drained_since)
+        snprintf(why, sizeof why,
+                 "pool %s is drained by an operator: no new sessions (open it again with "
+                 "`vdipoolctl pool undrain %s`)",
+                 p->name, p->name);
     else if (p->blocked)
         snprintf(why, sizeof why, "pool %s cannot prepare desktops: %.900s", p->name, p->blocked);
     else
@@ -153,7 +158,7 @@ void sessions_serve_waiters(service *svc)
             finish_waiter(w, 404, error_json("the pool was removed"));
             continue;
         }
-        desktop *d = assign(p, w->user);
+        desktop *d = pool_closed(p) ? NULL : assign(p, w->user);
         if (d)
             finish_waiter(w, 200, assignment_json(d));
         else if (!pool_can_produce(p))
@@ -198,7 +203,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
         cb(ctx, 200, assignment_json(d)); /* the same user asking twice */
         return;
     }
-    if (p->draining) {
+    if (pool_closed(p)) {
         cb(ctx, 503, unavailable(p, ""));
         return;
     }

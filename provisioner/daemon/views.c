@@ -67,6 +67,54 @@ json_t *desktop_json(const desktop *d)
     return o;
 }
 
+/* A desktop's last state changes, oldest first. */
+json_t *desktop_detail_json(const desktop *d)
+{
+    json_t *o = desktop_json(d), *changes = json_array();
+    const desktop_history *h = d->history;
+    for (unsigned k = 0; h && k < h->count; k++) {
+        const desktop_change *c =
+            &h->changes[(h->next + DESKTOP_HISTORY - h->count + k) % DESKTOP_HISTORY];
+        json_t *e = json_pack("{s:I,s:s,s:s}", "at", (json_int_t)c->at, "from",
+                              desktop_state_name((desktop_state)c->from), "to",
+                              desktop_state_name((desktop_state)c->to));
+        if (c->reason < END_REASON_COUNT)
+            json_object_set_new(e, "reason", json_string(end_reason_name((end_reason)c->reason)));
+        json_array_append_new(changes, e);
+    }
+    json_object_set_new(o, "history", changes);
+    return o;
+}
+
+/* Sessions started and ended (by reason) in the last 60 minutes; `since`
+ * says from when they were counted when vdipoold started less than an hour
+ * ago (the counts are not kept across a restart). */
+static json_t *sessions_last_hour(const pool *p)
+{
+    int64_t now = service_now(p->svc), minute = now / 60;
+    uint64_t started = 0, ended[END_REASON_COUNT] = {0};
+    for (unsigned i = 0; i < 60; i++) {
+        if (p->recent.minute[i] <= minute - 60 || p->recent.minute[i] > minute)
+            continue;
+        started += p->recent.started[i];
+        for (int r = 0; r < END_REASON_COUNT; r++)
+            ended[r] += p->recent.ended[i][r];
+    }
+    json_t *by_reason = json_object();
+    uint64_t total = 0;
+    for (int r = 0; r < END_REASON_COUNT; r++)
+        if (ended[r]) {
+            json_object_set_new(by_reason, end_reason_name((end_reason)r),
+                                json_integer((json_int_t)ended[r]));
+            total += ended[r];
+        }
+    int64_t since = now - 3600;
+    if (p->svc->started_at > since)
+        since = p->svc->started_at;
+    return json_pack("{s:I,s:I,s:o,s:I}", "started", (json_int_t)started, "ended",
+                     (json_int_t)total, "ended_by_reason", by_reason, "since", (json_int_t)since);
+}
+
 /* The resident memory of a pool's desktops at their hosts' last readings;
  * measured (may be NULL) gets how many had a reading. */
 static uint64_t pool_rss(const pool *p, unsigned *measured)
@@ -148,6 +196,10 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
     json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:i,s:b,s:o}", "name", p->name, "gold", pool_gold(p),
                           "datastore", p->cfg->datastore, "size", p->cfg->size, "spares",
                           p->cfg->spares, "draining", p->draining, "desktops_by_state", states);
+    json_object_set_new(o, "drained", json_boolean(p->drained_since != 0));
+    if (p->drained_since)
+        json_object_set_new(o, "drained_since", json_integer(p->drained_since));
+    json_object_set_new(o, "sessions_last_hour", sessions_last_hour(p));
     if (p->blocked)
         json_object_set_new(o, "blocked", json_string(p->blocked));
     if (p->no_host)

@@ -63,6 +63,13 @@ echo
 echo "== the gold, sealed: fingerprinted, read-only, owned by QEMU's user, immutable"
 "$ctl" image seal "$gold"
 
+# The dashboard on a loopback port, with a token only root can read.
+listen=${VDIPOOL_DEMO_LISTEN:-127.0.0.1:8470}
+token_file="$demo/api-token"
+if [ ! -s "$token_file" ]; then
+    (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$token_file")
+fi
+
 cat > "$demo/vdipool.conf" <<CONF
 # The quickstart's demo config (see deploy/vdipool.conf.example for every setting).
 service = {
@@ -70,6 +77,8 @@ service = {
     state_dir = "$VDIPOOL_STATE_DIR";
     libvirt_uri = "qemu:///system";
     acquire_timeout = "60s";
+    listen = "$listen";          # the dashboard and the API on loopback TCP, with a token
+    token_file = "$token_file";
 };
 datastores = ( { name = "demo"; path = "$demo/desktops"; reserve = "1G"; max_overcommit = 100.0; } );
 golds = ( { name = "demo-gold"; path = "$gold"; } );
@@ -107,6 +116,8 @@ echo
 echo
 cat <<NEXT
 The demo pool is running: two spare desktops started, ready for users.
+Dashboard (from this machine; from another: ssh -L ${listen##*:}:$listen THIS-HOST):
+  http://$listen/#token=$(cat "$token_file")
 Try next (as root):
   export VDIPOOL_SOCKET=$VDIPOOL_SOCKET VDIPOOL_STATE_DIR=$VDIPOOL_STATE_DIR
   $ctl acquire demo --user alice              # hands alice a desktop (and its VNC display)

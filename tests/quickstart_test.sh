@@ -7,6 +7,8 @@ demo=$(mktemp -d /var/tmp/vdipool-quickstart-XXXXXX)
 prefix="qs$$"
 export VDIPOOL_DEMO_DIR="$demo" VDIPOOL_DEMO_PREFIX="$prefix"
 export VDIPOOL_SOCKET="$demo/vdipool.sock" VDIPOOL_STATE_DIR="$demo/state"
+# Its own dashboard port, beside a quickstart that may be running.
+export VDIPOOL_DEMO_LISTEN="127.0.0.1:$(( 30000 + $$ % 20000 ))"
 cleanup() { bash "$root/deploy/quickstart.sh" --stop >/dev/null 2>&1 || true; rm -rf "$demo" "$demo.out"; }
 trap cleanup EXIT
 ctl="$root/build/vdipoolctl"
@@ -14,6 +16,11 @@ fail() { echo "quickstart test: $*"; tail -20 "$demo/vdipoold.log" 2>/dev/null; 
 
 bash "$root/deploy/quickstart.sh" > "$demo.out" 2>&1 || { cat "$demo.out"; fail "quickstart.sh failed"; }
 grep -q "ready 2" "$demo.out" || { cat "$demo.out"; fail "the demo pool did not reach its 2 spares"; }
+# The dashboard it prints answers, and its token opens the API.
+url=$(grep -o "http://$VDIPOOL_DEMO_LISTEN/#token=[0-9a-f]*" "$demo.out") || { cat "$demo.out"; fail "no dashboard URL"; }
+curl -sf "http://$VDIPOOL_DEMO_LISTEN/" | grep -q "/ui/app.js" || fail "the dashboard page is not served"
+curl -sf -H "Authorization: Bearer ${url##*token=}" "http://$VDIPOOL_DEMO_LISTEN/v1/pools" | grep -q '"demo"' ||
+    fail "the dashboard's token does not open the API"
 rm -f "$demo.out"
 
 desktop=$("$ctl" acquire demo --user newcomer | awk '/is yours/ { print $1 }')

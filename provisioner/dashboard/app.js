@@ -427,7 +427,7 @@ function renderPools() {
     const hosts = Object.entries(p.desktops_by_host || {});
     if (hosts.length) add('Hosts', hosts.map(([n, c]) => `${n} ${c}`).join(', '));
     if (p.spares_boot_seconds) add('Spares boot', `median ${p.spares_boot_seconds.median.toFixed(1)} s (max ${p.spares_boot_seconds.max.toFixed(1)} s)`);
-    if (p.memory && p.memory.desktops) add('Memory', `${bytes(p.memory.rss_bytes)} resident in ${p.memory.desktops} desktops`);
+    if (p.memory && p.memory.desktops) add('Memory', `${bytes(p.memory.rss_bytes)} resident in ${p.memory.desktops} ${p.memory.desktops === 1 ? 'desktop' : 'desktops'}`);
     card.append(fig);
     const actions = el('div', { class: 'actions' },
       el('button', { type: 'button', class: 'act', onclick: () => { showView('desktops', p.name); } }, 'Desktops'),
@@ -554,15 +554,15 @@ function renderGolds() {
     if (g && g.state !== 'sealed') marks.push(el('span', { class: 'tag ' + (g.state === 'tainted' ? 'bad' : 'warn') + ' mark' }, g.state));
     const li = el('li', {},
       el('div', { class: 'node gold' },
-        el('div', { class: 'name', title: g ? g.gold : '' }, label, ' ', el('span', { class: 'sub' }, `${children.length} children · ${bytes(alloc)} allocated · ${bytes(worst)} worst case`), marks, extra),
-        g ? bar([{ cls: 'k-gold', value: g.virtual_size, title: `virtual ${bytes(g.virtual_size)}` }], scale) : el('span', { class: 'sub' }, 'not in the catalog')),
-      actions || null);
+        el('div', { class: 'name', title: g ? g.gold : '' }, label, marks, extra, actions || null,
+          el('span', { class: 'sub' }, `${children.length} ${children.length === 1 ? 'child' : 'children'} · ${bytes(alloc)} allocated · ${bytes(worst)} worst case`)),
+        g ? bar([{ cls: 'k-gold', value: g.virtual_size, title: `virtual ${bytes(g.virtual_size)}` }], scale) : el('span', { class: 'sub' }, 'not in the catalog')));
     if (children.length) {
       const ul = el('ul', {});
       for (const c of children) {
         const tainted = g.state === 'tainted';
         ul.append(el('li', {}, el('div', { class: 'node' },
-          el('div', { class: 'name', title: c.path }, base(c.path), ' ', el('span', { class: 'sub' }, `${c.pool || '-'} · ${bytes(c.allocated_bytes)}`),
+          el('div', { class: 'name', title: c.path }, base(c.path), ' ', el('span', { class: 'sub inline' }, `${c.pool || '-'} · ${bytes(c.allocated_bytes)}`),
             c.missing ? el('span', { class: 'tag bad mark' }, 'missing') : null,
             c.orphaned ? el('span', { class: 'tag bad mark' }, 'orphaned') : null,
             tainted ? el('span', { class: 'tag bad mark' }, 'tainted parent') : null),
@@ -582,13 +582,17 @@ function renderGolds() {
       for (const v of (f.versions || []).slice().reverse()) {
         shown.add(v.path);
         const rollback = v.state !== 'current' && v.state !== 'tainted'
-          ? el('button', { type: 'button', class: 'act', onclick: () => rollbackGold(g.name, v.version) }, 'Make current') : null;
-        versions.append(goldNode(`v${v.version}`, byPath.get(v.path),
-          el('span', { class: 'tag' + (v.state === 'current' ? '' : ' warn') + ' mark' }, v.state), rollback));
+          ? el('button', { type: 'button', class: 'act mark', 'data-action': 'rollback', onclick: () => rollbackGold(g.name, v.version) }, 'Make current') : null;
+        const node = goldNode(`v${v.version}`, byPath.get(v.path),
+          [el('span', { class: 'tag' + (v.state === 'current' ? '' : ' warn') + ' mark' }, v.state),
+            v.note ? el('span', { class: 'sub' }, ' ' + v.note) : null], rollback);
+        node.setAttribute('data-version', `${g.name}-${v.version}`);
+        versions.append(node);
       }
-      tree.append(el('li', {}, el('div', { class: 'node gold' }, el('div', { class: 'name' }, `${g.name} (family)`,
-        f.error ? el('span', { class: 'tag bad mark' }, f.error) : null), el('div', { class: 'actions' },
-        el('button', { type: 'button', class: 'act', onclick: () => publishGold(g.name) }, 'Publish edit'))), versions));
+      tree.append(el('li', { 'data-family': g.name }, el('div', { class: 'node gold' }, el('div', { class: 'name' }, `${g.name}`,
+        el('span', { class: 'tag mark' }, 'family'), f.error ? el('span', { class: 'tag bad mark' }, f.error) : null,
+        el('button', { type: 'button', class: 'act mark', 'data-action': 'publish', onclick: () => publishGold(g.name) }, 'Publish edit'),
+        el('span', { class: 'sub' }, `${(f.versions || []).length} versions in ${g.dir}`))), versions));
     } else if (g.path) {
       shown.add(g.path);
       tree.append(goldNode(g.name, byPath.get(g.path)));

@@ -77,15 +77,26 @@ class Demo:
                        stdout=subprocess.DEVNULL)
         subprocess.run([os.path.join(BUILD, "vdipoolctl"), "image", "seal", self.gold],
                        check=True, env=self.env, stdout=subprocess.DEVNULL)
+        # A gold family with two versions, for the golds tree and a roll-back.
+        self.family = os.path.join(self.dir, "golds", "office")
+        for note in ("first", "second"):
+            subprocess.run([os.path.join(BUILD, "vdipoolctl"), "gold", "import", "office",
+                            self.gold, "--dir", self.family, "--note", note,
+                            "--socket", self.sock],
+                           check=True, env=self.env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
         self.config = os.path.join(self.dir, "vdipool.conf")
         with open(self.config, "w") as f:
             f.write(f"""
 service = {{ socket = "{self.sock}"; state_dir = "{self.state}"; libvirt_uri = "qemu:///system";
             listen = "127.0.0.1:{self.port}"; token_file = "{token_file}"; acquire_timeout = "60s"; }};
 datastores = ( {{ name = "demo"; path = "{self.dir}/desktops"; reserve = "1G"; max_overcommit = 100.0; }} );
-golds = ( {{ name = "demo-gold"; path = "{self.gold}"; }} );
+golds = ( {{ name = "demo-gold"; path = "{self.gold}"; }}, {{ name = "office"; dir = "{self.family}"; }} );
 pools = ( {{ name = "demo"; desktop_prefix = "{self.prefix}"; gold = "demo-gold"; datastore = "demo";
             size = 3; spares = 2; expected_growth = "16M";
+            domain = {{ memory = "32M"; vcpus = 1; network = "none"; graphics = "vnc"; accel = "tcg"; }}; }},
+          {{ name = "office"; desktop_prefix = "{self.prefix}o"; gold = "office"; datastore = "demo";
+            size = 1; spares = 1; expected_growth = "16M";
             domain = {{ memory = "32M"; vcpus = 1; network = "none"; graphics = "vnc"; accel = "tcg"; }}; }} );
 """)
 
@@ -94,8 +105,9 @@ pools = ( {{ name = "demo"; desktop_prefix = "{self.prefix}"; gold = "demo-gold"
         self.daemon = subprocess.Popen([os.path.join(BUILD, "vdipoold"), "--config", self.config],
                                        stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                        env=self.env)
-        self.wait(lambda: self.pool()["desktops_by_state"]["ready"] >= 2, 120,
-                  "the demo pool did not reach its 2 spares")
+        self.wait(lambda: self.pool()["desktops_by_state"]["ready"] >= 2 and
+                  self.api("GET", "/v1/pools/office")[1]["desktops_by_state"]["ready"] >= 1, 120,
+                  "the pools did not reach their spares")
 
     def stop(self):
         if self.daemon and self.daemon.poll() is None:
@@ -148,7 +160,7 @@ pools = ( {{ name = "demo"; desktop_prefix = "{self.prefix}"; gold = "demo-gold"
         names = subprocess.run(VIRSH + ["list", "--all", "--name"], capture_output=True,
                                text=True).stdout.split()
         for n in names:
-            if n.startswith(self.prefix + "-"):
+            if n.startswith(self.prefix):
                 subprocess.run(VIRSH + ["destroy", n], capture_output=True)
                 subprocess.run(VIRSH + ["undefine", n], capture_output=True)
         subprocess.run([os.path.join(BUILD, "vdipoolctl"), "image", "unseal", "--force",
@@ -314,6 +326,12 @@ def run(demo, page, results):
                    page.row_user(name) == "", 2, "the power-off did not show within 2 s")
         results.append("     power-off shown after %.0f ms" % ((time.monotonic() - t0) * 1000))
     check("a guest's power-off shows within 2 s", poweroff_live)
+    # The README's picture: both pools with a session, spares and a refill.
+    page.view("pools")
+    page.until(lambda: page.text('[data-pool="demo"] [data-state="assigned"] .n') == "1", 5,
+               "the pools view does not show the session")
+    page.shot("overview")
+    page.view("desktops")
 
     def release_action():
         name = acquired["hostile"]
@@ -387,7 +405,17 @@ def run(demo, page, results):
         page.until(lambda: "demo-gold" in (page.text("#view-golds") or ""), 5, "no gold tree")
         page.until(lambda: len(page.q("#view-golds .tree ul .node")) >= 2, 12,
                    "the gold's children are not drawn")
+        page.until(lambda: page.q('#view-golds [data-version="office-1"] [data-action="rollback"]'),
+                   12, "the family's earlier version has no roll-back")
         page.shot("golds")
+        # Roll the family back to version 1 from the page: its pool follows.
+        page.click('#view-golds [data-version="office-1"] [data-action="rollback"]')
+        page.until(lambda: page.q("#confirm[open]"), 5, "no confirmation was asked")
+        page.click("#confirm-ok")
+        page.until(lambda: "version 1 is current" in (page.text("#notice-text") or ""), 10,
+                   "the roll-back's result is not shown")
+        demo.wait(lambda: demo.api("GET", "/v1/pools/office")[1]["gold"].endswith("v0001.qcow2"),
+                  20, "the office pool did not follow the roll-back")
         page.view("datastores")
         page.until(lambda: page.q('[data-datastore="demo"] .bar'), 12, "no datastore bar")
         page.shot("datastores")
@@ -395,10 +423,22 @@ def run(demo, page, results):
         page.shot("pools")
     check("golds tree and datastores drawn", golds_and_space)
 
+    def asks_for_the_token():
+        page.d.execute_script("sessionStorage.clear()")
+        page.d.get("http://127.0.0.1:%d/" % port)
+        page.until(lambda: page.q("#token-form:not([hidden])"), 10, "no token was asked for")
+        page.d.find_element(By.ID, "token-input").send_keys(token)
+        page.click('#token-form button[type="submit"]')
+        page.until(lambda: page.text('[data-pool="demo"] [data-state="ready"] .n') == "2", 10,
+                   "the page did not load with the token given in its form")
+        page.until(lambda: page.text("#live") == "live", 5, "the event stream is not live")
+    check("without a token in the URL the page asks for it once", asks_for_the_token)
+
     def only_provoked_errors():
-        # Chromium logs a refused request (the unknown desktop's 404) and
-        # requests while vdipoold restarted; nothing else may appear.
-        expected = ("/v1/desktops/nosuch-001/release", "ERR_CONNECTION_REFUSED",
+        # Chromium logs a refused request (the unknown desktop's 404, the
+        # 401s before the token was given) and requests while vdipoold
+        # restarted; nothing else may appear.
+        expected = ("/v1/desktops/nosuch-001/release", "status of 401", "ERR_CONNECTION_REFUSED",
                     "ERR_INCOMPLETE_CHUNKED_ENCODING", "ERR_EMPTY_RESPONSE")
         errors = [e["message"] for e in page.console_errors()
                   if not any(x in e["message"] for x in expected)]

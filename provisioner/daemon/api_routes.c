@@ -232,10 +232,10 @@ static json_t *images_json(vdi_catalog *catalog)
                 orphaned = !backed_by(kids[k].path, vdi_image_backing_name(img), golds[i].path);
                 vdi_image_close(img);
             }
-            json_t *c = json_pack("{s:s,s:s,s:i,s:I,s:I}", "path", kids[k].path, "pool",
-                                  kids[k].pool, "slot", kids[k].slot, "allocated_bytes",
-                                  (json_int_t)alloc, "worst_case_bytes",
-                                  (json_int_t)(vsize > alloc ? vsize - alloc : 0));
+            json_t *c =
+                json_pack("{s:s,s:s,s:i,s:I,s:I}", "path", kids[k].path, "pool", kids[k].pool,
+                          "slot", kids[k].slot, "allocated_bytes", (json_int_t)alloc,
+                          "worst_case_bytes", (json_int_t)(vsize > alloc ? vsize - alloc : 0));
             /* missing: the file is gone; orphaned: its header no longer
              * names this gold (what `vdipoolctl image tree` marks). */
             if (missing)
@@ -431,8 +431,7 @@ void api_route(void *ctx, request *r)
         } else if (d->state == DESKTOP_EMPTY || d->state == DESKTOP_ENDING || d->busy) {
             /* Nothing to end now: say so rather than answer as if it ended. */
             char msg[256];
-            snprintf(msg, sizeof msg, "desktop %s is %s%s", d->name,
-                     desktop_state_name(d->state),
+            snprintf(msg, sizeof msg, "desktop %s is %s%s", d->name, desktop_state_name(d->state),
                      d->state == DESKTOP_EMPTY    ? ": it has no domain or session to end"
                      : d->state == DESKTOP_ENDING ? " already"
                                                   : "; its current step must finish first, "

@@ -139,9 +139,9 @@ typedef struct host {
  * empty slot of a large pool costs one pointer. */
 #define DESKTOP_HISTORY 16
 typedef struct desktop_change {
-    int64_t at;               /* unix seconds */
-    uint8_t from, to;         /* desktop_state */
-    uint8_t reason;           /* to ending: the end_reason; else END_REASON_COUNT */
+    int64_t at;       /* unix seconds */
+    uint8_t from, to; /* desktop_state */
+    uint8_t reason;   /* to ending: the end_reason; else END_REASON_COUNT */
 } desktop_change;
 typedef struct desktop_history {
     unsigned next, count; /* next: where the next change goes */
@@ -241,7 +241,7 @@ struct pool {
      * sessions, spares go, sessions finish; kept in the state directory
      * across restarts (drain.c). 0 when open. */
     int64_t drained_since;
-    bool drain_saving; /* a worker writes the drained pools' file */
+    bool drain_saving;                          /* a worker writes the drained pools' file */
     desktop_list by_state[DESKTOP_STATE_COUNT]; /* every slot is on one list */
     /* The controller looks at every desktop once per second (time limits,
      * retries) or at once after a config change; in between only at those

@@ -48,6 +48,20 @@ static json_t *desktop(const char *name)
     return j;
 }
 
+/* POST /v1/desktops/NAME/release with body (NULL: none), expecting a status;
+ * returns the answer. */
+static json_t *release(const char *name, const char *body, int expect)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
+    json_t *j = NULL;
+    int status = th_http(&D, "POST", path, body, &j);
+    char *dump = j ? json_dumps(j, 0) : NULL;
+    ck_assert_msg(status == expect, "release of %s: HTTP %d %s", name, status, dump);
+    free(dump);
+    return j;
+}
+
 static int64_t state_count(json_t *pool, const char *state)
 {
     return json_integer_value(json_object_get(json_object_get(pool, "desktops_by_state"), state));
@@ -97,13 +111,8 @@ START_TEST(spares_acquire_release_refill)
     json_decref(full);
 
     /* Release: the desktop and its child go, a fresh one replaces them. */
-    char path[256];
-    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
-    json_t *r = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &r), 200);
-    json_decref(r);
-    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &r), 400); /* not assigned any more */
-    json_decref(r);
+    json_decref(release(name, NULL, 200));
+    json_decref(release(name, NULL, 400)); /* not assigned any more */
     json_decref(wait_for("ready", 1, 20));
     struct stat after;
     ck_assert_int_eq(stat(child, &after), 0);
@@ -1157,11 +1166,7 @@ START_TEST(drain_history_and_last_hour)
     json_decref(still);
 
     /* The session ends; the history shows its life. */
-    char path[256];
-    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
-    json_t *r = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &r), 200);
-    json_decref(r);
+    json_decref(release(name, NULL, 200));
     json_decref(wait_for("assigned", 0, 20));
     json_t *d = desktop(name);
     json_t *history = json_object_get(d, "history");
@@ -1195,7 +1200,7 @@ START_TEST(drain_history_and_last_hour)
     ck_assert_msg(hour, "the ended session was not counted in the last hour");
     /* Its end is done and the drained pool makes no new one: an empty
      * desktop has nothing to end. */
-    ck_assert_int_eq(th_http(&D, "POST", path, "{\"reason\": \"operator\"}", &r), 409);
+    json_t *r = release(name, "{\"reason\": \"operator\"}", 409);
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(r, "error")), "empty"));
     json_decref(r);
     ck_assert_int_eq(

@@ -238,10 +238,9 @@ struct pool {
         uint32_t ended[60][END_REASON_COUNT];
     } recent;
     /* Drained by an operator (POST /v1/pools/{pool}/drain): no new
-     * sessions, spares go, sessions finish; kept in the state directory
-     * across restarts (drain.c). 0 when open. */
+     * sessions, spares go, sessions finish; kept in the catalog across
+     * restarts (drain.c). 0 when open. */
     int64_t drained_since;
-    bool drain_saving;                          /* a worker writes the drained pools' file */
     desktop_list by_state[DESKTOP_STATE_COUNT]; /* every slot is on one list */
     /* The controller looks at every desktop once per second (time limits,
      * retries) or at once after a config change; in between only at those

@@ -8,16 +8,21 @@
 #include "vdi_config.h"
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <uv.h>
 
 typedef struct api_server api_server;
 typedef struct request request;
 typedef void (*api_route_fn)(void *ctx, request *r);
+/* Answers a request that needs no authorisation (content without data: the
+ * dashboard's page and script) and returns true, or returns false. */
+typedef bool (*api_open_fn)(request *r);
 
 /* Listens on the service's socket (and TCP listener); *out is set even on
- * failure, for api_server_stop. */
+ * failure, for api_server_stop. open (may be NULL) is asked first, before
+ * the peer's credentials or the token are checked; route gets the rest. */
 int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn route,
-                     void *route_ctx, api_server **out, vdi_error *err);
+                     api_open_fn open, void *route_ctx, api_server **out, vdi_error *err);
 /* Stops listening and removes the socket file; frees the server once its
  * handles are closed. Requests in flight are still answered. */
 void api_server_stop(api_server *server);
@@ -26,7 +31,8 @@ void api_server_stop(api_server *server);
  * when it is whole, routes it; runs loop (when given) until a held answer
  * is given. Returns the status answered, or 0 when the request was
  * incomplete. */
-int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx, uv_loop_t *loop);
+int api_request_fuzz(const char *data, size_t len, api_route_fn route, api_open_fn open, void *ctx,
+                     uv_loop_t *loop);
 
 /* What routes see of a request. */
 const char *request_method(const request *r);

@@ -12,7 +12,6 @@
  * socket are checked with SO_PEERCRED: root, the daemon's own user, or
  * members of group vdipool. */
 #include "api.h"
-#include "dashboard.h"
 #include "http_request.h"
 #include "log.h"
 
@@ -41,6 +40,7 @@ struct api_server {
     uv_loop_t *loop;
     api_route_fn route; /* the service's routes, called on the loop */
     void *route_ctx;
+    api_open_fn open;
     uv_pipe_t unix_server;
     uv_tcp_t tcp_server;
     bool have_tcp;
@@ -67,6 +67,7 @@ struct request {
     api_server *server;
     api_route_fn route; /* the server's, or the fuzzer's */
     void *route_ctx;
+    api_open_fn open;
     bool is_tcp;
     bool denied; /* the Unix peer failed the credential check */
     bool responded, closed, held, dispatched, draining;
@@ -401,10 +402,10 @@ static void dispatch(request *r)
                                        "group vdipool"));
         return;
     }
-    /* The dashboard's page and script carry no data: they are served
-     * before the token is asked for (the page then sends it with every
-     * API call it makes). */
-    if (dashboard_serve(r))
+    /* Content without data (the dashboard's page and script) is served
+     * before the token is asked for: the page sends it with every API call
+     * it makes. */
+    if (r->open && r->open(r))
         return;
     if (r->is_tcp) {
         api_server *a = r->server;
@@ -577,6 +578,7 @@ static void accept_one(uv_stream_t *server, bool tcp)
     r->server = a;
     r->route = a->route;
     r->route_ctx = a->route_ctx;
+    r->open = a->open;
     r->is_tcp = tcp;
     r->stream = (uv_stream_t *)&r->handle;
     int rc = tcp ? uv_tcp_init(a->loop, &r->handle.tcp) : uv_pipe_init(a->loop, &r->handle.pipe, 0);
@@ -607,13 +609,15 @@ static void accept_one(uv_stream_t *server, bool tcp)
         close_request(r);
 }
 
-int api_request_fuzz(const char *data, size_t len, api_route_fn route, void *ctx, uv_loop_t *loop)
+int api_request_fuzz(const char *data, size_t len, api_route_fn route, api_open_fn open, void *ctx,
+                     uv_loop_t *loop)
 {
     request *r = calloc(1, sizeof *r);
     if (!r)
         return -1;
     r->route = route;
     r->route_ctx = ctx;
+    r->open = open;
     http_request_init(&r->http);
     feed(r, data, len);
     if (r->held && !r->responded && loop)
@@ -636,7 +640,7 @@ static void on_tcp_connection(uv_stream_t *server, int status)
 }
 
 int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn route,
-                     void *route_ctx, api_server **out, vdi_error *err)
+                     api_open_fn open, void *route_ctx, api_server **out, vdi_error *err)
 {
     api_server *a = calloc(1, sizeof *a);
     if (!a)
@@ -644,6 +648,7 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
     a->loop = loop;
     a->route = route;
     a->route_ctx = route_ctx;
+    a->open = open;
     *out = a; /* api_server_stop frees it, whatever happens below */
     snprintf(a->socket_path, sizeof a->socket_path, "%s", sc->socket_path);
     /* The socket's directory (/run/vdipool) is made here when missing. */

@@ -376,7 +376,10 @@ void pool_count_session(pool *p, bool ended, end_reason why);
 struct request;
 /* No new sessions: removed from the config (draining) or drained by an
  * operator (drained_since). */
-bool pool_closed(const pool *p);
+static inline bool pool_closed(const pool *p)
+{
+    return p->draining || p->drained_since != 0;
+}
 /* A pool just made from the config: drained if the catalog says so. */
 void pool_load_drain(pool *p);
 /* POST /v1/pools/{pool}/drain and /undrain: recorded in the catalog first,

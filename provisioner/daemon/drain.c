@@ -15,11 +15,6 @@
 
 #include <stdio.h>
 
-bool pool_closed(const pool *p)
-{
-    return p->draining || p->drained_since != 0;
-}
-
 void pool_load_drain(pool *p)
 {
     if (!p->svc->catalog)

@@ -10,6 +10,7 @@
  * daemon.h. */
 #include "api.h"
 #include "api_routes.h"
+#include "dashboard.h"
 #include "daemon.h"
 #include "libvirt_events.h"
 
@@ -237,7 +238,7 @@ int main(int argc, char **argv)
     }
     svc.desktop_changed = events_desktop_changed; /* GET /v1/events */
     sc = vdi_config_service(svc.config);
-    if (api_server_start(loop, sc, api_route, &svc, &svc.api, &err) < 0) {
+    if (api_server_start(loop, sc, api_route, dashboard_serve, &svc, &svc.api, &err) < 0) {
         fprintf(stderr, "vdipoold: %s\n", err.message);
         return 1;
     }

@@ -10,8 +10,8 @@
  * daemon.h. */
 #include "api.h"
 #include "api_routes.h"
-#include "dashboard.h"
 #include "daemon.h"
+#include "dashboard.h"
 #include "libvirt_events.h"
 
 #include <errno.h>

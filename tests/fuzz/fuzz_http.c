@@ -7,8 +7,8 @@
  * Run longer: build-fuzz/tests/fuzz/fuzz_http -max_total_time=3600 CORPUS_DIR */
 #include "api.h"
 #include "api_routes.h"
-#include "dashboard.h"
 #include "daemon.h"
+#include "dashboard.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -66,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!svc.loop)
         start_service();
     /* Reload would re-read the file above: the routes are still reached. */
-    int status = api_request_fuzz((const char *)data, size, api_route, dashboard_serve, &svc, svc.loop);
+    int status =
+        api_request_fuzz((const char *)data, size, api_route, dashboard_serve, &svc, svc.loop);
     if (status != 0 && (status < 200 || status > 599))
         abort();
     return 0;

@@ -341,17 +341,21 @@ function rollbackGold(name, version) {
 
 /* ---- views ----------------------------------------------------------------------------- */
 
+/* Redraws the view at most every 200 ms: a busy pool sends hundreds of
+ * events a second, and a view of thousands of desktops is redrawn whole. */
 function render() {
   if (ui.renderQueued) return;
   ui.renderQueued = true;
-  requestAnimationFrame(() => {
+  const wait = Math.max(0, 200 - (performance.now() - (ui.renderedAt || 0)));
+  setTimeout(() => requestAnimationFrame(() => {
     ui.renderQueued = false;
+    ui.renderedAt = performance.now();
     renderSummary();
     if (ui.view === 'pools') renderPools();
     else if (ui.view === 'desktops') renderDesktops();
     else if (ui.view === 'golds') renderGolds();
     else renderDatastores();
-  });
+  }), wait);
 }
 
 function renderSummary() {

@@ -42,7 +42,7 @@ passed=$((passed + $(grep -Eo 'tests passed, 0 tests failed out of [0-9]+' "$roo
 
 # Fuzzing, bounded: the parsers of operator files and of image headers.
 # Longer runs: see tests/fuzz/*.c.
-fuzz_seconds=${VDI_FUZZ_SECONDS:-30}
+fuzz_seconds=${VDI_FUZZ_SECONDS:-20}
 if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
     echo "== fuzzing (clang libFuzzer, ${fuzz_seconds}s per target)"
     CC=clang cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVDI_FUZZ=ON >/dev/null

@@ -449,6 +449,14 @@ void vdi_save_image_clear(vdi_save_image *img);
 int vdi_save_image_copy(const char *src, const char *dst, const char *new_xml, vdi_error *err);
 
 /* Memory images in the catalog (memimages.c). */
+/* A pool's sessions since `since` (unix seconds), counted by minute (unix
+ * seconds / 60): fn gets reason NULL for starts, the end reason for ends
+ * (recent.c). */
+int vdi_catalog_sessions_by_minute(vdi_catalog *cat, const char *pool, int64_t since,
+                                   void (*fn)(void *ctx, int64_t minute, const char *reason,
+                                              uint64_t count),
+                                   void *ctx, vdi_error *err);
+
 /* Pools an operator drained (pooldrains.c): since is unix seconds; setting
  * 0 opens the pool again. A read of a pool never drained gives 0. */
 int vdi_catalog_set_pool_drain(vdi_catalog *cat, const char *pool, int64_t since,

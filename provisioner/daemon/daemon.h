@@ -371,6 +371,8 @@ void service_kick(service *svc);
 /* A session started (ended false) or ended for `why`: the totals and the
  * last hour's ring (objects.c). */
 void pool_count_session(pool *p, bool ended, end_reason why);
+/* Fills the last hour's ring from the catalog's sessions (a new pool). */
+void pool_seed_recent(pool *p);
 
 /* ---- drain.c: an operator's drain of a pool ---------------------------------------- */
 struct request;

@@ -63,6 +63,7 @@ int service_apply_config(service *svc, vdi_config *config)
         }
         svc->pools[svc->npools++] = p;
         pool_load_drain(p);
+        pool_seed_recent(p);
         svc_log("info", "pool=%s event=added size=%u spares=%u gold=%s", p->name, pc->size,
                 pc->spares, pc->gold);
     }

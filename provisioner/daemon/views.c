@@ -86,15 +86,15 @@ json_t *desktop_detail_json(const desktop *d)
     return o;
 }
 
-/* Sessions started and ended (by reason) in the last 60 minutes; `since`
- * says from when they were counted when vdipoold started less than an hour
- * ago (the counts are not kept across a restart). */
+/* Sessions started and ended (by reason) in the last 60 minutes (the
+ * current one and the 59 before it), from the catalog's sessions when the
+ * pool was made and counted since; `since` is where that window begins. */
 static json_t *sessions_last_hour(const pool *p)
 {
     int64_t now = service_now(p->svc), minute = now / 60;
     uint64_t started = 0, ended[END_REASON_COUNT] = {0};
     for (unsigned i = 0; i < 60; i++) {
-        if (p->recent.minute[i] <= minute - 60 || p->recent.minute[i] > minute)
+        if (p->recent.minute[i] < minute - 59 || p->recent.minute[i] > minute)
             continue;
         started += p->recent.started[i];
         for (int r = 0; r < END_REASON_COUNT; r++)
@@ -108,9 +108,7 @@ static json_t *sessions_last_hour(const pool *p)
                                 json_integer((json_int_t)ended[r]));
             total += ended[r];
         }
-    int64_t since = now - 3600;
-    if (p->svc->started_at > since)
-        since = p->svc->started_at;
+    int64_t since = (minute - 59) * 60;
     return json_pack("{s:I,s:I,s:o,s:I}", "started", (json_int_t)started, "ended",
                      (json_int_t)total, "ended_by_reason", by_reason, "since", (json_int_t)since);
 }
@@ -278,7 +276,8 @@ json_t *status_json(service *svc)
     for (size_t i = 0; i < svc->nhosts; i++)
         connected += svc->hosts[i]->online;
     /* libvirt_connected: every host answers (one host: its connection). */
-    return json_pack("{s:s,s:b,s:i,s:i,s:s,s:s,s:o}", "version", "0.1.0", "libvirt_connected",
+    return json_pack("{s:s,s:I,s:b,s:i,s:i,s:s,s:s,s:o}", "version", "0.1.0", "started_at",
+                     (json_int_t)svc->started_at, "libvirt_connected",
                      svc->nhosts > 0 && connected == svc->nhosts, "hosts_connected", connected,
                      "hosts", (int)svc->nhosts, "config", svc->config_path, "state_dir",
                      svc->state_dir, "pools", pools);

@@ -367,7 +367,8 @@ function renderSummary() {
     ready += p.desktops_by_state.ready || 0;
   }
   $('summary').textContent = `${model.pools.size} pools · ${assigned} sessions · ${ready} ready · ` +
-    `hosts ${s.hosts_connected}/${s.hosts} connected · vdipoold ${s.version}`;
+    `hosts ${s.hosts_connected}/${s.hosts} connected · vdipoold ${s.version}` +
+    (s.started_at ? `, up ${duration(now() - s.started_at)}` : '');
 }
 
 /* A map of gold paths to "family vN" from the families' versions. */

@@ -25,7 +25,10 @@ int vdi_catalog_sessions_by_minute(vdi_catalog *cat, const char *pool, int64_t s
         int step;
         while ((step = sqlite3_step(s)) == SQLITE_ROW) {
             const char *reason = (const char *)sqlite3_column_text(s, 1);
-            fn(ctx, sqlite3_column_int64(s, 0), q == 0 ? NULL : reason ? reason : "",
+            fn(ctx, sqlite3_column_int64(s, 0),
+               q == 0   ? NULL
+               : reason ? reason
+                        : "",
                (uint64_t)sqlite3_column_int64(s, 2));
         }
         if (step != SQLITE_DONE)

@@ -262,8 +262,8 @@ void pool_seed_recent(pool *p)
         return;
     int64_t minute = service_now(p->svc) / 60;
     vdi_error err = {0};
-    if (vdi_catalog_sessions_by_minute(p->svc->catalog, p->name, (minute - 59) * 60, seed_minute,
-                                       p, &err) < 0)
+    if (vdi_catalog_sessions_by_minute(p->svc->catalog, p->name, (minute - 59) * 60, seed_minute, p,
+                                       &err) < 0)
         svc_log("warning", "pool=%s event=recent-sessions-unknown reason=\"%s\"", p->name,
                 err.message);
 }

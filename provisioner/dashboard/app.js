@@ -330,7 +330,7 @@ function rolloutPool(p) {
 function publishGold(name) {
   act(`Publish the open edit of ${name} as its next version? Pools that follow ${name} roll over to it.`,
     'Publish', 'POST', '/v1/golds/' + encodeURIComponent(name) + '/publish', {},
-    a => `${a.gold || name}: version ${a.current} is current (was ${a.was}).`);
+    v => `${name}: version ${v.version} is published and current; pools that follow it roll over.`);
 }
 
 function rollbackGold(name, version) {

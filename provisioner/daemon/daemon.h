@@ -371,7 +371,11 @@ void service_kick(service *svc);
 /* A session started (ended false) or ended for `why`: the totals and the
  * last hour's ring (objects.c). */
 void pool_count_session(pool *p, bool ended, end_reason why);
-/* Fills the last hour's ring from the catalog's sessions (a new pool). */
+/* The bucket of `minute` (unix seconds / 60) in the pool's last-hour ring,
+ * emptied first when it counted an older minute. */
+unsigned pool_recent_bucket(pool *p, int64_t minute);
+/* Fills the last hour's ring from the catalog's sessions, for a pool just
+ * made (session.c). */
 void pool_seed_recent(pool *p);
 
 /* ---- drain.c: an operator's drain of a pool ---------------------------------------- */

@@ -333,3 +333,34 @@ void service_on_block_threshold(void *ctx, const char *name, uint64_t threshold,
     svc->budget_events++;
     svc->ops->check_budget(d, threshold + excess);
 }
+
+/* ---- the last hour's sessions, from the catalog ------------------------------------ */
+
+static void seed_minute(void *ctx, int64_t minute, const char *reason, uint64_t count)
+{
+    pool *p = ctx;
+    unsigned i = pool_recent_bucket(p, minute);
+    if (!reason) {
+        p->recent.started[i] += (uint32_t)count;
+        return;
+    }
+    int r = 0;
+    while (r < END_REASON_COUNT && strcmp(end_reason_name((end_reason)r), reason))
+        r++;
+    p->recent.ended[i][r < END_REASON_COUNT ? r : END_OTHER] += (uint32_t)count;
+}
+
+/* The last hour's sessions from the catalog, for a pool just made (at
+ * start or when a reload adds it): two grouped reads of at most 60 rows per
+ * reason, on the loop like the pool's other start-up reads. */
+void pool_seed_recent(pool *p)
+{
+    if (!p->svc->catalog)
+        return;
+    int64_t minute = service_now(p->svc) / 60;
+    vdi_error err = {0};
+    if (vdi_catalog_sessions_by_minute(p->svc->catalog, p->name, (minute - 59) * 60, seed_minute, p,
+                                       &err) < 0)
+        svc_log("warning", "pool=%s event=recent-sessions-unknown reason=\"%s\"", p->name,
+                err.message);
+}

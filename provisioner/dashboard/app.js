@@ -154,14 +154,23 @@ async function loadPools(withDesktops) {
   const names = new Set(list.pools.map(p => p.name));
   model.pools = new Map(list.pools.map(p => [p.name, p]));
   if (withDesktops) {
-    const pages = await Promise.all(list.pools.map(p =>
-      api('GET', '/v1/pools/' + encodeURIComponent(p.name)).catch(() => null)));
     const desktops = new Map();
-    for (const page of pages)
-      if (page) for (const d of page.desktops || []) desktops.set(d.name, d);
+    await Promise.all(list.pools.map(p => loadDesktops(p.name, desktops).catch(() => null)));
     model.desktops = desktops;
   } else {
     for (const [name, d] of model.desktops) if (!names.has(d.pool)) model.desktops.delete(name);
+  }
+}
+
+/* A pool's desktops a page at a time: vdipoold builds each answer on its
+ * loop, so a pool of thousands is read in pieces rather than one answer of
+ * megabytes. */
+async function loadDesktops(pool, into) {
+  const PAGE = 1000;
+  for (let offset = 0; ; offset += PAGE) {
+    const page = await api('GET', `/v1/pools/${encodeURIComponent(pool)}?offset=${offset}&limit=${PAGE}`);
+    for (const d of page.desktops || []) into.set(d.name, d);
+    if (!page.desktops || offset + PAGE >= page.desktops_total) return;
   }
 }
 

@@ -390,6 +390,38 @@ START_TEST(tcp_needs_token_and_socket_checks_peer)
     out = th_must("curl -s -H 'Authorization: Bearer s3cret' http://127.0.0.1:%d/v1/pools", port);
     ck_assert_ptr_nonnull(strstr(out, "\"demo\""));
     free(out);
+    /* A browser's request from another site (forgery) or to a name that is
+     * not loopback (DNS rebinding) is refused on either listener, token or
+     * not; its own page's requests and non-browser clients are not. */
+    const char *refused[] = {
+        "-X POST -H 'Origin: http://evil.example' http://127.0.0.1:%d/v1/pools/demo/drain",
+        "-H 'Host: evil.example' -H 'Sec-Fetch-Site: same-origin' http://127.0.0.1:%d/v1/pools",
+        "-X POST -H 'Origin: null' http://127.0.0.1:%d/v1/pools/demo/drain"};
+    for (size_t i = 0; i < 3; i++) {
+        char cmd[512];
+        snprintf(cmd, sizeof cmd, refused[i], port);
+        out = NULL;
+        th_run(&out,
+               "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer s3cret' %s",
+               cmd);
+        ck_assert_msg(out && !strcmp(out, "403"), "%s: %s", cmd, out);
+        free(out);
+        out = NULL;
+        th_run(&out, "curl -s -o /dev/null -w '%%{http_code}' --unix-socket %s %s", D.sock, cmd);
+        ck_assert_msg(out && !strcmp(out, "403"), "unix socket, %s: %s", cmd, out);
+        free(out);
+    }
+    out = th_must("curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer s3cret' -H "
+                  "'Origin: http://127.0.0.1:%d' -H 'Sec-Fetch-Site: same-origin' "
+                  "http://127.0.0.1:%d/v1/pools",
+                  port, port);
+    ck_assert_str_eq(out, "200");
+    free(out);
+    out = th_must("curl -s -o /dev/null -w '%%{http_code}' --unix-socket %s -H 'Host: "
+                  "localhost:8470' -H 'Sec-Fetch-Mode: cors' http://x/v1/pools",
+                  D.sock);
+    ck_assert_str_eq(out, "200");
+    free(out);
     /* On the Unix socket, a peer that is not root nor in group vdipool is refused
      * (the socket is 0660 as well; opened up here to reach the check). */
     if (th_have("setpriv")) {

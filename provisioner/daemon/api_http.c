@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -389,6 +390,34 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
+/* Is NAME[:PORT] (a Host header) a loopback address? */
+static bool loopback_host(const char *host)
+{
+    size_t len = strlen(host);
+    const char *colon = host[0] == '[' ? strstr(host, "]:") : strrchr(host, ':');
+    if (colon)
+        len = (size_t)(colon - host) + (host[0] == '[');
+    return (len == 9 && !strncasecmp(host, "localhost", 9)) ||
+           (len == 5 && !strncmp(host, "[::1]", 5)) || (len > 4 && !strncmp(host, "127.", 4));
+}
+
+/* The API's answer to cross-site request forgery and DNS rebinding, which
+ * its peer check and token cannot stop when a browser reaches it through a
+ * forwarded port (ssh -L to the Unix socket needs no token): a request a
+ * browser sent (it carries Origin or Sec-Fetch-* headers; vdipoolctl,
+ * curl and brokers send neither) must be addressed to a loopback host
+ * name, and come from that same origin. */
+static bool browser_request_allowed(const http_request *h)
+{
+    if (!h->origin[0] && !h->fetch_metadata)
+        return true; /* not a browser */
+    if (!loopback_host(h->host))
+        return false;
+    if (!h->origin[0])
+        return true; /* a same-origin GET: browsers send no Origin with it */
+    return !strncmp(h->origin, "http://", 7) && !strcasecmp(h->origin + 7, h->host);
+}
+
 /* A whole request: checks who asks, then routes it. */
 static void dispatch(request *r)
 {
@@ -407,6 +436,15 @@ static void dispatch(request *r)
      * it makes. */
     if (r->open && r->open(r))
         return;
+    if (!browser_request_allowed(&r->http)) {
+        request_respond_json(
+            r, 403,
+            json_pack("{s:s}", "error",
+                      "a browser's request from another origin, or to a host name that is not "
+                      "loopback, is refused: open the dashboard at http://127.0.0.1:PORT/ "
+                      "(through an SSH forward from elsewhere)"));
+        return;
+    }
     if (r->is_tcp) {
         api_server *a = r->server;
         char want[300];

@@ -40,19 +40,29 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     http_request *h = p->data;
     snprintf(h->field, sizeof h->field, "%.*s", (int)(len < 63 ? len : 63), at);
-    h->in_authorization = !strcasecmp(h->field, "Authorization");
+    /* The headers the transport looks at are kept (cut at their buffer's
+     * size); the others are only counted. */
+    h->value = NULL;
+    if (!strcasecmp(h->field, "Authorization"))
+        h->value = h->authorization, h->value_size = sizeof h->authorization;
+    else if (!strcasecmp(h->field, "Origin"))
+        h->value = h->origin, h->value_size = sizeof h->origin;
+    else if (!strcasecmp(h->field, "Host"))
+        h->value = h->host, h->value_size = sizeof h->host;
+    else if (!strncasecmp(h->field, "Sec-Fetch-", 10))
+        h->fetch_metadata = true;
     return count_header_bytes(h, len);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     http_request *h = p->data;
-    if (h->in_authorization) {
-        size_t have = strlen(h->authorization);
-        size_t room = sizeof h->authorization - 1 - have;
+    if (h->value) {
+        size_t have = strlen(h->value);
+        size_t room = h->value_size - 1 - have;
         size_t n = len < room ? len : room;
-        memcpy(h->authorization + have, at, n);
-        h->authorization[have + n] = '\0';
+        memcpy(h->value + have, at, n);
+        h->value[have + n] = '\0';
     }
     return count_header_bytes(h, len);
 }

@@ -24,7 +24,11 @@ typedef struct http_request {
     size_t header_bytes;
     char field[64];
     char authorization[512]; /* the Authorization header, as sent */
-    bool in_authorization;
+    char origin[256];        /* the Origin header (browsers), or "" */
+    char host[256];          /* the Host header, or "" */
+    bool fetch_metadata;     /* a Sec-Fetch-* header came: a browser sent it */
+    char *value;             /* where the current header's value goes, or NULL */
+    size_t value_size;
     int error_status;       /* a refusal: the status to answer ... */
     const char *error_text; /* ... and why */
     bool complete;

@@ -480,6 +480,24 @@ int vdi_backing_path(const char *child_path, const char *backing_name, char **ou
     return 0;
 }
 
+int vdi_backing_real_path(const char *child_path, const char *backing_name, char **out,
+                          vdi_error *err)
+{
+    int rc = vdi_backing_path(child_path, backing_name, out, err);
+    char real[PATH_MAX];
+    if (rc < 0 || !realpath(*out, real))
+        return rc;
+    char *canonical = strdup(real);
+    if (!canonical) {
+        free(*out);
+        *out = NULL;
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    }
+    free(*out);
+    *out = canonical;
+    return 0;
+}
+
 int vdi_for_each_image_(const char *dir, vdi_image_visit_fn fn, void *ctx)
 {
     DIR *d = opendir(dir);

@@ -70,12 +70,7 @@ static int visit(const char *path, const struct stat *st, int type, struct FTW *
     if (b) {
         char *bp = NULL;
         free(e->parent);
-        if (vdi_backing_path(path, b, &bp, NULL) == 0) {
-            e->parent = strdup(realpath(bp, real) ? real : bp);
-            free(bp);
-        } else {
-            e->parent = strdup(b);
-        }
+        e->parent = vdi_backing_real_path(path, b, &bp, NULL) == 0 ? bp : strdup(b);
         e->parent_status = VDI_PARENT_MISSING; /* settled after the walk */
     }
     vdi_image_close(img);

@@ -65,6 +65,10 @@ void vdi_image_identity(const vdi_image *img, uint64_t *dev, uint64_t *ino);
  * names ("nbd:", "json:"). *out is malloc'd. */
 int vdi_backing_path(const char *child_path, const char *backing_name, char **out,
                      vdi_error *err);
+/* vdi_backing_path, then canonical (realpath) when the parent exists, so
+ * that it compares equal to the catalog's paths; as resolved when not. */
+int vdi_backing_real_path(const char *child_path, const char *backing_name, char **out,
+                          vdi_error *err);
 
 /* ---- chain: an image and all its parents down to the root ----------------- */
 

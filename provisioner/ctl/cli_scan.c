@@ -126,10 +126,8 @@ static node *add_node(forest *f, const char *path)
         x->virtual_size = vdi_image_virtual_size(img);
         const char *b = vdi_image_backing_name(img);
         char *bp = NULL;
-        if (b && vdi_backing_path(path, b, &bp, NULL) == 0) {
-            char real[PATH_MAX];
-            set_parent(x, realpath(bp, real) ? real : bp);
-        }
+        if (b && vdi_backing_real_path(path, b, &bp, NULL) == 0)
+            set_parent(x, bp);
         free(bp);
         vdi_image_close(img);
     }

@@ -198,10 +198,10 @@ static void defer(service *svc, request *r, bool metrics, bool images)
 /* Does the child's header name `gold` as its backing file? */
 static bool backed_by(const char *child, const char *backing_name, const char *gold)
 {
-    char *path = NULL, real[PATH_MAX];
-    if (!backing_name || vdi_backing_path(child, backing_name, &path, NULL) < 0)
+    char *path = NULL;
+    if (!backing_name || vdi_backing_real_path(child, backing_name, &path, NULL) < 0)
         return false;
-    bool same = !strcmp(realpath(path, real) ? real : path, gold);
+    bool same = !strcmp(path, gold);
     free(path);
     return same;
 }

@@ -107,10 +107,11 @@ void desktop_set_state(desktop *d, desktop_state s)
     d->state = s;
     d->state_since = service_now(d->pool->svc);
     desktop_list_add(d);
-    if (from != s)
+    if (from != s) {
         remember_change(d, from, s);
-    if (d->pool->svc->desktop_changed && from != s)
-        d->pool->svc->desktop_changed(d, from);
+        if (d->pool->svc->desktop_changed)
+            d->pool->svc->desktop_changed(d, from);
+    }
 }
 
 static void record_failure(desktop *d, const char *why)

@@ -10,7 +10,9 @@ Checks: the page loads without a console error and takes its token from the
 URL fragment; it shows the pool and its desktops with their states; it
 follows the event stream, so an acquire and a guest's power-off show within
 2 s; a hostile user name is shown as text; release (with its confirmation)
-works and says so; drain and undrain work and a drain outlives a restart.
+works and says so; a refused action shows the API's words; drain and undrain
+work and a drain outlives a restart; a gold family is rolled back and an
+edit published from the page; without a token in the URL the page asks.
 Screenshots of each view go to $VDIPOOL_SCREENSHOTS (default
 BUILD_DIR/dashboard-screenshots), out of the repository.
 

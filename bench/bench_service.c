@@ -112,6 +112,26 @@ static void *run_client(void *arg)
     return NULL;
 }
 
+/* A counter from /metrics (0 when absent). */
+static double metric(const char *name)
+{
+    char *text = NULL;
+    vdi_error err = {0};
+    double v = 0;
+    if (vdi_client_call(sock, "GET", "/metrics", NULL, &text, &err) == 200 && text) {
+        size_t len = strlen(name);
+        for (const char *line = text; line && *line; line = strchr(line, '\n')) {
+            line += *line == '\n';
+            if (!strncmp(line, name, len) && line[len] == ' ') {
+                v = strtod(line + len + 1, NULL);
+                break;
+            }
+        }
+    }
+    free(text);
+    return v;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 8 || argc > 9 || (argc == 9 && strcmp(argv[8], "close"))) {
@@ -164,6 +184,9 @@ int main(int argc, char **argv)
         json_decref(j);
     }
     vdi_client_disconnect(fconn);
+    double commits0 = metric("vdipool_catalog_commits_total"),
+           flushes0 = metric("vdipool_catalog_flushes_total"),
+           waits0 = metric("vdipool_acquire_flush_waits_total");
     client *cl = calloc(nclients, sizeof *cl);
     double t0 = bench_now();
     for (unsigned i = 0; i < nclients; i++)
@@ -181,12 +204,21 @@ int main(int argc, char **argv)
         refused += cl[i].refused;
     }
     double took = bench_now() - t0;
+    double done = (double)atomic_load(&cycles);
+    double per = done > 0 ? 1.0 / done : 0;
     printf("size %u spares %u clients %u %s: %.0f cycles/s, acquire p50 %.2f ms p99 %.2f ms max "
            "%.1f ms, release p50 %.2f ms p99 %.2f ms, floor p50 %.3f ms, refused %u, "
            "spares ready in %.1f s, RSS %ld KiB\n",
            size, spares, nclients, keep_alive ? "keep-alive" : "close", (double)atomic_load(&cycles) / took, pct(&acq, 50) * 1e3,
            pct(&acq, 99) * 1e3, pct(&acq, 100) * 1e3, pct(&rel, 50) * 1e3, pct(&rel, 99) * 1e3,
            pct(&floor, 50) * 1e3, refused, t_ready, rss);
+    /* Where the disk time goes: the catalog's commits and flushes per cycle,
+     * and how many acquire answers waited for their session to be flushed. */
+    printf("  per cycle: %.2f catalog commits, %.2f catalog flushes; acquires that waited for a "
+           "flush: %.0f %%\n",
+           (metric("vdipool_catalog_commits_total") - commits0) * per,
+           (metric("vdipool_catalog_flushes_total") - flushes0) * per,
+           (metric("vdipool_acquire_flush_waits_total") - waits0) * per * 100);
     bench_stop_daemon(pid);
     bench_cleanup(work, gold);
     return 0;

@@ -36,11 +36,21 @@
  * releasing the lock, before it returns. A caller therefore sees the same
  * promise as synchronous=FULL (its commit is on disk when the call returns,
  * so an intent is there before its operation touches a file), while other
- * threads commit meanwhile and one flush carries several commits (group
- * commit): under load the daemon's workers no longer queue behind each
- * other's flushes. The WAL is append-only between checkpoints and the flush
- * covers the whole file, so a later commit is never durable without an
- * earlier one. */
+ * threads commit meanwhile. The WAL is append-only between checkpoints and
+ * the flush covers the whole file, so a later commit is never durable
+ * without an earlier one.
+ *
+ * Group commit: each commit is numbered in `wal`, a flush group
+ * (flushgroup.c): a thread whose commit a flush already covered returns
+ * without one, and threads that committed while a flush ran share the next.
+ * Under load one fdatasync carries the commits of many jobs instead of each
+ * job queuing its own.
+ *
+ * Commits that close an intent (the record of a finished clone or delete)
+ * need no flush of their own (vdi_catalog_commit_unflushed_): the intent was
+ * flushed before the operation touched a file, so if a power loss drops the
+ * closing commit the intent is still there and recovery finishes the
+ * operation to the same result; and any later flushed commit carries it. */
 /* Prepared statements kept for reuse, found by the address of their SQL
  * text (every call site passes a string literal): parsing a statement cost
  * more than running it on the daemon's clone/end path. A statement in use
@@ -59,6 +69,7 @@ struct vdi_catalog {
     sqlite3 *db;
     cached_statement cache[STATEMENT_CACHE]; /* under lock */
     int wal_fd;    /* the WAL file, read-only, for wal_sync; -1: commits flush themselves */
+    vdi_flush_group wal; /* commits are its changes, numbered under lock */
     char *state_dir;
     unsigned forward, back;
 };
@@ -175,14 +186,53 @@ static int db_error(vdi_catalog *cat, vdi_error *err, const char *what)
                          sqlite3_errmsg(cat->db));
 }
 
-/* Flushes the WAL so that every commit so far is on disk; called after the
- * lock is released (see the comment at the top). */
-static int wal_sync(vdi_catalog *cat, vdi_error *err)
+/* Numbers a commit just made; under lock, after SQLite's COMMIT returned
+ * (its frames are written), so a flush that reads a number covers them. */
+static uint64_t commit_numbered(vdi_catalog *cat)
 {
-    if (cat->wal_fd < 0 || fdatasync(cat->wal_fd) == 0)
+    return vdi_flush_group_change(&cat->wal);
+}
+
+static int flush_wal(void *arg)
+{
+    const vdi_catalog *cat = arg;
+    return fdatasync(cat->wal_fd) < 0 ? -errno : 0;
+}
+
+/* Returns once commit number `seq` is on disk (see "Group commit" at the
+ * top); called without the lock. */
+static int wal_sync(vdi_catalog *cat, uint64_t seq, vdi_error *err)
+{
+    if (cat->wal_fd < 0)
         return 0;
-    return vdi_error_set(err, -errno, "catalog %s/catalog.db: cannot flush its journal: %s",
-                         cat->state_dir, strerror(errno));
+    int rc = vdi_flush_group_wait(&cat->wal, seq, flush_wal, cat);
+    if (rc < 0)
+        return vdi_error_set(err, rc, "catalog %s/catalog.db: cannot flush its journal: %s",
+                             cat->state_dir, strerror(-rc));
+    return 0;
+}
+
+uint64_t vdi_catalog_last_commit(vdi_catalog *cat)
+{
+    return vdi_flush_group_last(&cat->wal);
+}
+
+bool vdi_catalog_commit_on_disk(vdi_catalog *cat, uint64_t commit)
+{
+    /* synchronous=FULL until the WAL's descriptor is open: each commit
+     * flushed itself. */
+    return cat->wal_fd < 0 || vdi_flush_group_covers(&cat->wal, commit);
+}
+
+int vdi_catalog_flush(vdi_catalog *cat, uint64_t commit, vdi_error *err)
+{
+    return wal_sync(cat, commit, err);
+}
+
+void vdi_catalog_counts(vdi_catalog *cat, uint64_t *commits, uint64_t *flushes)
+{
+    *commits = vdi_flush_group_last(&cat->wal);
+    *flushes = vdi_flush_group_flushes(&cat->wal);
 }
 
 static int exec_locked(vdi_catalog *cat, const char *sql, vdi_error *err)
@@ -202,8 +252,9 @@ int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err)
     pthread_mutex_lock(&cat->lock);
     int rc = exec_locked(cat, sql, err);
     bool committed = sqlite3_get_autocommit(cat->db); /* not inside a transaction */
+    uint64_t seq = rc == 0 && committed ? commit_numbered(cat) : 0;
     pthread_mutex_unlock(&cat->lock);
-    return rc == 0 && committed ? wal_sync(cat, err) : rc;
+    return seq ? wal_sync(cat, seq, err) : rc;
 }
 
 /* A transaction keeps the lock from BEGIN to COMMIT or ROLLBACK. */
@@ -221,14 +272,25 @@ int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err)
 
 /* A failed COMMIT is rolled back here, so the caller's later rollback_
  * (which many error paths call) finds nothing to undo. */
-int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err)
+static int commit(vdi_catalog *cat, bool flush, vdi_error *err)
 {
     int rc = exec_locked(cat, "COMMIT", err);
     if (rc < 0)
         sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+    uint64_t seq = rc == 0 ? commit_numbered(cat) : 0;
     cat->in_txn = false;
     pthread_mutex_unlock(&cat->lock);
-    return rc == 0 ? wal_sync(cat, err) : rc;
+    return rc == 0 && flush ? wal_sync(cat, seq, err) : rc;
+}
+
+int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err)
+{
+    return commit(cat, true, err);
+}
+
+int vdi_catalog_commit_unflushed_(vdi_catalog *cat, vdi_error *err)
+{
+    return commit(cat, false, err);
 }
 
 void vdi_catalog_rollback_(vdi_catalog *cat)
@@ -297,8 +359,9 @@ static int step_write(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, bool d
     if (rc == 0 && rowid)
         *rowid = sqlite3_last_insert_rowid(cat->db);
     bool committed = !sqlite3_stmt_readonly(st) && sqlite3_get_autocommit(cat->db);
+    uint64_t seq = rc == 0 && committed ? commit_numbered(cat) : 0;
     finish(cat, st);
-    return rc == 0 && committed && durable ? wal_sync(cat, err) : rc;
+    return seq && durable ? wal_sync(cat, seq, err) : rc;
 }
 
 /* For the engine's other modules that keep tables here (versions.c). */
@@ -783,14 +846,17 @@ int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vd
     return run(cat, st, err);
 }
 
-/* Durability of session records: a session's start is committed but not
- * flushed (the one write on the loop's acquire path, which must not wait
- * for the disk). It survives a crash of vdipoold (the WAL is in the OS's
- * cache) but not a power loss until the next flushed commit, which under
- * load comes within milliseconds. What a power loss can lose is the newest
- * session starts; it also takes every desktop's QEMU with it (the domains
- * are transient), so those sessions ended anyway, and the next start finds
- * their desktops gone. No file operation depends on a session record, so
+/* Durability of session records: a session's start and end are committed
+ * but not flushed (the start is the one write on the loop's acquire path,
+ * which must not wait for the disk). Both survive a crash of vdipoold (the
+ * WAL is in the OS's cache); a power loss can lose them until a later flush
+ * covers them. The daemon answers an acquire only once its start is on disk
+ * (vdi_catalog_commit_on_disk, else vdi_catalog_flush on a worker), so a
+ * desktop a broker was given is never found without its session after a
+ * power loss, even on a host the loss did not reach, and so never handed to
+ * a second user. A lost end leaves the session open on a desktop whose
+ * child is gone (the delete's intent was flushed before it): the next start
+ * closes it (adopt.c). No file operation depends on a session record, so
  * the intent journal's promise is untouched. */
 int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *desktop,
                               const char *user, int64_t started_at, int64_t *id, vdi_error *err)
@@ -821,7 +887,7 @@ int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, cons
     sqlite3_bind_text(st, 2, reason ? reason : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)final_bytes);
     sqlite3_bind_int64(st, 4, id);
-    return run(cat, st, err);
+    return step_write(cat, st, NULL, false, err);
 }
 
 int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id, char *user,
@@ -938,6 +1004,7 @@ int vdi_catalog_open_storage_(const char *state_dir, vdi_catalog **out, vdi_erro
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&cat->lock, &attr);
+    vdi_flush_group_init(&cat->wal);
     pthread_mutexattr_destroy(&attr);
     char path[4200];
     snprintf(path, sizeof path, "%s/catalog.db", state_dir);
@@ -987,6 +1054,7 @@ void vdi_catalog_close(vdi_catalog *cat)
     if (cat->wal_fd >= 0)
         close(cat->wal_fd);
     pthread_mutex_destroy(&cat->lock);
+    vdi_flush_group_destroy(&cat->wal);
     free(cat->state_dir);
     free(cat);
 }

@@ -163,8 +163,11 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
     }
     if (r == 0)
         r = vdi_intent_end_(cat, intent, &db_err);
+    /* Unflushed: if a power loss drops this, recovery finds each child
+     * complete under its real name (made durable before its rename when the
+     * cloner syncs) and records it from the intent, as here. */
     if (r == 0)
-        r = vdi_catalog_commit_(cat, &db_err);
+        r = vdi_catalog_commit_unflushed_(cat, &db_err);
     else
         vdi_catalog_rollback_(cat);
     if (r < 0 && rc == 0) {
@@ -258,9 +261,10 @@ int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, 
     vdi_sync_dir_of_(path);
     if ((rc = vdi_catalog_begin_(cat, err)) < 0)
         return rc;
+    /* Unflushed: if a power loss drops this, the intent redoes the delete. */
     if ((rc = vdi_catalog_remove_child_(cat, path, err)) == 0 &&
         (rc = vdi_intent_end_(cat, intent, err)) == 0)
-        return vdi_catalog_commit_(cat, err);
+        return vdi_catalog_commit_unflushed_(cat, err);
     vdi_catalog_rollback_(cat);
     return rc;
 }

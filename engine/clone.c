@@ -225,7 +225,7 @@ uint64_t vdi_cloner_virtual_size(const vdi_cloner *c) { return c->layout.virtual
 bool vdi_cloner_sync_(const vdi_cloner *c) { return c->opts.sync; }
 
 /* Directory part of a path ("." when none), into buf. */
-static void dir_of(const char *path, char *buf, size_t len)
+void vdi_dir_of_(const char *path, char *buf, size_t len)
 {
     const char *slash = strrchr(path, '/');
     if (!slash)
@@ -261,7 +261,7 @@ int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, cha
                            vdi_error *err)
 {
     char dir[PATH_MAX];
-    dir_of(child_path, dir, sizeof dir);
+    vdi_dir_of_(child_path, dir, sizeof dir);
     char *temp = NULL;
     if (asprintf(&temp, "%s/%s%ld-%lu", dir, VDI_TEMP_PREFIX, c->pid, atomic_fetch_add(&temp_seq, 1)) < 0)
         return vdi_error_set(err, -ENOMEM, "out of memory");
@@ -309,18 +309,6 @@ static int rename_noreplace(const char *from, const char *to)
         return -errno;
     unlink(from);
     return 0;
-}
-
-int vdi_sync_dir_of_(const char *path)
-{
-    char dir[PATH_MAX];
-    dir_of(path, dir, sizeof dir);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return rc;
 }
 
 static int refuse_existing(const char *child_path, vdi_error *err)
@@ -401,7 +389,7 @@ static int sync_filesystems_of(vdi_cloner *c, bool dirs_only)
     int rc = 0;
     for (size_t i = 0; i < c->nstaged; i++) {
         char dir[PATH_MAX];
-        dir_of(c->staged[i].final, dir, sizeof dir);
+        vdi_dir_of_(c->staged[i].final, dir, sizeof dir);
         struct stat st;
         if (stat(dir, &st) < 0)
             continue;

@@ -5,7 +5,11 @@
 
 #include "vdi_engine.h"
 
+#include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <sys/stat.h>
 
 /* catalog.c */
@@ -33,6 +37,10 @@ int vdi_catalog_put_gold_(vdi_catalog *cat, const vdi_gold_info *g, vdi_error *e
 int vdi_catalog_delete_gold_(vdi_catalog *cat, const char *path, vdi_error *err);
 int vdi_catalog_begin_(vdi_catalog *cat, vdi_error *err);
 int vdi_catalog_commit_(vdi_catalog *cat, vdi_error *err);
+/* Commits without waiting for the disk: only for a transaction that closes
+ * an intent flushed earlier, whose loss recovery repairs to the same result
+ * (see "Group commit" in catalog.c). */
+int vdi_catalog_commit_unflushed_(vdi_catalog *cat, vdi_error *err);
 void vdi_catalog_rollback_(vdi_catalog *cat);
 
 /* The storage half of vdi_catalog_open (journal.c adds recovery). */
@@ -63,8 +71,34 @@ int vdi_recover_version_(vdi_catalog *cat, const char *target, const char *data,
 int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, char **temp_out,
                            vdi_error *err);
 int vdi_place_noreplace_(const char *temp, const char *final, vdi_error *err);
-int vdi_sync_dir_of_(const char *path);
 bool vdi_cloner_sync_(const vdi_cloner *c);
+/* The directory part of a path ("." or "/" when it has none). */
+void vdi_dir_of_(const char *path, char *buf, size_t len);
+
+/* flushgroup.c: threads that each need every change so far on disk share
+ * one flush (see the comment there). */
+typedef struct vdi_flush_group {
+    pthread_mutex_t lock;
+    pthread_cond_t done;      /* a flush ended */
+    _Atomic uint64_t changes; /* changes numbered so far */
+    uint64_t flushed;         /* under lock: every change up to this is on disk */
+    uint64_t flushes;         /* under lock: flushes done */
+    bool running;             /* under lock: a leader is flushing */
+} vdi_flush_group;
+void vdi_flush_group_init(vdi_flush_group *g);
+void vdi_flush_group_destroy(vdi_flush_group *g);
+/* Numbers a change just made (its effects are in the OS's cache). */
+uint64_t vdi_flush_group_change(vdi_flush_group *g);
+uint64_t vdi_flush_group_last(vdi_flush_group *g);
+/* Whether change number `change` is on disk; never waits for a flush. */
+bool vdi_flush_group_covers(vdi_flush_group *g, uint64_t change);
+/* Returns once `change` is on disk, running flush(arg) as the leader when
+ * no flush in progress will cover it: 0, or the flush's negative errno. */
+int vdi_flush_group_wait(vdi_flush_group *g, uint64_t change, int (*flush)(void *arg), void *arg);
+uint64_t vdi_flush_group_flushes(vdi_flush_group *g);
+/* Flushes the directory holding path (after a rename or unlink in it),
+ * shared with other threads that changed the same directory meanwhile. */
+int vdi_sync_dir_of_(const char *path);
 
 /* qemu.c: runs qemu-img with arguments; with progress, parses its -p output.
  * On failure err carries qemu-img's own last lines. */

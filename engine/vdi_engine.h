@@ -188,6 +188,20 @@ const char *vdi_state_dir_default(void);
 
 int vdi_catalog_open(const char *state_dir, vdi_catalog **out, vdi_error *err);
 void vdi_catalog_close(vdi_catalog *cat);
+
+/* Durability. Every commit gets a number. Most commits are on disk when the
+ * call that made them returns; a session's start and end and the record
+ * that closes a clone's or a delete's intent are committed without waiting
+ * for the disk (they survive a crash of the process, and a power loss only
+ * once a later flush covers them). A caller that must promise more (an
+ * acquire's answer) asks whether a commit is on disk without blocking, and
+ * flushes on a worker: concurrent flushes are merged (group commit). */
+uint64_t vdi_catalog_last_commit(vdi_catalog *cat);
+bool vdi_catalog_commit_on_disk(vdi_catalog *cat, uint64_t commit);
+/* Blocks until commit number `commit` is on disk. */
+int vdi_catalog_flush(vdi_catalog *cat, uint64_t commit, vdi_error *err);
+/* Commits and disk flushes so far, for /metrics. */
+void vdi_catalog_counts(vdi_catalog *cat, uint64_t *commits, uint64_t *flushes);
 const char *vdi_catalog_state_dir(const vdi_catalog *cat);
 /* Interrupted operations that opening the catalog completed / undid. */
 unsigned vdi_catalog_rolled_forward(const vdi_catalog *cat);
@@ -269,7 +283,8 @@ typedef struct vdi_session_record {
 } vdi_session_record;
 
 int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vdi_error *err);
-/* An open session (ended_at NULL) survives a restart of the service. */
+/* An open session (ended_at NULL) survives a restart of the service. Begin
+ * and end are committed without a flush (see vdi_catalog_flush). */
 int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *desktop,
                               const char *user, int64_t started_at, int64_t *id, vdi_error *err);
 int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, const char *reason,

@@ -123,6 +123,42 @@ START_TEST(datastore_usage_follows_children)
 }
 END_TEST
 
+/* Commits are numbered; a session's start and end wait for no flush, a
+ * flush puts them on disk once, and a flushed write carries what came
+ * before it. */
+START_TEST(unflushed_commits_reach_the_disk_with_a_flush)
+{
+    vdi_error err = {0};
+    uint64_t commits0, flushes0, commits, flushes;
+    vdi_catalog_counts(cat, &commits0, &flushes0);
+    ck_assert_uint_eq(commits0, vdi_catalog_last_commit(cat));
+    int64_t id = 0;
+    ck_assert_int_eq(vdi_catalog_session_begin(cat, "p", "p-001", "alice", 100, &id, &err), 0);
+    uint64_t begun = vdi_catalog_last_commit(cat);
+    ck_assert_uint_eq(begun, commits0 + 1);
+    ck_assert(!vdi_catalog_commit_on_disk(cat, begun));
+    vdi_catalog_counts(cat, &commits, &flushes);
+    ck_assert_uint_eq(flushes, flushes0);
+    ck_assert_int_eq(vdi_catalog_flush(cat, begun, &err), 0);
+    ck_assert(vdi_catalog_commit_on_disk(cat, begun));
+    vdi_catalog_counts(cat, &commits, &flushes);
+    ck_assert_uint_eq(flushes, flushes0 + 1);
+    /* Asked again, a flush already done costs nothing. */
+    ck_assert_int_eq(vdi_catalog_flush(cat, begun, &err), 0);
+    vdi_catalog_counts(cat, &commits, &flushes);
+    ck_assert_uint_eq(flushes, flushes0 + 1);
+    ck_assert_int_eq(vdi_catalog_session_end(cat, id, 200, "released", 0, &err), 0);
+    uint64_t ended = vdi_catalog_last_commit(cat);
+    ck_assert(!vdi_catalog_commit_on_disk(cat, ended));
+    /* A seal is on disk when it returns, and so is the end before it. */
+    vdi_seal_result r;
+    ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
+    ck_assert_uint_gt(vdi_catalog_last_commit(cat), ended);
+    ck_assert(vdi_catalog_commit_on_disk(cat, vdi_catalog_last_commit(cat)));
+    ck_assert(vdi_catalog_commit_on_disk(cat, ended));
+}
+END_TEST
+
 /* ---- several threads on one catalog -------------------------------------------- */
 
 #define THREADS 6
@@ -174,6 +210,8 @@ START_TEST(threads_share_one_catalog)
     vdi_error err = {0};
     ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
     free(th_must("mkdir -p %s/ds", dir));
+    uint64_t commits0, flushes0;
+    vdi_catalog_counts(cat, &commits0, &flushes0);
     pthread_t t[THREADS];
     worker w[THREADS];
     for (int i = 0; i < THREADS; i++) {
@@ -185,6 +223,13 @@ START_TEST(threads_share_one_catalog)
         ck_assert_msg(w[i].failures == 0, "thread %d: %d failures, last: %s", i, w[i].failures,
                       w[i].error);
     }
+    /* Each round commits six times (a clone's intent and record, a session's
+     * start and end, a delete's intent and record); only the two intents
+     * wait for the disk, and concurrent ones may share a flush. */
+    uint64_t commits, flushes;
+    vdi_catalog_counts(cat, &commits, &flushes);
+    ck_assert_uint_eq(commits - commits0, 6 * THREADS * ROUNDS);
+    ck_assert_uint_le(flushes - flushes0, 2 * THREADS * ROUNDS);
     /* Everything was recorded and removed; no intent is left behind. */
     vdi_child_info *kids = NULL;
     size_t n = 0;
@@ -205,9 +250,10 @@ START_TEST(threads_share_one_catalog)
 }
 END_TEST
 
-TH_MAIN("catalog", {"catalog",
-                    setup,
-                    teardown,
-                    120,
-                    {sessions_and_growth, lookups_canonicalise_paths,
-                     datastore_usage_follows_children, threads_share_one_catalog, NULL}})
+TH_MAIN("catalog",
+        {"catalog",
+         setup,
+         teardown,
+         120,
+         {sessions_and_growth, lookups_canonicalise_paths, datastore_usage_follows_children,
+          unflushed_commits_reach_the_disk_with_a_flush, threads_share_one_catalog, NULL}})

@@ -172,6 +172,14 @@ START_TEST(spares_acquire_release_refill)
         strstr(metrics, "vdipool_sessions_ended_total{pool=\"demo\",reason=\"released\"} 1"));
     ck_assert_ptr_nonnull(strstr(metrics, "vdipool_clone_seconds_count"));
     ck_assert_ptr_nonnull(strstr(metrics, "vdipool_datastore_bytes{datastore=\"local\""));
+    /* Acquires are answered once their session is on disk: in this quiet
+     * pool nothing else flushed the catalog between a session's start and
+     * its answer, so the answers waited for the flusher. */
+    const char *waits = strstr(metrics, "\nvdipool_acquire_flush_waits_total ");
+    const char *flushes = strstr(metrics, "\nvdipool_catalog_flushes_total ");
+    ck_assert_msg(waits && flushes, "%s", metrics);
+    ck_assert_int_ge(atoll(waits + strlen("\nvdipool_acquire_flush_waits_total ")), 1);
+    ck_assert_int_ge(atoll(flushes + strlen("\nvdipool_catalog_flushes_total ")), 1);
     free(metrics);
 
     /* Refusals name what is wrong. */

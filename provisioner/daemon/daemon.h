@@ -94,6 +94,7 @@ typedef enum agent_state { AGENT_UNKNOWN, AGENT_CONNECTED, AGENT_DISCONNECTED } 
 #define AGENT_RETRY_S 2 /* booting: the agent connected but did not answer yet */
 const char *agent_state_name(agent_state a);
 typedef struct waiter waiter;
+typedef struct durable durable;
 typedef struct api_server api_server;
 typedef struct subscriber subscriber;
 struct gold_job;
@@ -333,6 +334,8 @@ struct service {
     bool stopping;
     uint64_t reload_asked, reload_applied; /* reload sequence numbers */
     waiter *waiters;                       /* acquires waiting for a spare, oldest first */
+    durable *durable;                      /* durable.c: answers sent once on disk; NULL: at once */
+    uint64_t answers_waited;               /* answers that waited for a flush (metrics) */
     latency_histogram clone_latency, start_latency, boot_latency, resume_latency;
     latency_histogram ready_latency; /* a new desktop: clone begun to ready */
     unsigned users_reads_running; /* agent user-list reads in flight (bounded) */
@@ -514,6 +517,15 @@ void jobs_clean_leftovers(service *svc, host *h, const char *name, const char *c
 
 /* ---- session.c: acquire, waiters, assign, end -------------------------------------- */
 typedef void (*acquire_cb)(void *ctx, int http_status, json_t *body);
+
+/* ---- durable.c: answers sent once what they promise is on disk ------------------- */
+/* The flusher thread; vdipoold starts it after service_init and stops it
+ * first thing at a stop (it answers what still waits). */
+int durable_start(service *svc);
+void durable_stop(service *svc);
+/* cb(ctx, 200, body) once the catalog's newest commit is on disk. */
+void durable_answer_send(service *svc, const char *pool_name, const char *desktop_name,
+                         acquire_cb cb, void *ctx, json_t *body);
 void service_acquire(service *svc, const char *pool_name, const char *user, acquire_cb cb,
                      void *ctx);
 /* The waiter answering to ctx is dropped without an answer (its client went

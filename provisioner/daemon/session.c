@@ -30,6 +30,16 @@ static json_t *assignment_json(const desktop *d)
                      (json_int_t)d->session_start);
 }
 
+/* cb(ctx, 200, the assignment) once d's session start is on disk
+ * (durable.c); at once when the start was not recorded. */
+static void answer_assigned(service *svc, desktop *d, acquire_cb cb, void *ctx)
+{
+    if (!d->session_id)
+        cb(ctx, 200, assignment_json(d));
+    else
+        durable_answer_send(svc, d->pool->name, d->name, cb, ctx, assignment_json(d));
+}
+
 /* ready -> assigned: the desktop that has waited longest (the ready list
  * is in the order desktops became ready). */
 static desktop *assign(pool *p, const char *user)
@@ -159,9 +169,12 @@ void sessions_serve_waiters(service *svc)
             continue;
         }
         desktop *d = pool_closed(p) ? NULL : assign(p, w->user);
-        if (d)
-            finish_waiter(w, 200, assignment_json(d));
-        else if (!pool_can_produce(p))
+        if (d) {
+            acquire_cb cb = w->cb;
+            void *ctx = w->ctx;
+            drop_waiter(w);
+            answer_assigned(svc, d, cb, ctx);
+        } else if (!pool_can_produce(p))
             finish_waiter(w, 503, unavailable(p, "no desktop is ready"));
     }
 }
@@ -200,7 +213,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
     }
     desktop *d = existing_assignment(p, user);
     if (d) {
-        cb(ctx, 200, assignment_json(d)); /* the same user asking twice */
+        answer_assigned(svc, d, cb, ctx); /* the same user asking twice */
         return;
     }
     if (pool_closed(p)) {
@@ -209,7 +222,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
     }
     /* Earlier waiters of this pool come first. */
     if (!sessions_waiting(svc, p->name) && (d = assign(p, user))) {
-        cb(ctx, 200, assignment_json(d));
+        answer_assigned(svc, d, cb, ctx);
         service_kick(svc);
         return;
     }

@@ -136,6 +136,7 @@ static void on_sigterm(uv_signal_t *s, int signum)
             signum);
     sd_notify(0, "STOPPING=1");
     svc->stopping = true;
+    durable_stop(svc); /* its answers go out while their connections are open */
     api_server_stop(svc->api);
     svc->api = NULL;
     sessions_fail_waiters(svc);
@@ -237,6 +238,12 @@ int main(int argc, char **argv)
         return 1;
     }
     svc.desktop_changed = events_desktop_changed; /* GET /v1/events */
+    int durable_rc = durable_start(&svc);
+    if (durable_rc < 0)
+        svc_log("error",
+                "event=no-catalog-flusher reason=\"%s\"; acquires are answered before their "
+                "session is on disk",
+                uv_strerror(durable_rc));
     sc = vdi_config_service(svc.config);
     if (api_server_start(loop, sc, api_route, dashboard_serve, &svc, &svc.api, &err) < 0) {
         fprintf(stderr, "vdipoold: %s\n", err.message);

@@ -339,6 +339,24 @@ char *service_metrics_text(service *svc)
                 "what admission assumed.\n# TYPE vdipool_write_budget_exceeded_total counter\n"
                 "vdipool_write_budget_exceeded_total %llu\n",
                 (unsigned long long)svc->budget_events);
+    if (svc->catalog) {
+        uint64_t commits, flushes;
+        vdi_catalog_counts(svc->catalog, &commits, &flushes);
+        text_append(&t,
+                    "# HELP vdipool_catalog_commits_total Catalog transactions committed.\n"
+                    "# TYPE vdipool_catalog_commits_total counter\n"
+                    "vdipool_catalog_commits_total %llu\n"
+                    "# HELP vdipool_catalog_flushes_total Disk flushes of the catalog's journal "
+                    "(one carries many commits under load).\n"
+                    "# TYPE vdipool_catalog_flushes_total counter\n"
+                    "vdipool_catalog_flushes_total %llu\n"
+                    "# HELP vdipool_acquire_flush_waits_total Acquire answers that waited for "
+                    "their session to reach the disk.\n"
+                    "# TYPE vdipool_acquire_flush_waits_total counter\n"
+                    "vdipool_acquire_flush_waits_total %llu\n",
+                    (unsigned long long)commits, (unsigned long long)flushes,
+                    (unsigned long long)svc->answers_waited);
+    }
     const latency_histogram *hs[5] = {&svc->clone_latency, &svc->start_latency,
                                       &svc->boot_latency, &svc->resume_latency,
                                       &svc->ready_latency};

@@ -1,5 +1,7 @@
 /* vdi_strmap.c — see vdi_strmap.h. Linear probing over a power-of-two
- * table kept at most half full. */
+ * table kept at most half full. A removal shifts the keys after it back
+ * (no tombstones), so that every key stays reachable from its home slot
+ * without an empty slot in between. */
 #include "vdi_strmap.h"
 
 #include <errno.h>
@@ -78,4 +80,31 @@ bool vdi_strmap_get(const vdi_strmap *m, const char *key, size_t *value)
         return false;
     *value = s->value;
     return true;
+}
+
+bool vdi_strmap_remove(vdi_strmap *m, const char *key)
+{
+    size_t mask = m->cap - 1;
+    slot *hole = find(m->v, m->cap, key);
+    if (!hole->key)
+        return false;
+    size_t i = (size_t)(hole - m->v);
+    for (size_t j = (i + 1) & mask; m->v[j].key; j = (j + 1) & mask) {
+        size_t home = hash(m->v[j].key) & mask;
+        /* The key at j may move into the hole at i only if its home is not
+         * in the cyclic range (i, j]: else the hole is before its home. */
+        bool home_after_hole = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!home_after_hole) {
+            m->v[i] = m->v[j];
+            i = j;
+        }
+    }
+    m->v[i] = (slot){0};
+    m->n--;
+    return true;
+}
+
+size_t vdi_strmap_count(const vdi_strmap *m)
+{
+    return m->n;
 }

@@ -16,5 +16,8 @@ void vdi_strmap_free(vdi_strmap *m);
 int vdi_strmap_put(vdi_strmap *m, const char *key, size_t value);
 /* The value of an equal key, if there is one. */
 bool vdi_strmap_get(const vdi_strmap *m, const char *key, size_t *value);
+/* Removes an equal key; whether there was one. */
+bool vdi_strmap_remove(vdi_strmap *m, const char *key);
+size_t vdi_strmap_count(const vdi_strmap *m);
 
 #endif

@@ -1,8 +1,11 @@
-/* test_common.c — sizes, durations and error messages. */
+/* test_common.c — sizes, durations, error messages and the string map. */
 #include "helpers.h"
 #include "vdi_common.h"
+#include "vdi_strmap.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 START_TEST(sizes_with_units)
@@ -93,9 +96,51 @@ START_TEST(error_prefix_keeps_message)
 }
 END_TEST
 
+/* Removals in any order leave every other key reachable (the keys after a
+ * removed one are shifted back across the table's wrap), and a removed key
+ * can be put again. */
+START_TEST(strmap_removals_keep_keys_reachable)
+{
+    enum { N = 3000 };
+    static char keys[N][16];
+    bool present[N];
+    vdi_strmap *m = vdi_strmap_new();
+    ck_assert_ptr_nonnull(m);
+    for (size_t i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof keys[i], "user-%zu", i);
+        ck_assert_int_eq(vdi_strmap_put(m, keys[i], i), 0);
+        present[i] = true;
+    }
+    srand(11);
+    size_t count = N;
+    for (int round = 0; round < 4; round++) {
+        for (size_t k = 0; k < N / 3; k++) {
+            size_t i = (size_t)rand() % N;
+            ck_assert(vdi_strmap_remove(m, keys[i]) == present[i]);
+            count -= present[i];
+            present[i] = false;
+        }
+        ck_assert_uint_eq(vdi_strmap_count(m), count);
+        for (size_t i = 0; i < N; i++) {
+            size_t v = SIZE_MAX;
+            ck_assert_msg(vdi_strmap_get(m, keys[i], &v) == present[i], "key %s", keys[i]);
+            if (present[i])
+                ck_assert_uint_eq(v, i);
+        }
+        for (size_t i = round; i < N; i += 7) /* some come back */
+            if (!present[i]) {
+                ck_assert_int_eq(vdi_strmap_put(m, keys[i], i), 0);
+                present[i] = true;
+                count++;
+            }
+    }
+    vdi_strmap_free(m);
+}
+END_TEST
+
 TH_MAIN("common", {"units",
                    NULL,
                    NULL,
                    0,
                    {sizes_with_units, sizes_refused, durations, formatting,
-                    error_prefix_keeps_message, NULL}})
+                    error_prefix_keeps_message, strmap_removals_keep_keys_reachable, NULL}})

@@ -534,6 +534,41 @@ START_TEST(desktops_found_by_name)
 }
 END_TEST
 
+/* An acquire finds the user's desktop through the pool's index of assigned
+ * desktops by user, also when a restart found one user with two sessions,
+ * as the sessions come and go. */
+START_TEST(assigned_desktops_found_by_user)
+{
+    start_service(NULL, 4, 0);
+    desktop **d = P->desktops;
+    desktop_adopt(d[0], "/c/1", "/g", NULL, AGENT_UNKNOWN, 11, "ann", 1);
+    desktop_adopt(d[1], "/c/2", "/g", NULL, AGENT_UNKNOWN, 12, "bob", 1);
+    desktop_adopt(d[2], "/c/3", "/g", NULL, AGENT_UNKNOWN, 13, "ann", 1); /* two sessions */
+    desktop_adopt(d[3], "/c/4", "/g", NULL, AGENT_UNKNOWN, 0, NULL, 0);   /* a spare */
+    ck_assert_ptr_eq(pool_assigned_to(P, "bob"), d[1]);
+    ck_assert_ptr_eq(pool_assigned_to(P, "ann"), d[0]);
+    ck_assert_ptr_null(pool_assigned_to(P, "cy"));
+    ck_assert_uint_eq(P->user_clashes, 1);
+    /* ann's indexed desktop ends: her other one takes its place. */
+    session_end(d[0], END_RELEASED);
+    ck_assert_ptr_eq(pool_assigned_to(P, "ann"), d[2]);
+    ck_assert_uint_eq(P->user_clashes, 0);
+    session_end(d[2], END_RELEASED);
+    ck_assert_ptr_null(pool_assigned_to(P, "ann"));
+    /* Served from the index: the same user asking again gets the same desktop. */
+    int status = 0;
+    service_acquire(&S, "demo", "bob", on_acquired_status, &status);
+    ck_assert_int_eq(status, 200);
+    ck_assert_ptr_eq(pool_assigned_to(P, "bob"), d[1]);
+    ck_assert_uint_eq(in_state(DESKTOP_ASSIGNED), 1);
+    /* A new user gets the spare, indexed under the new name. */
+    service_acquire(&S, "demo", "cy", on_acquired_status, &status);
+    ck_assert_int_eq(status, 200);
+    ck_assert_ptr_eq(pool_assigned_to(P, "cy"), d[3]);
+    stop_service();
+}
+END_TEST
+
 /* ---- the guest agent (agent.c) ------------------------------------------------- */
 
 #define AGENT_POOL                                                                                 \
@@ -745,7 +780,8 @@ TH_MAIN("controller",
           blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
           failed_start_ends_then_fails, failed_end_is_retried, session_time_limit_and_idle_spares,
           reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing, paused_desktops,
-          desktops_found_by_name, agent_makes_ready_and_logoff_ends_the_session,
+          desktops_found_by_name, assigned_desktops_found_by_user,
+          agent_makes_ready_and_logoff_ends_the_session,
           no_login_and_agent_lost_end_sessions, idle_user_is_logged_off,
           desktops_that_do_not_boot_are_recycled_and_reported,
           names_come_from_one_list, NULL}})

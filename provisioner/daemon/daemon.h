@@ -11,7 +11,8 @@
  * The catalog is safe to use from any thread (it serialises its own
  * statements and transactions, never across file work). The loop calls it
  * only for short single-statement writes; the accepted ones are recording a
- * session's start in session.c and a gold's state change in service.c. */
+ * session's start in session.c (committed without a flush; its answer waits
+ * for the flusher, durable.c) and a gold's state change in service.c. */
 #ifndef VDI_DAEMON_H
 #define VDI_DAEMON_H
 
@@ -243,6 +244,16 @@ struct pool {
      * restarts (drain.c). 0 when open. */
     int64_t drained_since;
     desktop_list by_state[DESKTOP_STATE_COUNT]; /* every slot is on one list */
+    /* user -> slot of the assigned desktops, kept with the assigned list
+     * (desktop_list_add/remove), so that an acquire finds the user's
+     * desktop without walking every session. Its keys are the desktops' own
+     * `user` strings, which change only outside the assigned state.
+     * user_clashes counts assigned desktops whose user another assigned
+     * desktop also has (the map holds one); by_user_lost: out of memory
+     * once, the assigned list is walked instead. */
+    struct vdi_strmap *by_user;
+    unsigned user_clashes;
+    bool by_user_lost;
     /* The controller looks at every desktop once per second (time limits,
      * retries) or at once after a config change; in between only at those
      * waiting to start or paused (pool.c). */
@@ -466,6 +477,8 @@ void desktop_set_state(desktop *d, desktop_state s);
 /* A desktop onto / off its pool's list for its current state (objects.c). */
 void desktop_list_add(desktop *d);
 void desktop_list_remove(desktop *d);
+/* The pool's assigned desktop of `user`, or NULL. */
+desktop *pool_assigned_to(pool *p, const char *user);
 void desktop_begin_clone(desktop *d);
 void desktop_begin_start(desktop *d);
 void desktop_begin_end(desktop *d, end_reason why);

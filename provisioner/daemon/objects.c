@@ -4,6 +4,7 @@
  * controller step. Everything above builds on these; they call nothing
  * above them. */
 #include "daemon.h"
+#include "vdi_strmap.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -89,6 +90,72 @@ void desktop_name_slot(desktop *d)
     }
 }
 
+/* ---- the assigned desktops by user (pool.by_user) ------------------------------ */
+
+static desktop *assigned_walk(pool *p, const char *user, const desktop *besides)
+{
+    for (desktop *d = p->by_state[DESKTOP_ASSIGNED].head; d; d = d->state_next)
+        if (d != besides && d->user && !strcmp(d->user, user))
+            return d;
+    return NULL;
+}
+
+static void by_user_lost(pool *p)
+{
+    if (!p->by_user_lost)
+        svc_log("error", "pool=%s event=out-of-memory indexing sessions by user; acquires walk "
+                         "the sessions instead", p->name);
+    p->by_user_lost = true;
+}
+
+static void by_user_add(desktop *d)
+{
+    pool *p = d->pool;
+    if (p->by_user_lost || !d->user)
+        return;
+    if (!p->by_user && !(p->by_user = vdi_strmap_new())) {
+        by_user_lost(p);
+        return;
+    }
+    size_t slot;
+    if (vdi_strmap_get(p->by_user, d->user, &slot))
+        p->user_clashes++; /* the user has another desktop: that one stays indexed */
+    else if (vdi_strmap_put(p->by_user, d->user, d->slot) < 0)
+        by_user_lost(p);
+}
+
+static void by_user_remove(desktop *d)
+{
+    pool *p = d->pool;
+    size_t slot;
+    if (p->by_user_lost || !d->user || !p->by_user || !vdi_strmap_get(p->by_user, d->user, &slot))
+        return;
+    if (slot != d->slot) {
+        p->user_clashes--; /* another desktop of the same user is the indexed one */
+        return;
+    }
+    vdi_strmap_remove(p->by_user, d->user);
+    /* Rare (two open sessions of one user, as a restart may find): the
+     * user's other desktop takes its place. */
+    desktop *other = p->user_clashes ? assigned_walk(p, d->user, d) : NULL;
+    if (other) {
+        p->user_clashes--;
+        if (vdi_strmap_put(p->by_user, other->user, other->slot) < 0)
+            by_user_lost(p);
+    }
+}
+
+desktop *pool_assigned_to(pool *p, const char *user)
+{
+    if (p->by_user_lost)
+        return assigned_walk(p, user, NULL);
+    size_t slot;
+    if (!p->by_user || !vdi_strmap_get(p->by_user, user, &slot) || slot < 1 || slot > p->nslots)
+        return NULL;
+    desktop *d = p->desktops[slot - 1];
+    return d->state == DESKTOP_ASSIGNED ? d : NULL;
+}
+
 /* The pool's per-state lists (see desktop.state_next): desktop_set_state
  * moves a desktop between them, a new slot joins the list for empty. */
 void desktop_list_add(desktop *d)
@@ -102,6 +169,8 @@ void desktop_list_add(desktop *d)
         l->head = d;
     l->tail = d;
     l->count++;
+    if (d->state == DESKTOP_ASSIGNED)
+        by_user_add(d);
 }
 
 void desktop_list_remove(desktop *d)
@@ -117,6 +186,8 @@ void desktop_list_remove(desktop *d)
         l->tail = d->state_prev;
     d->state_prev = d->state_next = NULL;
     l->count--;
+    if (d->state == DESKTOP_ASSIGNED)
+        by_user_remove(d);
 }
 
 int pool_grow_slots(pool *p, unsigned size)
@@ -184,6 +255,7 @@ void pool_free(pool *p)
     free(p->tmpl.child);
     free(p->tmpl.image);
     free(p->tmpl.problem);
+    vdi_strmap_free(p->by_user);
     vdi_config_unref(p->config);
     free(p);
 }

@@ -74,13 +74,6 @@ static desktop *assign(pool *p, const char *user)
     return pick;
 }
 
-static desktop *existing_assignment(pool *p, const char *user)
-{
-    for (desktop *d = p->by_state[DESKTOP_ASSIGNED].head; d; d = d->state_next)
-        if (d->user && !strcmp(d->user, user))
-            return d;
-    return NULL;
-}
 
 /* Can the pool still produce a ready desktop without one ending? */
 static bool pool_can_produce(const pool *p)
@@ -211,7 +204,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
         cb(ctx, 404, error_json(why));
         return;
     }
-    desktop *d = existing_assignment(p, user);
+    desktop *d = pool_assigned_to(p, user);
     if (d) {
         answer_assigned(svc, d, cb, ctx); /* the same user asking twice */
         return;

@@ -149,17 +149,19 @@ int main(int argc, char **argv)
     if (bench_prepare(work, daemon, make_gold, gold, 0) < 0)
         return 1;
     snprintf(sock, sizeof sock, "%s/sock", work);
+    /* Clones and starts at once (the daemon's thread pool follows). */
+    const char *parallel = getenv("VDI_BENCH_PARALLEL") ? getenv("VDI_BENCH_PARALLEL") : "16";
     snprintf(text, sizeof text,
              "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
              "\"test:///default\";\n  log_level = \"warning\"; acquire_timeout = \"5s\";\n"
-             "  max_parallel_clones = 16; max_parallel_starts = 16; };\n"
+             "  max_parallel_clones = %s; max_parallel_starts = %s; };\n"
              "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
              "  max_overcommit = 1000.0; } );\n"
              "pools = ( { name = \"bench\"; gold = \"%s/gold.qcow2\"; datastore = \"local\";\n"
              "  size = %u; spares = %u; expected_growth = \"1M\";\n"
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
              "\"none\"; accel = \"tcg\"; }; } );\n",
-             sock, work, work, work, size, spares);
+             sock, work, parallel, parallel, work, work, size, spares);
     double t_start = bench_now();
     pid_t pid = bench_start_daemon(daemon, work, text);
     if (pid < 0)

@@ -225,17 +225,6 @@ uint64_t vdi_cloner_virtual_size(const vdi_cloner *c) { return c->layout.virtual
 bool vdi_cloner_sync_(const vdi_cloner *c) { return c->opts.sync; }
 
 /* Directory part of a path ("." when none), into buf. */
-void vdi_dir_of_(const char *path, char *buf, size_t len)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(buf, len, ".");
-    else if (slash == path)
-        snprintf(buf, len, "/");
-    else
-        snprintf(buf, len, "%.*s", (int)(slash - path), path);
-}
-
 static int write_all_at(int fd, const uint8_t *data, size_t len, uint64_t off)
 {
     while (len) {

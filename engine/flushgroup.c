@@ -122,6 +122,17 @@ static vdi_flush_group *dir_group(const char *dir)
     return found;
 }
 
+void vdi_dir_of_(const char *path, char *buf, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(buf, len, ".");
+    else if (slash == path)
+        snprintf(buf, len, "/");
+    else
+        snprintf(buf, len, "%.*s", (int)(slash - path), path);
+}
+
 static int fsync_dir(void *arg)
 {
     int fd = open(arg, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

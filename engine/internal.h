@@ -72,8 +72,6 @@ int vdi_cloner_write_temp_(vdi_cloner *c, const char *child_path, bool sync, cha
                            vdi_error *err);
 int vdi_place_noreplace_(const char *temp, const char *final, vdi_error *err);
 bool vdi_cloner_sync_(const vdi_cloner *c);
-/* The directory part of a path ("." or "/" when it has none). */
-void vdi_dir_of_(const char *path, char *buf, size_t len);
 
 /* flushgroup.c: threads that each need every change so far on disk share
  * one flush (see the comment there). */
@@ -96,6 +94,8 @@ bool vdi_flush_group_covers(vdi_flush_group *g, uint64_t change);
  * no flush in progress will cover it: 0, or the flush's negative errno. */
 int vdi_flush_group_wait(vdi_flush_group *g, uint64_t change, int (*flush)(void *arg), void *arg);
 uint64_t vdi_flush_group_flushes(vdi_flush_group *g);
+/* The directory part of a path ("." or "/" when it has none). */
+void vdi_dir_of_(const char *path, char *buf, size_t len);
 /* Flushes the directory holding path (after a rename or unlink in it),
  * shared with other threads that changed the same directory meanwhile. */
 int vdi_sync_dir_of_(const char *path);

@@ -1070,6 +1070,12 @@ void vdi_crashpoint(const char *name)
         raise(SIGSTOP);
 }
 
+bool vdi_failpoint(const char *name)
+{
+    const char *at = getenv("VDIPOOL_FAIL_AT");
+    return at && !strcmp(at, name);
+}
+
 int vdi_write_file_atomic_(const char *path, const char *text, vdi_error *err)
 {
     char tmp[4200];

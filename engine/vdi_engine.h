@@ -625,5 +625,8 @@ int vdi_versions_audit(vdi_catalog *cat, const char *family, vdi_gold_audit **ou
  * ($VDIPOOL_STOP_AT stops it with SIGSTOP instead). Opening the catalog
  * recovers only intents of processes that no longer run. */
 void vdi_crashpoint(const char *name);
+/* Test hook: true when $VDIPOOL_FAIL_AT equals name; the caller then acts
+ * as if that step failed, to prove the failure is handled. */
+bool vdi_failpoint(const char *name);
 
 #endif

@@ -219,6 +219,39 @@ START_TEST(spares_acquire_release_refill)
 }
 END_TEST
 
+/* A catalog that cannot flush: the acquire is still answered (the desktop
+ * is the user's), the failure is logged with its pool and desktop, and the
+ * next acquire tries the disk again instead of the flusher spinning. */
+START_TEST(acquire_answered_when_the_flush_fails)
+{
+    th_daemon_write_config(&D, 3, 2, NULL);
+    setenv("VDIPOOL_FAIL_AT", "acquire-flush", 1);
+    th_daemon_start(&D);
+    unsetenv("VDIPOOL_FAIL_AT");
+    json_decref(th_wait_ready(&D, 2, 20));
+    json_t *a = acquire("ann", 200);
+    const char *name = json_string_value(json_object_get(a, "desktop"));
+    ck_assert_ptr_nonnull(name);
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", D.dir);
+    ck_assert_int_eq(th_run(NULL,
+                            "grep -q 'pool=demo desktop=%s event=session-not-on-disk "
+                            "reason=\"cannot flush (failpoint acquire-flush)\"' %s",
+                            name, log),
+                     0);
+    json_decref(acquire("bob", 200)); /* answered: the flusher is not stuck */
+    /* Nothing spins: the daemon is idle between requests. */
+    char *before = th_must("awk '{print $14 + $15}' /proc/%d/stat", (int)D.pid);
+    sleep(1);
+    char *after = th_must("awk '{print $14 + $15}' /proc/%d/stat", (int)D.pid);
+    ck_assert_int_lt(atol(after) - atol(before), 20); /* < 0.2 s of CPU in 1 s */
+    free(before);
+    free(after);
+    json_decref(a);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 START_TEST(reload_applies_diff_or_keeps_running_config)
 {
     th_daemon_write_config(&D, 2, 1, NULL);
@@ -1327,7 +1360,8 @@ TH_MAIN("service",
          setup,
          teardown,
          120,
-         {spares_acquire_release_refill, reload_applies_diff_or_keeps_running_config, gold_rollout,
+         {spares_acquire_release_refill, acquire_answered_when_the_flush_fails,
+          reload_applies_diff_or_keeps_running_config, gold_rollout,
           unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
           tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
           second_instance_is_refused, blocked_pool_waits_without_spinning,

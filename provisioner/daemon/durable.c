@@ -12,8 +12,8 @@
  * acquires costs one fdatasync, and the answers never queue behind clones
  * and domain starts in libuv's thread pool, which a refill storm fills.
  *
- * Threads: `answers` belongs to the loop; `want`, `done`, `failure` and
- * `stop` are shared with the flusher under `lock`. */
+ * Threads: `answers` belongs to the loop; `want`, `tried`, `flushed_upto`,
+ * `failure` and `stop` are shared with the flusher under `lock`. */
 #include "daemon.h"
 
 #include <errno.h>
@@ -39,34 +39,36 @@ struct durable {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     uint64_t want;                   /* under lock: flush up to this commit */
-    uint64_t done;                   /* under lock: flushed up to this commit */
-    char failure[1024];              /* under lock: the last flush's error, "" when none */
+    uint64_t tried;                  /* under lock: flushes were tried up to this commit */
+    uint64_t flushed_upto;           /* under lock: ... and succeeded up to this one */
+    char failure[1024];              /* under lock: the last failed flush's error */
     bool stop;                       /* under lock */
     durable_answer *answers, **tail; /* the loop's */
 };
 
+/* A failed flush is not retried for the same commits (their answers go
+ * with the failure logged); the next answer's commit tries again. */
 static void *flusher(void *arg)
 {
     durable *du = arg;
     pthread_mutex_lock(&du->lock);
     for (;;) {
-        while (!du->stop && du->want <= du->done && !du->failure[0])
+        while (!du->stop && du->want <= du->tried)
             pthread_cond_wait(&du->wake, &du->lock);
         if (du->stop)
             break;
-        if (du->failure[0]) { /* the loop has not read the last failure yet */
-            pthread_cond_wait(&du->wake, &du->lock);
-            continue;
-        }
         uint64_t target = du->want;
         pthread_mutex_unlock(&du->lock);
         vdi_error err = {0};
-        int rc = vdi_catalog_flush(du->catalog, target, &err);
+        int rc = vdi_failpoint("acquire-flush")
+                     ? vdi_error_set(&err, -EIO, "cannot flush (failpoint acquire-flush)")
+                     : vdi_catalog_flush(du->catalog, target, &err);
         pthread_mutex_lock(&du->lock);
+        du->tried = target;
         if (rc < 0)
             snprintf(du->failure, sizeof du->failure, "%s", err.message);
-        else if (target > du->done)
-            du->done = target;
+        else
+            du->flushed_upto = target;
         uv_async_send(&du->flushed);
     }
     pthread_mutex_unlock(&du->lock);
@@ -92,23 +94,24 @@ static void answer_oldest(durable *du, const char *failure)
     free(a);
 }
 
-/* On the loop: answers what the flush covered (everything, if it failed),
- * then asks for the next flush the rest need. */
+/* On the loop: answers what the flushes tried covered (those a failed one
+ * covered with the failure logged), then asks for the flush the rest need. */
 static void on_flushed(uv_async_t *h)
 {
     durable *du = h->data;
     pthread_mutex_lock(&du->lock);
-    uint64_t done = du->done;
+    uint64_t tried = du->tried, flushed = du->flushed_upto;
     char failure[sizeof du->failure];
     snprintf(failure, sizeof failure, "%s", du->failure);
-    du->failure[0] = '\0';
     pthread_mutex_unlock(&du->lock);
-    while (du->answers && (failure[0] || du->answers->commit <= done))
-        answer_oldest(du, failure[0] ? failure : NULL);
+    while (du->answers && du->answers->commit <= tried)
+        answer_oldest(du, du->answers->commit > flushed ? failure : NULL);
+    uint64_t last = vdi_catalog_last_commit(du->catalog);
     pthread_mutex_lock(&du->lock);
-    if (du->answers && du->want < vdi_catalog_last_commit(du->catalog))
-        du->want = vdi_catalog_last_commit(du->catalog);
-    pthread_cond_signal(&du->wake); /* also lets it go on after a failure */
+    if (du->answers && du->want < last) {
+        du->want = last;
+        pthread_cond_signal(&du->wake);
+    }
     pthread_mutex_unlock(&du->lock);
 }
 

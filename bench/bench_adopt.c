@@ -52,12 +52,15 @@ static int write_node(const char *path, const char *work, const char *gold, unsi
 
 int main(int argc, char **argv)
 {
-    if (argc != 5) {
-        fprintf(stderr, "usage: bench_adopt VDIPOOLD MAKE_DEMO_GOLD WORKDIR N\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: bench_adopt VDIPOOLD MAKE_DEMO_GOLD WORKDIR N [HISTORY]\n"
+                        "  HISTORY: finished sessions already in the catalog (a year's use),\n"
+                        "  and every other desktop has a user's session open\n");
         return 2;
     }
     const char *daemon = argv[1], *make_gold = argv[2], *work = argv[3];
     unsigned n = (unsigned)atoi(argv[4]);
+    unsigned long history = argc == 6 ? strtoul(argv[5], NULL, 10) : 0;
     if (n == 0 || work[0] != '/') {
         fprintf(stderr, "bench_adopt: N must be positive and WORKDIR absolute\n");
         return 2;
@@ -70,7 +73,9 @@ int main(int argc, char **argv)
     if (bench_prepare(work, daemon, make_gold, gold, 0) < 0)
         return 1;
     snprintf(node, sizeof node, "%s/node.xml", work);
-    if (bench_record_children(work, gold, "bench", n, width, "bench") < 0 || write_node(node, work, gold, n, width) < 0)
+    if (bench_record_children(work, gold, "bench", n, width, "bench") < 0 ||
+        write_node(node, work, gold, n, width) < 0 ||
+        (argc == 6 && bench_record_sessions(work, "bench", "bench", n, width, history, 2) < 0))
         return 1;
 
     /* libvirt's own cost: the test driver parses the node file on open. */
@@ -101,17 +106,26 @@ int main(int argc, char **argv)
     pid_t pid = bench_start_daemon(daemon, work, text);
     if (pid < 0)
         return 1;
+    /* With a history, every other desktop is adopted with its user's open
+     * session (assigned), the rest as spares (ready). */
+    unsigned assigned = argc == 6 ? n / 2 : 0;
     int ready = -1;
-    if (bench_wait_ready(sock, work, pid, n, 300, 50, &ready) == -1)
+    if (bench_wait_ready(sock, work, pid, n - assigned, 300, 50, &ready) == -1)
         return 1;
+    int adopted_assigned = bench_count(sock, "assigned");
+    if (ready + adopted_assigned < (int)n)
+        fprintf(stderr, "bench_adopt: %d ready and %d assigned of %u\n", ready,
+                adopted_assigned, n);
+    ready += adopted_assigned;
     double t_ready = bench_now() - t0;
     long rss = bench_rss_kib(pid);
     /* Nothing adopted may have been cloned anew or removed as a stray. */
     int cloning = bench_count(sock, "cloning");
-    printf("adopt %u desktops (%d test-driver domains): libvirt opens the node file in %.2f s; "
-           "vdipoold start to %d ready in %.2f s (%.2f s beyond libvirt's open), %d cloning, "
-           "RSS %ld KiB\n",
-           n, ndom, t_open, ready, t_ready, t_ready - t_open, cloning, rss);
+    printf("adopt %u desktops (%d test-driver domains, %lu past sessions, %d open): libvirt "
+           "opens the node file in %.2f s; vdipoold start to %d adopted in %.2f s (%.2f s beyond "
+           "libvirt's open), %d cloning, RSS %ld KiB\n",
+           n, ndom, history, adopted_assigned, t_open, ready, t_ready, t_ready - t_open, cloning,
+           rss);
     bench_stop_daemon(pid);
     bench_cleanup(work, gold);
     return ready == (int)n ? 0 : 1;

@@ -1,5 +1,9 @@
 /* bench_util.c — see bench_util.h. */
 #include "bench_util.h"
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <time.h>
 #include "vdi_client.h"
 #include "vdi_engine.h"
 
@@ -164,4 +168,66 @@ int bench_wait_ready(const char *sock, const char *work, pid_t pid, unsigned wan
     if (ready)
         *ready = n;
     return 0;
+}
+
+int bench_record_sessions(const char *work, const char *pool, const char *prefix, unsigned n,
+                          unsigned width, unsigned long ended, unsigned open_every)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/state/catalog.db", work);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_open(path, &db) != SQLITE_OK ||
+        sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO sessions(pool, desktop, user, started_at, ended_at, "
+                           "end_reason, final_bytes) VALUES(?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    long now = (long)time(NULL);
+    char desktop[128], user[64];
+    for (unsigned long i = 0; i < ended + (open_every ? n / open_every : 0); i++) {
+        bool open = i >= ended;
+        unsigned slot = open ? (unsigned)(i - ended) * open_every + 1 : (unsigned)(i % n) + 1;
+        long started = open ? now - 600 : now - 365L * 86400 + (long)(i * (365UL * 86400 / (ended + 1)));
+        snprintf(desktop, sizeof desktop, "%s-%0*u", prefix, (int)width, slot);
+        snprintf(user, sizeof user, "user%lu", open ? (unsigned long)slot : i % 5000);
+        sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, desktop, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 3, user, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 4, started);
+        if (open) {
+            sqlite3_bind_null(st, 5);
+            sqlite3_bind_null(st, 6);
+            sqlite3_bind_null(st, 7);
+        } else {
+            sqlite3_bind_int64(st, 5, started + 3600);
+            sqlite3_bind_text(st, 6, "released", -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 7, 1 << 20);
+        }
+        if (sqlite3_step(st) != SQLITE_DONE)
+            goto out;
+        sqlite3_reset(st);
+    }
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+        rc = 0;
+    /* As a daemon that ran before left it: its indexes built over the
+     * history (the first start of a new version builds them once). */
+    char state[700];
+    snprintf(state, sizeof state, "%s/state", work);
+    vdi_catalog *cat = NULL;
+    vdi_error err = {0};
+    if (rc == 0 && vdi_catalog_open(state, &cat, &err) < 0) {
+        fprintf(stderr, "bench: %s\n", err.message);
+        rc = -2;
+    }
+    vdi_catalog_close(cat);
+out:
+    if (rc == -1)
+        fprintf(stderr, "bench: cannot record sessions in %s: %s\n", path,
+                db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc < 0 ? -1 : 0;
 }

@@ -35,5 +35,12 @@ int bench_wait_ready(const char *sock, const char *work, pid_t pid, unsigned wan
  * daemon leaves them. 0, or -1 with a message. */
 int bench_record_children(const char *work, const char *gold, const char *prefix, unsigned n,
                           unsigned width, const char *pool);
+/* A catalog's history as months of use leave it: `ended` finished sessions
+ * of pool POOL's desktops PREFIX-NNN (1..n, width digits) spread over the
+ * last year, and an open session on every `open_every`-th desktop (0:
+ * none), written straight into WORK/state's catalog in one transaction.
+ * 0, or -1 with a message. */
+int bench_record_sessions(const char *work, const char *pool, const char *prefix, unsigned n,
+                          unsigned width, unsigned long ended, unsigned open_every);
 
 #endif

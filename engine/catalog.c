@@ -108,6 +108,11 @@ static const char *SCHEMA =
     "  started_at INTEGER NOT NULL, ended_at INTEGER,"
     "  end_reason TEXT, final_bytes INTEGER);"
     "CREATE INDEX IF NOT EXISTS sessions_pool ON sessions(pool, ended_at);"
+    /* A desktop's open session, looked up for every desktop adopted at start:
+     * without it each lookup read every session ever recorded (2 000
+     * desktops over 200 000 past sessions: 18 s). Partial: only open
+     * sessions are in it, so it stays as small as the pools. */
+    "CREATE INDEX IF NOT EXISTS sessions_open ON sessions(desktop) WHERE ended_at IS NULL;"
     "CREATE TABLE IF NOT EXISTS gold_versions ("
     "  family TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL UNIQUE,"
     "  created_at INTEGER NOT NULL, note TEXT NOT NULL DEFAULT '',"

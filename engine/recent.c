@@ -10,11 +10,19 @@ int vdi_catalog_sessions_by_minute(vdi_catalog *cat, const char *pool, int64_t s
                                               uint64_t count),
                                    void *ctx, vdi_error *err)
 {
+    /* Both read ranges of the index on (pool, ended_at), never every
+     * session of the pool: a session started since `since` is either still
+     * open (ended_at NULL) or ended since then. */
     static const char *const queries[2] = {
-        "SELECT started_at / 60, NULL, COUNT(*) FROM sessions "
-        "WHERE pool = ? AND started_at >= ? GROUP BY 1",
+        "SELECT m, NULL, SUM(c) FROM ("
+        " SELECT started_at / 60 AS m, COUNT(*) AS c FROM sessions"
+        "  WHERE pool = ?1 AND ended_at IS NULL AND started_at >= ?2 GROUP BY 1"
+        " UNION ALL"
+        " SELECT started_at / 60, COUNT(*) FROM sessions"
+        "  WHERE pool = ?1 AND ended_at >= ?2 AND started_at >= ?2 GROUP BY 1)"
+        " GROUP BY 1",
         "SELECT ended_at / 60, end_reason, COUNT(*) FROM sessions "
-        "WHERE pool = ? AND ended_at >= ? GROUP BY 1, 2"};
+        "WHERE pool = ?1 AND ended_at >= ?2 GROUP BY 1, 2"};
     for (int q = 0; q < 2; q++) {
         sqlite3_stmt *s;
         int rc = vdi_catalog_prepare_(cat, queries[q], &s, err);

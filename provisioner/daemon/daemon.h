@@ -244,6 +244,9 @@ struct pool {
      * restarts (drain.c). 0 when open. */
     int64_t drained_since;
     desktop_list by_state[DESKTOP_STATE_COUNT]; /* every slot is on one list */
+    /* Acquires waiting for a desktop of this pool, oldest first (session.c). */
+    waiter *waiting_head, *waiting_tail;
+    unsigned nwaiting;
     /* user -> slot of the assigned desktops, kept with the assigned list
      * (desktop_list_add/remove), so that an acquire finds the user's
      * desktop without walking every session. Its keys are the desktops' own
@@ -344,7 +347,6 @@ struct service {
     uv_signal_t sighup, sigterm, sigint;
     bool stopping;
     uint64_t reload_asked, reload_applied; /* reload sequence numbers */
-    waiter *waiters;                       /* acquires waiting for a spare, oldest first */
     durable *durable;                      /* durable.c: answers sent once on disk; NULL: at once */
     uint64_t answers_waited;               /* answers that waited for a flush (metrics) */
     latency_histogram clone_latency, start_latency, boot_latency, resume_latency;
@@ -547,7 +549,8 @@ bool service_cancel_acquire(service *svc, void *ctx);
 void session_end(desktop *d, end_reason why);
 void sessions_serve_waiters(service *svc);
 void sessions_fail_waiters(service *svc);
-unsigned sessions_waiting(const service *svc, const char *pool_name);
+void sessions_fail_pool_waiters(pool *p);
+void sessions_forget_waiters(service *svc);
 void service_on_domain_event(void *svc, const char *name, int event, int detail);
 void service_on_io_error(void *svc, const char *name, const char *reason);
 void service_on_block_threshold(void *svc, const char *name, uint64_t threshold, uint64_t excess);

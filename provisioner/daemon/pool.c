@@ -174,7 +174,7 @@ static void trim_spares(pool *p)
 {
     if (pool_closed(p) || !p->svc->online)
         return;
-    unsigned want = p->cfg->spares + sessions_waiting(p->svc, p->name);
+    unsigned want = p->cfg->spares + p->nwaiting;
     unsigned ready = p->by_state[DESKTOP_READY].count;
     /* The ready list is in the order desktops became ready: newest last. */
     for (desktop *d = p->by_state[DESKTOP_READY].tail, *prev; d && ready > want; d = prev) {
@@ -223,7 +223,7 @@ void pool_step(pool *p)
     pool_tend_template(p, now); /* start = "resume": its memory image */
     /* Users waiting in acquire count as wanted spares, so a pool with few or
      * no spares still prepares a desktop on demand. */
-    unsigned wanted = p->cfg->spares + sessions_waiting(svc, p->name);
+    unsigned wanted = p->cfg->spares + p->nwaiting;
     if (p->blocked && now < p->blocked_retry_at)
         wanted = 0; /* blocked: wait for the back-off or for space to free up */
     /* start = "resume": new desktops wait for the memory image being made
@@ -280,6 +280,7 @@ void service_converge(service *svc)
         pool *p = svc->pools[i];
         if (p->draining && pool_idle(p)) {
             svc_log("info", "pool=%s event=removed", p->name);
+            sessions_fail_pool_waiters(p);
             memmove(&svc->pools[i], &svc->pools[i + 1], (svc->npools - i - 1) * sizeof *svc->pools);
             svc->npools--;
             pool_free(p);

@@ -187,6 +187,7 @@ int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_con
 
 void service_shutdown(service *svc)
 {
+    sessions_forget_waiters(svc);
     for (size_t i = 0; i < svc->npools; i++)
         pool_free(svc->pools[i]);
     free(svc->pools);

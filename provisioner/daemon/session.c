@@ -8,10 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* An acquire waiting for a desktop of its pool, on the pool's queue (oldest
+ * first) from its arrival until it is answered or withdrawn. A pool is
+ * freed only after its queue was answered (sessions_fail_pool_waiters), so
+ * `p` stays valid while the waiter is queued. */
 struct waiter {
-    waiter *next; /* the list is oldest first */
+    waiter *prev, *next; /* the pool's queue */
+    pool *p;             /* NULL once off the queue */
     service *svc;
-    char *pool, *user;
+    char *user;
     acquire_cb cb;
     void *ctx;
     uv_timer_t timer; /* acquire_timeout; the waiter is freed when it closes */
@@ -108,19 +113,39 @@ static json_t *unavailable(const pool *p, const char *why_default)
 static void waiter_closed(uv_handle_t *h)
 {
     waiter *w = h->data;
-    free(w->pool);
     free(w->user);
     free(w);
 }
 
-/* Takes w off the list; it is freed once its timer is closed. */
+static void enqueue_waiter(pool *p, waiter *w)
+{
+    w->p = p;
+    w->next = NULL;
+    w->prev = p->waiting_tail;
+    if (p->waiting_tail)
+        p->waiting_tail->next = w;
+    else
+        p->waiting_head = w;
+    p->waiting_tail = w;
+    p->nwaiting++;
+}
+
+/* Takes w off its pool's queue; it is freed once its timer is closed. */
 static void drop_waiter(waiter *w)
 {
-    for (waiter **pp = &w->svc->waiters; *pp; pp = &(*pp)->next)
-        if (*pp == w) {
-            *pp = w->next;
-            break;
-        }
+    pool *p = w->p;
+    if (p) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            p->waiting_head = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        else
+            p->waiting_tail = w->prev;
+        p->nwaiting--;
+        w->p = NULL;
+    }
     uv_timer_stop(&w->timer);
     uv_close((uv_handle_t *)&w->timer, waiter_closed);
 }
@@ -136,62 +161,83 @@ static void finish_waiter(waiter *w, int status, json_t *body)
 static void waiter_timeout(uv_timer_t *t)
 {
     waiter *w = t->data;
-    pool *p = service_find_pool(w->svc, w->pool);
     char why[256];
-    snprintf(why, sizeof why, "no desktop of pool %.64s became ready within %llus", w->pool,
+    snprintf(why, sizeof why, "no desktop of pool %.64s became ready within %llus", w->p->name,
              (unsigned long long)vdi_config_service(w->svc->config)->acquire_timeout);
-    finish_waiter(w, 503, p ? unavailable(p, why) : error_json(why));
+    finish_waiter(w, 503, unavailable(w->p, why));
 }
 
-unsigned sessions_waiting(const service *svc, const char *pool_name)
-{
-    unsigned n = 0;
-    for (const waiter *w = svc->waiters; w; w = w->next)
-        n += !strcmp(w->pool, pool_name);
-    return n;
-}
-
-/* Oldest first: the list is kept in arrival order. */
+/* Oldest first, pool by pool: a pool's queue is served from its head until
+ * a waiter must go on waiting (all behind it must too), so a pass costs
+ * what it serves, not every waiter. */
 void sessions_serve_waiters(service *svc)
 {
-    for (waiter *w = svc->waiters, *next; w; w = next) {
-        next = w->next;
-        pool *p = service_find_pool(svc, w->pool);
-        if (!p) {
-            finish_waiter(w, 404, error_json("the pool was removed"));
-            continue;
+    for (size_t i = 0; i < svc->npools; i++) {
+        pool *p = svc->pools[i];
+        waiter *w;
+        while ((w = p->waiting_head)) {
+            desktop *d = pool_closed(p) ? NULL : assign(p, w->user);
+            if (d) {
+                acquire_cb cb = w->cb;
+                void *ctx = w->ctx;
+                drop_waiter(w);
+                answer_assigned(svc, d, cb, ctx);
+            } else if (!pool_can_produce(p)) {
+                finish_waiter(w, 503, unavailable(p, "no desktop is ready"));
+            } else {
+                break;
+            }
         }
-        desktop *d = pool_closed(p) ? NULL : assign(p, w->user);
-        if (d) {
-            acquire_cb cb = w->cb;
-            void *ctx = w->ctx;
-            drop_waiter(w);
-            answer_assigned(svc, d, cb, ctx);
-        } else if (!pool_can_produce(p))
-            finish_waiter(w, 503, unavailable(p, "no desktop is ready"));
     }
 }
 
 bool service_cancel_acquire(service *svc, void *ctx)
 {
-    for (waiter *w = svc->waiters; w; w = w->next) {
-        if (w->ctx != ctx)
-            continue;
-        char quoted[LOG_VALUE_MAX];
-        svc_log("info", "pool=%s event=acquire-withdrawn user=%s", w->pool,
-                log_value(w->user, quoted, sizeof quoted));
-        drop_waiter(w);    /* nobody to answer */
-        service_kick(svc); /* one fewer wanted spare */
-        return true;
-    }
+    for (size_t i = 0; i < svc->npools; i++)
+        for (waiter *w = svc->pools[i]->waiting_head; w; w = w->next) {
+            if (w->ctx != ctx)
+                continue;
+            char quoted[LOG_VALUE_MAX];
+            svc_log("info", "pool=%s event=acquire-withdrawn user=%s", w->p->name,
+                    log_value(w->user, quoted, sizeof quoted));
+            drop_waiter(w);    /* nobody to answer */
+            service_kick(svc); /* one fewer wanted spare */
+            return true;
+        }
     return false;
 }
 
 /* At shutdown: every pending acquire gets an answer. */
 void sessions_fail_waiters(service *svc)
 {
-    while (svc->waiters)
-        finish_waiter(svc->waiters, 503, error_json("vdipoold is shutting down"));
+    for (size_t i = 0; i < svc->npools; i++)
+        while (svc->pools[i]->waiting_head)
+            finish_waiter(svc->pools[i]->waiting_head, 503,
+                          error_json("vdipoold is shutting down"));
+}
+
+/* The service is torn down without a stop (vdipoold answers waiters at its
+ * stop, sessions_fail_waiters): waiters left are taken off their pools and
+ * their timers stopped, so that nothing calls back into what is gone. */
+void sessions_forget_waiters(service *svc)
+{
+    for (size_t i = 0; i < svc->npools; i++) {
+        pool *p = svc->pools[i];
+        for (waiter *w = p->waiting_head, *next; w; w = next) {
+            next = w->next;
+            w->p = NULL;
+            uv_timer_stop(&w->timer);
+        }
+        p->waiting_head = p->waiting_tail = NULL;
+        p->nwaiting = 0;
+    }
+}
+
+/* A pool about to be freed: its waiters hear why. */
+void sessions_fail_pool_waiters(pool *p)
+{
+    while (p->waiting_head)
+        finish_waiter(p->waiting_head, 404, error_json("the pool was removed"));
 }
 
 void service_acquire(service *svc, const char *pool_name, const char *user, acquire_cb cb,
@@ -214,7 +260,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
         return;
     }
     /* Earlier waiters of this pool come first. */
-    if (!sessions_waiting(svc, p->name) && (d = assign(p, user))) {
+    if (!p->nwaiting && (d = assign(p, user))) {
         answer_assigned(svc, d, cb, ctx);
         service_kick(svc);
         return;
@@ -227,11 +273,8 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
         return;
     }
     waiter *w = calloc(1, sizeof *w);
-    if (!w || !(w->pool = strdup(pool_name)) || !(w->user = strdup(user))) {
-        if (w) {
-            free(w->pool);
-            free(w);
-        }
+    if (!w || !(w->user = strdup(user))) {
+        free(w);
         cb(ctx, 500, error_json("out of memory"));
         return;
     }
@@ -239,7 +282,6 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
     w->cb = cb;
     w->ctx = ctx;
     if (uv_timer_init(svc->loop, &w->timer) < 0) {
-        free(w->pool);
         free(w->user);
         free(w);
         cb(ctx, 500, error_json("cannot wait for a desktop (timer)"));
@@ -252,10 +294,7 @@ void service_acquire(service *svc, const char *pool_name, const char *user, acqu
         cb(ctx, 500, error_json("cannot wait for a desktop (timer)"));
         return;
     }
-    waiter **tail = &svc->waiters;
-    while (*tail)
-        tail = &(*tail)->next;
-    *tail = w;
+    enqueue_waiter(p, w);
     sessions_serve_waiters(svc); /* a desktop may be ready for the ones before */
     service_kick(svc);
 }

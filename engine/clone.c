@@ -224,7 +224,6 @@ const char *vdi_cloner_backing_name(const vdi_cloner *c) { return c->backing_nam
 uint64_t vdi_cloner_virtual_size(const vdi_cloner *c) { return c->layout.virtual_size; }
 bool vdi_cloner_sync_(const vdi_cloner *c) { return c->opts.sync; }
 
-/* Directory part of a path ("." when none), into buf. */
 static int write_all_at(int fd, const uint8_t *data, size_t len, uint64_t off)
 {
     while (len) {

@@ -32,7 +32,6 @@ typedef struct durable_answer {
 } durable_answer;
 
 struct durable {
-    service *svc;
     vdi_catalog *catalog;
     uv_async_t flushed; /* the flusher tells the loop; freed with it */
     pthread_t thread;
@@ -75,8 +74,17 @@ static void *flusher(void *arg)
     return NULL;
 }
 
-/* Sends the oldest waiting answer; `failure` is logged with its pool and
- * desktop (the desktop is the user's either way). */
+/* An answer goes without its session on disk: said with pool and desktop
+ * (the desktop is the user's either way). */
+static void log_not_on_disk(const char *pool_name, const char *desktop_name, const char *why)
+{
+    svc_log("error",
+            "pool=%s desktop=%s event=session-not-on-disk reason=\"%s\"; a power loss now could "
+            "forget this session",
+            pool_name, desktop_name, why);
+}
+
+/* Sends the oldest waiting answer; `failure` is logged with it. */
 static void answer_oldest(durable *du, const char *failure)
 {
     durable_answer *a = du->answers;
@@ -84,10 +92,7 @@ static void answer_oldest(durable *du, const char *failure)
     if (!du->answers)
         du->tail = &du->answers;
     if (failure)
-        svc_log("error",
-                "pool=%s desktop=%s event=session-not-on-disk reason=\"%s\"; a power loss now "
-                "could forget this session",
-                a->pool, a->desktop, failure);
+        log_not_on_disk(a->pool, a->desktop, failure);
     a->cb(a->ctx, 200, a->body);
     free(a->pool);
     free(a->desktop);
@@ -125,7 +130,6 @@ int durable_start(service *svc)
     durable *du = calloc(1, sizeof *du);
     if (!du)
         return -ENOMEM;
-    du->svc = svc;
     du->catalog = svc->catalog;
     du->tail = &du->answers;
     int rc = uv_async_init(svc->loop, &du->flushed, on_flushed);
@@ -187,10 +191,7 @@ void durable_answer_send(service *svc, const char *pool_name, const char *deskto
         free(a);
         free(pool_copy);
         free(desktop_copy);
-        svc_log("error",
-                "pool=%s desktop=%s event=session-not-on-disk reason=\"out of memory\"; a power "
-                "loss now could forget this session",
-                pool_name, desktop_name);
+        log_not_on_disk(pool_name, desktop_name, "out of memory");
         cb(ctx, 200, body);
         return;
     }

@@ -7,10 +7,12 @@
 #include "service_helpers.h"
 #include "vdi_engine.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,6 +58,17 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     struct stat before;
     ck_assert_int_eq(stat(child, &before), 0);
     char *id_before = domain_id(name);
+    /* Started paused, budgeted, then run: the domain runs with a write
+     * budget above what its child holds. */
+    char *state = th_must("virsh -c qemu:///system domstate %s", name);
+    ck_assert_msg(strstr(state, "running"), "%s is %s", name, state);
+    free(state);
+    char *stats = th_must("virsh -c qemu:///system domstats --block %s", name);
+    const char *threshold = strstr(stats, "block.0.threshold=");
+    ck_assert_msg(threshold, "no write budget on %s:\n%s", name, stats);
+    ck_assert_uint_gt(strtoull(threshold + strlen("block.0.threshold="), NULL, 10),
+                      (uint64_t)before.st_blocks * 512);
+    free(stats);
 
     /* The user logs off: a key press makes the guest power itself off. */
     sleep(2); /* let the boot sector reach its wait loop */
@@ -197,9 +210,48 @@ START_TEST(libvirtd_restart_is_survived)
 }
 END_TEST
 
+/* vdipoold dies after starting a desktop paused and before running it:
+ * the next start finds a paused spare that was never handed out, ends it
+ * and makes a new one. */
+START_TEST(crash_between_paused_start_and_run_is_recovered)
+{
+    th_daemon_write_config(&D, 1, 1, NULL);
+    setenv("VDIPOOL_CRASH_AT", "start:paused", 1);
+    th_daemon_start(&D);
+    unsetenv("VDIPOOL_CRASH_AT");
+    int status = 0;
+    for (int i = 0; i < 600 && waitpid(D.pid, &status, WNOHANG) != D.pid; i++)
+        usleep(100000);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                  "vdipoold did not stop at start:paused (status %d)", status);
+    D.pid = 0;
+    char name[96];
+    snprintf(name, sizeof name, "%s-001", D.prefix);
+    char *state = th_must("virsh -c qemu:///system domstate %s", name);
+    ck_assert_msg(strstr(state, "paused"), "%s is %s", name, state);
+    free(state);
+    char *id_before = domain_id(name);
+
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 90));
+    state = th_must("virsh -c qemu:///system domstate %s", name);
+    ck_assert_msg(strstr(state, "running"), "%s is %s", name, state);
+    free(state);
+    char *id_after = domain_id(name);
+    ck_assert_str_ne(id_before, id_after); /* the paused one was ended, a new one runs */
+    free(id_before);
+    free(id_after);
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"dave\"}", &a), 200);
+    ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
+    json_decref(a);
+}
+END_TEST
+
 TH_MAIN("desktops", {"qemu",
                      setup,
                      teardown,
                      240,
                      {logoff_replaces_desktop_and_spares_the_gold, restart_keeps_sessions,
-                      libvirtd_restart_is_survived, NULL}})
+                      libvirtd_restart_is_survived, crash_between_paused_start_and_run_is_recovered,
+                      NULL}})

@@ -632,6 +632,10 @@ typedef struct domain_spec {
     bool no_network;
 } domain_spec;
 char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *spec, vdi_error *err);
+/* Whether the pool's domains can have a display to read back once running:
+ * false only for graphics = "none" without a domain template (a template
+ * may bring its own <graphics>). */
+bool domain_has_display(const vdi_pool_config *cfg);
 /* The <metadata> element by which vdipool knows its domains. */
 void domain_metadata_xml(strbuf *b, const vdi_pool_config *cfg, const domain_spec *d);
 /* templates.c: the domain XML of a resumed desktop: the saved XML with the

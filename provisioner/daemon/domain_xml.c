@@ -103,6 +103,11 @@ static char *fill_template(const char *tpl, const char *const *keys, const char 
     return text_take(&b);
 }
 
+bool domain_has_display(const vdi_pool_config *cfg)
+{
+    return cfg->domain.graphics != VDI_GRAPHICS_NONE || cfg->domain.template_path;
+}
+
 char *domain_xml_build(const vdi_pool_config *cfg, const domain_spec *d, vdi_error *err)
 {
     const vdi_domain_config *dc = &cfg->domain;

@@ -133,14 +133,23 @@ char *domain_display(virDomainPtr dom, const char *address)
     return out;
 }
 
-void job_domain_running(job *j, virDomainPtr dom)
+/* Each RPC here runs between the domain's start and its being ready, and
+ * the ones that reach QEMU's monitor wait for a guest that is busy booting
+ * (tens to hundreds of milliseconds under TCG): only what is needed is
+ * asked. */
+void job_domain_running(job *j, virDomainPtr dom, const char *live_xml, int64_t child_bytes)
 {
-    j->display = domain_display(dom, j->address);
+    if (live_xml)
+        j->display = domain_display_from_xml(live_xml, j->address);
+    else if (domain_has_display(j->pc))
+        j->display = domain_display(dom, j->address);
     /* A write budget: libvirt tells us (BLOCK_THRESHOLD) when the child has
-     * grown by what admission assumed, before the datastore can fill. */
-    virDomainBlockInfo info;
+     * grown by what admission assumed, before the datastore can fill.
+     * Admission counted the child at the size its clone recorded, so the
+     * budget starts there; libvirt is asked only when that is unknown. */
     uint64_t growth = job_growth(j);
-    if (virDomainGetBlockInfo(dom, "vda", &info, 0) < 0 ||
+    virDomainBlockInfo info = {.allocation = (unsigned long long)child_bytes};
+    if ((child_bytes < 0 && virDomainGetBlockInfo(dom, "vda", &info, 0) < 0) ||
         virDomainSetBlockThreshold(dom, "vda", info.allocation + growth, 0) < 0)
         svc_log("warning", "pool=%s desktop=%s event=write-budget-not-set reason=\"%s\"", j->pool,
                 j->name, libvirt_message());

@@ -68,8 +68,11 @@ const char *libvirt_message(void);
 virDomainPtr job_domain(job *j);
 /* A job for d with copies of what any job for it reads, or NULL. */
 job *desktop_job(desktop *d, job_kind kind);
-/* A domain of the job runs: its display and its write budget. */
-void job_domain_running(job *j, virDomainPtr dom);
+/* A domain of the job runs: its display and its write budget. live_xml:
+ * the running domain's XML when the caller read it already, else NULL;
+ * child_bytes: the child's allocation as the catalog has it, or -1 to ask
+ * libvirt. */
+void job_domain_running(job *j, virDomainPtr dom, const char *live_xml, int64_t child_bytes);
 /* templates.c: a resumed start, and the removal of its image copy. */
 void template_resume_start(job *j);
 void template_resume_copy_remove(const char *child);

@@ -200,10 +200,11 @@ void template_resume_start(job *j)
         return;
     }
     if (attach_network(j, dom) == 0) {
-        job_domain_running(j, dom);
         /* A resumed guest's agent was running already: its channel may be
-         * connected without a lifecycle event to say so. */
+         * connected without a lifecycle event to say so. One read of the
+         * running domain gives that and the display. */
         char *live = virDomainGetXMLDesc(dom, 0);
+        job_domain_running(j, dom, live, -1);
         j->agent_connected = domain_agent_from_xml(live) == AGENT_CONNECTED;
         free(live);
         /* The guest's clock stopped with the template: the agent sets it

@@ -1,5 +1,6 @@
-/* catalog.c — the SQLite catalog: golds, children, sessions and the rows of
- * the intent journal (storage only: journal.c recovers intents). Files on
+/* catalog.c — the SQLite catalog: its schema, golds, children and the rows
+ * of the intent journal (storage only: journal.c recovers intents; the
+ * sessions' statements are in sessions.c, versions' in versions.c). Files on
  * disk stay the ground truth; the catalog records what the
  * qcow2 format cannot (a parent's children, a gold's fingerprint).
  *
@@ -50,7 +51,9 @@
  * need no flush of their own (vdi_catalog_commit_unflushed_): the intent was
  * flushed before the operation touched a file, so if a power loss drops the
  * closing commit the intent is still there and recovery finishes the
- * operation to the same result; and any later flushed commit carries it. */
+ * operation to the same result; and any later flushed commit carries it.
+ * A session's begin and end do not wait either (the argument is in
+ * sessions.c). */
 /* Prepared statements kept for reuse, found by the address of their SQL
  * text (every call site passes a string literal): parsing a statement cost
  * more than running it on the daemon's clone/end path. A statement in use
@@ -369,7 +372,8 @@ static int step_write(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, bool d
     return seq && durable ? wal_sync(cat, seq, err) : rc;
 }
 
-/* For the engine's other modules that keep tables here (versions.c). */
+/* For the engine's other modules that keep tables here (versions.c,
+ * sessions.c). */
 int vdi_catalog_prepare_(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err)
 {
     return prepare(cat, sql, st, err);
@@ -383,6 +387,11 @@ void vdi_catalog_finish_(vdi_catalog *cat, sqlite3_stmt *st)
 int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
 {
     return step_write(cat, st, rowid, true, err);
+}
+
+int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
+{
+    return step_write(cat, st, rowid, false, err);
 }
 
 int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what)
@@ -829,121 +838,6 @@ int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **
     }
     *out = v;
     *count = n;
-    return 0;
-}
-
-int vdi_catalog_record_session(vdi_catalog *cat, const vdi_session_record *s, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat,
-                     "INSERT INTO sessions(pool, desktop, user, started_at, ended_at, end_reason, "
-                     "final_bytes) VALUES(?,?,?,?,?,?,?)",
-                     &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, s->pool, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, s->desktop, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, s->user ? s->user : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, s->started_at);
-    sqlite3_bind_int64(st, 5, s->ended_at);
-    sqlite3_bind_text(st, 6, s->end_reason ? s->end_reason : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 7, (sqlite3_int64)s->final_bytes);
-    return run(cat, st, err);
-}
-
-/* Durability of session records: a session's start and end are committed
- * but not flushed (the start is the one write on the loop's acquire path,
- * which must not wait for the disk). Both survive a crash of vdipoold (the
- * WAL is in the OS's cache); a power loss can lose them until a later flush
- * covers them. The daemon answers an acquire only once its start is on disk
- * (vdi_catalog_commit_on_disk, else vdi_catalog_flush on a worker), so a
- * desktop a broker was given is never found without its session after a
- * power loss, even on a host the loss did not reach, and so never handed to
- * a second user. A lost end leaves the session open on a desktop whose
- * child is gone (the delete's intent was flushed before it): the next start
- * closes it (adopt.c). No file operation depends on a session record, so
- * the intent journal's promise is untouched. */
-int vdi_catalog_session_begin(vdi_catalog *cat, const char *pool, const char *desktop,
-                              const char *user, int64_t started_at, int64_t *id, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat, "INSERT INTO sessions(pool, desktop, user, started_at) VALUES(?,?,?,?)",
-                     &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, desktop, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, user ? user : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, started_at);
-    return step_write(cat, st, id, false, err);
-}
-
-int vdi_catalog_session_end(vdi_catalog *cat, int64_t id, int64_t ended_at, const char *reason,
-                            uint64_t final_bytes, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat,
-                     "UPDATE sessions SET ended_at = ?, end_reason = ?, final_bytes = ? WHERE id = "
-                     "? AND ended_at IS NULL",
-                     &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_int64(st, 1, ended_at);
-    sqlite3_bind_text(st, 2, reason ? reason : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)final_bytes);
-    sqlite3_bind_int64(st, 4, id);
-    return step_write(cat, st, NULL, false, err);
-}
-
-int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id, char *user,
-                             size_t user_len, int64_t *started_at, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat,
-                     "SELECT id, user, started_at FROM sessions WHERE desktop = ? AND ended_at IS "
-                     "NULL ORDER BY id DESC LIMIT 1",
-                     &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, desktop, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        *id = sqlite3_column_int64(st, 0);
-        if (user)
-            copy_text(user, user_len, sqlite3_column_text(st, 1));
-        if (started_at)
-            *started_at = sqlite3_column_int64(st, 2);
-    } else {
-        rc = vdi_error_set(err, -ENOENT, "desktop %s has no open session", desktop);
-    }
-    finish(cat, st);
-    return rc;
-}
-
-int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples, uint64_t *bytes,
-                           size_t *samples, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    /* The last 500 finished sessions: recent behaviour is what matters. */
-    int rc = prepare(cat,
-                     "SELECT final_bytes FROM (SELECT final_bytes FROM sessions WHERE pool = ? AND "
-                     "final_bytes IS NOT NULL AND ended_at IS NOT NULL ORDER BY ended_at DESC "
-                     "LIMIT 500) ORDER BY final_bytes",
-                     &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, pool, -1, SQLITE_STATIC);
-    uint64_t v[500];
-    size_t n = 0;
-    while (sqlite3_step(st) == SQLITE_ROW && n < 500)
-        v[n++] = (uint64_t)sqlite3_column_int64(st, 0);
-    finish(cat, st);
-    if (samples)
-        *samples = n;
-    if (n == 0 || n < min_samples)
-        return vdi_error_set(err, -ENODATA, "pool %s has %zu finished sessions, fewer than %zu",
-                             pool, n, min_samples);
-    size_t idx = (n * 95 + 99) / 100; /* nearest rank */
-    *bytes = v[idx ? idx - 1 : 0];
     return 0;
 }
 

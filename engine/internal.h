@@ -18,10 +18,13 @@ sqlite3 *vdi_catalog_db_(vdi_catalog *cat);
 int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err);
 /* A statement of the catalog (cached by the SQL literal's address); the
  * catalog's lock is held from prepare to finish. write_ steps a statement
- * without rows, finishes it, and flushes a commit. */
+ * without rows, finishes it, and flushes a commit; write_unflushed_ leaves
+ * the commit to a later flush (see "Group commit" in catalog.c). */
 int vdi_catalog_prepare_(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err);
 void vdi_catalog_finish_(vdi_catalog *cat, sqlite3_stmt *st);
 int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err);
+int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid,
+                                 vdi_error *err);
 int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what);
 /* Intents: written (and synced) before the first step of an operation. */
 int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,

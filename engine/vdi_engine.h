@@ -273,6 +273,7 @@ int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **
 int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_state state,
                                const char *reason, vdi_error *err);
 
+/* Sessions in the catalog (sessions.c). */
 typedef struct vdi_session_record {
     const char *pool;
     const char *desktop;
@@ -296,6 +297,12 @@ int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id,
  * than min_samples sessions. */
 int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,
                            uint64_t *bytes, size_t *samples, vdi_error *err);
+/* A pool's sessions since `since` (unix seconds), counted by minute (unix
+ * seconds / 60): fn gets reason NULL for starts, the end reason for ends. */
+int vdi_catalog_sessions_by_minute(vdi_catalog *cat, const char *pool, int64_t since,
+                                   void (*fn)(void *ctx, int64_t minute, const char *reason,
+                                              uint64_t count),
+                                   void *ctx, vdi_error *err);
 
 /* ---- children, recorded ----------------------------------------------------- */
 
@@ -467,21 +474,13 @@ void vdi_save_image_clear(vdi_save_image *img);
  * rename; the stream copied with copy_file_range). */
 int vdi_save_image_copy(const char *src, const char *dst, const char *new_xml, vdi_error *err);
 
-/* Memory images in the catalog (memimages.c). */
-/* A pool's sessions since `since` (unix seconds), counted by minute (unix
- * seconds / 60): fn gets reason NULL for starts, the end reason for ends
- * (recent.c). */
-int vdi_catalog_sessions_by_minute(vdi_catalog *cat, const char *pool, int64_t since,
-                                   void (*fn)(void *ctx, int64_t minute, const char *reason,
-                                              uint64_t count),
-                                   void *ctx, vdi_error *err);
-
 /* Pools an operator drained (pooldrains.c): since is unix seconds; setting
  * 0 opens the pool again. A read of a pool never drained gives 0. */
 int vdi_catalog_set_pool_drain(vdi_catalog *cat, const char *pool, int64_t since,
                                vdi_error *err);
 int vdi_catalog_pool_drain(vdi_catalog *cat, const char *pool, int64_t *since, vdi_error *err);
 
+/* Memory images in the catalog (memimages.c). */
 typedef struct vdi_memory_image {
     char path[4096];
     char template_child[4096]; /* sealed; every resumed desktop's parent */

@@ -68,7 +68,7 @@ static int plan_row(void *ctx, int ncol, char **cols, char **names)
 
 /* The reads a start makes per desktop and per pool are index searches, not
  * scans of every session ever recorded (bench_adopt with a history measures
- * what a scan cost). The SQL is catalog.c's and recent.c's. */
+ * what a scan cost). The SQL is sessions.c's. */
 START_TEST(session_reads_use_indexes)
 {
     char path[4200];

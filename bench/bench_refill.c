@@ -6,7 +6,8 @@
  *     N children with the engine and starts N domains of the same XML with
  *     virDomainCreateXML, as many at once as vdipoold's max_parallel_starts;
  *  2. log-off to a fresh ready spare, ROUNDS times: a desktop is acquired and
- *     released through the API and the clock runs until N are ready again;
+ *     released through the API and the clock runs until N are ready again
+ *     (ready desktops are followed on GET /v1/events, not polled);
  *     the baseline destroys a domain, deletes its child, makes a new one and
  *     starts it again.
  *
@@ -40,11 +41,6 @@ static double median(double *v, unsigned n)
 {
     qsort(v, n, sizeof *v, bench_cmp_double);
     return n ? v[n / 2] : 0;
-}
-
-static int wait_ready(pid_t pid, double limit_s)
-{
-    return bench_wait_ready(sock, work, pid, ndesktops, limit_s, 5, NULL);
 }
 
 static char *child_path(const char *prefix, unsigned i)
@@ -200,7 +196,10 @@ int main(int argc, char **argv)
     double *vdi_logoff = calloc(rounds, sizeof(double));
     double *raw_logoff_s = calloc(rounds, sizeof(double));
     double vdi_start = 0, raw_start = 0;
-    if (wait_ready(pid, 300) < 0) {
+    /* Ready desktops are counted from the daemon's events, as a broker
+     * would follow them: polling would load the machine it measures. */
+    bench_watch *watch = bench_watch_open(sock);
+    if (!watch || bench_watch_until_ready(watch, ndesktops, 300) < 0) {
         fprintf(stderr, "bench_refill: vdipoold did not make %u desktops ready; see %s/vdipoold.log\n",
                 ndesktops, work);
         goto stop_daemon;
@@ -217,9 +216,14 @@ int main(int argc, char **argv)
             goto stop_daemon;
         }
         char path[256];
-        snprintf(path, sizeof path, "/v1/desktops/%s/release",
-                 json_string_value(json_object_get(a, "desktop")));
+        const char *taken = json_string_value(json_object_get(a, "desktop"));
+        snprintf(path, sizeof path, "/v1/desktops/%s/release", taken ? taken : "");
+        int seen = taken ? bench_watch_until_not_ready(watch, taken, 30) : -1;
         json_decref(a);
+        if (seen < 0) {
+            fprintf(stderr, "bench_refill: the acquired desktop was not seen leaving ready\n");
+            goto stop_daemon;
+        }
         double t = bench_now();
         json_t *rel = NULL;
         int rs = vdi_client_call_json(sock, "POST", path, NULL, &rel, &err);
@@ -231,8 +235,10 @@ int main(int argc, char **argv)
         /* The pool's size is its spares: the released desktop's slot is the
          * only one free, so N ready again means it ended, was cloned anew
          * and started. */
-        if (wait_ready(pid, 120) < 0)
+        if (bench_watch_until_ready(watch, ndesktops, 120) < 0) {
+            fprintf(stderr, "bench_refill: no fresh spare in 120 s; see %s/vdipoold.log\n", work);
             goto stop_daemon;
+        }
         vdi_logoff[r] = bench_now() - t;
     }
     {
@@ -253,6 +259,7 @@ int main(int argc, char **argv)
     }
     status = 0;
 stop_daemon:
+    bench_watch_close(watch);
     bench_stop_daemon(pid);
     /* vdipoold leaves running desktops to be adopted: remove them, by name. */
     destroy_named("bench");

@@ -7,10 +7,14 @@
 #include "vdi_client.h"
 #include "vdi_engine.h"
 
+#include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -230,4 +234,193 @@ out:
     sqlite3_finalize(st);
     sqlite3_close(db);
     return rc < 0 ? -1 : 0;
+}
+
+/* ---- a wait that follows the daemon's events --------------------------------------- */
+
+struct bench_watch {
+    int fd;
+    char buf[1 << 16];
+    size_t len;   /* bytes in buf not yet taken as lines */
+    char **ready; /* names of the ready desktops */
+    size_t nready, cap;
+    bool headers_done; /* the HTTP head is behind us */
+};
+
+static ssize_t ready_index(const bench_watch *w, const char *name)
+{
+    for (size_t i = 0; i < w->nready; i++)
+        if (!strcmp(w->ready[i], name))
+            return (ssize_t)i;
+    return -1;
+}
+
+static void set_ready(bench_watch *w, const char *name, bool ready)
+{
+    ssize_t i = ready_index(w, name);
+    if (!ready && i >= 0) {
+        free(w->ready[i]);
+        w->ready[i] = w->ready[--w->nready];
+    } else if (ready && i < 0) {
+        if (w->nready == w->cap) {
+            size_t cap = w->cap ? 2 * w->cap : 64;
+            char **grown = realloc(w->ready, cap * sizeof *grown);
+            if (!grown)
+                return;
+            w->ready = grown;
+            w->cap = cap;
+        }
+        char *copy = strdup(name);
+        if (copy)
+            w->ready[w->nready++] = copy;
+    }
+}
+
+/* One desktop's JSON (an event's data or an entry of the pool's list). */
+static void apply_desktop(bench_watch *w, json_t *d)
+{
+    const char *name = json_string_value(json_object_get(d, "name"));
+    const char *state = json_string_value(json_object_get(d, "state"));
+    if (name && state)
+        set_ready(w, name, !strcmp(state, "ready"));
+}
+
+/* Reads until one whole line is in w->buf or limit; returns its length
+ * (the newline replaced by NUL), -1 at the stream's end, -2 at limit. */
+static ssize_t watch_line(bench_watch *w, double deadline)
+{
+    for (;;) {
+        char *nl = memchr(w->buf, '\n', w->len);
+        if (nl) {
+            *nl = '\0';
+            if (nl > w->buf && nl[-1] == '\r')
+                nl[-1] = '\0';
+            return nl - w->buf;
+        }
+        double left = deadline - bench_now();
+        if (left <= 0)
+            return -2;
+        struct pollfd p = {.fd = w->fd, .events = POLLIN};
+        int n = poll(&p, 1, (int)(left * 1000) + 1);
+        if (n == 0)
+            continue;
+        if (n < 0 || w->len == sizeof w->buf)
+            return -1;
+        ssize_t got = read(w->fd, w->buf + w->len, sizeof w->buf - w->len);
+        if (got <= 0)
+            return -1;
+        w->len += (size_t)got;
+    }
+}
+
+static void watch_consume(bench_watch *w, ssize_t line_len)
+{
+    size_t used = (size_t)line_len + 1;
+    memmove(w->buf, w->buf + used, w->len - used);
+    w->len -= used;
+}
+
+/* Reads the next event; returns 1 for a desktop event (applied), 0 for any
+ * other, -1 at the stream's end, -2 at the deadline. */
+static int watch_event(bench_watch *w, double deadline)
+{
+    bool desktop = false;
+    for (;;) {
+        ssize_t n = watch_line(w, deadline);
+        if (n < 0)
+            return (int)n;
+        if (!w->headers_done) {
+            w->headers_done = n == 0; /* the blank line ends the HTTP head */
+        } else if (n == 0) {
+            watch_consume(w, n);
+            return desktop ? 1 : 0;
+        } else if (!strcmp(w->buf, "event: desktop")) {
+            desktop = true;
+        } else if (desktop && !strncmp(w->buf, "data: ", 6)) {
+            json_t *d = json_loads(w->buf + 6, 0, NULL);
+            if (d)
+                apply_desktop(w, d);
+            json_decref(d);
+        }
+        watch_consume(w, n);
+    }
+}
+
+bench_watch *bench_watch_open(const char *sock)
+{
+    bench_watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
+    static const char request[] = "GET /v1/events?pool=bench HTTP/1.1\r\nHost: vdipool\r\n\r\n";
+    /* A daemon just started opens its socket within moments. */
+    int connected = -1;
+    for (double until = bench_now() + 30; connected < 0 && bench_now() < until;) {
+        if ((w->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+            break;
+        if ((connected = connect(w->fd, (struct sockaddr *)&addr, sizeof addr)) < 0) {
+            close(w->fd);
+            w->fd = -1;
+            usleep(2000);
+        }
+    }
+    if (connected < 0 ||
+        write(w->fd, request, sizeof request - 1) != (ssize_t)(sizeof request - 1)) {
+        fprintf(stderr, "bench: cannot follow the events of %s\n", sock);
+        bench_watch_close(w);
+        return NULL;
+    }
+    /* The hello first: from then on every change is streamed, so a
+     * snapshot taken now misses none. */
+    int e;
+    while ((e = watch_event(w, bench_now() + 30)) == 1)
+        ;
+    json_t *pool = NULL;
+    vdi_error err = {0};
+    if (e < 0 || vdi_client_call_json(sock, "GET", "/v1/pools/bench", NULL, &pool, &err) != 200) {
+        fprintf(stderr, "bench: cannot read pool bench: %s\n", e < 0 ? "no hello" : err.message);
+        json_decref(pool);
+        bench_watch_close(w);
+        return NULL;
+    }
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(pool, "desktops"), i, d) apply_desktop(w, d);
+    json_decref(pool);
+    return w;
+}
+
+int bench_watch_until_ready(bench_watch *w, unsigned want, double limit_s)
+{
+    double deadline = bench_now() + limit_s;
+    while (w->nready < want) {
+        int e = watch_event(w, deadline);
+        if (e < 0)
+            return e;
+    }
+    return 0;
+}
+
+int bench_watch_until_not_ready(bench_watch *w, const char *name, double limit_s)
+{
+    double deadline = bench_now() + limit_s;
+    while (ready_index(w, name) >= 0) {
+        int e = watch_event(w, deadline);
+        if (e < 0)
+            return e;
+    }
+    return 0;
+}
+
+void bench_watch_close(bench_watch *w)
+{
+    if (!w)
+        return;
+    if (w->fd >= 0)
+        close(w->fd);
+    for (size_t i = 0; i < w->nready; i++)
+        free(w->ready[i]);
+    free(w->ready);
+    free(w);
 }

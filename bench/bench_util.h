@@ -30,6 +30,20 @@ int bench_count(const char *sock, const char *state);
  * *ready (may be NULL) gets the last count. */
 int bench_wait_ready(const char *sock, const char *work, pid_t pid, unsigned want,
                      double limit_s, unsigned poll_ms, int *ready);
+/* Follows GET /v1/events?pool=bench and keeps the names of its ready
+ * desktops (a snapshot of the pool, then every desktop event): a wait
+ * without polling, whose requests would load the machine being measured.
+ * Only for waits in which desktops move toward ready or are released by
+ * the bench itself. */
+typedef struct bench_watch bench_watch;
+/* NULL with a message on stderr. */
+bench_watch *bench_watch_open(const char *sock);
+/* 0 once `want` desktops are ready, -1 when the stream ended, -2 after
+ * limit_s. */
+int bench_watch_until_ready(bench_watch *w, unsigned want, double limit_s);
+/* The same, until desktop `name` is no longer ready (an acquire took it). */
+int bench_watch_until_not_ready(bench_watch *w, const char *name, double limit_s);
+void bench_watch_close(bench_watch *w);
 /* n children of gold, WORK/ds/PREFIX-NNN.qcow2 (width digits), recorded in
  * WORK/state's catalog for datastore "local" and the given pool, as a
  * daemon leaves them. 0, or -1 with a message. */

@@ -165,6 +165,16 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     ck_assert_msg(strlen(m0) > 10 && strcmp(m0, m1), "MACs: [%s] [%s]", m0, m1);
     free(m0);
     free(m1);
+    /* Restored paused, given their card and write budget, then run. */
+    for (int n = 0; n < 2; n++) {
+        char *state = th_must("virsh -c qemu:///system domstate %s", names[n]);
+        ck_assert_msg(strstr(state, "running"), "%s is %s", names[n], state);
+        free(state);
+        char *stats = th_must("virsh -c qemu:///system domstats --block %s", names[n]);
+        ck_assert_msg(strstr(stats, "block.0.threshold="), "no write budget on %s:\n%s", names[n],
+                      stats);
+        free(stats);
+    }
     for (int n = 0; n < 2; n++) {
         char *chain = th_must("qemu-img info -U --backing-chain %s/ds/%s.qcow2 | grep '^image:'",
                               D.dir, names[n]);

@@ -133,24 +133,39 @@ char *domain_display(virDomainPtr dom, const char *address)
     return out;
 }
 
-/* Each RPC here runs between the domain's start and its being ready, and
- * the ones that reach QEMU's monitor wait for a guest that is busy booting
- * (tens to hundreds of milliseconds under TCG): only what is needed is
- * asked. */
-void job_domain_running(job *j, virDomainPtr dom, const char *live_xml, int64_t child_bytes)
+int64_t job_child_bytes(job *j)
 {
-    if (live_xml)
-        j->display = domain_display_from_xml(live_xml, j->address);
-    else if (domain_has_display(j->pc))
-        j->display = domain_display(dom, j->address);
-    /* A write budget: libvirt tells us (BLOCK_THRESHOLD) when the child has
-     * grown by what admission assumed, before the datastore can fill.
-     * Admission counted the child at the size its clone recorded, so the
-     * budget starts there; libvirt is asked only when that is unknown. */
+    vdi_child_info *rec = malloc(sizeof *rec);
+    /* 0: not measured (a child made on another host is recorded so). */
+    int64_t bytes = rec && vdi_catalog_child(j->catalog, j->child, rec, NULL) == 0 &&
+                            rec->last_bytes > 0 && rec->last_bytes <= INT64_MAX
+                        ? (int64_t)rec->last_bytes
+                        : -1;
+    free(rec);
+    return bytes;
+}
+
+/* A write budget: libvirt tells us (BLOCK_THRESHOLD) when the child has
+ * grown by what admission assumed, before the datastore can fill.
+ * Admission counted the child at the size its clone recorded, so the
+ * budget starts there; libvirt is asked only when that is unknown. */
+void job_set_write_budget(job *j, virDomainPtr dom, int64_t child_bytes)
+{
     uint64_t growth = job_growth(j);
     virDomainBlockInfo info = {.allocation = (unsigned long long)child_bytes};
     if ((child_bytes < 0 && virDomainGetBlockInfo(dom, "vda", &info, 0) < 0) ||
         virDomainSetBlockThreshold(dom, "vda", info.allocation + growth, 0) < 0)
         svc_log("warning", "pool=%s desktop=%s event=write-budget-not-set reason=\"%s\"", j->pool,
                 j->name, libvirt_message());
+}
+
+/* Each RPC here runs between the domain's start and its being ready (and
+ * the ones that reach QEMU's monitor wait for a guest that is busy booting,
+ * tens to hundreds of milliseconds under TCG, unless it was started
+ * paused): only what is needed is asked. */
+void job_domain_running(job *j, virDomainPtr dom, int64_t child_bytes)
+{
+    if (domain_has_display(j->pc))
+        j->display = domain_display(dom, j->address);
+    job_set_write_budget(j, dom, child_bytes);
 }

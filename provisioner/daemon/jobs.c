@@ -198,12 +198,10 @@ static void start_run(void *data)
         vdi_hash_hex(g.fp.hash, hex, sizeof hex);
     domain_spec spec = {
         .name = j->name, .child = j->child, .gold = j->gold, .gold_hash_hex = hex, .slot = j->slot};
-    /* The child's record: its size as cloned (the write budget starts
-     * there) and, on a host-local datastore, its parent (the host's copy). */
-    vdi_child_info *rec = malloc(sizeof *rec);
-    bool recorded = rec && vdi_catalog_child(j->catalog, j->child, rec, &err) == 0;
+    /* On a host-local datastore the child's parent is the host's copy. */
+    vdi_child_info *rec = host_local(j) ? malloc(sizeof *rec) : NULL;
     if (host_local(j)) {
-        if (!recorded) {
+        if (!rec || vdi_catalog_child(j->catalog, j->child, rec, &err) < 0) {
             job_fail(j, rec ? err.code : -ENOMEM, "%s", rec ? err.message : "out of memory");
             free(rec);
             return;
@@ -211,10 +209,6 @@ static void start_run(void *data)
         spec.backing_on_host = rec->parent;
         spec.backing_format = g.format;
     }
-    /* 0: not measured (a child made on another host is recorded so). */
-    int64_t child_bytes = recorded && rec->last_bytes > 0 && rec->last_bytes <= INT64_MAX
-                              ? (int64_t)rec->last_bytes
-                              : -1;
     char *xml = domain_xml_build(j->pc, &spec, &err);
     free(rec);
     if (!xml) {
@@ -245,7 +239,7 @@ static void start_run(void *data)
         job_fail(j, -EIO, "cannot start the domain: %s", libvirt_message());
         return;
     }
-    job_domain_running(j, dom, NULL, child_bytes);
+    job_domain_running(j, dom, job_child_bytes(j));
     if (paused)
         vdi_crashpoint("start:paused");
     /* A failed resume fails the start: its end destroys the domain. */

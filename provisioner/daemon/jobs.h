@@ -68,11 +68,13 @@ const char *libvirt_message(void);
 virDomainPtr job_domain(job *j);
 /* A job for d with copies of what any job for it reads, or NULL. */
 job *desktop_job(desktop *d, job_kind kind);
-/* A domain of the job runs: its display and its write budget. live_xml:
- * the running domain's XML when the caller read it already, else NULL;
- * child_bytes: the child's allocation as the catalog has it, or -1 to ask
- * libvirt. */
-void job_domain_running(job *j, virDomainPtr dom, const char *live_xml, int64_t child_bytes);
+/* The job's child's size as its clone recorded it, or -1 when unknown. */
+int64_t job_child_bytes(job *j);
+/* The domain's write budget: child_bytes (-1: ask libvirt) + the pool's
+ * expected growth; a failure is logged. */
+void job_set_write_budget(job *j, virDomainPtr dom, int64_t child_bytes);
+/* A domain of the job was started: its display and its write budget. */
+void job_domain_running(job *j, virDomainPtr dom, int64_t child_bytes);
 /* templates.c: a resumed start, and the removal of its image copy. */
 void template_resume_start(job *j);
 void template_resume_copy_remove(const char *child);

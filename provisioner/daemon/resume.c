@@ -188,7 +188,10 @@ void template_resume_start(job *j)
         job_fail(j, rc, "%s", err.message);
         return;
     }
-    rc = virDomainRestoreFlags(j->conn, copy, NULL, VIR_DOMAIN_SAVE_RUNNING);
+    /* Restored paused: its network card and write budget are in place
+     * before the guest runs again (as a boot does, jobs.c); a crash before
+     * the resume leaves a paused spare, which the next start ends. */
+    rc = virDomainRestoreFlags(j->conn, copy, NULL, VIR_DOMAIN_SAVE_PAUSED);
     if (rc < 0)
         job_fail(j, -EIO, "cannot resume the desktop: %s", libvirt_message());
     template_resume_copy_remove(j->child);
@@ -200,11 +203,18 @@ void template_resume_start(job *j)
         return;
     }
     if (attach_network(j, dom) == 0) {
+        job_set_write_budget(j, dom, job_child_bytes(j));
+        vdi_crashpoint("resume:paused");
+        if (virDomainResume(dom) < 0) {
+            job_fail(j, -EIO, "cannot run the resumed desktop: %s", libvirt_message());
+            virDomainFree(dom);
+            return;
+        }
         /* A resumed guest's agent was running already: its channel may be
          * connected without a lifecycle event to say so. One read of the
          * running domain gives that and the display. */
         char *live = virDomainGetXMLDesc(dom, 0);
-        job_domain_running(j, dom, live, -1);
+        j->display = domain_display_from_xml(live, j->address);
         j->agent_connected = domain_agent_from_xml(live) == AGENT_CONNECTED;
         free(live);
         /* The guest's clock stopped with the template: the agent sets it

@@ -12,9 +12,11 @@
 #include "service_helpers.h"
 #include "vdi_engine.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -278,9 +280,54 @@ START_TEST(rollout_makes_a_new_image_and_retires_the_old)
 }
 END_TEST
 
+/* The names of this test's paused domains, a line each. */
+static char *paused_desktops(void)
+{
+    return th_must("virsh -q -c qemu:///system list --state-paused --name | grep '^%s-'; true",
+                   D.prefix);
+}
+
+/* vdipoold dies after restoring a desktop paused and before running it:
+ * the next start ends that paused spare (it was never handed out) and
+ * resumes others from the same image. */
+START_TEST(crash_between_paused_restore_and_run_is_recovered)
+{
+    write_pool(D.gold);
+    setenv("VDIPOOL_CRASH_AT", "resume:paused", 1);
+    th_daemon_start(&D);
+    unsetenv("VDIPOOL_CRASH_AT");
+    int status = 0;
+    for (int i = 0; i < 1800 && waitpid(D.pid, &status, WNOHANG) != D.pid; i++)
+        usleep(100000);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                  "vdipoold did not stop at resume:paused (status %d)", status);
+    D.pid = 0;
+    char *paused = paused_desktops();
+    paused[strcspn(paused, "\n")] = '\0';
+    ck_assert_msg(paused[0], "no paused desktop after the crash");
+
+    th_daemon_start(&D);
+    want_resumed = 2;
+    json_decref(th_wait_pool(&D, resumed_ready, 120, "2 desktops resumed after the crash"));
+    char *still = paused_desktops();
+    ck_assert_msg(!still[0], "still paused after the restart: %s", still);
+    free(still);
+    json_t *d = th_get_desktop(&D, paused);
+    const char *state = json_string_value(json_object_get(d, "state"));
+    ck_assert_msg(strcmp(state, "paused") && strcmp(state, "assigned"), "%s is %s", paused, state);
+    json_decref(d);
+    /* Adopted as paused, then ended: a paused spare is of no use. */
+    ck_assert_uint_ge(log_count("event=paused reason=\"paused outside vdipool\""), 1);
+    ck_assert_uint_ge(log_count("event=ending reason=other"), 1);
+    free(paused);
+    json_decref(acquire("erin"));
+}
+END_TEST
+
 TH_MAIN("resume", {"resume",
                    setup,
                    teardown,
                    600,
                    {resumed_desktops_run_and_are_their_own,
-                    rollout_makes_a_new_image_and_retires_the_old, NULL}})
+                    rollout_makes_a_new_image_and_retires_the_old,
+                    crash_between_paused_restore_and_run_is_recovered, NULL}})

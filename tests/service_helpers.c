@@ -108,6 +108,19 @@ void th_daemon_start(th_daemon *d)
     ck_abort_msg("vdipoold did not open its socket: %s", out);
 }
 
+void th_daemon_start_until_crash(th_daemon *d, const char *point, int timeout_s)
+{
+    setenv("VDIPOOL_CRASH_AT", point, 1);
+    th_daemon_start(d);
+    unsetenv("VDIPOOL_CRASH_AT");
+    int status = 0;
+    for (int i = 0; i < timeout_s * 10 && waitpid(d->pid, &status, WNOHANG) != d->pid; i++)
+        usleep(100000);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                  "vdipoold did not stop at %s within %d s (status %d)", point, timeout_s, status);
+    d->pid = 0;
+}
+
 int th_daemon_stop(th_daemon *d)
 {
     if (d->pid <= 0)

@@ -29,6 +29,9 @@ void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const 
 void th_daemon_write_pool(th_daemon *d, const char *acquire_timeout, const char *golds,
                           const char *pool_body);
 void th_daemon_start(th_daemon *d);
+/* Starts the daemon with $VDIPOOL_CRASH_AT=point and waits up to timeout_s
+ * for it to kill itself there (SIGKILL); fails the test otherwise. */
+void th_daemon_start_until_crash(th_daemon *d, const char *point, int timeout_s);
 /* SIGTERM and wait; returns the exit status (or -1 when it had to be killed). */
 int th_daemon_stop(th_daemon *d);
 /* Destroys and undefines every domain named PREFIX-*. */

@@ -7,12 +7,10 @@
 #include "service_helpers.h"
 #include "vdi_engine.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -216,15 +214,7 @@ END_TEST
 START_TEST(crash_between_paused_start_and_run_is_recovered)
 {
     th_daemon_write_config(&D, 1, 1, NULL);
-    setenv("VDIPOOL_CRASH_AT", "start:paused", 1);
-    th_daemon_start(&D);
-    unsetenv("VDIPOOL_CRASH_AT");
-    int status = 0;
-    for (int i = 0; i < 600 && waitpid(D.pid, &status, WNOHANG) != D.pid; i++)
-        usleep(100000);
-    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
-                  "vdipoold did not stop at start:paused (status %d)", status);
-    D.pid = 0;
+    th_daemon_start_until_crash(&D, "start:paused", 60);
     char name[96];
     snprintf(name, sizeof name, "%s-001", D.prefix);
     char *state = th_must("virsh -c qemu:///system domstate %s", name);

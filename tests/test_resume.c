@@ -12,11 +12,9 @@
 #include "service_helpers.h"
 #include "vdi_engine.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -302,15 +300,7 @@ static char *paused_desktops(void)
 START_TEST(crash_between_paused_restore_and_run_is_recovered)
 {
     write_pool_sized(D.gold, 1, 1);
-    setenv("VDIPOOL_CRASH_AT", "resume:paused", 1);
-    th_daemon_start(&D);
-    unsetenv("VDIPOOL_CRASH_AT");
-    int status = 0;
-    for (int i = 0; i < 1800 && waitpid(D.pid, &status, WNOHANG) != D.pid; i++)
-        usleep(100000);
-    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
-                  "vdipoold did not stop at resume:paused (status %d)", status);
-    D.pid = 0;
+    th_daemon_start_until_crash(&D, "resume:paused", 180);
     char *paused = paused_desktops();
     paused[strcspn(paused, "\n")] = '\0';
     ck_assert_msg(paused[0], "no paused desktop after the crash");

@@ -133,13 +133,17 @@ char *domain_display(virDomainPtr dom, const char *address)
     return out;
 }
 
+int64_t job_recorded_bytes(const vdi_child_info *rec)
+{
+    /* 0: not measured (a child made on another host is recorded so). */
+    return rec->last_bytes > 0 && rec->last_bytes <= INT64_MAX ? (int64_t)rec->last_bytes : -1;
+}
+
 int64_t job_child_bytes(job *j)
 {
     vdi_child_info *rec = malloc(sizeof *rec);
-    /* 0: not measured (a child made on another host is recorded so). */
-    int64_t bytes = rec && vdi_catalog_child(j->catalog, j->child, rec, NULL) == 0 &&
-                            rec->last_bytes > 0 && rec->last_bytes <= INT64_MAX
-                        ? (int64_t)rec->last_bytes
+    int64_t bytes = rec && vdi_catalog_child(j->catalog, j->child, rec, NULL) == 0
+                        ? job_recorded_bytes(rec)
                         : -1;
     free(rec);
     return bytes;

@@ -198,8 +198,11 @@ static void start_run(void *data)
         vdi_hash_hex(g.fp.hash, hex, sizeof hex);
     domain_spec spec = {
         .name = j->name, .child = j->child, .gold = j->gold, .gold_hash_hex = hex, .slot = j->slot};
-    /* On a host-local datastore the child's parent is the host's copy. */
+    /* On a host-local datastore the child's parent is the host's copy.
+     * The child's size (where its write budget starts) is read before the
+     * domain starts, so that its CPUs wait for no catalog read. */
     vdi_child_info *rec = host_local(j) ? malloc(sizeof *rec) : NULL;
+    int64_t child_bytes = -1;
     if (host_local(j)) {
         if (!rec || vdi_catalog_child(j->catalog, j->child, rec, &err) < 0) {
             job_fail(j, rec ? err.code : -ENOMEM, "%s", rec ? err.message : "out of memory");
@@ -208,6 +211,9 @@ static void start_run(void *data)
         }
         spec.backing_on_host = rec->parent;
         spec.backing_format = g.format;
+        child_bytes = job_recorded_bytes(rec);
+    } else {
+        child_bytes = job_child_bytes(j);
     }
     char *xml = domain_xml_build(j->pc, &spec, &err);
     free(rec);
@@ -239,7 +245,7 @@ static void start_run(void *data)
         job_fail(j, -EIO, "cannot start the domain: %s", libvirt_message());
         return;
     }
-    job_domain_running(j, dom, job_child_bytes(j));
+    job_domain_running(j, dom, child_bytes);
     if (paused)
         vdi_crashpoint("start:paused");
     /* A failed resume fails the start: its end destroys the domain. */

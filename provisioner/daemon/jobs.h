@@ -68,8 +68,10 @@ const char *libvirt_message(void);
 virDomainPtr job_domain(job *j);
 /* A job for d with copies of what any job for it reads, or NULL. */
 job *desktop_job(desktop *d, job_kind kind);
-/* The job's child's size as its clone recorded it, or -1 when unknown. */
+/* The job's child's size as its clone recorded it, or -1 when unknown;
+ * the same from a record already read. */
 int64_t job_child_bytes(job *j);
+int64_t job_recorded_bytes(const vdi_child_info *rec);
 /* The domain's write budget: child_bytes (-1: ask libvirt) + the pool's
  * expected growth; a failure is logged. */
 void job_set_write_budget(job *j, virDomainPtr dom, int64_t child_bytes);

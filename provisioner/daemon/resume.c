@@ -191,6 +191,7 @@ void template_resume_start(job *j)
     /* Restored paused: its network card and write budget are in place
      * before the guest runs again (as a boot does, jobs.c); a crash before
      * the resume leaves a paused spare, which the next start ends. */
+    int64_t child_bytes = job_child_bytes(j);
     rc = virDomainRestoreFlags(j->conn, copy, NULL, VIR_DOMAIN_SAVE_PAUSED);
     if (rc < 0)
         job_fail(j, -EIO, "cannot resume the desktop: %s", libvirt_message());
@@ -203,7 +204,7 @@ void template_resume_start(job *j)
         return;
     }
     if (attach_network(j, dom) == 0) {
-        job_set_write_budget(j, dom, job_child_bytes(j));
+        job_set_write_budget(j, dom, child_bytes);
         vdi_crashpoint("resume:paused");
         if (virDomainResume(dom) < 0) {
             job_fail(j, -EIO, "cannot run the resumed desktop: %s", libvirt_message());

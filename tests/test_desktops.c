@@ -7,6 +7,7 @@
 #include "service_helpers.h"
 #include "vdi_engine.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +24,11 @@ static void setup(void)
     th_daemon_prepare(&D, "desktops", "qemu:///system");
 }
 
+static void thaw_qemu(void);
+
 static void teardown(void)
 {
+    thaw_qemu();
     th_daemon_stop(&D);
     th_daemon_cleanup_domains(&D);
 }
@@ -238,10 +242,106 @@ START_TEST(crash_between_paused_start_and_run_is_recovered)
 }
 END_TEST
 
+/* The QEMU a test froze, so that teardown thaws it whatever failed. */
+static pid_t frozen_qemu;
+
+static void thaw_qemu(void)
+{
+    if (frozen_qemu > 0)
+        kill(frozen_qemu, SIGCONT);
+    frozen_qemu = 0;
+}
+
+/* Waits up to timeout_s for `needle` in the daemon's log. */
+static bool log_says(const char *needle, int timeout_s)
+{
+    time_t end = time(NULL) + timeout_s;
+    do {
+        char *out = NULL;
+        bool found = th_run(&out, "grep -c -- '%s' %s/vdipoold.log", needle, D.dir) == 0;
+        free(out);
+        if (found)
+            return true;
+        usleep(100000);
+    } while (time(NULL) < end);
+    return false;
+}
+
+/* vdipoold starts while libvirt still works on one of its domains (here a
+ * resume that waits on a frozen QEMU; after a crash, a start or restore
+ * libvirt runs on for the dead daemon). Adoption would end the paused
+ * domain — destroying it in the middle of libvirt's job, which crashed
+ * libvirtd 9.0 — so it waits, and adopts the domain as it is once the job
+ * is done: the same domain, running, handed out. */
+START_TEST(adoption_waits_for_libvirt_jobs)
+{
+    th_daemon_write_config(&D, 1, 1, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 90));
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    char name[96];
+    snprintf(name, sizeof name, "%s-001", D.prefix);
+    char *id_before = domain_id(name);
+
+    free(th_must("virsh -c qemu:///system suspend %s", name));
+    char *pid = th_must("pgrep -f 'guest=%s,'", name);
+    frozen_qemu = (pid_t)atol(pid);
+    free(pid);
+    ck_assert_int_gt(frozen_qemu, 1);
+    ck_assert_int_eq(kill(frozen_qemu, SIGSTOP), 0);
+    /* libvirt's resume now waits on QEMU's monitor: a job on the domain. */
+    free(th_must("(timeout 120 virsh -c qemu:///system resume %s > %s/resume.out 2>&1 &)", name,
+                 D.dir));
+    time_t end = time(NULL) + 30;
+    bool occupied = false;
+    while (!occupied && time(NULL) < end) {
+        char *control = NULL;
+        th_run(&control, "virsh -c qemu:///system domcontrol %s", name);
+        occupied = control && strstr(control, "occupied");
+        free(control);
+        if (!occupied)
+            usleep(100000);
+    }
+    ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", name);
+
+    th_daemon_start(&D);
+    ck_assert_msg(log_says("event=adopt-waiting domains=1", 30),
+                  "vdipoold did not wait for libvirt's job on %s", name);
+    sleep(2); /* two more listings: still waiting, nothing ended */
+    json_t *hosts = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/hosts", NULL, &hosts), 200);
+    json_t *waiting =
+        json_object_get(json_array_get(json_object_get(hosts, "hosts"), 0), "adoption_waiting");
+    ck_assert_msg(waiting, "GET /v1/hosts does not show the wait: %s",
+                  json_dumps(hosts, JSON_COMPACT));
+    ck_assert_int_eq(json_integer_value(json_object_get(waiting, "domains")), 1);
+    json_decref(hosts);
+    char *id_waiting = domain_id(name);
+    ck_assert_str_eq(id_before, id_waiting);
+    free(id_waiting);
+    ck_assert_msg(!log_says("event=ending", 0), "a desktop was ended while libvirt worked on it");
+
+    thaw_qemu();
+    json_decref(th_wait_ready(&D, 1, 60));
+    ck_assert(log_says("event=adopt-wait-over", 5));
+    char *state = th_must("virsh -c qemu:///system domstate %s", name);
+    ck_assert_msg(strstr(state, "running"), "%s is %s", name, state);
+    free(state);
+    char *id_after = domain_id(name);
+    ck_assert_str_eq(id_before, id_after); /* adopted as it is, not replaced */
+    free(id_before);
+    free(id_after);
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"erin\"}", &a), 200);
+    ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
+    json_decref(a);
+}
+END_TEST
+
 TH_MAIN("desktops", {"qemu",
                      setup,
                      teardown,
                      240,
                      {logoff_replaces_desktop_and_spares_the_gold, restart_keeps_sessions,
                       libvirtd_restart_is_survived, crash_between_paused_start_and_run_is_recovered,
-                      NULL}})
+                      adoption_waits_for_libvirt_jobs, NULL}})

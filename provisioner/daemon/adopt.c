@@ -3,7 +3,9 @@
  *  1. a worker lists the domains that carry vdipool metadata;
  *  2. the loop adopts the running ones into their slots (ready, or assigned
  *     when the catalog has the session open), and ends desktops whose
- *     domain stopped while nobody listened;
+ *     domain stopped while nobody listened; but while libvirt still runs a
+ *     job on a domain adoption would end (a start or restore begun for a
+ *     vdipoold that crashed), the host waits, bounded, and is listed again;
  *  3. a worker removes children of our pools that no desktop and no domain
  *     uses (made before a crash, never started) and closes sessions whose
  *     desktop is gone. The controllers clone meanwhile: only children made
@@ -46,12 +48,16 @@ static char *xml_field(const char *xml, const char *tag)
     return NULL;
 }
 
+/* How long adoption waits for libvirt's jobs on domains it would end
+ * before it ends them anyway (a start takes seconds, a restore of a large
+ * memory image from a slow disk tens of seconds). */
+#define ADOPT_JOB_WAIT_S 120
+
 /* Why a running domain is paused, or NULL when it is not: a guest stopped
  * on an I/O error while nobody listened is never adopted as ready. */
-static const char *pause_reason(virDomainPtr dom)
+static const char *pause_reason(virDomainPtr dom, int state, int reason)
 {
-    int state = 0, reason = 0;
-    if (virDomainGetState(dom, &state, &reason, 0) < 0 || state != VIR_DOMAIN_PAUSED)
+    if (state != VIR_DOMAIN_PAUSED)
         return NULL;
     if (reason != VIR_DOMAIN_PAUSED_IOERROR)
         return "paused outside vdipool";
@@ -82,19 +88,29 @@ static void list_run(void *data)
             char *pname = xml_field(meta, "pool"), *slot = xml_field(meta, "slot"),
                  *child = xml_field(meta, "child"), *gold = xml_field(meta, "gold");
             bool active = virDomainIsActive(doms[i]) == 1;
+            int state = VIR_DOMAIN_NOSTATE, reason = 0;
+            if (active && virDomainGetState(doms[i], &state, &reason, 0) < 0)
+                state = VIR_DOMAIN_NOSTATE;
             /* One XML read gives the display and the agent channel's state. */
             char *xml = active ? virDomainGetXMLDesc(doms[i], 0) : NULL;
             char *display = domain_display_from_xml(xml, r->address);
             agent_state agent = domain_agent_from_xml(xml);
             free(xml);
-            const char *paused = active ? pause_reason(doms[i]) : NULL;
-            json_array_append_new(r->domains,
-                                  json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i}", "name",
-                                            virDomainGetName(doms[i]), "active", active, "pool",
-                                            pname ? pname : "", "slot", slot ? atoi(slot) : 0,
-                                            "child", child ? child : "", "gold", gold ? gold : "",
-                                            "display", display ? display : "", "paused", paused,
-                                            "agent", (int)agent));
+            const char *paused = active ? pause_reason(doms[i], state, reason) : NULL;
+            /* libvirt still works on it: starting or restoring it (its state
+             * is "paused, starting up" until then), or a call waits on its
+             * monitor. A driver without control info has no such jobs. */
+            virDomainControlInfo control;
+            bool in_job = active && virDomainGetControlInfo(doms[i], &control, 0) == 0 &&
+                          (control.state == VIR_DOMAIN_CONTROL_JOB ||
+                           control.state == VIR_DOMAIN_CONTROL_OCCUPIED);
+            json_array_append_new(
+                r->domains, json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i,s:b,s:b}", "name",
+                                      virDomainGetName(doms[i]), "active", active, "pool",
+                                      pname ? pname : "", "slot", slot ? atoi(slot) : 0, "child",
+                                      child ? child : "", "gold", gold ? gold : "", "display",
+                                      display ? display : "", "paused", paused, "agent", (int)agent,
+                                      "running", state == VIR_DOMAIN_RUNNING, "in_job", in_job));
             free(pname);
             free(slot);
             free(child);
@@ -311,6 +327,66 @@ static void reconcile_unreachable(desktop *d, json_t *dom, bool gone)
                       json_string_value(json_object_get(dom, "paused")));
 }
 
+/* Domains that adoption would end or take as they are while libvirt still
+ * works on them: a desktop's domain not running (paused or stopping) with a
+ * libvirt job in progress, whose desktop no job of ours holds. Ending one of
+ * them now would destroy it in the middle of libvirt's start or restore
+ * for a client that is gone — which crashed libvirtd 9.0 — or take a
+ * domain that is about to run for one that is paused. */
+static unsigned count_in_libvirt_jobs(service *svc, json_t *domains, const char **first)
+{
+    unsigned n = 0;
+    size_t idx;
+    json_t *dom;
+    json_array_foreach(domains, idx, dom)
+    {
+        if (!json_is_true(json_object_get(dom, "in_job")) ||
+            json_is_true(json_object_get(dom, "running")))
+            continue;
+        const char *name = json_string_value(json_object_get(dom, "name"));
+        desktop *d = service_find_desktop(svc, name);
+        if (!d || d->busy)
+            continue;
+        if (!n++)
+            *first = name;
+    }
+    return n;
+}
+
+/* Whether the host's adoption waits for libvirt's jobs (then it is listed
+ * again at the next tick), or goes ahead: none left, or waited long enough. */
+static bool adoption_waits(service *svc, host *h, json_t *domains)
+{
+    const char *first = "";
+    unsigned n = count_in_libvirt_jobs(svc, domains, &first);
+    int64_t now = service_now(svc);
+    if (!n) {
+        if (h->adopt_waiting_since)
+            svc_log("info", "host=%s event=adopt-wait-over waited=%llds", h->name,
+                    (long long)(now - h->adopt_waiting_since));
+        h->adopt_waiting_since = 0;
+        h->adopt_waiting_on = 0;
+        return false;
+    }
+    if (!h->adopt_waiting_since) {
+        h->adopt_waiting_since = now;
+        svc_log("info",
+                "host=%s event=adopt-waiting domains=%u first=%s reason=\"libvirt is still "
+                "starting, restoring or changing them\"; adopted when it is done (at most %ds)",
+                h->name, n, first, ADOPT_JOB_WAIT_S);
+    }
+    h->adopt_waiting_on = n;
+    if (now - h->adopt_waiting_since < ADOPT_JOB_WAIT_S)
+        return true;
+    svc_log("warning",
+            "host=%s event=adopt-wait-given-up domains=%u first=%s waited=%llds; they are "
+            "adopted as they are",
+            h->name, n, first, (long long)(now - h->adopt_waiting_since));
+    h->adopt_waiting_since = 0;
+    h->adopt_waiting_on = 0;
+    return false;
+}
+
 static void list_done(service *svc, void *data)
 {
     adopt_req *r = data;
@@ -318,6 +394,14 @@ static void list_done(service *svc, void *data)
     if (r->conn)
         virConnectClose(r->conn);
     free(r->address);
+    if (!r->error && r->domains && h->online && adoption_waits(svc, h, r->domains)) {
+        json_decref(h->stopped_while_adopting);
+        h->stopped_while_adopting = NULL;
+        json_decref(r->domains);
+        free(r);
+        h->adopting = false; /* hosts_tick lists it again */
+        return;
+    }
     /* Domains that stopped after the listing: their events came while
      * their desktops were empty; they are ended, not adopted as running. */
     vdi_strmap *stopped = vdi_strmap_new();

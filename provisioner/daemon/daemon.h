@@ -124,6 +124,10 @@ typedef struct host {
     bool marking;            /* the catalog is read for its desktops */
     json_t *stopped_while_adopting; /* see service.stopped_while_adopting */
     json_t *listing;         /* its domains at the last adoption, for the stray check */
+    /* Adoption waits for libvirt jobs on domains it would end (adopt.c):
+     * since when (0: not waiting), and on how many at the last listing. */
+    int64_t adopt_waiting_since;
+    unsigned adopt_waiting_on;
     char *last_error;
     int64_t last_error_at, connected_since, lost_since;
     /* Memory, read on a worker every HOST_READ_S seconds. */

@@ -217,20 +217,14 @@ void sessions_fail_waiters(service *svc)
 }
 
 /* The service is torn down without a stop (vdipoold answers waiters at its
- * stop, sessions_fail_waiters): waiters left are taken off their pools and
- * their timers stopped, so that nothing calls back into what is gone. */
+ * stop, sessions_fail_waiters): waiters left are taken off their pools,
+ * unanswered, and their timers closed (each is freed when the loop runs its
+ * close), so that nothing calls back into what is gone. */
 void sessions_forget_waiters(service *svc)
 {
-    for (size_t i = 0; i < svc->npools; i++) {
-        pool *p = svc->pools[i];
-        for (waiter *w = p->waiting_head, *next; w; w = next) {
-            next = w->next;
-            w->p = NULL;
-            uv_timer_stop(&w->timer);
-        }
-        p->waiting_head = p->waiting_tail = NULL;
-        p->nwaiting = 0;
-    }
+    for (size_t i = 0; i < svc->npools; i++)
+        while (svc->pools[i]->waiting_head)
+            drop_waiter(svc->pools[i]->waiting_head);
 }
 
 /* A pool about to be freed: its waiters hear why. */

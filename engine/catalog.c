@@ -1,6 +1,7 @@
-/* catalog.c — the SQLite catalog: its schema, golds, children and the rows
- * of the intent journal (storage only: journal.c recovers intents; the
- * sessions' statements are in sessions.c, versions' in versions.c). Files on
+/* catalog.c — the SQLite catalog: its schema, children and the rows of the
+ * intent journal (storage only: journal.c recovers intents; the statements
+ * of sealed golds are in sealedgolds.c, sessions' in sessions.c, versions'
+ * in versions.c). Files on
  * disk stay the ground truth; the catalog records what the
  * qcow2 format cannot (a parent's children, a gold's fingerprint).
  *
@@ -140,28 +141,6 @@ const char *vdi_state_dir_default(void)
 {
     const char *env = getenv("VDIPOOL_STATE_DIR");
     return env && *env ? env : "/var/lib/vdipool";
-}
-
-const char *vdi_gold_state_name(vdi_gold_state s)
-{
-    switch (s) {
-    case VDI_GOLD_SEALED: return "sealed";
-    case VDI_GOLD_RETIRING: return "retiring";
-    case VDI_GOLD_RETIRED: return "retired";
-    case VDI_GOLD_TAINTED: return "tainted";
-    }
-    return "unknown";
-}
-
-static vdi_gold_state gold_state_from(const char *s)
-{
-    if (!strcmp(s, "retiring"))
-        return VDI_GOLD_RETIRING;
-    if (!strcmp(s, "retired"))
-        return VDI_GOLD_RETIRED;
-    if (!strcmp(s, "tainted"))
-        return VDI_GOLD_TAINTED;
-    return VDI_GOLD_SEALED;
 }
 
 sqlite3 *vdi_catalog_db_(vdi_catalog *cat)
@@ -569,171 +548,31 @@ int vdi_catalog_update_child_parent_(vdi_catalog *cat, const char *path, const c
     return run(cat, st, err);
 }
 
-int vdi_catalog_put_gold_(vdi_catalog *cat, const vdi_gold_info *g, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat,
-                     "INSERT INTO golds(path, format, virtual_size, size, dev, ino, mtime_ns, "
-                     "ctime_ns, hash, sealed_at, state, protections, reason) "
-                     "VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13) "
-                     "ON CONFLICT(path) DO UPDATE SET format=?2, virtual_size=?3, size=?4, "
-                     "dev=?5, ino=?6, mtime_ns=?7, ctime_ns=?8, hash=?9, sealed_at=?10, "
-                     "state=?11, protections=?12, reason=?13",
-                     &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, g->path, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, vdi_format_name(g->format), -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)g->virtual_size);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)g->fp.size);
-    sqlite3_bind_int64(st, 5, (sqlite3_int64)g->fp.dev);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)g->fp.ino);
-    sqlite3_bind_int64(st, 7, g->fp.mtime_ns);
-    sqlite3_bind_int64(st, 8, g->fp.ctime_ns);
-    sqlite3_bind_blob(st, 9, g->fp.hash, VDI_HASH_SIZE, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 10, g->sealed_at);
-    sqlite3_bind_text(st, 11, vdi_gold_state_name(g->state), -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 12, (int)g->protections);
-    sqlite3_bind_text(st, 13, g->reason, -1, SQLITE_STATIC);
-    return run(cat, st, err);
-}
-
-int vdi_catalog_delete_gold_(vdi_catalog *cat, const char *path, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat, "DELETE FROM golds WHERE path = ?", &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-    return run(cat, st, err);
-}
-
 /* The catalog names files by their canonical path: a lookup resolves the
  * path it is given (relative, through links) when the file exists, and
  * uses it as given otherwise (a record whose file is gone). */
-static const char *canonical(const char *path, char real[PATH_MAX])
+const char *vdi_catalog_canonical_(const char *path, char real[PATH_MAX])
 {
     return path && realpath(path, real) ? real : path;
 }
 
-int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_state state,
-                               const char *reason, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat, "UPDATE golds SET state = ?, reason = ? WHERE path = ?", &st, err);
-    if (rc < 0)
-        return rc;
-    char real[PATH_MAX];
-    path = canonical(path, real);
-    sqlite3_bind_text(st, 1, vdi_gold_state_name(state), -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, reason ? reason : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, path, -1, SQLITE_STATIC);
-    rc = run(cat, st, err);
-    if (rc == 0 && sqlite3_changes(cat->db) == 0)
-        return vdi_error_set(err, -ENOENT, "%s is not a sealed gold", path);
-    return rc;
-}
-
-static void copy_text(char *dst, size_t len, const unsigned char *src)
+void vdi_copy_text_(char *dst, size_t len, const unsigned char *src)
 {
     snprintf(dst, len, "%s", src ? (const char *)src : "");
-}
-
-static void gold_from_row(sqlite3_stmt *st, vdi_gold_info *g)
-{
-    memset(g, 0, sizeof *g);
-    g->id = sqlite3_column_int64(st, 0);
-    copy_text(g->path, sizeof g->path, sqlite3_column_text(st, 1));
-    const char *fmt = (const char *)sqlite3_column_text(st, 2);
-    g->format = fmt && !strcmp(fmt, "raw") ? VDI_FORMAT_RAW : VDI_FORMAT_QCOW2;
-    g->virtual_size = (uint64_t)sqlite3_column_int64(st, 3);
-    g->fp.size = (uint64_t)sqlite3_column_int64(st, 4);
-    g->fp.dev = (uint64_t)sqlite3_column_int64(st, 5);
-    g->fp.ino = (uint64_t)sqlite3_column_int64(st, 6);
-    g->fp.mtime_ns = sqlite3_column_int64(st, 7);
-    g->fp.ctime_ns = sqlite3_column_int64(st, 8);
-    if (sqlite3_column_bytes(st, 9) == VDI_HASH_SIZE)
-        memcpy(g->fp.hash, sqlite3_column_blob(st, 9), VDI_HASH_SIZE);
-    g->sealed_at = sqlite3_column_int64(st, 10);
-    g->state = gold_state_from((const char *)sqlite3_column_text(st, 11));
-    g->protections = (unsigned)sqlite3_column_int(st, 12);
-    copy_text(g->reason, sizeof g->reason, sqlite3_column_text(st, 13));
-}
-
-#define GOLD_COLUMNS                                                                               \
-    "id, path, format, virtual_size, size, dev, ino, mtime_ns, ctime_ns, hash, sealed_at, "        \
-    "state, protections, reason"
-
-int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(cat, "SELECT " GOLD_COLUMNS " FROM golds WHERE path = ?", &st, err);
-    if (rc < 0)
-        return rc;
-    char real[PATH_MAX];
-    path = canonical(path, real);
-    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-    int step = sqlite3_step(st);
-    if (step == SQLITE_ROW)
-        gold_from_row(st, out);
-    else if (step == SQLITE_DONE)
-        rc = vdi_error_set(err, -ENOENT,
-                           "%s is not a sealed gold (seal it with `vdipoolctl image "
-                           "seal %s`)",
-                           path, path);
-    else
-        rc = db_error(cat, err, "read golds");
-    finish(cat, st);
-    return rc;
-}
-
-int vdi_catalog_golds(vdi_catalog *cat, vdi_gold_info **out, size_t *count, vdi_error *err)
-{
-    sqlite3_stmt *st;
-    *out = NULL;
-    *count = 0;
-    int rc = prepare(cat, "SELECT " GOLD_COLUMNS " FROM golds ORDER BY path", &st, err);
-    if (rc < 0)
-        return rc;
-    size_t n = 0, cap = 0;
-    vdi_gold_info *v = NULL;
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            vdi_gold_info *nv = realloc(v, cap * sizeof *v);
-            if (!nv) {
-                rc = vdi_error_set(err, -ENOMEM, "out of memory");
-                break;
-            }
-            v = nv;
-        }
-        gold_from_row(st, &v[n++]);
-    }
-    if (rc == 0 && step != SQLITE_DONE)
-        rc = db_error(cat, err, "read golds");
-    finish(cat, st);
-    if (rc < 0) {
-        free(v);
-        return rc;
-    }
-    *out = v;
-    *count = n;
-    return 0;
 }
 
 static void child_from_row(sqlite3_stmt *st, vdi_child_info *c)
 {
     memset(c, 0, sizeof *c);
     c->id = sqlite3_column_int64(st, 0);
-    copy_text(c->path, sizeof c->path, sqlite3_column_text(st, 1));
-    copy_text(c->parent, sizeof c->parent, sqlite3_column_text(st, 2));
-    copy_text(c->datastore, sizeof c->datastore, sqlite3_column_text(st, 3));
-    copy_text(c->pool, sizeof c->pool, sqlite3_column_text(st, 4));
+    vdi_copy_text_(c->path, sizeof c->path, sqlite3_column_text(st, 1));
+    vdi_copy_text_(c->parent, sizeof c->parent, sqlite3_column_text(st, 2));
+    vdi_copy_text_(c->datastore, sizeof c->datastore, sqlite3_column_text(st, 3));
+    vdi_copy_text_(c->pool, sizeof c->pool, sqlite3_column_text(st, 4));
     c->slot = sqlite3_column_int(st, 5);
     c->created_at = sqlite3_column_int64(st, 6);
     c->last_bytes = (uint64_t)sqlite3_column_int64(st, 7);
-    copy_text(c->host, sizeof c->host, sqlite3_column_text(st, 8));
+    vdi_copy_text_(c->host, sizeof c->host, sqlite3_column_text(st, 8));
 }
 
 #define CHILD_COLUMNS "id, path, parent, datastore, pool, slot, created_at, last_bytes, host"
@@ -745,7 +584,7 @@ int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, v
     if (rc < 0)
         return rc;
     char real[PATH_MAX];
-    path = canonical(path, real);
+    path = vdi_catalog_canonical_(path, real);
     sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW)
@@ -789,7 +628,7 @@ int vdi_catalog_count_children(vdi_catalog *cat, const char *parent, size_t *cou
     if (rc < 0)
         return rc;
     char real[PATH_MAX];
-    sqlite3_bind_text(st, 1, canonical(parent, real), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, vdi_catalog_canonical_(parent, real), -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW)
         *count = (size_t)sqlite3_column_int64(st, 0);
     else
@@ -813,7 +652,7 @@ int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **
         return rc;
     char real[PATH_MAX];
     if (parent)
-        sqlite3_bind_text(st, 1, canonical(parent, real), -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, vdi_catalog_canonical_(parent, real), -1, SQLITE_STATIC);
     size_t n = 0, cap = 0;
     vdi_child_info *v = NULL;
     int step;

@@ -5,6 +5,7 @@
 
 #include "vdi_engine.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
@@ -26,6 +27,12 @@ int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_e
 int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid,
                                  vdi_error *err);
 int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what);
+/* The catalog names files by their canonical path: a lookup resolves the
+ * path it is given (relative, through links) into `real` when the file
+ * exists, and uses it as given otherwise (a record whose file is gone). */
+const char *vdi_catalog_canonical_(const char *path, char real[PATH_MAX]);
+/* A text column into a fixed buffer ("" for NULL), truncated to fit. */
+void vdi_copy_text_(char *dst, size_t len, const unsigned char *src);
 /* Intents: written (and synced) before the first step of an operation. */
 int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
                       int64_t *id, vdi_error *err);

@@ -556,6 +556,21 @@ const char *vdi_catalog_canonical_(const char *path, char real[PATH_MAX])
     return path && realpath(path, real) ? real : path;
 }
 
+int vdi_catalog_step_by_path_(sqlite3_stmt *st, const char **path, char real[PATH_MAX])
+{
+    sqlite3_bind_text(st, 1, *path, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step != SQLITE_DONE)
+        return step;
+    const char *canon = vdi_catalog_canonical_(*path, real);
+    if (!strcmp(canon, *path))
+        return step;
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, canon, -1, SQLITE_STATIC);
+    *path = canon;
+    return sqlite3_step(st);
+}
+
 void vdi_copy_text_(char *dst, size_t len, const unsigned char *src)
 {
     snprintf(dst, len, "%s", src ? (const char *)src : "");
@@ -584,9 +599,7 @@ int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, v
     if (rc < 0)
         return rc;
     char real[PATH_MAX];
-    path = vdi_catalog_canonical_(path, real);
-    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-    int step = sqlite3_step(st);
+    int step = vdi_catalog_step_by_path_(st, &path, real);
     if (step == SQLITE_ROW)
         child_from_row(st, out);
     else if (step == SQLITE_DONE)

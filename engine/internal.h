@@ -31,6 +31,14 @@ int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what);
  * path it is given (relative, through links) into `real` when the file
  * exists, and uses it as given otherwise (a record whose file is gone). */
 const char *vdi_catalog_canonical_(const char *path, char real[PATH_MAX]);
+/* Steps a lookup by path (parameter 1 of st): the path as given first, then,
+ * when nothing is recorded under it, its canonical form (*path is then
+ * `real`). Paths are recorded canonical and the daemon looks up paths it was
+ * given by the catalog or the config, so the usual lookup resolves nothing:
+ * realpath reads a link per component, 30 readlinks per desktop cycle. A
+ * recorded path whose directory became a link is found as recorded; the
+ * guard's fingerprint check still compares it with the file there. */
+int vdi_catalog_step_by_path_(sqlite3_stmt *st, const char **path, char real[PATH_MAX]);
 /* A text column into a fixed buffer ("" for NULL), truncated to fit. */
 void vdi_copy_text_(char *dst, size_t len, const unsigned char *src);
 /* Intents: written (and synced) before the first step of an operation. */

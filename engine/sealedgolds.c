@@ -125,9 +125,7 @@ int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi
     if (rc < 0)
         return rc;
     char real[PATH_MAX];
-    path = vdi_catalog_canonical_(path, real);
-    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-    int step = sqlite3_step(st);
+    int step = vdi_catalog_step_by_path_(st, &path, real);
     if (step == SQLITE_ROW)
         gold_from_row(st, out);
     else if (step == SQLITE_DONE)

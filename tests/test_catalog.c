@@ -118,6 +118,22 @@ START_TEST(lookups_canonicalise_paths)
     ck_assert_int_eq(chdir(cwd), 0);
     ck_assert_int_eq(vdi_catalog_gold(cat, gold, &g, &err), 0);
     ck_assert_int_eq(g.state, VDI_GOLD_RETIRING);
+
+    /* A child, by its recorded path and through a link to its directory. */
+    ck_assert_int_eq(vdi_catalog_set_gold_state(cat, gold, VDI_GOLD_SEALED, NULL, &err), 0);
+    free(th_must("mkdir -p %s/ds && ln -s ds %s/ds-link", dir, dir));
+    vdi_cloner *cl = NULL;
+    ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, &err), 0);
+    vdi_child_meta meta = {.datastore = "ds", .pool = "p", .slot = 1};
+    char *child = strdup(th_path(dir, "ds/a.qcow2"));
+    ck_assert_msg(vdi_clone_recorded(cat, cl, child, &meta, &err) == 0, "%s", err.message);
+    vdi_cloner_free(cl);
+    vdi_child_info c;
+    ck_assert_int_eq(vdi_catalog_child(cat, child, &c, &err), 0);
+    ck_assert_int_eq(vdi_catalog_child(cat, th_path(dir, "ds-link/a.qcow2"), &c, &err), 0);
+    ck_assert_str_eq(c.path, child);
+    ck_assert_int_eq(vdi_catalog_child(cat, th_path(dir, "ds-link/b.qcow2"), &c, &err), -ENOENT);
+    free(child);
 }
 END_TEST
 

@@ -40,6 +40,25 @@ static char *domain_id(const char *name)
     return out;
 }
 
+/* The domain's state (virsh domstate) contains `want`. */
+static void assert_domain_state(const char *name, const char *want)
+{
+    char *state = th_must("virsh -c qemu:///system domstate %s", name);
+    ck_assert_msg(strstr(state, want), "%s is %s, not %s", name, state, want);
+    free(state);
+}
+
+/* An acquire for `user` answers 200 with desktop `name`. */
+static void assert_acquire_gets(const char *user, const char *name)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"user\":\"%s\"}", user);
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", body, &a), 200);
+    ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
+    json_decref(a);
+}
+
 START_TEST(logoff_replaces_desktop_and_spares_the_gold)
 {
     th_daemon_write_config(&D, 3, 3, NULL);
@@ -62,9 +81,7 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     char *id_before = domain_id(name);
     /* Started paused, budgeted, then run: the domain runs with a write
      * budget above what its child holds. */
-    char *state = th_must("virsh -c qemu:///system domstate %s", name);
-    ck_assert_msg(strstr(state, "running"), "%s is %s", name, state);
-    free(state);
+    assert_domain_state(name, "running");
     char *stats = th_must("virsh -c qemu:///system domstats --block %s", name);
     const char *threshold = strstr(stats, "block.0.threshold=");
     ck_assert_msg(threshold, "no write budget on %s:\n%s", name, stats);
@@ -135,9 +152,7 @@ START_TEST(restart_keeps_sessions)
     char *id_before = domain_id(name);
 
     ck_assert_int_eq(th_daemon_stop(&D), 0);
-    char *state = th_must("virsh -c qemu:///system domstate %s", name);
-    ck_assert_ptr_nonnull(strstr(state, "running"));
-    free(state);
+    assert_domain_state(name, "running");
 
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 1, 60));
@@ -151,10 +166,7 @@ START_TEST(restart_keeps_sessions)
     free(id_before);
     free(id_after);
     /* And asking again still gives carol the same desktop. */
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"carol\"}", &a),
-                     200);
-    ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
-    json_decref(a);
+    assert_acquire_gets("carol", name);
 
     /* A bad config on reload leaves the running one in place. */
     th_write_file(D.conf, "pools = 1;\n", 11);
@@ -206,9 +218,7 @@ START_TEST(libvirtd_restart_is_survived)
     ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
     json_decref(d);
     json_decref(th_wait_ready(&D, 2, 30));
-    char *state = th_must("virsh -c qemu:///system domstate %s", name);
-    ck_assert_ptr_nonnull(strstr(state, "running"));
-    free(state);
+    assert_domain_state(name, "running");
 }
 END_TEST
 
@@ -221,24 +231,17 @@ START_TEST(crash_between_paused_start_and_run_is_recovered)
     th_daemon_start_until_crash(&D, "start:paused", 60);
     char name[96];
     snprintf(name, sizeof name, "%s-001", D.prefix);
-    char *state = th_must("virsh -c qemu:///system domstate %s", name);
-    ck_assert_msg(strstr(state, "paused"), "%s is %s", name, state);
-    free(state);
+    assert_domain_state(name, "paused");
     char *id_before = domain_id(name);
 
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 1, 90));
-    state = th_must("virsh -c qemu:///system domstate %s", name);
-    ck_assert_msg(strstr(state, "running"), "%s is %s", name, state);
-    free(state);
+    assert_domain_state(name, "running");
     char *id_after = domain_id(name);
     ck_assert_str_ne(id_before, id_after); /* the paused one was ended, a new one runs */
     free(id_before);
     free(id_after);
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"dave\"}", &a), 200);
-    ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
-    json_decref(a);
+    assert_acquire_gets("dave", name);
 }
 END_TEST
 
@@ -324,17 +327,12 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     thaw_qemu();
     json_decref(th_wait_ready(&D, 1, 60));
     ck_assert(log_says("event=adopt-wait-over", 5));
-    char *state = th_must("virsh -c qemu:///system domstate %s", name);
-    ck_assert_msg(strstr(state, "running"), "%s is %s", name, state);
-    free(state);
+    assert_domain_state(name, "running");
     char *id_after = domain_id(name);
     ck_assert_str_eq(id_before, id_after); /* adopted as it is, not replaced */
     free(id_before);
     free(id_after);
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"erin\"}", &a), 200);
-    ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
-    json_decref(a);
+    assert_acquire_gets("erin", name);
 }
 END_TEST
 

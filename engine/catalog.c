@@ -378,6 +378,39 @@ int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what)
     return db_error(cat, err, what);
 }
 
+int vdi_catalog_rows_(vdi_catalog *cat, sqlite3_stmt *st, size_t size,
+                      void (*from_row)(sqlite3_stmt *st, void *row), const char *what, void **out,
+                      size_t *count, vdi_error *err)
+{
+    *out = NULL;
+    *count = 0;
+    size_t n = 0, cap = 0;
+    char *v = NULL;
+    int rc = 0, step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            char *nv = realloc(v, cap * size);
+            if (!nv) {
+                rc = vdi_error_set(err, -ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        from_row(st, v + n++ * size);
+    }
+    if (rc == 0 && step != SQLITE_DONE)
+        rc = db_error(cat, err, what);
+    finish(cat, st);
+    if (rc < 0) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
 static int run_rowid(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
 {
     return step_write(cat, st, rowid, true, err);
@@ -576,8 +609,9 @@ void vdi_copy_text_(char *dst, size_t len, const unsigned char *src)
     snprintf(dst, len, "%s", src ? (const char *)src : "");
 }
 
-static void child_from_row(sqlite3_stmt *st, vdi_child_info *c)
+static void child_from_row(sqlite3_stmt *st, void *row)
 {
+    vdi_child_info *c = row;
     memset(c, 0, sizeof *c);
     c->id = sqlite3_column_int64(st, 0);
     vdi_copy_text_(c->path, sizeof c->path, sqlite3_column_text(st, 1));
@@ -666,31 +700,11 @@ int vdi_catalog_children(vdi_catalog *cat, const char *parent, vdi_child_info **
     char real[PATH_MAX];
     if (parent)
         sqlite3_bind_text(st, 1, vdi_catalog_canonical_(parent, real), -1, SQLITE_STATIC);
-    size_t n = 0, cap = 0;
-    vdi_child_info *v = NULL;
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            vdi_child_info *nv = realloc(v, cap * sizeof *v);
-            if (!nv) {
-                rc = vdi_error_set(err, -ENOMEM, "out of memory");
-                break;
-            }
-            v = nv;
-        }
-        child_from_row(st, &v[n++]);
-    }
-    if (rc == 0 && step != SQLITE_DONE)
-        rc = db_error(cat, err, "read children");
-    finish(cat, st);
-    if (rc < 0) {
-        free(v);
-        return rc;
-    }
-    *out = v;
-    *count = n;
-    return 0;
+    void *rows = NULL;
+    rc = vdi_catalog_rows_(cat, st, sizeof **out, child_from_row, "read children", &rows, count,
+                           err);
+    *out = rows;
+    return rc;
 }
 
 /* Per datastore: how many children the catalog knows there, what they hold

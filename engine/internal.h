@@ -27,6 +27,13 @@ int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_e
 int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid,
                                  vdi_error *err);
 int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what);
+/* Steps a prepared statement (parameters bound) through its rows into a
+ * malloc'd array of `size`-byte rows filled by from_row, finishes it, and
+ * hands the array over (*out NULL, *count 0 for no rows); `what` names the
+ * read in an error. */
+int vdi_catalog_rows_(vdi_catalog *cat, sqlite3_stmt *st, size_t size,
+                      void (*from_row)(sqlite3_stmt *st, void *row), const char *what, void **out,
+                      size_t *count, vdi_error *err);
 /* The catalog names files by their canonical path: a lookup resolves the
  * path it is given (relative, through links) into `real` when the file
  * exists, and uses it as given otherwise (a record whose file is gone). */

@@ -15,8 +15,9 @@
 
 #define IMAGE_COLUMNS "path, template, gold, pool, size, mtime_ns, ctime_ns, hash, created_at"
 
-static void image_from_row(sqlite3_stmt *st, vdi_memory_image *m)
+static void image_from_row(sqlite3_stmt *st, void *row)
 {
+    vdi_memory_image *m = row;
     memset(m, 0, sizeof *m);
     snprintf(m->path, sizeof m->path, "%s", (const char *)sqlite3_column_text(st, 0));
     snprintf(m->template_child, sizeof m->template_child, "%s",
@@ -153,29 +154,9 @@ int vdi_memory_images_of_pool(vdi_catalog *cat, const char *pool, vdi_memory_ima
     if (rc < 0)
         return rc;
     sqlite3_bind_text(s, 1, pool, -1, SQLITE_STATIC);
-    size_t n = 0, cap = 0;
-    vdi_memory_image *v = NULL;
-    int step;
-    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 4;
-            vdi_memory_image *nv = realloc(v, cap * sizeof *v);
-            if (!nv) {
-                rc = vdi_error_set(err, -ENOMEM, "out of memory");
-                break;
-            }
-            v = nv;
-        }
-        image_from_row(s, &v[n++]);
-    }
-    if (rc == 0 && step != SQLITE_DONE)
-        rc = vdi_catalog_db_error_(cat, err, "read memory images");
-    vdi_catalog_finish_(cat, s);
-    if (rc < 0) {
-        free(v);
-        return rc;
-    }
-    *out = v;
-    *count = n;
-    return 0;
+    void *rows = NULL;
+    rc = vdi_catalog_rows_(cat, s, sizeof **out, image_from_row, "read memory images", &rows, count,
+                           err);
+    *out = rows;
+    return rc;
 }

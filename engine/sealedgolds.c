@@ -92,8 +92,9 @@ int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_stat
     return rc;
 }
 
-static void gold_from_row(sqlite3_stmt *st, vdi_gold_info *g)
+static void gold_from_row(sqlite3_stmt *st, void *row)
 {
+    vdi_gold_info *g = row;
     memset(g, 0, sizeof *g);
     g->id = sqlite3_column_int64(st, 0);
     vdi_copy_text_(g->path, sizeof g->path, sqlite3_column_text(st, 1));
@@ -148,29 +149,8 @@ int vdi_catalog_golds(vdi_catalog *cat, vdi_gold_info **out, size_t *count, vdi_
         vdi_catalog_prepare_(cat, "SELECT " GOLD_COLUMNS " FROM golds ORDER BY path", &st, err);
     if (rc < 0)
         return rc;
-    size_t n = 0, cap = 0;
-    vdi_gold_info *v = NULL;
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            vdi_gold_info *nv = realloc(v, cap * sizeof *v);
-            if (!nv) {
-                rc = vdi_error_set(err, -ENOMEM, "out of memory");
-                break;
-            }
-            v = nv;
-        }
-        gold_from_row(st, &v[n++]);
-    }
-    if (rc == 0 && step != SQLITE_DONE)
-        rc = vdi_catalog_db_error_(cat, err, "read golds");
-    vdi_catalog_finish_(cat, st);
-    if (rc < 0) {
-        free(v);
-        return rc;
-    }
-    *out = v;
-    *count = n;
-    return 0;
+    void *rows = NULL;
+    rc = vdi_catalog_rows_(cat, st, sizeof **out, gold_from_row, "read golds", &rows, count, err);
+    *out = rows;
+    return rc;
 }

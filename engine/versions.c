@@ -23,8 +23,9 @@
 
 #define VERSION_COLUMNS "family, version, path, created_at, note, created_by, current"
 
-static void version_from_row(sqlite3_stmt *st, vdi_gold_version *v)
+static void version_from_row(sqlite3_stmt *st, void *row)
 {
+    vdi_gold_version *v = row;
     memset(v, 0, sizeof *v);
     snprintf(v->family, sizeof v->family, "%s", (const char *)sqlite3_column_text(st, 0));
     v->version = (unsigned)sqlite3_column_int64(st, 1);
@@ -65,28 +66,13 @@ int vdi_versions_list(vdi_catalog *cat, const char *family, vdi_gold_version **o
     if (rc < 0)
         return rc;
     sqlite3_bind_text(st, 1, family, -1, SQLITE_STATIC);
-    size_t n = 0, cap = 0;
-    vdi_gold_version *v = NULL;
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            vdi_gold_version *nv = realloc(v, cap * sizeof *v);
-            if (!nv) {
-                rc = vdi_error_set(err, -ENOMEM, "out of memory");
-                break;
-            }
-            v = nv;
-        }
-        version_from_row(st, &v[n++]);
-    }
-    if (rc == 0 && step != SQLITE_DONE)
-        rc = vdi_catalog_db_error_(cat, err, "read gold versions");
-    vdi_catalog_finish_(cat, st);
-    if (rc < 0) {
-        free(v);
+    void *rows = NULL;
+    size_t n = 0;
+    rc = vdi_catalog_rows_(cat, st, sizeof(vdi_gold_version), version_from_row,
+                           "read gold versions", &rows, &n, err);
+    if (rc < 0)
         return rc;
-    }
+    vdi_gold_version *v = rows;
     for (size_t i = 0; i < n; i++)
         version_details(cat, &v[i]); /* outside the statement: these ask the catalog */
     *out = v;

@@ -11,7 +11,11 @@
  * line: cycles/s, acquire p50/p99/max, release p50/p99, the transport floor
  * (GET /v1/status p50, measured in the same run) and the daemon's RSS after
  * the spares were ready, per slot beyond a base of the daemon with one
- * slot (measured by the caller: run it with SIZE 1 for the base). */
+ * slot (measured by the caller: run it with SIZE 1 for the base). Then the
+ * catalog's commits and flushes per cycle, and where the CPUs went during
+ * the load: vdipoold's CPU time per cycle, the load client's share, and how
+ * busy the machine was (what was idle while I/O was outstanding says the
+ * disk's flushes, not the CPUs, held the rate back). */
 #include "bench_util.h"
 #include "vdi_client.h"
 
@@ -190,10 +194,20 @@ int main(int argc, char **argv)
            flushes0 = metric("vdipool_catalog_flushes_total"),
            waits0 = metric("vdipool_acquire_flush_waits_total");
     client *cl = calloc(nclients, sizeof *cl);
+    double daemon_cpu0 = bench_cpu_seconds(pid), self_cpu0 = bench_cpu_seconds(getpid());
+    double busy0, idle0, iowait0;
+    bench_machine_cpu(&busy0, &idle0, &iowait0);
     double t0 = bench_now();
     for (unsigned i = 0; i < nclients; i++)
         pthread_create(&cl[i].t, NULL, run_client, &cl[i]);
     sleep((unsigned)seconds);
+    /* CPU over the load alone (before the clients are joined). */
+    double daemon_cpu = bench_cpu_seconds(pid) - daemon_cpu0;
+    double self_cpu = bench_cpu_seconds(getpid()) - self_cpu0;
+    double busy1, idle1, iowait1;
+    bench_machine_cpu(&busy1, &idle1, &iowait1);
+    double cpu_window = bench_now() - t0;
+    unsigned cycles_in_window = atomic_load(&cycles);
     atomic_store(&stop, true);
     samples acq = {0}, rel = {0};
     unsigned refused = 0;
@@ -221,6 +235,15 @@ int main(int argc, char **argv)
            (metric("vdipool_catalog_commits_total") - commits0) * per,
            (metric("vdipool_catalog_flushes_total") - flushes0) * per,
            (metric("vdipool_acquire_flush_waits_total") - waits0) * per * 100);
+    /* Whether the machine's CPUs set the rate: what vdipoold spends per
+     * cycle, what the load client takes, and what stays idle. */
+    double busy = busy1 - busy0, idle = idle1 - idle0, iowait = iowait1 - iowait0;
+    if (daemon_cpu >= 0 && self_cpu >= 0 && cycles_in_window && busy + idle > 0)
+        printf("  CPU: vdipoold %.2f ms per cycle (%.2f cores), load client %.2f cores; machine "
+               "%.0f %% busy of %ld cores, %.0f %% idle waiting on I/O\n",
+               daemon_cpu / cycles_in_window * 1e3, daemon_cpu / cpu_window, self_cpu / cpu_window,
+               100 * busy / (busy + idle), sysconf(_SC_NPROCESSORS_ONLN),
+               100 * iowait / (busy + idle));
     bench_stop_daemon(pid);
     bench_cleanup(work, gold);
     return 0;

@@ -107,6 +107,41 @@ long bench_rss_kib(pid_t pid)
     return kib;
 }
 
+double bench_cpu_seconds(pid_t pid)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    bool ok = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    /* Fields after the command name (in parentheses, which may hold spaces):
+     * state is field 3, utime 14 and stime 15. */
+    const char *p = ok ? strrchr(line, ')') : NULL;
+    unsigned long long utime, stime;
+    if (!p ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+void bench_machine_cpu(double *busy, double *idle, double *iowait)
+{
+    *busy = *idle = *iowait = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8] = {0};
+    if (f && fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                    &v[4], &v[5], &v[6], &v[7]) == 8) {
+        double tick = (double)sysconf(_SC_CLK_TCK);
+        *idle = (double)(v[3] + v[4]) / tick;
+        *iowait = (double)v[4] / tick;
+        *busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / tick;
+    }
+    if (f)
+        fclose(f);
+}
+
 int bench_count(const char *sock, const char *state)
 {
     json_t *j = NULL;

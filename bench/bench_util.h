@@ -22,6 +22,12 @@ void bench_stop_daemon(pid_t pid);
 /* Removes WORK (sealed images are immutable: unlocked first). */
 void bench_cleanup(const char *work, const char *gold);
 long bench_rss_kib(pid_t pid);
+/* CPU seconds (user + system) a process has used so far, -1 when unknown. */
+double bench_cpu_seconds(pid_t pid);
+/* The machine's CPU seconds so far, all cores, from /proc/stat: busy (steal
+ * included), idle, and of the idle the part with I/O outstanding; 0 when
+ * unknown. */
+void bench_machine_cpu(double *busy, double *idle, double *iowait);
 /* Desktops of pool `bench` in `state`, from GET /v1/pools/bench?summary=1; -1 on failure. */
 int bench_count(const char *sock, const char *state);
 

@@ -99,18 +99,21 @@ static void list_run(void *data)
             const char *paused = active ? pause_reason(doms[i], state, reason) : NULL;
             /* libvirt still works on it: starting or restoring it (its state
              * is "paused, starting up" until then), or a call waits on its
-             * monitor. A driver without control info has no such jobs. */
+             * monitor. Asked only of a domain that does not run (adoption
+             * ends none that runs): one call more for a few, not for all. A
+             * driver without control info has no such jobs. */
             virDomainControlInfo control;
-            bool in_job = active && virDomainGetControlInfo(doms[i], &control, 0) == 0 &&
+            bool in_job = active && state != VIR_DOMAIN_RUNNING &&
+                          virDomainGetControlInfo(doms[i], &control, 0) == 0 &&
                           (control.state == VIR_DOMAIN_CONTROL_JOB ||
                            control.state == VIR_DOMAIN_CONTROL_OCCUPIED);
             json_array_append_new(
-                r->domains, json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i,s:b,s:b}", "name",
+                r->domains, json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i,s:b}", "name",
                                       virDomainGetName(doms[i]), "active", active, "pool",
                                       pname ? pname : "", "slot", slot ? atoi(slot) : 0, "child",
                                       child ? child : "", "gold", gold ? gold : "", "display",
                                       display ? display : "", "paused", paused, "agent", (int)agent,
-                                      "running", state == VIR_DOMAIN_RUNNING, "in_job", in_job));
+                                      "in_job", in_job));
             free(pname);
             free(slot);
             free(child);
@@ -340,8 +343,7 @@ static unsigned count_in_libvirt_jobs(service *svc, json_t *domains, const char 
     json_t *dom;
     json_array_foreach(domains, idx, dom)
     {
-        if (!json_is_true(json_object_get(dom, "in_job")) ||
-            json_is_true(json_object_get(dom, "running")))
+        if (!json_is_true(json_object_get(dom, "in_job")))
             continue;
         const char *name = json_string_value(json_object_get(dom, "name"));
         desktop *d = service_find_desktop(svc, name);
@@ -353,8 +355,9 @@ static unsigned count_in_libvirt_jobs(service *svc, json_t *domains, const char 
     return n;
 }
 
-/* Whether the host's adoption waits for libvirt's jobs (then it is listed
- * again at the next tick), or goes ahead: none left, or waited long enough. */
+/* Whether the host's adoption waits for libvirt's jobs (then hosts_tick
+ * lists it again at adopt_next_at), or goes ahead: none left, or waited long
+ * enough. */
 static bool adoption_waits(service *svc, host *h, json_t *domains)
 {
     const char *first = "";
@@ -364,7 +367,7 @@ static bool adoption_waits(service *svc, host *h, json_t *domains)
         if (h->adopt_waiting_since)
             svc_log("info", "host=%s event=adopt-wait-over waited=%llds", h->name,
                     (long long)(now - h->adopt_waiting_since));
-        h->adopt_waiting_since = 0;
+        h->adopt_waiting_since = h->adopt_next_at = 0;
         h->adopt_waiting_on = 0;
         return false;
     }
@@ -376,13 +379,20 @@ static bool adoption_waits(service *svc, host *h, json_t *domains)
                 h->name, n, first, ADOPT_JOB_WAIT_S);
     }
     h->adopt_waiting_on = n;
-    if (now - h->adopt_waiting_since < ADOPT_JOB_WAIT_S)
+    int64_t waited = now - h->adopt_waiting_since;
+    if (waited < ADOPT_JOB_WAIT_S) {
+        /* Listed again after 1 s while the wait is young (a start's job
+         * ends within seconds), then less often, at most every 8 s: a
+         * listing asks libvirt about every domain of the host. */
+        int64_t delay = waited / 4;
+        h->adopt_next_at = now + (delay < 1 ? 1 : delay > 8 ? 8 : delay);
         return true;
+    }
     svc_log("warning",
             "host=%s event=adopt-wait-given-up domains=%u first=%s waited=%llds; they are "
             "adopted as they are",
             h->name, n, first, (long long)(now - h->adopt_waiting_since));
-    h->adopt_waiting_since = 0;
+    h->adopt_waiting_since = h->adopt_next_at = 0;
     h->adopt_waiting_on = 0;
     return false;
 }

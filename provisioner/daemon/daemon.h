@@ -128,6 +128,7 @@ typedef struct host {
      * since when (0: not waiting), and on how many at the last listing. */
     int64_t adopt_waiting_since;
     unsigned adopt_waiting_on;
+    int64_t adopt_next_at; /* while waiting: when it is listed again */
     char *last_error;
     int64_t last_error_at, connected_since, lost_since;
     /* Memory, read on a worker every HOST_READ_S seconds. */

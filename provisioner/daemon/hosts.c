@@ -200,7 +200,7 @@ void host_on_connected(host *h, virConnectPtr conn)
     h->conn = conn;
     h->online = true;
     h->adopted = false;
-    h->adopt_waiting_since = 0;
+    h->adopt_waiting_since = h->adopt_next_at = 0;
     h->connected_since = service_now(h->svc);
     set_str(&h->last_error, NULL);
     svc_log("info", "host=%s event=connected uri=%s", h->name, h->uri);
@@ -452,8 +452,8 @@ void hosts_tick(service *svc)
             continue;
         }
         libvirt_bridge_tick(h->bridge);
-        if (h->conn && !h->adopted && !h->adopting)
-            adopt_start(h); /* an adoption that failed is retried */
+        if (h->conn && !h->adopted && !h->adopting && now >= h->adopt_next_at)
+            adopt_start(h); /* an adoption that failed or waits is retried */
         if (h->conn && h->adopted && !h->reading && now - h->read_at >= HOST_READ_S)
             read_memory(h);
     }

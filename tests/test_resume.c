@@ -77,22 +77,17 @@ static bool resumed_ready(json_t *p)
     return n >= want_resumed;
 }
 
-static void write_pool_sized(const char *gold, unsigned size, unsigned spares)
+static void write_pool(const char *gold)
 {
     char golds[2048], body[1024];
     snprintf(golds, sizeof golds, "golds = ( { name = \"demo\"; path = \"%s\"; } );", gold);
     snprintf(body, sizeof body,
-             "gold = \"demo\"; size = %u; spares = %u; start = \"resume\"; template_settle = "
+             "gold = \"demo\"; size = 3; spares = 2; start = \"resume\"; template_settle = "
              "\"2s\";\n"
              "  domain = { memory = \"32M\"; vcpus = 1; network = \"%s\"; graphics = \"vnc\";\n"
              "             accel = \"tcg\"; };",
-             size, spares, net[0] ? net : "none");
+             net[0] ? net : "none");
     th_daemon_write_pool(&D, "60s", golds, body);
-}
-
-static void write_pool(const char *gold)
-{
-    write_pool_sized(gold, 3, 2);
 }
 
 static char *uuid_of(const char *name)
@@ -291,23 +286,29 @@ static char *paused_desktops(void)
                    D.prefix);
 }
 
-/* vdipoold dies after restoring a desktop paused and before running it:
- * the next start ends that paused spare (it was never handed out) and
- * resumes another from the same image. One desktop: with restores of
- * other desktops still running in libvirtd for the killed client, the
- * restarted daemon's destroy of them crashed libvirtd 9.0 once (a segfault
- * in its QEMU driver); see the note on issue 11. */
+/* vdipoold dies after restoring a desktop paused and before running it,
+ * while libvirtd may still be restoring others for it: the next start
+ * waits for those restores (destroying a domain in the middle of one
+ * crashed libvirtd 9.0 before adoption waited for libvirt's jobs), ends the
+ * paused spares (never handed out) and resumes desktops from the same
+ * image. */
 START_TEST(crash_between_paused_restore_and_run_is_recovered)
 {
-    write_pool_sized(D.gold, 1, 1);
+    write_pool(D.gold);
     th_daemon_start_until_crash(&D, "resume:paused", 180);
     char *paused = paused_desktops();
     paused[strcspn(paused, "\n")] = '\0';
     ck_assert_msg(paused[0], "no paused desktop after the crash");
 
     th_daemon_start(&D);
-    want_resumed = 1;
-    json_decref(th_wait_pool(&D, resumed_ready, 120, "a desktop resumed after the crash"));
+    want_resumed = 2;
+    json_decref(th_wait_pool(&D, resumed_ready, 120, "2 desktops resumed after the crash"));
+    /* Whether restores were still running at the crash is up to timing;
+     * say which case this run saw. */
+    fprintf(stderr, "resume crash test: %s\n",
+            log_count("event=adopt-waiting")
+                ? "libvirt was still restoring desktops at the restart; adoption waited"
+                : "no restore was in flight at the restart");
     char *still = paused_desktops();
     ck_assert_msg(!still[0], "still paused after the restart: %s", still);
     free(still);

@@ -355,6 +355,12 @@ static unsigned count_in_libvirt_jobs(service *svc, json_t *domains, const char 
     return n;
 }
 
+static void stop_waiting(host *h)
+{
+    h->adopt_waiting_since = h->adopt_next_at = 0;
+    h->adopt_waiting_on = 0;
+}
+
 /* Whether the host's adoption waits for libvirt's jobs (then hosts_tick
  * lists it again at adopt_next_at), or goes ahead: none left, or waited long
  * enough. */
@@ -367,8 +373,7 @@ static bool adoption_waits(service *svc, host *h, json_t *domains)
         if (h->adopt_waiting_since)
             svc_log("info", "host=%s event=adopt-wait-over waited=%llds", h->name,
                     (long long)(now - h->adopt_waiting_since));
-        h->adopt_waiting_since = h->adopt_next_at = 0;
-        h->adopt_waiting_on = 0;
+        stop_waiting(h);
         return false;
     }
     if (!h->adopt_waiting_since) {
@@ -392,9 +397,21 @@ static bool adoption_waits(service *svc, host *h, json_t *domains)
             "host=%s event=adopt-wait-given-up domains=%u first=%s waited=%llds; they are "
             "adopted as they are",
             h->name, n, first, (long long)(now - h->adopt_waiting_since));
-    h->adopt_waiting_since = h->adopt_next_at = 0;
-    h->adopt_waiting_on = 0;
+    stop_waiting(h);
     return false;
+}
+
+/* A listing that is not adopted (it failed, or the host waits for
+ * libvirt's jobs) goes with what it gathered; hosts_tick lists the host
+ * again. */
+static void drop_listing(host *h, adopt_req *r)
+{
+    json_decref(h->stopped_while_adopting);
+    h->stopped_while_adopting = NULL;
+    json_decref(r->domains);
+    free(r->error);
+    free(r);
+    h->adopting = false;
 }
 
 static void list_done(service *svc, void *data)
@@ -404,12 +421,14 @@ static void list_done(service *svc, void *data)
     if (r->conn)
         virConnectClose(r->conn);
     free(r->address);
-    if (!r->error && r->domains && h->online && adoption_waits(svc, h, r->domains)) {
-        json_decref(h->stopped_while_adopting);
-        h->stopped_while_adopting = NULL;
-        json_decref(r->domains);
-        free(r);
-        h->adopting = false; /* hosts_tick lists it again */
+    if (r->error || !r->domains || !h->online) {
+        svc_log("error", "host=%s event=adopt-failed reason=\"%s\"; retried at the next tick",
+                h->name, r->error ? r->error : !h->online ? "disconnected meanwhile" : "no answer");
+        drop_listing(h, r);
+        return;
+    }
+    if (adoption_waits(svc, h, r->domains)) {
+        drop_listing(h, r);
         return;
     }
     /* Domains that stopped after the listing: their events came while
@@ -419,18 +438,6 @@ static void list_done(service *svc, void *data)
     json_t *sv;
     json_array_foreach(h->stopped_while_adopting, si, sv)
         if (stopped) vdi_strmap_put(stopped, json_string_value(sv), si);
-    if (r->error || !r->domains || !h->online) {
-        vdi_strmap_free(stopped);
-        json_decref(h->stopped_while_adopting);
-        h->stopped_while_adopting = NULL;
-        svc_log("error", "host=%s event=adopt-failed reason=\"%s\"; retried at the next tick",
-                h->name, r->error ? r->error : !h->online ? "disconnected meanwhile" : "no answer");
-        json_decref(r->domains);
-        free(r->error);
-        free(r);
-        h->adopting = false;
-        return;
-    }
     size_t idx;
     json_t *dom;
     json_array_foreach(r->domains, idx, dom)

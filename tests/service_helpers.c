@@ -121,6 +121,25 @@ void th_daemon_start_until_crash(th_daemon *d, const char *point, int timeout_s)
     d->pid = 0;
 }
 
+unsigned th_daemon_log_count(th_daemon *d, const char *what)
+{
+    char *n = th_must("grep -c -- '%s' %s/vdipoold.log; true", what, d->dir);
+    unsigned v = (unsigned)atoi(n);
+    free(n);
+    return v;
+}
+
+bool th_daemon_log_wait(th_daemon *d, const char *what, int timeout_s)
+{
+    time_t end = time(NULL) + timeout_s;
+    while (!th_daemon_log_count(d, what)) {
+        if (time(NULL) >= end)
+            return false;
+        usleep(100000);
+    }
+    return true;
+}
+
 int th_daemon_stop(th_daemon *d)
 {
     if (d->pid <= 0)

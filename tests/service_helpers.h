@@ -34,6 +34,11 @@ void th_daemon_start(th_daemon *d);
 void th_daemon_start_until_crash(th_daemon *d, const char *point, int timeout_s);
 /* SIGTERM and wait; returns the exit status (or -1 when it had to be killed). */
 int th_daemon_stop(th_daemon *d);
+/* How many lines of the daemon's log hold `what` (a grep pattern). */
+unsigned th_daemon_log_count(th_daemon *d, const char *what);
+/* Waits up to timeout_s for a line of the daemon's log holding `what`;
+ * whether one came. */
+bool th_daemon_log_wait(th_daemon *d, const char *what, int timeout_s);
 /* Destroys and undefines every domain named PREFIX-*. */
 void th_daemon_cleanup_domains(th_daemon *d);
 

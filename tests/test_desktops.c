@@ -255,21 +255,6 @@ static void thaw_qemu(void)
     frozen_qemu = 0;
 }
 
-/* Waits up to timeout_s for `needle` in the daemon's log. */
-static bool log_says(const char *needle, int timeout_s)
-{
-    time_t end = time(NULL) + timeout_s;
-    do {
-        char *out = NULL;
-        bool found = th_run(&out, "grep -c -- '%s' %s/vdipoold.log", needle, D.dir) == 0;
-        free(out);
-        if (found)
-            return true;
-        usleep(100000);
-    } while (time(NULL) < end);
-    return false;
-}
-
 /* vdipoold starts while libvirt still works on one of its domains (here a
  * resume that waits on a frozen QEMU; after a crash, a start or restore
  * libvirt runs on for the dead daemon). Adoption would end the paused
@@ -308,7 +293,7 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", name);
 
     th_daemon_start(&D);
-    ck_assert_msg(log_says("event=adopt-waiting domains=1", 30),
+    ck_assert_msg(th_daemon_log_wait(&D, "event=adopt-waiting domains=1", 30),
                   "vdipoold did not wait for libvirt's job on %s", name);
     sleep(2); /* two more listings: still waiting, nothing ended */
     json_t *hosts = NULL;
@@ -322,11 +307,11 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     char *id_waiting = domain_id(name);
     ck_assert_str_eq(id_before, id_waiting);
     free(id_waiting);
-    ck_assert_msg(!log_says("event=ending", 0), "a desktop was ended while libvirt worked on it");
+    ck_assert_msg(!th_daemon_log_count(&D, "event=ending"), "a desktop was ended while libvirt worked on it");
 
     thaw_qemu();
     json_decref(th_wait_ready(&D, 1, 60));
-    ck_assert(log_says("event=adopt-wait-over", 5));
+    ck_assert(th_daemon_log_wait(&D, "event=adopt-wait-over", 5));
     assert_domain_state(name, "running");
     char *id_after = domain_id(name);
     ck_assert_str_eq(id_before, id_after); /* adopted as it is, not replaced */

@@ -407,14 +407,6 @@ static bool blocked_by_copy(json_t *p)
     return b && strstr(b, "does not match its sealed fingerprint");
 }
 
-static unsigned log_count(const char *what)
-{
-    char *n = th_must("grep -c '%s' %s/vdipoold.log; true", what, D.dir);
-    unsigned v = (unsigned)atoi(n);
-    free(n);
-    return v;
-}
-
 START_TEST(host_local_datastore_through_the_storage_api)
 {
     char conf[8192], vols[1400];
@@ -437,8 +429,8 @@ START_TEST(host_local_datastore_through_the_storage_api)
     json_t *p = th_wait_pool(&D, two_ready_on_h2, 90, "2 spares on h2's local datastore");
     json_decref(p);
     /* Copied once, proved once, for two clones. */
-    ck_assert_uint_eq(log_count("host=h2 event=gold-copied "), 1);
-    ck_assert_uint_eq(log_count("host=h2 event=gold-copy-verified "), 1);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "host=h2 event=gold-copied "), 1);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "host=h2 event=gold-copy-verified "), 1);
     /* The children and the copy exist only on h2, made by its libvirtd. */
     snprintf(vols, sizeof vols, "%s/local/ds", h2_dir);
     char *here = th_must("ls -A %s 2>/dev/null | wc -l", vols);
@@ -481,10 +473,10 @@ START_TEST(host_local_datastore_through_the_storage_api)
         usleep(200000);
     }
     ck_assert(gone);
-    ck_assert_uint_ge(log_count("event=ended reason=released"), 1);
+    ck_assert_uint_ge(th_daemon_log_count(&D, "event=ended reason=released"), 1);
     p = th_wait_pool(&D, two_ready_on_h2, 90, "the spares made up on h2");
     json_decref(p);
-    ck_assert_uint_eq(log_count("host=h2 event=gold-copied "), 1);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "host=h2 event=gold-copied "), 1);
 
     /* The copy changed on the host while vdipoold was down: refused. */
     ck_assert_int_eq(th_daemon_stop(&D), 0);
@@ -497,7 +489,7 @@ START_TEST(host_local_datastore_through_the_storage_api)
     acquire(1); /* a new spare is wanted: its clone proves the copy */
     p = th_wait_pool(&D, blocked_by_copy, 60, "the changed copy refused");
     json_decref(p);
-    ck_assert_uint_ge(log_count("event=gold-copy-refused"), 1);
+    ck_assert_uint_ge(th_daemon_log_count(&D, "event=gold-copy-refused"), 1);
 }
 END_TEST
 

@@ -97,14 +97,6 @@ static char *uuid_of(const char *name)
     return u;
 }
 
-static unsigned log_count(const char *what)
-{
-    char *n = th_must("grep -c '%s' %s/vdipoold.log; true", what, D.dir);
-    unsigned v = (unsigned)atoi(n);
-    free(n);
-    return v;
-}
-
 static void guard_full(const char *path)
 {
     vdi_catalog *cat = NULL;
@@ -136,7 +128,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     snprintf(child, sizeof child, "%s", json_string_value(json_object_get(mi, "template_child")));
     snprintf(image, sizeof image, "%s", json_string_value(json_object_get(mi, "image")));
     json_decref(p);
-    ck_assert_uint_eq(log_count("event=memory-image-made"), 1);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "event=memory-image-made"), 1);
     /* Read-only and sealed. */
     char *mode = th_must("stat -c %%a %s", image);
     ck_assert_msg(!strncmp(mode, "444", 3), "memory image mode %s", mode);
@@ -206,20 +198,17 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
     free(th_must("virsh -q send-key %s KEY_A", name));
-    time_t end = time(NULL) + 30;
-    while (log_count("reason=guest-shutdown") == 0 && time(NULL) < end)
-        usleep(200000);
-    ck_assert_uint_ge(log_count("reason=guest-shutdown"), 1);
+    ck_assert(th_daemon_log_wait(&D, "reason=guest-shutdown", 30));
     want_resumed = 2;
     json_decref(th_wait_pool(&D, resumed_ready, 60, "the spares resumed again"));
     guard_full(child); /* nothing a desktop did reached the template */
-    ck_assert_uint_eq(log_count("event=memory-image-made"), 1);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "event=memory-image-made"), 1);
 
     /* A memory image changed on disk is never resumed: the pool boots. */
     free(th_must("chmod u+w %s && printf XXXX | dd of=%s bs=1 seek=200 conv=notrunc 2>/dev/null",
                  image, image));
     json_decref(acquire("bob")); /* a new spare is wanted */
-    end = time(NULL) + 60;
+    time_t end = time(NULL) + 60;
     bool refused = false, booted = false;
     while (!(refused && booted) && time(NULL) < end) {
         p = th_pool(&D);
@@ -269,13 +258,13 @@ START_TEST(rollout_makes_a_new_image_and_retires_the_old)
         json_string_value(json_object_get(json_object_get(p, "memory_image"), "image"));
     ck_assert_str_ne(now_image, old_image);
     json_decref(p);
-    ck_assert_uint_eq(log_count("event=memory-image-made"), 2);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "event=memory-image-made"), 2);
     /* The old image goes with the last desktop that depended on it. */
     time_t end = time(NULL) + 60;
     while (access(old_image, F_OK) == 0 && time(NULL) < end)
         usleep(200000);
     ck_assert_msg(access(old_image, F_OK) != 0, "old image %s is still there", old_image);
-    ck_assert_uint_ge(log_count("event=memory-image-retired"), 1);
+    ck_assert_uint_ge(th_daemon_log_count(&D, "event=memory-image-retired"), 1);
 }
 END_TEST
 
@@ -306,7 +295,7 @@ START_TEST(crash_between_paused_restore_and_run_is_recovered)
     /* Whether restores were still running at the crash is up to timing;
      * say which case this run saw. */
     fprintf(stderr, "resume crash test: %s\n",
-            log_count("event=adopt-waiting")
+            th_daemon_log_count(&D, "event=adopt-waiting")
                 ? "libvirt was still restoring desktops at the restart; adoption waited"
                 : "no restore was in flight at the restart");
     char *still = paused_desktops();
@@ -317,8 +306,8 @@ START_TEST(crash_between_paused_restore_and_run_is_recovered)
     ck_assert_msg(strcmp(state, "paused") && strcmp(state, "assigned"), "%s is %s", paused, state);
     json_decref(d);
     /* Adopted as paused, then ended: a paused spare is of no use. */
-    ck_assert_uint_ge(log_count("event=paused reason=\"paused outside vdipool\""), 1);
-    ck_assert_uint_ge(log_count("event=ending reason=other"), 1);
+    ck_assert_uint_ge(th_daemon_log_count(&D, "event=paused reason=\"paused outside vdipool\""), 1);
+    ck_assert_uint_ge(th_daemon_log_count(&D, "event=ending reason=other"), 1);
     free(paused);
     json_decref(acquire("erin"));
 }

@@ -255,69 +255,101 @@ static void thaw_qemu(void)
     frozen_qemu = 0;
 }
 
+/* The desktop's state in GET /v1/desktops/{name}; the caller frees it. */
+static char *desktop_state(const char *name)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/desktops/%s", name);
+    json_t *d = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", path, NULL, &d), 200);
+    char *state = strdup(json_string_value(json_object_get(d, "state")));
+    json_decref(d);
+    return state;
+}
+
 /* vdipoold starts while libvirt still works on one of its domains (here a
  * resume that waits on a frozen QEMU; after a crash, a start or restore
  * libvirt runs on for the dead daemon). Adoption would end the paused
  * domain — destroying it in the middle of libvirt's job, which crashed
- * libvirtd 9.0 — so it waits, and adopts the domain as it is once the job
- * is done: the same domain, running, handed out. */
+ * libvirtd 9.0 — so that desktop is held (state adopting: not handed out,
+ * not ended, its slot not cloned into) while the host's other desktop is
+ * adopted and handed out at once; once the job is done the held one is
+ * adopted as it is: the same domain, running, handed out. */
 START_TEST(adoption_waits_for_libvirt_jobs)
 {
-    th_daemon_write_config(&D, 1, 1, NULL);
+    th_daemon_write_config(&D, 2, 2, NULL);
     th_daemon_start(&D);
-    json_decref(th_wait_ready(&D, 1, 90));
+    json_decref(th_wait_ready(&D, 2, 120));
     ck_assert_int_eq(th_daemon_stop(&D), 0);
-    char name[96];
-    snprintf(name, sizeof name, "%s-001", D.prefix);
-    char *id_before = domain_id(name);
+    unsigned clones = th_daemon_log_count(&D, "event=cloned"); /* the log goes on across starts */
+    char held[96], other[96];
+    snprintf(held, sizeof held, "%s-001", D.prefix);
+    snprintf(other, sizeof other, "%s-002", D.prefix);
+    char *id_before = domain_id(held);
 
-    free(th_must("virsh -c qemu:///system suspend %s", name));
-    char *pid = th_must("pgrep -f 'guest=%s,'", name);
+    free(th_must("virsh -c qemu:///system suspend %s", held));
+    char *pid = th_must("pgrep -f 'guest=%s,'", held);
     frozen_qemu = (pid_t)atol(pid);
     free(pid);
     ck_assert_int_gt(frozen_qemu, 1);
     ck_assert_int_eq(kill(frozen_qemu, SIGSTOP), 0);
     /* libvirt's resume now waits on QEMU's monitor: a job on the domain. */
-    free(th_must("(timeout 120 virsh -c qemu:///system resume %s > %s/resume.out 2>&1 &)", name,
+    free(th_must("(timeout 120 virsh -c qemu:///system resume %s > %s/resume.out 2>&1 &)", held,
                  D.dir));
     time_t end = time(NULL) + 30;
     bool occupied = false;
     while (!occupied && time(NULL) < end) {
         char *control = NULL;
-        th_run(&control, "virsh -c qemu:///system domcontrol %s", name);
+        th_run(&control, "virsh -c qemu:///system domcontrol %s", held);
         occupied = control && strstr(control, "occupied");
         free(control);
         if (!occupied)
             usleep(100000);
     }
-    ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", name);
+    ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", held);
 
     th_daemon_start(&D);
-    ck_assert_msg(th_daemon_log_wait(&D, "event=adopt-waiting domains=1", 30),
-                  "vdipoold did not wait for libvirt's job on %s", name);
-    sleep(2); /* two more listings: still waiting, nothing ended */
+    char waiting[160];
+    snprintf(waiting, sizeof waiting, "desktop=%s event=adopt-waiting", held);
+    ck_assert_msg(th_daemon_log_wait(&D, waiting, 30),
+                  "vdipoold did not wait for libvirt's job on %s", held);
+    /* The host is adopted and its other desktop handed out meanwhile. */
+    json_decref(th_wait_ready(&D, 1, 30));
+    assert_acquire_gets("frank", other);
+    sleep(2); /* two more checks of the held one: still waiting, nothing ended */
+    char *state = desktop_state(held);
+    ck_assert_str_eq(state, "adopting");
+    free(state);
     json_t *hosts = NULL;
     ck_assert_int_eq(th_http(&D, "GET", "/v1/hosts", NULL, &hosts), 200);
-    json_t *waiting =
-        json_object_get(json_array_get(json_object_get(hosts, "hosts"), 0), "adoption_waiting");
-    ck_assert_msg(waiting, "GET /v1/hosts does not show the wait: %s",
-                  json_dumps(hosts, JSON_COMPACT));
-    ck_assert_int_eq(json_integer_value(json_object_get(waiting, "domains")), 1);
+    json_t *host = json_array_get(json_object_get(hosts, "hosts"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(host, "connection")), "connected");
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_object_get(host, "desktops_by_state"), "adopting")),
+        1);
     json_decref(hosts);
-    char *id_waiting = domain_id(name);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", held);
+    json_t *refused = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", path, "{\"reason\":\"operator\"}", &refused), 409);
+    json_decref(refused);
+    char *id_waiting = domain_id(held);
     ck_assert_str_eq(id_before, id_waiting);
     free(id_waiting);
-    ck_assert_msg(!th_daemon_log_count(&D, "event=ending"), "a desktop was ended while libvirt worked on it");
+    ck_assert_msg(!th_daemon_log_count(&D, "event=ending"),
+                  "a desktop was ended while libvirt worked on it");
+    ck_assert_msg(th_daemon_log_count(&D, "event=cloned") == clones, "a slot was cloned into");
 
     thaw_qemu();
+    snprintf(waiting, sizeof waiting, "desktop=%s event=adopt-wait-over", held);
+    ck_assert(th_daemon_log_wait(&D, waiting, 30));
     json_decref(th_wait_ready(&D, 1, 60));
-    ck_assert(th_daemon_log_wait(&D, "event=adopt-wait-over", 5));
-    assert_domain_state(name, "running");
-    char *id_after = domain_id(name);
+    assert_domain_state(held, "running");
+    char *id_after = domain_id(held);
     ck_assert_str_eq(id_before, id_after); /* adopted as it is, not replaced */
     free(id_before);
     free(id_after);
-    assert_acquire_gets("erin", name);
+    assert_acquire_gets("erin", held);
 }
 END_TEST
 

@@ -3,9 +3,11 @@
  *  1. a worker lists the domains that carry vdipool metadata;
  *  2. the loop adopts the running ones into their slots (ready, or assigned
  *     when the catalog has the session open), and ends desktops whose
- *     domain stopped while nobody listened; but while libvirt still runs a
- *     job on a domain adoption would end (a start or restore begun for a
- *     vdipoold that crashed), the host waits, bounded, and is listed again;
+ *     domain stopped while nobody listened; but a desktop whose domain
+ *     libvirt still works on (a start or restore begun for a vdipoold that
+ *     crashed) is held in state adopting, its domain asked about again by a
+ *     job of its own, until libvirt is done (bounded): the host's other
+ *     desktops are adopted and handed out meanwhile;
  *  3. a worker removes children of our pools that no desktop and no domain
  *     uses (made before a crash, never started) and closes sessions whose
  *     desktop is gone. The controllers clone meanwhile: only children made
@@ -13,7 +15,10 @@
  *     new spare is never taken for a stray.
  * A child is never removed while a domain of that name or disk exists. */
 #include "daemon.h"
+#include "jobs.h"
 #include "vdi_strmap.h"
+
+#include <errno.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +76,49 @@ static const char *pause_reason(virDomainPtr dom, int state, int reason)
     return no_space ? "no space" : "I/O error";
 }
 
+/* One domain as adoption reads it, or NULL when it carries no vdipool
+ * metadata (not ours). On a worker; `address` is where the host's displays
+ * are reached. */
+static json_t *describe_domain(virDomainPtr dom, const char *address)
+{
+    char *meta = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, VDI_XML_NS, 0);
+    if (!meta)
+        return NULL;
+    char *pname = xml_field(meta, "pool"), *slot = xml_field(meta, "slot"),
+         *child = xml_field(meta, "child"), *gold = xml_field(meta, "gold");
+    bool active = virDomainIsActive(dom) == 1;
+    int state = VIR_DOMAIN_NOSTATE, reason = 0;
+    if (active && virDomainGetState(dom, &state, &reason, 0) < 0)
+        state = VIR_DOMAIN_NOSTATE;
+    /* One XML read gives the display and the agent channel's state. */
+    char *xml = active ? virDomainGetXMLDesc(dom, 0) : NULL;
+    char *display = domain_display_from_xml(xml, address);
+    agent_state agent = domain_agent_from_xml(xml);
+    free(xml);
+    const char *paused = active ? pause_reason(dom, state, reason) : NULL;
+    /* libvirt still works on it: starting or restoring it (its state is
+     * "paused, starting up" until then), or a call waits on its monitor.
+     * Asked only of a domain that does not run (adoption ends none that
+     * runs): one call more for a few, not for all. A driver without control
+     * info has no such jobs. */
+    virDomainControlInfo control;
+    bool in_job =
+        active && state != VIR_DOMAIN_RUNNING && virDomainGetControlInfo(dom, &control, 0) == 0 &&
+        (control.state == VIR_DOMAIN_CONTROL_JOB || control.state == VIR_DOMAIN_CONTROL_OCCUPIED);
+    json_t *o =
+        json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i,s:b}", "name", virDomainGetName(dom),
+                  "active", active, "pool", pname ? pname : "", "slot", slot ? atoi(slot) : 0,
+                  "child", child ? child : "", "gold", gold ? gold : "", "display",
+                  display ? display : "", "paused", paused, "agent", (int)agent, "in_job", in_job);
+    free(pname);
+    free(slot);
+    free(child);
+    free(gold);
+    free(display);
+    free(meta);
+    return o;
+}
+
 static void list_run(void *data)
 {
     adopt_req *r = data;
@@ -83,44 +131,9 @@ static void list_run(void *data)
         return;
     }
     for (int i = 0; i < n; i++) {
-        char *meta = virDomainGetMetadata(doms[i], VIR_DOMAIN_METADATA_ELEMENT, VDI_XML_NS, 0);
-        if (meta) {
-            char *pname = xml_field(meta, "pool"), *slot = xml_field(meta, "slot"),
-                 *child = xml_field(meta, "child"), *gold = xml_field(meta, "gold");
-            bool active = virDomainIsActive(doms[i]) == 1;
-            int state = VIR_DOMAIN_NOSTATE, reason = 0;
-            if (active && virDomainGetState(doms[i], &state, &reason, 0) < 0)
-                state = VIR_DOMAIN_NOSTATE;
-            /* One XML read gives the display and the agent channel's state. */
-            char *xml = active ? virDomainGetXMLDesc(doms[i], 0) : NULL;
-            char *display = domain_display_from_xml(xml, r->address);
-            agent_state agent = domain_agent_from_xml(xml);
-            free(xml);
-            const char *paused = active ? pause_reason(doms[i], state, reason) : NULL;
-            /* libvirt still works on it: starting or restoring it (its state
-             * is "paused, starting up" until then), or a call waits on its
-             * monitor. Asked only of a domain that does not run (adoption
-             * ends none that runs): one call more for a few, not for all. A
-             * driver without control info has no such jobs. */
-            virDomainControlInfo control;
-            bool in_job = active && state != VIR_DOMAIN_RUNNING &&
-                          virDomainGetControlInfo(doms[i], &control, 0) == 0 &&
-                          (control.state == VIR_DOMAIN_CONTROL_JOB ||
-                           control.state == VIR_DOMAIN_CONTROL_OCCUPIED);
-            json_array_append_new(
-                r->domains, json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i,s:b}", "name",
-                                      virDomainGetName(doms[i]), "active", active, "pool",
-                                      pname ? pname : "", "slot", slot ? atoi(slot) : 0, "child",
-                                      child ? child : "", "gold", gold ? gold : "", "display",
-                                      display ? display : "", "paused", paused, "agent", (int)agent,
-                                      "in_job", in_job));
-            free(pname);
-            free(slot);
-            free(child);
-            free(gold);
-            free(display);
-            free(meta);
-        }
+        json_t *o = describe_domain(doms[i], r->address);
+        if (o)
+            json_array_append_new(r->domains, o);
         virDomainFree(doms[i]);
     }
     free(doms);
@@ -330,88 +343,168 @@ static void reconcile_unreachable(desktop *d, json_t *dom, bool gone)
                       json_string_value(json_object_get(dom, "paused")));
 }
 
-/* Domains that adoption would end or take as they are while libvirt still
- * works on them: a desktop's domain not running (paused or stopping) with a
- * libvirt job in progress, whose desktop no job of ours holds. Ending one of
- * them now would destroy it in the middle of libvirt's start or restore
- * for a client that is gone — which crashed libvirtd 9.0 — or take a
- * domain that is about to run for one that is paused. */
-static unsigned count_in_libvirt_jobs(service *svc, json_t *domains, const char **first)
+/* Whether libvirt still works on a listed domain that adoption would end
+ * or take as it is: one that does not run (paused or stopping) with a
+ * libvirt job in progress (describe_domain). Ending it now would destroy it
+ * in the middle of libvirt's start or restore for a client that is gone —
+ * which crashed libvirtd 9.0 — and taking it as it is would take a domain
+ * about to run for a paused one. */
+static bool libvirt_at_work(json_t *dom)
 {
-    unsigned n = 0;
-    size_t idx;
-    json_t *dom;
-    json_array_foreach(domains, idx, dom)
-    {
-        if (!json_is_true(json_object_get(dom, "in_job")))
-            continue;
-        const char *name = json_string_value(json_object_get(dom, "name"));
-        desktop *d = service_find_desktop(svc, name);
-        if (!d || d->busy)
-            continue;
-        if (!n++)
-            *first = name;
-    }
-    return n;
+    return json_is_true(json_object_get(dom, "in_job"));
 }
 
-static void stop_waiting(host *h)
+/* The catalog's open session of d, if any: its id (0 when none), user and
+ * start. */
+static int64_t open_session(service *svc, const desktop *d, char *user, size_t user_len,
+                            int64_t *started)
 {
-    h->adopt_waiting_since = h->adopt_next_at = 0;
-    h->adopt_waiting_on = 0;
+    int64_t id = 0;
+    *started = 0;
+    user[0] = '\0';
+    return vdi_catalog_open_session(svc->catalog, d->name, &id, user, user_len, started, NULL) == 0
+               ? id
+               : 0;
 }
 
-/* Whether the host's adoption waits for libvirt's jobs (then hosts_tick
- * lists it again at adopt_next_at), or goes ahead: none left, or waited long
- * enough. */
-static bool adoption_waits(service *svc, host *h, json_t *domains)
+/* Adopts the listed domain `dom` into d on host h. A domain that is gone
+ * (NULL), does not run, or stopped after it was listed (`gone`) is taken
+ * with the desktop's session and ended at once, so that the end closes the
+ * session too; a running one becomes ready, booting or assigned as its
+ * session says, and paused when its guest stopped on an error. */
+static void adopt_domain(service *svc, host *h, desktop *d, json_t *dom, bool gone)
 {
-    const char *first = "";
-    unsigned n = count_in_libvirt_jobs(svc, domains, &first);
-    int64_t now = service_now(svc);
-    if (!n) {
-        if (h->adopt_waiting_since)
-            svc_log("info", "host=%s event=adopt-wait-over waited=%llds", h->name,
-                    (long long)(now - h->adopt_waiting_since));
-        stop_waiting(h);
-        return false;
+    char user[256];
+    int64_t started, id = open_session(svc, d, user, sizeof user, &started);
+    /* A domain that is gone leaves the child and gold d was held with. */
+    const char *child = dom ? json_string_value(json_object_get(dom, "child")) : d->child;
+    const char *gold = dom ? json_string_value(json_object_get(dom, "gold")) : d->gold;
+    desktop_set_host(d, h);
+    if (!dom || !json_is_true(json_object_get(dom, "active")) || gone) {
+        desktop_adopt(d, child, gold, NULL, AGENT_UNKNOWN, id, user, started);
+        session_end(d, END_OTHER);
+        return;
     }
-    if (!h->adopt_waiting_since) {
-        h->adopt_waiting_since = now;
-        svc_log("info",
-                "host=%s event=adopt-waiting domains=%u first=%s reason=\"libvirt is still "
-                "starting, restoring or changing them\"; adopted when it is done (at most %ds)",
-                h->name, n, first, ADOPT_JOB_WAIT_S);
-    }
-    h->adopt_waiting_on = n;
-    int64_t waited = now - h->adopt_waiting_since;
-    if (waited < ADOPT_JOB_WAIT_S) {
-        /* Listed again after 1 s while the wait is young (a start's job
-         * ends within seconds), then less often, at most every 8 s: a
-         * listing asks libvirt about every domain of the host. */
-        int64_t delay = waited / 4;
-        h->adopt_next_at = now + (delay < 1 ? 1 : delay > 8 ? 8 : delay);
-        return true;
-    }
-    svc_log("warning",
-            "host=%s event=adopt-wait-given-up domains=%u first=%s waited=%llds; they are "
-            "adopted as they are",
-            h->name, n, first, (long long)(now - h->adopt_waiting_since));
-    stop_waiting(h);
-    return false;
+    agent_state agent = (agent_state)json_integer_value(json_object_get(dom, "agent"));
+    desktop_adopt(d, child, gold, json_string_value(json_object_get(dom, "display")), agent, id,
+                  user, started);
+    const char *paused = json_string_value(json_object_get(dom, "paused"));
+    if (paused)
+        desktop_paused(d, paused);
 }
 
-/* A listing that is not adopted (it failed, or the host waits for
- * libvirt's jobs) goes with what it gathered; hosts_tick lists the host
- * again. */
-static void drop_listing(host *h, adopt_req *r)
+/* d's domain was listed with libvirt at work on it: d is held (state
+ * adopting) with what the listing says and its open session, never handed
+ * out or ended, and its domain is asked about again after a second
+ * (adopt_recheck). Its slot counts as taken, so nothing is cloned into it. */
+static void hold_for_libvirt(service *svc, host *h, desktop *d, json_t *dom)
 {
-    json_decref(h->stopped_while_adopting);
-    h->stopped_while_adopting = NULL;
-    json_decref(r->domains);
-    free(r->error);
-    free(r);
-    h->adopting = false;
+    set_str(&d->child, json_string_value(json_object_get(dom, "child")));
+    set_str(&d->gold, json_string_value(json_object_get(dom, "gold")));
+    desktop_set_host(d, h);
+    char user[256];
+    int64_t started, id = open_session(svc, d, user, sizeof user, &started);
+    if (id) {
+        d->session_id = id;
+        d->session_start = started;
+        set_str(&d->user, user);
+    }
+    d->retry_at = service_now(svc) + 1;
+    d->stopped_in_check = false;
+    svc_log("info",
+            "pool=%s desktop=%s event=adopt-waiting host=%s was=%s reason=\"libvirt is still "
+            "starting, restoring or changing its domain\"; adopted when it is done (at most %ds)",
+            d->pool->name, d->name, h->name, desktop_state_name(d->state), ADOPT_JOB_WAIT_S);
+    desktop_set_state(d, DESKTOP_ADOPTING);
+}
+
+/* ---- a held desktop's own check (state adopting) ------------------------------------ */
+
+/* How long until a held desktop's domain is asked about again: a second
+ * while the wait is young (a start's job ends within seconds), then less
+ * often, at most every 8 s. */
+static int64_t recheck_delay(int64_t waited)
+{
+    int64_t delay = waited / 4;
+    return delay < 1 ? 1 : delay > 8 ? 8 : delay;
+}
+
+static void recheck_run(void *data)
+{
+    job *j = data;
+    if (!j->conn) {
+        job_fail(j, -ENOTCONN, "host %s is not connected", j->host ? j->host : "?");
+        return;
+    }
+    virDomainPtr dom = virDomainLookupByName(j->conn, j->name);
+    if (!dom) {
+        virErrorPtr e = virGetLastError();
+        if (!e || e->code != VIR_ERR_NO_DOMAIN)
+            job_fail(j, -EIO, "cannot look up the domain: %s", libvirt_message());
+        return; /* gone: j->domain stays NULL */
+    }
+    j->domain = describe_domain(dom, j->address);
+    if (!j->domain)
+        job_fail(j, -EPERM, "the domain no longer carries vdipool's metadata");
+    virDomainFree(dom);
+}
+
+static void recheck_result(service *svc, desktop *d, const job *j)
+{
+    int64_t now = service_now(svc), waited = now - d->state_since;
+    if (d->state != DESKTOP_ADOPTING)
+        return;
+    if (j->rc < 0) {
+        /* Not known whether libvirt is done: held, asked again. */
+        d->retry_at = now + recheck_delay(waited);
+        svc_log("warning", "pool=%s desktop=%s event=adopt-check-failed reason=\"%s\"; asked again",
+                d->pool->name, d->name, j->error ? j->error : "unknown");
+        return;
+    }
+    bool gone = d->stopped_in_check;
+    bool at_work = !gone && j->domain && libvirt_at_work(j->domain);
+    if (at_work && waited < ADOPT_JOB_WAIT_S) {
+        d->retry_at = now + recheck_delay(waited);
+        return;
+    }
+    if (at_work)
+        svc_log("warning",
+                "pool=%s desktop=%s event=adopt-wait-given-up waited=%llds; adopted as it is",
+                d->pool->name, d->name, (long long)waited);
+    else
+        svc_log("info", "pool=%s desktop=%s event=adopt-wait-over waited=%llds", d->pool->name,
+                d->name, (long long)waited);
+    adopt_domain(svc, d->host, d, j->domain, gone);
+}
+
+static void recheck_done(service *svc, void *data)
+{
+    job *j = data;
+    desktop *d = job_desktop(svc, j);
+    if (d) {
+        d->busy = false;
+        recheck_result(svc, d, j);
+    }
+    job_free(j);
+    service_kick(svc);
+}
+
+void adopt_recheck(desktop *d, int64_t now)
+{
+    if (d->state != DESKTOP_ADOPTING || d->busy || now < d->retry_at || !host_usable(d->host))
+        return; /* a host that does not answer: asked once it is adopted again */
+    d->stopped_in_check = false;
+    job_submit_with(d, JOB_ADOPT_CHECK, recheck_run, recheck_done);
+}
+
+void adopt_domain_event(desktop *d, bool stopped)
+{
+    if (d->state != DESKTOP_ADOPTING)
+        return;
+    if (stopped && d->busy)
+        d->stopped_in_check = true; /* its check may have seen it running */
+    d->retry_at = 0;                /* asked again at the controller's next step */
+    d->pool->tend_all = true;
 }
 
 static void list_done(service *svc, void *data)
@@ -424,11 +517,12 @@ static void list_done(service *svc, void *data)
     if (r->error || !r->domains || !h->online) {
         svc_log("error", "host=%s event=adopt-failed reason=\"%s\"; retried at the next tick",
                 h->name, r->error ? r->error : !h->online ? "disconnected meanwhile" : "no answer");
-        drop_listing(h, r);
-        return;
-    }
-    if (adoption_waits(svc, h, r->domains)) {
-        drop_listing(h, r);
+        json_decref(h->stopped_while_adopting);
+        h->stopped_while_adopting = NULL;
+        json_decref(r->domains);
+        free(r->error);
+        free(r);
+        h->adopting = false;
         return;
     }
     /* Domains that stopped after the listing: their events came while
@@ -446,7 +540,14 @@ static void list_done(service *svc, void *data)
         desktop *d = service_find_desktop(svc, name);
         size_t unused;
         bool gone = stopped && vdi_strmap_get(stopped, name, &unused);
-        if (d && d->state == DESKTOP_UNREACHABLE && d->host == h && !d->busy) {
+        bool ours =
+            d && !d->busy &&
+            (d->state == DESKTOP_EMPTY || (d->state == DESKTOP_UNREACHABLE && d->host == h));
+        if (ours && !gone && libvirt_at_work(dom)) {
+            hold_for_libvirt(svc, h, d, dom);
+            continue;
+        }
+        if (ours && d->state == DESKTOP_UNREACHABLE) {
             reconcile_unreachable(d, dom, gone);
             continue;
         }
@@ -456,31 +557,12 @@ static void list_done(service *svc, void *data)
                     "host=%s desktop=%s event=domain-on-two-hosts other=%s; the one on %s is "
                     "left alone (not vdipool's any more: destroy it by hand)",
                     h->name, name, d->host->name, h->name);
-        if (!d || d->state != DESKTOP_EMPTY || d->busy)
+        if (!ours)
             continue;
-        const char *child = json_string_value(json_object_get(dom, "child"));
-        const char *gold = json_string_value(json_object_get(dom, "gold"));
-        const char *display = json_string_value(json_object_get(dom, "display"));
         if (gone)
             svc_log("info", "pool=%s desktop=%s event=stopped-while-adopting", d->pool->name,
                     name);
-        int64_t id = 0, started = 0;
-        char user[256] = "";
-        bool session = vdi_catalog_open_session(svc->catalog, d->name, &id, user, sizeof user,
-                                                &started, NULL) == 0;
-        desktop_set_host(d, h);
-        if (!json_is_true(json_object_get(dom, "active")) || gone) {
-            /* A domain that does not run (defined, or stopped meanwhile):
-             * taken with its session, so that the end closes it too. */
-            desktop_adopt(d, child, gold, NULL, AGENT_UNKNOWN, session ? id : 0, user, started);
-            session_end(d, END_OTHER);
-            continue;
-        }
-        agent_state agent = (agent_state)json_integer_value(json_object_get(dom, "agent"));
-        desktop_adopt(d, child, gold, display, agent, session ? id : 0, user, started);
-        const char *paused = json_string_value(json_object_get(dom, "paused"));
-        if (paused)
-            desktop_paused(d, paused);
+        adopt_domain(svc, h, d, dom, gone);
     }
     /* After a reconnect: this host's desktops whose domain stopped while we
      * could not hear its events are ended now. */

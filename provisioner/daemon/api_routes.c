@@ -423,6 +423,15 @@ void api_route(void *ctx, request *r)
                      "ended if not",
                      d->name, d->host ? d->host->name : "?");
             request_respond_json(r, 409, json_pack("{s:s}", "error", msg));
+        } else if (d->state == DESKTOP_ADOPTING) {
+            char msg[512];
+            snprintf(msg, sizeof msg,
+                     "desktop %s is adopting: libvirt is still starting, restoring or changing "
+                     "its domain (begun before vdipoold restarted), and ending it now could "
+                     "break libvirt's work; it is adopted when libvirt is done (at most 120 s): "
+                     "try again then",
+                     d->name);
+            request_respond_json(r, 409, json_pack("{s:s}", "error", msg));
         } else if (d->state != DESKTOP_ASSIGNED && !(reason && !strcmp(reason, "operator"))) {
             char msg[256];
             snprintf(msg, sizeof msg, "desktop %s is %s, not assigned", d->name,

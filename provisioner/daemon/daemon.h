@@ -38,7 +38,10 @@
  * start = "resume": restored from the pool's memory image (templates.c).
  * unreachable: its host's libvirtd cannot be
  * reached; the desktop (and its session) is kept, not ended, until the host
- * answers again and says whether its domain still runs (hosts.c). */
+ * answers again and says whether its domain still runs (hosts.c).
+ * adopting: found at adoption with libvirt still at work on its domain (a
+ * start or restore begun for a vdipoold that stopped); kept, never handed
+ * out or ended, until libvirt is done or ADOPT_JOB_WAIT_S passed (adopt.c). */
 #define DESKTOP_STATE_MAP(XX)                                                                      \
     XX(EMPTY, "empty")                                                                             \
     XX(CLONING, "cloning")                                                                         \
@@ -50,7 +53,8 @@
     XX(ENDING, "ending")                                                                           \
     XX(FAILED, "failed")                                                                           \
     XX(PAUSED, "paused")                                                                           \
-    XX(UNREACHABLE, "unreachable")
+    XX(UNREACHABLE, "unreachable")                                                                 \
+    XX(ADOPTING, "adopting")
 
 typedef enum desktop_state {
 #define XX(id, name) DESKTOP_##id,
@@ -123,12 +127,7 @@ typedef struct host {
     bool settled;
     bool marking;            /* the catalog is read for its desktops */
     json_t *stopped_while_adopting; /* see service.stopped_while_adopting */
-    json_t *listing;         /* its domains at the last adoption, for the stray check */
-    /* Adoption waits for libvirt jobs on domains it would end (adopt.c):
-     * since when (0: not waiting), and on how many at the last listing. */
-    int64_t adopt_waiting_since;
-    unsigned adopt_waiting_on;
-    int64_t adopt_next_at; /* while waiting: when it is listed again */
+    json_t *listing;                /* its domains at the last adoption, for the stray check */
     char *last_error;
     int64_t last_error_at, connected_since, lost_since;
     /* Memory, read on a worker every HOST_READ_S seconds. */
@@ -165,6 +164,7 @@ typedef struct desktop {
     desktop_state unreachable_from; /* while unreachable: the state it had */
     desktop_state state;
     bool busy;             /* a job runs for it; only its result changes state */
+    bool stopped_in_check; /* adopting: its domain stopped while a check ran */
     bool fail_after_end;   /* a start failed: after the end, go to failed */
     uint64_t job_seq;      /* the running job's number: a stale result is dropped */
     end_reason end_reason; /* why the desktop is ending */
@@ -571,6 +571,13 @@ void adopt_start(host *h);
 /* A host that could not be reached at start: the desktops the catalog
  * records on it are shown unreachable (their slots stay taken). */
 void adopt_mark_unreachable(host *h);
+/* A desktop held in state adopting: its domain is asked about again when
+ * its retry_at is due (the controller calls this), and adopted as it is
+ * once libvirt is done with it or ADOPT_JOB_WAIT_S passed. */
+void adopt_recheck(desktop *d, int64_t now);
+/* A lifecycle event for a desktop held in state adopting: asked about at
+ * once (`stopped`: the domain stopped, whatever its check saw). */
+void adopt_domain_event(desktop *d, bool stopped);
 
 /* ---- templates.c: memory images for start = "resume" ---------------------------- */
 /* The pool's memory image for its gold: found in the catalog, or built on a

@@ -200,7 +200,6 @@ void host_on_connected(host *h, virConnectPtr conn)
     h->conn = conn;
     h->online = true;
     h->adopted = false;
-    h->adopt_waiting_since = h->adopt_next_at = 0;
     h->connected_since = service_now(h->svc);
     set_str(&h->last_error, NULL);
     svc_log("info", "host=%s event=connected uri=%s", h->name, h->uri);
@@ -452,8 +451,8 @@ void hosts_tick(service *svc)
             continue;
         }
         libvirt_bridge_tick(h->bridge);
-        if (h->conn && !h->adopted && !h->adopting && now >= h->adopt_next_at)
-            adopt_start(h); /* an adoption that failed or waits is retried */
+        if (h->conn && !h->adopted && !h->adopting)
+            adopt_start(h); /* an adoption that failed is retried */
         if (h->conn && h->adopted && !h->reading && now - h->read_at >= HOST_READ_S)
             read_memory(h);
     }
@@ -505,11 +504,6 @@ json_t *hosts_json(service *svc)
         }
         if (h->connected_since && h->online)
             json_object_set_new(o, "connected_since", json_integer(h->connected_since));
-        if (h->adopt_waiting_since && !h->adopted)
-            json_object_set_new(o, "adoption_waiting",
-                                json_pack("{s:i,s:I,s:s}", "domains", (int)h->adopt_waiting_on,
-                                          "since", (json_int_t)h->adopt_waiting_since, "for",
-                                          "libvirt jobs on domains it would end"));
         if (h->lost_since && !h->online)
             json_object_set_new(o, "unreachable_since", json_integer(h->lost_since));
         if (h->last_error) {

@@ -39,6 +39,7 @@ void job_free(job *j)
     free(j->display);
     free(j->hostname);
     json_decref(j->users);
+    json_decref(j->domain);
     free(j);
 }
 

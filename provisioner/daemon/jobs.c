@@ -382,7 +382,8 @@ static void deliver(desktop *d, job_kind kind, int rc, bool blocked, const char 
     case JOB_LEFTOVERS:
     case JOB_BUDGET:
     case JOB_AGENT_CHECK:
-    case JOB_USERS: break; /* not delivered here (job_done, agent.c) */
+    case JOB_USERS:
+    case JOB_ADOPT_CHECK: break; /* not delivered here (job_done, agent.c, adopt.c) */
     }
 }
 

@@ -15,6 +15,7 @@ typedef enum {
     JOB_BUDGET,
     JOB_AGENT_CHECK, /* agent.c: ping, identity; the desktop is busy */
     JOB_USERS,       /* agent.c: the guest's users; not busy */
+    JOB_ADOPT_CHECK, /* adopt.c: a held desktop's domain described again; busy */
 } job_kind;
 
 typedef struct job {
@@ -50,6 +51,7 @@ typedef struct job {
     char *display;
     bool growth_reread;
     json_t *users; /* JOB_USERS: the names, owned until delivered */
+    json_t *domain;       /* JOB_ADOPT_CHECK: the domain as adoption reads it, NULL: gone */
     int64_t idle_seconds; /* JOB_USERS: from idle_command, -1 when unknown */
 } job;
 

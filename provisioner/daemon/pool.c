@@ -163,6 +163,7 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
         if (svc->starts_running < max_starts && start_host_ready(p, d))
             desktop_begin_start(d);
         break;
+    case DESKTOP_ADOPTING: adopt_recheck(d, now); break;
     default: break;
     }
 }
@@ -188,6 +189,17 @@ static void trim_spares(pool *p)
     }
 }
 
+/* Desktops held while libvirt finishes a start or restore (adopting)
+ * without a session: spares about to be adopted, so none is cloned for
+ * them meanwhile. Few, and only after a restart. */
+static unsigned held_spares(const pool *p)
+{
+    unsigned n = 0;
+    for (const desktop *d = p->by_state[DESKTOP_ADOPTING].head; d; d = d->state_next)
+        n += d->session_id == 0;
+    return n;
+}
+
 void pool_step(pool *p)
 {
     service *svc = p->svc;
@@ -205,8 +217,8 @@ void pool_step(pool *p)
                 tend(p, p->desktops[i], now, sc->max_parallel_starts);
         trim_spares(p);
     } else {
-        static const desktop_state prompt[] = {DESKTOP_STARTING, DESKTOP_PAUSED};
-        for (size_t k = 0; k < 2; k++)
+        static const desktop_state prompt[] = {DESKTOP_STARTING, DESKTOP_PAUSED, DESKTOP_ADOPTING};
+        for (size_t k = 0; k < 3; k++)
             for (desktop *d = p->by_state[prompt[k]].head, *next; d; d = next) {
                 next = d->state_next; /* tend may move d to another list */
                 if (!d->busy)
@@ -216,7 +228,7 @@ void pool_step(pool *p)
     const desktop_list *n = p->by_state;
     unsigned pipeline = n[DESKTOP_CLONING].count + n[DESKTOP_STARTING].count +
                         n[DESKTOP_RESUMING].count + n[DESKTOP_BOOTING].count +
-                        n[DESKTOP_READY].count;
+                        n[DESKTOP_READY].count + held_spares(p);
     unsigned in_use = p->nslots - n[DESKTOP_EMPTY].count - n[DESKTOP_FAILED].count;
     if (pool_closed(p) || !svc->online)
         return;

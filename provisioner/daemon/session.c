@@ -304,22 +304,27 @@ void service_on_domain_event(void *ctx, const char *name, int event, int detail)
 {
     host *h = ctx; /* the host whose connection told it */
     service *svc = h->svc;
+    desktop *d = host_find_desktop(h, name);
+    if (d && d->state == DESKTOP_ADOPTING) {
+        /* libvirt was at work on it: whatever happened, its own check says
+         * what it is now (a stopped one is ended there). */
+        adopt_domain_event(d, event == VIR_DOMAIN_EVENT_STOPPED);
+        service_kick(svc);
+        return;
+    }
     if (event == VIR_DOMAIN_EVENT_SUSPENDED && detail == VIR_DOMAIN_EVENT_SUSPENDED_IOERROR) {
-        desktop *d = host_find_desktop(h, name);
         if (d)
             desktop_paused(d, d->io_error ? d->io_error : "I/O error");
         service_kick(svc);
         return;
     }
     if (event == VIR_DOMAIN_EVENT_RESUMED) {
-        desktop *d = host_find_desktop(h, name);
         if (d)
             desktop_resumed(d);
         return;
     }
     if (event != VIR_DOMAIN_EVENT_STOPPED)
         return;
-    desktop *d = host_find_desktop(h, name);
     if (d && d->state == DESKTOP_EMPTY && h->adopting && h->stopped_while_adopting) {
         /* The adoption's list of domains may still show it running: it
          * must not be adopted as running (adopt.c reads this). */

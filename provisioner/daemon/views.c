@@ -24,8 +24,9 @@ json_t *desktop_json(const desktop *d)
         json_object_set_new(o, "host", json_string(d->host->name));
     if (d->display)
         json_object_set_new(o, "display", json_string(d->display));
-    if (d->state == DESKTOP_UNREACHABLE) {
+    if (d->state == DESKTOP_UNREACHABLE)
         json_object_set_new(o, "state_before", json_string(desktop_state_name(d->unreachable_from)));
+    if (d->state == DESKTOP_UNREACHABLE || d->state == DESKTOP_ADOPTING) {
         if (d->user)
             json_object_set_new(o, "user", json_string(d->user));
         if (d->session_id)

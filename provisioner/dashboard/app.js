@@ -11,7 +11,7 @@
 
 const TOKEN_KEY = 'vdipool.token';
 const STATE_ORDER = ['assigned', 'ready', 'booting', 'resuming', 'starting', 'cloning', 'paused',
-  'unreachable', 'ending', 'failed', 'empty'];
+  'unreachable', 'adopting', 'ending', 'failed', 'empty'];
 const ROWS_SHOWN = 500;
 
 const model = {
@@ -542,7 +542,7 @@ function renderDetail() {
     el('thead', {}, el('tr', {}, el('th', {}, 'When'), el('th', {}, 'From'), el('th', {}, 'To'), el('th', {}, 'Why'))),
     el('tbody', {}, (d.history || []).slice().reverse().map(c =>
       el('tr', {}, el('td', {}, clock(c.at)), el('td', {}, c.from), el('td', {}, el('span', { class: 'badge s-' + c.to }, c.to)), el('td', {}, c.reason || '')))));
-  const canEnd = !['empty', 'ending', 'unreachable'].includes(d.state);
+  const canEnd = !['empty', 'ending', 'unreachable', 'adopting'].includes(d.state);
   aside.replaceChildren(el('h2', {}, d.name), fig, el('h3', {}, 'Last state changes'), history,
     el('div', { class: 'actions' },
       canEnd ? el('button', { type: 'button', class: 'act danger', 'data-action': 'release', onclick: () => releaseDesktop(d) },

@@ -360,7 +360,7 @@ struct service {
     uint64_t budget_events; /* desktops that grew past their write budget */
     bool ready_notified;    /* every pool has its spares ready */
     bool adopted;           /* every host is settled: the controllers may run */
-    bool checking_strays; /* adopt.c: a stray check runs on a worker */
+    bool checking_strays;   /* strays.c: a stray check runs on a worker */
     bool scrubbing;
     bool refreshing;     /* a refresh of children's sizes runs */
     size_t refresh_next; /* where the next refresh batch starts */
@@ -575,9 +575,12 @@ void adopt_mark_unreachable(host *h);
  * its retry_at is due (the controller calls this), and adopted as it is
  * once libvirt is done with it or ADOPT_JOB_WAIT_S passed. */
 void adopt_recheck(desktop *d, int64_t now);
-/* A lifecycle event for a desktop held in state adopting: asked about at
- * once (`stopped`: the domain stopped, whatever its check saw). */
-void adopt_domain_event(desktop *d, bool stopped);
+
+/* ---- strays.c: children and sessions nobody uses any more ----------------------- */
+/* Once every host with a config has been adopted since it last connected
+ * (so that every domain there is was seen), a worker removes the strays;
+ * else it says which host it waits for. One check at a time. */
+void strays_check(service *svc);
 
 /* ---- templates.c: memory images for start = "resume" ---------------------------- */
 /* The pool's memory image for its gold: found in the catalog, or built on a

@@ -306,9 +306,13 @@ void service_on_domain_event(void *ctx, const char *name, int event, int detail)
     service *svc = h->svc;
     desktop *d = host_find_desktop(h, name);
     if (d && d->state == DESKTOP_ADOPTING) {
-        /* libvirt was at work on it: whatever happened, its own check says
-         * what it is now (a stopped one is ended there). */
-        adopt_domain_event(d, event == VIR_DOMAIN_EVENT_STOPPED);
+        /* libvirt was at work on it (adopt.c): whatever happened, its own
+         * check, due at once, says what it is now; a stopped one is ended
+         * there, even if a check running now saw it run. */
+        if (event == VIR_DOMAIN_EVENT_STOPPED && d->busy)
+            d->stopped_in_check = true;
+        d->retry_at = 0;
+        d->pool->tend_all = true;
         service_kick(svc);
         return;
     }

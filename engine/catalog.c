@@ -1,9 +1,10 @@
-/* catalog.c — the SQLite catalog: its schema, children and the rows of the
- * intent journal (storage only: journal.c recovers intents; the statements
- * of sealed golds are in sealedgolds.c, sessions' in sessions.c, versions'
- * in versions.c). Files on
- * disk stay the ground truth; the catalog records what the
- * qcow2 format cannot (a parent's children, a gold's fingerprint).
+/* catalog.c — the SQLite catalog: its connection and durability, its
+ * schema, and the rows of the intent journal (storage only: journal.c
+ * recovers intents; the statements of children are in childrows.c, sealed
+ * golds' in sealedgolds.c, sessions' in sessions.c, versions' in
+ * versions.c). Files on disk stay the ground truth; the catalog records
+ * what the qcow2 format cannot (a parent's children, a gold's
+ * fingerprint).
  *
  * Invariant: an intent row is committed and on disk (see wal_sync) before
  * the first step of its operation touches a file, and is

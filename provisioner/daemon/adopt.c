@@ -84,21 +84,28 @@ static json_t *describe_domain(virDomainPtr dom, const char *address)
     int state = VIR_DOMAIN_NOSTATE, reason = 0;
     if (active && virDomainGetState(dom, &state, &reason, 0) < 0)
         state = VIR_DOMAIN_NOSTATE;
+    /* libvirt still works on it: starting or restoring it (its state is
+     * "paused, starting up" until then), or a call waits on its monitor.
+     * Asked only of a domain that does not run (adoption ends none that
+     * runs): one call more for a few, not for all. A driver without control
+     * info has no such jobs. A job that ended between the two calls (a
+     * resume or restore that finished) changed the state read first: read
+     * again, else a domain that runs now would be taken for a paused one. */
+    bool in_job = false;
+    if (active && state != VIR_DOMAIN_RUNNING) {
+        virDomainControlInfo control;
+        in_job = virDomainGetControlInfo(dom, &control, 0) == 0 &&
+                 (control.state == VIR_DOMAIN_CONTROL_JOB ||
+                  control.state == VIR_DOMAIN_CONTROL_OCCUPIED);
+        if (!in_job && virDomainGetState(dom, &state, &reason, 0) < 0)
+            state = VIR_DOMAIN_NOSTATE;
+    }
     /* One XML read gives the display and the agent channel's state. */
     char *xml = active ? virDomainGetXMLDesc(dom, 0) : NULL;
     char *display = domain_display_from_xml(xml, address);
     agent_state agent = domain_agent_from_xml(xml);
     free(xml);
     const char *paused = active ? pause_reason(dom, state, reason) : NULL;
-    /* libvirt still works on it: starting or restoring it (its state is
-     * "paused, starting up" until then), or a call waits on its monitor.
-     * Asked only of a domain that does not run (adoption ends none that
-     * runs): one call more for a few, not for all. A driver without control
-     * info has no such jobs. */
-    virDomainControlInfo control;
-    bool in_job =
-        active && state != VIR_DOMAIN_RUNNING && virDomainGetControlInfo(dom, &control, 0) == 0 &&
-        (control.state == VIR_DOMAIN_CONTROL_JOB || control.state == VIR_DOMAIN_CONTROL_OCCUPIED);
     json_t *o =
         json_pack("{s:s,s:b,s:s,s:i,s:s,s:s,s:s,s:s?,s:i,s:b}", "name", virDomainGetName(dom),
                   "active", active, "pool", pname ? pname : "", "slot", slot ? atoi(slot) : 0,

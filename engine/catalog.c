@@ -369,6 +369,16 @@ int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_e
     return step_write(cat, st, rowid, true, err);
 }
 
+int vdi_catalog_write_text_(vdi_catalog *cat, const char *sql, const char *text, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, sql, &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+    return step_write(cat, st, NULL, true, err);
+}
+
 int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
 {
     return step_write(cat, st, rowid, false, err);
@@ -524,6 +534,23 @@ int vdi_catalog_step_by_path_(sqlite3_stmt *st, const char **path, char real[PAT
     sqlite3_bind_text(st, 1, canon, -1, SQLITE_STATIC);
     *path = canon;
     return sqlite3_step(st);
+}
+
+int vdi_catalog_row_by_path_(vdi_catalog *cat, const char *sql, const char **path,
+                             char real[PATH_MAX], void (*from_row)(sqlite3_stmt *st, void *row),
+                             void *row, const char *what, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(cat, sql, &st, err);
+    if (rc < 0)
+        return rc;
+    int step = vdi_catalog_step_by_path_(st, path, real);
+    if (step == SQLITE_ROW)
+        from_row(st, row);
+    else
+        rc = step == SQLITE_DONE ? -ENOENT : db_error(cat, err, what);
+    finish(cat, st);
+    return rc;
 }
 
 void vdi_copy_text_(char *dst, size_t len, const unsigned char *src)

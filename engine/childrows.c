@@ -73,12 +73,7 @@ int vdi_catalog_datastore_usage(vdi_catalog *cat, const char *datastore, vdi_dat
 
 int vdi_catalog_remove_child_(vdi_catalog *cat, const char *path, vdi_error *err)
 {
-    sqlite3_stmt *st;
-    int rc = vdi_catalog_prepare_(cat, "DELETE FROM children WHERE path = ?", &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-    return vdi_catalog_write_(cat, st, NULL, err);
+    return vdi_catalog_write_text_(cat, "DELETE FROM children WHERE path = ?", path, err);
 }
 
 int vdi_catalog_update_child_parent_(vdi_catalog *cat, const char *path, const char *parent,
@@ -112,20 +107,11 @@ static void child_from_row(sqlite3_stmt *st, void *row)
 
 int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, vdi_error *err)
 {
-    sqlite3_stmt *st;
-    int rc = vdi_catalog_prepare_(cat, "SELECT " CHILD_COLUMNS " FROM children WHERE path = ?", &st,
-                                  err);
-    if (rc < 0)
-        return rc;
     char real[PATH_MAX];
-    int step = vdi_catalog_step_by_path_(st, &path, real);
-    if (step == SQLITE_ROW)
-        child_from_row(st, out);
-    else if (step == SQLITE_DONE)
-        rc = vdi_error_set(err, -ENOENT, "%s is not a child the catalog knows", path);
-    else
-        rc = vdi_catalog_db_error_(cat, err, "read children");
-    vdi_catalog_finish_(cat, st);
+    int rc = vdi_catalog_row_by_path_(cat, "SELECT " CHILD_COLUMNS " FROM children WHERE path = ?",
+                                      &path, real, child_from_row, out, "read children", err);
+    if (rc == -ENOENT)
+        vdi_error_set(err, rc, "%s is not a child the catalog knows", path);
     return rc;
 }
 

@@ -24,6 +24,10 @@ int vdi_catalog_exec_(vdi_catalog *cat, const char *sql, vdi_error *err);
 int vdi_catalog_prepare_(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err);
 void vdi_catalog_finish_(vdi_catalog *cat, sqlite3_stmt *st);
 int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err);
+/* Prepares `sql` (a string literal: the statement cache knows it by its
+ * address), binds `text` to its one parameter and writes (flushed), as
+ * vdi_catalog_write_: for the "DELETE ... WHERE path = ?" of each table. */
+int vdi_catalog_write_text_(vdi_catalog *cat, const char *sql, const char *text, vdi_error *err);
 int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid,
                                  vdi_error *err);
 int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what);
@@ -46,6 +50,14 @@ const char *vdi_catalog_canonical_(const char *path, char real[PATH_MAX]);
  * recorded path whose directory became a link is found as recorded; the
  * guard's fingerprint check still compares it with the file there. */
 int vdi_catalog_step_by_path_(sqlite3_stmt *st, const char **path, char real[PATH_MAX]);
+/* The one row `sql` (a string literal whose one parameter is a path) finds
+ * for *path, looked up as vdi_catalog_step_by_path_ does (*path may then
+ * point at `real`), read into `row` by from_row: 0; -ENOENT with err
+ * untouched, for the caller to say what is not known; or an error naming
+ * `what`. */
+int vdi_catalog_row_by_path_(vdi_catalog *cat, const char *sql, const char **path,
+                             char real[PATH_MAX], void (*from_row)(sqlite3_stmt *st, void *row),
+                             void *row, const char *what, vdi_error *err);
 /* A text column into a fixed buffer ("" for NULL), truncated to fit. */
 void vdi_copy_text_(char *dst, size_t len, const unsigned char *src);
 /* Intents: written (and synced) before the first step of an operation. */

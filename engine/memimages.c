@@ -70,20 +70,12 @@ int vdi_memory_image_record(vdi_catalog *cat, const char *path, const char *temp
 int vdi_memory_image_get(vdi_catalog *cat, const char *path, vdi_memory_image *out,
                          vdi_error *err)
 {
-    sqlite3_stmt *s;
-    int rc = vdi_catalog_prepare_(cat, "SELECT " IMAGE_COLUMNS " FROM memory_images WHERE path = ?",
-                                  &s, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(s, 1, path, -1, SQLITE_STATIC);
-    int step = sqlite3_step(s);
-    if (step == SQLITE_ROW)
-        image_from_row(s, out);
-    else if (step == SQLITE_DONE)
-        rc = vdi_error_set(err, -ENOENT, "%s is not a memory image the catalog knows", path);
-    else
-        rc = vdi_catalog_db_error_(cat, err, "read memory images");
-    vdi_catalog_finish_(cat, s);
+    char real[PATH_MAX];
+    int rc =
+        vdi_catalog_row_by_path_(cat, "SELECT " IMAGE_COLUMNS " FROM memory_images WHERE path = ?",
+                                 &path, real, image_from_row, out, "read memory images", err);
+    if (rc == -ENOENT)
+        vdi_error_set(err, rc, "%s is not a memory image the catalog knows", path);
     return rc;
 }
 
@@ -116,12 +108,7 @@ int vdi_memory_image_check(vdi_catalog *cat, const char *path, bool full, vdi_er
 
 int vdi_memory_image_forget(vdi_catalog *cat, const char *path, vdi_error *err)
 {
-    sqlite3_stmt *s;
-    int rc = vdi_catalog_prepare_(cat, "DELETE FROM memory_images WHERE path = ?", &s, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(s, 1, path, -1, SQLITE_STATIC);
-    return vdi_catalog_write_(cat, s, NULL, err);
+    return vdi_catalog_write_text_(cat, "DELETE FROM memory_images WHERE path = ?", path, err);
 }
 
 int vdi_memory_images_on(vdi_catalog *cat, const char *template_child, size_t *count,

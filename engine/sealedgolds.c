@@ -65,12 +65,7 @@ int vdi_catalog_put_gold_(vdi_catalog *cat, const vdi_gold_info *g, vdi_error *e
 
 int vdi_catalog_delete_gold_(vdi_catalog *cat, const char *path, vdi_error *err)
 {
-    sqlite3_stmt *st;
-    int rc = vdi_catalog_prepare_(cat, "DELETE FROM golds WHERE path = ?", &st, err);
-    if (rc < 0)
-        return rc;
-    sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-    return vdi_catalog_write_(cat, st, NULL, err);
+    return vdi_catalog_write_text_(cat, "DELETE FROM golds WHERE path = ?", path, err);
 }
 
 int vdi_catalog_set_gold_state(vdi_catalog *cat, const char *path, vdi_gold_state state,
@@ -120,23 +115,12 @@ static void gold_from_row(sqlite3_stmt *st, void *row)
 
 int vdi_catalog_gold(vdi_catalog *cat, const char *path, vdi_gold_info *out, vdi_error *err)
 {
-    sqlite3_stmt *st;
-    int rc =
-        vdi_catalog_prepare_(cat, "SELECT " GOLD_COLUMNS " FROM golds WHERE path = ?", &st, err);
-    if (rc < 0)
-        return rc;
     char real[PATH_MAX];
-    int step = vdi_catalog_step_by_path_(st, &path, real);
-    if (step == SQLITE_ROW)
-        gold_from_row(st, out);
-    else if (step == SQLITE_DONE)
-        rc = vdi_error_set(err, -ENOENT,
-                           "%s is not a sealed gold (seal it with `vdipoolctl image "
-                           "seal %s`)",
-                           path, path);
-    else
-        rc = vdi_catalog_db_error_(cat, err, "read golds");
-    vdi_catalog_finish_(cat, st);
+    int rc = vdi_catalog_row_by_path_(cat, "SELECT " GOLD_COLUMNS " FROM golds WHERE path = ?",
+                                      &path, real, gold_from_row, out, "read golds", err);
+    if (rc == -ENOENT)
+        vdi_error_set(err, rc, "%s is not a sealed gold (seal it with `vdipoolctl image seal %s`)",
+                      path, path);
     return rc;
 }
 

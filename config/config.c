@@ -27,6 +27,7 @@ static void parse_service(parse_ctx *ctx, const config_setting_t *g)
     s->max_parallel_clones = 4;
     s->max_parallel_starts = 2;
     s->acquire_timeout = 30;
+    s->adopt_wait = 120;
     if (!g)
         return;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
@@ -35,7 +36,8 @@ static void parse_service(parse_ctx *ctx, const config_setting_t *g)
     }
     static const char *const keys[] = { "socket",  "listen", "token_file", "state_dir",
                                         "libvirt_uri", "log_level", "max_parallel_clones",
-                                        "max_parallel_starts", "acquire_timeout", NULL };
+                                        "max_parallel_starts", "acquire_timeout", "adopt_wait",
+                                        NULL };
     cfg_check_keys(ctx, g, keys, "service");
     const char *w = "service";
     if (cfg_get_string(ctx, g, "socket", w, false, &s->socket_path) && !cfg_is_absolute(s->socket_path))
@@ -50,6 +52,12 @@ static void parse_service(parse_ctx *ctx, const config_setting_t *g)
     cfg_get_uint(ctx, g, "max_parallel_clones", w, 1, 64, &s->max_parallel_clones);
     cfg_get_uint(ctx, g, "max_parallel_starts", w, 1, 64, &s->max_parallel_starts);
     cfg_get_duration(ctx, g, "acquire_timeout", w, 600, &s->acquire_timeout);
+    /* Restores of large memory images from a slow disk, many at once, may
+     * take minutes; past an hour a job is hung, not slow. */
+    if (cfg_get_duration(ctx, g, "adopt_wait", w, 3600, &s->adopt_wait) && s->adopt_wait < 1)
+        ERR(ctx, cfg_member(g, "adopt_wait"),
+            "service: 'adopt_wait' must be at least 1s (how long a desktop libvirt is still "
+            "starting or restoring is held before it is adopted as it is)");
 
     if (cfg_get_string(ctx, g, "listen", w, false, &s->listen)) {
         /* Only loopback: the TCP listener is for a broker on this host. */

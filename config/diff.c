@@ -97,6 +97,9 @@ static void diff_service(vdi_config_diff *d, const vdi_service_config *a,
     if (a->acquire_timeout != b->acquire_timeout)
         add(d, k, "service", "acquire_timeout", duration_text(a->acquire_timeout),
             duration_text(b->acquire_timeout));
+    if (a->adopt_wait != b->adopt_wait)
+        add(d, k, "service", "adopt_wait", duration_text(a->adopt_wait),
+            duration_text(b->adopt_wait));
 }
 
 static void diff_datastores(vdi_config_diff *d, const vdi_config *old, const vdi_config *new)

@@ -50,6 +50,10 @@ typedef struct vdi_service_config {
     unsigned max_parallel_clones;
     unsigned max_parallel_starts;
     uint64_t acquire_timeout;      /* seconds an acquire waits for a spare */
+    /* Seconds adoption holds a desktop whose domain libvirt is still
+     * starting or restoring (state adopting) before it is adopted as it
+     * is; 120. */
+    uint64_t adopt_wait;
 } vdi_service_config;
 
 /* Where a datastore's directory is: on a filesystem every host and vdipoold

@@ -131,6 +131,7 @@ START_TEST(full_config_with_units_and_defaults)
     ck_assert_uint_eq(s->max_parallel_clones, 8);
     ck_assert_uint_eq(s->max_parallel_starts, 2); /* default */
     ck_assert_uint_eq(s->acquire_timeout, 120);
+    ck_assert_uint_eq(s->adopt_wait, 120); /* default */
     ck_assert_int_eq(s->log_level, VDI_LOG_DEBUG);
     ck_assert_str_eq(s->state_dir, "/var/lib/vdipool");
     ck_assert_str_eq(s->libvirt_uri, "qemu:///system");
@@ -186,6 +187,26 @@ START_TEST(missing_file)
     ck_assert_int_eq(vdi_config_load("/nonexistent/vdipool.conf", NULL, &cfg, &e), -EINVAL);
     ck_assert_str_eq(vdi_config_errors_get(e, 0)->file, "/nonexistent/vdipool.conf");
     ck_assert_ptr_nonnull(strstr(vdi_config_errors_get(e, 0)->message, "cannot read"));
+    vdi_config_errors_free(e);
+}
+END_TEST
+
+/* service.adopt_wait: how long a desktop libvirt is still starting or
+ * restoring at adoption is held; a duration from 1s to 1h. */
+START_TEST(adopt_wait_is_a_bounded_duration)
+{
+    char text[1024];
+    snprintf(text, sizeof text, "%sservice = { adopt_wait = \"10m\"; };\n", BASE);
+    vdi_config *cfg = must_load(text);
+    ck_assert_uint_eq(vdi_config_service(cfg)->adopt_wait, 600);
+    vdi_config_unref(cfg);
+    snprintf(text, sizeof text, "%sservice = { adopt_wait = \"0s\"; };\n", BASE);
+    vdi_config_errors *e = must_fail(text);
+    expect_error(e, "bad.conf", 3, "service: 'adopt_wait' must be at least 1s");
+    vdi_config_errors_free(e);
+    snprintf(text, sizeof text, "%sservice = { adopt_wait = \"2h\"; };\n", BASE);
+    e = must_fail(text);
+    expect_error(e, "bad.conf", 3, "service: 'adopt_wait' is 2h; it must be at most 1h");
     vdi_config_errors_free(e);
 }
 END_TEST
@@ -588,7 +609,7 @@ START_TEST(diff_lists_every_change)
         "  { name = \"old\"; gold = \"win\"; datastore = \"local\"; size = 1; } );\n");
     vdi_config *b = load_named(
         "new.conf",
-        "service = { log_level = \"debug\"; };\n"
+        "service = { log_level = \"debug\"; adopt_wait = \"5m\"; };\n"
         "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; reserve = \"5%\"; } );\n"
         "golds = ( { name = \"win\"; path = \"@DIR@/gold-b.qcow2\"; } );\n"
         "pools = ( { name = \"office\"; gold = \"win\"; datastore = \"local\"; size = 20; spares = "
@@ -601,6 +622,9 @@ START_TEST(diff_lists_every_change)
     c = find_change(d, VDI_CHANGE_SERVICE, "service", "log_level");
     ck_assert_str_eq(c->old_value, "info");
     ck_assert_str_eq(c->new_value, "debug");
+    c = find_change(d, VDI_CHANGE_SERVICE, "service", "adopt_wait");
+    ck_assert_str_eq(c->old_value, "2m");
+    ck_assert_str_eq(c->new_value, "5m");
     c = find_change(d, VDI_CHANGE_DATASTORE_CHANGED, "local", "reserve");
     ck_assert_str_eq(c->old_value, "10 GiB");
     ck_assert_str_eq(c->new_value, "5%");
@@ -768,13 +792,14 @@ START_TEST(only_plain_files_of_bounded_size)
 }
 END_TEST
 
-TH_MAIN("config", {"config",
-                   setup,
-                   teardown,
-                   0,
-                   {full_config_with_units_and_defaults, syntax_error_line, missing_file,
-                    every_error_at_once_with_lines, datastore_errors, hosts_and_where_pools_run, gold_check_is_delegated,
-                    includes_name_their_file, diff_lists_every_change, parse_string_for_fuzzing,
-                    shipped_examples_are_valid, cli_check_and_diff,
-                    integers_that_do_not_fit_are_refused, only_plain_files_of_bounded_size,
-                    agent_settings, gold_families_and_pins, NULL}})
+TH_MAIN("config",
+        {"config",
+         setup,
+         teardown,
+         0,
+         {full_config_with_units_and_defaults, adopt_wait_is_a_bounded_duration, syntax_error_line,
+          missing_file, every_error_at_once_with_lines, datastore_errors, hosts_and_where_pools_run,
+          gold_check_is_delegated, includes_name_their_file, diff_lists_every_change,
+          parse_string_for_fuzzing, shipped_examples_are_valid, cli_check_and_diff,
+          integers_that_do_not_fit_are_refused, only_plain_files_of_bounded_size, agent_settings,
+          gold_families_and_pins, NULL}})

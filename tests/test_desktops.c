@@ -255,6 +255,32 @@ static void thaw_qemu(void)
     frozen_qemu = 0;
 }
 
+/* Suspends domain `name`, freezes its QEMU (SIGSTOP) and starts `virsh
+ * resume` on it, which now waits on QEMU's monitor: a libvirt job on the
+ * domain ("occupied" in domcontrol) until the QEMU is thawed. */
+static void freeze_under_resume(const char *name)
+{
+    free(th_must("virsh -c qemu:///system suspend %s", name));
+    char *pid = th_must("pgrep -f 'guest=%s,'", name);
+    frozen_qemu = (pid_t)atol(pid);
+    free(pid);
+    ck_assert_int_gt(frozen_qemu, 1);
+    ck_assert_int_eq(kill(frozen_qemu, SIGSTOP), 0);
+    free(th_must("(timeout 120 virsh -c qemu:///system resume %s > %s/resume.out 2>&1 &)", name,
+                 D.dir));
+    time_t end = time(NULL) + 30;
+    bool occupied = false;
+    while (!occupied && time(NULL) < end) {
+        char *control = NULL;
+        th_run(&control, "virsh -c qemu:///system domcontrol %s", name);
+        occupied = control && strstr(control, "occupied");
+        free(control);
+        if (!occupied)
+            usleep(100000);
+    }
+    ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", name);
+}
+
 /* The desktop's state in GET /v1/desktops/{name}; the caller frees it. */
 static char *desktop_state(const char *name)
 {
@@ -287,26 +313,7 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     snprintf(other, sizeof other, "%s-002", D.prefix);
     char *id_before = domain_id(held);
 
-    free(th_must("virsh -c qemu:///system suspend %s", held));
-    char *pid = th_must("pgrep -f 'guest=%s,'", held);
-    frozen_qemu = (pid_t)atol(pid);
-    free(pid);
-    ck_assert_int_gt(frozen_qemu, 1);
-    ck_assert_int_eq(kill(frozen_qemu, SIGSTOP), 0);
-    /* libvirt's resume now waits on QEMU's monitor: a job on the domain. */
-    free(th_must("(timeout 120 virsh -c qemu:///system resume %s > %s/resume.out 2>&1 &)", held,
-                 D.dir));
-    time_t end = time(NULL) + 30;
-    bool occupied = false;
-    while (!occupied && time(NULL) < end) {
-        char *control = NULL;
-        th_run(&control, "virsh -c qemu:///system domcontrol %s", held);
-        occupied = control && strstr(control, "occupied");
-        free(control);
-        if (!occupied)
-            usleep(100000);
-    }
-    ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", held);
+    freeze_under_resume(held);
 
     th_daemon_start(&D);
     char waiting[160];
@@ -353,10 +360,41 @@ START_TEST(adoption_waits_for_libvirt_jobs)
 }
 END_TEST
 
+/* libvirt's job does not end within service.adopt_wait (here 4 s): the
+ * held desktop is adopted as it is then — paused, so of no use — and
+ * ended, and its slot gets a new desktop. libvirtd stays up. */
+START_TEST(adoption_gives_up_after_adopt_wait)
+{
+    th_daemon_write_config(&D, 1, 1, NULL);
+    free(th_must("sed -i 's/acquire_timeout = \"20s\";/& adopt_wait = \"4s\";/' %s", D.conf));
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 90));
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    char name[96];
+    snprintf(name, sizeof name, "%s-001", D.prefix);
+    char *id_before = domain_id(name);
+    freeze_under_resume(name);
+
+    th_daemon_start(&D);
+    ck_assert(th_daemon_log_wait(&D, "event=adopt-waiting", 30));
+    ck_assert_msg(th_daemon_log_wait(&D, "event=adopt-wait-given-up", 30),
+                  "the held desktop was not adopted after adopt_wait");
+    ck_assert(th_daemon_log_wait(&D, "event=paused reason=\"paused outside vdipool\"", 10));
+    json_decref(th_wait_ready(&D, 1, 90)); /* a new desktop in the slot */
+    frozen_qemu = 0;                       /* its QEMU was killed with the domain */
+    char *id_after = domain_id(name);
+    ck_assert_str_ne(id_before, id_after);
+    free(id_before);
+    free(id_after);
+    assert_domain_state(name, "running");
+    assert_acquire_gets("gina", name);
+}
+END_TEST
+
 TH_MAIN("desktops", {"qemu",
                      setup,
                      teardown,
                      240,
                      {logoff_replaces_desktop_and_spares_the_gold, restart_keeps_sessions,
                       libvirtd_restart_is_survived, crash_between_paused_start_and_run_is_recovered,
-                      adoption_waits_for_libvirt_jobs, NULL}})
+                      adoption_waits_for_libvirt_jobs, adoption_gives_up_after_adopt_wait, NULL}})

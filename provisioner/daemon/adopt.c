@@ -47,11 +47,6 @@ static char *xml_field(const char *xml, const char *tag)
     return NULL;
 }
 
-/* How long adoption waits for libvirt's jobs on domains it would end
- * before it ends them anyway (a start takes seconds, a restore of a large
- * memory image from a slow disk tens of seconds). */
-#define ADOPT_JOB_WAIT_S 120
-
 /* Why a running domain is paused, or NULL when it is not: a guest stopped
  * on an I/O error while nobody listened is never adopted as ready. */
 static const char *pause_reason(virDomainPtr dom, int state, int reason)
@@ -228,7 +223,8 @@ static void hold_for_libvirt(service *svc, host *h, desktop *d, json_t *dom)
     svc_log("info",
             "pool=%s desktop=%s event=adopt-waiting host=%s was=%s reason=\"libvirt is still "
             "starting, restoring or changing its domain\"; adopted when it is done (at most %ds)",
-            d->pool->name, d->name, h->name, desktop_state_name(d->state), ADOPT_JOB_WAIT_S);
+            d->pool->name, d->name, h->name, desktop_state_name(d->state),
+            (int)vdi_config_service(svc->config)->adopt_wait);
     desktop_set_state(d, DESKTOP_ADOPTING);
 }
 
@@ -277,7 +273,9 @@ static void recheck_result(service *svc, desktop *d, const job *j)
     }
     bool gone = d->stopped_in_check;
     bool at_work = !gone && j->domain && libvirt_at_work(j->domain);
-    if (at_work && waited < ADOPT_JOB_WAIT_S) {
+    /* service.adopt_wait: a start takes seconds, a restore of a large
+     * memory image from a slow disk, many at once, may take minutes. */
+    if (at_work && waited < (int64_t)vdi_config_service(svc->config)->adopt_wait) {
         d->retry_at = now + recheck_delay(waited);
         return;
     }

@@ -428,9 +428,9 @@ void api_route(void *ctx, request *r)
             snprintf(msg, sizeof msg,
                      "desktop %s is adopting: libvirt is still starting, restoring or changing "
                      "its domain (begun before vdipoold restarted), and ending it now could "
-                     "break libvirt's work; it is adopted when libvirt is done (at most 120 s): "
-                     "try again then",
-                     d->name);
+                     "break libvirt's work; it is adopted when libvirt is done (within "
+                     "service.adopt_wait, %llus): try again then",
+                     d->name, (unsigned long long)vdi_config_service(svc->config)->adopt_wait);
             request_respond_json(r, 409, json_pack("{s:s}", "error", msg));
         } else if (d->state != DESKTOP_ASSIGNED && !(reason && !strcmp(reason, "operator"))) {
             char msg[256];

@@ -41,7 +41,7 @@
  * answers again and says whether its domain still runs (hosts.c).
  * adopting: found at adoption with libvirt still at work on its domain (a
  * start or restore begun for a vdipoold that stopped); kept, never handed
- * out or ended, until libvirt is done or ADOPT_JOB_WAIT_S passed (adopt.c). */
+ * out or ended, until libvirt is done or service.adopt_wait passed (adopt.c). */
 #define DESKTOP_STATE_MAP(XX)                                                                      \
     XX(EMPTY, "empty")                                                                             \
     XX(CLONING, "cloning")                                                                         \
@@ -573,7 +573,7 @@ void adopt_start(host *h);
 void adopt_mark_unreachable(host *h);
 /* A desktop held in state adopting: its domain is asked about again when
  * its retry_at is due (the controller calls this), and adopted as it is
- * once libvirt is done with it or ADOPT_JOB_WAIT_S passed. */
+ * once libvirt is done with it or service.adopt_wait passed. */
 void adopt_recheck(desktop *d, int64_t now);
 
 /* ---- strays.c: children and sessions nobody uses any more ----------------------- */

@@ -33,6 +33,11 @@
  *                                                    was lost; slot and session kept)
  *   unreachable -> the state it had  desktop_reachable (adopt.c: its domain still runs)
  *   unreachable -> ending  desktop_begin_end       (adopt.c: its domain is gone)
+ *   empty|unreachable -> adopting  (adopt.c hold_for_libvirt: libvirt still starts or
+ *                                   restores its domain; slot and session kept)
+ *   adopting -> ready|booting|assigned|paused  desktop_adopt (adopt.c: libvirt is done,
+ *                                   or service.adopt_wait passed)
+ *   adopting -> ending     desktop_begin_end       (adopt.c: its domain stopped or is gone)
  *
  * Invariants: a busy desktop (a job runs for it) changes state only through
  * its job's result; a desktop's child is never deleted while its domain may

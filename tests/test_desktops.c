@@ -281,16 +281,24 @@ static void freeze_under_resume(const char *name)
     ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", name);
 }
 
-/* The desktop's state in GET /v1/desktops/{name}; the caller frees it. */
-static char *desktop_state(const char *name)
+/* The desktop `name` as GET /v1/desktops/{name} shows it; the caller frees it. */
+static json_t *desktop_view(const char *name)
 {
     char path[160];
     snprintf(path, sizeof path, "/v1/desktops/%s", name);
     json_t *d = NULL;
     ck_assert_int_eq(th_http(&D, "GET", path, NULL, &d), 200);
-    char *state = strdup(json_string_value(json_object_get(d, "state")));
+    return d;
+}
+
+/* The view shows `state`, and user hank's session `session`. */
+static void assert_desktop_held_for(const char *name, const char *state, json_int_t session)
+{
+    json_t *d = desktop_view(name);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "state")), state);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "user")), "hank");
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "session_id")), session);
     json_decref(d);
-    return state;
 }
 
 /* vdipoold starts while libvirt still works on one of its domains (here a
@@ -298,19 +306,27 @@ static char *desktop_state(const char *name)
  * libvirt runs on for the dead daemon). Adoption would end the paused
  * domain — destroying it in the middle of libvirt's job, which crashed
  * libvirtd 9.0 — so that desktop is held (state adopting: not handed out,
- * not ended, its slot not cloned into) while the host's other desktop is
- * adopted and handed out at once; once the job is done the held one is
- * adopted as it is: the same domain, running, handed out. */
+ * not ended, its slot not cloned into, its user's session kept) while the
+ * host's other desktop is adopted and handed out at once; once the job is
+ * done the held one is adopted as it is: the same domain, running, still
+ * its user's, in the same session. */
 START_TEST(adoption_waits_for_libvirt_jobs)
 {
     th_daemon_write_config(&D, 2, 2, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 120));
+    json_t *a = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"hank\"}", &a), 200);
+    char held[96], other[96];
+    snprintf(held, sizeof held, "%s", json_string_value(json_object_get(a, "desktop")));
+    json_decref(a);
+    snprintf(other, sizeof other, "%s-%s", D.prefix, strstr(held, "-001") ? "002" : "001");
+    json_t *view = desktop_view(held);
+    json_int_t session = json_integer_value(json_object_get(view, "session_id"));
+    json_decref(view);
+    ck_assert_int_gt(session, 0);
     ck_assert_int_eq(th_daemon_stop(&D), 0);
     unsigned clones = th_daemon_log_count(&D, "event=cloned"); /* the log goes on across starts */
-    char held[96], other[96];
-    snprintf(held, sizeof held, "%s-001", D.prefix);
-    snprintf(other, sizeof other, "%s-002", D.prefix);
     char *id_before = domain_id(held);
 
     freeze_under_resume(held);
@@ -324,9 +340,7 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     json_decref(th_wait_ready(&D, 1, 30));
     assert_acquire_gets("frank", other);
     sleep(2); /* two more checks of the held one: still waiting, nothing ended */
-    char *state = desktop_state(held);
-    ck_assert_str_eq(state, "adopting");
-    free(state);
+    assert_desktop_held_for(held, "adopting", session);
     json_t *hosts = NULL;
     ck_assert_int_eq(th_http(&D, "GET", "/v1/hosts", NULL, &hosts), 200);
     json_t *host = json_array_get(json_object_get(hosts, "hosts"), 0);
@@ -350,13 +364,13 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     thaw_qemu();
     snprintf(waiting, sizeof waiting, "desktop=%s event=adopt-wait-over", held);
     ck_assert(th_daemon_log_wait(&D, waiting, 30));
-    json_decref(th_wait_ready(&D, 1, 60));
+    assert_desktop_held_for(held, "assigned", session);
     assert_domain_state(held, "running");
     char *id_after = domain_id(held);
     ck_assert_str_eq(id_before, id_after); /* adopted as it is, not replaced */
     free(id_before);
     free(id_after);
-    assert_acquire_gets("erin", held);
+    assert_acquire_gets("hank", held); /* the same user, the same desktop */
 }
 END_TEST
 

@@ -37,7 +37,7 @@ static void parse_service(parse_ctx *ctx, const config_setting_t *g)
     static const char *const keys[] = { "socket",  "listen", "token_file", "state_dir",
                                         "libvirt_uri", "log_level", "max_parallel_clones",
                                         "max_parallel_starts", "acquire_timeout", "adopt_wait",
-                                        NULL };
+                                        "session_history", NULL };
     cfg_check_keys(ctx, g, keys, "service");
     const char *w = "service";
     if (cfg_get_string(ctx, g, "socket", w, false, &s->socket_path) && !cfg_is_absolute(s->socket_path))
@@ -58,6 +58,12 @@ static void parse_service(parse_ctx *ctx, const config_setting_t *g)
         ERR(ctx, cfg_member(g, "adopt_wait"),
             "service: 'adopt_wait' must be at least 1s (how long a desktop libvirt is still "
             "starting or restoring is held before it is adopted as it is)");
+    /* The pool's last hour and its learned growth read recent sessions. */
+    if (cfg_get_duration(ctx, g, "session_history", w, 0, &s->session_history) &&
+        s->session_history && s->session_history < 86400)
+        ERR(ctx, cfg_member(g, "session_history"),
+            "service: 'session_history' must be at least 1d, or \"0\" to keep every session's "
+            "record");
 
     if (cfg_get_string(ctx, g, "listen", w, false, &s->listen)) {
         /* Only loopback: the TCP listener is for a broker on this host. */

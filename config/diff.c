@@ -97,6 +97,9 @@ static void diff_service(vdi_config_diff *d, const vdi_service_config *a,
     if (a->acquire_timeout != b->acquire_timeout)
         add(d, k, "service", "acquire_timeout", duration_text(a->acquire_timeout),
             duration_text(b->acquire_timeout));
+    if (a->session_history != b->session_history)
+        add(d, k, "service", "session_history", duration_text(a->session_history),
+            duration_text(b->session_history));
     if (a->adopt_wait != b->adopt_wait)
         add(d, k, "service", "adopt_wait", duration_text(a->adopt_wait),
             duration_text(b->adopt_wait));

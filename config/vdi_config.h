@@ -54,6 +54,9 @@ typedef struct vdi_service_config {
      * starting or restoring (state adopting) before it is adopted as it
      * is; 120. */
     uint64_t adopt_wait;
+    /* Seconds a finished session's record is kept in the catalog; 0: every
+     * record is kept. */
+    uint64_t session_history;
 } vdi_service_config;
 
 /* Where a datastore's directory is: on a filesystem every host and vdipoold

@@ -173,3 +173,33 @@ int vdi_catalog_sessions_by_minute(vdi_catalog *cat, const char *pool, int64_t s
     }
     return 0;
 }
+
+/* In rowid order, which is the order sessions began: the oldest rows,
+ * mostly finished long ago, come first, so a batch stops early. The count
+ * is read inside the transaction, while no other statement can run. */
+int vdi_catalog_prune_sessions(vdi_catalog *cat, int64_t ended_before, unsigned max_rows,
+                               uint64_t *removed, vdi_error *err)
+{
+    *removed = 0;
+    int rc = vdi_catalog_begin_(cat, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_stmt *st;
+    rc = vdi_catalog_prepare_(cat,
+                              "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE "
+                              "ended_at IS NOT NULL AND ended_at < ? ORDER BY id LIMIT ?)",
+                              &st, err);
+    if (rc == 0) {
+        sqlite3_bind_int64(st, 1, ended_before);
+        sqlite3_bind_int64(st, 2, max_rows);
+        rc = vdi_catalog_write_unflushed_(cat, st, NULL, err);
+    }
+    if (rc < 0) {
+        vdi_catalog_rollback_(cat);
+        return rc;
+    }
+    uint64_t n = (uint64_t)sqlite3_changes(vdi_catalog_db_(cat));
+    if ((rc = vdi_catalog_commit_unflushed_(cat, err)) == 0)
+        *removed = n;
+    return rc;
+}

@@ -297,6 +297,13 @@ int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id,
  * than min_samples sessions. */
 int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,
                            uint64_t *bytes, size_t *samples, vdi_error *err);
+/* Forgets up to `max_rows` finished sessions that ended before
+ * `ended_before` (unix seconds), oldest first, in one transaction; open
+ * sessions are never forgotten. *removed says how many went (fewer than
+ * max_rows: none older is left). Not flushed: a power loss may bring some
+ * back, to be forgotten again. */
+int vdi_catalog_prune_sessions(vdi_catalog *cat, int64_t ended_before, unsigned max_rows,
+                               uint64_t *removed, vdi_error *err);
 /* A pool's sessions since `since` (unix seconds), counted by minute (unix
  * seconds / 60): fn gets reason NULL for starts, the end reason for ends. */
 int vdi_catalog_sessions_by_minute(vdi_catalog *cat, const char *pool, int64_t since,

@@ -57,6 +57,45 @@ START_TEST(sessions_and_growth)
 }
 END_TEST
 
+/* Finished sessions older than the cut-off go, oldest first and at most a
+ * batch at a time; open sessions stay however old, and newer ones stay. */
+START_TEST(old_finished_sessions_are_pruned)
+{
+    vdi_error err = {0};
+    for (int i = 0; i < 5; i++) { /* ended at 1000..1004 */
+        vdi_session_record s = {.pool = "p",
+                                .desktop = "p-001",
+                                .user = "u",
+                                .started_at = 900 + i,
+                                .ended_at = 1000 + i,
+                                .end_reason = "released"};
+        ck_assert_int_eq(vdi_catalog_record_session(cat, &s, &err), 0);
+    }
+    int64_t open_id = 0, recent_id = 0;
+    ck_assert_int_eq(vdi_catalog_session_begin(cat, "p", "p-002", "old", 10, &open_id, &err), 0);
+    ck_assert_int_eq(vdi_catalog_session_begin(cat, "p", "p-003", "new", 4000, &recent_id, &err),
+                     0);
+    ck_assert_int_eq(vdi_catalog_session_end(cat, recent_id, 5000, "released", 0, &err), 0);
+
+    uint64_t removed = 0;
+    ck_assert_int_eq(vdi_catalog_prune_sessions(cat, 2000, 3, &removed, &err), 0);
+    ck_assert_uint_eq(removed, 3); /* a batch: more are left */
+    ck_assert_int_eq(vdi_catalog_prune_sessions(cat, 2000, 3, &removed, &err), 0);
+    ck_assert_uint_eq(removed, 2); /* fewer than a batch: none older is left */
+    ck_assert_int_eq(vdi_catalog_prune_sessions(cat, 2000, 3, &removed, &err), 0);
+    ck_assert_uint_eq(removed, 0);
+
+    /* The open one (begun long before the cut-off) and the recent one stay. */
+    int64_t id = 0;
+    ck_assert_int_eq(vdi_catalog_open_session(cat, "p-002", &id, NULL, 0, NULL, &err), 0);
+    ck_assert_int_eq(id, open_id);
+    uint64_t p95 = 0;
+    size_t samples = 0;
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "p", 1, &p95, &samples, &err), 0);
+    ck_assert_uint_eq(samples, 1); /* only the recent finished one */
+}
+END_TEST
+
 static int plan_row(void *ctx, int ncol, char **cols, char **names)
 {
     (void)names;
@@ -312,6 +351,6 @@ TH_MAIN("catalog",
          setup,
          teardown,
          120,
-         {sessions_and_growth, session_reads_use_indexes, lookups_canonicalise_paths,
-          datastore_usage_follows_children,
+         {sessions_and_growth, old_finished_sessions_are_pruned, session_reads_use_indexes,
+          lookups_canonicalise_paths, datastore_usage_follows_children,
           unflushed_commits_reach_the_disk_with_a_flush, threads_share_one_catalog, NULL}})

@@ -132,6 +132,7 @@ START_TEST(full_config_with_units_and_defaults)
     ck_assert_uint_eq(s->max_parallel_starts, 2); /* default */
     ck_assert_uint_eq(s->acquire_timeout, 120);
     ck_assert_uint_eq(s->adopt_wait, 120); /* default */
+    ck_assert_uint_eq(s->session_history, 0); /* default: kept for ever */
     ck_assert_int_eq(s->log_level, VDI_LOG_DEBUG);
     ck_assert_str_eq(s->state_dir, "/var/lib/vdipool");
     ck_assert_str_eq(s->libvirt_uri, "qemu:///system");
@@ -191,9 +192,18 @@ START_TEST(missing_file)
 }
 END_TEST
 
+/* The base config with `setting` in its service group. */
+static const char *text_with(char *text, size_t len, const char *setting)
+{
+    snprintf(text, len, "%sservice = { %s };\n", BASE, setting);
+    return text;
+}
+
 /* service.adopt_wait: how long a desktop libvirt is still starting or
- * restoring at adoption is held; a duration from 1s to 1h. */
-START_TEST(adopt_wait_is_a_bounded_duration)
+ * restoring at adoption is held; a duration from 1s to 1h.
+ * service.session_history: how long finished sessions' records are kept;
+ * 0 (the default: for ever), or at least a day. */
+START_TEST(service_durations_are_bounded)
 {
     char text[1024];
     snprintf(text, sizeof text, "%sservice = { adopt_wait = \"10m\"; };\n", BASE);
@@ -207,6 +217,14 @@ START_TEST(adopt_wait_is_a_bounded_duration)
     snprintf(text, sizeof text, "%sservice = { adopt_wait = \"2h\"; };\n", BASE);
     e = must_fail(text);
     expect_error(e, "bad.conf", 3, "service: 'adopt_wait' is 2h; it must be at most 1h");
+    vdi_config_errors_free(e);
+
+    cfg = must_load(text_with(text, sizeof text, "session_history = \"90d\";"));
+    ck_assert_uint_eq(vdi_config_service(cfg)->session_history, 90 * 86400);
+    vdi_config_unref(cfg);
+    e = must_fail(text_with(text, sizeof text, "session_history = \"12h\";"));
+    expect_error(e, "bad.conf", 3,
+                 "service: 'session_history' must be at least 1d, or \"0\" to keep every");
     vdi_config_errors_free(e);
 }
 END_TEST
@@ -609,7 +627,8 @@ START_TEST(diff_lists_every_change)
         "  { name = \"old\"; gold = \"win\"; datastore = \"local\"; size = 1; } );\n");
     vdi_config *b = load_named(
         "new.conf",
-        "service = { log_level = \"debug\"; adopt_wait = \"5m\"; };\n"
+        "service = { log_level = \"debug\"; adopt_wait = \"5m\"; session_history = \"30d\"; "
+        "};\n"
         "datastores = ( { name = \"local\"; path = \"@DIR@/desktops\"; reserve = \"5%\"; } );\n"
         "golds = ( { name = \"win\"; path = \"@DIR@/gold-b.qcow2\"; } );\n"
         "pools = ( { name = \"office\"; gold = \"win\"; datastore = \"local\"; size = 20; spares = "
@@ -625,6 +644,9 @@ START_TEST(diff_lists_every_change)
     c = find_change(d, VDI_CHANGE_SERVICE, "service", "adopt_wait");
     ck_assert_str_eq(c->old_value, "2m");
     ck_assert_str_eq(c->new_value, "5m");
+    c = find_change(d, VDI_CHANGE_SERVICE, "service", "session_history");
+    ck_assert_str_eq(c->old_value, "unlimited");
+    ck_assert_str_eq(c->new_value, "30d");
     c = find_change(d, VDI_CHANGE_DATASTORE_CHANGED, "local", "reserve");
     ck_assert_str_eq(c->old_value, "10 GiB");
     ck_assert_str_eq(c->new_value, "5%");
@@ -797,7 +819,7 @@ TH_MAIN("config",
          setup,
          teardown,
          0,
-         {full_config_with_units_and_defaults, adopt_wait_is_a_bounded_duration, syntax_error_line,
+         {full_config_with_units_and_defaults, service_durations_are_bounded, syntax_error_line,
           missing_file, every_error_at_once_with_lines, datastore_errors, hosts_and_where_pools_run,
           gold_check_is_delegated, includes_name_their_file, diff_lists_every_change,
           parse_string_for_fuzzing, shipped_examples_are_valid, cli_check_and_diff,

@@ -1310,6 +1310,61 @@ START_TEST(drain_history_and_last_hour)
 }
 END_TEST
 
+/* service.session_history = "1d": finished sessions' records older than
+ * a day are forgotten (the daemon says how many); newer ones and open ones
+ * stay, and the pool's last hour still counts the recent one. */
+START_TEST(old_sessions_are_forgotten)
+{
+    th_daemon_write_config(&D, 1, 1, NULL);
+    free(th_must("sed -i 's/acquire_timeout = \"20s\";/& session_history = \"1d\";/' %s", D.conf));
+    vdi_catalog *cat = NULL;
+    vdi_error err = {0};
+    ck_assert_msg(vdi_catalog_open(D.state, &cat, &err) == 0, "%s", err.message);
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; i < 3; i++) {
+        vdi_session_record old = {.pool = "demo",
+                                  .desktop = "x",
+                                  .user = "u",
+                                  .started_at = now - 3 * 86400,
+                                  .ended_at = now - 2 * 86400 + i,
+                                  .end_reason = "released",
+                                  .final_bytes = 1};
+        ck_assert_int_eq(vdi_catalog_record_session(cat, &old, &err), 0);
+    }
+    vdi_session_record recent = {.pool = "demo",
+                                 .desktop = "x",
+                                 .user = "u",
+                                 .started_at = now - 900,
+                                 .ended_at = now - 600,
+                                 .end_reason = "released",
+                                 .final_bytes = 1};
+    ck_assert_int_eq(vdi_catalog_record_session(cat, &recent, &err), 0);
+    vdi_catalog_close(cat);
+
+    th_daemon_start(&D);
+    ck_assert_msg(th_daemon_log_wait(&D, "event=sessions-pruned removed=3 ", 20),
+                  "the three sessions older than a day were not forgotten");
+    json_t *p = NULL;
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &p), 200);
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_object_get(p, "sessions_last_hour"), "ended")), 1);
+    json_decref(p);
+    json_decref(acquire("carol", 200)); /* an open session, kept */
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+
+    ck_assert_msg(vdi_catalog_open(D.state, &cat, &err) == 0, "%s", err.message);
+    uint64_t p95 = 0;
+    size_t samples = 0;
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "demo", 1, &p95, &samples, &err), 0);
+    ck_assert_uint_eq(samples, 1); /* the recent finished one */
+    char name[96];
+    snprintf(name, sizeof name, "%s-001", D.prefix);
+    int64_t id = 0;
+    ck_assert_int_eq(vdi_catalog_open_session(cat, name, &id, NULL, 0, NULL, &err), 0);
+    vdi_catalog_close(cat);
+}
+END_TEST
+
 START_TEST(events_stream_desktop_changes)
 {
     th_daemon_write_config(&D, 2, 1, NULL);
@@ -1355,17 +1410,28 @@ START_TEST(events_stream_desktop_changes)
 }
 END_TEST
 
-TH_MAIN("service",
-        {"service",
-         setup,
-         teardown,
-         120,
-         {spares_acquire_release_refill, acquire_answered_when_the_flush_fails,
-          reload_applies_diff_or_keeps_running_config, gold_rollout,
-          unsealed_gold_blocks_with_reason, acquire_waits_for_a_desktop_being_prepared,
-          tcp_needs_token_and_socket_checks_peer, time_limits_and_pool_removal, domain_template,
-          second_instance_is_refused, blocked_pool_waits_without_spinning,
-          http_limits_versions_and_timeouts, keep_alive_and_ordered_pipelining,
-          acquire_withdrawn_when_the_client_goes, events_stream_desktop_changes,
-          gold_family_versions_roll_over, rollout_manual_then_immediate, gold_edit_and_publish,
-          drain_history_and_last_hour, NULL}})
+TH_MAIN("service", {"service",
+                    setup,
+                    teardown,
+                    120,
+                    {spares_acquire_release_refill,
+                     acquire_answered_when_the_flush_fails,
+                     reload_applies_diff_or_keeps_running_config,
+                     gold_rollout,
+                     unsealed_gold_blocks_with_reason,
+                     acquire_waits_for_a_desktop_being_prepared,
+                     tcp_needs_token_and_socket_checks_peer,
+                     time_limits_and_pool_removal,
+                     domain_template,
+                     second_instance_is_refused,
+                     blocked_pool_waits_without_spinning,
+                     http_limits_versions_and_timeouts,
+                     keep_alive_and_ordered_pipelining,
+                     acquire_withdrawn_when_the_client_goes,
+                     events_stream_desktop_changes,
+                     old_sessions_are_forgotten,
+                     gold_family_versions_roll_over,
+                     rollout_manual_then_immediate,
+                     gold_edit_and_publish,
+                     drain_history_and_last_hour,
+                     NULL}})

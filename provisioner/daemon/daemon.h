@@ -362,6 +362,8 @@ struct service {
     bool adopted;           /* every host is settled: the controllers may run */
     bool checking_strays;   /* strays.c: a stray check runs on a worker */
     bool scrubbing;
+    bool pruning;        /* history.c: old sessions' records are being forgotten */
+    int64_t prune_at;    /* history.c: when the next run may start */
     bool refreshing;     /* a refresh of children's sizes runs */
     size_t refresh_next; /* where the next refresh batch starts */
     int64_t last_scrub;
@@ -593,6 +595,9 @@ void desktop_choose_start(desktop *d);
 /* A resume failed because the image or its template changed: the pool
  * boots until a new image is made. */
 void pool_template_refused(pool *p, const char *why);
+
+/* ---- history.c: finished sessions' records kept for service.session_history ------- */
+void history_step(service *svc);
 
 /* ---- refresh.c: children's sizes recorded in the background ----------------------- */
 void refresh_step(service *svc);

@@ -81,6 +81,7 @@ static void on_tick(uv_timer_t *t)
     if (svc->adopted) {
         scrub_step(svc);
         refresh_step(svc);
+        history_step(svc);
     }
     events_tick(svc);
     /* Ready for systemd once the API listens and running desktops are

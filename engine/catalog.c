@@ -118,6 +118,11 @@ static const char *SCHEMA =
      * desktops over 200 000 past sessions: 18 s). Partial: only open
      * sessions are in it, so it stays as small as the pools. */
     "CREATE INDEX IF NOT EXISTS sessions_open ON sessions(desktop) WHERE ended_at IS NULL;"
+    /* Finished sessions by when they ended, for forgetting the oldest
+     * (vdi_catalog_prune_sessions): a batch reads what it deletes instead
+     * of scanning the table, which held the catalog's lock for 0.14 s over
+     * a million sessions none of which was old enough. */
+    "CREATE INDEX IF NOT EXISTS sessions_ended ON sessions(ended_at) WHERE ended_at IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS gold_versions ("
     "  family TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL UNIQUE,"
     "  created_at INTEGER NOT NULL, note TEXT NOT NULL DEFAULT '',"

@@ -298,7 +298,7 @@ int vdi_catalog_open_session(vdi_catalog *cat, const char *desktop, int64_t *id,
 int vdi_catalog_growth_p95(vdi_catalog *cat, const char *pool, size_t min_samples,
                            uint64_t *bytes, size_t *samples, vdi_error *err);
 /* Forgets up to `max_rows` finished sessions that ended before
- * `ended_before` (unix seconds), oldest first, in one transaction; open
+ * `ended_before` (unix seconds), the earliest ended first, in one transaction; open
  * sessions are never forgotten. *removed says how many went (fewer than
  * max_rows: none older is left). Not flushed: a power loss may bring some
  * back, to be forgotten again. */

@@ -105,9 +105,10 @@ static int plan_row(void *ctx, int ncol, char **cols, char **names)
     return 0;
 }
 
-/* The reads a start makes per desktop and per pool are index searches, not
- * scans of every session ever recorded (bench_adopt with a history measures
- * what a scan cost). The SQL is sessions.c's. */
+/* The reads a start makes per desktop and per pool, and a batch of old
+ * sessions forgotten, are index searches, not scans of every session ever
+ * recorded (bench_adopt with a history measures what a scan cost). The SQL
+ * is sessions.c's. */
 START_TEST(session_reads_use_indexes)
 {
     char path[4200];
@@ -122,10 +123,13 @@ START_TEST(session_reads_use_indexes)
         "UNION ALL SELECT started_at / 60, COUNT(*) FROM sessions  WHERE pool = ?1 AND ended_at "
         ">= ?2 AND started_at >= ?2 GROUP BY 1) GROUP BY 1",
         "EXPLAIN QUERY PLAN SELECT ended_at / 60, end_reason, COUNT(*) FROM sessions WHERE pool = "
-        "?1 AND ended_at >= ?2 GROUP BY 1, 2"};
+        "?1 AND ended_at >= ?2 GROUP BY 1, 2",
+        "EXPLAIN QUERY PLAN DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE "
+        "ended_at IS NOT NULL AND ended_at < ? ORDER BY ended_at LIMIT ?)"};
     const char *expect[] = {"USING INDEX sessions_open (desktop=?)",
                             "USING INDEX sessions_pool (pool=? AND ended_at>?)",
-                            "USING INDEX sessions_pool (pool=? AND ended_at>?)"};
+                            "USING INDEX sessions_pool (pool=? AND ended_at>?)",
+                            "USING COVERING INDEX sessions_ended (ended_at>? AND ended_at<?)"};
     for (size_t i = 0; i < sizeof queries / sizeof *queries; i++) {
         char plan[1024] = "";
         ck_assert_int_eq(sqlite3_exec(db, queries[i], plan_row, plan, NULL), SQLITE_OK);

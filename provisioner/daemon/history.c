@@ -11,8 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PRUNE_BATCH 5000
-#define PRUNE_ROUNDS 20
+/* A batch holds the catalog's lock (which the loop's session starts take
+ * too) for a few milliseconds; between batches others commit. */
+#define PRUNE_BATCH 1000
+#define PRUNE_ROUNDS 50
 #define PRUNE_EVERY_S 3600
 
 typedef struct prune_req {

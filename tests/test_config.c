@@ -206,26 +206,23 @@ static const char *text_with(char *text, size_t len, const char *setting)
 START_TEST(service_durations_are_bounded)
 {
     char text[1024];
-    snprintf(text, sizeof text, "%sservice = { adopt_wait = \"10m\"; };\n", BASE);
-    vdi_config *cfg = must_load(text);
+    vdi_config *cfg = must_load(text_with(text, sizeof text, "adopt_wait = \"10m\";"));
     ck_assert_uint_eq(vdi_config_service(cfg)->adopt_wait, 600);
     vdi_config_unref(cfg);
-    snprintf(text, sizeof text, "%sservice = { adopt_wait = \"0s\"; };\n", BASE);
-    vdi_config_errors *e = must_fail(text);
-    expect_error(e, "bad.conf", 3, "service: 'adopt_wait' must be at least 1s");
-    vdi_config_errors_free(e);
-    snprintf(text, sizeof text, "%sservice = { adopt_wait = \"2h\"; };\n", BASE);
-    e = must_fail(text);
-    expect_error(e, "bad.conf", 3, "service: 'adopt_wait' is 2h; it must be at most 1h");
-    vdi_config_errors_free(e);
+    static const char *const bad[][2] = {
+        {"adopt_wait = \"0s\";", "service: 'adopt_wait' must be at least 1s"},
+        {"adopt_wait = \"2h\";", "service: 'adopt_wait' is 2h; it must be at most 1h"},
+        {"session_history = \"12h\";",
+         "service: 'session_history' must be at least 1d, or \"0\" to keep every"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        vdi_config_errors *e = must_fail(text_with(text, sizeof text, bad[i][0]));
+        expect_error(e, "bad.conf", 3, bad[i][1]);
+        vdi_config_errors_free(e);
+    }
 
     cfg = must_load(text_with(text, sizeof text, "session_history = \"90d\";"));
     ck_assert_uint_eq(vdi_config_service(cfg)->session_history, 90 * 86400);
     vdi_config_unref(cfg);
-    e = must_fail(text_with(text, sizeof text, "session_history = \"12h\";"));
-    expect_error(e, "bad.conf", 3,
-                 "service: 'session_history' must be at least 1d, or \"0\" to keep every");
-    vdi_config_errors_free(e);
 }
 END_TEST
 

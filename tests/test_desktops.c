@@ -281,20 +281,10 @@ static void freeze_under_resume(const char *name)
     ck_assert_msg(occupied, "libvirt's resume of %s did not wait on the frozen QEMU", name);
 }
 
-/* The desktop `name` as GET /v1/desktops/{name} shows it; the caller frees it. */
-static json_t *desktop_view(const char *name)
-{
-    char path[160];
-    snprintf(path, sizeof path, "/v1/desktops/%s", name);
-    json_t *d = NULL;
-    ck_assert_int_eq(th_http(&D, "GET", path, NULL, &d), 200);
-    return d;
-}
-
 /* The view shows `state`, and user hank's session `session`. */
 static void assert_desktop_held_for(const char *name, const char *state, json_int_t session)
 {
-    json_t *d = desktop_view(name);
+    json_t *d = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(d, "state")), state);
     ck_assert_str_eq(json_string_value(json_object_get(d, "user")), "hank");
     ck_assert_int_eq(json_integer_value(json_object_get(d, "session_id")), session);
@@ -321,7 +311,7 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     snprintf(held, sizeof held, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
     snprintf(other, sizeof other, "%s-%s", D.prefix, strstr(held, "-001") ? "002" : "001");
-    json_t *view = desktop_view(held);
+    json_t *view = th_get_desktop(&D, held);
     json_int_t session = json_integer_value(json_object_get(view, "session_id"));
     json_decref(view);
     ck_assert_int_gt(session, 0);

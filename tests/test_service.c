@@ -39,15 +39,6 @@ static json_t *acquire(const char *user, int expect)
     return j;
 }
 
-static json_t *desktop(const char *name)
-{
-    char path[256];
-    snprintf(path, sizeof path, "/v1/desktops/%s", name);
-    json_t *j = NULL;
-    ck_assert_int_eq(th_http(&D, "GET", path, NULL, &j), 200);
-    return j;
-}
-
 /* POST /v1/desktops/NAME/release with body (NULL: none), expecting a status;
  * returns the answer. */
 static json_t *release(const char *name, const char *body, int expect)
@@ -93,7 +84,7 @@ START_TEST(spares_acquire_release_refill)
     json_t *again = acquire("alice", 200);
     ck_assert_str_eq(json_string_value(json_object_get(again, "desktop")), name);
     json_decref(again);
-    json_t *dj = desktop(name);
+    json_t *dj = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(dj, "state")), "assigned");
     ck_assert_str_eq(json_string_value(json_object_get(dj, "user")), "alice");
     char child[4096];
@@ -118,7 +109,7 @@ START_TEST(spares_acquire_release_refill)
     ck_assert_int_eq(stat(child, &after), 0);
     ck_assert_msg(after.st_ino != before.st_ino || after.st_ctim.tv_nsec != before.st_ctim.tv_nsec,
                   "the child was not replaced");
-    dj = desktop(name);
+    dj = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(dj, "state")), "ready");
     json_decref(dj);
     json_decref(a);
@@ -962,7 +953,7 @@ START_TEST(gold_family_versions_roll_over)
                   out);
     free(out);
     wait_spares_on(2, 2);
-    json_t *d = desktop(name);
+    json_t *d = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(d, "gold")), "/v0001.qcow2"));
     json_decref(d);
@@ -1176,7 +1167,7 @@ START_TEST(rollout_manual_then_immediate)
     ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &r), 200);
     json_decref(r);
     wait_spares_on(1, 2);
-    json_t *d = desktop(name);
+    json_t *d = th_get_desktop(&D, name);
     ck_assert_str_eq(json_string_value(json_object_get(d, "state")), "assigned");
     json_decref(d);
     /* v2 again: ann's session on v1 ends after the notice (reason rollout). */
@@ -1234,14 +1225,14 @@ START_TEST(drain_history_and_last_hour)
     json_t *refused = acquire("bob", 503);
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(refused, "error")), "drained"));
     json_decref(refused);
-    json_t *still = desktop(name); /* the session runs on */
+    json_t *still = th_get_desktop(&D, name); /* the session runs on */
     ck_assert_str_eq(json_string_value(json_object_get(still, "state")), "assigned");
     json_decref(still);
 
     /* The session ends; the history shows its life. */
     json_decref(release(name, NULL, 200));
     json_decref(wait_for("assigned", 0, 20));
-    json_t *d = desktop(name);
+    json_t *d = th_get_desktop(&D, name);
     json_t *history = json_object_get(d, "history");
     ck_assert_int_ge(json_array_size(history), 2);
     bool ended_released = false;

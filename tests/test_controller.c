@@ -11,7 +11,15 @@
 
 /* ---- fakes ------------------------------------------------------------------ */
 
-typedef enum { CALL_CLONE, CALL_START, CALL_END, CALL_RESUME, CALL_AGENT, CALL_USERS } call_kind;
+typedef enum {
+    CALL_CLONE,
+    CALL_START,
+    CALL_END,
+    CALL_RESUME,
+    CALL_AGENT,
+    CALL_USERS,
+    CALL_ADOPT_CHECK
+} call_kind;
 typedef struct call {
     call_kind kind;
     desktop *d;
@@ -66,9 +74,14 @@ static void fake_read_users(desktop *d)
     calls[ncalls++] = (call){CALL_USERS, d};
 }
 
-static const desktop_ops fake_ops = {fake_clone,  fake_start,  fake_end,
-                                     fake_resume, fake_budget, fake_clock,
-                                     fake_agent_check, fake_read_users};
+static void fake_adopt_check(desktop *d)
+{
+    record(CALL_ADOPT_CHECK, d);
+}
+
+static const desktop_ops fake_ops = {fake_clone,       fake_start,      fake_end,
+                                     fake_resume,      fake_budget,     fake_clock,
+                                     fake_agent_check, fake_read_users, fake_adopt_check};
 
 static size_t count(call_kind k)
 {
@@ -451,6 +464,98 @@ static desktop *in(desktop_state st)
     return NULL;
 }
 
+/* Slot `slot` as adoption leaves a desktop whose domain libvirt still
+ * works on (adopt.c hold_for_libvirt): adopting, on the host, its check due. */
+static desktop *held(unsigned slot)
+{
+    desktop *d = P->desktops[slot - 1];
+    desktop_name_slot(d);
+    set_str(&d->child, "/nonexistent/held.qcow2");
+    set_str(&d->gold, "/nonexistent/gold-a.qcow2");
+    desktop_set_host(d, S.hosts[0]);
+    d->retry_at = 0;
+    desktop_set_state(d, DESKTOP_ADOPTING);
+    return d;
+}
+
+/* A domain as adoption describes it. */
+static json_t *described(bool active, bool in_job, const char *paused)
+{
+    return json_pack("{s:b,s:b,s:s,s:s,s:s,s:i,s:s?}", "active", active, "in_job", in_job, "child",
+                     "/nonexistent/held.qcow2", "gold", "/nonexistent/gold-a.qcow2", "display",
+                     "vnc://127.0.0.1:5900", "agent", (int)AGENT_UNKNOWN, "paused", paused);
+}
+
+/* A desktop held while libvirt works on its domain takes its slot and
+ * counts as a coming spare (so only one more is cloned), is asked about
+ * again on its own schedule, and is adopted as its domain is once libvirt
+ * is done: running -> ready; a stop seen while its check ran -> ended;
+ * still at work past service.adopt_wait -> adopted as it is (paused). */
+START_TEST(held_desktops_wait_for_libvirt)
+{
+    start_service(NULL, 3, 2);
+    desktop *d = held(1);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_CLONE), 1); /* 2 spares wanted, the held one coming */
+    ck_assert_uint_eq(count(CALL_ADOPT_CHECK), 1);
+    ck_assert_ptr_eq(take(CALL_ADOPT_CHECK), d);
+
+    /* Still at work: held, asked again a second later, not before. */
+    json_t *dom = described(true, true, "paused outside vdipool");
+    adopt_checked(d, 0, NULL, dom);
+    ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_ADOPT_CHECK), 0);
+    /* A failed check holds it too. */
+    fake_now += 1;
+    service_converge(&S);
+    ck_assert_ptr_eq(take(CALL_ADOPT_CHECK), d);
+    adopt_checked(d, -EIO, "libvirt said no", NULL);
+    ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
+    /* Done: the domain runs, the desktop is a ready spare as it is. */
+    fake_now += 1;
+    service_converge(&S);
+    ck_assert_ptr_eq(take(CALL_ADOPT_CHECK), d);
+    json_decref(dom);
+    dom = described(true, false, NULL);
+    adopt_checked(d, 0, NULL, dom);
+    ck_assert_int_eq(d->state, DESKTOP_READY);
+    ck_assert_str_eq(d->display, "vnc://127.0.0.1:5900");
+    json_decref(dom);
+    make_ready();
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 2);
+    ck_assert_uint_eq(count(CALL_END), 0);
+    stop_service();
+
+    /* Stopped while its check ran (the check saw it run): ended. */
+    start_service(NULL, 3, 2);
+    d = held(1);
+    service_converge(&S);
+    ck_assert_ptr_eq(take(CALL_ADOPT_CHECK), d);
+    d->busy = true; /* its check still runs when the event comes */
+    service_on_domain_event(S.hosts[0], d->name, VIR_DOMAIN_EVENT_STOPPED, 0);
+    d->busy = false;
+    dom = described(true, false, NULL);
+    adopt_checked(d, 0, NULL, dom);
+    json_decref(dom);
+    ck_assert_int_eq(d->state, DESKTOP_ENDING);
+    ck_assert_ptr_eq(take(CALL_END), d);
+    stop_service();
+
+    /* Still at work after service.adopt_wait (2m): adopted as it is. */
+    start_service(NULL, 3, 2);
+    d = held(1);
+    service_converge(&S);
+    ck_assert_ptr_eq(take(CALL_ADOPT_CHECK), d);
+    fake_now += 121;
+    dom = described(true, true, "paused outside vdipool");
+    adopt_checked(d, 0, NULL, dom);
+    json_decref(dom);
+    ck_assert_int_eq(d->state, DESKTOP_PAUSED);
+    stop_service();
+}
+END_TEST
+
 START_TEST(paused_desktops)
 {
     start_service("session = { paused_timeout = \"10m\"; };", 3, 2);
@@ -779,9 +884,8 @@ TH_MAIN("controller",
          {spares_are_cloned_started_and_ready, clone_failure_backs_off_and_retries,
           blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
           failed_start_ends_then_fails, failed_end_is_retried, session_time_limit_and_idle_spares,
-          reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing, paused_desktops,
-          desktops_found_by_name, assigned_desktops_found_by_user,
-          agent_makes_ready_and_logoff_ends_the_session,
+          reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing,
+          held_desktops_wait_for_libvirt, paused_desktops, desktops_found_by_name,
+          assigned_desktops_found_by_user, agent_makes_ready_and_logoff_ends_the_session,
           no_login_and_agent_lost_end_sessions, idle_user_is_logged_off,
-          desktops_that_do_not_boot_are_recycled_and_reported,
-          names_come_from_one_list, NULL}})
+          desktops_that_do_not_boot_are_recycled_and_reported, names_come_from_one_list, NULL}})

@@ -259,20 +259,21 @@ static void recheck_run(void *data)
     virDomainFree(dom);
 }
 
-static void recheck_result(service *svc, desktop *d, const job *j)
+void adopt_checked(desktop *d, int rc, const char *error, json_t *domain)
 {
+    service *svc = d->pool->svc;
     int64_t now = service_now(svc), waited = now - d->state_since;
     if (d->state != DESKTOP_ADOPTING)
         return;
-    if (j->rc < 0) {
+    if (rc < 0) {
         /* Not known whether libvirt is done: held, asked again. */
         d->retry_at = now + recheck_delay(waited);
         svc_log("warning", "pool=%s desktop=%s event=adopt-check-failed reason=\"%s\"; asked again",
-                d->pool->name, d->name, j->error ? j->error : "unknown");
+                d->pool->name, d->name, error ? error : "unknown");
         return;
     }
     bool gone = d->stopped_in_check;
-    bool at_work = !gone && j->domain && libvirt_at_work(j->domain);
+    bool at_work = !gone && domain && libvirt_at_work(domain);
     /* service.adopt_wait: a start takes seconds, a restore of a large
      * memory image from a slow disk, many at once, may take minutes. */
     if (at_work && waited < (int64_t)vdi_config_service(svc->config)->adopt_wait) {
@@ -286,7 +287,7 @@ static void recheck_result(service *svc, desktop *d, const job *j)
     else
         svc_log("info", "pool=%s desktop=%s event=adopt-wait-over waited=%llds", d->pool->name,
                 d->name, (long long)waited);
-    adopt_domain(svc, d->host, d, j->domain, gone);
+    adopt_domain(svc, d->host, d, domain, gone);
 }
 
 static void recheck_done(service *svc, void *data)
@@ -295,10 +296,15 @@ static void recheck_done(service *svc, void *data)
     desktop *d = job_desktop(svc, j);
     if (d) {
         d->busy = false;
-        recheck_result(svc, d, j);
+        adopt_checked(d, j->rc, j->error, j->domain);
     }
     job_free(j);
     service_kick(svc);
+}
+
+void adopt_op_check(desktop *d)
+{
+    job_submit_with(d, JOB_ADOPT_CHECK, recheck_run, recheck_done);
 }
 
 void adopt_recheck(desktop *d, int64_t now)
@@ -306,7 +312,7 @@ void adopt_recheck(desktop *d, int64_t now)
     if (d->state != DESKTOP_ADOPTING || d->busy || now < d->retry_at || !host_usable(d->host))
         return; /* a host that does not answer: asked once it is adopted again */
     d->stopped_in_check = false;
-    job_submit_with(d, JOB_ADOPT_CHECK, recheck_run, recheck_done);
+    d->pool->svc->ops->adopt_check(d);
 }
 
 static void list_done(service *svc, void *data)

@@ -323,6 +323,9 @@ typedef struct desktop_ops {
     void (*agent_check)(desktop *d);
     /* Assigned: read the guest's users, then desktop_users_read (not busy). */
     void (*read_users)(desktop *d);
+    /* Adopting: describe its domain again as adoption reads it, then
+     * adopt_checked (the desktop is busy meanwhile). */
+    void (*adopt_check)(desktop *d);
 } desktop_ops;
 
 extern const desktop_ops real_desktop_ops; /* jobs.c */
@@ -577,6 +580,13 @@ void adopt_mark_unreachable(host *h);
  * its retry_at is due (the controller calls this), and adopted as it is
  * once libvirt is done with it or service.adopt_wait passed. */
 void adopt_recheck(desktop *d, int64_t now);
+/* A held desktop's check came back: rc < 0 (error says why) when it is not
+ * known whether libvirt is done; else `domain` is the domain as adoption
+ * reads it ({active, in_job, child, gold, display, agent, paused}), NULL
+ * when it is gone. The desktop is adopted, ended or held on. */
+void adopt_checked(desktop *d, int rc, const char *error, json_t *domain);
+/* real_desktop_ops.adopt_check: the check as a job on a worker. */
+void adopt_op_check(desktop *d);
 
 /* ---- strays.c: children and sessions nobody uses any more ----------------------- */
 /* Once every host with a config has been adopted since it last connected

@@ -1,6 +1,7 @@
 /* ops.c — the real desktop_ops: every operation on a desktop is a job on
  * libuv's thread pool (jobs.c for clone, start, end, resume and the write
- * budget; agent.c for the guest agent). Tests hand the service fakes
+ * budget; agent.c for the guest agent; adopt.c for a held desktop's
+ * check). Tests hand the service fakes
  * instead. */
 #include "daemon.h"
 #include "jobs.h"
@@ -12,4 +13,5 @@ const desktop_ops real_desktop_ops = {.clone = jobs_op_clone,
                                       .check_budget = jobs_op_check_budget,
                                       .now = jobs_op_now,
                                       .agent_check = agent_op_check,
-                                      .read_users = agent_op_read_users};
+                                      .read_users = agent_op_read_users,
+                                      .adopt_check = adopt_op_check};

@@ -1,5 +1,5 @@
 /* journal.c — recovery of the intent journal. Every multi-step operation
- * writes an intent row before it touches a file (catalog.c stores them);
+ * writes an intent row before it touches a file (intents.c stores them);
  * when the catalog is opened, the intents of processes that no longer run
  * are handed to the recoverer of their operation, which finishes or undoes
  * the work, and the intent is then cleared.

@@ -264,7 +264,7 @@ struct pool {
     bool by_user_lost;
     /* The controller looks at every desktop once per second (time limits,
      * retries) or at once after a config change; in between only at those
-     * waiting to start or paused (pool.c). */
+     * waiting to start, paused or adopting (pool.c). */
     int64_t tended_at;
     bool tend_all;
     /* What a desktop is expected to grow by, learned from finished sessions

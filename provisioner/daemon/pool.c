@@ -208,7 +208,8 @@ void pool_step(pool *p)
     /* Time limits and retries count in seconds, so every desktop is looked
      * at once per second (and at once after a config change); the steps in
      * between, one per finished job under load, look only at desktops
-     * waiting to start or paused, which a finished job can unblock. */
+     * waiting to start or paused, which a finished job can unblock, and
+     * held ones (adopting) whose check an event made due. */
     if (now != p->tended_at || p->tend_all) {
         p->tended_at = now;
         p->tend_all = false;

@@ -14,7 +14,6 @@
 #include "vdi_strmap.h"
 
 #include <errno.h>
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -307,12 +307,12 @@ void service_on_domain_event(void *ctx, const char *name, int event, int detail)
     desktop *d = host_find_desktop(h, name);
     if (d && d->state == DESKTOP_ADOPTING) {
         /* libvirt was at work on it (adopt.c): whatever happened, its own
-         * check, due at once, says what it is now; a stopped one is ended
-         * there, even if a check running now saw it run. */
+         * check, due at once (the controller's next step looks at held
+         * desktops), says what it is now; a stopped one is ended there, even
+         * if a check running now saw it run. */
         if (event == VIR_DOMAIN_EVENT_STOPPED && d->busy)
             d->stopped_in_check = true;
         d->retry_at = 0;
-        d->pool->tend_all = true;
         service_kick(svc);
         return;
     }

@@ -47,8 +47,11 @@ static int in_use_build(in_use_index *ix, json_t *domains, json_t *in_use)
             (name && vdi_strmap_put(ix->domain_names, name, 0) < 0))
             return -1;
     }
-    json_array_foreach(in_use, i,
-                       v) if (vdi_strmap_put(ix->paths, json_string_value(v), 0) < 0) return -1;
+    json_array_foreach(in_use, i, v)
+    {
+        if (vdi_strmap_put(ix->paths, json_string_value(v), 0) < 0)
+            return -1;
+    }
     return 0;
 }
 

@@ -67,6 +67,12 @@ void th_daemon_write_pool(th_daemon *d, const char *acquire_timeout, const char 
     th_write_file(d->conf, text, strlen(text));
 }
 
+void th_daemon_add_service_setting(th_daemon *d, const char *setting)
+{
+    ck_assert_msg(!strpbrk(setting, "#&'\\\n"), "a setting sed can carry: %s", setting);
+    free(th_must("sed -i 's#^  log_level = #  %s log_level = #' %s", setting, d->conf));
+}
+
 void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const char *extra)
 {
     char golds[2048], body[4096];

@@ -28,6 +28,9 @@ void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const 
  * the body of pool "demo" (after its name, prefix and datastore). */
 void th_daemon_write_pool(th_daemon *d, const char *acquire_timeout, const char *golds,
                           const char *pool_body);
+/* Adds `setting` ("key = value;") to the service group of the config
+ * written above. */
+void th_daemon_add_service_setting(th_daemon *d, const char *setting);
 void th_daemon_start(th_daemon *d);
 /* Starts the daemon with $VDIPOOL_CRASH_AT=point and waits up to timeout_s
  * for it to kill itself there (SIGKILL); fails the test otherwise. */

@@ -48,13 +48,20 @@ static void assert_domain_state(const char *name, const char *want)
     free(state);
 }
 
-/* An acquire for `user` answers 200 with desktop `name`. */
-static void assert_acquire_gets(const char *user, const char *name)
+/* An acquire for `user`, which must answer 200; the caller frees the answer. */
+static json_t *acquire_for(const char *user)
 {
     char body[128];
     snprintf(body, sizeof body, "{\"user\":\"%s\"}", user);
     json_t *a = NULL;
     ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", body, &a), 200);
+    return a;
+}
+
+/* An acquire for `user` answers 200 with desktop `name`. */
+static void assert_acquire_gets(const char *user, const char *name)
+{
+    json_t *a = acquire_for(user);
     ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
     json_decref(a);
 }
@@ -65,9 +72,7 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 3, 90));
 
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"alice\"}", &a),
-                     200);
+    json_t *a = acquire_for("alice");
     char name[96];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(a, "display")), "vnc://"));
@@ -142,9 +147,7 @@ START_TEST(restart_keeps_sessions)
     th_daemon_write_config(&D, 2, 1, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 1, 90));
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"carol\"}", &a),
-                     200);
+    json_t *a = acquire_for("carol");
     char name[96], display[128];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     snprintf(display, sizeof display, "%s", json_string_value(json_object_get(a, "display")));
@@ -185,8 +188,7 @@ START_TEST(libvirtd_restart_is_survived)
     th_daemon_write_config(&D, 3, 2, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 90));
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"dan\"}", &a), 200);
+    json_t *a = acquire_for("dan");
     char name[96];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
@@ -305,8 +307,7 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     th_daemon_write_config(&D, 2, 2, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 120));
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", "{\"user\":\"hank\"}", &a), 200);
+    json_t *a = acquire_for("hank");
     char held[96], other[96];
     snprintf(held, sizeof held, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
@@ -370,7 +371,7 @@ END_TEST
 START_TEST(adoption_gives_up_after_adopt_wait)
 {
     th_daemon_write_config(&D, 1, 1, NULL);
-    free(th_must("sed -i 's/acquire_timeout = \"20s\";/& adopt_wait = \"4s\";/' %s", D.conf));
+    th_daemon_add_service_setting(&D, "adopt_wait = \"4s\";");
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 1, 90));
     ck_assert_int_eq(th_daemon_stop(&D), 0);

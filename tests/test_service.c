@@ -410,12 +410,11 @@ START_TEST(tcp_needs_token_and_socket_checks_peer)
     char extra[64];
     snprintf(extra, sizeof extra, "%d", port);
     th_daemon_write_config(&D, 1, 1, NULL);
-    char *out = th_must("sed -i 's#^service = { #service = { listen = \"127.0.0.1:%d\"; "
-                        "token_file = \"%s\"; #' %s",
-                        port, token, D.conf);
-    free(out);
+    char listen[4300];
+    snprintf(listen, sizeof listen, "listen = \"127.0.0.1:%d\"; token_file = \"%s\";", port, token);
+    th_daemon_add_service_setting(&D, listen);
     th_daemon_start(&D);
-    out = NULL;
+    char *out = NULL;
     th_run(&out, "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/v1/pools", port);
     ck_assert_str_eq(out, "401");
     free(out);
@@ -1307,7 +1306,7 @@ END_TEST
 START_TEST(old_sessions_are_forgotten)
 {
     th_daemon_write_config(&D, 1, 1, NULL);
-    free(th_must("sed -i 's/acquire_timeout = \"20s\";/& session_history = \"1d\";/' %s", D.conf));
+    th_daemon_add_service_setting(&D, "session_history = \"1d\";");
     vdi_catalog *cat = NULL;
     vdi_error err = {0};
     ck_assert_msg(vdi_catalog_open(D.state, &cat, &err) == 0, "%s", err.message);

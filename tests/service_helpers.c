@@ -190,6 +190,18 @@ json_t *th_get_desktop(th_daemon *d, const char *name)
     return j;
 }
 
+json_t *th_acquire(th_daemon *d, const char *user, int expect)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"user\": \"%s\"}", user);
+    json_t *j = NULL;
+    int status = th_http(d, "POST", "/v1/pools/demo/acquire", body, &j);
+    char *dump = j ? json_dumps(j, 0) : NULL;
+    ck_assert_msg(status == expect, "acquire for %s: HTTP %d %s", user, status, dump);
+    free(dump);
+    return j;
+}
+
 json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s)
 {
     time_t end = time(NULL) + timeout_s;

@@ -49,6 +49,9 @@ void th_daemon_cleanup_domains(th_daemon *d);
 int th_http(th_daemon *d, const char *method, const char *path, const char *body, json_t **out);
 /* GET /v1/desktops/NAME, which must answer 200; the caller frees it. */
 json_t *th_get_desktop(th_daemon *d, const char *name);
+/* POST /v1/pools/demo/acquire for `user`, which must answer `expect` (the
+ * failure shows the answer); the caller frees the answer. */
+json_t *th_acquire(th_daemon *d, const char *user, int expect);
 /* Polls GET /v1/pools/demo until `ready` desktops are ready (and cond holds); fails the test after
  * timeout_s. */
 json_t *th_wait_ready(th_daemon *d, unsigned ready, int timeout_s);

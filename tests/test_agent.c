@@ -188,10 +188,7 @@ static unsigned wait_agent_ready(unsigned ready, int timeout_s)
 /* Acquires a desktop of pool demo for user; its name into name. */
 static void acquire_into(const char *user, char *name, size_t len)
 {
-    char body[128];
-    snprintf(body, sizeof body, "{\"user\":\"%s\"}", user);
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", body, &a), 200);
+    json_t *a = th_acquire(&D, user, 200);
     snprintf(name, len, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
 }

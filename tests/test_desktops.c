@@ -48,20 +48,10 @@ static void assert_domain_state(const char *name, const char *want)
     free(state);
 }
 
-/* An acquire for `user`, which must answer 200; the caller frees the answer. */
-static json_t *acquire_for(const char *user)
-{
-    char body[128];
-    snprintf(body, sizeof body, "{\"user\":\"%s\"}", user);
-    json_t *a = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", body, &a), 200);
-    return a;
-}
-
 /* An acquire for `user` answers 200 with desktop `name`. */
 static void assert_acquire_gets(const char *user, const char *name)
 {
-    json_t *a = acquire_for(user);
+    json_t *a = th_acquire(&D, user, 200);
     ck_assert_str_eq(json_string_value(json_object_get(a, "desktop")), name);
     json_decref(a);
 }
@@ -72,7 +62,7 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 3, 90));
 
-    json_t *a = acquire_for("alice");
+    json_t *a = th_acquire(&D, "alice", 200);
     char name[96];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(a, "display")), "vnc://"));
@@ -147,7 +137,7 @@ START_TEST(restart_keeps_sessions)
     th_daemon_write_config(&D, 2, 1, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 1, 90));
-    json_t *a = acquire_for("carol");
+    json_t *a = th_acquire(&D, "carol", 200);
     char name[96], display[128];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     snprintf(display, sizeof display, "%s", json_string_value(json_object_get(a, "display")));
@@ -188,7 +178,7 @@ START_TEST(libvirtd_restart_is_survived)
     th_daemon_write_config(&D, 3, 2, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 90));
-    json_t *a = acquire_for("dan");
+    json_t *a = th_acquire(&D, "dan", 200);
     char name[96];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
@@ -307,7 +297,7 @@ START_TEST(adoption_waits_for_libvirt_jobs)
     th_daemon_write_config(&D, 2, 2, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 120));
-    json_t *a = acquire_for("hank");
+    json_t *a = th_acquire(&D, "hank", 200);
     char held[96], other[96];
     snprintf(held, sizeof held, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);

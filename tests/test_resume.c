@@ -107,15 +107,6 @@ static void guard_full(const char *path)
     ck_assert_msg(rc == 0, "template child %s: %s", path, err.message);
 }
 
-static json_t *acquire(const char *user)
-{
-    char body[64];
-    snprintf(body, sizeof body, "{\"user\": \"%s\"}", user);
-    json_t *j = NULL;
-    ck_assert_int_eq(th_http(&D, "POST", "/v1/pools/demo/acquire", body, &j), 200);
-    return j;
-}
-
 START_TEST(resumed_desktops_run_and_are_their_own)
 {
     make_network();
@@ -193,7 +184,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     json_decref(hosts);
 
     /* Handed out, it reacts to input: a key press powers the demo guest off. */
-    json_t *a = acquire("alice");
+    json_t *a = th_acquire(&D, "alice", 200);
     char name[64];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
@@ -207,7 +198,7 @@ START_TEST(resumed_desktops_run_and_are_their_own)
     /* A memory image changed on disk is never resumed: the pool boots. */
     free(th_must("chmod u+w %s && printf XXXX | dd of=%s bs=1 seek=200 conv=notrunc 2>/dev/null",
                  image, image));
-    json_decref(acquire("bob")); /* a new spare is wanted */
+    json_decref(th_acquire(&D, "bob", 200)); /* a new spare is wanted */
     time_t end = time(NULL) + 60;
     bool refused = false, booted = false;
     while (!(refused && booted) && time(NULL) < end) {
@@ -309,7 +300,7 @@ START_TEST(crash_between_paused_restore_and_run_is_recovered)
     ck_assert_uint_ge(th_daemon_log_count(&D, "event=paused reason=\"paused outside vdipool\""), 1);
     ck_assert_uint_ge(th_daemon_log_count(&D, "event=ending reason=other"), 1);
     free(paused);
-    json_decref(acquire("erin"));
+    json_decref(th_acquire(&D, "erin", 200));
 }
 END_TEST
 

@@ -27,18 +27,6 @@ static void teardown(void)
     th_daemon_stop(&D);
 }
 
-static json_t *acquire(const char *user, int expect)
-{
-    char body[128];
-    snprintf(body, sizeof body, "{\"user\": \"%s\"}", user);
-    json_t *j = NULL;
-    int status = th_http(&D, "POST", "/v1/pools/demo/acquire", body, &j);
-    char *dump = j ? json_dumps(j, 0) : NULL;
-    ck_assert_msg(status == expect, "acquire for %s: HTTP %d %s", user, status, dump);
-    free(dump);
-    return j;
-}
-
 /* POST /v1/desktops/NAME/release with body (NULL: none), expecting a status;
  * returns the answer. */
 static json_t *release(const char *name, const char *body, int expect)
@@ -78,10 +66,10 @@ START_TEST(spares_acquire_release_refill)
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 20));
 
-    json_t *a = acquire("alice", 200);
+    json_t *a = th_acquire(&D, "alice", 200);
     const char *name = json_string_value(json_object_get(a, "desktop"));
     ck_assert_ptr_nonnull(name);
-    json_t *again = acquire("alice", 200);
+    json_t *again = th_acquire(&D, "alice", 200);
     ck_assert_str_eq(json_string_value(json_object_get(again, "desktop")), name);
     json_decref(again);
     json_t *dj = th_get_desktop(&D, name);
@@ -95,9 +83,9 @@ START_TEST(spares_acquire_release_refill)
 
     /* The pool refills to 2 spares within its size of 3, then runs out. */
     json_decref(wait_for("ready", 2, 20));
-    json_decref(acquire("bob", 200));
-    json_decref(acquire("carol", 200));
-    json_t *full = acquire("dave", 503);
+    json_decref(th_acquire(&D, "bob", 200));
+    json_decref(th_acquire(&D, "carol", 200));
+    json_t *full = th_acquire(&D, "dave", 503);
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(full, "error")), "is full"));
     json_decref(full);
 
@@ -220,7 +208,7 @@ START_TEST(acquire_answered_when_the_flush_fails)
     th_daemon_start(&D);
     unsetenv("VDIPOOL_FAIL_AT");
     json_decref(th_wait_ready(&D, 2, 20));
-    json_t *a = acquire("ann", 200);
+    json_t *a = th_acquire(&D, "ann", 200);
     const char *name = json_string_value(json_object_get(a, "desktop"));
     ck_assert_ptr_nonnull(name);
     char log[1200];
@@ -230,7 +218,7 @@ START_TEST(acquire_answered_when_the_flush_fails)
                             "reason=\"cannot flush (failpoint acquire-flush)\"' %s",
                             name, log),
                      0);
-    json_decref(acquire("bob", 200)); /* answered: the flusher is not stuck */
+    json_decref(th_acquire(&D, "bob", 200)); /* answered: the flusher is not stuck */
     /* Nothing spins: the daemon is idle between requests. */
     char *before = th_must("awk '{print $14 + $15}' /proc/%d/stat", (int)D.pid);
     sleep(1);
@@ -287,7 +275,7 @@ START_TEST(gold_rollout)
     th_daemon_write_config(&D, 3, 2, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 20));
-    json_t *a = acquire("alice", 200);
+    json_t *a = th_acquire(&D, "alice", 200);
     const char *name = json_string_value(json_object_get(a, "desktop"));
     json_decref(wait_for("ready", 2, 20));
 
@@ -379,7 +367,7 @@ START_TEST(unsealed_gold_blocks_with_reason)
     }
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "blocked")), "not sealed"));
     json_decref(j);
-    j = acquire("alice", 503);
+    j = th_acquire(&D, "alice", 503);
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "seal it first"));
     json_decref(j);
     ck_assert_int_eq(th_daemon_stop(&D), 0);
@@ -391,10 +379,10 @@ START_TEST(acquire_waits_for_a_desktop_being_prepared)
     /* No spares: the first acquire waits while a desktop is cloned and started. */
     th_daemon_write_config(&D, 1, 0, NULL);
     th_daemon_start(&D);
-    json_t *j = acquire("erin", 200);
+    json_t *j = th_acquire(&D, "erin", 200);
     ck_assert_ptr_nonnull(json_object_get(j, "desktop"));
     json_decref(j);
-    j = acquire("frank", 503);
+    j = th_acquire(&D, "frank", 503);
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "is full"));
     json_decref(j);
     ck_assert_int_eq(th_daemon_stop(&D), 0);
@@ -476,7 +464,7 @@ START_TEST(time_limits_and_pool_removal)
                            "session = { max_duration = \"2s\"; idle_spare_max_age = \"2s\"; };");
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 1, 20));
-    json_t *a = acquire("gina", 200);
+    json_t *a = th_acquire(&D, "gina", 200);
     json_decref(a);
     /* The session is ended at its time limit; an idle spare is recycled
      * (both about 3 s in, in either order: the spare became ready after
@@ -592,7 +580,7 @@ START_TEST(second_instance_is_refused)
     json_t *j = NULL;
     ck_assert_int_eq(th_http(&D, "GET", "/v1/status", NULL, &j), 200);
     json_decref(j);
-    json_decref(acquire("erin", 200));
+    json_decref(th_acquire(&D, "erin", 200));
     ck_assert_int_eq(th_daemon_stop(&D), 0);
     /* After a clean stop the lock and the socket are free again. */
     th_daemon_start(&D);
@@ -849,7 +837,7 @@ START_TEST(acquire_withdrawn_when_the_client_goes)
     char log[1200];
     snprintf(log, sizeof log, "%s/vdipoold.log", D.dir);
     ck_assert_int_eq(th_run(NULL, "grep -q 'event=acquire-withdrawn user=gone-1' %s", log), 0);
-    json_decref(acquire("here-2", 200));
+    json_decref(th_acquire(&D, "here-2", 200));
     ck_assert_int_eq(th_daemon_stop(&D), 0);
 }
 END_TEST
@@ -891,7 +879,7 @@ static char *gold_ctl_failing(const char *crash, const char *args)
 /* Acquires a desktop of pool demo for user; its name into name. */
 static void acquire_name(const char *user, char *name, size_t len)
 {
-    json_t *a = acquire(user, 200);
+    json_t *a = th_acquire(&D, user, 200);
     snprintf(name, len, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
 }
@@ -1210,7 +1198,7 @@ START_TEST(drain_history_and_last_hour)
     th_daemon_write_config(&D, 3, 2, NULL);
     th_daemon_start(&D);
     json_decref(th_wait_ready(&D, 2, 20));
-    json_t *a = acquire("alice", 200);
+    json_t *a = th_acquire(&D, "alice", 200);
     char name[96];
     snprintf(name, sizeof name, "%s", json_string_value(json_object_get(a, "desktop")));
     json_decref(a);
@@ -1221,7 +1209,7 @@ START_TEST(drain_history_and_last_hour)
     ck_assert_int_gt(json_integer_value(json_object_get(p, "drained_since")), 0);
     json_decref(p);
     json_decref(wait_for("ready", 0, 20));
-    json_t *refused = acquire("bob", 503);
+    json_t *refused = th_acquire(&D, "bob", 503);
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(refused, "error")), "drained"));
     json_decref(refused);
     json_t *still = th_get_desktop(&D, name); /* the session runs on */
@@ -1286,7 +1274,7 @@ START_TEST(drain_history_and_last_hour)
     ck_assert(json_is_false(json_object_get(p, "drained")));
     json_decref(p);
     json_decref(wait_for("ready", 2, 20));
-    json_decref(acquire("bob", 200));
+    json_decref(th_acquire(&D, "bob", 200));
     ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo", NULL, &p), 200);
     /* alice's (from the catalog, across the restart) and bob's. */
     json_t *hour2 = json_object_get(p, "sessions_last_hour");
@@ -1339,7 +1327,7 @@ START_TEST(old_sessions_are_forgotten)
     ck_assert_int_eq(
         json_integer_value(json_object_get(json_object_get(p, "sessions_last_hour"), "ended")), 1);
     json_decref(p);
-    json_decref(acquire("carol", 200)); /* an open session, kept */
+    json_decref(th_acquire(&D, "carol", 200)); /* an open session, kept */
     ck_assert_int_eq(th_daemon_stop(&D), 0);
 
     ck_assert_msg(vdi_catalog_open(D.state, &cat, &err) == 0, "%s", err.message);
@@ -1374,7 +1362,7 @@ START_TEST(events_stream_desktop_changes)
     read_until(fd, buf, sizeof buf, &len, "\n\n"); /* the hello's end */
     /* A user takes the spare: its change arrives as it happens, and the
      * pool makes a new spare (cloning, starting, ready). */
-    json_t *got = acquire("ev-user", 200);
+    json_t *got = th_acquire(&D, "ev-user", 200);
     char want[256];
     snprintf(want, sizeof want, "\"name\":\"%s\"",
              json_string_value(json_object_get(got, "desktop")));

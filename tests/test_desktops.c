@@ -374,9 +374,16 @@ START_TEST(adoption_gives_up_after_adopt_wait)
     ck_assert(th_daemon_log_wait(&D, "event=adopt-waiting", 30));
     ck_assert_msg(th_daemon_log_wait(&D, "event=adopt-wait-given-up", 30),
                   "the held desktop was not adopted after adopt_wait");
+    /* Not much past adopt_wait: the checks' back-off stops at it. */
+    ck_assert(th_daemon_log_count(&D, "event=adopt-wait-given-up waited=[45]s"));
     ck_assert(th_daemon_log_wait(&D, "event=paused reason=\"paused outside vdipool\"", 10));
+    char ending[160];
+    snprintf(ending, sizeof ending, "desktop=%s event=ending", name);
+    ck_assert(th_daemon_log_wait(&D, ending, 10));
+    /* Decided: thawed now, so that libvirt's destroy need not wait out the
+     * grace it gives a QEMU that ignores SIGTERM (10 s) before SIGKILL. */
+    thaw_qemu();
     json_decref(th_wait_ready(&D, 1, 90)); /* a new desktop in the slot */
-    frozen_qemu = 0;                       /* its QEMU was killed with the domain */
     char *id_after = domain_id(name);
     ck_assert_str_ne(id_before, id_after);
     free(id_before);

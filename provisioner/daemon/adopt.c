@@ -231,11 +231,15 @@ static void hold_for_libvirt(service *svc, host *h, desktop *d, json_t *dom)
 
 /* How long until a held desktop's domain is asked about again: a second
  * while the wait is young (a start's job ends within seconds), then less
- * often, at most every 8 s. */
-static int64_t recheck_delay(int64_t waited)
+ * often, at most every 8 s — and never past service.adopt_wait, which the
+ * log promised as the longest wait. */
+static int64_t recheck_delay(const service *svc, int64_t waited)
 {
-    int64_t delay = waited / 4;
-    return delay < 1 ? 1 : delay > 8 ? 8 : delay;
+    int64_t delay = waited / 4, wait_max = (int64_t)vdi_config_service(svc->config)->adopt_wait;
+    delay = delay < 1 ? 1 : delay > 8 ? 8 : delay;
+    if (waited < wait_max && waited + delay > wait_max)
+        delay = wait_max - waited;
+    return delay;
 }
 
 static void recheck_run(void *data)
@@ -266,7 +270,7 @@ void adopt_checked(desktop *d, int rc, const char *error, json_t *domain)
         return;
     if (rc < 0) {
         /* Not known whether libvirt is done: held, asked again. */
-        d->retry_at = now + recheck_delay(waited);
+        d->retry_at = now + recheck_delay(svc, waited);
         svc_log("warning", "pool=%s desktop=%s event=adopt-check-failed reason=\"%s\"; asked again",
                 d->pool->name, d->name, error ? error : "unknown");
         return;
@@ -276,7 +280,7 @@ void adopt_checked(desktop *d, int rc, const char *error, json_t *domain)
     /* service.adopt_wait: a start takes seconds, a restore of a large
      * memory image from a slow disk, many at once, may take minutes. */
     if (at_work && waited < (int64_t)vdi_config_service(svc->config)->adopt_wait) {
-        d->retry_at = now + recheck_delay(waited);
+        d->retry_at = now + recheck_delay(svc, waited);
         return;
     }
     if (at_work)

@@ -329,7 +329,7 @@ typedef struct memory_req {
     virConnectPtr conn;  /* a reference */
     bool local;          /* the host is this machine: its KSM counters are readable */
     uint64_t free, total;
-    json_t *rss;         /* {domain name: resident bytes} of its running domains */
+    json_t *rss; /* {domain name: resident bytes, or null when not read now} */
     bool ksm_known, ksm_running;
     uint64_t ksm_shared, ksm_sharing; /* pages */
     int rc;
@@ -346,16 +346,25 @@ static void memory_run(void *data)
     }
     r->free = free_bytes;
     r->total = (uint64_t)info.memory * 1024;
-    /* Every running domain's resident memory in one call (balloon.rss). */
+    /* Every running domain's resident memory in one call (balloon.rss).
+     * NOWAIT: a domain that libvirt works on (a start, a restore, a call
+     * stuck on a frozen QEMU's monitor) is listed without it instead of
+     * holding this call — and, in libvirtd, the connection's other calls —
+     * for up to libvirt's job wait (30 s); its last reading is kept. */
     r->rss = json_object();
     virDomainStatsRecordPtr *stats = NULL;
     int n = virConnectGetAllDomainStats(r->conn, VIR_DOMAIN_STATS_BALLOON, &stats,
-                                        VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE);
-    for (int i = 0; i < n; i++)
+                                        VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE |
+                                            VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT);
+    for (int i = 0; i < n; i++) {
+        json_t *rss = json_null();
         for (int k = 0; k < stats[i]->nparams; k++)
-            if (!strcmp(stats[i]->params[k].field, "balloon.rss"))
-                json_object_set_new(r->rss, virDomainGetName(stats[i]->dom),
-                                    json_integer((json_int_t)stats[i]->params[k].value.ul * 1024));
+            if (!strcmp(stats[i]->params[k].field, "balloon.rss")) {
+                json_decref(rss);
+                rss = json_integer((json_int_t)stats[i]->params[k].value.ul * 1024);
+            }
+        json_object_set_new(r->rss, virDomainGetName(stats[i]->dom), rss);
+    }
     if (n >= 0)
         virDomainStatsRecordListFree(stats);
     /* KSM merges the identical pages of resumed desktops; its counters are
@@ -391,10 +400,11 @@ static void memory_done(service *svc, void *data)
         for (size_t i = 0; i < svc->npools; i++)
             for (unsigned k = 0; k < svc->pools[i]->nslots; k++) {
                 desktop *d = svc->pools[i]->desktops[k];
-                if (d->host == h)
-                    d->rss_bytes =
-                        d->name ? (uint64_t)json_integer_value(json_object_get(r->rss, d->name))
-                                : 0;
+                if (d->host != h)
+                    continue;
+                json_t *rss = d->name ? json_object_get(r->rss, d->name) : NULL;
+                if (!json_is_null(rss)) /* null: running, busy in libvirt, not read now */
+                    d->rss_bytes = (uint64_t)json_integer_value(rss);
             }
         h->ksm_known = r->ksm_known;
         h->ksm_running = r->ksm_running;

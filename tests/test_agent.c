@@ -348,7 +348,7 @@ END_TEST
 START_TEST(a_gold_that_never_boots_is_recycled_and_reported)
 {
     seal_copy("linux-broken");
-    write_config("linux-broken", 3, 3, "boot_timeout = \"25s\";");
+    write_config("linux-broken", 3, 3, "boot_timeout = \"10s\";");
     th_daemon_start(&D);
     time_t end = time(NULL) + 150;
     const char *problem = NULL;

@@ -478,6 +478,14 @@ static desktop *held(unsigned slot)
     return d;
 }
 
+/* The stray check an adoption starts (a walk of the catalog on a worker)
+ * is done before the catalog is closed. */
+static void wait_for_stray_check(void)
+{
+    while (S.checking_strays)
+        uv_run(uv_default_loop(), UV_RUN_ONCE);
+}
+
 /* A domain as adoption describes it. */
 static json_t *described(bool active, bool in_job, const char *paused)
 {
@@ -552,6 +560,48 @@ START_TEST(held_desktops_wait_for_libvirt)
     adopt_checked(d, 0, NULL, dom);
     json_decref(dom);
     ck_assert_int_eq(d->state, DESKTOP_PAUSED);
+    stop_service();
+
+    /* Its host's connection lost for longer than adopt_wait: not asked
+     * meanwhile; when the host is listed again and libvirt still works on
+     * the domain, the wait starts again (nothing was learnt while the host
+     * did not answer); once libvirt is done, the listing adopts it. */
+    start_service(NULL, 3, 2);
+    d = held(1);
+    host *h = S.hosts[0];
+    host_on_disconnected(h);
+    ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
+    fake_now += 600;
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_ADOPT_CHECK), 0);
+    h->online = true; /* reconnected; its listing: */
+    json_t *listing = json_array();
+    dom = described(true, true, "paused outside vdipool");
+    json_object_set_new(dom, "name", json_string(d->name));
+    json_array_append_new(listing, dom);
+    adopt_listing(h, listing);
+    wait_for_stray_check();
+    ck_assert(host_usable(h));
+    ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
+    ck_assert_int_eq(d->state_since, fake_now);
+    fake_now += 1;
+    service_converge(&S);
+    ck_assert_ptr_eq(take(CALL_ADOPT_CHECK), d);
+    dom = described(true, true, "paused outside vdipool");
+    adopt_checked(d, 0, NULL, dom); /* 1 s into its new wait: held on */
+    json_decref(dom);
+    ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
+    /* Lost again; listed again with libvirt done: adopted as it runs. */
+    host_on_disconnected(h);
+    h->online = true;
+    listing = json_array();
+    dom = described(true, false, NULL);
+    json_object_set_new(dom, "name", json_string(d->name));
+    json_array_append_new(listing, dom);
+    adopt_listing(h, listing);
+    wait_for_stray_check();
+    ck_assert_int_eq(d->state, DESKTOP_READY);
+    ck_assert_str_eq(d->display, "vnc://127.0.0.1:5900");
     stop_service();
 }
 END_TEST

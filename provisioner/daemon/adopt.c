@@ -320,6 +320,7 @@ void adopt_recheck(desktop *d, int64_t now)
 
 static void list_done(service *svc, void *data)
 {
+    (void)svc; /* the host's */
     adopt_req *r = data;
     host *h = r->h;
     if (r->conn)
@@ -336,6 +337,14 @@ static void list_done(service *svc, void *data)
         h->adopting = false;
         return;
     }
+    json_t *domains = r->domains;
+    free(r);
+    adopt_listing(h, domains);
+}
+
+void adopt_listing(host *h, json_t *domains)
+{
+    service *svc = h->svc;
     /* Domains that stopped after the listing: their events came while
      * their desktops were empty; they are ended, not adopted as running. */
     vdi_strmap *stopped = vdi_strmap_new();
@@ -345,15 +354,19 @@ static void list_done(service *svc, void *data)
         if (stopped) vdi_strmap_put(stopped, json_string_value(sv), si);
     size_t idx;
     json_t *dom;
-    json_array_foreach(r->domains, idx, dom)
+    json_array_foreach(domains, idx, dom)
     {
         const char *name = json_string_value(json_object_get(dom, "name"));
         desktop *d = service_find_desktop(svc, name);
         size_t unused;
         bool gone = stopped && vdi_strmap_get(stopped, name, &unused);
+        /* A desktop held (adopting) when the host's connection was lost
+         * was not asked about meanwhile: it is taken as listed now, and
+         * if libvirt still works on it, its wait starts again. */
         bool ours =
             d && !d->busy &&
-            (d->state == DESKTOP_EMPTY || (d->state == DESKTOP_UNREACHABLE && d->host == h));
+            (d->state == DESKTOP_EMPTY ||
+             ((d->state == DESKTOP_UNREACHABLE || d->state == DESKTOP_ADOPTING) && d->host == h));
         if (ours && !gone && libvirt_at_work(dom)) {
             hold_for_libvirt(svc, h, d, dom);
             continue;
@@ -378,7 +391,7 @@ static void list_done(service *svc, void *data)
     /* After a reconnect: this host's desktops whose domain stopped while we
      * could not hear its events are ended now. */
     vdi_strmap *running = vdi_strmap_new();
-    json_array_foreach(r->domains, idx, dom)
+    json_array_foreach(domains, idx, dom)
     {
         if (running && json_is_true(json_object_get(dom, "active")) &&
             vdi_strmap_put(running, json_string_value(json_object_get(dom, "name")), idx) < 0) {
@@ -410,8 +423,7 @@ static void list_done(service *svc, void *data)
     json_decref(h->stopped_while_adopting);
     h->stopped_while_adopting = NULL;
     json_decref(h->listing);
-    h->listing = r->domains;
-    free(r);
+    h->listing = domains;
     /* Adopted: the controllers may use this host, beside the stray check. */
     h->adopting = false;
     h->adopted = true;

@@ -573,6 +573,11 @@ void service_step(service *svc);
 
 /* ---- adopt.c: start-up and reconnect reconciliation ------------------------------ */
 void adopt_start(host *h);
+/* Host h's domains as its listing read them ([{name, active, in_job,
+ * pool, slot, child, gold, display, agent, paused}], owned from here on)
+ * matched with the desktops: adopted, held, ended; then the host is
+ * adopted (usable) and the stray check may run. */
+void adopt_listing(host *h, json_t *domains);
 /* A host that could not be reached at start: the desktops the catalog
  * records on it are shown unreachable (their slots stay taken). */
 void adopt_mark_unreachable(host *h);

@@ -187,6 +187,11 @@ int service_init(service *svc, uv_loop_t *loop, const char *config_path, vdi_con
 
 void service_shutdown(service *svc)
 {
+    /* No step after this: a kick still pending would run on freed pools. */
+    svc->stopping = true;
+    if (svc->kick_ready)
+        uv_timer_stop(&svc->kick);
+    svc->kick_pending = false;
     sessions_forget_waiters(svc);
     for (size_t i = 0; i < svc->npools; i++)
         pool_free(svc->pools[i]);

@@ -48,6 +48,22 @@ int vdi_catalog_set_child_bytes(vdi_catalog *cat, const char *path, uint64_t byt
     return vdi_catalog_write_(cat, st, NULL, err);
 }
 
+int vdi_catalog_set_child_usage_(vdi_catalog *cat, const char *path, const char *datastore,
+                                 uint64_t bytes, uint64_t virtual_size, vdi_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = vdi_catalog_prepare_(
+        cat, "UPDATE children SET datastore = ?, last_bytes = ?, virtual_size = ? WHERE path = ?",
+        &st, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, datastore, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)bytes);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)virtual_size);
+    sqlite3_bind_text(st, 4, path, -1, SQLITE_STATIC);
+    return vdi_catalog_write_(cat, st, NULL, err);
+}
+
 int vdi_catalog_datastore_usage(vdi_catalog *cat, const char *datastore, vdi_datastore_usage *out,
                                 vdi_error *err)
 {

@@ -68,6 +68,10 @@ int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *paren
                            const vdi_child_meta *meta, uint64_t bytes, uint64_t virtual_size,
                            vdi_error *err);
 int vdi_catalog_remove_child_(vdi_catalog *cat, const char *path, vdi_error *err);
+/* A rescan's correction of a child's row: its datastore, what it holds and
+ * its virtual size (the per-datastore usage follows by trigger). */
+int vdi_catalog_set_child_usage_(vdi_catalog *cat, const char *path, const char *datastore,
+                                 uint64_t bytes, uint64_t virtual_size, vdi_error *err);
 int vdi_catalog_update_child_parent_(vdi_catalog *cat, const char *path, const char *parent,
                                      vdi_error *err);
 int vdi_catalog_put_gold_(vdi_catalog *cat, const vdi_gold_info *g, vdi_error *err);

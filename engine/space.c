@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -49,6 +50,123 @@ int vdi_space_measure(const char *dir, uint64_t reserve_bytes, double reserve_pe
         return vdi_error_set(err, -errno, "cannot read datastore %s: %s", dir, strerror(errno));
     out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
     return 0;
+}
+
+/* ---- a rescan: the walk, and the catalog's records set right ----------------------- */
+
+typedef struct found_child {
+    char *path;
+    uint64_t allocated, virtual_size;
+} found_child;
+
+typedef struct rescan_walk {
+    vdi_space_report *report;
+    found_child *found;
+    size_t count, cap;
+    bool out_of_memory;
+} rescan_walk;
+
+static void collect_child(const char *path, const vdi_image *img, void *ctx)
+{
+    rescan_walk *w = ctx;
+    if (!vdi_image_backing_name(img))
+        return;
+    count_child(path, img, w->report);
+    if (w->count == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 256;
+        found_child *grown = realloc(w->found, cap * sizeof *grown);
+        if (!grown) {
+            w->out_of_memory = true;
+            return;
+        }
+        w->found = grown;
+        w->cap = cap;
+    }
+    found_child *f = &w->found[w->count];
+    if (!(f->path = strdup(path))) {
+        w->out_of_memory = true;
+        return;
+    }
+    f->allocated = vdi_image_allocated_bytes(img);
+    f->virtual_size = vdi_image_virtual_size(img);
+    w->count++;
+}
+
+/* Each found child's record: set right when it says otherwise, taken into
+ * this datastore when it was recorded without one; *matched counts the
+ * records that are this datastore's. Inside the caller's transaction. */
+static int correct_records(vdi_catalog *cat, const char *datastore, const rescan_walk *w,
+                           size_t *matched, vdi_space_rescan_result *res, vdi_error *err)
+{
+    vdi_child_info *rec = malloc(sizeof *rec);
+    if (!rec)
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < w->count && rc == 0; i++) {
+        const found_child *f = &w->found[i];
+        vdi_error lookup = {0};
+        int found = vdi_catalog_child(cat, f->path, rec, &lookup);
+        if (found == -ENOENT) {
+            res->unknown++;
+            continue;
+        }
+        if (found < 0) {
+            *err = lookup;
+            rc = found;
+            break;
+        }
+        if (rec->datastore[0] && strcmp(rec->datastore, datastore))
+            continue; /* another datastore's (the same directory named twice) */
+        (*matched)++;
+        if (!strcmp(rec->datastore, datastore) && rec->last_bytes == f->allocated)
+            continue;
+        rc = vdi_catalog_set_child_usage_(cat, rec->path, datastore, f->allocated, f->virtual_size,
+                                          err);
+        res->corrected += rc == 0;
+    }
+    free(rec);
+    return rc;
+}
+
+int vdi_space_rescan(vdi_catalog *cat, const char *datastore, const char *dir,
+                     uint64_t reserve_bytes, double reserve_percent, vdi_space_report *out,
+                     vdi_space_rescan_result *res, vdi_error *err)
+{
+    memset(res, 0, sizeof *res);
+    int rc = measure_fs(dir, reserve_bytes, reserve_percent, out, err);
+    if (rc < 0)
+        return rc;
+    char real[PATH_MAX];
+    if (!realpath(dir, real))
+        return vdi_error_set(err, -errno, "cannot read datastore %s: %s", dir, strerror(errno));
+    vdi_datastore_usage before;
+    if ((rc = vdi_catalog_datastore_usage(cat, datastore, &before, err)) < 0)
+        return rc;
+    res->recorded_before = before.allocated;
+    res->recorded_children = (size_t)before.children;
+    rescan_walk w = {.report = out};
+    if (vdi_for_each_image_(real, collect_child, &w) < 0)
+        rc = vdi_error_set(err, -errno, "cannot read datastore %s: %s", dir, strerror(errno));
+    else if (w.out_of_memory)
+        rc = vdi_error_set(err, -ENOMEM, "out of memory while walking datastore %s", dir);
+    out->overcommit = out->capacity ? (double)out->worst_case / (double)out->capacity : 0;
+    /* One transaction: the daemon's admission reads the usage either as it
+     * was or as the walk found it, never half of each. */
+    size_t matched = 0;
+    if (rc == 0 && (rc = vdi_catalog_begin_(cat, err)) == 0) {
+        rc = correct_records(cat, datastore, &w, &matched, res, err);
+        if (rc == 0)
+            rc = vdi_catalog_commit_(cat, err);
+        else
+            vdi_catalog_rollback_(cat);
+    }
+    vdi_datastore_usage after;
+    if (rc == 0 && (rc = vdi_catalog_datastore_usage(cat, datastore, &after, err)) == 0)
+        res->missing = after.children > matched ? (size_t)after.children - matched : 0;
+    for (size_t i = 0; i < w.count; i++)
+        free(w.found[i].path);
+    free(w.found);
+    return rc;
 }
 
 static void add_usage(const vdi_datastore_usage *usage, vdi_space_report *out)

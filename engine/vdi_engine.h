@@ -449,6 +449,21 @@ void vdi_space_report_from(uint64_t capacity, uint64_t free_bytes, uint64_t rese
 int vdi_space_measure_known(vdi_catalog *cat, const char *datastore, const char *dir,
                             uint64_t reserve_bytes, double reserve_percent, vdi_space_report *out,
                             vdi_error *err);
+/* What `vdipoolctl space --rescan` found besides the numbers. */
+typedef struct vdi_space_rescan_result {
+    size_t corrected;         /* records whose size or datastore the walk corrected */
+    size_t unknown;           /* child files in the directory the catalog does not know */
+    size_t missing;           /* records of the datastore whose file the walk did not find */
+    uint64_t recorded_before; /* what the datastore's records said its children hold */
+    size_t recorded_children; /* how many records it had, before */
+} vdi_space_rescan_result;
+/* vdi_space_measure, and the catalog's records of the datastore named
+ * `datastore` brought in line with what the walk found, in one transaction:
+ * each known child's allocation and virtual size, and the datastore of
+ * children recorded without one (made by hand with `image clone`). */
+int vdi_space_rescan(vdi_catalog *cat, const char *datastore, const char *dir,
+                     uint64_t reserve_bytes, double reserve_percent, vdi_space_report *out,
+                     vdi_space_rescan_result *res, vdi_error *err);
 /* Admits one more child that is expected to grow by expected_growth and may
  * grow by worst_case, while the children already admitted are still
  * expected to grow by committed_growth; or refuses with -ENOSPC naming the

@@ -189,6 +189,33 @@ START_TEST(growth_learned_from_sessions)
 }
 END_TEST
 
+/* `vdipoolctl space` with `flags`: the answer (caller decrefs) and its
+ * first datastore in *ds. */
+static json_t *space_json(const char *conf, const char *flags, json_t **ds)
+{
+    char *out = th_must("%s --state-dir %s/state space --config %s --json %s", getenv("VDIPOOLCTL"),
+                        dir, conf, flags);
+    json_t *j = json_loads(out, 0, NULL);
+    ck_assert_msg(j != NULL, "%s", out);
+    free(out);
+    *ds = json_array_get(json_object_get(j, "datastores"), 0);
+    ck_assert_ptr_nonnull(*ds);
+    return j;
+}
+
+static json_int_t field(json_t *o, const char *name)
+{
+    json_t *v = json_object_get(o, name);
+    ck_assert_msg(json_is_integer(v), "no integer %s", name);
+    return json_integer_value(v);
+}
+
+/* `space` reports the catalog's records, as admission sees them (no walk);
+ * `space --rescan` walks the datastore, says what the records said, and
+ * sets them right: a child made by hand (recorded without a datastore) is
+ * taken in, a grown child's size corrected; a file the catalog does not
+ * know and a record whose file is gone are counted. Afterwards the records
+ * equal a fresh walk. */
 START_TEST(cli_space_report)
 {
     const char *ctl = getenv("VDIPOOLCTL");
@@ -204,24 +231,72 @@ START_TEST(cli_space_report)
              "spares = 1; expected_growth = \"16M\"; } );\n",
              mnt, gold);
     th_write_file(conf, text, strlen(text));
-    char *out = th_must("%s --state-dir %s/state space --config %s --json", ctl, dir, conf);
-    json_t *j = json_loads(out, 0, NULL);
-    ck_assert_msg(j != NULL, "%s", out);
-    json_t *d = json_array_get(json_object_get(j, "datastores"), 0);
+
+    json_t *d, *j = space_json(conf, "", &d);
     ck_assert_str_eq(json_string_value(json_object_get(d, "name")), "small");
-    ck_assert_int_eq(json_integer_value(json_object_get(d, "children")), 1);
-    ck_assert_int_eq(json_integer_value(json_object_get(d, "reserve")), 8 << 20);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "source")), "catalog");
+    ck_assert_int_eq(field(d, "children"), 0); /* made by hand: no datastore recorded */
+    ck_assert_int_eq(field(d, "reserve"), 8 << 20);
     json_t *p = json_array_get(json_object_get(d, "pools"), 0);
     ck_assert_str_eq(json_string_value(json_object_get(p, "growth_source")), "configured");
+    json_decref(j);
+
+    j = space_json(conf, "--rescan", &d);
+    ck_assert_str_eq(json_string_value(json_object_get(d, "source")), "rescan");
+    ck_assert_int_eq(field(d, "children"), 1);
+    json_t *r = json_object_get(d, "rescan");
+    ck_assert_int_eq(field(r, "recorded_children"), 0);
+    ck_assert_int_eq(field(r, "corrected"), 1);
+    ck_assert_int_eq(field(r, "unknown_files"), 0);
+    ck_assert_int_eq(field(r, "missing_files"), 0);
     /* 1 GiB children on ~60 MiB with max_overcommit 2: refused, and says so. */
+    p = json_array_get(json_object_get(d, "pools"), 0);
     ck_assert(json_is_false(json_object_get(p, "admits_another")));
     ck_assert_ptr_nonnull(
         strstr(json_string_value(json_object_get(p, "refusal")), "overcommitted"));
     json_decref(j);
-    free(out);
-    out = th_must("%s --state-dir %s/state space --config %s", ctl, dir, conf);
+
+    /* The child grows by 4 MiB behind the catalog's back; a file nobody
+     * recorded appears; a recorded child's file is removed by hand. */
+    clone_to(gold, in_mnt("office-002.qcow2"));
+    j = space_json(conf, "--rescan", &d);
+    json_decref(j);
+    free(th_must("qemu-io -c 'write -q -P 0x11 0 4M' %s", in_mnt("office-001.qcow2")));
+    free(th_must("qemu-img create -q -f qcow2 -b %s -F qcow2 %s", gold, in_mnt("stranger.qcow2")));
+    free(th_must("rm %s", in_mnt("office-002.qcow2")));
+    j = space_json(conf, "", &d);
+    json_int_t recorded = field(d, "children_allocated");
+    ck_assert_int_eq(field(d, "children"), 2);
+    json_decref(j);
+    j = space_json(conf, "--rescan", &d);
+    r = json_object_get(d, "rescan");
+    ck_assert_int_eq(field(r, "recorded_children"), 2);
+    ck_assert_int_eq(field(r, "recorded_allocated"), recorded);
+    ck_assert_int_eq(field(r, "corrected"), 1);
+    ck_assert_int_eq(field(r, "unknown_files"), 1);
+    ck_assert_int_eq(field(r, "missing_files"), 1);
+    json_int_t walked = field(d, "children_allocated"); /* both files found */
+    json_decref(j);
+    vdi_space_report walk;
+    ck_assert_int_eq(vdi_space_measure(mnt, 0, 0, &walk, NULL), 0);
+    ck_assert_int_eq(walked, (json_int_t)walk.children_allocated);
+    /* With the gone child's record dropped (reconcile), the records hold
+     * what the walk found of every file they know: all but the stranger. */
+    free(th_must("%s --state-dir %s/state image reconcile %s", ctl, dir, mnt));
+    vdi_image *stranger = NULL;
+    ck_assert_int_eq(vdi_image_open(in_mnt("stranger.qcow2"), &stranger, NULL), 0);
+    json_int_t stranger_bytes = (json_int_t)vdi_image_allocated_bytes(stranger);
+    vdi_image_close(stranger);
+    j = space_json(conf, "", &d);
+    ck_assert_int_eq(field(d, "children"), 1);
+    ck_assert_int_eq(field(d, "children_allocated"), walked - stranger_bytes);
+    ck_assert_int_gt(field(d, "children_allocated"), 4 << 20); /* the growth is counted */
+    json_decref(j);
+
+    char *out = th_must("%s --state-dir %s/state space --config %s --rescan", ctl, dir, conf);
     ck_assert_ptr_nonnull(strstr(out, "datastore small"));
     ck_assert_ptr_nonnull(strstr(out, "pool office"));
+    ck_assert_ptr_nonnull(strstr(out, "1 files it does not know"));
     free(out);
 }
 END_TEST

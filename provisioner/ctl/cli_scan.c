@@ -334,23 +334,50 @@ int cli_space(cli_call *c)
         vdi_config_free(cfg);
         return status;
     }
+    bool rescan = o->flag[0];
     json_t *stores = json_array();
     for (size_t i = 0; i < vdi_config_datastore_count(cfg); i++) {
         const vdi_datastore_config *d = vdi_config_datastore(cfg, i);
+        if (d->kind == VDI_DATASTORE_LOCAL) {
+            /* Its directory is on its host, measured there through libvirt. */
+            if (o->json)
+                json_array_append_new(stores,
+                                      json_pack("{s:s,s:s,s:s,s:s}", "name", d->name, "path",
+                                                d->path, "source", "host", "host", d->host));
+            else
+                printf("datastore %s (%s on host %s): host-local, measured by vdipoold through "
+                       "libvirt (`vdipoolctl hosts`)\n",
+                       d->name, d->path, d->host);
+            continue;
+        }
         vdi_space_report r;
+        vdi_space_rescan_result found = {0};
         vdi_error err = {0};
-        if (vdi_space_measure(d->path, d->reserve_bytes, d->reserve_percent, &r, &err) < 0) {
+        int rc = rescan ? vdi_space_rescan(cat, d->name, d->path, d->reserve_bytes,
+                                           d->reserve_percent, &r, &found, &err)
+                        : vdi_space_measure_known(cat, d->name, d->path, d->reserve_bytes,
+                                                  d->reserve_percent, &r, &err);
+        if (rc < 0) {
             status = cli_fail(o->json, &err);
             continue;
         }
         char a[32], b[32], rs[32], e1[32], e2[32];
-        if (!o->json)
-            printf("datastore %s (%s): %s capacity, %s free, %s reserve; %zu children allocate "
+        if (!o->json) {
+            printf("datastore %s (%s): %s capacity, %s free, %s reserve; %zu children %s "
                    "%s and could grow by %s more (%.2fx capacity, limit %.2fx)\n",
                    d->name, d->path, vdi_format_size(r.capacity, a, sizeof a),
                    vdi_format_size(r.free, b, sizeof b), vdi_format_size(r.reserve, rs, sizeof rs),
-                   r.children, vdi_format_size(r.children_allocated, e1, sizeof e1),
+                   r.children, rescan ? "found, allocating" : "recorded, allocating",
+                   vdi_format_size(r.children_allocated, e1, sizeof e1),
                    vdi_format_size(r.worst_case, e2, sizeof e2), r.overcommit, d->max_overcommit);
+            if (rescan)
+                printf("  rescan: the catalog recorded %zu children holding %s; %zu records set "
+                       "right, %zu files it does not know, %zu records whose file is gone%s\n",
+                       found.recorded_children,
+                       vdi_format_size(found.recorded_before, e1, sizeof e1), found.corrected,
+                       found.unknown, found.missing,
+                       found.unknown || found.missing ? " (see `vdipoolctl image reconcile`)" : "");
+        }
         json_t *pools = json_array();
         for (size_t j = 0; j < vdi_config_pool_count(cfg); j++) {
             const vdi_pool_config *p = vdi_config_pool(cfg, j);
@@ -386,12 +413,20 @@ int cli_space(cli_call *c)
         if (o->json)
             json_array_append_new(
                 stores,
-                json_pack("{s:s,s:s,s:I,s:I,s:I,s:i,s:I,s:I,s:f,s:f,s:o}", "name", d->name, "path",
-                          d->path, "capacity", (json_int_t)r.capacity, "free", (json_int_t)r.free,
-                          "reserve", (json_int_t)r.reserve, "children", (int)r.children,
-                          "children_allocated", (json_int_t)r.children_allocated, "worst_case",
-                          (json_int_t)r.worst_case, "overcommit", r.overcommit, "max_overcommit",
-                          d->max_overcommit, "pools", pools));
+                json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:i,s:I,s:I,s:f,s:f,s:o,s:o*}", "name", d->name,
+                          "path", d->path, "source", rescan ? "rescan" : "catalog", "capacity",
+                          (json_int_t)r.capacity, "free", (json_int_t)r.free, "reserve",
+                          (json_int_t)r.reserve, "children", (int)r.children, "children_allocated",
+                          (json_int_t)r.children_allocated, "worst_case", (json_int_t)r.worst_case,
+                          "overcommit", r.overcommit, "max_overcommit", d->max_overcommit, "pools",
+                          pools, "rescan",
+                          rescan
+                              ? json_pack("{s:i,s:I,s:i,s:i,s:i}", "recorded_children",
+                                          (int)found.recorded_children, "recorded_allocated",
+                                          (json_int_t)found.recorded_before, "corrected",
+                                          (int)found.corrected, "unknown_files", (int)found.unknown,
+                                          "missing_files", (int)found.missing)
+                              : NULL));
         else
             json_decref(pools);
     }

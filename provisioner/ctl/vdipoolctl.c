@@ -23,7 +23,10 @@ static void usage(FILE *out)
           "                                     make N children in DIR in one go\n"
           "  image seal|unseal|verify|merge|reparent|scan|tree|reconcile ...\n"
           "                                     the guard, merges and the orphaned-file locator\n"
-          "  space [--config PATH] [--json]     datastores: capacity, reserve, worst-case growth\n"
+          "  space [--config PATH] [--rescan] [--json]\n"
+          "                                     datastores: capacity, reserve, worst-case growth,\n"
+          "                                     from the catalog (--rescan: walk each datastore\n"
+          "                                     and set the catalog's records right)\n"
           "\n"
           "Service (through vdipoold's socket; --socket PATH or $VDIPOOL_SOCKET):\n"
           "  status [--json]                    pools and their desktops\n"
@@ -101,6 +104,7 @@ static const char *const gold_prune_values[] = {"config", "socket", "keep", NULL
 static const char *const dry_run_flag[] = {"dry-run", NULL};
 static const char *const gold_edit_values[] = {"config", "socket", "pool", NULL};
 static const char *const discard_flag[] = {"discard", NULL};
+static const char *const rescan_flag[] = {"rescan", NULL};
 
 typedef struct cli_command {
     const char *group; /* "image", "config", or NULL for a top-level command */
@@ -130,7 +134,7 @@ static const cli_command commands[] = {
     {"config", "check", cli_config_check, 0, 0, "no arguments (use --config PATH)", no_names,
      config_value, false},
     {"config", "diff", cli_config_diff, 2, 2, "OLD and NEW", no_names, no_names, false},
-    {NULL, "space", cli_space, 0, 0, "no arguments", no_names, config_value, false},
+    {NULL, "space", cli_space, 0, 0, "no arguments", rescan_flag, config_value, false},
     {NULL, "status", cli_status, 0, 0, "no arguments", no_names, socket_values, false},
     {NULL, "acquire", cli_acquire, 1, 1, "POOL and --user NAME", no_names, socket_values, false},
     {NULL, "release", cli_release, 1, 1,

@@ -1,5 +1,6 @@
-/* api.h — the control API's transport (api_http.c): HTTP/1.1 over a Unix
- * socket, optionally loopback TCP with a bearer token. It knows nothing of
+/* api.h — the control API's transport (api_server.c listens, api_http.c
+ * serves connections, api_access.c decides who may ask): HTTP/1.1 over a
+ * Unix socket, optionally loopback TCP with a bearer token. It knows nothing of
  * the service: it checks the peer, parses a request and hands it to the
  * route callback it was given, which answers now or later. */
 #ifndef VDI_API_H

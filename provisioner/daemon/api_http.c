@@ -1,32 +1,24 @@
-/* api_http.c — the control API's transport: HTTP/1.1 over a Unix socket,
- * optionally also loopback TCP with a bearer token. Connections persist
- * (HTTP/1.1 keep-alive, unless the client says Connection: close or speaks
- * HTTP/1.0) and requests on one connection are answered one at a time in
- * the order they were sent: the next is parsed only once the answer to the
+/* api_http.c — the control API's connections: HTTP/1.1 over the Unix
+ * socket or the loopback TCP listener (api_server.c accepts them; who may
+ * ask is api_access.c's). Connections persist (HTTP/1.1 keep-alive, unless
+ * the client says Connection: close or speaks HTTP/1.0) and requests on one connection are answered
+ * one at a time in the order they were sent: the next is parsed only once the answer to the
  * previous one is written, so pipelined requests wait in a bounded buffer.
  * Limits on the request line, headers and body answer 414/431/413, other
  * versions than 1.0 and 1.1 505, a request that does not arrive within
  * 10 s 408; a connection idle for KEEPALIVE_IDLE_MS between requests is
  * closed quietly, and an error answer closes its connection. The parser is
- * Debian's http-parser, kept behind http_request.c. Peers on the Unix
- * socket are checked with SO_PEERCRED: root, the daemon's own user, or
- * members of group vdipool. */
+ * Debian's http-parser, kept behind http_request.c. */
 #include "api.h"
+#include "api_access.h"
+#include "api_connection.h"
 #include "http_request.h"
 #include "log.h"
 
 #include <errno.h>
-#include <grp.h>
-#include <limits.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 /* Limits on what a client may send, and how long it may take. */
 #define HEADER_TIMEOUT_MS 10000 /* a whole request must arrive within this: 408 */
@@ -36,20 +28,6 @@
 /* Bytes of pipelined requests held while an earlier one is answered;
  * reading pauses beyond this until the queue is worked off. */
 #define PENDING_MAX (HTTP_MAX_HEADERS + HTTP_MAX_BODY)
-
-struct api_server {
-    uv_loop_t *loop;
-    api_route_fn route; /* the service's routes, called on the loop */
-    void *route_ctx;
-    api_open_fn open;
-    uv_pipe_t unix_server;
-    uv_tcp_t tcp_server;
-    bool have_tcp;
-    bool unix_listening; /* the socket file is ours to remove */
-    int open_handles;    /* closing: freed when the last one is closed */
-    char token[256];
-    char socket_path[4096];
-};
 
 /* One connection and its current request: after an answer is written the
  * same object takes the connection's next request (the routes see one
@@ -65,7 +43,7 @@ struct request {
     uv_timer_t timer;    /* idle, then header timeout, then the drain after an error */
     int open_handles;    /* stream and timer: freed when both are closed */
     http_request http;
-    api_server *server;
+    char *token;        /* a TCP connection's copy of its listener's bearer token */
     api_route_fn route; /* the server's, or the fuzzer's */
     void *route_ctx;
     api_open_fn open;
@@ -97,6 +75,7 @@ static void free_request(request *r)
 {
     http_request_free(&r->http);
     free(r->pending);
+    free(r->token);
     free(r);
 }
 
@@ -371,16 +350,6 @@ const char *request_query(const request *r, const char *name, char *buf, size_t 
     return NULL;
 }
 
-/* Compares in time independent of where the strings differ. */
-static bool same_secret(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    unsigned char diff = (unsigned char)(la != lb);
-    for (size_t i = 0; i < lb; i++)
-        diff |= (unsigned char)(b[i] ^ (i < la ? a[i] : 0));
-    return diff == 0;
-}
-
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)h;
@@ -389,34 +358,6 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
-
-/* Is NAME[:PORT] (a Host header) a loopback address? */
-static bool loopback_host(const char *host)
-{
-    size_t len = strlen(host);
-    const char *colon = host[0] == '[' ? strstr(host, "]:") : strrchr(host, ':');
-    if (colon)
-        len = (size_t)(colon - host) + (host[0] == '[');
-    return (len == 9 && !strncasecmp(host, "localhost", 9)) ||
-           (len == 5 && !strncmp(host, "[::1]", 5)) || (len > 4 && !strncmp(host, "127.", 4));
-}
-
-/* The API's answer to cross-site request forgery and DNS rebinding, which
- * its peer check and token cannot stop when a browser reaches it through a
- * forwarded port (ssh -L to the Unix socket needs no token): a request a
- * browser sent (it carries Origin or Sec-Fetch-* headers; vdipoolctl,
- * curl and brokers send neither) must be addressed to a loopback host
- * name, and come from that same origin. */
-static bool browser_request_allowed(const http_request *h)
-{
-    if (!h->origin[0] && !h->fetch_metadata)
-        return true; /* not a browser */
-    if (!loopback_host(h->host))
-        return false;
-    if (!h->origin[0])
-        return true; /* a same-origin GET: browsers send no Origin with it */
-    return !strncmp(h->origin, "http://", 7) && !strcasecmp(h->origin + 7, h->host);
-}
 
 /* A whole request: checks who asks, then routes it. */
 static void dispatch(request *r)
@@ -436,7 +377,7 @@ static void dispatch(request *r)
      * it makes. */
     if (r->open && r->open(r))
         return;
-    if (!browser_request_allowed(&r->http)) {
+    if (!api_browser_request_allowed(&r->http)) {
         request_respond_json(
             r, 403,
             json_pack("{s:s}", "error",
@@ -446,10 +387,7 @@ static void dispatch(request *r)
         return;
     }
     if (r->is_tcp) {
-        api_server *a = r->server;
-        char want[300];
-        snprintf(want, sizeof want, "Bearer %s", a->token);
-        if (!a->token[0] || !same_secret(r->http.authorization, want)) {
+        if (!api_token_ok(r->token ? r->token : "", r->http.authorization)) {
             request_respond_json(r, 401,
                                  json_pack("{s:s}", "error", "missing or wrong bearer token"));
             return;
@@ -582,51 +520,32 @@ static void header_timeout(uv_timer_t *t)
                              json_pack("{s:s}", "error", "the request did not arrive within 10 s"));
 }
 
-static bool peer_allowed(uv_pipe_t *p)
+void api_accept(uv_stream_t *server, uv_loop_t *loop, const api_routes *routes, bool tcp)
 {
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)p, &fd) < 0)
-        return false;
-    struct ucred cred;
-    socklen_t len = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
-        return false;
-    if (cred.uid == 0 || cred.uid == getuid())
-        return true;
-    struct group *g = getgrnam("vdipool");
-    if (!g)
-        return false;
-    if (cred.gid == g->gr_gid)
-        return true;
-    struct passwd *pw = getpwuid(cred.uid);
-    for (char **m = g->gr_mem; pw && *m; m++)
-        if (!strcmp(*m, pw->pw_name))
-            return true;
-    return false;
-}
-
-static void accept_one(uv_stream_t *server, bool tcp)
-{
-    api_server *a = server->data;
     request *r = calloc(1, sizeof *r);
     if (!r) {
         svc_log("error", "event=connection-dropped reason=\"out of memory\"");
         return;
     }
-    r->server = a;
-    r->route = a->route;
-    r->route_ctx = a->route_ctx;
-    r->open = a->open;
+    if (tcp && !(r->token = strdup(routes->token ? routes->token : ""))) {
+        free(r);
+        svc_log("error", "event=connection-dropped reason=\"out of memory\"");
+        return;
+    }
+    r->route = routes->route;
+    r->route_ctx = routes->ctx;
+    r->open = routes->open;
     r->is_tcp = tcp;
     r->stream = (uv_stream_t *)&r->handle;
-    int rc = tcp ? uv_tcp_init(a->loop, &r->handle.tcp) : uv_pipe_init(a->loop, &r->handle.pipe, 0);
+    int rc = tcp ? uv_tcp_init(loop, &r->handle.tcp) : uv_pipe_init(loop, &r->handle.pipe, 0);
     if (rc < 0) {
+        free(r->token);
         free(r);
         return;
     }
     r->open_handles = 1;
     r->stream->data = r;
-    if (uv_timer_init(a->loop, &r->timer) == 0) {
+    if (uv_timer_init(loop, &r->timer) == 0) {
         r->open_handles++;
         r->timer.data = r;
     } else {
@@ -641,7 +560,7 @@ static void accept_one(uv_stream_t *server, bool tcp)
     http_request_init(&r->http);
     /* A refused peer still gets its request read and a 403 answer: closing
      * at once would look like a failed connect to the client. */
-    r->denied = !tcp && !peer_allowed(&r->handle.pipe);
+    r->denied = !tcp && !api_peer_allowed(&r->handle.pipe);
     if (uv_timer_start(&r->timer, header_timeout, HEADER_TIMEOUT_MS, 0) < 0 ||
         uv_read_start(r->stream, on_alloc, on_read) < 0)
         close_request(r);
@@ -663,123 +582,4 @@ int api_request_fuzz(const char *data, size_t len, api_route_fn route, api_open_
     int status = r->responded ? r->answered_status : 0;
     free_request(r);
     return status;
-}
-
-static void on_unix_connection(uv_stream_t *server, int status)
-{
-    if (status == 0)
-        accept_one(server, false);
-}
-
-static void on_tcp_connection(uv_stream_t *server, int status)
-{
-    if (status == 0)
-        accept_one(server, true);
-}
-
-int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn route,
-                     api_open_fn open, void *route_ctx, api_server **out, vdi_error *err)
-{
-    api_server *a = calloc(1, sizeof *a);
-    if (!a)
-        return vdi_error_set(err, -ENOMEM, "out of memory");
-    a->loop = loop;
-    a->route = route;
-    a->route_ctx = route_ctx;
-    a->open = open;
-    *out = a; /* api_server_stop frees it, whatever happens below */
-    snprintf(a->socket_path, sizeof a->socket_path, "%s", sc->socket_path);
-    /* The socket's directory (/run/vdipool) is made here when missing. */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", a->socket_path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        mkdir(dir, 0755);
-    }
-    /* A socket that answers belongs to a running vdipoold: never take it over.
-     * One that does not is a stale leftover of a previous run. */
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(a->socket_path) >= sizeof sa.sun_path)
-        return vdi_error_set(err, -ENAMETOOLONG,
-                             "the socket path %s is too long (at most %zu bytes)", a->socket_path,
-                             sizeof sa.sun_path - 1);
-    memcpy(sa.sun_path, a->socket_path, strlen(a->socket_path) + 1);
-    bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
-    if (probe >= 0)
-        close(probe);
-    if (live)
-        return vdi_error_set(err, -EADDRINUSE,
-                             "%s is the socket of a running vdipoold; stop it first, or give "
-                             "this one another service.socket",
-                             a->socket_path);
-    unlink(a->socket_path);
-    int rc = uv_pipe_init(loop, &a->unix_server, 0);
-    a->unix_server.data = a;
-    if (rc == 0)
-        rc = uv_pipe_bind(&a->unix_server, a->socket_path);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&a->unix_server, 64, on_unix_connection);
-    if (rc < 0)
-        return vdi_error_set(err, rc, "cannot listen on %s: %s", a->socket_path, uv_strerror(rc));
-    a->unix_listening = true;
-    struct group *g = getgrnam("vdipool");
-    chmod(a->socket_path, 0660);
-    if (g && chown(a->socket_path, (uid_t)-1, g->gr_gid) < 0)
-        svc_log("warning", "event=socket-group-not-set reason=\"%s\"", strerror(errno));
-
-    if (sc->listen) {
-        FILE *f = fopen(sc->token_file, "r");
-        if (!f || !fgets(a->token, sizeof a->token, f)) {
-            if (f)
-                fclose(f);
-            return vdi_error_set(err, -EINVAL, "cannot read the API token from %s", sc->token_file);
-        }
-        fclose(f);
-        a->token[strcspn(a->token, "\r\n")] = '\0';
-        char host[64];
-        const char *colon = strrchr(sc->listen, ':');
-        snprintf(host, sizeof host, "%.*s", (int)(colon - sc->listen), sc->listen);
-        if (!strcmp(host, "localhost"))
-            snprintf(host, sizeof host, "127.0.0.1");
-        struct sockaddr_storage addr;
-        if (host[0] == '[') {
-            host[strlen(host) - 1] = '\0';
-            uv_ip6_addr(host + 1, atoi(colon + 1), (struct sockaddr_in6 *)&addr);
-        } else {
-            uv_ip4_addr(host, atoi(colon + 1), (struct sockaddr_in *)&addr);
-        }
-        rc = uv_tcp_init(loop, &a->tcp_server);
-        a->tcp_server.data = a;
-        if (rc == 0)
-            rc = uv_tcp_bind(&a->tcp_server, (struct sockaddr *)&addr, 0);
-        if (rc == 0)
-            rc = uv_listen((uv_stream_t *)&a->tcp_server, 64, on_tcp_connection);
-        if (rc < 0)
-            return vdi_error_set(err, rc, "cannot listen on %s: %s", sc->listen, uv_strerror(rc));
-        a->have_tcp = true;
-    }
-    svc_log("info", "event=api-listening socket=%s%s%s", a->socket_path, a->have_tcp ? " tcp=" : "",
-            a->have_tcp ? sc->listen : "");
-    return 0;
-}
-
-static void server_closed(uv_handle_t *h)
-{
-    api_server *a = h->data;
-    if (--a->open_handles == 0)
-        free(a);
-}
-
-void api_server_stop(api_server *a)
-{
-    if (!a)
-        return;
-    a->open_handles = 1 + a->have_tcp;
-    if (a->unix_listening)
-        unlink(a->socket_path);
-    uv_close((uv_handle_t *)&a->unix_server, server_closed);
-    if (a->have_tcp)
-        uv_close((uv_handle_t *)&a->tcp_server, server_closed);
 }

@@ -1,0 +1,149 @@
+/* api_server.c — the control API's listeners: the Unix socket (never
+ * taken over from a running vdipoold; mode 0660, group vdipool) and the
+ * optional loopback TCP listener with its bearer token. Each accepted
+ * connection is handed to api_http.c (api_connection.h); who may ask is
+ * api_access.c's. */
+#include "api.h"
+#include "api_connection.h"
+#include "log.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct api_server {
+    uv_loop_t *loop;
+    api_routes routes; /* the service's, called on the loop, and the token */
+    uv_pipe_t unix_server;
+    uv_tcp_t tcp_server;
+    bool have_tcp;
+    bool unix_listening; /* the socket file is ours to remove */
+    int open_handles;    /* closing: freed when the last one is closed */
+    char token[256];
+    char socket_path[4096];
+};
+
+static void on_unix_connection(uv_stream_t *server, int status)
+{
+    api_server *a = server->data;
+    if (status == 0)
+        api_accept(server, a->loop, &a->routes, false);
+}
+
+static void on_tcp_connection(uv_stream_t *server, int status)
+{
+    api_server *a = server->data;
+    if (status == 0)
+        api_accept(server, a->loop, &a->routes, true);
+}
+
+int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn route,
+                     api_open_fn open, void *route_ctx, api_server **out, vdi_error *err)
+{
+    api_server *a = calloc(1, sizeof *a);
+    if (!a)
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    a->loop = loop;
+    a->routes = (api_routes){.route = route, .ctx = route_ctx, .open = open, .token = a->token};
+    *out = a; /* api_server_stop frees it, whatever happens below */
+    snprintf(a->socket_path, sizeof a->socket_path, "%s", sc->socket_path);
+    /* The socket's directory (/run/vdipool) is made here when missing. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", a->socket_path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        mkdir(dir, 0755);
+    }
+    /* A socket that answers belongs to a running vdipoold: never take it over.
+     * One that does not is a stale leftover of a previous run. */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(a->socket_path) >= sizeof sa.sun_path)
+        return vdi_error_set(err, -ENAMETOOLONG,
+                             "the socket path %s is too long (at most %zu bytes)", a->socket_path,
+                             sizeof sa.sun_path - 1);
+    memcpy(sa.sun_path, a->socket_path, strlen(a->socket_path) + 1);
+    bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (probe >= 0)
+        close(probe);
+    if (live)
+        return vdi_error_set(err, -EADDRINUSE,
+                             "%s is the socket of a running vdipoold; stop it first, or give "
+                             "this one another service.socket",
+                             a->socket_path);
+    unlink(a->socket_path);
+    int rc = uv_pipe_init(loop, &a->unix_server, 0);
+    a->unix_server.data = a;
+    if (rc == 0)
+        rc = uv_pipe_bind(&a->unix_server, a->socket_path);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&a->unix_server, 64, on_unix_connection);
+    if (rc < 0)
+        return vdi_error_set(err, rc, "cannot listen on %s: %s", a->socket_path, uv_strerror(rc));
+    a->unix_listening = true;
+    struct group *g = getgrnam("vdipool");
+    chmod(a->socket_path, 0660);
+    if (g && chown(a->socket_path, (uid_t)-1, g->gr_gid) < 0)
+        svc_log("warning", "event=socket-group-not-set reason=\"%s\"", strerror(errno));
+
+    if (sc->listen) {
+        FILE *f = fopen(sc->token_file, "r");
+        if (!f || !fgets(a->token, sizeof a->token, f)) {
+            if (f)
+                fclose(f);
+            return vdi_error_set(err, -EINVAL, "cannot read the API token from %s", sc->token_file);
+        }
+        fclose(f);
+        a->token[strcspn(a->token, "\r\n")] = '\0';
+        char host[64];
+        const char *colon = strrchr(sc->listen, ':');
+        snprintf(host, sizeof host, "%.*s", (int)(colon - sc->listen), sc->listen);
+        if (!strcmp(host, "localhost"))
+            snprintf(host, sizeof host, "127.0.0.1");
+        struct sockaddr_storage addr;
+        if (host[0] == '[') {
+            host[strlen(host) - 1] = '\0';
+            uv_ip6_addr(host + 1, atoi(colon + 1), (struct sockaddr_in6 *)&addr);
+        } else {
+            uv_ip4_addr(host, atoi(colon + 1), (struct sockaddr_in *)&addr);
+        }
+        rc = uv_tcp_init(loop, &a->tcp_server);
+        a->tcp_server.data = a;
+        if (rc == 0)
+            rc = uv_tcp_bind(&a->tcp_server, (struct sockaddr *)&addr, 0);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&a->tcp_server, 64, on_tcp_connection);
+        if (rc < 0)
+            return vdi_error_set(err, rc, "cannot listen on %s: %s", sc->listen, uv_strerror(rc));
+        a->have_tcp = true;
+    }
+    svc_log("info", "event=api-listening socket=%s%s%s", a->socket_path, a->have_tcp ? " tcp=" : "",
+            a->have_tcp ? sc->listen : "");
+    return 0;
+}
+
+static void server_closed(uv_handle_t *h)
+{
+    api_server *a = h->data;
+    if (--a->open_handles == 0)
+        free(a);
+}
+
+void api_server_stop(api_server *a)
+{
+    if (!a)
+        return;
+    a->open_handles = 1 + a->have_tcp;
+    if (a->unix_listening)
+        unlink(a->socket_path);
+    uv_close((uv_handle_t *)&a->unix_server, server_closed);
+    if (a->have_tcp)
+        uv_close((uv_handle_t *)&a->tcp_server, server_closed);
+}

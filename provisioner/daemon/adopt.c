@@ -320,7 +320,7 @@ void adopt_recheck(desktop *d, int64_t now)
 
 static void list_done(service *svc, void *data)
 {
-    (void)svc; /* the host's */
+    (void)svc; /* adopt_listing reaches it through the host */
     adopt_req *r = data;
     host *h = r->h;
     if (r->conn)

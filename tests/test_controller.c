@@ -591,6 +591,30 @@ START_TEST(held_desktops_wait_for_libvirt)
     adopt_checked(d, 0, NULL, dom); /* 1 s into its new wait: held on */
     json_decref(dom);
     ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
+    /* Lost while its check was out; listed again long after: the check's
+     * answer (a failure: the connection went) holds it, and the next check
+     * finds libvirt still at work within the new wait. */
+    host_on_disconnected(h);
+    fake_now += 600;
+    h->online = true;
+    d->busy = true;
+    listing = json_array();
+    dom = described(true, true, "paused outside vdipool");
+    json_object_set_new(dom, "name", json_string(d->name));
+    json_array_append_new(listing, dom);
+    adopt_listing(h, listing);
+    wait_for_stray_check();
+    ck_assert_int_eq(d->state_since, fake_now);
+    d->busy = false;
+    adopt_checked(d, -ENOTCONN, "not connected", NULL);
+    ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
+    fake_now += 2;
+    service_converge(&S);
+    ck_assert_ptr_eq(take(CALL_ADOPT_CHECK), d);
+    dom = described(true, true, "paused outside vdipool");
+    adopt_checked(d, 0, NULL, dom);
+    json_decref(dom);
+    ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
     /* Lost again; listed again with libvirt done: adopted as it runs. */
     host_on_disconnected(h);
     h->online = true;

@@ -362,7 +362,13 @@ void adopt_listing(host *h, json_t *domains)
         bool gone = stopped && vdi_strmap_get(stopped, name, &unused);
         /* A desktop held (adopting) when the host's connection was lost
          * was not asked about meanwhile: it is taken as listed now, and
-         * if libvirt still works on it, its wait starts again. */
+         * if libvirt still works on it, its wait starts again. One whose
+         * check went out before the loss is left to that check's answer,
+         * its wait counted from now too. */
+        if (d && d->busy && d->state == DESKTOP_ADOPTING && d->host == h) {
+            d->state_since = service_now(svc);
+            continue;
+        }
         bool ours =
             d && !d->busy &&
             (d->state == DESKTOP_EMPTY ||

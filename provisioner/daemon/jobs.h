@@ -93,6 +93,13 @@ void job_done(service *svc, void *data);
  * another job has taken it since. */
 desktop *job_desktop(service *svc, const job *j);
 
+/* What the jobs do on a worker (jobruns.c); data is the job. */
+void jobs_clone_run(void *data);
+void jobs_start_run(void *data);
+void jobs_end_run(void *data);
+void jobs_resume_run(void *data);
+void jobs_budget_run(void *data);
+
 /* The operations of real_desktop_ops (ops.c) that jobs.c runs. */
 void jobs_op_clone(desktop *d);
 void jobs_op_start(desktop *d);

@@ -117,9 +117,11 @@ static void child_from_row(sqlite3_stmt *st, void *row)
     c->created_at = sqlite3_column_int64(st, 6);
     c->last_bytes = (uint64_t)sqlite3_column_int64(st, 7);
     vdi_copy_text_(c->host, sizeof c->host, sqlite3_column_text(st, 8));
+    c->virtual_size = (uint64_t)sqlite3_column_int64(st, 9);
 }
 
-#define CHILD_COLUMNS "id, path, parent, datastore, pool, slot, created_at, last_bytes, host"
+#define CHILD_COLUMNS                                                                              \
+    "id, path, parent, datastore, pool, slot, created_at, last_bytes, host, virtual_size"
 
 int vdi_catalog_child(vdi_catalog *cat, const char *path, vdi_child_info *out, vdi_error *err)
 {

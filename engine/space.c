@@ -118,7 +118,8 @@ static int correct_records(vdi_catalog *cat, const char *datastore, const rescan
         if (rec->datastore[0] && strcmp(rec->datastore, datastore))
             continue; /* another datastore's (the same directory named twice) */
         (*matched)++;
-        if (!strcmp(rec->datastore, datastore) && rec->last_bytes == f->allocated)
+        if (!strcmp(rec->datastore, datastore) && rec->last_bytes == f->allocated &&
+            rec->virtual_size == f->virtual_size)
             continue;
         rc = vdi_catalog_set_child_usage_(cat, rec->path, datastore, f->allocated, f->virtual_size,
                                           err);

@@ -249,6 +249,7 @@ typedef struct vdi_child_info {
     int64_t created_at;
     uint64_t last_bytes; /* allocated bytes when last measured */
     char host[64];       /* the host it was made for; "" when none */
+    uint64_t virtual_size; /* its guest disk's size, as recorded (0 in old catalogs) */
 } vdi_child_info;
 
 /* Calls fn for every child the catalog knows, in path order, without

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,6 +255,26 @@ START_TEST(cli_space_report)
     ck_assert(json_is_false(json_object_get(p, "admits_another")));
     ck_assert_ptr_nonnull(
         strstr(json_string_value(json_object_get(p, "refusal")), "overcommitted"));
+    json_decref(j);
+
+    /* A record as a catalog from before virtual sizes were kept has it
+     * (0): no worst case is counted until a rescan fills it in. */
+    char db_path[4200];
+    snprintf(db_path, sizeof db_path, "%s/state/catalog.db", dir);
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    ck_assert_int_eq(sqlite3_exec(db, "UPDATE children SET virtual_size = 0", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    j = space_json(conf, "", &d);
+    ck_assert_int_eq(field(d, "worst_case"), 0);
+    json_decref(j);
+    j = space_json(conf, "--rescan", &d);
+    ck_assert_int_eq(field(json_object_get(d, "rescan"), "corrected"), 1);
+    json_decref(j);
+    j = space_json(conf, "", &d);
+    ck_assert_int_gt(field(d, "worst_case"), 512 << 20); /* 1 GiB less what it holds */
     json_decref(j);
 
     /* The child grows by 4 MiB behind the catalog's back; a file nobody

@@ -494,6 +494,18 @@ static json_t *described(bool active, bool in_job, const char *paused)
                      "vnc://127.0.0.1:5900", "agent", (int)AGENT_UNKNOWN, "paused", paused);
 }
 
+/* Host h answers again and its listing has d's domain, libvirt still at
+ * work on it (paused, starting up) or done (running); the listing is
+ * matched and the stray check it starts has finished. */
+static void host_relists(host *h, const desktop *d, bool in_job)
+{
+    h->online = true;
+    json_t *dom = described(true, in_job, in_job ? "paused outside vdipool" : NULL);
+    json_object_set_new(dom, "name", json_string(d->name));
+    adopt_listing(h, json_pack("[o]", dom));
+    wait_for_stray_check();
+}
+
 /* A desktop held while libvirt works on its domain takes its slot and
  * counts as a coming spare (so only one more is cloned), is asked about
  * again on its own schedule, and is adopted as its domain is once libvirt
@@ -574,13 +586,7 @@ START_TEST(held_desktops_wait_for_libvirt)
     fake_now += 600;
     service_converge(&S);
     ck_assert_uint_eq(count(CALL_ADOPT_CHECK), 0);
-    h->online = true; /* reconnected; its listing: */
-    json_t *listing = json_array();
-    dom = described(true, true, "paused outside vdipool");
-    json_object_set_new(dom, "name", json_string(d->name));
-    json_array_append_new(listing, dom);
-    adopt_listing(h, listing);
-    wait_for_stray_check();
+    host_relists(h, d, true);
     ck_assert(host_usable(h));
     ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
     ck_assert_int_eq(d->state_since, fake_now);
@@ -596,14 +602,8 @@ START_TEST(held_desktops_wait_for_libvirt)
      * finds libvirt still at work within the new wait. */
     host_on_disconnected(h);
     fake_now += 600;
-    h->online = true;
     d->busy = true;
-    listing = json_array();
-    dom = described(true, true, "paused outside vdipool");
-    json_object_set_new(dom, "name", json_string(d->name));
-    json_array_append_new(listing, dom);
-    adopt_listing(h, listing);
-    wait_for_stray_check();
+    host_relists(h, d, true);
     ck_assert_int_eq(d->state_since, fake_now);
     d->busy = false;
     adopt_checked(d, -ENOTCONN, "not connected", NULL);
@@ -617,13 +617,7 @@ START_TEST(held_desktops_wait_for_libvirt)
     ck_assert_int_eq(d->state, DESKTOP_ADOPTING);
     /* Lost again; listed again with libvirt done: adopted as it runs. */
     host_on_disconnected(h);
-    h->online = true;
-    listing = json_array();
-    dom = described(true, false, NULL);
-    json_object_set_new(dom, "name", json_string(d->name));
-    json_array_append_new(listing, dom);
-    adopt_listing(h, listing);
-    wait_for_stray_check();
+    host_relists(h, d, false);
     ck_assert_int_eq(d->state, DESKTOP_READY);
     ck_assert_str_eq(d->display, "vnc://127.0.0.1:5900");
     stop_service();

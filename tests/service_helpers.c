@@ -86,12 +86,11 @@ void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const 
     th_daemon_write_pool(d, "20s", golds, body);
 }
 
-void th_daemon_start(th_daemon *d)
+/* The daemon as a child process, its stderr appended to vdipoold.log. */
+static void spawn(th_daemon *d, const char *log)
 {
     const char *bin = getenv("VDIPOOLD");
     ck_assert_msg(bin != NULL, "VDIPOOLD is set by ctest");
-    char log[1200];
-    snprintf(log, sizeof log, "%s/vdipoold.log", d->dir);
     pid_t pid = fork();
     if (pid == 0) {
         freopen(log, "a", stderr);
@@ -100,7 +99,15 @@ void th_daemon_start(th_daemon *d)
         execl(bin, bin, "--config", d->conf, (char *)NULL);
         _exit(127);
     }
+    ck_assert_int_gt(pid, 0);
     d->pid = pid;
+}
+
+void th_daemon_start(th_daemon *d)
+{
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", d->dir);
+    spawn(d, log);
     /* Up when the API answers (the socket exists a moment before its mode is set). */
     for (int i = 0; i < 100; i++) {
         json_t *j = NULL;
@@ -146,11 +153,41 @@ bool th_daemon_log_wait(th_daemon *d, const char *what, int timeout_s)
     return true;
 }
 
+bool th_daemon_stopped(th_daemon *d)
+{
+    char path[64], stat[512] = "";
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)d->pid);
+    FILE *f = d->pid > 0 ? fopen(path, "r") : NULL;
+    if (!f)
+        return false;
+    size_t n = fread(stat, 1, sizeof stat - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    const char *after_name = strrchr(stat, ')'); /* "PID (comm) STATE ..." */
+    return after_name && after_name[1] == ' ' && after_name[2] == 'T';
+}
+
+void th_daemon_start_until_stop(th_daemon *d, const char *point, int timeout_s)
+{
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", d->dir);
+    setenv("VDIPOOL_STOP_AT", point, 1);
+    spawn(d, log);
+    unsetenv("VDIPOOL_STOP_AT");
+    for (int i = 0; i < timeout_s * 10 && !th_daemon_stopped(d); i++)
+        usleep(100000);
+    if (!th_daemon_stopped(d)) {
+        char *out = th_must("tail -20 %s", log);
+        ck_abort_msg("vdipoold did not stop at %s within %d s: %s", point, timeout_s, out);
+    }
+}
+
 int th_daemon_stop(th_daemon *d)
 {
     if (d->pid <= 0)
         return 0;
     kill(d->pid, SIGTERM);
+    kill(d->pid, SIGCONT); /* one a test stopped hears the SIGTERM now */
     int status = 0;
     for (int i = 0; i < 100; i++) {
         if (waitpid(d->pid, &status, WNOHANG) == d->pid) {

@@ -35,6 +35,13 @@ void th_daemon_start(th_daemon *d);
 /* Starts the daemon with $VDIPOOL_CRASH_AT=point and waits up to timeout_s
  * for it to kill itself there (SIGKILL); fails the test otherwise. */
 void th_daemon_start_until_crash(th_daemon *d, const char *point, int timeout_s);
+/* Starts the daemon with $VDIPOOL_STOP_AT=point and waits up to timeout_s
+ * for it to stop itself there (SIGSTOP); fails the test otherwise. It
+ * stops again at each later pass of the point: the test continues it
+ * (SIGCONT) as often as it needs. */
+void th_daemon_start_until_stop(th_daemon *d, const char *point, int timeout_s);
+/* Whether the daemon is stopped (SIGSTOP) now. */
+bool th_daemon_stopped(th_daemon *d);
 /* SIGTERM and wait; returns the exit status (or -1 when it had to be killed). */
 int th_daemon_stop(th_daemon *d);
 /* How many lines of the daemon's log hold `what` (a grep pattern). */

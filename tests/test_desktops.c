@@ -1,8 +1,9 @@
 /* test_desktops.c — the whole product against a real libvirtd and QEMU
  * (TCG) with the demo gold: a user logs off by pressing a key (the guest
  * powers itself off through ACPI), the desktop and its child are destroyed
- * and replaced, the gold is untouched, and a restart of vdipoold during a
- * session leaves the session alone. */
+ * and replaced, the gold is untouched, a restart of vdipoold during a
+ * session leaves the session alone, and a domain that takes a desktop's
+ * name behind vdipool's back is never handed out. */
 #include "helpers.h"
 #include "service_helpers.h"
 #include "vdi_engine.h"
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,9 +28,12 @@ static void setup(void)
 
 static void thaw_qemu(void);
 
+static void stop_continuer(void);
+
 static void teardown(void)
 {
     thaw_qemu();
+    stop_continuer();
     th_daemon_stop(&D);
     th_daemon_cleanup_domains(&D);
 }
@@ -393,10 +398,92 @@ START_TEST(adoption_gives_up_after_adopt_wait)
 }
 END_TEST
 
+/* The process a test forked to keep a stopped daemon going; teardown
+ * ends it whatever failed. */
+static pid_t continuer;
+
+static void stop_continuer(void)
+{
+    if (continuer > 0) {
+        kill(continuer, SIGKILL);
+        waitpid(continuer, NULL, 0);
+    }
+    continuer = 0;
+}
+
+/* Continues the daemon (SIGCONT) every 50 ms while it lives, so that every
+ * later pass of its stop point costs only a moment. */
+static void keep_daemon_going(void)
+{
+    pid_t daemon = D.pid;
+    continuer = fork();
+    ck_assert_int_ge(continuer, 0);
+    if (continuer == 0) {
+        while (kill(daemon, SIGCONT) == 0)
+            usleep(50000);
+        _exit(0);
+    }
+}
+
+/* A domain under a desktop's name that appears after adoption listed the
+ * host and before the desktop's start — a restore that libvirtd registered
+ * only after the listing, begun for a vdipoold that crashed a moment
+ * earlier — is never taken for the desktop or handed out: the start finds
+ * the name taken and fails, the desktop's end destroys that domain, and
+ * the slot is cloned and started again. Here the daemon is stopped after
+ * its first clone of the slot, and the late domain (the demo guest on a
+ * child of its own) is made by hand meanwhile. */
+START_TEST(domain_appearing_before_start_is_replaced)
+{
+    th_daemon_write_config(&D, 1, 1, NULL);
+    th_daemon_start_until_stop(&D, "clone:renamed", 60);
+    char name[96], late[1200], xml_path[1200], xml[4096];
+    snprintf(name, sizeof name, "%s-001", D.prefix);
+    snprintf(late, sizeof late, "%s/late.qcow2", D.dir);
+    snprintf(xml_path, sizeof xml_path, "%s/late.xml", D.dir);
+    free(th_must("qemu-img create -q -f qcow2 -b %s -F qcow2 %s && chmod 0666 %s", D.gold, late,
+                 late));
+    snprintf(xml, sizeof xml,
+             "<domain type='qemu'><name>%s</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+             "<os><type arch='x86_64'>hvm</type></os><features><acpi/></features><devices>"
+             "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+             "<source file='%s'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+             name, late);
+    th_write_file(xml_path, xml, strlen(xml));
+    free(th_must("virsh -c qemu:///system create %s", xml_path));
+    char *late_id = domain_id(name);
+
+    keep_daemon_going();
+    json_decref(th_wait_ready(&D, 1, 120));
+    char failed[160];
+    snprintf(failed, sizeof failed, "desktop=%s event=failed .*already exists", name);
+    ck_assert_msg(th_daemon_log_count(&D, failed) >= 1, "the start did not find the name taken");
+    /* The desktop that is ready is vdipool's own: a new domain on the
+     * slot's child, never the late one. */
+    char *id_now = domain_id(name);
+    ck_assert_str_ne(late_id, id_now);
+    free(late_id);
+    free(id_now);
+    json_t *d = th_get_desktop(&D, name);
+    const char *child = json_string_value(json_object_get(d, "child"));
+    ck_assert_ptr_nonnull(child);
+    char *disks = th_must("virsh -c qemu:///system domblklist %s", name);
+    ck_assert_msg(strstr(disks, child) && !strstr(disks, late), "%s runs on %s", name, disks);
+    free(disks);
+    free(th_must("qemu-img check -U -q %s", child)); /* it runs: share its lock */
+    json_decref(d);
+    assert_acquire_gets("ida", name);
+    /* The late domain's own disk is not vdipool's: it is left where it is. */
+    struct stat st;
+    ck_assert_int_eq(stat(late, &st), 0);
+}
+END_TEST
+
 TH_MAIN("desktops", {"qemu",
                      setup,
                      teardown,
                      240,
                      {logoff_replaces_desktop_and_spares_the_gold, restart_keeps_sessions,
                       libvirtd_restart_is_survived, crash_between_paused_start_and_run_is_recovered,
-                      adoption_waits_for_libvirt_jobs, adoption_gives_up_after_adopt_wait, NULL}})
+                      adoption_waits_for_libvirt_jobs, adoption_gives_up_after_adopt_wait,
+                      domain_appearing_before_start_is_replaced, NULL}})

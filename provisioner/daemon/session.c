@@ -59,7 +59,7 @@ static desktop *assign(pool *p, const char *user)
         return NULL;
     pick->session_start = service_now(p->svc);
     vdi_error err = {0};
-    /* A short single-statement write on the loop (see daemon.h). */
+    /* A short single-statement write on the loop (see objects.h). */
     if (vdi_catalog_session_begin(p->svc->catalog, p->name, pick->name, user, pick->session_start,
                                   &pick->session_id, &err) < 0) {
         pick->session_id = 0;

@@ -3,6 +3,7 @@
  * reloads by diff, a gold roll-out, and a clean stop. */
 #include "helpers.h"
 #include "service_helpers.h"
+#include "vdi_client.h"
 #include "vdi_engine.h"
 
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1388,6 +1390,72 @@ START_TEST(events_stream_desktop_changes)
 }
 END_TEST
 
+/* The client library reads an answer bigger than its first buffer whose
+ * head came on its own (a page of a large pool, `vdipoolctl images` of a
+ * busy site) and returns as soon as Content-Length bytes are in, on a
+ * connection the server keeps open. A fake server answers here: its head,
+ * then 200 000 bytes of body in pieces, then it waits 3 s before closing. */
+START_TEST(client_reads_answers_larger_than_its_first_buffer)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/fake.sock", D.dir);
+    int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    ck_assert_uint_lt(strlen(path), sizeof addr.sun_path);
+    memcpy(addr.sun_path, path, strlen(path) + 1);
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&addr, sizeof addr), 0);
+    ck_assert_int_eq(listen(lfd, 1), 0);
+    enum { BODY = 200000 };
+    pid_t server = fork();
+    ck_assert_int_ge(server, 0);
+    if (server == 0) {
+        int fd = accept(lfd, NULL, NULL);
+        char req[4096];
+        size_t got = 0;
+        ssize_t n;
+        while (got < sizeof req - 1 && (n = read(fd, req + got, sizeof req - 1 - got)) > 0) {
+            got += (size_t)n;
+            req[got] = '\0';
+            if (strstr(req, "\r\n\r\n"))
+                break;
+        }
+        char head[160];
+        int hlen = snprintf(head, sizeof head,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                            "Content-Length: %d\r\n\r\n",
+                            BODY);
+        if (write(fd, head, (size_t)hlen) != hlen)
+            _exit(1);
+        usleep(100000); /* the head is read alone */
+        static char body[BODY];
+        for (int i = 0; i < BODY; i++)
+            body[i] = (char)('a' + i % 26);
+        for (int at = 0; at < BODY; at += 7000) {
+            int len = BODY - at < 7000 ? BODY - at : 7000;
+            if (write(fd, body + at, (size_t)len) != len)
+                _exit(1);
+            usleep(1000);
+        }
+        sleep(3);
+        _exit(0);
+    }
+    close(lfd);
+    char *text = NULL;
+    vdi_error err = {0};
+    time_t began = time(NULL);
+    int status = vdi_client_call(path, "GET", "/big", NULL, &text, &err);
+    bool quick = time(NULL) - began < 3;
+    kill(server, SIGKILL);
+    waitpid(server, NULL, 0);
+    ck_assert_msg(status == 200, "status %d: %s", status, err.message);
+    ck_assert_uint_eq(strlen(text), BODY);
+    for (int i = 0; i < BODY; i += 997)
+        ck_assert_int_eq(text[i], 'a' + i % 26);
+    ck_assert_msg(quick, "the client waited for the server to close");
+    free(text);
+}
+END_TEST
+
 TH_MAIN("service", {"service",
                     setup,
                     teardown,
@@ -1412,4 +1480,5 @@ TH_MAIN("service", {"service",
                      rollout_manual_then_immediate,
                      gold_edit_and_publish,
                      drain_history_and_last_hour,
+                     client_reads_answers_larger_than_its_first_buffer,
                      NULL}})

@@ -97,7 +97,9 @@ static int read_answer(vdi_client_conn *c, char **body, bool *closes, vdi_error 
 {
     size_t cap = 16384, got = 0;
     char *buf = malloc(cap);
-    char *end_of_head = NULL;
+    /* Where the head ends, as an offset: buf moves when it grows. */
+    size_t head_len = 0;
+    bool have_head = false;
     int status = 0;
     while (buf) {
         if (got == cap - 1) {
@@ -118,16 +120,19 @@ static int read_answer(vdi_client_conn *c, char **body, bool *closes, vdi_error 
         }
         got += (size_t)r;
         buf[got] = '\0';
-        if (!end_of_head && (end_of_head = strstr(buf, "\r\n\r\n"))) {
+        char *end_of_head = have_head ? NULL : strstr(buf, "\r\n\r\n");
+        if (end_of_head) {
             *end_of_head = '\0';
+            head_len = (size_t)(end_of_head - buf);
+            have_head = true;
             if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
                 free(buf);
                 return vdi_error_set(err, -EPROTO, "vdipoold sent no HTTP answer");
             }
         }
-        if (end_of_head) {
+        if (have_head) {
             const char *cl = strcasestr(buf, "\r\nContent-Length:");
-            size_t body_at = (size_t)(end_of_head - buf) + 4;
+            size_t body_at = head_len + 4;
             size_t len = cl ? strtoul(cl + 17, NULL, 10) : 0;
             if (got >= body_at + len) {
                 *closes = strcasestr(buf, "\r\nConnection: close") != NULL;

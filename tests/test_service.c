@@ -125,6 +125,42 @@ START_TEST(spares_acquire_release_refill)
                          json_array_get(json_object_get(page, "desktops"), 0), "slot")),
                      2);
     json_decref(page);
+    /* Only the desktops in some states (a broker's "who has a session"). */
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo?state=assigned", NULL, &page), 200);
+    json_t *listed = json_object_get(page, "desktops");
+    json_int_t assigned =
+        json_integer_value(json_object_get(json_object_get(page, "desktops_by_state"), "assigned"));
+    ck_assert_int_ge(assigned, 1);
+    ck_assert_uint_eq(json_array_size(listed), (size_t)assigned);
+    ck_assert_int_eq(json_integer_value(json_object_get(page, "desktops_total")), assigned);
+    size_t k;
+    json_t *one;
+    json_array_foreach(listed, k, one)
+        ck_assert_str_eq(json_string_value(json_object_get(one, "state")), "assigned");
+    json_decref(page);
+    ck_assert_int_eq(
+        th_http(&D, "GET", "/v1/pools/demo?state=ready%2Cassigned&limit=1", NULL, &page), 200);
+    ck_assert_uint_eq(json_array_size(json_object_get(page, "desktops")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(page, "desktops_total")), 3);
+    json_decref(page);
+    /* Values it does not understand are refused, naming them. */
+    static const struct {
+        const char *query, *says;
+    } refused[] = {
+        {"state=ready,asigned", "'asigned' is not a desktop state; use one or more of empty,"},
+        {"state=", "'' is not a desktop state"},
+        {"offset=abc", "?offset=abc is not a whole number"},
+        {"limit=-1", "?limit=-1 is not a whole number"},
+        {"limit=99999999999", "?limit=99999999999 is not a whole number"},
+        {"summary=maybe", "?summary=maybe: use 1 or 0"}};
+    for (size_t q = 0; q < sizeof refused / sizeof refused[0]; q++) {
+        char path[128];
+        snprintf(path, sizeof path, "/v1/pools/demo?%s", refused[q].query);
+        ck_assert_int_eq(th_http(&D, "GET", path, NULL, &page), 400);
+        const char *msg = json_string_value(json_object_get(page, "error"));
+        ck_assert_msg(msg && strstr(msg, refused[q].says), "%s: %s", path, msg ? msg : "(none)");
+        json_decref(page);
+    }
     /* The service counts without walking the datastore; a fresh walk after
      * the churn above agrees with it. */
     vdi_space_report walk;
@@ -1390,6 +1426,55 @@ START_TEST(events_stream_desktop_changes)
 }
 END_TEST
 
+/* `vdipoolctl status` counts a pool of more than 50 desktops instead of
+ * listing them, lists them when the pool is named (page by page), and
+ * lists only some states with --state; a pool or a state that does not
+ * exist is an error that names it. */
+START_TEST(status_counts_large_pools_and_lists_on_request)
+{
+    th_daemon_write_config(&D, 80, 60, "expected_growth = \"1M\";");
+    th_daemon_start(&D);
+    json_decref(wait_for("ready", 60, 60));
+    json_decref(th_acquire(&D, "ann", 200));
+    json_decref(th_acquire(&D, "ben", 200));
+    json_decref(wait_for("ready", 60, 60));
+    const char *ctl = getenv("VDIPOOLCTL");
+
+    char *out = th_must("%s status --socket %s", ctl, D.sock);
+    ck_assert_msg(strstr(out, "62 desktops: vdipoolctl status demo lists them"), "%s", out);
+    ck_assert_ptr_null(strstr(out, D.prefix)); /* no desktop listed */
+    free(out);
+
+    out = th_must("%s status demo --socket %s | grep -c '^  %s-.* ready'", ctl, D.sock, D.prefix);
+    ck_assert_int_eq(atoi(out), 60);
+    free(out);
+
+    out = th_must("%s status demo --state assigned --socket %s", ctl, D.sock);
+    ck_assert_msg(strstr(out, "user ann") && strstr(out, "user ben"), "%s", out);
+    free(out);
+    out = th_must("%s status demo --state assigned --socket %s | grep -c '^  %s-'", ctl, D.sock,
+                  D.prefix);
+    ck_assert_int_eq(atoi(out), 2);
+    free(out);
+    out = th_must("%s status --state assigned,paused --socket %s | grep -c '^  %s-'", ctl, D.sock,
+                  D.prefix);
+    ck_assert_int_eq(atoi(out), 2);
+    free(out);
+
+    ck_assert_int_ne(th_run(&out, "%s status nope --socket %s 2>&1", ctl, D.sock), 0);
+    ck_assert_msg(strstr(out, "no pool nope"), "%s", out);
+    free(out);
+    ck_assert_int_ne(th_run(&out, "%s status demo --state asigned --socket %s 2>&1", ctl, D.sock),
+                     0);
+    ck_assert_msg(strstr(out, "'asigned' is not a desktop state") && !strstr(out, "pool demo"),
+                  "%s", out);
+    free(out);
+    ck_assert_int_ne(th_run(&out, "%s status --state 'a b' --socket %s 2>&1", ctl, D.sock), 0);
+    ck_assert_msg(strstr(out, "--state takes desktop states separated by commas"), "%s", out);
+    free(out);
+}
+END_TEST
+
 /* The client library reads an answer bigger than its first buffer whose
  * head came on its own (a page of a large pool, `vdipoolctl images` of a
  * busy site) and returns as soon as Content-Length bytes are in, on a
@@ -1481,4 +1566,5 @@ TH_MAIN("service", {"service",
                      gold_edit_and_publish,
                      drain_history_and_last_hour,
                      client_reads_answers_larger_than_its_first_buffer,
+                     status_counts_large_pools_and_lists_on_request,
                      NULL}})

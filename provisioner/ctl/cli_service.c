@@ -1,5 +1,6 @@
 /* cli_service.c — `vdipoolctl status|acquire|release|reload|images`: the
- * daemon's control API over its Unix socket, one HTTP request each. */
+ * daemon's control API over its Unix socket, one HTTP request each (status:
+ * one more per page of a pool's desktops). */
 #include "cli.h"
 #include "vdi_client.h"
 #include "vdi_config.h"
@@ -96,13 +97,101 @@ static void print_pool(json_t *p)
         printf("  does not boot: %s\n", json_string_value(json_object_get(p, "boot_problem")));
 }
 
+/* A pool with more desktops than this is counted, not listed, by a plain
+ * `status`: a site's pools of thousands would scroll past the counts. */
+#define STATUS_LISTS_AT_MOST 50
+/* Desktops asked for per request when listing a pool. */
+#define STATUS_PAGE 1000
+
+static void print_desktop(json_t *d, bool many_hosts)
+{
+    const char *host = json_string_value(json_object_get(d, "host"));
+    bool on = many_hosts && host;
+    const char *display = json_string_value(json_object_get(d, "display"));
+    const char *user = json_string_value(json_object_get(d, "user"));
+    printf("  %-20s %-11s %s%s%s%s%s%s\n", json_string_value(json_object_get(d, "name")),
+           json_string_value(json_object_get(d, "state")), on ? "on " : "", on ? host : "",
+           on ? "  " : "", display ? display : "", user ? "  user " : "", user ? user : "");
+}
+
+/* Lists the pool's desktops page by page: those in `states` (a comma list,
+ * or NULL: every one but the empty slots). */
+static int list_desktops(const cli_opts *o, const char *pool, const char *states, bool many_hosts)
+{
+    for (unsigned offset = 0;; offset += STATUS_PAGE) {
+        char path[512];
+        snprintf(path, sizeof path, "/v1/pools/%s?offset=%u&limit=%u%s%s", pool, offset,
+                 STATUS_PAGE, states ? "&state=" : "", states ? states : "");
+        json_t *page = NULL;
+        int rc = call(o, "GET", path, NULL, &page);
+        if (rc || !page)
+            return rc;
+        json_t *desktops = json_object_get(page, "desktops");
+        size_t k;
+        json_t *d;
+        json_array_foreach(desktops, k,
+                           d) if (states || strcmp(json_string_value(json_object_get(d, "state")),
+                                                   "empty")) print_desktop(d, many_hosts);
+        bool more =
+            json_array_size(desktops) == STATUS_PAGE &&
+            offset + STATUS_PAGE < json_integer_value(json_object_get(page, "desktops_total"));
+        json_decref(page);
+        if (!more)
+            return CLI_OK;
+    }
+}
+
 int cli_status(cli_call *c)
 {
     const cli_opts *o = &c->o;
+    const char *only_pool = c->nargs > 0 ? c->args[0] : NULL;
+    const char *states = o->value[1];
+    if (states && (!*states || states[strspn(states, "abcdefghijklmnopqrstuvwxyz,")]))
+        return cli_usage_error("--state takes desktop states separated by commas, such as "
+                               "--state ready,assigned; not '%s'",
+                               states);
+    if (only_pool && strchr(only_pool, '/'))
+        return cli_usage_error("'%s' is not a pool name", only_pool);
     json_t *j = NULL;
+    if (o->json && (only_pool || states)) {
+        /* One pool's JSON, with its desktops (in those states). */
+        if (!only_pool)
+            return cli_usage_error("status --json --state needs a POOL");
+        char path[512];
+        snprintf(path, sizeof path, "/v1/pools/%s%s%s", only_pool, states ? "?state=" : "",
+                 states ? states : "");
+        return call(o, "GET", path, NULL, &j);
+    }
     int rc = call(o, "GET", "/v1/status", NULL, &j);
     if (rc || !j)
         return rc;
+    /* Nothing is printed for a pool that does not exist or states the
+     * daemon does not know (it checks them on the first pool asked). */
+    json_t *pools = json_object_get(j, "pools");
+    const char *first = NULL;
+    size_t i;
+    json_t *p;
+    json_array_foreach(pools, i, p)
+    {
+        const char *name = json_string_value(json_object_get(p, "name"));
+        if (!first && (!only_pool || !strcmp(name, only_pool)))
+            first = name;
+    }
+    if (only_pool && !first) {
+        json_decref(j);
+        fprintf(stderr, "vdipoolctl: no pool %s (vdipoolctl status lists the pools)\n", only_pool);
+        return CLI_FAILED;
+    }
+    if (states && first) {
+        char path[512];
+        snprintf(path, sizeof path, "/v1/pools/%s?summary=1&state=%s", first, states);
+        json_t *checked = NULL;
+        if ((rc = call(o, "GET", path, NULL, &checked)) != CLI_OK) {
+            json_decref(j);
+            return rc;
+        }
+        json_decref(checked);
+    }
     json_int_t hosts = json_integer_value(json_object_get(j, "hosts"));
     json_int_t up = json_integer_value(json_object_get(j, "hosts_connected"));
     if (hosts > 1)
@@ -115,39 +204,29 @@ int cli_status(cli_call *c)
                json_string_value(json_object_get(j, "version")),
                json_is_true(json_object_get(j, "libvirt_connected")) ? "connected" : "DISCONNECTED",
                json_string_value(json_object_get(j, "config")));
-    size_t i;
-    json_t *p;
-    json_array_foreach(json_object_get(j, "pools"), i, p)
+    json_array_foreach(pools, i, p)
     {
+        const char *name = json_string_value(json_object_get(p, "name"));
+        if (only_pool && strcmp(name, only_pool))
+            continue;
         print_pool(p);
-        /* The desktops themselves, from the pool's own view. */
-        char path[256];
-        snprintf(path, sizeof path, "/v1/pools/%s", json_string_value(json_object_get(p, "name")));
-        json_t *detail = NULL;
-        if (call(o, "GET", path, NULL, &detail) == 0 && detail) {
-            size_t k;
-            json_t *d;
-            json_array_foreach(json_object_get(detail, "desktops"), k, d)
-            {
-                const char *state = json_string_value(json_object_get(d, "state"));
-                if (!strcmp(state, "empty"))
-                    continue;
-                const char *host = json_string_value(json_object_get(d, "host"));
-                printf(
-                    "  %-20s %-11s %s%s%s%s%s%s\n", json_string_value(json_object_get(d, "name")),
-                    state, hosts > 1 && host ? "on " : "", hosts > 1 && host ? host : "",
-                    hosts > 1 && host ? "  " : "",
-                    json_object_get(d, "display") ? json_string_value(json_object_get(d, "display"))
-                                                  : "",
-                    json_object_get(d, "user") ? "  user " : "",
-                    json_object_get(d, "user") ? json_string_value(json_object_get(d, "user"))
-                                               : "");
-            }
-            json_decref(detail);
+        json_t *st = json_object_get(p, "desktops_by_state");
+        json_int_t in_use = 0;
+        const char *key;
+        json_t *count;
+        json_object_foreach(st, key, count) if (strcmp(key, "empty")) in_use +=
+            json_integer_value(count);
+        if (!only_pool && !states && in_use > STATUS_LISTS_AT_MOST) {
+            printf("  %lld desktops: vdipoolctl status %s lists them (--state assigned: the "
+                   "sessions)\n",
+                   (long long)in_use, name);
+            continue;
         }
+        if ((rc = list_desktops(o, name, states, hosts > 1)) != CLI_OK)
+            break;
     }
     json_decref(j);
-    return CLI_OK;
+    return rc;
 }
 
 int cli_acquire(cli_call *c)

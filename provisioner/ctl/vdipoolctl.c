@@ -29,7 +29,9 @@ static void usage(FILE *out)
           "                                     and set the catalog's records right)\n"
           "\n"
           "Service (through vdipoold's socket; --socket PATH or $VDIPOOL_SOCKET):\n"
-          "  status [--json]                    pools and their desktops\n"
+          "  status [POOL] [--state S,...] [--json]\n"
+          "                                     pools and their desktops (a pool of more\n"
+          "                                     than 50 is counted; name it to list them)\n"
           "  acquire POOL --user NAME [--json]  hand a desktop to a user\n"
           "  release DESKTOP [--reason operator] [--json]\n"
           "                                     end its session: destroy it, the pool refills\n"
@@ -97,6 +99,7 @@ static const char *const merge_values[] = {"into", "to", NULL};
 static const char *const config_value[] = {"config", NULL};
 /* Service commands: value[0] is --socket everywhere. */
 static const char *const socket_values[] = {"socket", "user", "reason", NULL};
+static const char *const status_values[] = {"socket", "state", NULL};
 /* Gold commands: value[0] --config, value[1] --socket, then their own. */
 static const char *const gold_values[] = {"config", "socket", "dir", "note", NULL};
 static const char *const gold_rollback_values[] = {"config", "socket", "to", "note", NULL};
@@ -135,7 +138,7 @@ static const cli_command commands[] = {
      config_value, false},
     {"config", "diff", cli_config_diff, 2, 2, "OLD and NEW", no_names, no_names, false},
     {NULL, "space", cli_space, 0, 0, "no arguments", rescan_flag, config_value, false},
-    {NULL, "status", cli_status, 0, 0, "no arguments", no_names, socket_values, false},
+    {NULL, "status", cli_status, 0, 1, "at most one POOL", no_names, status_values, false},
     {NULL, "acquire", cli_acquire, 1, 1, "POOL and --user NAME", no_names, socket_values, false},
     {NULL, "release", cli_release, 1, 1,
      "one DESKTOP (add --reason operator to end any desktop's session as an operator)", no_names,

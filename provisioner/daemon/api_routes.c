@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,88 @@ static void not_found(request *r, const char *what)
     char msg[512];
     snprintf(msg, sizeof msg, "%s", what);
     request_respond_json(r, 404, json_pack("{s:s}", "error", msg));
+}
+
+static void bad_request(request *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bad_request(request *r, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    request_respond_json(r, 400, json_pack("{s:s}", "error", msg));
+}
+
+/* ?NAME=N, a whole number; *out is left alone when NAME is absent. */
+static bool query_count(request *r, const char *name, unsigned *out)
+{
+    char v[32];
+    if (!request_query(r, name, v, sizeof v))
+        return true;
+    char *end = NULL;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (!*v || *end || errno || n > UINT_MAX || *v == '-' || *v == '+') {
+        bad_request(r, "?%s=%s is not a whole number of desktops (0 to %u)", name, v, UINT_MAX);
+        return false;
+    }
+    *out = (unsigned)n;
+    return true;
+}
+
+/* ?summary=1|0 (also true/false, yes/no). */
+static bool query_switch(request *r, const char *name, bool *out)
+{
+    char v[16];
+    if (!request_query(r, name, v, sizeof v))
+        return true;
+    if (!*v || !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes"))
+        *out = true;
+    else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no"))
+        *out = false;
+    else {
+        bad_request(r, "?%s=%s: use 1 or 0", name, v);
+        return false;
+    }
+    return true;
+}
+
+/* ?state=ready,assigned (the comma may come as %2C): a mask of
+ * 1u << desktop_state; 0 when absent. */
+static bool query_states(request *r, unsigned *mask)
+{
+    char v[512];
+    if (!request_query(r, "state", v, sizeof v))
+        return true;
+    char *w = v;
+    for (const char *s = v; *s;) /* %2C -> ',' in place */
+        if (s[0] == '%' && s[1] == '2' && (s[2] == 'C' || s[2] == 'c')) {
+            *w++ = ',';
+            s += 3;
+        } else
+            *w++ = *s++;
+    *w = '\0';
+    *mask = 0;
+    for (const char *s = v;; s++) {
+        size_t len = strcspn(s, ",");
+        desktop_state st;
+        if (!desktop_state_from_name(s, len, &st)) {
+            char known[256] = "";
+            for (int k = 0; k < DESKTOP_STATE_COUNT; k++)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", k ? ", " : "",
+                         desktop_state_name((desktop_state)k));
+            bad_request(r,
+                        "'%.*s' is not a desktop state; use one or more of %s, "
+                        "separated by commas",
+                        (int)len, s, known);
+            return false;
+        }
+        *mask |= 1u << st;
+        s += len;
+        if (!*s)
+            return true;
+    }
 }
 
 static json_t *images_json(vdi_catalog *catalog);
@@ -335,19 +418,16 @@ void api_route(void *ctx, request *r)
             json_array_append_new(arr, pool_json(svc->pools[i], false));
         request_respond_json(r, 200, json_pack("{s:o}", "pools", arr));
     } else if (n == 3 && !strcmp(parts[1], "pools") && get) {
-        /* ?summary=1: counts only; ?offset=N&limit=M: a page of desktops. */
+        /* ?summary=1: counts only; ?offset=N&limit=M: a page of desktops;
+         * ?state=S,...: only desktops in those states. */
         pool *p = service_find_pool(svc, parts[2]);
-        char v[32];
-        bool summary = request_query(r, "summary", v, sizeof v) && strcmp(v, "0");
-        unsigned long offset = request_query(r, "offset", v, sizeof v) ? strtoul(v, NULL, 10) : 0;
-        unsigned long limit = request_query(r, "limit", v, sizeof v) ? strtoul(v, NULL, 10) : 0;
+        bool summary = false;
+        unsigned offset = 0, limit = 0, states = 0;
         if (!p)
             not_found(r, "no such pool");
-        else
-            request_respond_json(r, 200,
-                                 pool_json_page(p, !summary,
-                                                offset > UINT_MAX ? UINT_MAX : (unsigned)offset,
-                                                limit > UINT_MAX ? UINT_MAX : (unsigned)limit));
+        else if (query_switch(r, "summary", &summary) && query_count(r, "offset", &offset) &&
+                 query_count(r, "limit", &limit) && query_states(r, &states))
+            request_respond_json(r, 200, pool_json_page(p, !summary, offset, limit, states));
     } else if (n == 4 && !strcmp(parts[1], "pools") && !strcmp(parts[3], "acquire") && post) {
         json_error_t jerr;
         json_t *body = json_loads(request_body(r), 0, &jerr);

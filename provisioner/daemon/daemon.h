@@ -251,7 +251,10 @@ void scrub_step(service *svc);
 
 /* ---- views.c: JSON and metrics -------------------------------------------------------- */
 json_t *pool_json(const pool *p, bool with_desktops);
-json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit);
+/* A page of the pool's desktops: from `offset` on, at most `limit` (0: all),
+ * only those whose state's bit (1u << state) is in `state_mask` (0: any). */
+json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit,
+                       unsigned state_mask);
 json_t *desktop_json(const desktop *d);
 /* desktop_json with its last state changes, for GET /v1/desktops/{name}. */
 json_t *desktop_detail_json(const desktop *d);

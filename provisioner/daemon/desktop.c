@@ -58,6 +58,18 @@ const char *desktop_state_name(desktop_state s)
     return (unsigned)s < DESKTOP_STATE_COUNT ? names[s] : "unknown";
 }
 
+bool desktop_state_from_name(const char *name, size_t len, desktop_state *out)
+{
+    for (int s = 0; s < DESKTOP_STATE_COUNT; s++) {
+        const char *n = desktop_state_name((desktop_state)s);
+        if (strlen(n) == len && !strncmp(n, name, len)) {
+            *out = (desktop_state)s;
+            return true;
+        }
+    }
+    return false;
+}
+
 const char *end_reason_name(end_reason r)
 {
     static const char *const names[] = {

@@ -87,6 +87,8 @@ typedef enum end_reason {
 } end_reason;
 
 const char *desktop_state_name(desktop_state s);
+/* The state of that name; false when there is none. */
+bool desktop_state_from_name(const char *name, size_t len, desktop_state *out);
 const char *end_reason_name(end_reason r);
 
 /* ---- objects ------------------------------------------------------------------- */

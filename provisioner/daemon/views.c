@@ -180,12 +180,14 @@ static json_t *spares_boot_json(const pool *p)
 
 json_t *pool_json(const pool *p, bool with_desktops)
 {
-    return pool_json_page(p, with_desktops, 0, 0);
+    return pool_json_page(p, with_desktops, 0, 0, 0);
 }
 
 /* Desktops from `offset` on, at most `limit` of them (0: all), counted over
- * the slots the API lists (within size, or beyond it while not empty). */
-json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit)
+ * the slots the API lists (within size, or beyond it while not empty) that
+ * are in one of the states of `state_mask` (0: any). */
+json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit,
+                       unsigned state_mask)
 {
     unsigned counts[DESKTOP_STATE_COUNT];
     count_states(p, counts);
@@ -255,12 +257,14 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
         for (unsigned i = 0; i < p->nslots; i++) {
             if (p->desktops[i]->state == DESKTOP_EMPTY && i >= p->cfg->size)
                 continue;
-            if (listed >= offset && (!limit || listed < offset + limit))
+            if (state_mask && !(state_mask & (1u << p->desktops[i]->state)))
+                continue;
+            if (listed >= offset && (!limit || listed - offset < limit))
                 json_array_append_new(arr, desktop_json(p->desktops[i]));
             listed++;
         }
         json_object_set_new(o, "desktops", arr);
-        if (offset || limit) {
+        if (offset || limit || state_mask) {
             json_object_set_new(o, "desktops_total", json_integer(listed));
             json_object_set_new(o, "offset", json_integer(offset));
         }

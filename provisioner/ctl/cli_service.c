@@ -129,9 +129,11 @@ static int list_desktops(const cli_opts *o, const char *pool, const char *states
         json_t *desktops = json_object_get(page, "desktops");
         size_t k;
         json_t *d;
-        json_array_foreach(desktops, k,
-                           d) if (states || strcmp(json_string_value(json_object_get(d, "state")),
-                                                   "empty")) print_desktop(d, many_hosts);
+        json_array_foreach(desktops, k, d)
+        {
+            if (states || strcmp(json_string_value(json_object_get(d, "state")), "empty"))
+                print_desktop(d, many_hosts);
+        }
         bool more =
             json_array_size(desktops) == STATUS_PAGE &&
             offset + STATUS_PAGE < json_integer_value(json_object_get(page, "desktops_total"));
@@ -214,8 +216,11 @@ int cli_status(cli_call *c)
         json_int_t in_use = 0;
         const char *key;
         json_t *count;
-        json_object_foreach(st, key, count) if (strcmp(key, "empty")) in_use +=
-            json_integer_value(count);
+        json_object_foreach(st, key, count)
+        {
+            if (strcmp(key, "empty"))
+                in_use += json_integer_value(count);
+        }
         if (!only_pool && !states && in_use > STATUS_LISTS_AT_MOST) {
             printf("  %lld desktops: vdipoolctl status %s lists them (--state assigned: the "
                    "sessions)\n",

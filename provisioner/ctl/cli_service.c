@@ -114,14 +114,13 @@ static void print_desktop(json_t *d, bool many_hosts)
            on ? "  " : "", display ? display : "", user ? "  user " : "", user ? user : "");
 }
 
-/* Lists the pool's desktops page by page: those in `states` (a comma list,
- * or NULL: every one but the empty slots). */
+/* Lists the pool's desktops in `states` (a comma list) page by page. */
 static int list_desktops(const cli_opts *o, const char *pool, const char *states, bool many_hosts)
 {
     for (unsigned offset = 0;; offset += STATUS_PAGE) {
         char path[512];
-        snprintf(path, sizeof path, "/v1/pools/%s?offset=%u&limit=%u%s%s", pool, offset,
-                 STATUS_PAGE, states ? "&state=" : "", states ? states : "");
+        snprintf(path, sizeof path, "/v1/pools/%s?offset=%u&limit=%u&state=%s", pool, offset,
+                 STATUS_PAGE, states);
         json_t *page = NULL;
         int rc = call(o, "GET", path, NULL, &page);
         if (rc || !page)
@@ -129,11 +128,7 @@ static int list_desktops(const cli_opts *o, const char *pool, const char *states
         json_t *desktops = json_object_get(page, "desktops");
         size_t k;
         json_t *d;
-        json_array_foreach(desktops, k, d)
-        {
-            if (states || strcmp(json_string_value(json_object_get(d, "state")), "empty"))
-                print_desktop(d, many_hosts);
-        }
+        json_array_foreach(desktops, k, d) print_desktop(d, many_hosts);
         bool more =
             json_array_size(desktops) == STATUS_PAGE &&
             offset + STATUS_PAGE < json_integer_value(json_object_get(page, "desktops_total"));
@@ -213,13 +208,19 @@ int cli_status(cli_call *c)
             continue;
         print_pool(p);
         json_t *st = json_object_get(p, "desktops_by_state");
+        /* Without --state, every state the daemon counts but "empty": it
+         * then sends no empty slots (most of a pool that is mostly empty). */
         json_int_t in_use = 0;
+        char in_use_states[256] = "";
         const char *key;
         json_t *count;
         json_object_foreach(st, key, count)
         {
-            if (strcmp(key, "empty"))
-                in_use += json_integer_value(count);
+            if (!strcmp(key, "empty"))
+                continue;
+            in_use += json_integer_value(count);
+            size_t len = strlen(in_use_states);
+            snprintf(in_use_states + len, sizeof in_use_states - len, "%s%s", len ? "," : "", key);
         }
         if (!only_pool && !states && in_use > STATUS_LISTS_AT_MOST) {
             printf("  %lld desktops: vdipoolctl status %s lists them (--state assigned: the "
@@ -227,7 +228,9 @@ int cli_status(cli_call *c)
                    (long long)in_use, name);
             continue;
         }
-        if ((rc = list_desktops(o, name, states, hosts > 1)) != CLI_OK)
+        if (!states && !in_use)
+            continue;
+        if ((rc = list_desktops(o, name, states ? states : in_use_states, hosts > 1)) != CLI_OK)
             break;
     }
     json_decref(j);

@@ -98,6 +98,11 @@ void cfg_parse_datastore_kind(parse_ctx *ctx, const config_setting_t *g, const c
 void cfg_parse_pool_hosts(parse_ctx *ctx, const config_setting_t *g, const char *where,
                           vdi_pool_config *p);
 
+/* ---- pools.c -------------------------------------------------------------- */
+/* `golds`, then `pools` (after the datastores and hosts they name). */
+void cfg_parse_golds(parse_ctx *ctx, const config_setting_t *list);
+void cfg_parse_pools(parse_ctx *ctx, const config_setting_t *list);
+
 /* ---- readiness.c ---------------------------------------------------------- */
 /* ready_when, boot_timeout, hostname, hostname_command of pool group g
  * (after its domain settings: a template is checked for the agent channel). */

@@ -15,7 +15,8 @@
  * catalog's commits and flushes per cycle, and where the CPUs went during
  * the load: vdipoold's CPU time per cycle, the load client's share, and how
  * busy the machine was (what was idle while I/O was outstanding says the
- * disk's flushes, not the CPUs, held the rate back). */
+ * disk's flushes, not the CPUs, held the rate back; what the hypervisor
+ * stole says other guests on the same host did). */
 #include "bench_util.h"
 #include "vdi_client.h"
 
@@ -195,8 +196,8 @@ int main(int argc, char **argv)
            waits0 = metric("vdipool_acquire_flush_waits_total");
     client *cl = calloc(nclients, sizeof *cl);
     double daemon_cpu0 = bench_cpu_seconds(pid), self_cpu0 = bench_cpu_seconds(getpid());
-    double busy0, idle0, iowait0;
-    bench_machine_cpu(&busy0, &idle0, &iowait0);
+    double busy0, idle0, iowait0, steal0;
+    bench_machine_cpu(&busy0, &idle0, &iowait0, &steal0);
     double t0 = bench_now();
     for (unsigned i = 0; i < nclients; i++)
         pthread_create(&cl[i].t, NULL, run_client, &cl[i]);
@@ -204,8 +205,8 @@ int main(int argc, char **argv)
     /* CPU over the load alone (before the clients are joined). */
     double daemon_cpu = bench_cpu_seconds(pid) - daemon_cpu0;
     double self_cpu = bench_cpu_seconds(getpid()) - self_cpu0;
-    double busy1, idle1, iowait1;
-    bench_machine_cpu(&busy1, &idle1, &iowait1);
+    double busy1, idle1, iowait1, steal1;
+    bench_machine_cpu(&busy1, &idle1, &iowait1, &steal1);
     double cpu_window = bench_now() - t0;
     unsigned cycles_in_window = atomic_load(&cycles);
     atomic_store(&stop, true);
@@ -238,12 +239,14 @@ int main(int argc, char **argv)
     /* Whether the machine's CPUs set the rate: what vdipoold spends per
      * cycle, what the load client takes, and what stays idle. */
     double busy = busy1 - busy0, idle = idle1 - idle0, iowait = iowait1 - iowait0;
+    double steal = steal1 - steal0;
     if (daemon_cpu >= 0 && self_cpu >= 0 && cycles_in_window && busy + idle > 0)
         printf("  CPU: vdipoold %.2f ms per cycle (%.2f cores), load client %.2f cores; machine "
-               "%.0f %% busy of %ld cores, %.0f %% idle waiting on I/O\n",
+               "%.0f %% busy of %ld cores (%.0f %% stolen by the hypervisor), %.0f %% idle "
+               "waiting on I/O\n",
                daemon_cpu / cycles_in_window * 1e3, daemon_cpu / cpu_window, self_cpu / cpu_window,
                100 * busy / (busy + idle), sysconf(_SC_NPROCESSORS_ONLN),
-               100 * iowait / (busy + idle));
+               100 * steal / (busy + idle), 100 * iowait / (busy + idle));
     bench_stop_daemon(pid);
     bench_cleanup(work, gold);
     return 0;

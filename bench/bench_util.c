@@ -126,9 +126,9 @@ double bench_cpu_seconds(pid_t pid)
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
-void bench_machine_cpu(double *busy, double *idle, double *iowait)
+void bench_machine_cpu(double *busy, double *idle, double *iowait, double *steal)
 {
-    *busy = *idle = *iowait = 0;
+    *busy = *idle = *iowait = *steal = 0;
     FILE *f = fopen("/proc/stat", "r");
     unsigned long long v[8] = {0};
     if (f && fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
@@ -137,6 +137,7 @@ void bench_machine_cpu(double *busy, double *idle, double *iowait)
         *idle = (double)(v[3] + v[4]) / tick;
         *iowait = (double)v[4] / tick;
         *busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / tick;
+        *steal = (double)v[7] / tick;
     }
     if (f)
         fclose(f);

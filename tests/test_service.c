@@ -1426,10 +1426,6 @@ START_TEST(events_stream_desktop_changes)
 }
 END_TEST
 
-/* `vdipoolctl status` counts a pool of more than 50 desktops instead of
- * listing them, lists them when the pool is named (page by page), and
- * lists only some states with --state; a pool or a state that does not
- * exist is an error that names it. */
 /* How many desktop lines `vdipoolctl status ARGS` prints whose rest (after
  * the desktop's name) matches the grep pattern `rest`. */
 static int status_lines(const char *args, const char *rest)
@@ -1441,6 +1437,10 @@ static int status_lines(const char *args, const char *rest)
     return n;
 }
 
+/* `vdipoolctl status` counts a pool of more than 50 desktops instead of
+ * listing them, lists them when the pool is named (page by page), and
+ * lists only some states with --state; a pool or a state that does not
+ * exist is an error that names it. */
 START_TEST(status_counts_large_pools_and_lists_on_request)
 {
     th_daemon_write_config(&D, 80, 60, "expected_growth = \"1M\";");

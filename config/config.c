@@ -104,9 +104,7 @@ static void parse_datastores(parse_ctx *ctx, const config_setting_t *list)
     }
     cfg_entry *e = NULL;
     size_t n = cfg_collect_entries(ctx, list, "datastore", &e);
-    cfg->datastores = calloc(n ? n : 1, sizeof *cfg->datastores);
-    if (!cfg->datastores)
-        abort();
+    cfg->datastores = cfg_section_items(n, sizeof *cfg->datastores);
     int lt = config_setting_type(list);
     if (n == 0 && (lt == CONFIG_TYPE_LIST || lt == CONFIG_TYPE_GROUP))
         ERR(ctx, list, "'datastores' is empty: at least one is needed");
@@ -115,12 +113,9 @@ static void parse_datastores(parse_ctx *ctx, const config_setting_t *list)
     for (size_t i = 0; i < n; i++) {
         const config_setting_t *g = e[i].group;
         char where[96];
-        snprintf(where, sizeof where, "datastore '%s'", e[i].name ? e[i].name : "?");
-        cfg_check_keys(ctx, g, keys, where);
         vdi_datastore_config *d = &cfg->datastores[cfg->ndatastores++];
         d->name = e[i].name;
-        d->file = cfg_keep(cfg, cfg_setting_file(ctx, g));
-        d->line = config_setting_source_line(g);
+        cfg_entry_begin(ctx, &e[i], "datastore", keys, where, sizeof where, &d->file, &d->line);
         d->reserve_percent = 5.0;
         d->max_overcommit = 3.0;
         cfg_parse_datastore_kind(ctx, g, where, d);

@@ -78,13 +78,10 @@ static void parse_host(parse_ctx *ctx, const cfg_entry *e, vdi_host_config *h)
     vdi_config *cfg = ctx->cfg;
     const config_setting_t *g = e->group;
     char where[96];
-    snprintf(where, sizeof where, "host '%s'", e->name ? e->name : "?");
-    static const char *const keys[] = { "name",           "uri",   "datastores", "max_desktops",
-                                        "reserve_memory", "state", NULL };
-    cfg_check_keys(ctx, g, keys, where);
+    static const char *const keys[] = {"name",           "uri",   "datastores", "max_desktops",
+                                       "reserve_memory", "state", NULL};
     h->name = e->name;
-    h->file = cfg_keep(cfg, cfg_setting_file(ctx, g));
-    h->line = config_setting_source_line(g);
+    cfg_entry_begin(ctx, e, "host", keys, where, sizeof where, &h->file, &h->line);
     if (cfg_get_string(ctx, g, "uri", where, true, &h->uri) && !strstr(h->uri, ":/"))
         ERR(ctx, cfg_member(g, "uri"),
             "%s: uri \"%s\" is not a libvirt URI; e.g. \"qemu+ssh://root@h1.example/system\" or "
@@ -123,9 +120,7 @@ void cfg_parse_hosts(parse_ctx *ctx, const config_setting_t *list)
             free(e);
             implicit_host(cfg);
         } else {
-            cfg->hosts = calloc(n, sizeof *cfg->hosts);
-            if (!cfg->hosts)
-                abort();
+            cfg->hosts = cfg_section_items(n, sizeof *cfg->hosts);
             for (size_t i = 0; i < n; i++) {
                 if (!e[i].name)
                     continue; /* reported; a host without a name is no host */

@@ -74,19 +74,14 @@ void cfg_parse_golds(parse_ctx *ctx, const config_setting_t *list)
     vdi_config *cfg = ctx->cfg;
     cfg_entry *e = NULL;
     size_t n = cfg_collect_entries(ctx, list, "gold", &e);
-    cfg->golds = calloc(n ? n : 1, sizeof *cfg->golds);
-    if (!cfg->golds)
-        abort();
+    cfg->golds = cfg_section_items(n, sizeof *cfg->golds);
     static const char *const keys[] = {"name", "path", "dir", NULL};
     for (size_t i = 0; i < n; i++) {
         const config_setting_t *g = e[i].group;
         char where[96];
-        snprintf(where, sizeof where, "gold '%s'", e[i].name ? e[i].name : "?");
-        cfg_check_keys(ctx, g, keys, where);
         vdi_gold_config *gc = &cfg->golds[cfg->ngolds++];
         gc->name = e[i].name;
-        gc->file = cfg_keep(cfg, cfg_setting_file(ctx, g));
-        gc->line = config_setting_source_line(g);
+        cfg_entry_begin(ctx, &e[i], "gold", keys, where, sizeof where, &gc->file, &gc->line);
         if (cfg_member(g, "path") && cfg_member(g, "dir")) {
             ERR(ctx, cfg_member(g, "dir"),
                 "%s has both 'path' (one image) and 'dir' (a family of versions); keep one", where);
@@ -120,7 +115,6 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
     vdi_config *cfg = ctx->cfg;
     const config_setting_t *g = e->group;
     char where[96];
-    snprintf(where, sizeof where, "pool '%s'", e->name ? e->name : "?");
     static const char *const keys[] = {"name",
                                        "desktop_prefix",
                                        "gold",
@@ -141,10 +135,8 @@ static void parse_pool(parse_ctx *ctx, const cfg_entry *e, vdi_pool_config *p)
                                        "start",
                                        "template_settle",
                                        NULL};
-    cfg_check_keys(ctx, g, keys, where);
     p->name = e->name;
-    p->file = cfg_keep(cfg, cfg_setting_file(ctx, g));
-    p->line = config_setting_source_line(g);
+    cfg_entry_begin(ctx, e, "pool", keys, where, sizeof where, &p->file, &p->line);
     p->desktop_prefix = e->name;
     p->size = 1;
     p->spares = 1;
@@ -332,9 +324,7 @@ void cfg_parse_pools(parse_ctx *ctx, const config_setting_t *list)
     vdi_config *cfg = ctx->cfg;
     cfg_entry *e = NULL;
     size_t n = cfg_collect_entries(ctx, list, "pool", &e);
-    cfg->pools = calloc(n ? n : 1, sizeof *cfg->pools);
-    if (!cfg->pools)
-        abort();
+    cfg->pools = cfg_section_items(n, sizeof *cfg->pools);
     for (size_t i = 0; i < n; i++) {
         vdi_pool_config *p = &cfg->pools[cfg->npools++];
         parse_pool(ctx, &e[i], p);

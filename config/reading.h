@@ -87,6 +87,13 @@ bool cfg_check_name(parse_ctx *ctx, const config_setting_t *s, const char *what,
                     const char *name);
 size_t cfg_collect_entries(parse_ctx *ctx, const config_setting_t *list, const char *what,
                            cfg_entry **out);
+/* A zeroed array of n items of `size` for a section's entries (never NULL). */
+void *cfg_section_items(size_t n, size_t size);
+/* What every entry of a section starts with: `where` ("pool 'office'", for
+ * its errors), its keys not in `keys` reported, and the file and line it
+ * was read from. */
+void cfg_entry_begin(parse_ctx *ctx, const cfg_entry *e, const char *what, const char *const *keys,
+                     char *where, size_t where_len, const char **file, int *line);
 bool cfg_is_absolute(const char *p);
 
 /* ---- hosts.c -------------------------------------------------------------- */

@@ -459,5 +459,22 @@ size_t cfg_collect_entries(parse_ctx *ctx, const config_setting_t *list, const c
     return count;
 }
 
+void *cfg_section_items(size_t n, size_t size)
+{
+    void *items = calloc(n ? n : 1, size);
+    if (!items)
+        abort();
+    return items;
+}
+
+void cfg_entry_begin(parse_ctx *ctx, const cfg_entry *e, const char *what, const char *const *keys,
+                     char *where, size_t where_len, const char **file, int *line)
+{
+    snprintf(where, where_len, "%s '%s'", what, e->name ? e->name : "?");
+    cfg_check_keys(ctx, e->group, keys, where);
+    *file = cfg_keep(ctx->cfg, cfg_setting_file(ctx, e->group));
+    *line = config_setting_source_line(e->group);
+}
+
 bool cfg_is_absolute(const char *p) { return p && p[0] == '/'; }
 

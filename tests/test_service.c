@@ -152,7 +152,10 @@ START_TEST(spares_acquire_release_refill)
         {"offset=abc", "?offset=abc is not a whole number"},
         {"limit=-1", "?limit=-1 is not a whole number"},
         {"limit=99999999999", "?limit=99999999999 is not a whole number"},
-        {"summary=maybe", "?summary=maybe: use 1 or 0"}};
+        {"summary=maybe", "?summary=maybe: use 1 or 0"},
+        /* Escapes are decoded for every value, but a NUL is not let in. */
+        {"limit=%31%30x", "?limit=10x is not a whole number"},
+        {"state=ready%00", "'ready%00' is not a desktop state"}};
     for (size_t q = 0; q < sizeof refused / sizeof refused[0]; q++) {
         char path[128];
         snprintf(path, sizeof path, "/v1/pools/demo?%s", refused[q].query);

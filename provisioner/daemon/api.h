@@ -38,8 +38,10 @@ int api_request_fuzz(const char *data, size_t len, api_route_fn route, api_open_
 /* What routes see of a request. */
 const char *request_method(const request *r);
 const char *request_path(const request *r); /* without the query string */
-/* The value of NAME in the query string (?NAME=VALUE&...), copied into buf;
- * NULL when it is not there. */
+/* The value of NAME in the query string (?NAME=VALUE&...), copied into buf
+ * with its %XX escapes decoded (a client may send "ready%2Cassigned");
+ * %00 and a malformed escape stay as written, for the route's check to
+ * name. NULL when it is not there. */
 const char *request_query(const request *r, const char *name, char *buf, size_t len);
 const char *request_body(const request *r); /* NUL-terminated, "" when none */
 /* Answers once; a later call does nothing. Takes ownership of body. */

@@ -333,6 +333,14 @@ const char *request_path(const request *r)
     return r->http.path;
 }
 
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
 const char *request_query(const request *r, const char *name, char *buf, size_t len)
 {
     const char *q = strchr(r->http.url, '?');
@@ -341,8 +349,18 @@ const char *request_query(const request *r, const char *name, char *buf, size_t 
         q++;
         if (!strncmp(q, name, nlen) && (q[nlen] == '=' || q[nlen] == '&' || !q[nlen])) {
             const char *v = q[nlen] == '=' ? q + nlen + 1 : q + nlen;
-            size_t vlen = strcspn(v, "&");
-            snprintf(buf, len, "%.*s", (int)vlen, v);
+            size_t vlen = strcspn(v, "&"), o = 0;
+            for (size_t i = 0; i < vlen && o + 1 < len; i++) {
+                bool escape = v[i] == '%' && i + 2 < vlen;
+                int hi = escape ? hex_digit(v[i + 1]) : -1, lo = escape ? hex_digit(v[i + 2]) : -1;
+                if (hi >= 0 && lo >= 0 && (hi || lo)) {
+                    buf[o++] = (char)(hi << 4 | lo);
+                    i += 2;
+                } else {
+                    buf[o++] = v[i];
+                }
+            }
+            buf[o] = '\0';
             return buf;
         }
         q = strchr(q, '&');

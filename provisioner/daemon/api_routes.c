@@ -64,21 +64,12 @@ static bool query_switch(request *r, const char *name, bool *out)
     return true;
 }
 
-/* ?state=ready,assigned (the comma may come as %2C): a mask of
- * 1u << desktop_state; 0 when absent. */
+/* ?state=ready,assigned: a mask of 1u << desktop_state; 0 when absent. */
 static bool query_states(request *r, unsigned *mask)
 {
     char v[512];
     if (!request_query(r, "state", v, sizeof v))
         return true;
-    char *w = v;
-    for (const char *s = v; *s;) /* %2C -> ',' in place */
-        if (s[0] == '%' && s[1] == '2' && (s[2] == 'C' || s[2] == 'c')) {
-            *w++ = ',';
-            s += 3;
-        } else
-            *w++ = *s++;
-    *w = '\0';
     *mask = 0;
     for (const char *s = v;; s++) {
         size_t len = strcspn(s, ",");

@@ -87,10 +87,12 @@ void th_daemon_write_config(th_daemon *d, unsigned size, unsigned spares, const 
 }
 
 /* The daemon as a child process, its stderr appended to vdipoold.log. */
-static void spawn(th_daemon *d, const char *log)
+static void spawn(th_daemon *d)
 {
     const char *bin = getenv("VDIPOOLD");
     ck_assert_msg(bin != NULL, "VDIPOOLD is set by ctest");
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", d->dir);
     pid_t pid = fork();
     if (pid == 0) {
         freopen(log, "a", stderr);
@@ -105,9 +107,7 @@ static void spawn(th_daemon *d, const char *log)
 
 void th_daemon_start(th_daemon *d)
 {
-    char log[1200];
-    snprintf(log, sizeof log, "%s/vdipoold.log", d->dir);
-    spawn(d, log);
+    spawn(d);
     /* Up when the API answers (the socket exists a moment before its mode is set). */
     for (int i = 0; i < 100; i++) {
         json_t *j = NULL;
@@ -117,7 +117,7 @@ void th_daemon_start(th_daemon *d)
             return;
         usleep(50000);
     }
-    char *out = th_must("tail -20 %s", log);
+    char *out = th_must("tail -20 %s/vdipoold.log", d->dir);
     ck_abort_msg("vdipoold did not open its socket: %s", out);
 }
 
@@ -169,15 +169,13 @@ bool th_daemon_stopped(th_daemon *d)
 
 void th_daemon_start_until_stop(th_daemon *d, const char *point, int timeout_s)
 {
-    char log[1200];
-    snprintf(log, sizeof log, "%s/vdipoold.log", d->dir);
     setenv("VDIPOOL_STOP_AT", point, 1);
-    spawn(d, log);
+    spawn(d);
     unsetenv("VDIPOOL_STOP_AT");
     for (int i = 0; i < timeout_s * 10 && !th_daemon_stopped(d); i++)
         usleep(100000);
     if (!th_daemon_stopped(d)) {
-        char *out = th_must("tail -20 %s", log);
+        char *out = th_must("tail -20 %s/vdipoold.log", d->dir);
         ck_abort_msg("vdipoold did not stop at %s within %d s: %s", point, timeout_s, out);
     }
 }

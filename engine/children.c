@@ -242,6 +242,12 @@ int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, v
 
 int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, vdi_error *err)
 {
+    return vdi_child_delete_ending(cat, path, NULL, final_bytes, err);
+}
+
+int vdi_child_delete_ending(vdi_catalog *cat, const char *path, const vdi_session_close *session,
+                            uint64_t *final_bytes, vdi_error *err)
+{
     struct stat st;
     bool exists = lstat(path, &st) == 0;
     if (!exists && errno != ENOENT)
@@ -261,8 +267,14 @@ int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, 
     vdi_sync_dir_of_(path);
     if ((rc = vdi_catalog_begin_(cat, err)) < 0)
         return rc;
-    /* Unflushed: if a power loss drops this, the intent redoes the delete. */
+    /* Unflushed: if a power loss drops this, the intent redoes the delete
+     * and the session stays open until the service finds its desktop gone
+     * (as when the session's own write was lost). */
+    uint64_t bytes = exists ? (uint64_t)st.st_blocks * 512 : 0;
     if ((rc = vdi_catalog_remove_child_(cat, path, err)) == 0 &&
+        (!session || !session->id ||
+         (rc = vdi_catalog_session_end(cat, session->id, session->ended_at, session->reason, bytes,
+                                       err)) == 0) &&
         (rc = vdi_intent_end_(cat, intent, err)) == 0)
         return vdi_catalog_commit_unflushed_(cat, err);
     vdi_catalog_rollback_(cat);

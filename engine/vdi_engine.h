@@ -330,6 +330,18 @@ int vdi_clone_batch_recorded(vdi_catalog *cat, vdi_cloner *cloner, char *const *
                              vdi_error *err);
 /* Deletes a child file and its record (journaled). final_bytes may be NULL. */
 int vdi_child_delete(vdi_catalog *cat, const char *path, uint64_t *final_bytes, vdi_error *err);
+/* The session a deleted child served, closed in the delete's last
+ * transaction (vdi_catalog_session_end's fields; its final_bytes are the
+ * child's size). */
+typedef struct vdi_session_close {
+    int64_t id; /* 0: none */
+    int64_t ended_at;
+    const char *reason;
+} vdi_session_close;
+/* vdi_child_delete that also closes the child's session (NULL: none) in
+ * the same transaction: one commit for a desktop's end, not two. */
+int vdi_child_delete_ending(vdi_catalog *cat, const char *path, const vdi_session_close *session,
+                            uint64_t *final_bytes, vdi_error *err);
 /* A child made elsewhere (on a host-local datastore, through libvirt's
  * storage API), recorded without touching files; and its record dropped
  * once it is deleted there. */

@@ -223,6 +223,45 @@ START_TEST(datastore_usage_follows_children)
 }
 END_TEST
 
+/* A desktop's end deletes its child and closes its session in one
+ * transaction: two commits (the delete's intent, then the rest), the
+ * session's final size the child's, and nothing of the child left. */
+START_TEST(a_child_deleted_at_a_session_end_closes_it_in_one_commit)
+{
+    vdi_seal_result r;
+    vdi_error err = {0};
+    ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
+    free(th_must("mkdir -p %s/ds", dir));
+    vdi_cloner *cl = NULL;
+    ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, &err), 0);
+    vdi_child_meta meta = {.datastore = "ds", .pool = "p", .slot = 1};
+    const char *child = th_path(dir, "ds/p-001.qcow2");
+    ck_assert_msg(vdi_clone_recorded(cat, cl, child, &meta, &err) == 0, "%s", err.message);
+    vdi_cloner_free(cl);
+    int64_t id = 0;
+    ck_assert_int_eq(vdi_catalog_session_begin(cat, "p", "p-001", "alice", 100, &id, &err), 0);
+    uint64_t before = vdi_catalog_last_commit(cat), bytes = 0;
+    vdi_session_close session = {.id = id, .ended_at = 200, .reason = "released"};
+    ck_assert_msg(vdi_child_delete_ending(cat, child, &session, &bytes, &err) == 0, "%s",
+                  err.message);
+    ck_assert_uint_eq(vdi_catalog_last_commit(cat), before + 2);
+    ck_assert_uint_gt(bytes, 0);
+    ck_assert_int_eq(access(child, F_OK), -1);
+    vdi_child_info info;
+    ck_assert_int_eq(vdi_catalog_child(cat, child, &info, NULL), -ENOENT);
+    ck_assert_int_eq(vdi_catalog_open_session(cat, "p-001", &id, NULL, 0, NULL, NULL), -ENOENT);
+    uint64_t p95 = 0;
+    size_t samples = 0;
+    ck_assert_int_eq(vdi_catalog_growth_p95(cat, "p", 1, &p95, &samples, &err), 0);
+    ck_assert_uint_eq(p95, bytes);
+    vdi_datastore_usage u;
+    ck_assert_int_eq(vdi_catalog_datastore_usage(cat, "ds", &u, &err), 0);
+    ck_assert_uint_eq(u.children, 0);
+    /* Without a session (an end before any user) it is a plain delete. */
+    ck_assert_int_eq(vdi_child_delete_ending(cat, child, NULL, NULL, &err), 0);
+}
+END_TEST
+
 /* Commits are numbered; a session's start and end wait for no flush, a
  * flush puts them on disk once, and a flushed write carries what came
  * before it. */
@@ -357,4 +396,5 @@ TH_MAIN("catalog",
          120,
          {sessions_and_growth, old_finished_sessions_are_pruned, session_reads_use_indexes,
           lookups_canonicalise_paths, datastore_usage_follows_children,
+          a_child_deleted_at_a_session_end_closes_it_in_one_commit,
           unflushed_commits_reach_the_disk_with_a_flush, threads_share_one_catalog, NULL}})

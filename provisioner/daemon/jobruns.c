@@ -341,6 +341,7 @@ void jobs_end_run(void *data)
         return; /* never delete the disk of a domain that may still run */
     vdi_error err = {0};
     uint64_t bytes = 0;
+    bool session_closed = false;
     if (j->child)
         template_resume_copy_remove(j->child); /* a crash between copy and restore */
     if (j->child && host_local(j)) {
@@ -356,10 +357,20 @@ void jobs_end_run(void *data)
             return; /* the record stays with the volume; the end is retried */
         if (vdi_catalog_forget_child(j->catalog, j->child, &err) < 0)
             job_fail(j, err.code, "%s", err.message);
-    } else if (j->child && vdi_child_delete(j->catalog, j->child, &bytes, &err) < 0)
-        job_fail(j, err.code, "%s", err.message);
-    if (j->session_id && vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
-                                                 end_reason_name(j->reason), bytes, &err) < 0)
+    } else if (j->child) {
+        /* The session closes with the child's record, in one commit. */
+        vdi_session_close session = {.id = j->session_id,
+                                     .ended_at = (int64_t)time(NULL),
+                                     .reason = end_reason_name(j->reason)};
+        if (vdi_child_delete_ending(j->catalog, j->child, &session, &bytes, &err) < 0) {
+            job_fail(j, err.code, "%s", err.message);
+            return; /* the end is retried, and the session closed then */
+        }
+        session_closed = true;
+    }
+    if (j->session_id && !session_closed &&
+        vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
+                                end_reason_name(j->reason), bytes, &err) < 0)
         svc_log("error",
                 "pool=%s desktop=%s session=%lld event=session-end-not-recorded "
                 "reason=\"%s\"",

@@ -32,7 +32,7 @@ static int check_parent_chain(vdi_catalog *cat, const vdi_cloner *cl, vdi_error 
         if (g.state != VDI_GOLD_SEALED)
             return vdi_error_set(err, -EPERM, "gold %s is %s: no new children", real,
                                  vdi_gold_state_name(g.state));
-        rc = vdi_guard_check(cat, real, false, err);
+        rc = vdi_guard_check_gold_(cat, &g, false, err);
         if (rc < 0)
             return rc;
     }

@@ -382,8 +382,13 @@ int vdi_guard_check(vdi_catalog *cat, const char *path, bool full, vdi_error *er
 {
     vdi_gold_info g;
     int rc = vdi_catalog_gold(cat, path, &g, err);
-    if (rc < 0)
-        return rc;
+    return rc < 0 ? rc : vdi_guard_check_gold_(cat, &g, full, err);
+}
+
+int vdi_guard_check_gold_(vdi_catalog *cat, const vdi_gold_info *row, bool full, vdi_error *err)
+{
+    vdi_gold_info g = *row; /* its ctime may be brought up to date below */
+    int rc;
     if (g.state == VDI_GOLD_TAINTED)
         return vdi_error_set(err, -ESTALE, "gold %s is tainted: %s", g.path, g.reason);
     struct stat st;

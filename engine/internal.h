@@ -100,6 +100,8 @@ void vdi_intent_rows_free_(vdi_intent_row *rows, size_t count);
  * leftover intent (see its table). Return 1 rolled forward, 0 rolled back,
  * negative on failure. */
 int vdi_recover_clone_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
+/* vdi_guard_check on a gold's row already read from the catalog. */
+int vdi_guard_check_gold_(vdi_catalog *cat, const vdi_gold_info *g, bool full, vdi_error *err);
 int vdi_recover_delete_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
 int vdi_recover_seal_(vdi_catalog *cat, const char *target, const char *data, vdi_error *err);
 int vdi_recover_merge_(vdi_catalog *cat, const char *op, const char *target, const char *data,

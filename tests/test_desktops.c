@@ -79,6 +79,10 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     struct stat before;
     ck_assert_int_eq(stat(child, &before), 0);
     char *id_before = domain_id(name);
+    /* Its metadata names the gold's fingerprint as sealed (compared below,
+     * once the catalog is free to open). */
+    char *sealed_hash = th_must(
+        "virsh -c qemu:///system dumpxml %s | grep -o '<vdipool:gold-sha256>[0-9a-f]*<'", name);
     /* Started paused, budgeted, then run: the domain runs with a write
      * budget above what its child holds. */
     assert_domain_state(name, "running");
@@ -128,6 +132,13 @@ START_TEST(logoff_replaces_desktop_and_spares_the_gold)
     vdi_error err = {0};
     ck_assert_int_eq(vdi_catalog_open(D.state, &cat, &err), 0);
     ck_assert_msg(vdi_guard_check(cat, D.gold, true, &err) == 0, "%s", err.message);
+    vdi_gold_info g;
+    ck_assert_int_eq(vdi_catalog_gold(cat, D.gold, &g, &err), 0);
+    char hex[2 * VDI_HASH_SIZE + 1], want[sizeof hex + 32];
+    vdi_hash_hex(g.fp.hash, hex, sizeof hex);
+    snprintf(want, sizeof want, "<vdipool:gold-sha256>%s<", hex);
+    ck_assert_msg(strstr(sealed_hash, want), "metadata %s, sealed %s", sealed_hash, hex);
+    free(sealed_hash);
     uint64_t p95 = 0;
     size_t samples = 0;
     ck_assert_int_eq(vdi_catalog_growth_p95(cat, "demo", 1, &p95, &samples, &err), 0);

@@ -136,6 +136,7 @@ void jobs_clone_run(void *data)
         j->blocked = true;
         return;
     }
+    vdi_hash_hex(g.fp.hash, j->gold_hash, sizeof j->gold_hash); /* for the start */
     if (!j->ds) {
         job_fail(j, -ENOENT, "pool %s has no datastore", j->pool);
         j->blocked = true;
@@ -190,12 +191,16 @@ void jobs_start_run(void *data)
         return;
     }
     vdi_error err = {0};
-    char hex[2 * VDI_HASH_SIZE + 1] = "";
-    vdi_gold_info g;
-    if (vdi_catalog_gold(j->catalog, j->gold, &g, NULL) == 0)
-        vdi_hash_hex(g.fp.hash, hex, sizeof hex);
-    domain_spec spec = {
-        .name = j->name, .child = j->child, .gold = j->gold, .gold_hash_hex = hex, .slot = j->slot};
+    /* The gold's hash as the clone read it; read here only when not known
+     * (and always on a host-local datastore, which needs its format too). */
+    vdi_gold_info g = {0};
+    if ((!*j->gold_hash || host_local(j)) && vdi_catalog_gold(j->catalog, j->gold, &g, NULL) == 0)
+        vdi_hash_hex(g.fp.hash, j->gold_hash, sizeof j->gold_hash);
+    domain_spec spec = {.name = j->name,
+                        .child = j->child,
+                        .gold = j->gold,
+                        .gold_hash_hex = j->gold_hash,
+                        .slot = j->slot};
     /* On a host-local datastore the child's parent is the host's copy.
      * The child's size (where its write budget starts) is read before the
      * domain starts, so that its CPUs wait for no catalog read. */

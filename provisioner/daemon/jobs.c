@@ -85,6 +85,8 @@ void job_done(service *svc, void *data)
             jobs_clean_leftovers(svc, service_find_host(svc, j->host), j->name, j->child);
     } else {
         d->busy = false;
+        if (j->kind == JOB_CLONE)
+            set_str(&d->gold_hash, j->rc == 0 && *j->gold_hash ? j->gold_hash : NULL);
         if (j->template_bad)
             pool_template_refused(d->pool, j->error ? j->error : "unknown error");
         if (j->agent_connected && d->agent != AGENT_CONNECTED) {
@@ -138,6 +140,8 @@ job *desktop_job(desktop *d, job_kind kind)
     j->pc = p->cfg;
     j->ds = pool_datastore(p);
     j->slot = d->slot;
+    if (kind == JOB_START && d->gold_hash)
+        snprintf(j->gold_hash, sizeof j->gold_hash, "%s", d->gold_hash);
     j->session_id = d->session_id;
     j->reason = d->end_reason;
     if (p->growth_read && jobs_mono() - p->growth_read_at < GROWTH_TTL) {

@@ -31,6 +31,9 @@ typedef struct job {
     char *address;      /* where its displays are reached (host_display_address) */
     char *template_child, *memory_image; /* start = "resume": what it resumes from, or NULL */
     char *pool, *name, *child, *gold;
+    /* JOB_CLONE: the gold's hash it read (output); JOB_START: the
+     * desktop's, or "" when unknown (input). */
+    char gold_hash[2 * VDI_HASH_SIZE + 1];
     unsigned slot;
     uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */
     unsigned clones_in_flight; /* JOB_CLONE: other clones admitted but not recorded yet */

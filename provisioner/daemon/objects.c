@@ -226,6 +226,7 @@ static void desktop_free(desktop *d)
     free(d->hostname);
     free(d->template_child);
     free(d->memory_image);
+    free(d->gold_hash);
     json_decref(d->users);
     free(d->history);
     free(d);

@@ -181,6 +181,9 @@ typedef struct desktop {
      * the memory image it resumes from; NULL when it boots. */
     char *template_child;
     char *memory_image;
+    /* The gold's SHA-256 (hex) as its clone read it, for the domain's
+     * metadata: its start need not read the catalog again. NULL: unknown. */
+    char *gold_hash;
     char *user;                 /* while assigned, else NULL */
     char *failure;              /* the last failure, or NULL */
     char *display;              /* "vnc://127.0.0.1:5900", or NULL */

@@ -11,7 +11,9 @@
  * line: cycles/s, acquire p50/p99/max, release p50/p99, the transport floor
  * (GET /v1/status p50, measured in the same run) and the daemon's RSS after
  * the spares were ready, per slot beyond a base of the daemon with one
- * slot (measured by the caller: run it with SIZE 1 for the base). Then the
+ * slot (measured by the caller: run it with SIZE 1 for the base); what a
+ * broker's views of the pool cost (its summary, a page of ready desktops).
+ * Then the
  * catalog's commits and flushes per cycle, and where the CPUs went during
  * the load: vdipoold's CPU time per cycle, the load client's share, and how
  * busy the machine was (what was idle while I/O was outstanding says the
@@ -137,6 +139,18 @@ static double metric(const char *name)
     return v;
 }
 
+/* n GETs of path, each one's time added to out. */
+static void timed_gets(vdi_client_conn *conn, const char *path, int n, samples *out)
+{
+    for (int i = 0; i < n; i++) {
+        json_t *j = NULL;
+        double t0 = bench_now();
+        call(conn, "GET", path, NULL, &j);
+        add(out, bench_now() - t0);
+        json_decref(j);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 8 || argc > 9 || (argc == 9 && strcmp(argv[8], "close"))) {
@@ -183,13 +197,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_service: %s\n", ferr.message);
         return 1;
     }
-    for (int i = 0; i < 200; i++) {
-        json_t *j = NULL;
-        double t0 = bench_now();
-        call(fconn, "GET", "/v1/status", NULL, &j);
-        add(&floor, bench_now() - t0);
-        json_decref(j);
-    }
+    timed_gets(fconn, "/v1/status", 200, &floor);
+    /* What a broker's views of a large pool cost: the summary, and a page
+     * of ready desktops (a state filter over the pool's slots). */
+    samples summary = {0}, page = {0};
+    timed_gets(fconn, "/v1/pools/bench?summary=1", 100, &summary);
+    timed_gets(fconn, "/v1/pools/bench?state=ready&limit=100", 100, &page);
     vdi_client_disconnect(fconn);
     double commits0 = metric("vdipool_catalog_commits_total"),
            flushes0 = metric("vdipool_catalog_flushes_total"),
@@ -229,6 +242,9 @@ int main(int argc, char **argv)
            size, spares, nclients, keep_alive ? "keep-alive" : "close", (double)atomic_load(&cycles) / took, pct(&acq, 50) * 1e3,
            pct(&acq, 99) * 1e3, pct(&acq, 100) * 1e3, pct(&rel, 50) * 1e3, pct(&rel, 99) * 1e3,
            pct(&floor, 50) * 1e3, refused, t_ready, rss);
+    printf("  pool views: summary p50 %.2f ms, a page of 100 ready desktops "
+           "(?state=ready&limit=100) p50 %.2f ms\n",
+           pct(&summary, 50) * 1e3, pct(&page, 50) * 1e3);
     /* Where the disk time goes: the catalog's commits and flushes per cycle,
      * and how many acquire answers waited for their session to be flushed. */
     printf("  per cycle: %.2f catalog commits, %.2f catalog flushes; acquires that waited for a "

@@ -742,6 +742,53 @@ START_TEST(assigned_desktops_found_by_user)
 }
 END_TEST
 
+/* Slots of a page of the pool's desktops, as "1,2,3". */
+static void page_slots(unsigned offset, unsigned limit, unsigned mask, char *out, size_t len,
+                       json_int_t *total)
+{
+    json_t *j = pool_json_page(P, true, offset, limit, mask);
+    size_t k;
+    json_t *one;
+    out[0] = '\0';
+    json_array_foreach(json_object_get(j, "desktops"), k, one)
+        snprintf(out + strlen(out), len - strlen(out), "%s%lld", k ? "," : "",
+                 (long long)json_integer_value(json_object_get(one, "slot")));
+    *total = json_integer_value(json_object_get(j, "desktops_total"));
+    json_decref(j);
+}
+
+/* A page filtered by state is read from the state lists (which keep the
+ * order desktops changed state in) and still lists in slot order, so that
+ * a broker paging through it sees each desktop once. */
+START_TEST(filtered_pages_list_desktops_in_slot_order)
+{
+    start_service(NULL, 6, 0);
+    desktop **d = P->desktops;
+    desktop_adopt(d[3], "/c/4", "/g", NULL, AGENT_UNKNOWN, 14, "dan", 1);
+    desktop_adopt(d[2], "/c/3", "/g", NULL, AGENT_UNKNOWN, 13, "cy", 1);
+    desktop_adopt(d[1], "/c/2", "/g", NULL, AGENT_UNKNOWN, 0, NULL, 0);
+    desktop_adopt(d[0], "/c/1", "/g", NULL, AGENT_UNKNOWN, 0, NULL, 0);
+    unsigned busy = 1u << DESKTOP_ASSIGNED | 1u << DESKTOP_READY;
+    char slots[64];
+    json_int_t total = 0;
+    page_slots(0, 0, busy, slots, sizeof slots, &total);
+    ck_assert_str_eq(slots, "1,2,3,4");
+    ck_assert_int_eq(total, 4);
+    page_slots(1, 2, busy, slots, sizeof slots, &total);
+    ck_assert_str_eq(slots, "2,3");
+    ck_assert_int_eq(total, 4);
+    page_slots(0, 0, 1u << DESKTOP_ASSIGNED, slots, sizeof slots, &total);
+    ck_assert_str_eq(slots, "3,4");
+    /* With empty slots asked for, every slot within size, in order. */
+    page_slots(0, 0, busy | 1u << DESKTOP_EMPTY, slots, sizeof slots, &total);
+    ck_assert_str_eq(slots, "1,2,3,4,5,6");
+    page_slots(4, 0, 0, slots, sizeof slots, &total);
+    ck_assert_str_eq(slots, "5,6");
+    ck_assert_int_eq(total, 6);
+    stop_service();
+}
+END_TEST
+
 /* ---- the guest agent (agent.c) ------------------------------------------------- */
 
 #define AGENT_POOL                                                                                 \
@@ -944,16 +991,27 @@ START_TEST(names_come_from_one_list)
 }
 END_TEST
 
-TH_MAIN("controller",
-        {"controller",
-         NULL,
-         NULL,
-         60,
-         {spares_are_cloned_started_and_ready, clone_failure_backs_off_and_retries,
-          blocked_pool_probes_one_at_a_time, freed_space_ends_the_wait,
-          failed_start_ends_then_fails, failed_end_is_retried, session_time_limit_and_idle_spares,
-          reload_rolls_out_shrinks_and_drains, offline_pool_starts_nothing,
-          held_desktops_wait_for_libvirt, paused_desktops, desktops_found_by_name,
-          assigned_desktops_found_by_user, agent_makes_ready_and_logoff_ends_the_session,
-          no_login_and_agent_lost_end_sessions, idle_user_is_logged_off,
-          desktops_that_do_not_boot_are_recycled_and_reported, names_come_from_one_list, NULL}})
+TH_MAIN("controller", {"controller",
+                       NULL,
+                       NULL,
+                       60,
+                       {spares_are_cloned_started_and_ready,
+                        clone_failure_backs_off_and_retries,
+                        blocked_pool_probes_one_at_a_time,
+                        freed_space_ends_the_wait,
+                        failed_start_ends_then_fails,
+                        failed_end_is_retried,
+                        session_time_limit_and_idle_spares,
+                        reload_rolls_out_shrinks_and_drains,
+                        offline_pool_starts_nothing,
+                        held_desktops_wait_for_libvirt,
+                        paused_desktops,
+                        desktops_found_by_name,
+                        assigned_desktops_found_by_user,
+                        filtered_pages_list_desktops_in_slot_order,
+                        agent_makes_ready_and_logoff_ends_the_session,
+                        no_login_and_agent_lost_end_sessions,
+                        idle_user_is_logged_off,
+                        desktops_that_do_not_boot_are_recycled_and_reported,
+                        names_come_from_one_list,
+                        NULL}})

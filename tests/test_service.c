@@ -143,6 +143,17 @@ START_TEST(spares_acquire_release_refill)
     ck_assert_uint_eq(json_array_size(json_object_get(page, "desktops")), 1);
     ck_assert_int_eq(json_integer_value(json_object_get(page, "desktops_total")), 3);
     json_decref(page);
+    /* Served from the state lists, still in slot order (stable pages). */
+    ck_assert_int_eq(th_http(&D, "GET", "/v1/pools/demo?state=assigned,ready", NULL, &page), 200);
+    ck_assert_uint_eq(json_array_size(json_object_get(page, "desktops")), 3);
+    json_int_t last_slot = 0;
+    json_array_foreach(json_object_get(page, "desktops"), k, one)
+    {
+        json_int_t slot = json_integer_value(json_object_get(one, "slot"));
+        ck_assert_int_gt(slot, last_slot);
+        last_slot = slot;
+    }
+    json_decref(page);
     /* Values it does not understand are refused, naming them. */
     static const struct {
         const char *query, *says;

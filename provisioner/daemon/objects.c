@@ -440,8 +440,12 @@ void desktop_set_host(desktop *d, host *h)
 void host_count_states(service *svc, const host *h, unsigned counts[DESKTOP_STATE_COUNT])
 {
     memset(counts, 0, DESKTOP_STATE_COUNT * sizeof *counts);
+    /* An empty slot has no host (desktop_set_state): the other lists hold
+     * every desktop that may have one. */
     for (size_t i = 0; i < svc->npools; i++)
-        for (unsigned k = 0; k < svc->pools[i]->nslots; k++)
-            if (svc->pools[i]->desktops[k]->host == h)
-                counts[svc->pools[i]->desktops[k]->state]++;
+        for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+            for (const desktop *d = s == DESKTOP_EMPTY ? NULL : svc->pools[i]->by_state[s].head; d;
+                 d = d->state_next)
+                if (d->host == h)
+                    counts[s]++;
 }

@@ -120,21 +120,18 @@ static uint64_t pool_rss(const pool *p, unsigned *measured)
 {
     uint64_t rss = 0;
     unsigned n = 0;
-    for (unsigned i = 0; i < p->nslots; i++)
-        if (p->desktops[i]->state != DESKTOP_EMPTY && p->desktops[i]->rss_bytes) {
-            rss += p->desktops[i]->rss_bytes;
-            n++;
-        }
+    /* The state lists, not the slots: a pool of 20 000 slots with 200 in
+     * use looks at 200 desktops. */
+    for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+        for (const desktop *d = s == DESKTOP_EMPTY ? NULL : p->by_state[s].head; d;
+             d = d->state_next)
+            if (d->rss_bytes) {
+                rss += d->rss_bytes;
+                n++;
+            }
     if (measured)
         *measured = n;
     return rss;
-}
-
-static void count_states(const pool *p, unsigned counts[DESKTOP_STATE_COUNT])
-{
-    memset(counts, 0, DESKTOP_STATE_COUNT * sizeof *counts);
-    for (unsigned i = 0; i < p->nslots; i++)
-        counts[p->desktops[i]->state]++;
 }
 
 /* How many of the pool's desktops run on each gold (version), a roll-out's
@@ -142,14 +139,58 @@ static void count_states(const pool *p, unsigned counts[DESKTOP_STATE_COUNT])
 static json_t *desktops_by_gold(const pool *p)
 {
     json_t *o = json_object();
-    for (unsigned i = 0; i < p->nslots; i++) {
-        const desktop *d = p->desktops[i];
-        if (d->state == DESKTOP_EMPTY || d->state == DESKTOP_FAILED || !d->gold)
+    for (int s = 0; s < DESKTOP_STATE_COUNT; s++) {
+        if (s == DESKTOP_EMPTY || s == DESKTOP_FAILED)
             continue;
-        json_t *n = json_object_get(o, d->gold);
-        json_object_set_new(o, d->gold, json_integer(n ? json_integer_value(n) + 1 : 1));
+        for (const desktop *d = p->by_state[s].head; d; d = d->state_next) {
+            if (!d->gold)
+                continue;
+            json_t *n = json_object_get(o, d->gold);
+            json_object_set_new(o, d->gold, json_integer(n ? json_integer_value(n) + 1 : 1));
+        }
     }
     return o;
+}
+
+static int by_slot(const void *a, const void *b)
+{
+    unsigned x = (*(const desktop *const *)a)->slot, y = (*(const desktop *const *)b)->slot;
+    return (x > y) - (x < y);
+}
+
+/* The desktops the API lists, in slot order: every slot within size, and
+ * beyond it those not empty (a pool that shrank), in one of the states of
+ * `state_mask` (0: any). A filter without `empty` is served from the state
+ * lists (the desktops it names, sorted), not from a walk of every slot.
+ * The array is malloc'd; NULL with *count 0 when out of memory. */
+static const desktop **listed_desktops(const pool *p, unsigned state_mask, size_t *count)
+{
+    *count = 0;
+    bool from_lists = state_mask && !(state_mask & (1u << DESKTOP_EMPTY));
+    size_t cap = 0;
+    for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+        if (!from_lists || (state_mask & (1u << s)))
+            cap += p->by_state[s].count;
+    const desktop **v = malloc((cap ? cap : 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    size_t n = 0;
+    if (from_lists) {
+        for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
+            if (state_mask & (1u << s))
+                for (const desktop *d = p->by_state[s].head; d && n < cap; d = d->state_next)
+                    v[n++] = d;
+        qsort(v, n, sizeof *v, by_slot);
+    } else {
+        for (unsigned i = 0; i < p->nslots && n < cap; i++) {
+            const desktop *d = p->desktops[i];
+            if ((d->state != DESKTOP_EMPTY || i < p->cfg->size) &&
+                (!state_mask || (state_mask & (1u << d->state))))
+                v[n++] = d;
+        }
+    }
+    *count = n;
+    return v;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -189,11 +230,10 @@ json_t *pool_json(const pool *p, bool with_desktops)
 json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsigned limit,
                        unsigned state_mask)
 {
-    unsigned counts[DESKTOP_STATE_COUNT];
-    count_states(p, counts);
-    json_t *states = json_object();
+    json_t *states = json_object(); /* every slot is on its state's list */
     for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
-        json_object_set_new(states, desktop_state_name((desktop_state)s), json_integer(counts[s]));
+        json_object_set_new(states, desktop_state_name((desktop_state)s),
+                            json_integer(p->by_state[s].count));
     json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:i,s:b,s:o}", "name", p->name, "gold", pool_gold(p),
                           "datastore", p->cfg->datastore, "size", p->cfg->size, "spares",
                           p->cfg->spares, "draining", p->draining, "desktops_by_state", states);
@@ -253,16 +293,11 @@ json_t *pool_json_page(const pool *p, bool with_desktops, unsigned offset, unsig
         json_object_set_new(o, "spares_boot_seconds", boot);
     if (with_desktops) {
         json_t *arr = json_array();
-        unsigned listed = 0;
-        for (unsigned i = 0; i < p->nslots; i++) {
-            if (p->desktops[i]->state == DESKTOP_EMPTY && i >= p->cfg->size)
-                continue;
-            if (state_mask && !(state_mask & (1u << p->desktops[i]->state)))
-                continue;
-            if (listed >= offset && (!limit || listed - offset < limit))
-                json_array_append_new(arr, desktop_json(p->desktops[i]));
-            listed++;
-        }
+        size_t listed = 0;
+        const desktop **v = listed_desktops(p, state_mask, &listed);
+        for (size_t i = offset; v && i < listed && (!limit || i - offset < limit); i++)
+            json_array_append_new(arr, desktop_json(v[i]));
+        free(v);
         json_object_set_new(o, "desktops", arr);
         if (offset || limit || state_mask) {
             json_object_set_new(o, "desktops_total", json_integer(listed));
@@ -294,13 +329,10 @@ char *service_metrics_text(service *svc)
     strbuf t = {0};
     text_append(&t, "# HELP vdipool_desktops Desktops by pool and state.\n"
                     "# TYPE vdipool_desktops gauge\n");
-    for (size_t i = 0; i < svc->npools; i++) {
-        unsigned counts[DESKTOP_STATE_COUNT];
-        count_states(svc->pools[i], counts);
+    for (size_t i = 0; i < svc->npools; i++)
         for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
             text_append(&t, "vdipool_desktops{pool=\"%s\",state=\"%s\"} %u\n", svc->pools[i]->name,
-                        desktop_state_name((desktop_state)s), counts[s]);
-    }
+                        desktop_state_name((desktop_state)s), svc->pools[i]->by_state[s].count);
     text_append(&t, "# HELP vdipool_host_desktops Desktops by host and state.\n"
                     "# TYPE vdipool_host_desktops gauge\n"
                     "# HELP vdipool_host_connected Whether vdipoold reaches the host's libvirtd.\n"

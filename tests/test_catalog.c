@@ -180,7 +180,9 @@ START_TEST(lookups_canonicalise_paths)
 }
 END_TEST
 
-START_TEST(datastore_usage_follows_children)
+/* The gold sealed, a datastore directory ds/ beside it, and a cloner of
+ * the gold (the caller frees it). */
+static vdi_cloner *sealed_gold_cloner(void)
 {
     vdi_seal_result r;
     vdi_error err = {0};
@@ -188,6 +190,13 @@ START_TEST(datastore_usage_follows_children)
     free(th_must("mkdir -p %s/ds", dir));
     vdi_cloner *cl = NULL;
     ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, &err), 0);
+    return cl;
+}
+
+START_TEST(datastore_usage_follows_children)
+{
+    vdi_error err = {0};
+    vdi_cloner *cl = sealed_gold_cloner();
     vdi_child_meta meta = {.datastore = "ds", .pool = "p", .slot = 1};
     char *paths[3];
     for (int i = 0; i < 3; i++) {
@@ -228,12 +237,8 @@ END_TEST
  * session's final size the child's, and nothing of the child left. */
 START_TEST(a_child_deleted_at_a_session_end_closes_it_in_one_commit)
 {
-    vdi_seal_result r;
     vdi_error err = {0};
-    ck_assert_msg(vdi_seal(cat, gold, &r, &err) == 0, "%s", err.message);
-    free(th_must("mkdir -p %s/ds", dir));
-    vdi_cloner *cl = NULL;
-    ck_assert_int_eq(vdi_cloner_new(gold, NULL, &cl, &err), 0);
+    vdi_cloner *cl = sealed_gold_cloner();
     vdi_child_meta meta = {.datastore = "ds", .pool = "p", .slot = 1};
     const char *child = th_path(dir, "ds/p-001.qcow2");
     ck_assert_msg(vdi_clone_recorded(cat, cl, child, &meta, &err) == 0, "%s", err.message);

@@ -209,6 +209,7 @@ int main(int argc, char **argv)
            waits0 = metric("vdipool_acquire_flush_waits_total");
     client *cl = calloc(nclients, sizeof *cl);
     double daemon_cpu0 = bench_cpu_seconds(pid), self_cpu0 = bench_cpu_seconds(getpid());
+    double sleeps0 = bench_voluntary_switches(pid);
     double busy0, idle0, iowait0, steal0;
     bench_machine_cpu(&busy0, &idle0, &iowait0, &steal0);
     double t0 = bench_now();
@@ -218,6 +219,7 @@ int main(int argc, char **argv)
     /* CPU over the load alone (before the clients are joined). */
     double daemon_cpu = bench_cpu_seconds(pid) - daemon_cpu0;
     double self_cpu = bench_cpu_seconds(getpid()) - self_cpu0;
+    double sleeps = bench_voluntary_switches(pid) - sleeps0;
     double busy1, idle1, iowait1, steal1;
     bench_machine_cpu(&busy1, &idle1, &iowait1, &steal1);
     double cpu_window = bench_now() - t0;
@@ -257,10 +259,12 @@ int main(int argc, char **argv)
     double busy = busy1 - busy0, idle = idle1 - idle0, iowait = iowait1 - iowait0;
     double steal = steal1 - steal0;
     if (daemon_cpu >= 0 && self_cpu >= 0 && cycles_in_window && busy + idle > 0)
-        printf("  CPU: vdipoold %.2f ms per cycle (%.2f cores), load client %.2f cores; machine "
+        printf("  CPU: vdipoold %.2f ms per cycle (%.2f cores, %.1f sleeps of its threads per "
+               "cycle), load client %.2f cores; machine "
                "%.0f %% busy of %ld cores (%.0f %% stolen by the hypervisor), %.0f %% idle "
                "waiting on I/O\n",
-               daemon_cpu / cycles_in_window * 1e3, daemon_cpu / cpu_window, self_cpu / cpu_window,
+               daemon_cpu / cycles_in_window * 1e3, daemon_cpu / cpu_window,
+               sleeps0 >= 0 && sleeps >= 0 ? sleeps / cycles_in_window : -1, self_cpu / cpu_window,
                100 * busy / (busy + idle), sysconf(_SC_NPROCESSORS_ONLN),
                100 * steal / (busy + idle), 100 * iowait / (busy + idle));
     bench_stop_daemon(pid);

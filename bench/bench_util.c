@@ -1,6 +1,8 @@
 /* bench_util.c — see bench_util.h. */
 #include "bench_util.h"
 
+#include <dirent.h>
+
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <time.h>
@@ -124,6 +126,31 @@ double bench_cpu_seconds(pid_t pid)
         sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
         return -1;
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+double bench_voluntary_switches(pid_t pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/task", (long)pid);
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    double total = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[600], line[256];
+        snprintf(path, sizeof path, "%s/%s/status", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        unsigned long long n;
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "voluntary_ctxt_switches: %llu", &n) == 1)
+                total += (double)n;
+        if (f)
+            fclose(f);
+    }
+    closedir(d);
+    return total;
 }
 
 void bench_machine_cpu(double *busy, double *idle, double *iowait, double *steal)

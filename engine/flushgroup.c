@@ -4,10 +4,14 @@
  * A change is numbered after it is made (vdi_flush_group_change). One thread
  * at a time flushes (the leader); its flush covers every change numbered
  * before it began. A thread whose change a finished flush covered returns at
- * once; threads that numbered a change while a flush ran wait for it to end,
- * then one of them flushes for all. Nothing is held across the flush itself,
- * so a caller that only asks (vdi_flush_group_covers) never waits for the
- * disk.
+ * once; threads that numbered a change while a flush ran wait for the next
+ * flush, which one of them leads for all. Each waiter sleeps once: those
+ * the running flush covers wait on one condition, those it does not on the
+ * other, and when it ends only the first are woken, and one of the second
+ * to lead (a single condition woke them all, and all but the new leader
+ * went back to sleep: a sleep more per waiter and per flush). Nothing is
+ * held across the flush itself, so a caller that only asks
+ * (vdi_flush_group_covers) never waits for the disk.
  *
  * Used for the catalog's WAL (catalog.c) and for directories whose entries
  * changed (vdi_sync_dir_of_: a clone's rename, a delete's unlink), where
@@ -26,13 +30,15 @@ void vdi_flush_group_init(vdi_flush_group *g)
 {
     memset(g, 0, sizeof *g);
     pthread_mutex_init(&g->lock, NULL);
-    pthread_cond_init(&g->done, NULL);
+    pthread_cond_init(&g->done[0], NULL);
+    pthread_cond_init(&g->done[1], NULL);
 }
 
 void vdi_flush_group_destroy(vdi_flush_group *g)
 {
     pthread_mutex_destroy(&g->lock);
-    pthread_cond_destroy(&g->done);
+    pthread_cond_destroy(&g->done[0]);
+    pthread_cond_destroy(&g->done[1]);
 }
 
 uint64_t vdi_flush_group_change(vdi_flush_group *g)
@@ -54,18 +60,23 @@ bool vdi_flush_group_covers(vdi_flush_group *g, uint64_t change)
 }
 
 /* A failed flush is returned to its leader; the waiters then flush again
- * themselves, so every caller hears of a failure that concerns it. */
+ * themselves, so every caller hears of a failure that concerns it. Every
+ * wait re-checks after waking, so a wake-up more (a spurious one, or a
+ * signal that woke two) only costs a check. */
 int vdi_flush_group_wait(vdi_flush_group *g, uint64_t change, int (*flush)(void *arg), void *arg)
 {
     int rc = 0;
     pthread_mutex_lock(&g->lock);
     while (g->flushed < change) {
         if (g->running) {
-            pthread_cond_wait(&g->done, &g->lock);
+            unsigned which = (unsigned)((g->generation + (change > g->running_covers)) & 1);
+            g->waiting[which]++;
+            pthread_cond_wait(&g->done[which], &g->lock);
+            g->waiting[which]--;
             continue;
         }
         g->running = true;
-        uint64_t covers = atomic_load(&g->changes);
+        uint64_t covers = g->running_covers = atomic_load(&g->changes);
         pthread_mutex_unlock(&g->lock);
         int flushed = flush(arg);
         pthread_mutex_lock(&g->lock);
@@ -73,7 +84,12 @@ int vdi_flush_group_wait(vdi_flush_group *g, uint64_t change, int (*flush)(void 
         g->flushes++;
         if (flushed == 0 && covers > g->flushed)
             g->flushed = covers;
-        pthread_cond_broadcast(&g->done);
+        /* Those this flush was for (on failure they each try again), then
+         * one of those waiting for the next flush, to lead it. */
+        pthread_cond_broadcast(&g->done[g->generation & 1]);
+        g->generation++;
+        if (g->waiting[g->generation & 1])
+            pthread_cond_signal(&g->done[g->generation & 1]);
         if (flushed < 0) {
             rc = flushed;
             break;

@@ -120,10 +120,15 @@ bool vdi_cloner_sync_(const vdi_cloner *c);
  * one flush (see the comment there). */
 typedef struct vdi_flush_group {
     pthread_mutex_t lock;
-    pthread_cond_t done;      /* a flush ended */
+    /* Waiters by the flush that covers them: done[generation & 1] for the
+     * running one, done[(generation + 1) & 1] for the one after it. */
+    pthread_cond_t done[2];
+    unsigned waiting[2];      /* under lock: how many wait on each */
     _Atomic uint64_t changes; /* changes numbered so far */
     uint64_t flushed;         /* under lock: every change up to this is on disk */
     uint64_t flushes;         /* under lock: flushes done */
+    uint64_t generation;      /* under lock: flushes begun */
+    uint64_t running_covers;  /* under lock, while running: what the flush covers */
     bool running;             /* under lock: a leader is flushing */
 } vdi_flush_group;
 void vdi_flush_group_init(vdi_flush_group *g);

@@ -3,6 +3,7 @@
  * threads at once (the service's loop and its workers), whose statements and
  * transactions must never interleave. */
 #include "helpers.h"
+#include "internal.h" /* the flush group */
 #include "vdi_engine.h"
 
 #include <errno.h>
@@ -348,6 +349,64 @@ static void *churn(void *arg)
     return NULL;
 }
 
+/* The flush group's promise, under threads: a wait returns only once a
+ * flush that began after the change covers it, and waiters share flushes.
+ * The "disk" keeps what was written when a flush began. */
+static vdi_flush_group group;
+static _Atomic uint64_t written, on_disk;
+
+static int slow_flush(void *arg)
+{
+    (void)arg;
+    uint64_t snapshot = atomic_load(&written);
+    usleep(2000);
+    for (uint64_t d = atomic_load(&on_disk); d < snapshot;)
+        if (atomic_compare_exchange_weak(&on_disk, &d, snapshot))
+            break;
+    return 0;
+}
+
+static void *write_and_wait(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < ROUNDS; i++) {
+        uint64_t mine = atomic_fetch_add(&written, 1) + 1;
+        uint64_t change = vdi_flush_group_change(&group);
+        if (vdi_flush_group_wait(&group, change, slow_flush, NULL) < 0 ||
+            atomic_load(&on_disk) < mine) {
+            w->failures++;
+            snprintf(w->error, sizeof w->error, "write %llu returned before it was on disk",
+                     (unsigned long long)mine);
+        }
+        if (i % 3 == 0)
+            usleep((unsigned)(w->index * 300)); /* arrive during flushes, not in step */
+    }
+    return NULL;
+}
+
+START_TEST(flush_group_covers_every_waiter_and_shares_flushes)
+{
+    vdi_flush_group_init(&group);
+    atomic_store(&written, 0);
+    atomic_store(&on_disk, 0);
+    pthread_t t[THREADS];
+    worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){.index = i};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, write_and_wait, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_msg(w[i].failures == 0, "thread %d: %s", i, w[i].error);
+    }
+    uint64_t flushes = vdi_flush_group_flushes(&group);
+    ck_assert_uint_eq(vdi_flush_group_last(&group), THREADS * ROUNDS);
+    ck_assert_uint_lt(flushes, THREADS * ROUNDS / 2); /* shared */
+    ck_assert(vdi_flush_group_covers(&group, THREADS * ROUNDS));
+    vdi_flush_group_destroy(&group);
+}
+END_TEST
+
 START_TEST(threads_share_one_catalog)
 {
     vdi_seal_result r;
@@ -402,4 +461,5 @@ TH_MAIN("catalog",
          {sessions_and_growth, old_finished_sessions_are_pruned, session_reads_use_indexes,
           lookups_canonicalise_paths, datastore_usage_follows_children,
           a_child_deleted_at_a_session_end_closes_it_in_one_commit,
-          unflushed_commits_reach_the_disk_with_a_flush, threads_share_one_catalog, NULL}})
+          unflushed_commits_reach_the_disk_with_a_flush,
+          flush_group_covers_every_waiter_and_shares_flushes, threads_share_one_catalog, NULL}})

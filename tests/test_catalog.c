@@ -349,6 +349,23 @@ static void *churn(void *arg)
     return NULL;
 }
 
+/* Runs fn on THREADS threads at once, each with its own worker, and fails
+ * the test with the last error of any thread that failed. */
+static void run_workers(void *(*fn)(void *))
+{
+    pthread_t t[THREADS];
+    worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){.index = i};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, fn, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_msg(w[i].failures == 0, "thread %d: %d failures, last: %s", i, w[i].failures,
+                      w[i].error);
+    }
+}
+
 /* The flush group's promise, under threads: a wait returns only once a
  * flush that began after the change covers it, and waiters share flushes.
  * The "disk" keeps what was written when a flush began. */
@@ -389,16 +406,7 @@ START_TEST(flush_group_covers_every_waiter_and_shares_flushes)
     vdi_flush_group_init(&group);
     atomic_store(&written, 0);
     atomic_store(&on_disk, 0);
-    pthread_t t[THREADS];
-    worker w[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        w[i] = (worker){.index = i};
-        ck_assert_int_eq(pthread_create(&t[i], NULL, write_and_wait, &w[i]), 0);
-    }
-    for (int i = 0; i < THREADS; i++) {
-        pthread_join(t[i], NULL);
-        ck_assert_msg(w[i].failures == 0, "thread %d: %s", i, w[i].error);
-    }
+    run_workers(write_and_wait);
     uint64_t flushes = vdi_flush_group_flushes(&group);
     ck_assert_uint_eq(vdi_flush_group_last(&group), THREADS * ROUNDS);
     ck_assert_uint_lt(flushes, THREADS * ROUNDS / 2); /* shared */
@@ -415,17 +423,7 @@ START_TEST(threads_share_one_catalog)
     free(th_must("mkdir -p %s/ds", dir));
     uint64_t commits0, flushes0;
     vdi_catalog_counts(cat, &commits0, &flushes0);
-    pthread_t t[THREADS];
-    worker w[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        w[i] = (worker){.index = i};
-        ck_assert_int_eq(pthread_create(&t[i], NULL, churn, &w[i]), 0);
-    }
-    for (int i = 0; i < THREADS; i++) {
-        pthread_join(t[i], NULL);
-        ck_assert_msg(w[i].failures == 0, "thread %d: %d failures, last: %s", i, w[i].failures,
-                      w[i].error);
-    }
+    run_workers(churn);
     /* Each round commits six times (a clone's intent and record, a session's
      * start and end, a delete's intent and record); only the two intents
      * wait for the disk, and concurrent ones may share a flush. */

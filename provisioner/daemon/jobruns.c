@@ -346,7 +346,6 @@ void jobs_end_run(void *data)
         return; /* never delete the disk of a domain that may still run */
     vdi_error err = {0};
     uint64_t bytes = 0;
-    bool session_closed = false;
     if (j->child)
         template_resume_copy_remove(j->child); /* a crash between copy and restore */
     if (j->child && host_local(j)) {
@@ -367,15 +366,12 @@ void jobs_end_run(void *data)
         vdi_session_close session = {.id = j->session_id,
                                      .ended_at = (int64_t)time(NULL),
                                      .reason = end_reason_name(j->reason)};
-        if (vdi_child_delete_ending(j->catalog, j->child, &session, &bytes, &err) < 0) {
-            job_fail(j, err.code, "%s", err.message);
-            return; /* the end is retried, and the session closed then */
-        }
-        session_closed = true;
+        if (vdi_child_delete_ending(j->catalog, j->child, &session, &bytes, &err) < 0)
+            job_fail(j, err.code, "%s", err.message); /* retried, the session closed then */
+        return;
     }
-    if (j->session_id && !session_closed &&
-        vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
-                                end_reason_name(j->reason), bytes, &err) < 0)
+    if (j->session_id && vdi_catalog_session_end(j->catalog, j->session_id, (int64_t)time(NULL),
+                                                 end_reason_name(j->reason), bytes, &err) < 0)
         svc_log("error",
                 "pool=%s desktop=%s session=%lld event=session-end-not-recorded "
                 "reason=\"%s\"",

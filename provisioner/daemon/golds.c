@@ -41,9 +41,9 @@ void pool_release_gold_locks(pool *p, bool current_too)
 {
     if (p->retiring_lock >= 0) {
         bool in_use = false;
-        for (unsigned i = 0; i < p->nslots; i++)
-            in_use |= p->desktops[i]->state != DESKTOP_EMPTY && p->desktops[i]->gold &&
-                      !strcmp(p->desktops[i]->gold, p->retiring_gold);
+        for (const desktop *d = pool_next_occupied(p, NULL); d && !in_use;
+             d = pool_next_occupied(p, d))
+            in_use = d->gold && !strcmp(d->gold, p->retiring_gold);
         if (!in_use) {
             vdi_guard_unlock(p->retiring_lock);
             p->retiring_lock = -1;

@@ -437,15 +437,24 @@ void desktop_set_host(desktop *d, host *h)
     }
 }
 
+const desktop *pool_next_occupied(const pool *p, const desktop *d)
+{
+    if (d && d->state_next)
+        return d->state_next;
+    for (int s = d ? (int)d->state + 1 : 0; s < DESKTOP_STATE_COUNT; s++)
+        if (s != DESKTOP_EMPTY && p->by_state[s].head)
+            return p->by_state[s].head;
+    return NULL;
+}
+
 void host_count_states(service *svc, const host *h, unsigned counts[DESKTOP_STATE_COUNT])
 {
     memset(counts, 0, DESKTOP_STATE_COUNT * sizeof *counts);
-    /* An empty slot has no host (desktop_set_state): the other lists hold
-     * every desktop that may have one. */
-    for (size_t i = 0; i < svc->npools; i++)
-        for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
-            for (const desktop *d = s == DESKTOP_EMPTY ? NULL : svc->pools[i]->by_state[s].head; d;
-                 d = d->state_next)
-                if (d->host == h)
-                    counts[s]++;
+    /* An empty slot has no host (desktop_set_state). */
+    for (size_t i = 0; i < svc->npools; i++) {
+        const pool *p = svc->pools[i];
+        for (const desktop *d = pool_next_occupied(p, NULL); d; d = pool_next_occupied(p, d))
+            if (d->host == h)
+                counts[d->state]++;
+    }
 }

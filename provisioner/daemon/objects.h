@@ -391,6 +391,10 @@ pool *service_find_pool(service *svc, const char *name);
 desktop *service_find_desktop(service *svc, const char *name);
 const vdi_datastore_config *pool_datastore(const pool *p);
 void desktop_name_slot(desktop *d);
+/* The pool's desktops that are not empty, one state list after another
+ * (a large pool's empty slots are never looked at): NULL starts the walk,
+ * NULL ends it. No desktop may change state during a walk. */
+const desktop *pool_next_occupied(const pool *p, const desktop *d);
 pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc);
 int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc);
 void pool_free(pool *p);

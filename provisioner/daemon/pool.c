@@ -18,9 +18,8 @@ static bool name_taken(service *svc, const pool *self, const char *name)
         const pool *q = svc->pools[i];
         if (q == self || !q->draining)
             continue;
-        for (unsigned j = 0; j < q->nslots; j++)
-            if (q->desktops[j]->state != DESKTOP_EMPTY && q->desktops[j]->name &&
-                !strcmp(q->desktops[j]->name, name))
+        for (const desktop *d = pool_next_occupied(q, NULL); d; d = pool_next_occupied(q, d))
+            if (d->name && !strcmp(d->name, name))
                 return true;
     }
     return false;

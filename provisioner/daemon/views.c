@@ -120,15 +120,11 @@ static uint64_t pool_rss(const pool *p, unsigned *measured)
 {
     uint64_t rss = 0;
     unsigned n = 0;
-    /* The state lists, not the slots: a pool of 20 000 slots with 200 in
-     * use looks at 200 desktops. */
-    for (int s = 0; s < DESKTOP_STATE_COUNT; s++)
-        for (const desktop *d = s == DESKTOP_EMPTY ? NULL : p->by_state[s].head; d;
-             d = d->state_next)
-            if (d->rss_bytes) {
-                rss += d->rss_bytes;
-                n++;
-            }
+    for (const desktop *d = pool_next_occupied(p, NULL); d; d = pool_next_occupied(p, d))
+        if (d->rss_bytes) {
+            rss += d->rss_bytes;
+            n++;
+        }
     if (measured)
         *measured = n;
     return rss;
@@ -139,15 +135,11 @@ static uint64_t pool_rss(const pool *p, unsigned *measured)
 static json_t *desktops_by_gold(const pool *p)
 {
     json_t *o = json_object();
-    for (int s = 0; s < DESKTOP_STATE_COUNT; s++) {
-        if (s == DESKTOP_EMPTY || s == DESKTOP_FAILED)
+    for (const desktop *d = pool_next_occupied(p, NULL); d; d = pool_next_occupied(p, d)) {
+        if (d->state == DESKTOP_FAILED || !d->gold)
             continue;
-        for (const desktop *d = p->by_state[s].head; d; d = d->state_next) {
-            if (!d->gold)
-                continue;
-            json_t *n = json_object_get(o, d->gold);
-            json_object_set_new(o, d->gold, json_integer(n ? json_integer_value(n) + 1 : 1));
-        }
+        json_t *n = json_object_get(o, d->gold);
+        json_object_set_new(o, d->gold, json_integer(n ? json_integer_value(n) + 1 : 1));
     }
     return o;
 }

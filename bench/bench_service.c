@@ -206,7 +206,8 @@ int main(int argc, char **argv)
     vdi_client_disconnect(fconn);
     double commits0 = metric("vdipool_catalog_commits_total"),
            flushes0 = metric("vdipool_catalog_flushes_total"),
-           waits0 = metric("vdipool_acquire_flush_waits_total");
+           waits0 = metric("vdipool_acquire_flush_waits_total"),
+           statements0 = metric("vdipool_catalog_statements_total");
     client *cl = calloc(nclients, sizeof *cl);
     double daemon_cpu0 = bench_cpu_seconds(pid), self_cpu0 = bench_cpu_seconds(getpid());
     double sleeps0 = bench_voluntary_switches(pid);
@@ -249,10 +250,11 @@ int main(int argc, char **argv)
            pct(&summary, 50) * 1e3, pct(&page, 50) * 1e3);
     /* Where the disk time goes: the catalog's commits and flushes per cycle,
      * and how many acquire answers waited for their session to be flushed. */
-    printf("  per cycle: %.2f catalog commits, %.2f catalog flushes; acquires that waited for a "
-           "flush: %.0f %%\n",
+    printf("  per cycle: %.2f catalog commits, %.2f catalog flushes, %.2f catalog statements; "
+           "acquires that waited for a flush: %.0f %%\n",
            (metric("vdipool_catalog_commits_total") - commits0) * per,
            (metric("vdipool_catalog_flushes_total") - flushes0) * per,
+           (metric("vdipool_catalog_statements_total") - statements0) * per,
            (metric("vdipool_acquire_flush_waits_total") - waits0) * per * 100);
     /* Whether the machine's CPUs set the rate: what vdipoold spends per
      * cycle, what the load client takes, and what stays idle. */

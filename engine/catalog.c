@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,9 @@ struct vdi_catalog {
     bool in_txn; /* under lock: a transaction begun by the lock's holder */
     sqlite3 *db;
     cached_statement cache[STATEMENT_CACHE]; /* under lock */
+    /* Statements prepared (each one lock hold), for /metrics: written under
+     * lock, read without it (atomic), so that the loop never waits on it. */
+    _Atomic uint64_t statements;
     int wal_fd;    /* the WAL file, read-only, for wal_sync; -1: commits flush themselves */
     vdi_flush_group wal; /* commits are its changes, numbered under lock */
     char *state_dir;
@@ -226,6 +230,11 @@ void vdi_catalog_counts(vdi_catalog *cat, uint64_t *commits, uint64_t *flushes)
     *flushes = vdi_flush_group_flushes(&cat->wal);
 }
 
+uint64_t vdi_catalog_statements(vdi_catalog *cat)
+{
+    return atomic_load_explicit(&cat->statements, memory_order_relaxed);
+}
+
 static int exec_locked(vdi_catalog *cat, const char *sql, vdi_error *err)
 {
     char *msg = NULL;
@@ -299,6 +308,7 @@ void vdi_catalog_rollback_(vdi_catalog *cat)
 static int prepare(vdi_catalog *cat, const char *sql, sqlite3_stmt **st, vdi_error *err)
 {
     pthread_mutex_lock(&cat->lock);
+    atomic_fetch_add_explicit(&cat->statements, 1, memory_order_relaxed);
     cached_statement *slot = NULL;
     for (size_t i = 0; i < STATEMENT_CACHE; i++) {
         cached_statement *c = &cat->cache[i];

@@ -202,6 +202,9 @@ bool vdi_catalog_commit_on_disk(vdi_catalog *cat, uint64_t commit);
 int vdi_catalog_flush(vdi_catalog *cat, uint64_t commit, vdi_error *err);
 /* Commits and disk flushes so far, for /metrics. */
 void vdi_catalog_counts(vdi_catalog *cat, uint64_t *commits, uint64_t *flushes);
+/* Statements run on the catalog so far (row reads and writes, each one hold
+ * of its lock; not BEGIN and COMMIT), for /metrics. */
+uint64_t vdi_catalog_statements(vdi_catalog *cat);
 const char *vdi_catalog_state_dir(const vdi_catalog *cat);
 /* Interrupted operations that opening the catalog completed / undid. */
 unsigned vdi_catalog_rolled_forward(const vdi_catalog *cat);

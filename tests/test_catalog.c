@@ -268,6 +268,24 @@ START_TEST(a_child_deleted_at_a_session_end_closes_it_in_one_commit)
 }
 END_TEST
 
+/* /metrics counts the catalog's statements: one per row lookup, whether it
+ * finds the row or not, and none for reading the counts. */
+START_TEST(statements_are_counted_one_per_lookup)
+{
+    vdi_error err = {0};
+    uint64_t s0 = vdi_catalog_statements(cat);
+    vdi_child_info info;
+    ck_assert_int_lt(vdi_catalog_child(cat, "/nowhere/none.qcow2", &info, &err), 0);
+    ck_assert_uint_eq(vdi_catalog_statements(cat), s0 + 1);
+    uint64_t commits, flushes;
+    vdi_catalog_counts(cat, &commits, &flushes);
+    ck_assert_uint_eq(vdi_catalog_statements(cat), s0 + 1);
+    int64_t id = 0;
+    ck_assert_int_eq(vdi_catalog_session_begin(cat, "p", "p-001", "alice", 100, &id, &err), 0);
+    ck_assert_uint_gt(vdi_catalog_statements(cat), s0 + 1);
+}
+END_TEST
+
 /* Commits are numbered; a session's start and end wait for no flush, a
  * flush puts them on disk once, and a flushed write carries what came
  * before it. */
@@ -459,5 +477,5 @@ TH_MAIN("catalog",
          {sessions_and_growth, old_finished_sessions_are_pruned, session_reads_use_indexes,
           lookups_canonicalise_paths, datastore_usage_follows_children,
           a_child_deleted_at_a_session_end_closes_it_in_one_commit,
-          unflushed_commits_reach_the_disk_with_a_flush,
+          statements_are_counted_one_per_lookup, unflushed_commits_reach_the_disk_with_a_flush,
           flush_group_covers_every_waiter_and_shares_flushes, threads_share_one_catalog, NULL}})

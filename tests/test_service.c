@@ -211,6 +211,12 @@ START_TEST(spares_acquire_release_refill)
     ck_assert_msg(waits && flushes, "%s", metrics);
     ck_assert_int_ge(atoll(waits + strlen("\nvdipool_acquire_flush_waits_total ")), 1);
     ck_assert_int_ge(atoll(flushes + strlen("\nvdipool_catalog_flushes_total ")), 1);
+    /* Every commit wrote at least one row. */
+    const char *commits = strstr(metrics, "\nvdipool_catalog_commits_total ");
+    const char *statements = strstr(metrics, "\nvdipool_catalog_statements_total ");
+    ck_assert_msg(commits && statements, "%s", metrics);
+    ck_assert_int_ge(atoll(statements + strlen("\nvdipool_catalog_statements_total ")),
+                     atoll(commits + strlen("\nvdipool_catalog_commits_total ")));
     free(metrics);
 
     /* Refusals name what is wrong. */

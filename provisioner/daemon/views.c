@@ -382,9 +382,14 @@ char *service_metrics_text(service *svc)
                     "# HELP vdipool_acquire_flush_waits_total Acquire answers that waited for "
                     "their session to reach the disk.\n"
                     "# TYPE vdipool_acquire_flush_waits_total counter\n"
-                    "vdipool_acquire_flush_waits_total %llu\n",
+                    "vdipool_acquire_flush_waits_total %llu\n"
+                    "# HELP vdipool_catalog_statements_total Catalog rows read or written "
+                    "(statements run, each one hold of the catalog's lock).\n"
+                    "# TYPE vdipool_catalog_statements_total counter\n"
+                    "vdipool_catalog_statements_total %llu\n",
                     (unsigned long long)commits, (unsigned long long)flushes,
-                    (unsigned long long)svc->answers_waited);
+                    (unsigned long long)svc->answers_waited,
+                    (unsigned long long)vdi_catalog_statements(svc->catalog));
     }
     const latency_histogram *hs[5] = {&svc->clone_latency, &svc->start_latency,
                                       &svc->boot_latency, &svc->resume_latency,

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -179,6 +180,12 @@ void jobs_clone_run(void *data)
         vdi_clone_recorded(j->catalog, cl, j->child, &meta, &err) < 0) {
         job_fail(j, err.code, "%s", err.message);
         j->blocked = err.code == -ESTALE || err.code == -ELOOP;
+    } else {
+        /* What the record has: the engine measured the file it had just
+         * made the same way, and nothing writes to it before its start. */
+        struct stat st;
+        if (stat(j->child, &st) == 0)
+            j->child_bytes = (uint64_t)st.st_blocks * 512;
     }
     vdi_cloner_free(cl);
 }
@@ -216,7 +223,9 @@ void jobs_start_run(void *data)
         spec.backing_format = g.format;
         child_bytes = job_recorded_bytes(rec);
     } else {
-        child_bytes = job_child_bytes(j);
+        /* As the clone before it recorded it, else from the record. */
+        child_bytes = j->child_bytes > 0 && j->child_bytes <= INT64_MAX ? (int64_t)j->child_bytes
+                                                                        : job_child_bytes(j);
     }
     char *xml = domain_xml_build(j->pc, &spec, &err);
     free(rec);

@@ -85,8 +85,10 @@ void job_done(service *svc, void *data)
             jobs_clean_leftovers(svc, service_find_host(svc, j->host), j->name, j->child);
     } else {
         d->busy = false;
-        if (j->kind == JOB_CLONE)
+        if (j->kind == JOB_CLONE) {
             set_str(&d->gold_hash, j->rc == 0 && *j->gold_hash ? j->gold_hash : NULL);
+            d->child_bytes = j->rc == 0 ? j->child_bytes : 0;
+        }
         if (j->template_bad)
             pool_template_refused(d->pool, j->error ? j->error : "unknown error");
         if (j->agent_connected && d->agent != AGENT_CONNECTED) {
@@ -142,6 +144,10 @@ job *desktop_job(desktop *d, job_kind kind)
     j->slot = d->slot;
     if (kind == JOB_START && d->gold_hash)
         snprintf(j->gold_hash, sizeof j->gold_hash, "%s", d->gold_hash);
+    if (kind == JOB_START) { /* once: a later start of the same child reads its record */
+        j->child_bytes = d->child_bytes;
+        d->child_bytes = 0;
+    }
     j->session_id = d->session_id;
     j->reason = d->end_reason;
     if (p->growth_read && jobs_mono() - p->growth_read_at < GROWTH_TTL) {

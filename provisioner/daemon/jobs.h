@@ -34,6 +34,9 @@ typedef struct job {
     /* JOB_CLONE: the gold's hash it read (output); JOB_START: the
      * desktop's, or "" when unknown (input). */
     char gold_hash[2 * VDI_HASH_SIZE + 1];
+    /* JOB_CLONE: the child's allocated bytes as its record has them
+     * (output); JOB_START: the desktop's, 0 when unknown (input). */
+    uint64_t child_bytes;
     unsigned slot;
     uint64_t threshold;        /* JOB_BUDGET: the write budget the desktop went past */
     unsigned clones_in_flight; /* JOB_CLONE: other clones admitted but not recorded yet */

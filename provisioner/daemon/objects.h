@@ -184,6 +184,9 @@ typedef struct desktop {
     /* The gold's SHA-256 (hex) as its clone read it, for the domain's
      * metadata: its start need not read the catalog again. NULL: unknown. */
     char *gold_hash;
+    /* Its child's allocated bytes as its clone recorded them, where its
+     * start sets the write budget from; 0: unknown. */
+    uint64_t child_bytes;
     char *user;                 /* while assigned, else NULL */
     char *failure;              /* the last failure, or NULL */
     char *display;              /* "vnc://127.0.0.1:5900", or NULL */

@@ -178,7 +178,10 @@ void service_on_domain_event(void *svc, const char *name, int event, int detail)
 void service_on_io_error(void *svc, const char *name, const char *reason);
 void service_on_block_threshold(void *svc, const char *name, uint64_t threshold, uint64_t excess);
 
-/* ---- pool.c: the controller ---------------------------------------------------------- */
+/* ---- pool.c: the controller, and a pool's life ---------------------------------------- */
+pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc);
+int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc);
+void pool_free(pool *p);
 void pool_step(pool *p);
 void service_converge(service *svc);
 /* A kick's work: waiters are served, then every pool takes a step. */

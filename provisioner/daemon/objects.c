@@ -232,13 +232,10 @@ static void desktop_free(desktop *d)
     free(d);
 }
 
-void pool_free(pool *p)
+/* Frees the pool's desktops and what the pool owns; the golds' locks are
+ * the caller's (pool_free in pool.c releases them first). */
+void pool_free_objects(pool *p)
 {
-    if (!p)
-        return;
-    pool_release_gold_locks(p, true);
-    if (p->retiring_lock >= 0)
-        vdi_guard_unlock(p->retiring_lock);
     for (unsigned i = 0; i < p->nslots; i++) {
         desktop_set_host(p->desktops[i], NULL);
         desktop_free(p->desktops[i]);
@@ -259,44 +256,6 @@ void pool_free(pool *p)
     vdi_strmap_free(p->by_user);
     vdi_config_unref(p->config);
     free(p);
-}
-
-/* Points the pool at its settings in `config` (taking a reference). */
-int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
-{
-    char *previous = p->cfg ? strdup(pool_gold(p)) : NULL;
-    vdi_config *old = p->config;
-    p->config = vdi_config_ref(config);
-    p->cfg = pc;
-    vdi_config_unref(old);
-    p->draining = false;
-    set_str(&p->blocked, NULL);
-    p->blocked_retry_at = 0;
-    p->blocked_probes = 0;
-    int rc = pool_grow_slots(p, pc->size);
-    if (rc < 0)
-        svc_log("error", "pool=%s event=resize-failed size=%u have=%u reason=\"out of memory\"",
-                p->name, pc->size, p->nslots);
-    pool_hold_gold(p, previous);
-    free(previous);
-    pool_lock_gold(p);
-    return rc;
-}
-
-pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc)
-{
-    pool *p = calloc(1, sizeof *p);
-    if (!p || !(p->name = strdup(pc->name))) {
-        free(p);
-        return NULL;
-    }
-    p->svc = svc;
-    p->gold_lock = p->retiring_lock = -1;
-    if (pool_configure(p, config, pc) < 0) {
-        pool_free(p);
-        return NULL;
-    }
-    return p;
 }
 
 /* The bucket of `minute` (unix seconds / 60) in the pool's last-hour ring,

@@ -398,11 +398,11 @@ void desktop_name_slot(desktop *d);
  * (a large pool's empty slots are never looked at): NULL starts the walk,
  * NULL ends it. No desktop may change state during a walk. */
 const desktop *pool_next_occupied(const pool *p, const desktop *d);
-pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc);
-int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc);
-void pool_free(pool *p);
 /* Slots up to `size` (new ones empty); slots never go away while the pool lives. */
 int pool_grow_slots(pool *p, unsigned size);
+/* Frees the pool's desktops and what it owns, the pool too (pool_free
+ * releases its golds' locks first). */
+void pool_free_objects(pool *p);
 void latency_observe(latency_histogram *h, double seconds);
 void service_kick(service *svc);
 /* A session started (ended false) or ended for `why`: the totals and the

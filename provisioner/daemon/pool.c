@@ -3,7 +3,8 @@
  * size desktops), one bounded step at a time: a tick, an event or a
  * finished job triggers a step. The step only decides; the transitions are
  * desktop.c's and the work is the service's desktop_ops (jobs on the thread
- * pool, or a test's fakes). */
+ * pool, or a test's fakes). A pool's life is here too: made, pointed at
+ * its settings (which takes the golds' locks it needs, golds.c) and freed. */
 #include "daemon.h"
 
 #include <stdlib.h>
@@ -315,4 +316,55 @@ void service_step(service *svc)
 {
     sessions_serve_waiters(svc);
     service_converge(svc);
+}
+
+/* ---- a pool's life: made, pointed at its settings, freed ---------------------------- */
+
+void pool_free(pool *p)
+{
+    if (!p)
+        return;
+    pool_release_gold_locks(p, true);
+    if (p->retiring_lock >= 0)
+        vdi_guard_unlock(p->retiring_lock);
+    pool_free_objects(p);
+}
+
+/* Points the pool at its settings in `config` (taking a reference): its
+ * slots grow to the size, and it holds the golds it needs. */
+int pool_configure(pool *p, vdi_config *config, const vdi_pool_config *pc)
+{
+    char *previous = p->cfg ? strdup(pool_gold(p)) : NULL;
+    vdi_config *old = p->config;
+    p->config = vdi_config_ref(config);
+    p->cfg = pc;
+    vdi_config_unref(old);
+    p->draining = false;
+    set_str(&p->blocked, NULL);
+    p->blocked_retry_at = 0;
+    p->blocked_probes = 0;
+    int rc = pool_grow_slots(p, pc->size);
+    if (rc < 0)
+        svc_log("error", "pool=%s event=resize-failed size=%u have=%u reason=\"out of memory\"",
+                p->name, pc->size, p->nslots);
+    pool_hold_gold(p, previous);
+    free(previous);
+    pool_lock_gold(p);
+    return rc;
+}
+
+pool *pool_new(service *svc, vdi_config *config, const vdi_pool_config *pc)
+{
+    pool *p = calloc(1, sizeof *p);
+    if (!p || !(p->name = strdup(pc->name))) {
+        free(p);
+        return NULL;
+    }
+    p->svc = svc;
+    p->gold_lock = p->retiring_lock = -1;
+    if (pool_configure(p, config, pc) < 0) {
+        pool_free(p);
+        return NULL;
+    }
+    return p;
 }

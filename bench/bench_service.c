@@ -13,9 +13,9 @@
  * the spares were ready, per slot beyond a base of the daemon with one
  * slot (measured by the caller: run it with SIZE 1 for the base); what a
  * broker's views of the pool cost (its summary, a page of ready desktops).
- * Then the
- * catalog's commits and flushes per cycle, and where the CPUs went during
- * the load: vdipoold's CPU time per cycle, the load client's share, and how
+ * Then the catalog's commits, flushes and statements per cycle, and where
+ * the CPUs went during the load: vdipoold's CPU time and its threads'
+ * sleeps per cycle, the load client's share, and how
  * busy the machine was (what was idle while I/O was outstanding says the
  * disk's flushes, not the CPUs, held the rate back; what the hypervisor
  * stole says other guests on the same host did). */

@@ -24,13 +24,13 @@ void bench_cleanup(const char *work, const char *gold);
 long bench_rss_kib(pid_t pid);
 /* CPU seconds (user + system) a process has used so far, -1 when unknown. */
 double bench_cpu_seconds(pid_t pid);
+/* The voluntary context switches (sleeps) of every thread the process
+ * has now, summed; -1 when it cannot be read. */
+double bench_voluntary_switches(pid_t pid);
 /* The machine's CPU seconds so far, all cores, from /proc/stat: busy (steal
  * included), idle, of the idle the part with I/O outstanding, and of the
  * busy the part the hypervisor gave to other guests (steal); 0 when
  * unknown. */
-/* The voluntary context switches (sleeps) of every thread the process
- * has now, summed; -1 when it cannot be read. */
-double bench_voluntary_switches(pid_t pid);
 void bench_machine_cpu(double *busy, double *idle, double *iowait, double *steal);
 /* Desktops of pool `bench` in `state`, from GET /v1/pools/bench?summary=1; -1 on failure. */
 int bench_count(const char *sock, const char *state);

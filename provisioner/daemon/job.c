@@ -134,14 +134,23 @@ char *domain_display(virDomainPtr dom, const char *address)
     return out;
 }
 
+/* A size as a signed count, -1 when not measured: 0 (a child made on
+ * another host is recorded so) or beyond what int64_t holds. */
+static int64_t known_bytes(uint64_t bytes)
+{
+    return bytes > 0 && bytes <= INT64_MAX ? (int64_t)bytes : -1;
+}
+
 int64_t job_recorded_bytes(const vdi_child_info *rec)
 {
-    /* 0: not measured (a child made on another host is recorded so). */
-    return rec->last_bytes > 0 && rec->last_bytes <= INT64_MAX ? (int64_t)rec->last_bytes : -1;
+    return known_bytes(rec->last_bytes);
 }
 
 int64_t job_child_bytes(job *j)
 {
+    /* As the clone before this start measured it: no catalog read. */
+    if (known_bytes(j->child_bytes) >= 0)
+        return known_bytes(j->child_bytes);
     vdi_child_info *rec = malloc(sizeof *rec);
     int64_t bytes = rec && vdi_catalog_child(j->catalog, j->child, rec, NULL) == 0
                         ? job_recorded_bytes(rec)

@@ -223,9 +223,7 @@ void jobs_start_run(void *data)
         spec.backing_format = g.format;
         child_bytes = job_recorded_bytes(rec);
     } else {
-        /* As the clone before it recorded it, else from the record. */
-        child_bytes = j->child_bytes > 0 && j->child_bytes <= INT64_MAX ? (int64_t)j->child_bytes
-                                                                        : job_child_bytes(j);
+        child_bytes = job_child_bytes(j);
     }
     char *xml = domain_xml_build(j->pc, &spec, &err);
     free(rec);

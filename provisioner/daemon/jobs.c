@@ -142,9 +142,10 @@ job *desktop_job(desktop *d, job_kind kind)
     j->pc = p->cfg;
     j->ds = pool_datastore(p);
     j->slot = d->slot;
-    if (kind == JOB_START && d->gold_hash)
-        snprintf(j->gold_hash, sizeof j->gold_hash, "%s", d->gold_hash);
-    if (kind == JOB_START) { /* once: a later start of the same child reads its record */
+    if (kind == JOB_START) {
+        if (d->gold_hash)
+            snprintf(j->gold_hash, sizeof j->gold_hash, "%s", d->gold_hash);
+        /* Once: a later start of the same child reads its record. */
         j->child_bytes = d->child_bytes;
         d->child_bytes = 0;
     }

@@ -76,8 +76,9 @@ const char *libvirt_message(void);
 virDomainPtr job_domain(job *j);
 /* A job for d with copies of what any job for it reads, or NULL. */
 job *desktop_job(desktop *d, job_kind kind);
-/* The job's child's size as its clone recorded it, or -1 when unknown;
- * the same from a record already read. */
+/* The job's child's size as the clone before this start measured it
+ * (child_bytes), else as its record has it; -1 when unknown. The same from
+ * a record already read. */
 int64_t job_child_bytes(job *j);
 int64_t job_recorded_bytes(const vdi_child_info *rec);
 /* The domain's write budget: child_bytes (-1: ask libvirt) + the pool's

@@ -5,6 +5,7 @@
 #include "daemon.h"
 #include "helpers.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,6 +308,62 @@ START_TEST(failed_start_ends_then_fails)
     desktop_ended(take(CALL_END), 0, NULL);
     ck_assert_int_eq(d->state, DESKTOP_FAILED);
     ck_assert_str_eq(d->failure, "cannot start the domain: no");
+    stop_service();
+}
+END_TEST
+
+/* A worker frees its start's slot once the domain exists, from its own
+ * thread (startslots.c). */
+static void *release_slot(void *arg)
+{
+    start_slot_release(arg);
+    return NULL;
+}
+
+START_TEST(start_slot_is_freed_once_the_domain_exists)
+{
+    start_service(NULL, 4, 4); /* max_parallel_starts = 2 */
+    ck_assert_int_eq(start_slots_start(&S), 0);
+    for (int i = 0; i < 2; i++) {
+        service_converge(&S);
+        while (count(CALL_CLONE))
+            desktop_cloned(take(CALL_CLONE), 0, false, NULL, 0.01);
+    }
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_START), 2);
+    ck_assert_uint_eq(in_state(DESKTOP_STARTING), 4); /* two wait for a slot */
+    ck_assert_uint_eq(start_slots_busy(&S), 2);
+    /* The first start's domain exists: its worker frees the slot and wakes
+     * the loop, whose step starts a waiting desktop. */
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, release_slot, S.start_slots), 0);
+    pthread_join(t, NULL);
+    uv_run(S.loop, UV_RUN_NOWAIT);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_START), 3);
+    ck_assert_uint_eq(S.starts_running, 3);
+    ck_assert_uint_eq(start_slots_busy(&S), 2);
+    /* Its result: the slot is not freed twice. */
+    desktop *first = take(CALL_START);
+    start_slot_returned(&S); /* job_done, before the result is delivered */
+    desktop_started(first, 0, NULL, NULL, 0.1);
+    ck_assert_int_eq(first->state, DESKTOP_READY);
+    ck_assert_uint_eq(start_slots_busy(&S), 2);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_START), 2); /* the fourth still waits */
+    /* A start that ends without freeing its slot early frees it with its
+     * result. */
+    desktop_started(take(CALL_START), 0, NULL, NULL, 0.1);
+    ck_assert_uint_eq(start_slots_busy(&S), 1);
+    service_converge(&S);
+    ck_assert_uint_eq(count(CALL_START), 2);
+    make_ready();
+    ck_assert_uint_eq(in_state(DESKTOP_READY), 4);
+    ck_assert_uint_eq(S.starts_running, 0);
+    ck_assert_uint_eq(S.starts_freed, 0);
+    start_slots_stop(&S);
+    uv_run(S.loop, UV_RUN_NOWAIT); /* the handle closes */
+    start_slots_free(&S);
     stop_service();
 }
 END_TEST
@@ -1000,6 +1057,7 @@ TH_MAIN("controller", {"controller",
                         blocked_pool_probes_one_at_a_time,
                         freed_space_ends_the_wait,
                         failed_start_ends_then_fails,
+                        start_slot_is_freed_once_the_domain_exists,
                         failed_end_is_retried,
                         session_time_limit_and_idle_spares,
                         reload_rolls_out_shrinks_and_drains,

@@ -156,6 +156,20 @@ void jobs_clean_leftovers(service *svc, host *h, const char *name, const char *c
 /* ---- session.c: acquire, waiters, assign, end -------------------------------------- */
 typedef void (*acquire_cb)(void *ctx, int http_status, json_t *body);
 
+/* ---- startslots.c: a start's slot freed once its domain exists -------------------- */
+/* vdipoold starts it after service_init, stops it at a stop (before the
+ * loop's handles close) and frees it after the loop has ended. */
+int start_slots_start(service *svc);
+void start_slots_stop(service *svc);
+void start_slots_free(service *svc);
+/* Any thread (a start job): its domain exists, its slot is free. */
+void start_slot_release(start_slots *s);
+/* The loop: starts holding a slot; a start waits for one (the next release
+ * wakes the loop); a start job whose slot was released has its result. */
+unsigned start_slots_busy(service *svc);
+void start_slots_wanted(service *svc);
+void start_slot_returned(service *svc);
+
 /* ---- durable.c: answers sent once what they promise is on disk ------------------- */
 /* The flusher thread; vdipoold starts it after service_init and stops it
  * first thing at a stop (it answers what still waits). */

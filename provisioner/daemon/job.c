@@ -173,6 +173,14 @@ void job_set_write_budget(job *j, virDomainPtr dom, int64_t child_bytes)
                 j->name, libvirt_message());
 }
 
+void job_release_start_slot(job *j)
+{
+    if (j->start_slots && !j->slot_released) {
+        j->slot_released = true;
+        start_slot_release(j->start_slots);
+    }
+}
+
 /* Each RPC here runs between the domain's start and its being ready (and
  * the ones that reach QEMU's monitor wait for a guest that is busy booting,
  * tens to hundreds of milliseconds under TCG, unless it was started

@@ -255,6 +255,7 @@ void jobs_start_run(void *data)
         job_fail(j, -EIO, "cannot start the domain: %s", libvirt_message());
         return;
     }
+    job_release_start_slot(j);
     job_domain_running(j, dom, child_bytes);
     if (paused)
         vdi_crashpoint("start:paused");

@@ -47,6 +47,8 @@ void job_done(service *svc, void *data)
     job *j = data;
     double took = jobs_mono() - j->started;
     desktop *d = j->kind == JOB_LEFTOVERS ? NULL : job_desktop(svc, j);
+    if (j->slot_released)
+        start_slot_returned(svc);
     pool *gp = j->growth_reread ? service_find_pool(svc, j->pool) : NULL;
     if (gp) {
         gp->growth_read = true;
@@ -148,6 +150,7 @@ job *desktop_job(desktop *d, job_kind kind)
         /* Once: a later start of the same child reads its record. */
         j->child_bytes = d->child_bytes;
         d->child_bytes = 0;
+        j->start_slots = p->svc->start_slots;
     }
     j->session_id = d->session_id;
     j->reason = d->end_reason;

@@ -48,8 +48,10 @@ typedef struct job {
     end_reason reason;
     char *hostname; /* JOB_AGENT_CHECK: to set, or NULL */
     double started;
+    start_slots *start_slots; /* JOB_START: where its slot is freed once its domain exists */
     /* Outputs, written by the worker, read on the loop after it. */
     int rc;
+    bool slot_released; /* JOB_START: its slot was freed before its result */
     bool blocked; /* a pool-wide reason (space, gold), not this desktop's */
     bool template_bad; /* the memory image or its template changed: the pool boots */
     bool agent_connected; /* a resumed start: the guest agent's channel is connected */
@@ -84,6 +86,8 @@ int64_t job_recorded_bytes(const vdi_child_info *rec);
 /* The domain's write budget: child_bytes (-1: ask libvirt) + the pool's
  * expected growth; a failure is logged. */
 void job_set_write_budget(job *j, virDomainPtr dom, int64_t child_bytes);
+/* A start job's domain exists: its slot goes to the next start (startslots.c). */
+void job_release_start_slot(job *j);
 /* A domain of the job was started: its display and its write budget. */
 void job_domain_running(job *j, virDomainPtr dom, int64_t child_bytes);
 /* templates.c: a resumed start, and the removal of its image copy. */

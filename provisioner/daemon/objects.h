@@ -101,6 +101,7 @@ typedef enum agent_state { AGENT_UNKNOWN, AGENT_CONNECTED, AGENT_DISCONNECTED } 
 const char *agent_state_name(agent_state a);
 typedef struct waiter waiter;
 typedef struct durable durable;
+typedef struct start_slots start_slots;
 typedef struct api_server api_server;
 typedef struct subscriber subscriber;
 struct gold_job;
@@ -353,6 +354,11 @@ struct service {
     pool **pools;
     size_t npools;
     unsigned clones_running, starts_running; /* desktop.c: between begin and result */
+    /* Start jobs still running whose slot their worker freed once the
+     * domain existed (startslots.c); a start holds a slot while it counts
+     * in starts_running and not here. */
+    unsigned starts_freed;
+    start_slots *start_slots; /* startslots.c; NULL: a start keeps its slot to the end */
     unsigned jobs_running;                   /* every job in flight (the loop ends after them) */
     uint64_t next_job_seq;
     uv_timer_t tick;

@@ -160,7 +160,9 @@ static void tend(pool *p, desktop *d, int64_t now, unsigned max_starts)
             pool_tend_agent(p, d, now);
         break;
     case DESKTOP_STARTING:
-        if (svc->starts_running < max_starts && start_host_ready(p, d))
+        if (start_slots_busy(svc) >= max_starts)
+            start_slots_wanted(svc); /* the next slot freed wakes the loop */
+        else if (start_host_ready(p, d))
             desktop_begin_start(d);
         break;
     case DESKTOP_ADOPTING: adopt_recheck(d, now); break;

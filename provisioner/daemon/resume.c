@@ -198,6 +198,7 @@ void template_resume_start(job *j)
     template_resume_copy_remove(j->child);
     if (rc < 0)
         return;
+    job_release_start_slot(j);
     virDomainPtr dom = virDomainLookupByName(j->conn, j->name);
     if (!dom) {
         job_fail(j, -ENOENT, "the resumed desktop is gone: %s", libvirt_message());

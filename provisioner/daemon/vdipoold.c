@@ -138,6 +138,7 @@ static void on_sigterm(uv_signal_t *s, int signum)
     sd_notify(0, "STOPPING=1");
     svc->stopping = true;
     durable_stop(svc); /* its answers go out while their connections are open */
+    start_slots_stop(svc);
     api_server_stop(svc->api);
     svc->api = NULL;
     sessions_fail_waiters(svc);
@@ -245,6 +246,12 @@ int main(int argc, char **argv)
                 "event=no-catalog-flusher reason=\"%s\"; acquires are answered before their "
                 "session is on disk",
                 uv_strerror(durable_rc));
+    int slots_rc = start_slots_start(&svc);
+    if (slots_rc < 0)
+        svc_log("warning",
+                "event=start-slots-held reason=\"%s\"; each start holds its slot of "
+                "max_parallel_starts until the desktop is ready",
+                uv_strerror(slots_rc));
     sc = vdi_config_service(svc.config);
     if (api_server_start(loop, sc, api_route, dashboard_serve, &svc, &svc.api, &err) < 0) {
         fprintf(stderr, "vdipoold: %s\n", err.message);
@@ -277,6 +284,7 @@ int main(int argc, char **argv)
 
     hosts_close(&svc);
     service_shutdown(&svc);
+    start_slots_free(&svc); /* every job has finished */
     if (uv_loop_close(loop) != 0)
         svc_log("debug", "event=loop-not-closed: handles still open at exit");
     vdi_catalog_close(catalog);

@@ -149,12 +149,12 @@ int64_t job_recorded_bytes(const vdi_child_info *rec)
 int64_t job_child_bytes(job *j)
 {
     /* As the clone before this start measured it: no catalog read. */
-    if (known_bytes(j->child_bytes) >= 0)
-        return known_bytes(j->child_bytes);
+    int64_t bytes = known_bytes(j->child_bytes);
+    if (bytes >= 0)
+        return bytes;
     vdi_child_info *rec = malloc(sizeof *rec);
-    int64_t bytes = rec && vdi_catalog_child(j->catalog, j->child, rec, NULL) == 0
-                        ? job_recorded_bytes(rec)
-                        : -1;
+    bytes = rec && vdi_catalog_child(j->catalog, j->child, rec, NULL) == 0 ? job_recorded_bytes(rec)
+                                                                           : -1;
     free(rec);
     return bytes;
 }

@@ -15,7 +15,8 @@
  *
  * Must stay true: starts_freed <= starts_running, since a start job counts
  * in starts_running until its result, and its early release is taken into
- * starts_freed (start_slots_take) before that result is applied.
+ * starts_freed (take(), from start_slot_returned) before that result is
+ * applied.
  *
  * Threads: `freed` and `waiting` are atomics; `closed` is under `lock`.
  * The object outlives every job: it is freed after the loop has ended. */

@@ -14,6 +14,12 @@
  * The filler children are recorded in the catalog of another pool, as the
  * children of a busy site would be: a service that rescans the datastore for
  * every clone slows down with them, one that keeps accounts does not.
+ *
+ * With PAIRS > 1 both are measured PAIRS times, alternating which goes
+ * first, each vdipool run from the same catalog and datastore; every pair's
+ * ratios are printed with the share of CPU the hypervisor stole meanwhile,
+ * then the median ratio of the pairs. One pair alone moves ±20 % with the
+ * machine's speed, which drifts between its two halves.
  * Every domain and file made here is removed by name at the end. */
 #include "bench_util.h"
 #include "vdi_client.h"
@@ -21,9 +27,11 @@
 
 #include <jansson.h>
 #include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,10 +45,20 @@ static char work[512], sock[600], gold[600];
 static unsigned ndesktops, width;
 static virConnectPtr conn;
 
+/* Lookups of domains that may not exist are expected here; every failure
+ * that matters is reported with libvirt's message by the caller. */
+static void quiet_libvirt(void *opaque, virErrorPtr e)
+{
+    (void)opaque;
+    (void)e;
+}
+
 static double median(double *v, unsigned n)
 {
+    if (!n)
+        return 0;
     qsort(v, n, sizeof *v, bench_cmp_double);
-    return n ? v[n / 2] : 0;
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 static char *child_path(const char *prefix, unsigned i)
@@ -108,7 +126,7 @@ static int raw_start_one(unsigned i)
     }
     if (rc < 0)
         fprintf(stderr, "bench_refill: raw start %u failed: %s\n", i,
-                err.message[0] ? err.message : "libvirt refused the domain");
+                err.message[0] ? err.message : virGetLastErrorMessage());
     free(child);
     free(xml);
     return rc;
@@ -141,61 +159,46 @@ static int raw_logoff(unsigned i)
     return rc;
 }
 
-/* ---- main ------------------------------------------------------------------------ */
+/* ---- one run of each --------------------------------------------------------------- */
 
-int main(int argc, char **argv)
+static unsigned rounds;
+static char *daemon_path;
+static char config_text[4096];
+static unsigned vdipool_runs;
+
+/* Each run of vdipool starts from the catalog and datastore as they were
+ * before the first: the filler recorded, no desktop of pool `bench` yet. */
+static int reset_vdipool(void)
 {
-    if (argc != 7) {
-        fprintf(stderr, "usage: bench_refill VDIPOOLD MAKE_DEMO_GOLD WORKDIR DESKTOPS FILLER "
-                        "ROUNDS\n");
-        return 2;
+    char cmd[4096];
+    if (vdipool_runs++ == 0)
+        snprintf(cmd, sizeof cmd, "cp -a '%s/state' '%s/state.base'", work, work);
+    else
+        snprintf(cmd, sizeof cmd,
+                 "rm -rf '%s/state' '%s'/ds/bench-*.qcow2 && cp -a '%s/state.base' '%s/state'",
+                 work, work, work, work);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "bench_refill: cannot reset the catalog in %s/state\n", work);
+        return -1;
     }
-    const char *daemon = argv[1], *make_gold = argv[2];
-    snprintf(work, sizeof work, "%s", argv[3]);
-    ndesktops = (unsigned)atoi(argv[4]);
-    unsigned filler = (unsigned)atoi(argv[5]), rounds = (unsigned)atoi(argv[6]);
-    if (!ndesktops || !rounds || rounds > 100 || work[0] != '/') {
-        fprintf(stderr, "bench_refill: DESKTOPS and ROUNDS (<= 100) must be positive and "
-                        "WORKDIR absolute\n");
-        return 2;
-    }
-    width = 3;
-    for (unsigned v = ndesktops; v >= 1000; v /= 10)
-        width++;
-    char text[4096];
-    snprintf(gold, sizeof gold, "%s/gold.qcow2", work);
-    if (bench_prepare(work, daemon, make_gold, gold, 64) < 0)
-        return 1;
-    if (bench_record_children(work, gold, "filler", filler, 5, "filler") < 0)
-        return 1;
-    conn = virConnectOpen("qemu:///system");
-    if (!conn) {
-        fprintf(stderr, "bench_refill: cannot connect to qemu:///system\n");
-        return 1;
-    }
+    return 0;
+}
 
-    /* vdipool: start to ready, then log-off to a fresh ready spare. */
-    snprintf(sock, sizeof sock, "%s/sock", work);
-    snprintf(text, sizeof text,
-             "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
-             "\"qemu:///system\";\n  log_level = \"%s\"; max_parallel_clones = 4; "
-             "max_parallel_starts = %d; };\n"
-             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
-             "  max_overcommit = 1000.0; } );\n"
-             "pools = ( { name = \"bench\"; gold = \"%s\"; datastore = \"local\";\n"
-             "  size = %u; spares = %u; expected_growth = \"1M\";\n"
-             "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
-             "\"vnc\"; accel = \"tcg\"; }; } );\n",
-             sock, work, getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "warning",
-             PARALLEL_STARTS, work, gold, ndesktops, ndesktops);
-    int status = 1;
+/* vdipool: start to ready, then log-off to a fresh ready spare ROUNDS times.
+ * The first run also keeps bench-001's XML, without its uuid, for the raw
+ * work. */
+static int vdipool_run(double *start_s, double *logoff_s, double *cpu_to_ready)
+{
+    if (reset_vdipool() < 0)
+        return -1;
+    int status = -1;
+    double *each = calloc(rounds, sizeof(double));
     double t0 = bench_now();
-    pid_t pid = bench_start_daemon(daemon, work, text);
-    if (pid < 0)
-        return 1;
-    double *vdi_logoff = calloc(rounds, sizeof(double));
-    double *raw_logoff_s = calloc(rounds, sizeof(double));
-    double vdi_start = 0, raw_start = 0;
+    pid_t pid = bench_start_daemon(daemon_path, work, config_text);
+    if (pid < 0 || !each) {
+        free(each);
+        return -1;
+    }
     /* Ready desktops are counted from the daemon's events, as a broker
      * would follow them: polling would load the machine it measures. */
     bench_watch *watch = bench_watch_open(sock);
@@ -204,7 +207,8 @@ int main(int argc, char **argv)
                 ndesktops, work);
         goto stop_daemon;
     }
-    vdi_start = bench_now() - t0;
+    *start_s = bench_now() - t0;
+    *cpu_to_ready = bench_cpu_seconds(pid);
     for (unsigned r = 0; r < rounds; r++) {
         char body[64];
         snprintf(body, sizeof body, "{\"user\": \"u%u\"}", r);
@@ -239,9 +243,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_refill: no fresh spare in 120 s; see %s/vdipoold.log\n", work);
             goto stop_daemon;
         }
-        vdi_logoff[r] = bench_now() - t;
+        each[r] = bench_now() - t;
     }
-    {
+    *logoff_s = median(each, rounds);
+    if (!template_xml) {
         char name[64];
         snprintf(name, sizeof name, "bench-%0*u", (int)width, 1u);
         virDomainPtr d = virDomainLookupByName(conn, name);
@@ -249,7 +254,8 @@ int main(int argc, char **argv)
         if (d)
             virDomainFree(d);
         if (!xml) {
-            fprintf(stderr, "bench_refill: cannot read %s's XML\n", name);
+            fprintf(stderr, "bench_refill: cannot read %s's XML: %s\n", name,
+                    virGetLastErrorMessage());
             goto stop_daemon;
         }
         char *u = strstr(xml, "<uuid>"), *ue = u ? strstr(u, "</uuid>") : NULL;
@@ -263,44 +269,161 @@ stop_daemon:
     bench_stop_daemon(pid);
     /* vdipoold leaves running desktops to be adopted: remove them, by name. */
     destroy_named("bench");
-    if (status != 0)
-        goto cleanup;
+    free(each);
+    return status;
+}
 
-    /* The raw work, the same parallelism. */
+/* The raw work, the same parallelism, from no raw domain and no raw child. */
+static int raw_run(double *start_s, double *logoff_s)
+{
+    destroy_named("raw");
+    for (unsigned i = 1; i <= ndesktops; i++) {
+        char *child = child_path("raw", i);
+        if (child)
+            unlink(child);
+        free(child);
+    }
+    double *each = calloc(rounds, sizeof(double));
+    if (!each)
+        return -1;
+    int status = 0;
     pthread_t threads[PARALLEL_STARTS];
     atomic_store(&next_raw, 0);
-    t0 = bench_now();
+    double t0 = bench_now();
     for (int i = 0; i < PARALLEL_STARTS; i++)
         pthread_create(&threads[i], NULL, raw_starter, NULL);
     for (int i = 0; i < PARALLEL_STARTS; i++) {
         void *failed = NULL;
         pthread_join(threads[i], &failed);
         if (failed)
-            status = 1;
+            status = -1;
     }
-    raw_start = bench_now() - t0;
+    *start_s = bench_now() - t0;
     for (unsigned r = 0; r < rounds && status == 0; r++) {
         double t = bench_now();
         if (raw_logoff(1 + r % ndesktops) < 0) {
-            fprintf(stderr, "bench_refill: raw log-off failed\n");
-            status = 1;
+            fprintf(stderr, "bench_refill: raw log-off failed: %s\n", virGetLastErrorMessage());
+            status = -1;
         }
-        raw_logoff_s[r] = bench_now() - t;
+        each[r] = bench_now() - t;
     }
-    if (status == 0) {
-        double v = median(vdi_logoff, rounds), w = median(raw_logoff_s, rounds);
-        printf("refill %u desktops, %u other children on the datastore: start to ready "
-               "vdipool %.2f s, raw %.2f s (%.2fx); log-off to a ready spare (median of %u) "
-               "vdipool %.3f s, raw %.3f s (%.2fx)\n",
-               ndesktops, filler, vdi_start, raw_start, vdi_start / raw_start, rounds, v, w,
-               v / w);
-    }
-cleanup:
+    *logoff_s = median(each, rounds);
     destroy_named("raw");
+    free(each);
+    return status;
+}
+
+static double stolen_share(double busy0, double idle0, double steal0)
+{
+    double busy, idle, iowait, steal;
+    bench_machine_cpu(&busy, &idle, &iowait, &steal);
+    double total = (busy - busy0) + (idle - idle0);
+    return total > 0 ? 100.0 * (steal - steal0) / total : 0;
+}
+
+/* ---- main ------------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    if (argc != 7 && argc != 8) {
+        fprintf(stderr, "usage: bench_refill VDIPOOLD MAKE_DEMO_GOLD WORKDIR DESKTOPS FILLER "
+                        "ROUNDS [PAIRS]\n");
+        return 2;
+    }
+    daemon_path = argv[1];
+    const char *make_gold = argv[2];
+    snprintf(work, sizeof work, "%s", argv[3]);
+    ndesktops = (unsigned)atoi(argv[4]);
+    unsigned filler = (unsigned)atoi(argv[5]);
+    rounds = (unsigned)atoi(argv[6]);
+    unsigned pairs = argc == 8 ? (unsigned)atoi(argv[7]) : 1;
+    if (!ndesktops || !rounds || rounds > 100 || !pairs || pairs > 50 || work[0] != '/') {
+        fprintf(stderr, "bench_refill: DESKTOPS, ROUNDS (<= 100) and PAIRS (<= 50) must be "
+                        "positive and WORKDIR absolute\n");
+        return 2;
+    }
+    width = 3;
+    for (unsigned v = ndesktops; v >= 1000; v /= 10)
+        width++;
+    snprintf(gold, sizeof gold, "%s/gold.qcow2", work);
+    if (bench_prepare(work, daemon_path, make_gold, gold, 64) < 0)
+        return 1;
+    if (bench_record_children(work, gold, "filler", filler, 5, "filler") < 0)
+        return 1;
+    virSetErrorFunc(NULL, quiet_libvirt);
+    conn = virConnectOpen("qemu:///system");
+    if (!conn) {
+        fprintf(stderr, "bench_refill: cannot connect to qemu:///system: %s\n",
+                virGetLastErrorMessage());
+        return 1;
+    }
+    snprintf(sock, sizeof sock, "%s/sock", work);
+    snprintf(config_text, sizeof config_text,
+             "service = { socket = \"%s\"; state_dir = \"%s/state\"; libvirt_uri = "
+             "\"qemu:///system\";\n  log_level = \"%s\"; max_parallel_clones = 4; "
+             "max_parallel_starts = %d; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "pools = ( { name = \"bench\"; gold = \"%s\"; datastore = \"local\";\n"
+             "  size = %u; spares = %u; expected_growth = \"1M\";\n"
+             "  domain = { memory = \"32M\"; vcpus = 1; network = \"none\"; graphics = "
+             "\"vnc\"; accel = \"tcg\"; }; } );\n",
+             sock, work, getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "warning",
+             PARALLEL_STARTS, work, gold, ndesktops, ndesktops);
+
+    /* Pairs alternate which goes first (vdipool, raw; raw, vdipool; ...), so
+     * that a drift in the machine's speed over the run, which moves a single
+     * pair's ratio by up to ±20 %, falls on both sides alike. */
+    int status = 0;
+    double *start_ratio = calloc(pairs, sizeof(double));
+    double *logoff_ratio = calloc(pairs, sizeof(double));
+    if (!start_ratio || !logoff_ratio)
+        status = 1;
+    for (unsigned p = 0; p < pairs && status == 0; p++) {
+        double vs = 0, vl = 0, rs = 0, rl = 0, cpu = 0, busy0, idle0, iowait0, steal0;
+        bench_machine_cpu(&busy0, &idle0, &iowait0, &steal0);
+        bool vdipool_first = p % 2 == 0;
+        if (vdipool_first ? vdipool_run(&vs, &vl, &cpu) < 0 || raw_run(&rs, &rl) < 0
+                          : raw_run(&rs, &rl) < 0 || vdipool_run(&vs, &vl, &cpu) < 0) {
+            status = 1;
+            break;
+        }
+        start_ratio[p] = vs / rs;
+        logoff_ratio[p] = vl / rl;
+        if (pairs == 1)
+            printf("refill %u desktops, %u other children on the datastore: start to ready "
+                   "vdipool %.2f s, raw %.2f s (%.2fx); log-off to a ready spare (median of %u) "
+                   "vdipool %.3f s, raw %.3f s (%.2fx)\n",
+                   ndesktops, filler, vs, rs, vs / rs, rounds, vl, rl, vl / rl);
+        else
+            printf("  pair %u (%s first, %.0f %% stolen): start to ready vdipool %.2f s (its "
+                   "CPU %.2f s), raw %.2f s (%.2fx); log-off vdipool %.3f s, raw %.3f s "
+                   "(%.2fx)\n",
+                   p + 1, vdipool_first ? "vdipool" : "raw", stolen_share(busy0, idle0, steal0), vs,
+                   cpu, rs, vs / rs, vl, rl, vl / rl);
+        fflush(stdout);
+    }
+    if (status == 0 && pairs > 1) {
+        double s_min = start_ratio[0], s_max = start_ratio[0];
+        double l_min = logoff_ratio[0], l_max = logoff_ratio[0];
+        for (unsigned p = 1; p < pairs; p++) {
+            s_min = start_ratio[p] < s_min ? start_ratio[p] : s_min;
+            s_max = start_ratio[p] > s_max ? start_ratio[p] : s_max;
+            l_min = logoff_ratio[p] < l_min ? logoff_ratio[p] : l_min;
+            l_max = logoff_ratio[p] > l_max ? logoff_ratio[p] : l_max;
+        }
+        printf("refill %u desktops, %u other children on the datastore, median of %u alternating "
+               "pairs: start to ready %.2fx (%.2f-%.2fx); log-off to a ready spare (each pair "
+               "the median of %u) %.2fx (%.2f-%.2fx)\n",
+               ndesktops, filler, pairs, median(start_ratio, pairs), s_min, s_max, rounds,
+               median(logoff_ratio, pairs), l_min, l_max);
+    }
+    destroy_named("raw");
+    destroy_named("bench");
     virConnectClose(conn);
     free(template_xml);
-    free(vdi_logoff);
-    free(raw_logoff_s);
+    free(start_ratio);
+    free(logoff_ratio);
     if (getenv("BENCH_KEEP_LOG")) {
         char keep[700];
         snprintf(keep, sizeof keep, "cp %s/vdipoold.log %s", work, getenv("BENCH_KEEP_LOG"));

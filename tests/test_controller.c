@@ -368,6 +368,36 @@ START_TEST(start_slot_is_freed_once_the_domain_exists)
 }
 END_TEST
 
+/* A gold's scrub reads all of it: it waits while the pools fill, and not
+ * past SCRUB_MAX_WAIT_S. */
+START_TEST(scrub_waits_while_pools_fill)
+{
+    start_service(NULL, 4, 2);
+    service_converge(&S);
+    ck_assert_uint_eq(S.clones_running, 2);
+    scrub_step(&S); /* due at once after start-up, but two clones run */
+    ck_assert(!S.scrubbing);
+    fake_now += SCRUB_MAX_WAIT_S - 1;
+    scrub_step(&S);
+    ck_assert(!S.scrubbing);
+    fake_now += 1; /* a pool that never stops refilling is still scrubbed */
+    scrub_step(&S);
+    ck_assert(S.scrubbing);
+    ck_assert_int_eq(S.scrub_waiting_since, 0);
+    while (S.scrubbing)
+        uv_run(S.loop, UV_RUN_ONCE);
+    /* Its next turn comes with the pools full and nothing in flight: at once. */
+    make_ready();
+    ck_assert_uint_eq(S.clones_running + S.starts_running, 0);
+    fake_now += 6 * 3600;
+    scrub_step(&S);
+    ck_assert(S.scrubbing);
+    while (S.scrubbing)
+        uv_run(S.loop, UV_RUN_ONCE);
+    stop_service();
+}
+END_TEST
+
 START_TEST(failed_end_is_retried)
 {
     start_service(NULL, 1, 1);
@@ -1058,6 +1088,7 @@ TH_MAIN("controller", {"controller",
                         freed_space_ends_the_wait,
                         failed_start_ends_then_fails,
                         start_slot_is_freed_once_the_domain_exists,
+                        scrub_waits_while_pools_fill,
                         failed_end_is_retried,
                         session_time_limit_and_idle_spares,
                         reload_rolls_out_shrinks_and_drains,

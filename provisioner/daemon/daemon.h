@@ -264,6 +264,10 @@ void gold_request(service *svc, struct request *r, const char *name, const char 
 void gold_maintenance(service *svc, struct request *r, const char *family, bool discard);
 
 /* ---- scrub.c ------------------------------------------------------------------------- */
+/* How long a due scrub waits for a moment with no clone and no start in
+ * flight before it runs anyway (seconds). */
+#define SCRUB_MAX_WAIT_S 900
+/* On the tick: hashes the next gold in use when its turn has come. */
 void scrub_step(service *svc);
 
 /* ---- views.c: JSON and metrics -------------------------------------------------------- */

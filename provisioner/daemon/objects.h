@@ -383,6 +383,7 @@ struct service {
     bool refreshing;     /* a refresh of children's sizes runs */
     size_t refresh_next; /* where the next refresh batch starts */
     int64_t last_scrub;
+    int64_t scrub_waiting_since; /* a due scrub waits for the pools to fill; 0: not waiting */
     size_t scrub_next;
     /* Told of every change of a desktop's state (events.c's streams), or
      * NULL: the state machine knows no listener by name. */

@@ -2,7 +2,15 @@
  * each about every SCRUB_INTERVAL_S; a gold whose content changed is
  * tainted (no new clones, its children reported orphaned). A pool on a
  * host-local datastore has its host's copy of the gold proved too (read
- * back and hashed): a copy that changed is refused at the next clone. */
+ * back and hashed): a copy that changed is refused at the next clone.
+ *
+ * A scrub reads the whole gold, tens of GiB for a real desktop image. Begun
+ * while the pools fill (at start-up, after a wave of log-offs) it would take
+ * the datastore's reads and the CPU from the clones and the desktops
+ * booting, so a due scrub waits for a tick with no clone and no start in
+ * flight, at most SCRUB_MAX_WAIT_S: a site that never stops refilling is
+ * still scrubbed. Between scrubs the guard's cheap check before every clone
+ * (ctime, immutable flag) still stands. */
 #include "daemon.h"
 #include "hoststore.h"
 
@@ -96,6 +104,18 @@ void scrub_step(service *svc)
     int64_t spacing = SCRUB_INTERVAL_S / (int64_t)svc->npools;
     if (svc->last_scrub && now - svc->last_scrub < spacing)
         return;
+    if (svc->clones_running || svc->starts_running) {
+        if (!svc->scrub_waiting_since) {
+            svc->scrub_waiting_since = now;
+            svc_log("debug", "event=scrub-waits reason=\"pools are filling\" clones=%u starts=%u",
+                    svc->clones_running, svc->starts_running);
+        }
+        if (now - svc->scrub_waiting_since < SCRUB_MAX_WAIT_S)
+            return;
+        svc_log("info", "event=scrub-waited seconds=%lld; it runs while the pools fill",
+                (long long)(now - svc->scrub_waiting_since));
+    }
+    svc->scrub_waiting_since = 0;
     pool *p = svc->pools[svc->scrub_next++ % svc->npools];
     scrub_req *j = calloc(1, sizeof *j);
     if (!j || !(j->gold = strdup(pool_gold(p)))) {

@@ -1446,6 +1446,60 @@ START_TEST(events_stream_desktop_changes)
 }
 END_TEST
 
+/* The stray check after adoption: children recorded for two pools on one
+ * datastore that no desktop holds are removed, a record whose file is gone
+ * is dropped, and the datastore is reconciled once, not once per pool. */
+START_TEST(strays_of_pools_sharing_a_datastore)
+{
+    char text[16384];
+    snprintf(text, sizeof text,
+             "service = { socket = \"%s\"; state_dir = \"%s\"; libvirt_uri = \"%s\";\n"
+             "  log_level = \"debug\"; };\n"
+             "datastores = ( { name = \"local\"; path = \"%s/ds\"; reserve = \"0\";\n"
+             "  max_overcommit = 1000.0; } );\n"
+             "golds = ( { name = \"demo\"; path = \"%s\"; } );\n"
+             "pools = ( { name = \"demo\"; desktop_prefix = \"%s\"; datastore = \"local\";\n"
+             "  gold = \"demo\"; size = 1; spares = 1; },\n"
+             "  { name = \"other\"; desktop_prefix = \"%s-o\"; datastore = \"local\";\n"
+             "  gold = \"demo\"; size = 1; spares = 1; } );\n",
+             D.sock, D.state, D.uri, D.dir, D.gold, D.prefix, D.prefix);
+    th_write_file(D.conf, text, strlen(text));
+    /* What a crash leaves: children made and recorded, never started. */
+    vdi_catalog *cat = NULL;
+    vdi_cloner *cloner = NULL;
+    vdi_error err = {0};
+    vdi_clone_options opts;
+    vdi_clone_options_init(&opts);
+    ck_assert_msg(vdi_catalog_open(D.state, &cat, &err) == 0, "%s", err.message);
+    ck_assert_msg(vdi_cloner_new(D.gold, &opts, &cloner, &err) == 0, "%s", err.message);
+    const char *pools[] = {"demo", "other", "other"};
+    char *kids[3];
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_ge(asprintf(&kids[i], "%s/ds/stray-%d.qcow2", D.dir, i), 0);
+        vdi_child_meta meta = {.datastore = "local", .pool = pools[i], .slot = -1};
+        size_t made = 0;
+        ck_assert_msg(vdi_clone_batch_recorded(cat, cloner, &kids[i], 1, &meta, &made, &err) == 0,
+                      "%s", err.message);
+    }
+    vdi_cloner_free(cloner);
+    vdi_catalog_close(cat);
+    ck_assert_int_eq(unlink(kids[2]), 0); /* its record outlived its file */
+    sleep(1); /* children made in the second the check begins are not its business */
+    th_daemon_start(&D);
+    ck_assert(th_daemon_log_wait(&D, "event=stray-child-removed child=.*/stray-1.qcow2", 20));
+    ck_assert(th_daemon_log_wait(&D, "event=stray-child-removed child=.*/stray-0.qcow2", 20));
+    ck_assert_int_ne(access(kids[0], F_OK), 0);
+    ck_assert_int_ne(access(kids[1], F_OK), 0);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "event=datastore-reconciled"), 1);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "event=datastore-reconciled.* records_dropped=1 "),
+                      1);
+    ck_assert_uint_eq(th_daemon_log_count(&D, "event=stray-child-removed"), 2);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+    for (int i = 0; i < 3; i++)
+        free(kids[i]);
+}
+END_TEST
+
 /* How many desktop lines `vdipoolctl status ARGS` prints whose rest (after
  * the desktop's name) matches the grep pattern `rest`. */
 static int status_lines(const char *args, const char *rest)
@@ -1594,4 +1648,5 @@ TH_MAIN("service", {"service",
                      drain_history_and_last_hour,
                      client_reads_answers_larger_than_its_first_buffer,
                      status_counts_large_pools_and_lists_on_request,
+                     strays_of_pools_sharing_a_datastore,
                      NULL}})

@@ -78,47 +78,98 @@ static bool child_in_use(const in_use_index *ix, const char *child)
     return used;
 }
 
-static void strays_run(void *data)
+/* Each datastore directory is reconciled once, however many pools share it:
+ * a reconcile probes every image in the directory, and a site with ten
+ * pools on one datastore would otherwise probe its children ten times. */
+static void reconcile_datastores(stray_req *r)
 {
-    stray_req *r = data;
+    vdi_strmap *done = vdi_strmap_new();
     size_t i;
     json_t *p;
     json_array_foreach(r->pools, i, p)
     {
         const char *pname = json_string_value(json_object_get(p, "name"));
         const char *dir = json_string_value(json_object_get(p, "datastore"));
-        json_t *in_use = json_object_get(p, "in_use");
+        size_t unused;
+        if (!dir || (done && vdi_strmap_get(done, dir, &unused)))
+            continue;
+        if (done && vdi_strmap_put(done, dir, i) < 0) {
+            vdi_strmap_free(done); /* out of memory: the rest are reconciled per pool */
+            done = NULL;
+        }
         vdi_error err = {0};
         vdi_reconcile_report rep;
-        if (dir && vdi_reconcile(r->catalog, dir, &rep, &err) < 0)
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (vdi_reconcile(r->catalog, dir, &rep, &err) < 0) {
             svc_log("warning", "pool=%s event=reconcile-failed datastore=%s reason=\"%s\"", pname,
                     dir, err.message);
-        vdi_child_info *kids = NULL;
-        size_t n = 0;
-        in_use_index ix = {0};
+            continue;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        svc_log("info",
+                "event=datastore-reconciled datastore=%s records_dropped=%zu unknown_children=%zu "
+                "orphans=%zu temporaries_removed=%zu seconds=%.3f",
+                dir, rep.dropped_records, rep.unknown_children, rep.orphans,
+                rep.temporaries_removed,
+                (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    }
+    vdi_strmap_free(done);
+}
+
+static void remove_pool_strays(stray_req *r, json_t *p, const vdi_child_info *kids, size_t n)
+{
+    const char *pname = json_string_value(json_object_get(p, "name"));
+    in_use_index ix = {0};
+    if (in_use_build(&ix, r->domains, json_object_get(p, "in_use")) < 0) {
+        svc_log("warning", "pool=%s event=strays-not-checked reason=\"out of memory\"", pname);
+        in_use_free(&ix);
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        vdi_gold_info sealed;
+        vdi_error err = {0};
+        if (strcmp(kids[k].pool, pname) || kids[k].created_at >= r->since ||
+            child_in_use(&ix, kids[k].path))
+            continue;
+        /* A sealed child is a memory image's template: it goes with its
+         * image (templates.c), never as a stray. */
+        if (vdi_catalog_gold(r->catalog, kids[k].path, &sealed, NULL) == 0)
+            continue;
+        svc_log("info", "pool=%s event=stray-child-removed child=%s", pname, kids[k].path);
+        if (vdi_child_delete(r->catalog, kids[k].path, NULL, &err) < 0)
+            svc_log("error", "pool=%s event=stray-child-not-removed child=%s reason=\"%s\"", pname,
+                    kids[k].path, err.message);
+    }
+    in_use_free(&ix);
+}
+
+static void strays_run(void *data)
+{
+    stray_req *r = data;
+    reconcile_datastores(r);
+    /* The catalog's children, read once for every pool (after the
+     * reconcile dropped the records whose file is gone). */
+    size_t i, n = 0;
+    json_t *p;
+    bool any_shared = false;
+    json_array_foreach(r->pools, i, p)
+    {
+        any_shared |= !json_is_true(json_object_get(p, "local"));
+    }
+    vdi_child_info *kids = NULL;
+    vdi_error err = {0};
+    bool kids_read = any_shared && vdi_catalog_children(r->catalog, NULL, &kids, &n, &err) == 0;
+    json_array_foreach(r->pools, i, p)
+    {
+        const char *pname = json_string_value(json_object_get(p, "name"));
         if (json_is_true(json_object_get(p, "local")))
             ; /* children on a host: not checked here */
-        else if (in_use_build(&ix, r->domains, in_use) < 0)
-            svc_log("warning", "pool=%s event=strays-not-checked reason=\"out of memory\"", pname);
-        else if (vdi_catalog_children(r->catalog, NULL, &kids, &n, &err) < 0)
+        else if (!kids_read)
             svc_log("warning", "pool=%s event=strays-not-checked reason=\"%s\"", pname,
                     err.message);
-        for (size_t k = 0; k < n; k++) {
-            vdi_gold_info sealed;
-            if (strcmp(kids[k].pool, pname) || kids[k].created_at >= r->since ||
-                child_in_use(&ix, kids[k].path))
-                continue;
-            /* A sealed child is a memory image's template: it goes with its
-             * image (templates.c), never as a stray. */
-            if (vdi_catalog_gold(r->catalog, kids[k].path, &sealed, NULL) == 0)
-                continue;
-            svc_log("info", "pool=%s event=stray-child-removed child=%s", pname, kids[k].path);
-            if (vdi_child_delete(r->catalog, kids[k].path, NULL, &err) < 0)
-                svc_log("error", "pool=%s event=stray-child-not-removed child=%s reason=\"%s\"",
-                        pname, kids[k].path, err.message);
-        }
-        in_use_free(&ix);
-        free(kids);
+        else
+            remove_pool_strays(r, p, kids, n);
         /* Sessions that ended while we were away (their desktop is empty). */
         size_t j;
         json_t *name;
@@ -133,6 +184,7 @@ static void strays_run(void *data)
                         json_string_value(name), err.message);
         }
     }
+    free(kids);
 }
 
 static void strays_done(service *svc, void *data)

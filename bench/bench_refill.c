@@ -19,7 +19,10 @@
  * first, each vdipool run from the same catalog and datastore; every pair's
  * ratios are printed with the share of CPU the hypervisor stole meanwhile,
  * then the median ratio of the pairs. One pair alone moves ±20 % with the
- * machine's speed, which drifts between its two halves.
+ * machine's speed, which drifts between its two halves. Last, every
+ * log-off of every run is split into phases, vdipool's by the events of the
+ * desktop that moves (end, clone, start) and the raw work's by its calls
+ * (destroy, delete and clone, create), each the median of all.
  * Every domain and file made here is removed by name at the end. */
 #include "bench_util.h"
 #include "vdi_client.h"
@@ -85,6 +88,14 @@ static void destroy_named(const char *prefix)
 /* ---- the raw work ---------------------------------------------------------------- */
 
 static char *template_xml; /* bench-001's XML without its uuid */
+
+/* The phases of every log-off of every run, in seconds: vdipool's end,
+ * clone and start as its events show them; the raw work's destroy, delete
+ * and clone, and create. */
+enum { PHASE_END, PHASE_CLONE, PHASE_START, PHASE_WHOLE, PHASES };
+#define MAX_LOGOFFS (50 * 100) /* PAIRS * ROUNDS at most */
+static double vdi_phase[PHASES][MAX_LOGOFFS], raw_phase[PHASES][MAX_LOGOFFS];
+static unsigned vdi_phases, raw_phases;
 static atomic_uint next_raw;
 
 /* The template with bench-001 (its name and its child's name) replaced. */
@@ -111,13 +122,17 @@ static char *raw_xml(unsigned i)
     return out;
 }
 
-static int raw_start_one(unsigned i)
+/* Makes raw-i's child and starts its domain; when `cloned_at` is not NULL
+ * it gets the bench_now() at which the child was made. */
+static int raw_start_one(unsigned i, double *cloned_at)
 {
     char *child = child_path("raw", i);
     char *xml = raw_xml(i);
     vdi_error err = {0};
     int rc = -1;
     if (child && xml && vdi_clone(gold, child, NULL, &err) == 0) {
+        if (cloned_at)
+            *cloned_at = bench_now();
         virDomainPtr d = virDomainCreateXML(conn, xml, 0);
         if (d) {
             virDomainFree(d);
@@ -137,7 +152,7 @@ static void *raw_starter(void *arg)
     (void)arg;
     unsigned i;
     while ((i = atomic_fetch_add(&next_raw, 1) + 1) <= ndesktops)
-        if (raw_start_one(i) < 0)
+        if (raw_start_one(i, NULL) < 0)
             return (void *)1;
     return NULL;
 }
@@ -146,6 +161,7 @@ static int raw_logoff(unsigned i)
 {
     char name[64];
     snprintf(name, sizeof name, "raw-%0*u", (int)width, i);
+    double t0 = bench_now();
     virDomainPtr d = virDomainLookupByName(conn, name);
     if (!d || virDomainDestroy(d) < 0) {
         if (d)
@@ -153,9 +169,16 @@ static int raw_logoff(unsigned i)
         return -1;
     }
     virDomainFree(d);
+    double destroyed = bench_now(), cloned = 0;
     char *child = child_path("raw", i);
-    int rc = child && unlink(child) == 0 ? raw_start_one(i) : -1;
+    int rc = child && unlink(child) == 0 ? raw_start_one(i, &cloned) : -1;
     free(child);
+    if (rc == 0 && raw_phases < MAX_LOGOFFS) {
+        raw_phase[PHASE_END][raw_phases] = destroyed - t0;
+        raw_phase[PHASE_CLONE][raw_phases] = cloned - destroyed;
+        raw_phase[PHASE_START][raw_phases] = bench_now() - cloned;
+        raw_phase[PHASE_WHOLE][raw_phases++] = bench_now() - t0;
+    }
     return rc;
 }
 
@@ -244,6 +267,14 @@ static int vdipool_run(double *start_s, double *logoff_s, double *cpu_to_ready)
             goto stop_daemon;
         }
         each[r] = bench_now() - t;
+        double cloning_at, starting_at;
+        bench_watch_phases(watch, &cloning_at, &starting_at);
+        if (cloning_at > t && starting_at > cloning_at && vdi_phases < MAX_LOGOFFS) {
+            vdi_phase[PHASE_END][vdi_phases] = cloning_at - t;
+            vdi_phase[PHASE_CLONE][vdi_phases] = starting_at - cloning_at;
+            vdi_phase[PHASE_START][vdi_phases] = t + each[r] - starting_at;
+            vdi_phase[PHASE_WHOLE][vdi_phases++] = each[r];
+        }
     }
     *logoff_s = median(each, rounds);
     if (!template_xml) {
@@ -417,6 +448,17 @@ int main(int argc, char **argv)
                "the median of %u) %.2fx (%.2f-%.2fx)\n",
                ndesktops, filler, pairs, median(start_ratio, pairs), s_min, s_max, rounds,
                median(logoff_ratio, pairs), l_min, l_max);
+    }
+    if (status == 0 && vdi_phases && raw_phases) {
+        double v[PHASES], w[PHASES];
+        for (int k = 0; k < PHASES; k++) {
+            v[k] = median(vdi_phase[k], vdi_phases) * 1000;
+            w[k] = median(raw_phase[k], raw_phases) * 1000;
+        }
+        printf("log-off phases, median ms of all %u and %u log-offs: vdipool end %.1f, clone "
+               "%.1f, start %.1f (as its events show them), whole %.1f; raw destroy %.1f, delete "
+               "and clone %.1f, create %.1f, whole %.1f (%.2fx)\n",
+               vdi_phases, raw_phases, v[0], v[1], v[2], v[3], w[0], w[1], w[2], w[3], v[3] / w[3]);
     }
     destroy_named("raw");
     destroy_named("bench");

@@ -308,6 +308,7 @@ struct bench_watch {
     char **ready; /* names of the ready desktops */
     size_t nready, cap;
     bool headers_done; /* the HTTP head is behind us */
+    double cloning_at, starting_at; /* when a desktop was last seen entering the state */
 };
 
 static ssize_t ready_index(const bench_watch *w, const char *name)
@@ -346,6 +347,10 @@ static void apply_desktop(bench_watch *w, json_t *d)
     const char *state = json_string_value(json_object_get(d, "state"));
     if (name && state)
         set_ready(w, name, !strcmp(state, "ready"));
+    if (state && !strcmp(state, "cloning"))
+        w->cloning_at = bench_now();
+    else if (state && !strcmp(state, "starting"))
+        w->starting_at = bench_now();
 }
 
 /* Reads until one whole line is in w->buf or limit; returns its length
@@ -474,6 +479,12 @@ int bench_watch_until_not_ready(bench_watch *w, const char *name, double limit_s
             return e;
     }
     return 0;
+}
+
+void bench_watch_phases(const bench_watch *w, double *cloning_at, double *starting_at)
+{
+    *cloning_at = w->cloning_at;
+    *starting_at = w->starting_at;
 }
 
 void bench_watch_close(bench_watch *w)

@@ -53,6 +53,10 @@ bench_watch *bench_watch_open(const char *sock);
 int bench_watch_until_ready(bench_watch *w, unsigned want, double limit_s);
 /* The same, until desktop `name` is no longer ready (an acquire took it). */
 int bench_watch_until_not_ready(bench_watch *w, const char *name, double limit_s);
+/* When the watch last saw a desktop enter cloning and starting (bench_now()
+ * seconds, 0: never): with one desktop moving, the boundaries of its end,
+ * clone and start. */
+void bench_watch_phases(const bench_watch *w, double *cloning_at, double *starting_at);
 void bench_watch_close(bench_watch *w);
 /* n children of gold, WORK/ds/PREFIX-NNN.qcow2 (width digits), recorded in
  * WORK/state's catalog for datastore "local" and the given pool, as a

@@ -3,8 +3,9 @@
 # alternating runs so that the machine's drift hits both alike:
 #   bench/ab-service.sh BUILD_A BUILD_B WORKDIR [ROUNDS] [SIZE SPARES CLIENTS SECONDS]
 # BUILD_A and BUILD_B are build directories (each with vdipoold, vdipoolctl,
-# make-demo-gold and bench/bench_service). Prints each run and the ratio of
-# the mean cycles/s (B / A). WORKDIR decides the filesystem measured (the
+# make-demo-gold and bench/bench_service). Prints each run with the share of
+# CPU the hypervisor stole during it, and the ratio of the mean cycles/s
+# (B / A). WORKDIR decides the filesystem measured (the
 # catalog and the datastore both live there).
 set -euo pipefail
 a=$1 b=$2 work=$3 rounds=${4:-4}
@@ -14,10 +15,12 @@ for round in $(seq "$rounds"); do
     for side in A B; do
         build=$a
         [ "$side" = B ] && build=$b
-        line=$("$build/bench/bench_service" "$build/vdipoold" "$build/make-demo-gold" "$work" \
-            "${load[@]}" | grep 'cycles/s')
+        out=$("$build/bench/bench_service" "$build/vdipoold" "$build/make-demo-gold" "$work" \
+            "${load[@]}")
+        line=$(grep 'cycles/s' <<<"$out")
+        stolen=$(grep -Eo '[0-9]+ % stolen' <<<"$out" | head -1 || echo "? % stolen")
         cycles=$(sed -E 's/.*: ([0-9]+) cycles\/s.*/\1/' <<<"$line")
-        echo "round $round $side: $line"
+        echo "round $round $side ($stolen): $line"
         if [ "$side" = A ]; then sum_a=$((sum_a + cycles)); else sum_b=$((sum_b + cycles)); fi
     done
 done

@@ -7,6 +7,7 @@
  * that name or disk exists, or while a desktop holds it (every state but
  * empty, and empty ones a job holds). */
 #include "daemon.h"
+#include "jobs.h"
 #include "vdi_strmap.h"
 
 #include <stdio.h>
@@ -99,20 +100,17 @@ static void reconcile_datastores(stray_req *r)
         }
         vdi_error err = {0};
         vdi_reconcile_report rep;
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double t0 = jobs_mono();
         if (vdi_reconcile(r->catalog, dir, &rep, &err) < 0) {
             svc_log("warning", "pool=%s event=reconcile-failed datastore=%s reason=\"%s\"", pname,
                     dir, err.message);
             continue;
         }
-        clock_gettime(CLOCK_MONOTONIC, &t1);
         svc_log("info",
                 "event=datastore-reconciled datastore=%s records_dropped=%zu unknown_children=%zu "
                 "orphans=%zu temporaries_removed=%zu seconds=%.3f",
                 dir, rep.dropped_records, rep.unknown_children, rep.orphans,
-                rep.temporaries_removed,
-                (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+                rep.temporaries_removed, jobs_mono() - t0);
     }
     vdi_strmap_free(done);
 }

@@ -27,16 +27,26 @@ static void parse_service(parse_ctx *ctx, const config_setting_t *g)
     s->max_parallel_starts = 2;
     s->acquire_timeout = 30;
     s->adopt_wait = 120;
+    s->max_connections = 1024;
     if (!g)
         return;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
         ERR(ctx, g, "'service' must be a group: service = { ... };");
         return;
     }
-    static const char *const keys[] = { "socket",  "listen", "token_file", "state_dir",
-                                        "libvirt_uri", "log_level", "max_parallel_clones",
-                                        "max_parallel_starts", "acquire_timeout", "adopt_wait",
-                                        "session_history", NULL };
+    static const char *const keys[] = {"socket",
+                                       "listen",
+                                       "token_file",
+                                       "state_dir",
+                                       "libvirt_uri",
+                                       "log_level",
+                                       "max_parallel_clones",
+                                       "max_parallel_starts",
+                                       "acquire_timeout",
+                                       "adopt_wait",
+                                       "session_history",
+                                       "max_connections",
+                                       NULL};
     cfg_check_keys(ctx, g, keys, "service");
     const char *w = "service";
     if (cfg_get_string(ctx, g, "socket", w, false, &s->socket_path) && !cfg_is_absolute(s->socket_path))
@@ -51,6 +61,7 @@ static void parse_service(parse_ctx *ctx, const config_setting_t *g)
     cfg_get_uint(ctx, g, "max_parallel_clones", w, 1, 64, &s->max_parallel_clones);
     cfg_get_uint(ctx, g, "max_parallel_starts", w, 1, 64, &s->max_parallel_starts);
     cfg_get_duration(ctx, g, "acquire_timeout", w, 600, &s->acquire_timeout);
+    cfg_get_uint(ctx, g, "max_connections", w, 1, 65536, &s->max_connections);
     /* Restores of large memory images from a slow disk, many at once, may
      * take minutes; past an hour a job is hung, not slow. */
     if (cfg_get_duration(ctx, g, "adopt_wait", w, 3600, &s->adopt_wait) && s->adopt_wait < 1)

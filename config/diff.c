@@ -94,6 +94,7 @@ static void diff_service(vdi_config_diff *d, const vdi_service_config *a,
             vdi_log_level_name(b->log_level));
     CMP_U(k, "service", "max_parallel_clones", a->max_parallel_clones, b->max_parallel_clones);
     CMP_U(k, "service", "max_parallel_starts", a->max_parallel_starts, b->max_parallel_starts);
+    CMP_U(k, "service", "max_connections", a->max_connections, b->max_connections);
     if (a->acquire_timeout != b->acquire_timeout)
         add(d, k, "service", "acquire_timeout", duration_text(a->acquire_timeout),
             duration_text(b->acquire_timeout));

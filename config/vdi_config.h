@@ -57,6 +57,10 @@ typedef struct vdi_service_config {
     /* Seconds a finished session's record is kept in the catalog; 0: every
      * record is kept. */
     uint64_t session_history;
+    /* API connections open at once (Unix socket and TCP together, held
+     * acquires and event streams included); beyond it a new one is
+     * answered 503. 1024. */
+    unsigned max_connections;
 } vdi_service_config;
 
 /* Where a datastore's directory is: on a filesystem every host and vdipoold

@@ -876,6 +876,80 @@ START_TEST(keep_alive_and_ordered_pipelining)
 }
 END_TEST
 
+/* Sends one keep-alive status request on fd and returns the answer's
+ * status (body and whether it closes through the arguments). */
+static int status_on(int fd, char *body, size_t cap, bool *closes)
+{
+    const char *req = "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n";
+    ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    return read_answer(fd, body, cap, closes);
+}
+
+START_TEST(connections_beyond_the_limit_are_answered_503)
+{
+    th_daemon_write_config(&D, 1, 0, NULL);
+    th_daemon_add_service_setting(&D, "max_connections = 3;");
+    th_daemon_start(&D);
+    char body[65536];
+    bool closes = false;
+    /* Three kept connections: the limit. */
+    int kept[3];
+    for (int i = 0; i < 3; i++) {
+        kept[i] = connect_control(15);
+        ck_assert_int_eq(status_on(kept[i], body, sizeof body, &closes), 200);
+        ck_assert(!closes);
+    }
+    /* A fourth gets its request read, a 503 that says what to do, and is
+     * closed; the kept ones still serve. */
+    int extra = connect_control(15);
+    ck_assert_int_eq(status_on(extra, body, sizeof body, &closes), 503);
+    ck_assert(closes);
+    ck_assert_ptr_nonnull(strstr(body, "at most 3 are served"));
+    ck_assert_int_eq(read(extra, body, 1), 0);
+    close(extra);
+    ck_assert_int_eq(status_on(kept[1], body, sizeof body, &closes), 200);
+    /* Once one closes, a new connection is served again (the daemon sees
+     * the close a moment later). */
+    close(kept[0]);
+    char *metrics = NULL;
+    for (int i = 0; i < 50 && !metrics; i++) {
+        char *m = th_must("curl -s --unix-socket %s http://vdipool/metrics", D.sock);
+        if (strstr(m, "vdipool_api_connections_max 3"))
+            metrics = m;
+        else {
+            free(m);
+            usleep(100 * 1000);
+        }
+    }
+    ck_assert_ptr_nonnull(metrics);
+    ck_assert_ptr_nonnull(strstr(metrics, "vdipool_api_connections_refused_total 1\n"));
+    ck_assert_ptr_nonnull(strstr(metrics, "vdipool_api_connections 3\n")); /* two kept + curl */
+    free(metrics);
+    char log[1200];
+    snprintf(log, sizeof log, "%s/vdipoold.log", D.dir);
+    ck_assert_int_eq(
+        th_run(NULL, "grep -q 'event=connections-refused refused=1 open=4 max_connections=3' %s",
+               log),
+        0);
+    /* A reload applies a new limit; the open connections stay. */
+    free(th_must("sed -i 's#max_connections = 3;#max_connections = 5;#' %s", D.conf));
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", "/v1/reload", NULL, &j), 200);
+    json_decref(j);
+    int more[2];
+    for (int i = 0; i < 2; i++) {
+        more[i] = connect_control(15);
+        ck_assert_int_eq(status_on(more[i], body, sizeof body, &closes), 200);
+    }
+    ck_assert_int_eq(status_on(kept[2], body, sizeof body, &closes), 200);
+    for (int i = 0; i < 2; i++)
+        close(more[i]);
+    close(kept[1]);
+    close(kept[2]);
+    ck_assert_int_eq(th_daemon_stop(&D), 0);
+}
+END_TEST
+
 START_TEST(acquire_withdrawn_when_the_client_goes)
 {
     th_daemon_write_config(&D, 2, 0, NULL); /* no spares: an acquire waits */
@@ -1639,6 +1713,7 @@ TH_MAIN("service", {"service",
                      blocked_pool_waits_without_spinning,
                      http_limits_versions_and_timeouts,
                      keep_alive_and_ordered_pipelining,
+                     connections_beyond_the_limit_are_answered_503,
                      acquire_withdrawn_when_the_client_goes,
                      events_stream_desktop_changes,
                      old_sessions_are_forgotten,

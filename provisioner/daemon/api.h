@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 typedef struct api_server api_server;
@@ -27,6 +28,17 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
 /* Stops listening and removes the socket file; frees the server once its
  * handles are closed. Requests in flight are still answered. */
 void api_server_stop(api_server *server);
+
+/* The API's connections: open now, the limit (service.max_connections,
+ * lowered when the open-files limit is too small for it), and how many
+ * were answered 503 for being over it since start. All 0 without a server. */
+typedef struct api_connection_stats {
+    unsigned open, max;
+    uint64_t refused;
+} api_connection_stats;
+void api_server_connection_stats(const api_server *server, api_connection_stats *out);
+/* A reload's service.max_connections; connections already open stay. */
+void api_server_set_max_connections(api_server *server, unsigned max);
 
 /* For fuzzing the parser and the routes: parses data as one request and,
  * when it is whole, routes it; runs loop (when given) until a held answer

@@ -6,7 +6,23 @@
 #include "api.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
+
+/* The connections a server's listeners accepted and have not closed yet,
+ * shared by the server and each of them: either may outlive the other,
+ * and the tally is freed when the last lets go. Loop thread only. */
+typedef struct api_tally {
+    unsigned open;             /* accepted and not closed */
+    unsigned max;              /* beyond it a new connection is answered 503 */
+    uint64_t refused;          /* connections answered 503 since start */
+    uint64_t refused_unlogged; /* since the last warning about them */
+    uint64_t logged_at_ms;     /* that warning's time (uv_now) */
+    unsigned refs;             /* the server, and each connection not closed */
+} api_tally;
+
+/* Lets go of one reference; the last frees the tally. */
+void api_tally_release(api_tally *t);
 
 /* What every request of a listener is routed to (api_server_start's), and
  * the TCP listener's bearer token ("" when none). */
@@ -15,6 +31,7 @@ typedef struct api_routes {
     void *ctx;
     api_open_fn open;
     const char *token;
+    api_tally *tally; /* counts the connection while it is open */
 } api_routes;
 
 /* Accepts one connection on the listening `server` (tcp: the TCP listener,

@@ -49,6 +49,8 @@ struct request {
     api_open_fn open;
     bool is_tcp;
     bool denied; /* the Unix peer failed the credential check */
+    bool over_limit;  /* accepted beyond service.max_connections: answered 503 */
+    api_tally *tally; /* counts this connection until its handles are closed */
     bool responded, closed, held, dispatched, draining;
     bool (*on_gone)(void *ctx, request *r); /* a held request's client went away */
     void *gone_ctx;
@@ -79,12 +81,23 @@ static void free_request(request *r)
     free(r);
 }
 
+void api_tally_release(api_tally *t)
+{
+    if (t && --t->refs == 0)
+        free(t);
+}
+
 static void handle_closed(uv_handle_t *h)
 {
     request *r = h->data;
     if (--r->open_handles > 0)
         return;
     r->closed = true;
+    if (r->tally) { /* its descriptor is free again */
+        r->tally->open--;
+        api_tally_release(r->tally);
+        r->tally = NULL;
+    }
     if (!r->held || r->responded)
         free_request(r);
 }
@@ -182,8 +195,9 @@ void request_respond_bytes(request *r, int status, const char *type, const char 
     uv_timer_stop(&r->timer);
     /* Answers sent before the whole request was read (refusals) close the
      * connection; so does a client that asked for it or has closed its side
-     * with nothing more sent. */
-    r->keep_alive = r->dispatched && r->http.keep_alive && !(r->peer_done && !r->pending_len);
+     * with nothing more sent, and one over service.max_connections. */
+    r->keep_alive =
+        r->dispatched && r->http.keep_alive && !(r->peer_done && !r->pending_len) && !r->over_limit;
     reply *rep = calloc(1, sizeof *rep);
     char *head = NULL;
     /* No answer may be sniffed into another type, nor kept by a cache: they
@@ -222,16 +236,23 @@ void request_respond_text(request *r, int status, const char *type, const char *
     request_respond_bytes(r, status, type, NULL, text, strlen(text));
 }
 
-void request_respond_json(request *r, int status, json_t *body)
+/* A JSON answer with the given header lines (NULL: the default ones). */
+static void respond_json_with(request *r, int status, const char *headers, json_t *body)
 {
     char *text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(body);
     char *line = NULL;
     if (asprintf(&line, "%s\n", text ? text : "{}") < 0)
         line = NULL;
-    request_respond_text(r, status, "application/json", line ? line : "{}\n");
+    const char *answer = line ? line : "{}\n";
+    request_respond_bytes(r, status, "application/json", headers, answer, strlen(answer));
     free(text);
     free(line);
+}
+
+void request_respond_json(request *r, int status, json_t *body)
+{
+    respond_json_with(r, status, NULL, body);
 }
 
 void request_hold(request *r)
@@ -383,6 +404,17 @@ static void dispatch(request *r)
     r->dispatched = true;
     if (r->stream)
         uv_timer_stop(&r->timer); /* a held answer (acquire) may take longer */
+    if (r->over_limit) {
+        char why[400];
+        snprintf(why, sizeof why,
+                 "too many connections: %u are open and at most %u are served "
+                 "(service.max_connections, lower when the open-files limit is low); reuse "
+                 "kept connections (HTTP/1.1 keep-alive), close idle ones, or raise the limit",
+                 r->tally ? r->tally->open : 0, r->tally ? r->tally->max : 0);
+        respond_json_with(r, 503, "Cache-Control: no-store\r\nRetry-After: 1\r\n",
+                          json_pack("{s:s}", "error", why));
+        return;
+    }
     if (r->denied) {
         request_respond_json(r, 403,
                              json_pack("{s:s}", "error",
@@ -538,6 +570,33 @@ static void header_timeout(uv_timer_t *t)
                              json_pack("{s:s}", "error", "the request did not arrive within 10 s"));
 }
 
+/* Counts an accepted connection; one beyond the limit is marked to be
+ * answered 503 once its request is read (closing at once would look like a
+ * failed connect), and a warning says so at most every 10 s. */
+static void count_connection(request *r, api_tally *t)
+{
+    if (!t)
+        return;
+    t->open++;
+    t->refs++;
+    r->tally = t;
+    if (t->open <= t->max)
+        return;
+    r->over_limit = true;
+    t->refused++;
+    t->refused_unlogged++;
+    uint64_t now = uv_now(r->stream->loop);
+    if (t->logged_at_ms && now - t->logged_at_ms < 10000)
+        return;
+    svc_log("warning",
+            "event=connections-refused refused=%llu open=%u max_connections=%u "
+            "reason=\"API clients hold more connections than service.max_connections; each "
+            "new one is answered 503 until some close\"",
+            (unsigned long long)t->refused_unlogged, t->open, t->max);
+    t->logged_at_ms = now ? now : 1;
+    t->refused_unlogged = 0;
+}
+
 void api_accept(uv_stream_t *server, uv_loop_t *loop, const api_routes *routes, bool tcp)
 {
     request *r = calloc(1, sizeof *r);
@@ -576,6 +635,7 @@ void api_accept(uv_stream_t *server, uv_loop_t *loop, const api_routes *routes, 
         return;
     }
     http_request_init(&r->http);
+    count_connection(r, routes->tally);
     /* A refused peer still gets its request read and a 403 answer: closing
      * at once would look like a failed connect to the client. */
     r->denied = !tcp && !api_peer_allowed(&r->handle.pipe);

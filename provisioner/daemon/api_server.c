@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -27,13 +28,60 @@ struct api_server {
     int open_handles;    /* closing: freed when the last one is closed */
     char token[256];
     char socket_path[4096];
+    api_tally *tally;             /* also held by each open connection */
+    unsigned max_connections;     /* as configured (the tally's may be lower) */
+    uint64_t accept_failures;     /* since the last warning about them */
+    uint64_t accept_logged_at_ms; /* that warning's time (uv_now) */
 };
+
+/* Descriptors the daemon keeps for itself beside the API's connections:
+ * the catalog and journal, libvirt's connections, the parallel clones'
+ * files, guest agents' event streams, the log. */
+#define FDS_KEPT_FOR_THE_SERVICE 256
+
+/* service.max_connections, lowered (with a warning) when the open-files
+ * limit would let connections take the descriptors clones and the catalog
+ * need: a client holding many connections must never make a clone fail. */
+static unsigned connection_limit(unsigned wanted)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur >= (rlim_t)wanted + FDS_KEPT_FOR_THE_SERVICE)
+        return wanted;
+    unsigned allowed = rl.rlim_cur > FDS_KEPT_FOR_THE_SERVICE + 16
+                           ? (unsigned)(rl.rlim_cur - FDS_KEPT_FOR_THE_SERVICE)
+                           : 16;
+    svc_log("warning",
+            "event=connections-limited max_connections=%u allowed=%u open_files=%llu "
+            "reason=\"the open-files limit leaves room for %u API connections beside the "
+            "daemon's own files; raise it (LimitNOFILE= in the unit, ulimit -n) or lower "
+            "service.max_connections\"",
+            wanted, allowed, (unsigned long long)rl.rlim_cur, allowed);
+    return allowed;
+}
+
+/* A failed accept (out of descriptors, most often: libuv then drops the
+ * waiting connection) is logged at most every 10 s, with how many. */
+static void accept_failed(api_server *a, int status)
+{
+    a->accept_failures++;
+    uint64_t now = uv_now(a->loop);
+    if (a->accept_logged_at_ms && now - a->accept_logged_at_ms < 10000)
+        return;
+    svc_log("warning", "event=accept-failed count=%llu open=%u reason=\"%s\"",
+            (unsigned long long)a->accept_failures, a->tally ? a->tally->open : 0,
+            uv_strerror(status));
+    a->accept_logged_at_ms = now ? now : 1;
+    a->accept_failures = 0;
+}
 
 static void on_unix_connection(uv_stream_t *server, int status)
 {
     api_server *a = server->data;
     if (status == 0)
         api_accept(server, a->loop, &a->routes, false);
+    else
+        accept_failed(a, status);
 }
 
 static void on_tcp_connection(uv_stream_t *server, int status)
@@ -41,6 +89,26 @@ static void on_tcp_connection(uv_stream_t *server, int status)
     api_server *a = server->data;
     if (status == 0)
         api_accept(server, a->loop, &a->routes, true);
+    else
+        accept_failed(a, status);
+}
+
+void api_server_connection_stats(const api_server *a, api_connection_stats *out)
+{
+    *out = (api_connection_stats){0};
+    if (a && a->tally)
+        *out = (api_connection_stats){
+            .open = a->tally->open, .max = a->tally->max, .refused = a->tally->refused};
+}
+
+void api_server_set_max_connections(api_server *a, unsigned max)
+{
+    if (a && a->tally && a->max_connections != max) {
+        a->max_connections = max;
+        a->tally->max = connection_limit(max);
+        svc_log("info", "event=max-connections max_connections=%u open=%u", a->tally->max,
+                a->tally->open);
+    }
 }
 
 int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn route,
@@ -50,8 +118,14 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
     if (!a)
         return vdi_error_set(err, -ENOMEM, "out of memory");
     a->loop = loop;
-    a->routes = (api_routes){.route = route, .ctx = route_ctx, .open = open, .token = a->token};
     *out = a; /* api_server_stop frees it, whatever happens below */
+    if (!(a->tally = calloc(1, sizeof *a->tally)))
+        return vdi_error_set(err, -ENOMEM, "out of memory");
+    a->tally->refs = 1;
+    a->max_connections = sc->max_connections;
+    a->tally->max = connection_limit(sc->max_connections);
+    a->routes = (api_routes){
+        .route = route, .ctx = route_ctx, .open = open, .token = a->token, .tally = a->tally};
     snprintf(a->socket_path, sizeof a->socket_path, "%s", sc->socket_path);
     /* The socket's directory (/run/vdipool) is made here when missing. */
     char dir[4096];
@@ -132,8 +206,10 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
 static void server_closed(uv_handle_t *h)
 {
     api_server *a = h->data;
-    if (--a->open_handles == 0)
+    if (--a->open_handles == 0) {
+        api_tally_release(a->tally);
         free(a);
+    }
 }
 
 void api_server_stop(api_server *a)

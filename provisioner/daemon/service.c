@@ -1,5 +1,6 @@
 /* service.c — the service object: applying a config (at start and on
  * reload, by diff: hosts and pools added, resized, rolled out, drained). */
+#include "api.h"
 #include "daemon.h"
 #include "glue.h"
 
@@ -137,6 +138,7 @@ static void reload_done(service *svc, void *data)
             svc_log("warning", "event=reload-partial: socket and state_dir take effect at the "
                                "next start");
         log_set_level(b->log_level);
+        api_server_set_max_connections(svc->api, b->max_connections);
         if (service_apply_config(svc, r->config) < 0)
             svc_log("error", "event=reload-incomplete: some pools could not be resized or added "
                              "(out of memory); they are retried at the next reload");

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -164,6 +165,28 @@ static void size_thread_pool(const vdi_service_config *sc)
     setenv("UV_THREADPOOL_SIZE", value, 1);
 }
 
+/* API connections, clones' files, the catalog and libvirt all take file
+ * descriptors, and a soft limit of 1024 is common: it is raised to the hard
+ * limit (libuv polls with epoll, so no select() ceiling applies). The API
+ * keeps room for the rest (api_server.c). */
+static void raise_open_files_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    rlim_t before = rl.rlim_cur;
+    if (rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+            svc_log("warning", "event=open-files-not-raised limit=%llu reason=\"%s\"",
+                    (unsigned long long)before, strerror(errno));
+            return;
+        }
+    }
+    svc_log("debug", "event=open-files limit=%llu was=%llu", (unsigned long long)rl.rlim_cur,
+            (unsigned long long)before);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: vdipoold [--config PATH] [--state-dir DIR]\n"
@@ -204,6 +227,7 @@ int main(int argc, char **argv)
     const vdi_service_config *sc = vdi_config_service(cfg);
     log_set_level(sc->log_level);
     size_thread_pool(sc);
+    raise_open_files_limit();
     svc.state_dir = strdup(state_dir && *state_dir ? state_dir : sc->state_dir);
     vdi_error err = {0};
     vdi_catalog *catalog = NULL;

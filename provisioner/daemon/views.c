@@ -1,5 +1,6 @@
 /* views.c — what the API shows of the service: JSON for pools, desktops
  * and status, and the loop-owned part of the Prometheus metrics. Read-only. */
+#include "api.h"
 #include "daemon.h"
 #include "text.h"
 
@@ -368,6 +369,21 @@ char *service_metrics_text(service *svc)
                 "what admission assumed.\n# TYPE vdipool_write_budget_exceeded_total counter\n"
                 "vdipool_write_budget_exceeded_total %llu\n",
                 (unsigned long long)svc->budget_events);
+    if (svc->api) {
+        api_connection_stats c;
+        api_server_connection_stats(svc->api, &c);
+        text_append(&t,
+                    "# HELP vdipool_api_connections API connections open (kept, held acquires "
+                    "and event streams included).\n# TYPE vdipool_api_connections gauge\n"
+                    "vdipool_api_connections %u\n"
+                    "# HELP vdipool_api_connections_max service.max_connections as applied.\n"
+                    "# TYPE vdipool_api_connections_max gauge\nvdipool_api_connections_max %u\n"
+                    "# HELP vdipool_api_connections_refused_total Connections answered 503 for "
+                    "being over service.max_connections.\n"
+                    "# TYPE vdipool_api_connections_refused_total counter\n"
+                    "vdipool_api_connections_refused_total %llu\n",
+                    c.open, c.max, (unsigned long long)c.refused);
+    }
     if (svc->catalog) {
         uint64_t commits, flushes;
         vdi_catalog_counts(svc->catalog, &commits, &flushes);

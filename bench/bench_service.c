@@ -211,6 +211,8 @@ int main(int argc, char **argv)
     client *cl = calloc(nclients, sizeof *cl);
     double daemon_cpu0 = bench_cpu_seconds(pid), self_cpu0 = bench_cpu_seconds(getpid());
     double sleeps0 = bench_voluntary_switches(pid);
+    bench_role_use roles0[BENCH_ROLES], roles1[BENCH_ROLES];
+    int roles_rc = bench_threads_by_role(pid, roles0);
     double busy0, idle0, iowait0, steal0;
     bench_machine_cpu(&busy0, &idle0, &iowait0, &steal0);
     double t0 = bench_now();
@@ -221,6 +223,8 @@ int main(int argc, char **argv)
     double daemon_cpu = bench_cpu_seconds(pid) - daemon_cpu0;
     double self_cpu = bench_cpu_seconds(getpid()) - self_cpu0;
     double sleeps = bench_voluntary_switches(pid) - sleeps0;
+    if (roles_rc == 0)
+        roles_rc = bench_threads_by_role(pid, roles1);
     double busy1, idle1, iowait1, steal1;
     bench_machine_cpu(&busy1, &idle1, &iowait1, &steal1);
     double cpu_window = bench_now() - t0;
@@ -269,6 +273,16 @@ int main(int argc, char **argv)
                sleeps0 >= 0 && sleeps >= 0 ? sleeps / cycles_in_window : -1, self_cpu / cpu_window,
                100 * busy / (busy + idle), sysconf(_SC_NPROCESSORS_ONLN),
                100 * steal / (busy + idle), 100 * iowait / (busy + idle));
+    /* The same by thread (a worker that exited in the window is missed). */
+    if (roles_rc == 0 && cycles_in_window) {
+        printf("  by thread, per cycle:");
+        for (int k = 0; k < BENCH_ROLES; k++)
+            if (roles1[k].cpu_s > 0 || roles1[k].sleeps > 0)
+                printf("%s %s %.2f ms CPU, %.1f sleeps", k ? ";" : "", bench_role_names[k],
+                       (roles1[k].cpu_s - roles0[k].cpu_s) / cycles_in_window * 1e3,
+                       (roles1[k].sleeps - roles0[k].sleeps) / cycles_in_window);
+        printf("\n");
+    }
     bench_stop_daemon(pid);
     bench_cleanup(work, gold);
     return 0;

@@ -153,6 +153,61 @@ double bench_voluntary_switches(pid_t pid)
     return total;
 }
 
+const char *const bench_role_names[BENCH_ROLES] = {"loop", "flusher", "workers", "libvirt events",
+                                                   "other"};
+
+static int role_of(const char *comm)
+{
+    static const char *const comms[] = {"vdipoold", "vdi-flusher", "vdi-worker", "vdi-lv-events"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(comm, comms[i]))
+            return i;
+    return BENCH_OTHER;
+}
+
+int bench_threads_by_role(pid_t pid, bench_role_use out[BENCH_ROLES])
+{
+    memset(out, 0, sizeof(bench_role_use) * BENCH_ROLES);
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/task", (long)pid);
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    double tick = (double)sysconf(_SC_CLK_TCK);
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[600], line[512], comm[64] = "";
+        snprintf(path, sizeof path, "%s/%s/comm", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f && fgets(comm, sizeof comm, f))
+            comm[strcspn(comm, "\n")] = '\0';
+        if (f)
+            fclose(f);
+        bench_role_use *u = &out[role_of(comm)];
+        snprintf(path, sizeof path, "%s/%s/stat", dir, e->d_name);
+        unsigned long long utime, stime;
+        const char *p = NULL;
+        if ((f = fopen(path, "r")) && fgets(line, sizeof line, f))
+            p = strrchr(line, ')');
+        if (f)
+            fclose(f);
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                        &stime) == 2)
+            u->cpu_s += (double)(utime + stime) / tick;
+        snprintf(path, sizeof path, "%s/%s/status", dir, e->d_name);
+        unsigned long long n;
+        f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "voluntary_ctxt_switches: %llu", &n) == 1)
+                u->sleeps += (double)n;
+        if (f)
+            fclose(f);
+    }
+    closedir(d);
+    return 0;
+}
+
 void bench_machine_cpu(double *busy, double *idle, double *iowait, double *steal)
 {
     *busy = *idle = *iowait = *steal = 0;

@@ -146,6 +146,7 @@ int durable_start(service *svc)
         uv_close((uv_handle_t *)&du->flushed, durable_closed);
         return -rc;
     }
+    pthread_setname_np(du->thread, "vdi-flusher");
     svc->durable = du;
     return 0;
 }

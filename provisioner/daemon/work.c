@@ -5,6 +5,8 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 typedef struct work_req {
@@ -17,6 +19,13 @@ typedef struct work_req {
 
 static void run_work(uv_work_t *w)
 {
+    /* libuv's threads are unnamed: name each once, so that top -H and perf
+     * tell jobs from the loop ("vdipoold") and the flusher. */
+    static __thread bool named;
+    if (!named) {
+        pthread_setname_np(pthread_self(), "vdi-worker");
+        named = true;
+    }
     work_req *r = w->data;
     r->run(r->data);
 }

@@ -8,6 +8,11 @@
  * Invariant: an intent row is committed and on disk (see wal_sync) before
  * the first step of its operation touches a file, and is
  * deleted in the same transaction as the operation's final catalog update.
+ * One relaxation: a clone writes its temporary file while its intent's
+ * flush may still be pending, and waits for that flush before the rename
+ * (vdi_intent_begin_pending_): a temporary file is removed by the sweep
+ * whatever the journal says, so until a child exists under its real name
+ * there is nothing recovery must know about.
  * So after a crash every half-done operation has its intent, and
  * vdi_catalog_open finishes or undoes it. */
 #include "internal.h"
@@ -354,7 +359,7 @@ static void finish(vdi_catalog *cat, sqlite3_stmt *st)
  * asked) is read before the lock is released. A write outside a transaction
  * commits by itself: it is flushed when `durable` (see wal_sync). */
 static int step_write(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, bool durable,
-                      vdi_error *err)
+                      uint64_t *commit_out, vdi_error *err)
 {
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_error(cat, err, "write");
     if (rc == 0 && rowid)
@@ -362,6 +367,8 @@ static int step_write(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, bool d
     bool committed = !sqlite3_stmt_readonly(st) && sqlite3_get_autocommit(cat->db);
     uint64_t seq = rc == 0 && committed ? commit_numbered(cat) : 0;
     finish(cat, st);
+    if (commit_out)
+        *commit_out = seq;
     return seq && durable ? wal_sync(cat, seq, err) : rc;
 }
 
@@ -379,7 +386,7 @@ void vdi_catalog_finish_(vdi_catalog *cat, sqlite3_stmt *st)
 
 int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
 {
-    return step_write(cat, st, rowid, true, err);
+    return step_write(cat, st, rowid, true, NULL, err);
 }
 
 int vdi_catalog_write_text_(vdi_catalog *cat, const char *sql, const char *text, vdi_error *err)
@@ -389,12 +396,18 @@ int vdi_catalog_write_text_(vdi_catalog *cat, const char *sql, const char *text,
     if (rc < 0)
         return rc;
     sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
-    return step_write(cat, st, NULL, true, err);
+    return step_write(cat, st, NULL, true, NULL, err);
 }
 
 int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_error *err)
 {
-    return step_write(cat, st, rowid, false, err);
+    return step_write(cat, st, rowid, false, NULL, err);
+}
+
+int vdi_catalog_write_numbered_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid,
+                                uint64_t *commit, vdi_error *err)
+{
+    return step_write(cat, st, rowid, false, commit, err);
 }
 
 int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what)

@@ -121,8 +121,12 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
     free(head);
     if (!data)
         return vdi_error_set(err, -ENOMEM, "out of memory");
+    /* The intent's flush runs while the temporary files are written (other
+     * jobs' commits may carry it meanwhile); it is waited for before the
+     * first rename, so no child exists under its name without it. */
     int64_t intent;
-    rc = vdi_intent_begin_(cat, "clone", paths[0], data, &intent, err);
+    uint64_t intent_commit = 0;
+    rc = vdi_intent_begin_pending_(cat, "clone", paths[0], data, &intent, &intent_commit, err);
     free(data);
     if (rc < 0)
         return rc;
@@ -134,7 +138,11 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
         rc = vdi_cloner_write_temp_(cl, paths[0], vdi_cloner_sync_(cl), &temp, err);
         if (rc == 0) {
             vdi_crashpoint("clone:written");
-            rc = vdi_place_noreplace_(temp, paths[0], err);
+            rc = vdi_catalog_flush(cat, intent_commit, err);
+            if (rc == 0)
+                rc = vdi_place_noreplace_(temp, paths[0], err);
+            else
+                unlink(temp);
             free(temp);
         }
         if (rc == 0) {
@@ -147,8 +155,10 @@ static int clone_batch(vdi_catalog *cat, vdi_cloner *cl, char *const *paths, siz
             rc = vdi_cloner_stage(cl, paths[i], err);
         if (rc == 0) {
             vdi_crashpoint("clone:written");
-            rc = vdi_cloner_commit(cl, &done, err);
+            rc = vdi_catalog_flush(cat, intent_commit, err); /* staged files go with the cloner */
         }
+        if (rc == 0)
+            rc = vdi_cloner_commit(cl, &done, err);
     }
     vdi_crashpoint("clone:renamed");
 

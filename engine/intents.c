@@ -13,8 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
-                      int64_t *id, vdi_error *err)
+static int intent_insert(vdi_catalog *cat, const char *op, const char *target, const char *data,
+                         int64_t *id, uint64_t *pending_commit, vdi_error *err)
 {
     sqlite3_stmt *st;
     int rc = vdi_catalog_prepare_(
@@ -26,7 +26,20 @@ int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, cons
     sqlite3_bind_text(st, 3, data ? data : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, getpid());
     sqlite3_bind_int64(st, 5, time(NULL));
-    return vdi_catalog_write_(cat, st, id, err);
+    return pending_commit ? vdi_catalog_write_numbered_(cat, st, id, pending_commit, err)
+                          : vdi_catalog_write_(cat, st, id, err);
+}
+
+int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
+                      int64_t *id, vdi_error *err)
+{
+    return intent_insert(cat, op, target, data, id, NULL, err);
+}
+
+int vdi_intent_begin_pending_(vdi_catalog *cat, const char *op, const char *target,
+                              const char *data, int64_t *id, uint64_t *commit, vdi_error *err)
+{
+    return intent_insert(cat, op, target, data, id, commit, err);
 }
 
 int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err)

@@ -30,6 +30,10 @@ int vdi_catalog_write_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid, vdi_e
 int vdi_catalog_write_text_(vdi_catalog *cat, const char *sql, const char *text, vdi_error *err);
 int vdi_catalog_write_unflushed_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid,
                                  vdi_error *err);
+/* As write_unflushed_, and *commit receives the commit's number (0 inside
+ * a transaction), for vdi_catalog_flush later. */
+int vdi_catalog_write_numbered_(vdi_catalog *cat, sqlite3_stmt *st, int64_t *rowid,
+                                uint64_t *commit, vdi_error *err);
 int vdi_catalog_db_error_(vdi_catalog *cat, vdi_error *err, const char *what);
 /* Steps a prepared statement (parameters bound) through its rows into a
  * malloc'd array of `size`-byte rows filled by from_row, finishes it, and
@@ -63,6 +67,11 @@ void vdi_copy_text_(char *dst, size_t len, const unsigned char *src);
 /* Intents: written (and synced) before the first step of an operation. */
 int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
                       int64_t *id, vdi_error *err);
+/* The same intent, committed but not yet flushed: the caller may only make
+ * temporary files (which the sweep removes) until vdi_catalog_flush(cat,
+ * *commit) has returned 0. A clone overlaps that flush with its writing. */
+int vdi_intent_begin_pending_(vdi_catalog *cat, const char *op, const char *target,
+                              const char *data, int64_t *id, uint64_t *commit, vdi_error *err);
 int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err);
 int vdi_catalog_add_child_(vdi_catalog *cat, const char *path, const char *parent,
                            const vdi_child_meta *meta, uint64_t bytes, uint64_t virtual_size,

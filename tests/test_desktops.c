@@ -490,11 +490,59 @@ START_TEST(domain_appearing_before_start_is_replaced)
 }
 END_TEST
 
-TH_MAIN("desktops", {"qemu",
-                     setup,
-                     teardown,
-                     240,
-                     {logoff_replaces_desktop_and_spares_the_gold, restart_keeps_sessions,
-                      libvirtd_restart_is_survived, crash_between_paused_start_and_run_is_recovered,
-                      adoption_waits_for_libvirt_jobs, adoption_gives_up_after_adopt_wait,
-                      domain_appearing_before_start_is_replaced, NULL}})
+/* An operator defined a running desktop's domain (virsh define): its end
+ * destroys and undefines it, and the slot's next domain is vdipool's own,
+ * transient again. */
+START_TEST(defined_domain_is_undefined_at_its_end)
+{
+    th_daemon_write_config(&D, 1, 1, NULL);
+    th_daemon_start(&D);
+    json_decref(th_wait_ready(&D, 1, 90));
+    char name[96], xml_path[1200];
+    snprintf(name, sizeof name, "%s-001", D.prefix);
+    snprintf(xml_path, sizeof xml_path, "%s/defined.xml", D.dir);
+    free(th_must("virsh -c qemu:///system dumpxml --inactive %s > %s && "
+                 "virsh -c qemu:///system define %s",
+                 name, xml_path, xml_path));
+    char *info = th_must("virsh -c qemu:///system dominfo %s", name);
+    ck_assert_msg(strstr(info, "Persistent:     yes"), "not defined:\n%s", info);
+    free(info);
+    char *id_before = domain_id(name);
+    assert_acquire_gets("ola", name);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/desktops/%s/release", name);
+    json_t *j = NULL;
+    ck_assert_int_eq(th_http(&D, "POST", path, NULL, &j), 200);
+    json_decref(j);
+    /* Ready again on a new domain, which vdipool made: transient. */
+    char *id_now = NULL;
+    for (int i = 0; i < 600; i++) {
+        json_t *d = th_get_desktop(&D, name);
+        bool ready = !strcmp(json_string_value(json_object_get(d, "state")), "ready");
+        json_decref(d);
+        free(id_now);
+        id_now = ready ? domain_id(name) : NULL;
+        if (id_now && strcmp(id_now, id_before))
+            break;
+        usleep(100 * 1000);
+    }
+    ck_assert_ptr_nonnull(id_now);
+    ck_assert_str_ne(id_now, id_before);
+    info = th_must("virsh -c qemu:///system dominfo %s", name);
+    ck_assert_msg(strstr(info, "Persistent:     no"), "still defined:\n%s", info);
+    free(info);
+    free(id_before);
+    free(id_now);
+    ck_assert_int_eq(th_daemon_log_count(&D, "event=end-failed"), 0);
+}
+END_TEST
+
+TH_MAIN("desktops",
+        {"qemu",
+         setup,
+         teardown,
+         240,
+         {logoff_replaces_desktop_and_spares_the_gold, restart_keeps_sessions,
+          libvirtd_restart_is_survived, crash_between_paused_start_and_run_is_recovered,
+          adoption_waits_for_libvirt_jobs, adoption_gives_up_after_adopt_wait,
+          domain_appearing_before_start_is_replaced, defined_domain_is_undefined_at_its_end, NULL}})

@@ -180,10 +180,8 @@ void th_daemon_start_until_stop(th_daemon *d, const char *point, int timeout_s)
     }
 }
 
-int th_daemon_stop(th_daemon *d)
+static int stop_process(th_daemon *d)
 {
-    if (d->pid <= 0)
-        return 0;
     kill(d->pid, SIGTERM);
     kill(d->pid, SIGCONT); /* one a test stopped hears the SIGTERM now */
     int status = 0;
@@ -198,6 +196,19 @@ int th_daemon_stop(th_daemon *d)
     waitpid(d->pid, NULL, 0);
     d->pid = 0;
     return -1;
+}
+
+int th_daemon_stop(th_daemon *d)
+{
+    if (d->pid <= 0)
+        return 0;
+    int rc = stop_process(d);
+    unsigned failed_ends = th_daemon_log_count(d, "event=end-failed");
+    if (failed_ends && !d->end_failures_expected) {
+        char *log = th_must("grep 'event=end-failed' %s/vdipoold.log | head -5", d->dir);
+        ck_abort_msg("%u end(s) of desktops failed:\n%s", failed_ends, log);
+    }
+    return rc;
 }
 
 void th_daemon_cleanup_domains(th_daemon *d)

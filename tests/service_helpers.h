@@ -17,6 +17,10 @@ typedef struct th_daemon {
     char prefix[32]; /* desktops are PREFIX-NNN: what cleanup destroys */
     char uri[64];
     pid_t pid;
+    /* A test that makes ends fail on purpose sets this; otherwise stopping
+     * the daemon fails the test when its log has an event=end-failed (a
+     * failed end is retried, so counts and states alone would not show it). */
+    bool end_failures_expected;
 } th_daemon;
 
 /* Makes the directory, a bootable demo gold (sealed) and remembers the URI. */

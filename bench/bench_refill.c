@@ -304,7 +304,6 @@ stop_daemon:
     return status;
 }
 
-/* The raw work, the same parallelism, from no raw domain and no raw child. */
 /* No raw domain and no raw child: neither is left for vdipool's runs to
  * find on the datastore. */
 static void remove_raw(void)
@@ -318,6 +317,7 @@ static void remove_raw(void)
     }
 }
 
+/* The raw work, the same parallelism, from no raw domain and no raw child. */
 static int raw_run(double *start_s, double *logoff_s)
 {
     remove_raw();

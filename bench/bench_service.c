@@ -210,7 +210,6 @@ int main(int argc, char **argv)
            statements0 = metric("vdipool_catalog_statements_total");
     client *cl = calloc(nclients, sizeof *cl);
     double daemon_cpu0 = bench_cpu_seconds(pid), self_cpu0 = bench_cpu_seconds(getpid());
-    double sleeps0 = bench_voluntary_switches(pid);
     bench_role_use roles0[BENCH_ROLES], roles1[BENCH_ROLES];
     int roles_rc = bench_threads_by_role(pid, roles0);
     double busy0, idle0, iowait0, steal0;
@@ -222,9 +221,9 @@ int main(int argc, char **argv)
     /* CPU over the load alone (before the clients are joined). */
     double daemon_cpu = bench_cpu_seconds(pid) - daemon_cpu0;
     double self_cpu = bench_cpu_seconds(getpid()) - self_cpu0;
-    double sleeps = bench_voluntary_switches(pid) - sleeps0;
     if (roles_rc == 0)
         roles_rc = bench_threads_by_role(pid, roles1);
+    double sleeps = roles_rc == 0 ? bench_sleeps_of(roles1) - bench_sleeps_of(roles0) : -1;
     double busy1, idle1, iowait1, steal1;
     bench_machine_cpu(&busy1, &idle1, &iowait1, &steal1);
     double cpu_window = bench_now() - t0;
@@ -270,7 +269,7 @@ int main(int argc, char **argv)
                "%.0f %% busy of %ld cores (%.0f %% stolen by the hypervisor), %.0f %% idle "
                "waiting on I/O\n",
                daemon_cpu / cycles_in_window * 1e3, daemon_cpu / cpu_window,
-               sleeps0 >= 0 && sleeps >= 0 ? sleeps / cycles_in_window : -1, self_cpu / cpu_window,
+               sleeps >= 0 ? sleeps / cycles_in_window : -1, self_cpu / cpu_window,
                100 * busy / (busy + idle), sysconf(_SC_NPROCESSORS_ONLN),
                100 * steal / (busy + idle), 100 * iowait / (busy + idle));
     /* The same by thread (a worker that exited in the window is missed). */

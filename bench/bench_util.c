@@ -109,10 +109,11 @@ long bench_rss_kib(pid_t pid)
     return kib;
 }
 
-double bench_cpu_seconds(pid_t pid)
+/* utime + stime of a /proc stat file (a process's or one thread's), in
+ * seconds; -1 when it cannot be read. */
+static double stat_cpu_seconds(const char *path)
 {
-    char path[64], line[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    char line[1024];
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -128,29 +129,11 @@ double bench_cpu_seconds(pid_t pid)
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
-double bench_voluntary_switches(pid_t pid)
+double bench_cpu_seconds(pid_t pid)
 {
-    char dir[64];
-    snprintf(dir, sizeof dir, "/proc/%ld/task", (long)pid);
-    DIR *d = opendir(dir);
-    if (!d)
-        return -1;
-    double total = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.')
-            continue;
-        char path[600], line[256];
-        snprintf(path, sizeof path, "%s/%s/status", dir, e->d_name);
-        FILE *f = fopen(path, "r");
-        unsigned long long n;
-        while (f && fgets(line, sizeof line, f))
-            if (sscanf(line, "voluntary_ctxt_switches: %llu", &n) == 1)
-                total += (double)n;
-        if (f)
-            fclose(f);
-    }
-    closedir(d);
-    return total;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    return stat_cpu_seconds(path);
 }
 
 const char *const bench_role_names[BENCH_ROLES] = {"loop", "flusher", "workers", "libvirt events",
@@ -173,11 +156,10 @@ int bench_threads_by_role(pid_t pid, bench_role_use out[BENCH_ROLES])
     DIR *d = opendir(dir);
     if (!d)
         return -1;
-    double tick = (double)sysconf(_SC_CLK_TCK);
     for (struct dirent *e; (e = readdir(d));) {
         if (e->d_name[0] == '.')
             continue;
-        char path[600], line[512], comm[64] = "";
+        char path[600], line[256], comm[64] = "";
         snprintf(path, sizeof path, "%s/%s/comm", dir, e->d_name);
         FILE *f = fopen(path, "r");
         if (f && fgets(comm, sizeof comm, f))
@@ -186,15 +168,9 @@ int bench_threads_by_role(pid_t pid, bench_role_use out[BENCH_ROLES])
             fclose(f);
         bench_role_use *u = &out[role_of(comm)];
         snprintf(path, sizeof path, "%s/%s/stat", dir, e->d_name);
-        unsigned long long utime, stime;
-        const char *p = NULL;
-        if ((f = fopen(path, "r")) && fgets(line, sizeof line, f))
-            p = strrchr(line, ')');
-        if (f)
-            fclose(f);
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-                        &stime) == 2)
-            u->cpu_s += (double)(utime + stime) / tick;
+        double cpu = stat_cpu_seconds(path);
+        if (cpu > 0)
+            u->cpu_s += cpu;
         snprintf(path, sizeof path, "%s/%s/status", dir, e->d_name);
         unsigned long long n;
         f = fopen(path, "r");
@@ -206,6 +182,14 @@ int bench_threads_by_role(pid_t pid, bench_role_use out[BENCH_ROLES])
     }
     closedir(d);
     return 0;
+}
+
+double bench_sleeps_of(const bench_role_use use[BENCH_ROLES])
+{
+    double total = 0;
+    for (int k = 0; k < BENCH_ROLES; k++)
+        total += use[k].sleeps;
+    return total;
 }
 
 void bench_machine_cpu(double *busy, double *idle, double *iowait, double *steal)

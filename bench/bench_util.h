@@ -24,9 +24,6 @@ void bench_cleanup(const char *work, const char *gold);
 long bench_rss_kib(pid_t pid);
 /* CPU seconds (user + system) a process has used so far, -1 when unknown. */
 double bench_cpu_seconds(pid_t pid);
-/* The voluntary context switches (sleeps) of every thread the process
- * has now, summed; -1 when it cannot be read. */
-double bench_voluntary_switches(pid_t pid);
 /* vdipoold's threads by role, from their names: the loop ("vdipoold"), the
  * catalog's flusher, the job workers, libvirt's event thread, and any
  * other. CPU seconds and voluntary switches of each role's threads now. */
@@ -36,6 +33,8 @@ typedef struct bench_role_use {
 } bench_role_use;
 extern const char *const bench_role_names[BENCH_ROLES];
 int bench_threads_by_role(pid_t pid, bench_role_use out[BENCH_ROLES]);
+/* The voluntary switches (sleeps) of all the roles' threads, summed. */
+double bench_sleeps_of(const bench_role_use use[BENCH_ROLES]);
 /* The machine's CPU seconds so far, all cores, from /proc/stat: busy (steal
  * included), idle, of the idle the part with I/O outstanding, and of the
  * busy the part the hypervisor gave to other guests (steal); 0 when

@@ -13,9 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static int intent_insert(vdi_catalog *cat, const char *op, const char *target, const char *data,
-                         int64_t *id, uint64_t *pending_commit, vdi_error *err)
+int vdi_intent_begin_pending_(vdi_catalog *cat, const char *op, const char *target,
+                              const char *data, int64_t *id, uint64_t *commit, vdi_error *err)
 {
+    *commit = 0;
     sqlite3_stmt *st;
     int rc = vdi_catalog_prepare_(
         cat, "INSERT INTO intents(op, target, data, pid, created_at) VALUES(?,?,?,?,?)", &st, err);
@@ -26,20 +27,17 @@ static int intent_insert(vdi_catalog *cat, const char *op, const char *target, c
     sqlite3_bind_text(st, 3, data ? data : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, getpid());
     sqlite3_bind_int64(st, 5, time(NULL));
-    return pending_commit ? vdi_catalog_write_numbered_(cat, st, id, pending_commit, err)
-                          : vdi_catalog_write_(cat, st, id, err);
+    return vdi_catalog_write_numbered_(cat, st, id, commit, err);
 }
 
+/* The pending intent and its flush (commit 0, inside a transaction: no
+ * flush of its own, as any write there). */
 int vdi_intent_begin_(vdi_catalog *cat, const char *op, const char *target, const char *data,
                       int64_t *id, vdi_error *err)
 {
-    return intent_insert(cat, op, target, data, id, NULL, err);
-}
-
-int vdi_intent_begin_pending_(vdi_catalog *cat, const char *op, const char *target,
-                              const char *data, int64_t *id, uint64_t *commit, vdi_error *err)
-{
-    return intent_insert(cat, op, target, data, id, commit, err);
+    uint64_t commit;
+    int rc = vdi_intent_begin_pending_(cat, op, target, data, id, &commit, err);
+    return rc < 0 ? rc : vdi_catalog_flush(cat, commit, err);
 }
 
 int vdi_intent_end_(vdi_catalog *cat, int64_t id, vdi_error *err)

@@ -4,6 +4,7 @@
 #define VDI_API_CONNECTION_H
 
 #include "api.h"
+#include "log.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -16,8 +17,7 @@ typedef struct api_tally {
     unsigned open;             /* accepted and not closed */
     unsigned max;              /* beyond it a new connection is answered 503 */
     uint64_t refused;          /* connections answered 503 since start */
-    uint64_t refused_unlogged; /* since the last warning about them */
-    uint64_t logged_at_ms;     /* that warning's time (uv_now) */
+    log_throttle refused_log;  /* the warning about them, at most every 10 s */
     unsigned refs;             /* the server, and each connection not closed */
 } api_tally;
 

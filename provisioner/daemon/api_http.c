@@ -584,17 +584,13 @@ static void count_connection(request *r, api_tally *t)
         return;
     r->over_limit = true;
     t->refused++;
-    t->refused_unlogged++;
-    uint64_t now = uv_now(r->stream->loop);
-    if (t->logged_at_ms && now - t->logged_at_ms < 10000)
-        return;
-    svc_log("warning",
-            "event=connections-refused refused=%llu open=%u max_connections=%u "
-            "reason=\"API clients hold more connections than service.max_connections; each "
-            "new one is answered 503 until some close\"",
-            (unsigned long long)t->refused_unlogged, t->open, t->max);
-    t->logged_at_ms = now ? now : 1;
-    t->refused_unlogged = 0;
+    uint64_t count;
+    if (log_throttle_due(&t->refused_log, uv_now(r->stream->loop), 10000, &count))
+        svc_log("warning",
+                "event=connections-refused refused=%llu open=%u max_connections=%u "
+                "reason=\"API clients hold more connections than service.max_connections; each "
+                "new one is answered 503 until some close\"",
+                (unsigned long long)count, t->open, t->max);
 }
 
 void api_accept(uv_stream_t *server, uv_loop_t *loop, const api_routes *routes, bool tcp)

@@ -30,8 +30,7 @@ struct api_server {
     char socket_path[4096];
     api_tally *tally;             /* also held by each open connection */
     unsigned max_connections;     /* as configured (the tally's may be lower) */
-    uint64_t accept_failures;     /* since the last warning about them */
-    uint64_t accept_logged_at_ms; /* that warning's time (uv_now) */
+    log_throttle accept_failures; /* the warning about them, at most every 10 s */
 };
 
 /* Descriptors the daemon keeps for itself beside the API's connections:
@@ -64,15 +63,10 @@ static unsigned connection_limit(unsigned wanted)
  * waiting connection) is logged at most every 10 s, with how many. */
 static void accept_failed(api_server *a, int status)
 {
-    a->accept_failures++;
-    uint64_t now = uv_now(a->loop);
-    if (a->accept_logged_at_ms && now - a->accept_logged_at_ms < 10000)
-        return;
-    svc_log("warning", "event=accept-failed count=%llu open=%u reason=\"%s\"",
-            (unsigned long long)a->accept_failures, a->tally ? a->tally->open : 0,
-            uv_strerror(status));
-    a->accept_logged_at_ms = now ? now : 1;
-    a->accept_failures = 0;
+    uint64_t count;
+    if (log_throttle_due(&a->accept_failures, uv_now(a->loop), 10000, &count))
+        svc_log("warning", "event=accept-failed count=%llu open=%u reason=\"%s\"",
+                (unsigned long long)count, a->tally ? a->tally->open : 0, uv_strerror(status));
 }
 
 static void on_unix_connection(uv_stream_t *server, int status)

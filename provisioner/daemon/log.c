@@ -81,3 +81,14 @@ const char *log_value(const char *value, char *buf, size_t len)
     buf[o] = '\0';
     return buf;
 }
+
+bool log_throttle_due(log_throttle *t, uint64_t now_ms, uint64_t interval_ms, uint64_t *count)
+{
+    t->unlogged++;
+    if (t->logged_at_ms && now_ms - t->logged_at_ms < interval_ms)
+        return false;
+    *count = t->unlogged;
+    t->unlogged = 0;
+    t->logged_at_ms = now_ms ? now_ms : 1; /* 0 means "none yet" */
+    return true;
+}

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 void log_configure(vdi_log_level level, bool under_journal);
 void log_set_level(vdi_log_level level);
@@ -20,5 +21,16 @@ void svc_log(const char *level, const char *fmt, ...) __attribute__((format(prin
  * outside (a user name) cannot pose as more pairs. Returns buf. */
 const char *log_value(const char *value, char *buf, size_t len);
 #define LOG_VALUE_MAX 300
+
+/* A warning about an event that may repeat many times a second (refused
+ * connections, failed accepts) is written at most every interval: each
+ * event is counted with log_throttle_due, which returns true when a line is
+ * due (the first event at once, then at most once per interval) and gives
+ * how many events that line reports. Not locked: one thread's. */
+typedef struct log_throttle {
+    uint64_t logged_at_ms; /* the last line's time, 0: none yet */
+    uint64_t unlogged;     /* events since that line */
+} log_throttle;
+bool log_throttle_due(log_throttle *t, uint64_t now_ms, uint64_t interval_ms, uint64_t *count);
 
 #endif

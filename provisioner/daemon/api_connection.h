@@ -21,6 +21,12 @@ typedef struct api_tally {
     unsigned refs;             /* the server, and each connection not closed */
 } api_tally;
 
+/* Counts an accepted connection (it holds the tally until api_tally_leave);
+ * false when it is beyond the limit, and then a warning says so at most
+ * every 10 s. */
+bool api_tally_admit(api_tally *t, uint64_t now_ms);
+/* The connection is closed (t may be NULL: it was never counted). */
+void api_tally_leave(api_tally *t);
 /* Lets go of one reference; the last frees the tally. */
 void api_tally_release(api_tally *t);
 

@@ -81,23 +81,14 @@ static void free_request(request *r)
     free(r);
 }
 
-void api_tally_release(api_tally *t)
-{
-    if (t && --t->refs == 0)
-        free(t);
-}
-
 static void handle_closed(uv_handle_t *h)
 {
     request *r = h->data;
     if (--r->open_handles > 0)
         return;
     r->closed = true;
-    if (r->tally) { /* its descriptor is free again */
-        r->tally->open--;
-        api_tally_release(r->tally);
-        r->tally = NULL;
-    }
+    api_tally_leave(r->tally); /* its descriptor is free again */
+    r->tally = NULL;
     if (!r->held || r->responded)
         free_request(r);
 }
@@ -570,29 +561,6 @@ static void header_timeout(uv_timer_t *t)
                              json_pack("{s:s}", "error", "the request did not arrive within 10 s"));
 }
 
-/* Counts an accepted connection; one beyond the limit is marked to be
- * answered 503 once its request is read (closing at once would look like a
- * failed connect), and a warning says so at most every 10 s. */
-static void count_connection(request *r, api_tally *t)
-{
-    if (!t)
-        return;
-    t->open++;
-    t->refs++;
-    r->tally = t;
-    if (t->open <= t->max)
-        return;
-    r->over_limit = true;
-    t->refused++;
-    uint64_t count;
-    if (log_throttle_due(&t->refused_log, uv_now(r->stream->loop), 10000, &count))
-        svc_log("warning",
-                "event=connections-refused refused=%llu open=%u max_connections=%u "
-                "reason=\"API clients hold more connections than service.max_connections; each "
-                "new one is answered 503 until some close\"",
-                (unsigned long long)count, t->open, t->max);
-}
-
 void api_accept(uv_stream_t *server, uv_loop_t *loop, const api_routes *routes, bool tcp)
 {
     request *r = calloc(1, sizeof *r);
@@ -631,7 +599,10 @@ void api_accept(uv_stream_t *server, uv_loop_t *loop, const api_routes *routes, 
         return;
     }
     http_request_init(&r->http);
-    count_connection(r, routes->tally);
+    /* One beyond the limit has its request read and is answered 503
+     * (closing at once would look like a failed connect). */
+    if ((r->tally = routes->tally))
+        r->over_limit = !api_tally_admit(r->tally, uv_now(loop));
     /* A refused peer still gets its request read and a 403 answer: closing
      * at once would look like a failed connect to the client. */
     r->denied = !tcp && !api_peer_allowed(&r->handle.pipe);

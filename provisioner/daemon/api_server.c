@@ -2,7 +2,9 @@
  * taken over from a running vdipoold; mode 0660, group vdipool) and the
  * optional loopback TCP listener with its bearer token. Each accepted
  * connection is handed to api_http.c (api_connection.h); who may ask is
- * api_access.c's. */
+ * api_access.c's. The listeners' connections are counted against
+ * service.max_connections here (the tally), so that the limit, its
+ * warnings and its figures live in one place. */
 #include "api.h"
 #include "api_connection.h"
 #include "log.h"
@@ -32,6 +34,37 @@ struct api_server {
     unsigned max_connections;     /* as configured (the tally's may be lower) */
     log_throttle accept_failures; /* the warning about them, at most every 10 s */
 };
+
+void api_tally_release(api_tally *t)
+{
+    if (t && --t->refs == 0)
+        free(t);
+}
+
+bool api_tally_admit(api_tally *t, uint64_t now_ms)
+{
+    t->open++;
+    t->refs++;
+    if (t->open <= t->max)
+        return true;
+    t->refused++;
+    uint64_t count;
+    if (log_throttle_due(&t->refused_log, now_ms, 10000, &count))
+        svc_log("warning",
+                "event=connections-refused refused=%llu open=%u max_connections=%u "
+                "reason=\"API clients hold more connections than service.max_connections; each "
+                "new one is answered 503 until some close\"",
+                (unsigned long long)count, t->open, t->max);
+    return false;
+}
+
+void api_tally_leave(api_tally *t)
+{
+    if (!t)
+        return;
+    t->open--;
+    api_tally_release(t);
+}
 
 /* Descriptors the daemon keeps for itself beside the API's connections:
  * the catalog and journal, libvirt's connections, the parallel clones'

@@ -401,7 +401,7 @@ static void dispatch(request *r)
                  "too many connections: %u are open and at most %u are served "
                  "(service.max_connections, lower when the open-files limit is low); reuse "
                  "kept connections (HTTP/1.1 keep-alive), close idle ones, or raise the limit",
-                 r->tally ? r->tally->open : 0, r->tally ? r->tally->max : 0);
+                 r->tally ? api_tally_open(r->tally) : 0, r->tally ? api_tally_max(r->tally) : 0);
         respond_json_with(r, 503, "Cache-Control: no-store\r\nRetry-After: 1\r\n",
                           json_pack("{s:s}", "error", why));
         return;

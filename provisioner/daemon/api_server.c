@@ -3,8 +3,8 @@
  * optional loopback TCP listener with its bearer token. Each accepted
  * connection is handed to api_http.c (api_connection.h); who may ask is
  * api_access.c's. The listeners' connections are counted against
- * service.max_connections here (the tally), so that the limit, its
- * warnings and its figures live in one place. */
+ * service.max_connections in a tally (api_tally.c) whose limit is set
+ * here. */
 #include "api.h"
 #include "api_connection.h"
 #include "log.h"
@@ -34,37 +34,6 @@ struct api_server {
     unsigned max_connections;     /* as configured (the tally's may be lower) */
     log_throttle accept_failures; /* the warning about them, at most every 10 s */
 };
-
-void api_tally_release(api_tally *t)
-{
-    if (t && --t->refs == 0)
-        free(t);
-}
-
-bool api_tally_admit(api_tally *t, uint64_t now_ms)
-{
-    t->open++;
-    t->refs++;
-    if (t->open <= t->max)
-        return true;
-    t->refused++;
-    uint64_t count;
-    if (log_throttle_due(&t->refused_log, now_ms, 10000, &count))
-        svc_log("warning",
-                "event=connections-refused refused=%llu open=%u max_connections=%u "
-                "reason=\"API clients hold more connections than service.max_connections; each "
-                "new one is answered 503 until some close\"",
-                (unsigned long long)count, t->open, t->max);
-    return false;
-}
-
-void api_tally_leave(api_tally *t)
-{
-    if (!t)
-        return;
-    t->open--;
-    api_tally_release(t);
-}
 
 /* Descriptors the daemon keeps for itself beside the API's connections:
  * the catalog and journal, libvirt's connections, the parallel clones'
@@ -99,7 +68,8 @@ static void accept_failed(api_server *a, int status)
     uint64_t count;
     if (log_throttle_due(&a->accept_failures, uv_now(a->loop), 10000, &count))
         svc_log("warning", "event=accept-failed count=%llu open=%u reason=\"%s\"",
-                (unsigned long long)count, a->tally ? a->tally->open : 0, uv_strerror(status));
+                (unsigned long long)count, a->tally ? api_tally_open(a->tally) : 0,
+                uv_strerror(status));
 }
 
 static void on_unix_connection(uv_stream_t *server, int status)
@@ -124,17 +94,18 @@ void api_server_connection_stats(const api_server *a, api_connection_stats *out)
 {
     *out = (api_connection_stats){0};
     if (a && a->tally)
-        *out = (api_connection_stats){
-            .open = a->tally->open, .max = a->tally->max, .refused = a->tally->refused};
+        *out = (api_connection_stats){.open = api_tally_open(a->tally),
+                                      .max = api_tally_max(a->tally),
+                                      .refused = api_tally_refused(a->tally)};
 }
 
 void api_server_set_max_connections(api_server *a, unsigned max)
 {
     if (a && a->tally && a->max_connections != max) {
         a->max_connections = max;
-        a->tally->max = connection_limit(max);
-        svc_log("info", "event=max-connections max_connections=%u open=%u", a->tally->max,
-                a->tally->open);
+        api_tally_set_max(a->tally, connection_limit(max));
+        svc_log("info", "event=max-connections max_connections=%u open=%u", api_tally_max(a->tally),
+                api_tally_open(a->tally));
     }
 }
 
@@ -146,11 +117,9 @@ int api_server_start(uv_loop_t *loop, const vdi_service_config *sc, api_route_fn
         return vdi_error_set(err, -ENOMEM, "out of memory");
     a->loop = loop;
     *out = a; /* api_server_stop frees it, whatever happens below */
-    if (!(a->tally = calloc(1, sizeof *a->tally)))
-        return vdi_error_set(err, -ENOMEM, "out of memory");
-    a->tally->refs = 1;
     a->max_connections = sc->max_connections;
-    a->tally->max = connection_limit(sc->max_connections);
+    if (!(a->tally = api_tally_new(connection_limit(sc->max_connections))))
+        return vdi_error_set(err, -ENOMEM, "out of memory");
     a->routes = (api_routes){
         .route = route, .ctx = route_ctx, .open = open, .token = a->token, .tally = a->tally};
     snprintf(a->socket_path, sizeof a->socket_path, "%s", sc->socket_path);
